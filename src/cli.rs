@@ -1,0 +1,162 @@
+//! The command line, as clap definitions. Help texts are the user's first manual.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Expose a loopback-only service to one subnet behind one interface, safely.
+///
+/// loopgate turns on net.ipv4.conf.<IFACE>.route_localnet for exactly one interface and,
+/// in the same transaction, installs nftables rules (table `ip loopgate`) that let only
+/// the allowed source networks reach only the published ports, and block every other
+/// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
+/// they were.
+///
+/// Exit codes: 0 success; 1 audit found problems; 2 bad input or usage (nothing was
+/// changed); 3 the system refused or failed (what was done was rolled back).
+#[derive(Debug, Parser)]
+#[command(name = "loopgate", version, max_term_width = 100)]
+pub struct Cli {
+    /// Act inside this network namespace: a name from `ip netns list`, or a path such as
+    /// /proc/PID/ns/net. Default: the namespace loopgate runs in.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish a loopback service on an interface for the allowed source networks.
+    ///
+    /// Example: `loopgate expose docker0 --allow 172.17.0.0/16 --port 3306` lets
+    /// containers reach 127.0.0.1:3306 at 172.17.0.1:3306, and nothing else.
+    /// Running the same command twice changes nothing; a new --allow list replaces the
+    /// old one of that grant.
+    Expose(ExposeArgs),
+    /// Withdraw published ports; open connections of revoked grants are cut too.
+    ///
+    /// When an interface loses its last grant, its route_localnet goes back to the
+    /// value it had before loopgate first changed it.
+    Revoke(RevokeArgs),
+    /// Report what is open on this host and whether it is guarded.
+    ///
+    /// Reads the kernel, not only loopgate's records: route_localnet of every interface
+    /// (and `all`/`default`), loopgate's table compared with what it should be, and the
+    /// loopback sockets each open interface exposes. Exit 0 when nothing is a warning or
+    /// worse, 1 otherwise.
+    Audit(AuditArgs),
+    /// Make the host match a policy file exactly (grants not in the file are revoked).
+    Apply(ApplyArgs),
+    /// Show what `apply FILE` would change, without changing anything.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    Tcp,
+    Udp,
+    Both,
+}
+
+impl ProtoArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtoArg::Tcp => "tcp",
+            ProtoArg::Udp => "udp",
+            ProtoArg::Both => "both",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExposeArgs {
+    /// The interface the allowed clients are behind, e.g. docker0, cni0, br-1234.
+    #[arg(value_name = "IFACE")]
+    pub iface: String,
+
+    /// Source network allowed in (IPv4 CIDR or address). Repeat or comma-separate.
+    #[arg(long, value_name = "CIDR", required = true)]
+    pub allow: Vec<String>,
+
+    /// Port to publish (1-65535). Repeat or comma-separate for several.
+    #[arg(long, value_name = "PORT", required = true)]
+    pub port: Vec<String>,
+
+    /// Transport protocol.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub proto: ProtoArg,
+
+    /// Loopback target, ADDR or ADDR:PORT inside 127.0.0.0/8. Default: 127.0.0.1 and the
+    /// published port.
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub to: Option<String>,
+
+    /// Address clients connect to; must be an address of IFACE. Default: the
+    /// interface's primary IPv4 address.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// Label for the grant. Default: <IFACE>-<proto>-<port>.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Print the sysctl changes and the complete resulting table in nft syntax; change
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["port", "name", "all"])))]
+pub struct RevokeArgs {
+    /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
+    /// everything loopgate did in this namespace.
+    #[arg(value_name = "IFACE")]
+    pub iface: Option<String>,
+
+    /// Revoke the grants publishing this port (repeat or comma-separate).
+    #[arg(long, value_name = "PORT")]
+    pub port: Vec<String>,
+
+    /// With --port: only this protocol. Default: both.
+    #[arg(long, value_enum, requires = "port")]
+    pub proto: Option<ProtoArg>,
+
+    /// Revoke the grants with this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Revoke every grant (on IFACE, or everywhere without IFACE).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Print a JSON document (schema in README.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Policy file (YAML; see rules/ for examples).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Print what would change and the resulting table; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Policy file (YAML; see rules/ for examples).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}

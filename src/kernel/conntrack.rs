@@ -1,0 +1,238 @@
+//! Cutting established connections of revoked grants through ctnetlink.
+//!
+//! Deleting a DNAT rule does not end flows that already have a conntrack entry: their
+//! NAT binding lives in the entry. Revoking access therefore also deletes the entries
+//! whose original destination is a revoked publication (the "stale access" class).
+
+use super::netlink::NlSocket;
+use crate::grant::Proto;
+use anyhow::{Context, Result};
+use std::net::Ipv4Addr;
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
+
+/// The original-direction tuple of a conntrack entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub zone: u16,
+}
+
+fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((ty, payload))
+    })
+}
+
+fn parse_flow(msg_payload: &[u8]) -> Option<Flow> {
+    let body = msg_payload.get(4..)?; // skip struct nfgenmsg
+    let mut zone = 0;
+    let mut flow = None;
+    for (ty, data) in attrs(body) {
+        match ty {
+            CTA_ZONE => zone = u16::from_be_bytes(data.get(..2)?.try_into().ok()?),
+            CTA_TUPLE_ORIG => {
+                let mut f = Flow {
+                    src: Ipv4Addr::UNSPECIFIED,
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    proto: 0,
+                    sport: 0,
+                    dport: 0,
+                    zone: 0,
+                };
+                for (t, d) in attrs(data) {
+                    match t {
+                        CTA_TUPLE_IP => {
+                            for (a, v) in attrs(d) {
+                                let addr = <[u8; 4]>::try_from(v).ok().map(Ipv4Addr::from);
+                                match (a, addr) {
+                                    (CTA_IP_V4_SRC, Some(x)) => f.src = x,
+                                    (CTA_IP_V4_DST, Some(x)) => f.dst = x,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        CTA_TUPLE_PROTO => {
+                            for (a, v) in attrs(d) {
+                                match a {
+                                    CTA_PROTO_NUM => f.proto = *v.first()?,
+                                    CTA_PROTO_SRC_PORT => f.sport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?),
+                                    CTA_PROTO_DST_PORT => f.dport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                flow = Some(f);
+            }
+            _ => {}
+        }
+    }
+    flow.map(|f| Flow { zone, ..f })
+}
+
+/// A tiny netlink message builder: header, nfgenmsg, nested attributes.
+struct MsgBuilder {
+    buf: Vec<u8>,
+}
+
+impl MsgBuilder {
+    fn new(msg: u16, flags: u16) -> Self {
+        let mut buf = vec![0u8; 16];
+        buf[4..6].copy_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
+        buf[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        // struct nfgenmsg: family, version 0, res_id 0 (big endian)
+        buf.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+        MsgBuilder { buf }
+    }
+
+    fn attr(&mut self, ty: u16, data: &[u8]) {
+        let len = 4 + data.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        while self.buf.len() % 4 != 0 {
+            self.buf.push(0);
+        }
+    }
+
+    fn nest(&mut self, ty: u16, inner: impl FnOnce(&mut Self)) {
+        let start = self.buf.len();
+        self.attr(ty | NLA_F_NESTED, &[]);
+        inner(self);
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+/// Lists the IPv4 conntrack entries of the current namespace.
+pub fn list() -> Result<Vec<Flow>> {
+    let mut sock = NlSocket::netfilter()?;
+    sock.size_buffers(4 << 20)?;
+    let req = MsgBuilder::new(IPCTNL_MSG_CT_GET, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).finish();
+    let rows = match sock.dump(&req) {
+        Ok(r) => r,
+        // No conntrack in this namespace: nothing can be established.
+        Err(e) if is_unsupported(&e) => return Ok(vec![]),
+        Err(e) => return Err(e).context("listing conntrack entries"),
+    };
+    Ok(rows.iter().filter_map(|m| parse_flow(m.get(16..)?)).collect())
+}
+
+fn is_unsupported(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .and_then(|e| e.raw_os_error())
+        .is_some_and(|c| c == libc::EOPNOTSUPP || c == libc::EPROTONOSUPPORT)
+}
+
+/// Deletes the given entries; entries that vanished meanwhile are not an error.
+pub fn delete(flows: &[Flow]) -> Result<usize> {
+    if flows.is_empty() {
+        return Ok(0);
+    }
+    crate::failpoint::check("conntrack-delete")?;
+    let mut sock = NlSocket::netfilter()?;
+    let mut deleted = 0;
+    for f in flows {
+        let mut b = MsgBuilder::new(IPCTNL_MSG_CT_DELETE, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16);
+        b.nest(CTA_TUPLE_ORIG, |b| {
+            b.nest(CTA_TUPLE_IP, |b| {
+                b.attr(CTA_IP_V4_SRC, &f.src.octets());
+                b.attr(CTA_IP_V4_DST, &f.dst.octets());
+            });
+            b.nest(CTA_TUPLE_PROTO, |b| {
+                b.attr(CTA_PROTO_NUM, &[f.proto]);
+                b.attr(CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes());
+                b.attr(CTA_PROTO_DST_PORT, &f.dport.to_be_bytes());
+            });
+        });
+        if f.zone != 0 {
+            b.attr(CTA_ZONE, &f.zone.to_be_bytes());
+        }
+        match sock.dump(&b.finish()) {
+            Ok(_) => deleted += 1,
+            Err(e)
+                if e
+                    .downcast_ref::<std::io::Error>()
+                    .and_then(|e| e.raw_os_error())
+                    == Some(libc::ENOENT) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("deleting conntrack entry {}:{} -> {}:{}", f.src, f.sport, f.dst, f.dport))
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The entries that are flows to `listen:port/proto`.
+pub fn matches(flow: &Flow, listen: Ipv4Addr, proto: Proto, port: u16) -> bool {
+    flow.dst == listen && flow.proto == proto.number() && flow.dport == port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_delete_message_parses_back_to_the_same_flow() {
+        let f = Flow {
+            src: Ipv4Addr::new(192, 0, 2, 2),
+            dst: Ipv4Addr::new(192, 0, 2, 1),
+            proto: 6,
+            sport: 40000,
+            dport: 3306,
+            zone: 0,
+        };
+        let mut b = MsgBuilder::new(IPCTNL_MSG_CT_DELETE, 0);
+        b.nest(CTA_TUPLE_ORIG, |b| {
+            b.nest(CTA_TUPLE_IP, |b| {
+                b.attr(CTA_IP_V4_SRC, &f.src.octets());
+                b.attr(CTA_IP_V4_DST, &f.dst.octets());
+            });
+            b.nest(CTA_TUPLE_PROTO, |b| {
+                b.attr(CTA_PROTO_NUM, &[f.proto]);
+                b.attr(CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes());
+                b.attr(CTA_PROTO_DST_PORT, &f.dport.to_be_bytes());
+            });
+        });
+        let msg = b.finish();
+        assert_eq!(u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize, msg.len());
+        assert_eq!(parse_flow(&msg[16..]), Some(f));
+    }
+}

@@ -1,0 +1,125 @@
+//! Read-only facts about the host: interfaces and their IPv4 addresses, sockets listening
+//! on loopback, and whether the caller may change the network at all.
+
+use crate::grant::Proto;
+use crate::input::Interfaces;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::net::Ipv4Addr;
+
+/// The interfaces of the current network namespace, read once through getifaddrs(3).
+pub struct HostInterfaces {
+    addrs: BTreeMap<String, Vec<Ipv4Addr>>,
+}
+
+impl HostInterfaces {
+    pub fn read() -> Result<Self> {
+        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
+        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+        // SAFETY: getifaddrs allocates a list we free below with freeifaddrs.
+        if unsafe { libc::getifaddrs(&mut head) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("listing interfaces");
+        }
+        let mut cur = head;
+        while !cur.is_null() {
+            // SAFETY: `cur` walks the list getifaddrs returned; fields are valid until
+            // freeifaddrs.
+            unsafe {
+                let ifa = &*cur;
+                let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
+                let entry = addrs.entry(name).or_default();
+                if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    entry.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                }
+                cur = ifa.ifa_next;
+            }
+        }
+        // SAFETY: frees the list allocated above, exactly once.
+        unsafe { libc::freeifaddrs(head) };
+        Ok(HostInterfaces { addrs })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.addrs.keys()
+    }
+}
+
+/// True when the interface exists, even without addresses (if_nametoindex).
+fn exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else { return false };
+    // SAFETY: valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+impl Interfaces for HostInterfaces {
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        match self.addrs.get(name) {
+            Some(a) => Some(a.clone()),
+            None if exists(name) => Some(vec![]),
+            None => None,
+        }
+    }
+}
+
+/// A socket bound on the host, from /proc/net/{tcp,udp}.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listener {
+    pub proto: Proto,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+}
+
+/// TCP sockets in LISTEN and bound UDP sockets, IPv4 only.
+pub fn listeners() -> Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    for (proto, file) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
+        let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else { continue };
+            // 0A = TCP_LISTEN; 07 = TCP_CLOSE, which is how an unconnected UDP socket shows.
+            let wanted = match proto {
+                Proto::Tcp => *state == "0A",
+                Proto::Udp => *state == "07",
+            };
+            let Some((addr, port)) = local.split_once(':') else { continue };
+            let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr, 16), u16::from_str_radix(port, 16)) else {
+                continue;
+            };
+            if wanted {
+                // /proc prints the network-order address as a native-endian u32.
+                let addr = Ipv4Addr::from(addr.to_ne_bytes());
+                out.push(Listener { proto, addr, port });
+            }
+        }
+    }
+    out.sort_by_key(|l| (l.proto, l.addr, l.port));
+    out.dedup();
+    Ok(out)
+}
+
+/// True when something listens on `addr:port` (or on 0.0.0.0:port).
+pub fn is_listening(listeners: &[Listener], proto: Proto, addr: Ipv4Addr, port: u16) -> bool {
+    listeners
+        .iter()
+        .any(|l| l.proto == proto && l.port == port && (l.addr == addr || l.addr.is_unspecified()))
+}
+
+/// Refuses to go on without CAP_NET_ADMIN, with a message a person can act on instead
+/// of a netlink errno halfway through.
+pub fn require_net_admin() -> Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & (1 << CAP_NET_ADMIN) == 0 {
+        crate::bad_input!("loopgate needs root (CAP_NET_ADMIN) to read and change the firewall and sysctls; run it with sudo");
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Everything that talks to the kernel, behind narrow functions: nf_tables (netlink),
+//! conntrack (netlink), sysctls and socket tables (/proc), interfaces, and namespaces.
+//! The rest of loopgate decides; this layer only observes and applies.
+
+pub mod conntrack;
+pub mod host;
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod sysctl;

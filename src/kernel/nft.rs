@@ -1,0 +1,938 @@
+//! loopgate's table in the kernel: encode a [`Ruleset`] into one atomic nf_tables
+//! batch, read the table back, and restore a snapshot of it.
+//!
+//! libnftnl (through `nftnl::nftnl_sys`) builds and parses the messages; the safe
+//! `nftnl` API stops short of interval sets, `ct original ...` keys and read-back, so
+//! the objects are handled raw here, each behind an owning wrapper that frees it.
+//! Every change replaces the whole table in one batch: `add table; delete table; add
+//! table; ...` so the kernel applies all of it or none of it.
+
+use super::netlink::NlSocket;
+use crate::grant::Proto;
+use crate::ruleset::{AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict, TABLE};
+use anyhow::{anyhow, Context, Result};
+use nftnl::nftnl_sys as sys;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::raw::{c_char, c_int, c_void};
+use std::ptr::NonNull;
+
+const NFPROTO_IPV4: u16 = libc::NFPROTO_IPV4 as u16;
+const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+/// `ipv4_addr` in nft's datatype numbering; lets `nft list` print the set readably.
+const TYPE_IPV4_ADDR: u32 = 7;
+/// nft's `BYTEORDER_BIG_ENDIAN`, stored in the set's userdata.
+const BYTEORDER_BIG_ENDIAN: u32 = 2;
+/// Set elements per NEWSETELEM message, well under the per-message size limit.
+const ELEMS_PER_MSG: usize = 1024;
+
+// nf_tables expression constants (linux/netfilter/nf_tables.h).
+const REG_VERDICT: u32 = 0;
+const REG_1: u32 = 1;
+const REG_2: u32 = 2;
+const CMP_EQ: u32 = 0;
+const CMP_NEQ: u32 = 1;
+const PAYLOAD_NETWORK: u32 = 1;
+const PAYLOAD_TRANSPORT: u32 = 2;
+const META_IIFNAME: u32 = 6;
+const META_OIFNAME: u32 = 7;
+const META_L4PROTO: u32 = 16;
+const CT_DIRECTION: u32 = 1;
+const CT_STATUS: u32 = 2;
+const CT_PROTOCOL: u32 = 10;
+const CT_PROTO_DST: u32 = 12;
+const CT_DST_IP: u32 = 20;
+const IPS_DST_NAT: u32 = 1 << 5;
+const NAT_DNAT: u32 = 1;
+const NAT_RANGE_MAP_IPS: u32 = 1;
+const NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
+const NF_DROP: u32 = 0;
+const NF_ACCEPT: u32 = 1;
+
+fn cstr(s: &str) -> CString {
+    // Names reaching here were validated (no NUL bytes); a NUL would be a bug.
+    CString::new(s).expect("object names contain no NUL byte")
+}
+
+/// An owned libnftnl object, freed on drop.
+enum Obj {
+    Table(NonNull<sys::nftnl_table>),
+    Chain(NonNull<sys::nftnl_chain>),
+    Set(NonNull<sys::nftnl_set>),
+    /// A set header carrying elements, sent as NEWSETELEM.
+    Elems(NonNull<sys::nftnl_set>),
+    Rule(NonNull<sys::nftnl_rule>),
+}
+
+impl Drop for Obj {
+    fn drop(&mut self) {
+        // SAFETY: each pointer was allocated by the matching libnftnl *_alloc and is
+        // owned exclusively by this value.
+        unsafe {
+            match self {
+                Obj::Table(p) => sys::nftnl_table_free(p.as_ptr()),
+                Obj::Chain(p) => sys::nftnl_chain_free(p.as_ptr()),
+                Obj::Set(p) | Obj::Elems(p) => sys::nftnl_set_free(p.as_ptr()),
+                Obj::Rule(p) => sys::nftnl_rule_free(p.as_ptr()),
+            }
+        }
+    }
+}
+
+fn alloc<T>(p: *mut T) -> NonNull<T> {
+    // libnftnl returns NULL only when malloc fails; like std, treat OOM as fatal.
+    NonNull::new(p).unwrap_or_else(|| std::process::abort())
+}
+
+fn new_table() -> Obj {
+    // SAFETY: fresh allocation; the strings are copied by libnftnl.
+    unsafe {
+        let t = alloc(sys::nftnl_table_alloc());
+        sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, cstr(TABLE).as_ptr());
+        sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_IPV4 as u32);
+        Obj::Table(t)
+    }
+}
+
+fn new_chain(c: &BaseChain) -> Obj {
+    let hook = match c.hook {
+        Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+        Hook::Input => libc::NF_INET_LOCAL_IN,
+        Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+    } as u32;
+    // SAFETY: fresh allocation; strings are copied.
+    unsafe {
+        let p = alloc(sys::nftnl_chain_alloc());
+        let ch = p.as_ptr();
+        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, cstr(TABLE).as_ptr());
+        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, cstr(c.name).as_ptr());
+        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_IPV4 as u32);
+        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
+        sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, c.priority);
+        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TYPE as u16, cstr(c.kind.name()).as_ptr());
+        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
+        Obj::Chain(p)
+    }
+}
+
+fn set_header(name: &str, id: u32) -> NonNull<sys::nftnl_set> {
+    // SAFETY: fresh allocation; strings are copied.
+    unsafe {
+        let p = alloc(sys::nftnl_set_alloc());
+        let s = p.as_ptr();
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, cstr(TABLE).as_ptr());
+        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, cstr(name).as_ptr());
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_IPV4 as u32);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
+        p
+    }
+}
+
+fn new_set(set: &AddrSet, id: u32) -> Obj {
+    let p = set_header(&set.name, id);
+    // SAFETY: p is a live set we own.
+    unsafe {
+        let s = p.as_ptr();
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, NFT_SET_INTERVAL);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, TYPE_IPV4_ADDR);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, 4);
+        // nft reads the key byte order from userdata to print elements as addresses.
+        let buf = alloc(sys::nftnl_udata_buf_alloc(16));
+        sys::nftnl_udata_put_u32(buf.as_ptr(), sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, BYTEORDER_BIG_ENDIAN);
+        sys::nftnl_set_set_data(
+            s,
+            sys::NFTNL_SET_USERDATA as u16,
+            sys::nftnl_udata_buf_data(buf.as_ptr()),
+            sys::nftnl_udata_buf_len(buf.as_ptr()),
+        );
+        sys::nftnl_udata_buf_free(buf.as_ptr());
+    }
+    Obj::Set(p)
+}
+
+/// Interval elements: a start element per range, and an end element one past it
+/// (omitted when the range reaches 255.255.255.255, which has nothing past it).
+fn interval_elements(set: &AddrSet) -> Vec<([u8; 4], u32)> {
+    let mut out = Vec::with_capacity(set.ranges.len() * 2 + 1);
+    // Like nft, open with an end element at 0.0.0.0 so the gap below the first range is
+    // explicit; the kernel's interval backend expects it.
+    if set.ranges.first().is_some_and(|r| r.0 != 0) {
+        out.push((0u32.to_be_bytes(), NFT_SET_ELEM_INTERVAL_END));
+    }
+    for &(start, end) in &set.ranges {
+        out.push((start.to_be_bytes(), 0));
+        if let Some(past) = end.checked_add(1) {
+            out.push((past.to_be_bytes(), NFT_SET_ELEM_INTERVAL_END));
+        }
+    }
+    out
+}
+
+fn new_elems(set: &AddrSet, id: u32) -> Vec<Obj> {
+    interval_elements(set)
+        .chunks(ELEMS_PER_MSG)
+        .map(|chunk| {
+            let p = set_header(&set.name, id);
+            for (key, flags) in chunk {
+                // SAFETY: the element is handed to the set, which frees it.
+                unsafe {
+                    let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+                    sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, key.as_ptr().cast(), 4);
+                    if *flags != 0 {
+                        sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, *flags);
+                    }
+                    sys::nftnl_set_elem_add(p.as_ptr(), e);
+                }
+            }
+            Obj::Elems(p)
+        })
+        .collect()
+}
+
+/// Builds raw expressions into a rule; each helper mirrors one nft debug line.
+struct ExprWriter {
+    rule: NonNull<sys::nftnl_rule>,
+}
+
+impl ExprWriter {
+    fn expr(&mut self, kind: &str, attrs: &[(u32, Attr)]) {
+        // SAFETY: the expression is handed to the rule, which frees it; data pointers
+        // are valid for the given lengths and libnftnl copies them.
+        unsafe {
+            let e = alloc(sys::nftnl_expr_alloc(cstr(kind).as_ptr())).as_ptr();
+            for (attr, value) in attrs {
+                let attr = *attr as u16;
+                match value {
+                    Attr::U32(v) => sys::nftnl_expr_set_u32(e, attr, *v),
+                    Attr::Bytes(b) => {
+                        sys::nftnl_expr_set(e, attr, b.as_ptr().cast(), b.len() as u32);
+                    }
+                    Attr::Str(s) => {
+                        sys::nftnl_expr_set_str(e, attr, cstr(s).as_ptr());
+                    }
+                }
+            }
+            sys::nftnl_rule_add_expr(self.rule.as_ptr(), e);
+        }
+    }
+
+    /// `[ meta load KEY => reg 1 ]`
+    fn meta(&mut self, key: u32) {
+        self.expr("meta", &[(sys::NFTNL_EXPR_META_KEY, Attr::U32(key)), (sys::NFTNL_EXPR_META_DREG, Attr::U32(REG_1))]);
+    }
+
+    /// `[ cmp OP reg 1 DATA ]`
+    fn cmp(&mut self, op: u32, data: &[u8]) {
+        self.expr(
+            "cmp",
+            &[
+                (sys::NFTNL_EXPR_CMP_SREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_CMP_OP, Attr::U32(op)),
+                (sys::NFTNL_EXPR_CMP_DATA, Attr::Bytes(data.to_vec())),
+            ],
+        );
+    }
+
+    /// `[ payload load LEN b @ BASE header + OFFSET => reg 1 ]`
+    fn payload(&mut self, base: u32, offset: u32, len: u32) {
+        self.expr(
+            "payload",
+            &[
+                (sys::NFTNL_EXPR_PAYLOAD_DREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_PAYLOAD_BASE, Attr::U32(base)),
+                (sys::NFTNL_EXPR_PAYLOAD_OFFSET, Attr::U32(offset)),
+                (sys::NFTNL_EXPR_PAYLOAD_LEN, Attr::U32(len)),
+            ],
+        );
+    }
+
+    /// `[ bitwise reg 1 = ( reg 1 & MASK ) ^ 0 ]`
+    fn mask(&mut self, mask: &[u8]) {
+        self.expr(
+            "bitwise",
+            &[
+                (sys::NFTNL_EXPR_BITWISE_SREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_BITWISE_DREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_BITWISE_LEN, Attr::U32(mask.len() as u32)),
+                (sys::NFTNL_EXPR_BITWISE_MASK, Attr::Bytes(mask.to_vec())),
+                (sys::NFTNL_EXPR_BITWISE_XOR, Attr::Bytes(vec![0; mask.len()])),
+            ],
+        );
+    }
+
+    /// `[ ct load KEY => reg 1 , dir DIR ]`
+    fn ct(&mut self, key: u32, dir: Option<CtDir>) {
+        let mut attrs = vec![(sys::NFTNL_EXPR_CT_KEY, Attr::U32(key)), (sys::NFTNL_EXPR_CT_DREG, Attr::U32(REG_1))];
+        if let Some(d) = dir {
+            let d = match d {
+                CtDir::Original => 0u8,
+                CtDir::Reply => 1u8,
+            };
+            attrs.push((sys::NFTNL_EXPR_CT_DIR, Attr::Bytes(vec![d])));
+        }
+        self.expr("ct", &attrs);
+    }
+
+    /// `[ immediate reg DREG DATA ]` or a verdict.
+    fn immediate(&mut self, dreg: u32, data: &[u8]) {
+        self.expr(
+            "immediate",
+            &[(sys::NFTNL_EXPR_IMM_DREG, Attr::U32(dreg)), (sys::NFTNL_EXPR_IMM_DATA, Attr::Bytes(data.to_vec()))],
+        );
+    }
+
+    fn verdict(&mut self, verdict: u32) {
+        self.expr(
+            "immediate",
+            &[(sys::NFTNL_EXPR_IMM_DREG, Attr::U32(REG_VERDICT)), (sys::NFTNL_EXPR_IMM_VERDICT, Attr::U32(verdict))],
+        );
+    }
+
+    fn ip_field(&mut self, offset: u32) {
+        self.payload(PAYLOAD_NETWORK, offset, 4);
+    }
+
+    fn add_match(&mut self, m: &Match) {
+        match m {
+            Match::IifName(n) | Match::OifName(n) => {
+                let key = if matches!(m, Match::IifName(_)) { META_IIFNAME } else { META_OIFNAME };
+                self.meta(key);
+                // Padded to IFNAMSIZ with NULs: an exact match, not a prefix match.
+                let mut name = [0u8; libc::IFNAMSIZ];
+                name[..n.len()].copy_from_slice(n.as_bytes());
+                self.cmp(CMP_EQ, &name);
+            }
+            Match::SaddrIn(net) | Match::DaddrIn(net) => {
+                self.ip_field(if matches!(m, Match::SaddrIn(_)) { 12 } else { 16 });
+                self.mask(&net.mask().octets());
+                self.cmp(CMP_EQ, &net.network().octets());
+            }
+            Match::Daddr(a) => {
+                self.ip_field(16);
+                self.cmp(CMP_EQ, &a.octets());
+            }
+            Match::SaddrInSet(set) => {
+                self.ip_field(12);
+                self.expr(
+                    "lookup",
+                    &[(sys::NFTNL_EXPR_LOOKUP_SREG, Attr::U32(REG_1)),
+                        (sys::NFTNL_EXPR_LOOKUP_SET, Attr::Str(set.clone())),
+                        (sys::NFTNL_EXPR_LOOKUP_FLAGS, Attr::U32(0)),
+                    ],
+                );
+            }
+            Match::Dport(proto, port) => {
+                self.meta(META_L4PROTO);
+                self.cmp(CMP_EQ, &[proto.number()]);
+                self.payload(PAYLOAD_TRANSPORT, 2, 2);
+                self.cmp(CMP_EQ, &port.to_be_bytes());
+            }
+            Match::CtDirection(d) => {
+                self.ct(CT_DIRECTION, None);
+                self.cmp(CMP_EQ, &[if *d == CtDir::Original { 0 } else { 1 }]);
+            }
+            Match::CtStatusDnat => {
+                self.ct(CT_STATUS, None);
+                self.mask(&IPS_DST_NAT.to_ne_bytes());
+                self.cmp(CMP_NEQ, &0u32.to_ne_bytes());
+            }
+            Match::CtOriginalDaddr(a) => {
+                self.ct(CT_DST_IP, Some(CtDir::Original));
+                self.cmp(CMP_EQ, &a.octets());
+            }
+            Match::CtOriginalProtoDst(proto, port) => {
+                // The protocol is the same in both directions; the kernel keeps no
+                // direction for this key, so none is sent (and none comes back).
+                self.ct(CT_PROTOCOL, None);
+                self.cmp(CMP_EQ, &[proto_number(*proto)]);
+                self.ct(CT_PROTO_DST, Some(CtDir::Original));
+                self.cmp(CMP_EQ, &port.to_be_bytes());
+            }
+        }
+    }
+
+    fn add_verdict(&mut self, v: &Verdict) {
+        match v {
+            Verdict::Accept => self.verdict(NF_ACCEPT),
+            Verdict::Drop => self.verdict(NF_DROP),
+            Verdict::Dnat(to) => {
+                self.immediate(REG_1, &to.ip().octets());
+                self.immediate(REG_2, &to.port().to_be_bytes());
+                self.expr(
+                    "nat",
+                    &[
+                        (sys::NFTNL_EXPR_NAT_TYPE, Attr::U32(NAT_DNAT)),
+                        (sys::NFTNL_EXPR_NAT_FAMILY, Attr::U32(NFPROTO_IPV4 as u32)),
+                        (sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, Attr::U32(REG_1)),
+                        (sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, Attr::U32(REG_1)),
+                        (sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, Attr::U32(REG_2)),
+                        (sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, Attr::U32(REG_2)),
+                        (sys::NFTNL_EXPR_NAT_FLAGS, Attr::U32(NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED)),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+fn proto_number(p: Proto) -> u8 {
+    p.number()
+}
+
+enum Attr {
+    U32(u32),
+    Bytes(Vec<u8>),
+    Str(String),
+}
+
+fn new_rule(chain: &str, rule: &Rule) -> Obj {
+    // SAFETY: fresh allocation; strings and userdata are copied by libnftnl.
+    let p = unsafe {
+        let p = alloc(sys::nftnl_rule_alloc());
+        let r = p.as_ptr();
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, cstr(TABLE).as_ptr());
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, cstr(chain).as_ptr());
+        sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, NFPROTO_IPV4 as u32);
+        p
+    };
+    let mut w = ExprWriter { rule: p };
+    for m in &rule.matches {
+        w.add_match(m);
+    }
+    w.add_verdict(&rule.verdict);
+    set_comment(p, &rule.comment);
+    Obj::Rule(p)
+}
+
+fn set_comment(rule: NonNull<sys::nftnl_rule>, comment: &str) {
+    // SAFETY: the udata buffer is ours until freed below; nftnl_rule_set_data copies it.
+    unsafe {
+        let buf = alloc(sys::nftnl_udata_buf_alloc(sys::NFTNL_UDATA_COMMENT_MAXLEN));
+        let text = cstr(&comment[..comment.len().min(sys::NFTNL_UDATA_COMMENT_MAXLEN as usize - 1)]);
+        sys::nftnl_udata_put_strz(buf.as_ptr(), sys::NFTNL_UDATA_RULE_COMMENT as u8, text.as_ptr());
+        sys::nftnl_rule_set_data(
+            rule.as_ptr(),
+            sys::NFTNL_RULE_USERDATA as u16,
+            sys::nftnl_udata_buf_data(buf.as_ptr()),
+            sys::nftnl_udata_buf_len(buf.as_ptr()),
+        );
+        sys::nftnl_udata_buf_free(buf.as_ptr());
+    }
+}
+
+/// The objects of one table, in the order they must be created.
+pub struct TableObjects {
+    objs: Vec<(Obj, String)>,
+}
+
+/// Encodes the planned table into libnftnl objects.
+pub fn encode(ruleset: &Ruleset) -> TableObjects {
+    let mut objs = vec![(new_table(), format!("table ip {TABLE}"))];
+    for (i, set) in ruleset.sets.iter().enumerate() {
+        let id = i as u32 + 1;
+        objs.push((new_set(set, id), format!("set {}", set.name)));
+        for e in new_elems(set, id) {
+            objs.push((e, format!("elements of set {}", set.name)));
+        }
+    }
+    for chain in &ruleset.chains {
+        objs.push((new_chain(chain), format!("chain {}", chain.name)));
+    }
+    for chain in &ruleset.chains {
+        for rule in &chain.rules {
+            objs.push((new_rule(chain.name, rule), format!("rule \"{}\" in chain {}", rule.comment, chain.name)));
+        }
+    }
+    TableObjects { objs }
+}
+
+/// One batch being written: libnftnl's paged buffer plus a label per sequence number.
+struct BatchWriter {
+    batch: NonNull<sys::nftnl_batch>,
+    seq: u32,
+    labels: Vec<(u32, String)>,
+}
+
+impl Drop for BatchWriter {
+    fn drop(&mut self) {
+        // SAFETY: allocated by nftnl_batch_alloc, owned by this value.
+        unsafe { sys::nftnl_batch_free(self.batch.as_ptr()) }
+    }
+}
+
+impl BatchWriter {
+    fn new() -> Self {
+        // SAFETY: plain allocation; begin message written into the first page.
+        let batch = alloc(unsafe { sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize()) });
+        let mut w = BatchWriter {
+            batch,
+            seq: 1,
+            labels: Vec::new(),
+        };
+        // SAFETY: the buffer has room for at least one maximal message.
+        unsafe {
+            sys::nftnl_batch_begin(sys::nftnl_batch_buffer(w.batch.as_ptr()).cast::<c_char>(), w.seq);
+        }
+        w.advance();
+        w
+    }
+
+    fn advance(&mut self) {
+        // SAFETY: live batch; a failure means malloc failed.
+        if unsafe { sys::nftnl_batch_update(self.batch.as_ptr()) } < 0 {
+            std::process::abort();
+        }
+        self.seq += 1;
+    }
+
+    fn add(&mut self, obj: &Obj, delete: bool, label: &str) {
+        let ack = libc::NLM_F_ACK as u16;
+        let create = libc::NLM_F_CREATE as u16;
+        let (ty, flags) = match (obj, delete) {
+            (Obj::Table(_), false) => (libc::NFT_MSG_NEWTABLE, create | ack),
+            (Obj::Table(_), true) => (libc::NFT_MSG_DELTABLE, ack),
+            (Obj::Chain(_), _) => (libc::NFT_MSG_NEWCHAIN, create | ack),
+            (Obj::Set(_), _) => (libc::NFT_MSG_NEWSET, create | ack),
+            (Obj::Elems(_), _) => (libc::NFT_MSG_NEWSETELEM, create | ack),
+            (Obj::Rule(_), _) => (libc::NFT_MSG_NEWRULE, create | libc::NLM_F_APPEND as u16 | ack),
+        };
+        // SAFETY: the batch buffer has room for one maximal message (nft_nlmsg_maxsize),
+        // and each object pointer is live.
+        unsafe {
+            let buf = sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>();
+            let nlh = sys::nftnl_nlmsg_build_hdr(buf, ty as u16, NFPROTO_IPV4, flags, self.seq);
+            match obj {
+                Obj::Table(p) => sys::nftnl_table_nlmsg_build_payload(nlh, p.as_ptr()),
+                Obj::Chain(p) => sys::nftnl_chain_nlmsg_build_payload(nlh, p.as_ptr()),
+                Obj::Set(p) => sys::nftnl_set_nlmsg_build_payload(nlh, p.as_ptr()),
+                Obj::Elems(p) => sys::nftnl_set_elems_nlmsg_build_payload(nlh, p.as_ptr()),
+                Obj::Rule(p) => sys::nftnl_rule_nlmsg_build_payload(nlh, p.as_ptr()),
+            }
+        }
+        self.labels.push((self.seq, label.to_string()));
+        self.advance();
+    }
+
+    /// Finishes the batch and sends it as one datagram, then reads every reply. Returns
+    /// the first error, named by the label of the message the kernel refused.
+    fn commit(mut self, sock: &mut NlSocket) -> Result<()> {
+        // SAFETY: room for the end message is guaranteed as for any message.
+        unsafe {
+            sys::nftnl_batch_end(sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>(), self.seq);
+        }
+        self.advance();
+        // SAFETY: the iovecs point into the batch's pages, which live as long as `self`.
+        let pages: Vec<&[u8]> = unsafe {
+            let n = sys::nftnl_batch_iovec_len(self.batch.as_ptr());
+            let mut iov = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n as usize];
+            sys::nftnl_batch_iovec(self.batch.as_ptr(), iov.as_mut_ptr(), n as u32);
+            iov.iter().map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)).collect()
+        };
+        let total: usize = pages.iter().map(|p| p.len()).sum();
+        sock.size_buffers(total * 2)?;
+        sock.send_pages(&pages)?;
+        // nfnetlink processes the batch synchronously inside sendmsg, so every reply is
+        // already queued: drain without blocking and report the first error.
+        let mut first_error: Option<(i32, u32)> = None;
+        let mut acks = 0usize;
+        while sock.recv_each(false, |r| {
+            if let Some(code) = r.error_code() {
+                if code == 0 {
+                    acks += 1;
+                } else if first_error.is_none() {
+                    first_error = Some((code, r.error_seq().unwrap_or(0)));
+                }
+            }
+            Ok(())
+        })? {}
+        if let Some((code, seq)) = first_error {
+            let label = self
+                .labels
+                .iter()
+                .find(|(s, _)| *s == seq)
+                .map(|(_, l)| l.as_str())
+                .unwrap_or("the batch");
+            return Err(anyhow!(io::Error::from_raw_os_error(code)))
+                .with_context(|| format!("the kernel refused {label}; the whole batch was discarded"));
+        }
+        if acks < self.labels.len() {
+            anyhow::bail!(
+                "the kernel acknowledged {acks} of {} batch messages",
+                self.labels.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Replaces loopgate's table with `objects` (or removes it when `None`) in one batch.
+/// With `poison`, a rule referring to a missing set is appended so the kernel rejects the
+/// batch: the test hook that proves the batch is all-or-nothing.
+fn replace_table(sock: &mut NlSocket, objects: Option<&TableObjects>, poison: bool) -> Result<()> {
+    let mut w = BatchWriter::new();
+    let table = new_table();
+    // add + delete makes the delete succeed whether or not the table exists.
+    w.add(&table, false, "table ip loopgate (create)");
+    w.add(&table, true, "table ip loopgate (flush)");
+    if let Some(objs) = objects {
+        for (obj, label) in &objs.objs {
+            w.add(obj, false, label);
+        }
+    }
+    if poison {
+        let chain = new_chain(&BaseChain {
+            name: "poison",
+            kind: ChainKind::Filter,
+            hook: Hook::Input,
+            priority: 0,
+            rules: vec![],
+        });
+        let rule = new_rule(
+            "poison",
+            &Rule {
+                matches: vec![Match::SaddrInSet("no_such_set".into())],
+                verdict: Verdict::Drop,
+                comment: "injected failure".into(),
+            },
+        );
+        if objects.is_none() {
+            w.add(&new_table(), false, "table ip loopgate (poison)");
+        }
+        w.add(&chain, false, "chain poison");
+        w.add(&rule, false, "injected failure rule");
+    }
+    w.commit(sock)
+}
+
+/// Installs the planned table (or removes it when there are no grants), atomically.
+pub fn apply(ruleset: Option<&Ruleset>) -> Result<()> {
+    let mut sock = NlSocket::netfilter()?;
+    let objects = ruleset.map(encode);
+    replace_table(&mut sock, objects.as_ref(), crate::failpoint::armed("ruleset-batch"))
+}
+
+/// What the kernel holds of loopgate's table, kept both to compare and to restore.
+pub struct Snapshot {
+    objects: Option<TableObjects>,
+}
+
+impl Snapshot {
+    pub fn present(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// Puts the table back as it was when the snapshot was taken.
+    pub fn restore(&self) -> Result<()> {
+        let mut sock = NlSocket::netfilter()?;
+        replace_table(&mut sock, self.objects.as_ref(), false)
+    }
+
+    /// A canonical description for comparison with a planned table.
+    pub fn image(&self) -> Option<TableImage> {
+        self.objects.as_ref().map(TableObjects::image)
+    }
+}
+
+fn request(ty: u16, flags: u16, seq: u32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer is large enough for a header plus a small request payload.
+    let len = unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, seq);
+        payload(nlh);
+        (*nlh).nlmsg_len as usize
+    };
+    buf.truncate(len);
+    buf
+}
+
+/// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
+fn aligned(bytes: &[u8]) -> Vec<u64> {
+    let mut v = vec![0u64; bytes.len().div_ceil(8)];
+    // SAFETY: v has at least bytes.len() bytes of storage.
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    v
+}
+
+fn dump_rows(sock: &mut NlSocket, ty: i32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Result<Vec<Vec<u64>>> {
+    let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
+    let req = request(ty as u16, flags, 1, payload);
+    Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
+}
+
+fn get_str(p: *const c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libnftnl returns NUL-terminated strings owned by the object.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Reads loopgate's table from the kernel: chains, sets with elements, rules.
+pub fn snapshot() -> Result<Snapshot> {
+    let mut sock = NlSocket::netfilter()?;
+    sock.size_buffers(8 << 20)?;
+    let tables = match dump_rows(&mut sock, libc::NFT_MSG_GETTABLE, |_| {}) {
+        Ok(t) => t,
+        Err(e) => return Err(e).context("reading nftables tables"),
+    };
+    let mut table = None;
+    for row in &tables {
+        // SAFETY: `row` holds one complete aligned netlink message.
+        unsafe {
+            let t = alloc(sys::nftnl_table_alloc());
+            sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr());
+            let name = get_str(sys::nftnl_table_get_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16));
+            let fam = sys::nftnl_table_get_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16);
+            if name == TABLE && fam == NFPROTO_IPV4 as u32 {
+                sys::nftnl_table_unset(t.as_ptr(), sys::NFTNL_TABLE_HANDLE as u16);
+                sys::nftnl_table_unset(t.as_ptr(), sys::NFTNL_TABLE_USE as u16);
+                table = Some(Obj::Table(t));
+            } else {
+                sys::nftnl_table_free(t.as_ptr());
+            }
+        }
+    }
+    let Some(table) = table else {
+        return Ok(Snapshot { objects: None });
+    };
+    let mut objs = vec![(table, format!("table ip {TABLE}"))];
+
+    let in_table = |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
+
+    let mut set_names = Vec::new();
+    for row in dump_rows(&mut sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is tiny.
+        let s = set_header("", 0);
+        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_NAME as u16);
+        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_ID as u16);
+        sys::nftnl_set_nlmsg_build_payload(nlh, s.as_ptr());
+        sys::nftnl_set_free(s.as_ptr());
+    })? {
+        // SAFETY: aligned complete message; the set is owned by `Obj` below.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc());
+            sys::nftnl_set_nlmsg_parse(row.as_ptr().cast(), s.as_ptr());
+            let fam = sys::nftnl_set_get_u32(s.as_ptr(), sys::NFTNL_SET_FAMILY as u16);
+            if !in_table(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16), fam) {
+                sys::nftnl_set_free(s.as_ptr());
+                continue;
+            }
+            sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_HANDLE as u16);
+            let name = get_str(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16));
+            set_names.push(name.clone());
+            objs.push((Obj::Set(s), format!("set {name}")));
+        }
+    }
+    for (i, name) in set_names.iter().enumerate() {
+        let id = i as u32 + 1;
+        // SAFETY: the header set is live for the duration of the closure.
+        let header = set_header(name, id);
+        let rows = dump_rows(&mut sock, libc::NFT_MSG_GETSETELEM, |nlh| unsafe {
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, header.as_ptr());
+        });
+        // SAFETY: header is ours.
+        unsafe { sys::nftnl_set_free(header.as_ptr()) };
+        let elems = set_header(name, id);
+        for row in rows? {
+            // SAFETY: parse appends the message's elements to our set.
+            unsafe { sys::nftnl_set_elems_nlmsg_parse(row.as_ptr().cast(), elems.as_ptr()) };
+        }
+        // Give the restored set the same id so its elements find it within the batch.
+        if let Some((Obj::Set(s), _)) = objs.iter().find(|(o, l)| matches!(o, Obj::Set(_)) && l == &format!("set {name}")) {
+            // SAFETY: live set owned by objs.
+            unsafe { sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, id) };
+        }
+        objs.push((Obj::Elems(elems), format!("elements of set {name}")));
+    }
+
+    for row in dump_rows(&mut sock, libc::NFT_MSG_GETCHAIN, |_| {})? {
+        // SAFETY: aligned complete message; ownership moves into `Obj`.
+        unsafe {
+            let c = alloc(sys::nftnl_chain_alloc());
+            sys::nftnl_chain_nlmsg_parse(row.as_ptr().cast(), c.as_ptr());
+            let fam = sys::nftnl_chain_get_u32(c.as_ptr(), sys::NFTNL_CHAIN_FAMILY as u16);
+            if !in_table(sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16), fam) {
+                sys::nftnl_chain_free(c.as_ptr());
+                continue;
+            }
+            for attr in [sys::NFTNL_CHAIN_HANDLE, sys::NFTNL_CHAIN_USE, sys::NFTNL_CHAIN_BYTES, sys::NFTNL_CHAIN_PACKETS] {
+                sys::nftnl_chain_unset(c.as_ptr(), attr as u16);
+            }
+            let name = get_str(sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16));
+            objs.push((Obj::Chain(c), format!("chain {name}")));
+        }
+    }
+    for row in dump_rows(&mut sock, libc::NFT_MSG_GETRULE, |_| {})? {
+        // SAFETY: aligned complete message; ownership moves into `Obj`.
+        unsafe {
+            let r = alloc(sys::nftnl_rule_alloc());
+            sys::nftnl_rule_nlmsg_parse(row.as_ptr().cast(), r.as_ptr());
+            let fam = sys::nftnl_rule_get_u32(r.as_ptr(), sys::NFTNL_RULE_FAMILY as u16);
+            if !in_table(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16), fam) {
+                sys::nftnl_rule_free(r.as_ptr());
+                continue;
+            }
+            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_HANDLE as u16);
+            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_POSITION as u16);
+            let chain = get_str(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16));
+            objs.push((Obj::Rule(r), format!("rule in chain {chain}")));
+        }
+    }
+    Ok(Snapshot {
+        objects: Some(TableObjects { objs }),
+    })
+}
+
+/// A canonical, comparable description of a table: chains, sets with their elements,
+/// and each rule's expressions as libnftnl prints them. Planned and kernel tables are
+/// both reduced to this, so "what loopgate would generate" is compared exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableImage {
+    pub chains: Vec<String>,
+    pub sets: Vec<String>,
+    pub rules: Vec<String>,
+}
+
+impl TableImage {
+    /// Human-readable differences from `other` (the expected image), at most `limit`.
+    pub fn differences(&self, expected: &TableImage, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut diff = |what: &str, have: &[String], want: &[String]| {
+            for w in want.iter().filter(|w| !have.contains(w)) {
+                out.push(format!("{what} missing or altered: {}", short(w)));
+            }
+            for h in have.iter().filter(|h| !want.contains(h)) {
+                out.push(format!("unexpected {what}: {}", short(h)));
+            }
+            if out.is_empty() && have != want {
+                out.push(format!("{what}s are in a different order"));
+            }
+        };
+        diff("chain", &self.chains, &expected.chains);
+        diff("set", &self.sets, &expected.sets);
+        diff("rule", &self.rules, &expected.rules);
+        out.truncate(limit);
+        out
+    }
+}
+
+fn short(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.len() > 160 {
+        format!("{}...", &one[..one.char_indices().nth(157).map(|(i, _)| i).unwrap_or(one.len())])
+    } else {
+        one
+    }
+}
+
+unsafe extern "C" fn print_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the &mut Vec<String> passed by `rule_text`; `e` is live during
+    // the callback.
+    unsafe {
+        let out = &mut *data.cast::<Vec<String>>();
+        let mut buf = [0 as c_char; 1024];
+        sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0);
+        let name = get_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16));
+        out.push(format!("[{name} {}]", get_str(buf.as_ptr())));
+    }
+    0
+}
+
+unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the &mut Vec<String> passed by `set_text`; `e` is live.
+    unsafe {
+        let out = &mut *data.cast::<Vec<String>>();
+        let mut len = 0u32;
+        let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+        let key = if key.is_null() { &[][..] } else { std::slice::from_raw_parts(key.cast::<u8>(), len as usize) };
+        let flags = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
+            sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
+        } else {
+            0
+        };
+        out.push(format!("{key:02x?}/{flags}"));
+    }
+    0
+}
+
+fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
+    let mut exprs: Vec<String> = Vec::new();
+    // SAFETY: live rule; the callback only reads expressions and pushes to `exprs`.
+    unsafe {
+        sys::nftnl_expr_foreach(r.as_ptr(), Some(print_expr), (&mut exprs as *mut Vec<String>).cast());
+        let chain = get_str(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16));
+        let mut len = 0u32;
+        let udata = sys::nftnl_rule_get_data(r.as_ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
+        let comment = if udata.is_null() {
+            String::new()
+        } else {
+            String::from_utf8_lossy(std::slice::from_raw_parts(udata.cast::<u8>(), len as usize))
+                .trim_matches(|c: char| c.is_control())
+                .to_string()
+        };
+        format!("{chain}: {} comment {comment:?}", exprs.join(" "))
+    }
+}
+
+impl TableObjects {
+    fn image(&self) -> TableImage {
+        let mut img = TableImage {
+            chains: vec![],
+            sets: vec![],
+            rules: vec![],
+        };
+        let mut elems_of: Vec<(String, Vec<String>)> = Vec::new();
+        for (obj, _) in &self.objs {
+            // SAFETY: every pointer is a live object owned by self.
+            unsafe {
+                match obj {
+                    Obj::Table(_) => {}
+                    Obj::Chain(c) => {
+                        let c = c.as_ptr();
+                        img.chains.push(format!(
+                            "{} type {} hook {} prio {} policy {}",
+                            get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
+                            get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
+                            sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                            sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
+                            sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16),
+                        ));
+                    }
+                    Obj::Set(s) => {
+                        let s = s.as_ptr();
+                        img.sets.push(format!(
+                            "{} flags {} keytype {} keylen {}",
+                            get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
+                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_FLAGS as u16),
+                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_TYPE as u16),
+                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_LEN as u16),
+                        ));
+                    }
+                    Obj::Elems(s) => {
+                        let name = get_str(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16));
+                        let mut v = Vec::new();
+                        sys::nftnl_set_elem_foreach(s.as_ptr(), Some(collect_elem), (&mut v as *mut Vec<String>).cast());
+                        match elems_of.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, all)) => all.extend(v),
+                            None => elems_of.push((name, v)),
+                        }
+                    }
+                    Obj::Rule(r) => img.rules.push(rule_text(*r)),
+                }
+            }
+        }
+        for (name, mut elems) in elems_of {
+            elems.sort();
+            img.sets.push(format!("{name} elements {}", elems.join(" ")));
+        }
+        img.chains.sort();
+        img.sets.sort();
+        img
+    }
+}
+
+/// The canonical image of a planned table, for comparison with [`Snapshot::image`].
+pub fn planned_image(ruleset: &Ruleset) -> TableImage {
+    encode(ruleset).image()
+}

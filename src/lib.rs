@@ -1,0 +1,38 @@
+//! loopgate: publish a loopback-only service on one interface, for chosen source
+//! networks only, by pairing `route_localnet` with nftables guard rules in one
+//! transaction.
+//!
+//! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
+//! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
+//! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands.
+
+pub mod cidr;
+pub mod cli;
+pub mod error;
+pub mod failpoint;
+pub mod grant;
+pub mod input;
+pub mod kernel;
+pub mod plan;
+pub mod policy;
+pub mod ruleset;
+pub mod state;
+pub mod txn;
+pub mod verbs;
+
+use anyhow::Result;
+use cli::{Cli, Command};
+
+/// Runs a parsed command line and returns the exit code.
+pub fn run(cli: &Cli) -> Result<i32> {
+    if let Some(ns) = &cli.netns {
+        kernel::netns::enter(ns)?;
+    }
+    match &cli.command {
+        Command::Expose(a) => verbs::expose::run(a).map(|_| error::EXIT_OK),
+        Command::Revoke(a) => verbs::revoke::run(a).map(|_| error::EXIT_OK),
+        Command::Audit(a) => verbs::audit::run(a),
+        Command::Apply(a) => verbs::apply::run_apply(a).map(|_| error::EXIT_OK),
+        Command::Plan(a) => verbs::apply::run_plan(a).map(|_| error::EXIT_OK),
+    }
+}

@@ -1,0 +1,130 @@
+//! The declarative policy file read by `apply` and `plan`.
+//!
+//! The format is deliberately small and strict: unknown keys and wrong types are
+//! errors, because a typo in a hardening policy must not silently widen or drop a rule.
+//! Entries are validated with the same code as `expose` arguments.
+
+use crate::bad_input;
+use crate::grant::Grant;
+use crate::input::{self, GrantRequest, Interfaces};
+use anyhow::Result;
+use serde::Deserialize;
+use std::path::Path;
+
+/// Policy files larger than this are refused before parsing.
+const MAX_POLICY_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub grants: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: Option<String>,
+    pub interface: String,
+    pub allow: OneOrMany<String>,
+    pub port: OneOrMany<u64>,
+    pub proto: Option<String>,
+    pub to: Option<String>,
+    pub listen: Option<String>,
+}
+
+/// A scalar or a list of scalars, as YAML users write both.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Parses policy text; errors name the file position serde_yaml reports.
+pub fn parse(text: &str, origin: &str) -> Result<Policy> {
+    match serde_yaml::from_str::<Option<Policy>>(text) {
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Ok(Policy { grants: vec![] }),
+        Err(e) => bad_input!("{origin}: {}", e.to_string().replace('\n', " ")),
+    }
+}
+
+/// Reads and parses a policy file.
+pub fn load(path: &Path) -> Result<Policy> {
+    let origin = path.display().to_string();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => bad_input!("cannot read policy file {origin:?}: {e}"),
+    };
+    if meta.len() > MAX_POLICY_BYTES {
+        bad_input!("policy file {origin:?} is larger than {} MiB", MAX_POLICY_BYTES >> 20);
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => bad_input!("cannot read policy file {origin:?}: {e}"),
+    };
+    let Ok(text) = String::from_utf8(bytes) else {
+        bad_input!("policy file {origin:?} is not UTF-8");
+    };
+    parse(&text, &origin)
+}
+
+/// Validates every entry into grants and checks them against each other.
+pub fn grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
+    let mut out = Vec::new();
+    for (i, e) in policy.grants.iter().enumerate() {
+        let req = GrantRequest {
+            name: e.name.clone(),
+            iface: e.interface.clone(),
+            allow: e.allow.to_vec(),
+            ports: e.port.to_vec().iter().map(u64::to_string).collect(),
+            proto: e.proto.clone(),
+            to: e.to.clone(),
+            listen: e.listen.clone(),
+        };
+        let grants = input::validate(&req, host).map_err(|err| {
+            let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            anyhow::Error::new(crate::error::BadInput(format!("grant {label}: {err:#}")))
+        })?;
+        out.extend(grants);
+    }
+    input::check_conflicts(&out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_errors() {
+        let e = parse("grants:\n  - interface: docker0\n    allow: [10.0.0.0/8]\n    port: 1\n    prot: tcp\n", "p.yaml")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("prot"), "{e:#}");
+        let e = parse("grants:\n  - interface: docker0\n    allow: 10.0.0.0/8\n    port: [http]\n", "p.yaml").unwrap_err();
+        assert!(format!("{e:#}").contains("p.yaml"), "{e:#}");
+        assert!(parse("grants: {", "p.yaml").is_err());
+        assert!(parse("surprise: 1", "p.yaml").is_err());
+    }
+
+    #[test]
+    fn scalars_and_lists_are_both_accepted() {
+        let p = parse(
+            "grants:\n  - interface: docker0\n    allow: 10.0.0.0/8\n    port: [53, 5353]\n    proto: both\n",
+            "p.yaml",
+        )
+        .unwrap();
+        assert_eq!(p.grants[0].port.to_vec(), vec![53, 5353]);
+        assert!(parse("", "empty.yaml").unwrap().grants.is_empty());
+    }
+}

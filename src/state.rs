@@ -1,0 +1,121 @@
+//! What loopgate remembers per network namespace: its grants, the route_localnet value
+//! each interface had before loopgate first touched it, and an in-flight transaction.
+//!
+//! The kernel alone cannot tell loopgate what to restore on revoke (Docker or Podman may
+//! have set route_localnet=1 themselves), so this survives the process. It lives under
+//! `/run/loopgate/netns-<cookie>/` (`LOOPGATE_STATE_DIR` overrides the base), is
+//! replaced atomically (write, fsync, rename), and an exclusive `flock` serialises
+//! concurrent loopgate runs on one namespace.
+
+use crate::grant::Grant;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// The committed grants.
+    pub grants: Vec<Grant>,
+    /// route_localnet before loopgate changed it, per interface it manages or managed
+    /// in an unfinished transaction.
+    pub originals: BTreeMap<String, u8>,
+    /// Grants of a transaction that started and never finished (a crash); the next
+    /// command converges the host to `grants` again or to its own target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Vec<Grant>>,
+}
+
+/// The locked state directory of the current network namespace.
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+fn base_dir() -> PathBuf {
+    std::env::var_os("LOOPGATE_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/loopgate"))
+}
+
+impl Store {
+    /// Opens the state of the current namespace and locks it: exclusively for commands
+    /// that change the host, shared for read-only ones.
+    pub fn open(exclusive: bool) -> Result<Store> {
+        let cookie = crate::kernel::netns::cookie()?;
+        let dir = base_dir().join(format!("netns-{cookie}"));
+        fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("opening {}", lock_path.display()))?;
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        // SAFETY: valid fd owned by `lock`, which lives as long as the Store; the lock is
+        // released when the file is closed.
+        if unsafe { libc::flock(lock.as_raw_fd(), op) } < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", lock_path.display()));
+        }
+        Ok(Store { dir, _lock: lock })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// The state file's bytes, `None` when there is none yet.
+    pub fn read_raw(&self) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.path()) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path().display())),
+        }
+    }
+
+    pub fn load(&self) -> Result<State> {
+        match self.read_raw()? {
+            None => Ok(State {
+                version: STATE_VERSION,
+                ..Default::default()
+            }),
+            Some(bytes) => {
+                let state: State = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("state file {} is corrupt; inspect or remove it", self.path().display()))?;
+                if state.version != STATE_VERSION {
+                    anyhow::bail!("state file {} has version {}, expected {STATE_VERSION}", self.path().display(), state.version);
+                }
+                Ok(state)
+            }
+        }
+    }
+
+    pub fn save(&self, state: &State) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(state).context("serialising state")?;
+        self.write_raw(Some(&bytes))
+    }
+
+    /// Atomically replaces the state file with `bytes`, or removes it for `None`.
+    pub fn write_raw(&self, bytes: Option<&[u8]>) -> Result<()> {
+        let Some(bytes) = bytes else {
+            return match fs::remove_file(self.path()) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("removing the state file"),
+                _ => Ok(()),
+            };
+        };
+        let tmp = self.dir.join("state.json.tmp");
+        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, self.path()).with_context(|| format!("replacing {}", self.path().display()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! One module per verb; this module holds what they share: taking the lock, looking at
+//! the kernel, and running (or only printing) a transaction.
+
+pub mod apply;
+pub mod audit;
+pub mod expose;
+pub mod revoke;
+
+use crate::grant::Grant;
+use crate::kernel::{host, nft, sysctl};
+use crate::state::{State, Store};
+use crate::txn::{self, Change};
+use anyhow::Result;
+
+/// How a converging command reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Change the host.
+    Apply,
+    /// Print the change and the resulting table; change nothing.
+    DryRun,
+    /// Print the change only (`plan`).
+    Plan,
+}
+
+/// Moves the host to `grants` (or shows what that would do).
+pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
+    let snapshot = nft::snapshot()?;
+    let current = txn::current_sysctls(&old, &grants);
+    let ruleset = crate::plan::ruleset(&grants);
+    let matches = txn::table_matches(&snapshot, ruleset.as_ref());
+    let change = Change::compute(old, grants, &current, matches);
+
+    if sysctl::read("all").is_ok_and(|v| v == 1) && !change.grants.is_empty() {
+        eprintln!(
+            "loopgate: warning: net.ipv4.conf.all.route_localnet is 1: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
+        );
+    }
+    if mode == Mode::Apply {
+        warn_unserved(&change);
+    }
+
+    if change.is_noop() {
+        println!("nothing to do: the host already matches");
+        return Ok(());
+    }
+    match mode {
+        Mode::Plan | Mode::DryRun => {
+            let header = if mode == Mode::Plan { "plan" } else { "dry run, nothing changed" };
+            println!("# {header}:");
+            for line in change.describe() {
+                println!("#   {line}");
+            }
+            if mode == Mode::DryRun {
+                println!("# resulting table (other tables are never touched):");
+                print!("{}", crate::plan::render(change.ruleset.as_ref()));
+            }
+            Ok(())
+        }
+        Mode::Apply => {
+            let lines = change.describe();
+            let outcome = txn::execute(store, &change, &snapshot)?;
+            for line in lines {
+                println!("{line}");
+            }
+            if outcome.connections_cut > 0 {
+                println!("cut {} open connection(s) of revoked grants", outcome.connections_cut);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Warns about grants whose target has no listener yet: allowed, but probably a typo.
+fn warn_unserved(change: &Change) {
+    let Ok(listeners) = host::listeners() else { return };
+    for g in &change.grants {
+        if !host::is_listening(&listeners, g.proto, *g.to.ip(), g.to.port()) {
+            eprintln!(
+                "loopgate: warning: nothing listens on {}/{} yet; grant {} is in place and will work once it does",
+                g.to, g.proto, g.name
+            );
+        }
+    }
+}
+
+/// Checks privileges and takes the namespace's state lock.
+pub fn open_store(exclusive: bool) -> Result<(Store, State)> {
+    host::require_net_admin()?;
+    let store = Store::open(exclusive)?;
+    let state = store.load()?;
+    Ok((store, state))
+}
