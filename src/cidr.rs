@@ -56,7 +56,12 @@ mod tests {
 
     #[test]
     fn overlapping_and_adjacent_networks_merge() {
-        let r = merge(&nets(&["10.1.0.0/16", "10.0.0.0/8", "192.0.2.0/25", "192.0.2.128/25"]));
+        let r = merge(&nets(&[
+            "10.1.0.0/16",
+            "10.0.0.0/8",
+            "192.0.2.0/25",
+            "192.0.2.128/25",
+        ]));
         assert_eq!(r.len(), 2);
         assert_eq!(render(r[0]), "10.0.0.0/8");
         assert_eq!(render(r[1]), "192.0.2.0/24");
@@ -64,7 +69,11 @@ mod tests {
 
     #[test]
     fn disjoint_networks_stay_apart_and_render_as_ranges_when_needed() {
-        let r = merge(&nets(&["198.51.100.0/24", "198.51.101.0/24", "198.51.102.0/24"]));
+        let r = merge(&nets(&[
+            "198.51.100.0/24",
+            "198.51.101.0/24",
+            "198.51.102.0/24",
+        ]));
         assert_eq!(r.len(), 1);
         assert_eq!(render(r[0]), "198.51.100.0-198.51.102.255");
         assert_eq!(render(merge(&nets(&["203.0.113.9/32"]))[0]), "203.0.113.9");

@@ -86,7 +86,9 @@ pub fn parse_cidr(text: &str) -> Result<Ipv4Network> {
         },
     };
     if prefix == 0 {
-        bad_input!("allowed CIDR {text:?} allows the whole Internet; name the networks that need access");
+        bad_input!(
+            "allowed CIDR {text:?} allows the whole Internet; name the networks that need access"
+        );
     }
     let net = Ipv4Network::new(addr, prefix)?;
     if net.network() != addr {
@@ -139,14 +141,19 @@ pub fn parse_to(text: &str) -> Result<(Ipv4Addr, Option<u16>)> {
     };
     let addr = parse_ipv4("target address", addr_text)?;
     if !loopback().contains(addr) {
-        bad_input!("target {text:?} is outside 127.0.0.0/8; loopgate only publishes loopback services");
+        bad_input!(
+            "target {text:?} is outside 127.0.0.0/8; loopgate only publishes loopback services"
+        );
     }
     Ok((addr, port))
 }
 
 /// Parses a grant name: 1-64 characters from `[A-Za-z0-9_.-]`, starting alphanumeric.
 pub fn parse_name(text: &str) -> Result<String> {
-    let ok_start = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_start = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_rest = text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));

@@ -25,6 +25,8 @@ use cli::{Cli, Command};
 
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: &Cli) -> Result<i32> {
+    // Every verb reads the firewall; say so plainly before any netlink errno can.
+    kernel::host::require_net_admin()?;
     if let Some(ns) = &cli.netns {
         kernel::netns::enter(ns)?;
     }

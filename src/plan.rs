@@ -73,7 +73,11 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
             verdict: Verdict::Drop,
             comment: format!("{iface} guard: no spoofed loopback source"),
         });
-        for (g, set) in grants.iter().zip(&grant_set).filter(|(g, _)| &g.iface == iface) {
+        for (g, set) in grants
+            .iter()
+            .zip(&grant_set)
+            .filter(|(g, _)| &g.iface == iface)
+        {
             // iifname "X" ip saddr @allow_N ip daddr L tcp dport P dnat to T
             nat.push(Rule {
                 matches: vec![
@@ -105,7 +109,11 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         }
         // iifname "X" ip daddr 127.0.0.0/8 ct direction reply accept
         input.push(Rule {
-            matches: vec![iif(), Match::DaddrIn(loopback()), Match::CtDirection(CtDir::Reply)],
+            matches: vec![
+                iif(),
+                Match::DaddrIn(loopback()),
+                Match::CtDirection(CtDir::Reply),
+            ],
             verdict: Verdict::Accept,
             comment: format!("{iface} guard: replies of flows the host opened"),
         });
@@ -162,6 +170,9 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
 pub fn render(ruleset: Option<&Ruleset>) -> String {
     match ruleset {
         Some(r) => r.to_nft(),
-        None => format!("# no grants: table ip {} is absent\n", crate::ruleset::TABLE),
+        None => format!(
+            "# no grants: table ip {} is absent\n",
+            crate::ruleset::TABLE
+        ),
     }
 }

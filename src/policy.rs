@@ -67,7 +67,10 @@ pub fn load(path: &Path) -> Result<Policy> {
         Err(e) => bad_input!("cannot read policy file {origin:?}: {e}"),
     };
     if meta.len() > MAX_POLICY_BYTES {
-        bad_input!("policy file {origin:?} is larger than {} MiB", MAX_POLICY_BYTES >> 20);
+        bad_input!(
+            "policy file {origin:?} is larger than {} MiB",
+            MAX_POLICY_BYTES >> 20
+        );
     }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
@@ -111,7 +114,11 @@ mod tests {
         let e = parse("grants:\n  - interface: docker0\n    allow: [10.0.0.0/8]\n    port: 1\n    prot: tcp\n", "p.yaml")
             .unwrap_err();
         assert!(format!("{e:#}").contains("prot"), "{e:#}");
-        let e = parse("grants:\n  - interface: docker0\n    allow: 10.0.0.0/8\n    port: [http]\n", "p.yaml").unwrap_err();
+        let e = parse(
+            "grants:\n  - interface: docker0\n    allow: 10.0.0.0/8\n    port: [http]\n",
+            "p.yaml",
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("p.yaml"), "{e:#}");
         assert!(parse("grants: {", "p.yaml").is_err());
         assert!(parse("surprise: 1", "p.yaml").is_err());

@@ -118,7 +118,12 @@ impl Hook {
 
 /// Renders a priority the way nft accepts it: a standard name plus an offset.
 fn priority_text(p: i32) -> String {
-    const NAMES: [(&str, i32); 4] = [("raw", -300), ("dstnat", -100), ("filter", 0), ("srcnat", 100)];
+    const NAMES: [(&str, i32); 4] = [
+        ("raw", -300),
+        ("dstnat", -100),
+        ("filter", 0),
+        ("srcnat", 100),
+    ];
     let (name, base) = NAMES
         .iter()
         .min_by_key(|(_, base)| (p - base).abs())

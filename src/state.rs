@@ -51,7 +51,8 @@ impl Store {
     pub fn open(exclusive: bool) -> Result<Store> {
         let cookie = crate::kernel::netns::cookie()?;
         let dir = base_dir().join(format!("netns-{cookie}"));
-        fs::create_dir_all(&dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+        fs::create_dir_all(&dir)
+            .with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -59,11 +60,16 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
         // SAFETY: valid fd owned by `lock`, which lives as long as the Store; the lock is
         // released when the file is closed.
         if unsafe { libc::flock(lock.as_raw_fd(), op) } < 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("locking {}", lock_path.display()));
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", lock_path.display()));
         }
         Ok(Store { dir, _lock: lock })
     }
@@ -88,10 +94,18 @@ impl Store {
                 ..Default::default()
             }),
             Some(bytes) => {
-                let state: State = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("state file {} is corrupt; inspect or remove it", self.path().display()))?;
+                let state: State = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "state file {} is corrupt; inspect or remove it",
+                        self.path().display()
+                    )
+                })?;
                 if state.version != STATE_VERSION {
-                    anyhow::bail!("state file {} has version {}, expected {STATE_VERSION}", self.path().display(), state.version);
+                    anyhow::bail!(
+                        "state file {} has version {}, expected {STATE_VERSION}",
+                        self.path().display(),
+                        state.version
+                    );
                 }
                 Ok(state)
             }
@@ -107,7 +121,9 @@ impl Store {
     pub fn write_raw(&self, bytes: Option<&[u8]>) -> Result<()> {
         let Some(bytes) = bytes else {
             return match fs::remove_file(self.path()) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).context("removing the state file"),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).context("removing the state file")
+                }
                 _ => Ok(()),
             };
         };
@@ -115,7 +131,8 @@ impl Store {
         let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, self.path()).with_context(|| format!("replacing {}", self.path().display()))?;
+        fs::rename(&tmp, self.path())
+            .with_context(|| format!("replacing {}", self.path().display()))?;
         Ok(())
     }
 }

@@ -26,7 +26,11 @@ pub struct SysctlChange {
 
 impl fmt::Display for SysctlChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "net.ipv4.conf.{}.route_localnet: {} -> {}", self.iface, self.from, self.to)
+        write!(
+            f,
+            "net.ipv4.conf.{}.route_localnet: {} -> {}",
+            self.iface, self.from, self.to
+        )
     }
 }
 
@@ -45,16 +49,28 @@ pub struct Change {
 impl Change {
     /// Computes the change from the recorded state, the target grants and what the
     /// kernel holds now (`current` route_localnet values, and whether the table matches).
-    pub fn compute(old: State, grants: Vec<Grant>, current: &BTreeMap<String, u8>, table_matches: bool) -> Change {
+    pub fn compute(
+        old: State,
+        grants: Vec<Grant>,
+        current: &BTreeMap<String, u8>,
+        table_matches: bool,
+    ) -> Change {
         let grants = crate::grant::normalize(grants);
         let managed: BTreeSet<String> = plan::interfaces(&grants).into_iter().collect();
         let mut originals = BTreeMap::new();
         let mut sysctls = Vec::new();
         for iface in &managed {
             let now = current.get(iface).copied().unwrap_or(0);
-            originals.insert(iface.clone(), old.originals.get(iface).copied().unwrap_or(now));
+            originals.insert(
+                iface.clone(),
+                old.originals.get(iface).copied().unwrap_or(now),
+            );
             if now != 1 {
-                sysctls.push(SysctlChange { iface: iface.clone(), from: now, to: 1 });
+                sysctls.push(SysctlChange {
+                    iface: iface.clone(),
+                    from: now,
+                    to: 1,
+                });
             }
         }
         for (iface, &original) in &old.originals {
@@ -64,12 +80,23 @@ impl Change {
             // An interface that is gone has nothing left to restore.
             if let Some(&now) = current.get(iface) {
                 if now != original {
-                    sysctls.push(SysctlChange { iface: iface.clone(), from: now, to: original });
+                    sysctls.push(SysctlChange {
+                        iface: iface.clone(),
+                        from: now,
+                        to: original,
+                    });
                 }
             }
         }
         let ruleset = plan::ruleset(&grants);
-        Change { old, grants, ruleset, table_matches, originals, sysctls }
+        Change {
+            old,
+            grants,
+            ruleset,
+            table_matches,
+            originals,
+            sysctls,
+        }
     }
 
     /// True when the host already matches: nothing would be written.
@@ -136,7 +163,10 @@ impl Change {
 pub fn current_sysctls(old: &State, grants: &[Grant]) -> BTreeMap<String, u8> {
     let mut ifaces: BTreeSet<String> = old.originals.keys().cloned().collect();
     ifaces.extend(grants.iter().map(|g| g.iface.clone()));
-    ifaces.into_iter().filter_map(|i| sysctl::read(&i).ok().map(|v| (i, v))).collect()
+    ifaces
+        .into_iter()
+        .filter_map(|i| sysctl::read(&i).ok().map(|v| (i, v)))
+        .collect()
 }
 
 /// True when the kernel's table equals what `ruleset` plans (both absent counts).
@@ -176,7 +206,9 @@ pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Resu
 }
 
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    crate::failpoint::check(name).and_then(|_| f()).with_context(|| format!("step {name} failed"))
+    crate::failpoint::check(name)
+        .and_then(|_| f())
+        .with_context(|| format!("step {name} failed"))
 }
 
 fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Outcome> {
@@ -200,7 +232,10 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
     step("sysctl-lower", || {
         for s in change.sysctls.iter().filter(|s| s.to < s.from) {
             sysctl::write(&s.iface, s.to)?;
-            undo.push(Undo::Sysctl { iface: s.iface.clone(), value: s.from });
+            undo.push(Undo::Sysctl {
+                iface: s.iface.clone(),
+                value: s.from,
+            });
         }
         Ok(())
     })?;
@@ -215,7 +250,10 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
     step("sysctl-raise", || {
         for s in change.sysctls.iter().filter(|s| s.to > s.from) {
             sysctl::write(&s.iface, s.to)?;
-            undo.push(Undo::Sysctl { iface: s.iface.clone(), value: s.from });
+            undo.push(Undo::Sysctl {
+                iface: s.iface.clone(),
+                value: s.from,
+            });
         }
         Ok(())
     })?;
@@ -232,7 +270,9 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
             pending: None,
         })
     })?;
-    Ok(Outcome { connections_cut: cut })
+    Ok(Outcome {
+        connections_cut: cut,
+    })
 }
 
 fn cut_revoked_flows(change: &Change) -> Result<usize> {
@@ -256,7 +296,12 @@ fn cut_revoked_flows(change: &Change) -> Result<usize> {
     conntrack::delete(&doomed)
 }
 
-fn roll_back(store: &Store, undo: Vec<Undo>, snapshot: &nft::Snapshot, change: &Change) -> Result<()> {
+fn roll_back(
+    store: &Store,
+    undo: Vec<Undo>,
+    snapshot: &nft::Snapshot,
+    change: &Change,
+) -> Result<()> {
     let mut errors = Vec::new();
     let mut table_restored = true;
     for u in undo.into_iter().rev() {

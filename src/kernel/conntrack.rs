@@ -83,8 +83,12 @@ fn parse_flow(msg_payload: &[u8]) -> Option<Flow> {
                             for (a, v) in attrs(d) {
                                 match a {
                                     CTA_PROTO_NUM => f.proto = *v.first()?,
-                                    CTA_PROTO_SRC_PORT => f.sport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?),
-                                    CTA_PROTO_DST_PORT => f.dport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?),
+                                    CTA_PROTO_SRC_PORT => {
+                                        f.sport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?)
+                                    }
+                                    CTA_PROTO_DST_PORT => {
+                                        f.dport = u16::from_be_bytes(v.get(..2)?.try_into().ok()?)
+                                    }
                                     _ => {}
                                 }
                             }
@@ -145,14 +149,21 @@ impl MsgBuilder {
 pub fn list() -> Result<Vec<Flow>> {
     let mut sock = NlSocket::netfilter()?;
     sock.size_buffers(4 << 20)?;
-    let req = MsgBuilder::new(IPCTNL_MSG_CT_GET, (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).finish();
+    let req = MsgBuilder::new(
+        IPCTNL_MSG_CT_GET,
+        (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16,
+    )
+    .finish();
     let rows = match sock.dump(&req) {
         Ok(r) => r,
         // No conntrack in this namespace: nothing can be established.
         Err(e) if is_unsupported(&e) => return Ok(vec![]),
         Err(e) => return Err(e).context("listing conntrack entries"),
     };
-    Ok(rows.iter().filter_map(|m| parse_flow(m.get(16..)?)).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|m| parse_flow(m.get(16..)?))
+        .collect())
 }
 
 fn is_unsupported(e: &anyhow::Error) -> bool {
@@ -170,7 +181,10 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
     let mut sock = NlSocket::netfilter()?;
     let mut deleted = 0;
     for f in flows {
-        let mut b = MsgBuilder::new(IPCTNL_MSG_CT_DELETE, (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16);
+        let mut b = MsgBuilder::new(
+            IPCTNL_MSG_CT_DELETE,
+            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+        );
         b.nest(CTA_TUPLE_ORIG, |b| {
             b.nest(CTA_TUPLE_IP, |b| {
                 b.attr(CTA_IP_V4_SRC, &f.src.octets());
@@ -188,12 +202,16 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
         match sock.dump(&b.finish()) {
             Ok(_) => deleted += 1,
             Err(e)
-                if e
-                    .downcast_ref::<std::io::Error>()
+                if e.downcast_ref::<std::io::Error>()
                     .and_then(|e| e.raw_os_error())
                     == Some(libc::ENOENT) => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("deleting conntrack entry {}:{} -> {}:{}", f.src, f.sport, f.dst, f.dport))
+                return Err(e).with_context(|| {
+                    format!(
+                        "deleting conntrack entry {}:{} -> {}:{}",
+                        f.src, f.sport, f.dst, f.dport
+                    )
+                })
             }
         }
     }
@@ -232,7 +250,10 @@ mod tests {
             });
         });
         let msg = b.finish();
-        assert_eq!(u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize, msg.len());
+        assert_eq!(
+            u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize,
+            msg.len()
+        );
         assert_eq!(parse_flow(&msg[16..]), Some(f));
     }
 }

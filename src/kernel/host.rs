@@ -30,7 +30,8 @@ impl HostInterfaces {
                 let ifa = &*cur;
                 let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
                 let entry = addrs.entry(name).or_default();
-                if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+                if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+                {
                     let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
                     entry.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
                 }
@@ -49,7 +50,9 @@ impl HostInterfaces {
 
 /// True when the interface exists, even without addresses (if_nametoindex).
 fn exists(name: &str) -> bool {
-    let Ok(c) = CString::new(name) else { return false };
+    let Ok(c) = CString::new(name) else {
+        return false;
+    };
     // SAFETY: valid NUL-terminated string.
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
 }
@@ -79,14 +82,20 @@ pub fn listeners() -> Result<Vec<Listener>> {
         let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else { continue };
+            let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else {
+                continue;
+            };
             // 0A = TCP_LISTEN; 07 = TCP_CLOSE, which is how an unconnected UDP socket shows.
             let wanted = match proto {
                 Proto::Tcp => *state == "0A",
                 Proto::Udp => *state == "07",
             };
-            let Some((addr, port)) = local.split_once(':') else { continue };
-            let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr, 16), u16::from_str_radix(port, 16)) else {
+            let Some((addr, port)) = local.split_once(':') else {
+                continue;
+            };
+            let (Ok(addr), Ok(port)) =
+                (u32::from_str_radix(addr, 16), u16::from_str_radix(port, 16))
+            else {
                 continue;
             };
             if wanted {

@@ -52,7 +52,8 @@ impl Reply<'_> {
 impl NlSocket {
     /// Opens a `NETLINK_NETFILTER` socket in the caller's network namespace.
     pub fn netfilter() -> Result<Self> {
-        let sock = mnl::Socket::new(mnl::Bus::Netfilter).context("opening a netfilter netlink socket")?;
+        let sock =
+            mnl::Socket::new(mnl::Bus::Netfilter).context("opening a netfilter netlink socket")?;
         Ok(NlSocket {
             sock,
             buf: vec![0u64; RECV_BUF / 8],
@@ -80,7 +81,8 @@ impl NlSocket {
                 )
             };
             if rc < 0 {
-                return Err(io::Error::last_os_error()).context("sizing the netlink socket buffers");
+                return Err(io::Error::last_os_error())
+                    .context("sizing the netlink socket buffers");
             }
         }
         Ok(())
@@ -134,7 +136,11 @@ impl NlSocket {
 
     /// Reads one datagram and calls `each` for every message in it. With `wait` false,
     /// returns `Ok(false)` when nothing is queued.
-    pub fn recv_each(&mut self, wait: bool, mut each: impl FnMut(&Reply) -> Result<()>) -> Result<bool> {
+    pub fn recv_each(
+        &mut self,
+        wait: bool,
+        mut each: impl FnMut(&Reply) -> Result<()>,
+    ) -> Result<bool> {
         let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
         let fd = self.fd();
         let bytes: &mut [u8] = {

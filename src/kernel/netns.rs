@@ -23,7 +23,9 @@ pub fn enter(name_or_path: &str) -> Result<()> {
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            crate::bad_input!("network namespace {name_or_path:?} does not exist ({path} not found)")
+            crate::bad_input!(
+                "network namespace {name_or_path:?} does not exist ({path} not found)"
+            )
         }
         Err(e) => return Err(e).with_context(|| format!("opening network namespace {path}")),
     };
@@ -44,19 +46,27 @@ pub fn cookie() -> Result<u64> {
     // SAFETY: plain socket creation; the fd is closed by OwnedFd-like handling below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a socket to identify the namespace");
+        return Err(io::Error::last_os_error())
+            .context("opening a socket to identify the namespace");
     }
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd; `cookie` and `len` are live and sized as the kernel expects.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     };
     let err = io::Error::last_os_error();
     // SAFETY: closing the fd we opened above.
     unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(err).context("reading the network namespace cookie (needs Linux 5.14 or newer)");
+        return Err(err)
+            .context("reading the network namespace cookie (needs Linux 5.14 or newer)");
     }
     Ok(cookie)
 }

@@ -9,7 +9,9 @@
 
 use super::netlink::NlSocket;
 use crate::grant::Proto;
-use crate::ruleset::{AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict, TABLE};
+use crate::ruleset::{
+    AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict, TABLE,
+};
 use anyhow::{anyhow, Context, Result};
 use nftnl::nftnl_sys as sys;
 use std::ffi::{CStr, CString};
@@ -89,8 +91,16 @@ fn new_table() -> Obj {
     // SAFETY: fresh allocation; the strings are copied by libnftnl.
     unsafe {
         let t = alloc(sys::nftnl_table_alloc());
-        sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, cstr(TABLE).as_ptr());
-        sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16, NFPROTO_IPV4 as u32);
+        sys::nftnl_table_set_str(
+            t.as_ptr(),
+            sys::NFTNL_TABLE_NAME as u16,
+            cstr(TABLE).as_ptr(),
+        );
+        sys::nftnl_table_set_u32(
+            t.as_ptr(),
+            sys::NFTNL_TABLE_FAMILY as u16,
+            NFPROTO_IPV4 as u32,
+        );
         Obj::Table(t)
     }
 }
@@ -110,7 +120,11 @@ fn new_chain(c: &BaseChain) -> Obj {
         sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_IPV4 as u32);
         sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
         sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, c.priority);
-        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TYPE as u16, cstr(c.kind.name()).as_ptr());
+        sys::nftnl_chain_set_str(
+            ch,
+            sys::NFTNL_CHAIN_TYPE as u16,
+            cstr(c.kind.name()).as_ptr(),
+        );
         sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
         Obj::Chain(p)
     }
@@ -139,7 +153,11 @@ fn new_set(set: &AddrSet, id: u32) -> Obj {
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, 4);
         // nft reads the key byte order from userdata to print elements as addresses.
         let buf = alloc(sys::nftnl_udata_buf_alloc(16));
-        sys::nftnl_udata_put_u32(buf.as_ptr(), sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, BYTEORDER_BIG_ENDIAN);
+        sys::nftnl_udata_put_u32(
+            buf.as_ptr(),
+            sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8,
+            BYTEORDER_BIG_ENDIAN,
+        );
         sys::nftnl_set_set_data(
             s,
             sys::NFTNL_SET_USERDATA as u16,
@@ -178,7 +196,12 @@ fn new_elems(set: &AddrSet, id: u32) -> Vec<Obj> {
                 // SAFETY: the element is handed to the set, which frees it.
                 unsafe {
                     let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
-                    sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, key.as_ptr().cast(), 4);
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_KEY as u16,
+                        key.as_ptr().cast(),
+                        4,
+                    );
                     if *flags != 0 {
                         sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, *flags);
                     }
@@ -219,7 +242,13 @@ impl ExprWriter {
 
     /// `[ meta load KEY => reg 1 ]`
     fn meta(&mut self, key: u32) {
-        self.expr("meta", &[(sys::NFTNL_EXPR_META_KEY, Attr::U32(key)), (sys::NFTNL_EXPR_META_DREG, Attr::U32(REG_1))]);
+        self.expr(
+            "meta",
+            &[
+                (sys::NFTNL_EXPR_META_KEY, Attr::U32(key)),
+                (sys::NFTNL_EXPR_META_DREG, Attr::U32(REG_1)),
+            ],
+        );
     }
 
     /// `[ cmp OP reg 1 DATA ]`
@@ -256,14 +285,20 @@ impl ExprWriter {
                 (sys::NFTNL_EXPR_BITWISE_DREG, Attr::U32(REG_1)),
                 (sys::NFTNL_EXPR_BITWISE_LEN, Attr::U32(mask.len() as u32)),
                 (sys::NFTNL_EXPR_BITWISE_MASK, Attr::Bytes(mask.to_vec())),
-                (sys::NFTNL_EXPR_BITWISE_XOR, Attr::Bytes(vec![0; mask.len()])),
+                (
+                    sys::NFTNL_EXPR_BITWISE_XOR,
+                    Attr::Bytes(vec![0; mask.len()]),
+                ),
             ],
         );
     }
 
     /// `[ ct load KEY => reg 1 , dir DIR ]`
     fn ct(&mut self, key: u32, dir: Option<CtDir>) {
-        let mut attrs = vec![(sys::NFTNL_EXPR_CT_KEY, Attr::U32(key)), (sys::NFTNL_EXPR_CT_DREG, Attr::U32(REG_1))];
+        let mut attrs = vec![
+            (sys::NFTNL_EXPR_CT_KEY, Attr::U32(key)),
+            (sys::NFTNL_EXPR_CT_DREG, Attr::U32(REG_1)),
+        ];
         if let Some(d) = dir {
             let d = match d {
                 CtDir::Original => 0u8,
@@ -278,14 +313,20 @@ impl ExprWriter {
     fn immediate(&mut self, dreg: u32, data: &[u8]) {
         self.expr(
             "immediate",
-            &[(sys::NFTNL_EXPR_IMM_DREG, Attr::U32(dreg)), (sys::NFTNL_EXPR_IMM_DATA, Attr::Bytes(data.to_vec()))],
+            &[
+                (sys::NFTNL_EXPR_IMM_DREG, Attr::U32(dreg)),
+                (sys::NFTNL_EXPR_IMM_DATA, Attr::Bytes(data.to_vec())),
+            ],
         );
     }
 
     fn verdict(&mut self, verdict: u32) {
         self.expr(
             "immediate",
-            &[(sys::NFTNL_EXPR_IMM_DREG, Attr::U32(REG_VERDICT)), (sys::NFTNL_EXPR_IMM_VERDICT, Attr::U32(verdict))],
+            &[
+                (sys::NFTNL_EXPR_IMM_DREG, Attr::U32(REG_VERDICT)),
+                (sys::NFTNL_EXPR_IMM_VERDICT, Attr::U32(verdict)),
+            ],
         );
     }
 
@@ -296,7 +337,11 @@ impl ExprWriter {
     fn add_match(&mut self, m: &Match) {
         match m {
             Match::IifName(n) | Match::OifName(n) => {
-                let key = if matches!(m, Match::IifName(_)) { META_IIFNAME } else { META_OIFNAME };
+                let key = if matches!(m, Match::IifName(_)) {
+                    META_IIFNAME
+                } else {
+                    META_OIFNAME
+                };
                 self.meta(key);
                 // Padded to IFNAMSIZ with NULs: an exact match, not a prefix match.
                 let mut name = [0u8; libc::IFNAMSIZ];
@@ -304,7 +349,11 @@ impl ExprWriter {
                 self.cmp(CMP_EQ, &name);
             }
             Match::SaddrIn(net) | Match::DaddrIn(net) => {
-                self.ip_field(if matches!(m, Match::SaddrIn(_)) { 12 } else { 16 });
+                self.ip_field(if matches!(m, Match::SaddrIn(_)) {
+                    12
+                } else {
+                    16
+                });
                 self.mask(&net.mask().octets());
                 self.cmp(CMP_EQ, &net.network().octets());
             }
@@ -316,7 +365,8 @@ impl ExprWriter {
                 self.ip_field(12);
                 self.expr(
                     "lookup",
-                    &[(sys::NFTNL_EXPR_LOOKUP_SREG, Attr::U32(REG_1)),
+                    &[
+                        (sys::NFTNL_EXPR_LOOKUP_SREG, Attr::U32(REG_1)),
                         (sys::NFTNL_EXPR_LOOKUP_SET, Attr::Str(set.clone())),
                         (sys::NFTNL_EXPR_LOOKUP_FLAGS, Attr::U32(0)),
                     ],
@@ -368,7 +418,10 @@ impl ExprWriter {
                         (sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, Attr::U32(REG_1)),
                         (sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, Attr::U32(REG_2)),
                         (sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, Attr::U32(REG_2)),
-                        (sys::NFTNL_EXPR_NAT_FLAGS, Attr::U32(NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED)),
+                        (
+                            sys::NFTNL_EXPR_NAT_FLAGS,
+                            Attr::U32(NAT_RANGE_MAP_IPS | NAT_RANGE_PROTO_SPECIFIED),
+                        ),
                     ],
                 );
             }
@@ -409,8 +462,16 @@ fn set_comment(rule: NonNull<sys::nftnl_rule>, comment: &str) {
     // SAFETY: the udata buffer is ours until freed below; nftnl_rule_set_data copies it.
     unsafe {
         let buf = alloc(sys::nftnl_udata_buf_alloc(sys::NFTNL_UDATA_COMMENT_MAXLEN));
-        let text = cstr(&comment[..comment.len().min(sys::NFTNL_UDATA_COMMENT_MAXLEN as usize - 1)]);
-        sys::nftnl_udata_put_strz(buf.as_ptr(), sys::NFTNL_UDATA_RULE_COMMENT as u8, text.as_ptr());
+        let text = cstr(
+            &comment[..comment
+                .len()
+                .min(sys::NFTNL_UDATA_COMMENT_MAXLEN as usize - 1)],
+        );
+        sys::nftnl_udata_put_strz(
+            buf.as_ptr(),
+            sys::NFTNL_UDATA_RULE_COMMENT as u8,
+            text.as_ptr(),
+        );
         sys::nftnl_rule_set_data(
             rule.as_ptr(),
             sys::NFTNL_RULE_USERDATA as u16,
@@ -441,7 +502,10 @@ pub fn encode(ruleset: &Ruleset) -> TableObjects {
     }
     for chain in &ruleset.chains {
         for rule in &chain.rules {
-            objs.push((new_rule(chain.name, rule), format!("rule \"{}\" in chain {}", rule.comment, chain.name)));
+            objs.push((
+                new_rule(chain.name, rule),
+                format!("rule \"{}\" in chain {}", rule.comment, chain.name),
+            ));
         }
     }
     TableObjects { objs }
@@ -464,7 +528,9 @@ impl Drop for BatchWriter {
 impl BatchWriter {
     fn new() -> Self {
         // SAFETY: plain allocation; begin message written into the first page.
-        let batch = alloc(unsafe { sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize()) });
+        let batch = alloc(unsafe {
+            sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize())
+        });
         let mut w = BatchWriter {
             batch,
             seq: 1,
@@ -472,7 +538,10 @@ impl BatchWriter {
         };
         // SAFETY: the buffer has room for at least one maximal message.
         unsafe {
-            sys::nftnl_batch_begin(sys::nftnl_batch_buffer(w.batch.as_ptr()).cast::<c_char>(), w.seq);
+            sys::nftnl_batch_begin(
+                sys::nftnl_batch_buffer(w.batch.as_ptr()).cast::<c_char>(),
+                w.seq,
+            );
         }
         w.advance();
         w
@@ -495,7 +564,10 @@ impl BatchWriter {
             (Obj::Chain(_), _) => (libc::NFT_MSG_NEWCHAIN, create | ack),
             (Obj::Set(_), _) => (libc::NFT_MSG_NEWSET, create | ack),
             (Obj::Elems(_), _) => (libc::NFT_MSG_NEWSETELEM, create | ack),
-            (Obj::Rule(_), _) => (libc::NFT_MSG_NEWRULE, create | libc::NLM_F_APPEND as u16 | ack),
+            (Obj::Rule(_), _) => (
+                libc::NFT_MSG_NEWRULE,
+                create | libc::NLM_F_APPEND as u16 | ack,
+            ),
         };
         // SAFETY: the batch buffer has room for one maximal message (nft_nlmsg_maxsize),
         // and each object pointer is live.
@@ -519,15 +591,26 @@ impl BatchWriter {
     fn commit(mut self, sock: &mut NlSocket) -> Result<()> {
         // SAFETY: room for the end message is guaranteed as for any message.
         unsafe {
-            sys::nftnl_batch_end(sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>(), self.seq);
+            sys::nftnl_batch_end(
+                sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>(),
+                self.seq,
+            );
         }
         self.advance();
         // SAFETY: the iovecs point into the batch's pages, which live as long as `self`.
         let pages: Vec<&[u8]> = unsafe {
             let n = sys::nftnl_batch_iovec_len(self.batch.as_ptr());
-            let mut iov = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n as usize];
+            let mut iov = vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                n as usize
+            ];
             sys::nftnl_batch_iovec(self.batch.as_ptr(), iov.as_mut_ptr(), n as u32);
-            iov.iter().map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)).collect()
+            iov.iter()
+                .map(|v| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))
+                .collect()
         };
         let total: usize = pages.iter().map(|p| p.len()).sum();
         sock.size_buffers(total * 2)?;
@@ -553,8 +636,9 @@ impl BatchWriter {
                 .find(|(s, _)| *s == seq)
                 .map(|(_, l)| l.as_str())
                 .unwrap_or("the batch");
-            return Err(anyhow!(io::Error::from_raw_os_error(code)))
-                .with_context(|| format!("the kernel refused {label}; the whole batch was discarded"));
+            return Err(anyhow!(io::Error::from_raw_os_error(code))).with_context(|| {
+                format!("the kernel refused {label}; the whole batch was discarded")
+            });
         }
         if acks < self.labels.len() {
             anyhow::bail!(
@@ -609,7 +693,11 @@ fn replace_table(sock: &mut NlSocket, objects: Option<&TableObjects>, poison: bo
 pub fn apply(ruleset: Option<&Ruleset>) -> Result<()> {
     let mut sock = NlSocket::netfilter()?;
     let objects = ruleset.map(encode);
-    replace_table(&mut sock, objects.as_ref(), crate::failpoint::armed("ruleset-batch"))
+    replace_table(
+        &mut sock,
+        objects.as_ref(),
+        crate::failpoint::armed("ruleset-batch"),
+    )
 }
 
 /// What the kernel holds of loopgate's table, kept both to compare and to restore.
@@ -650,11 +738,17 @@ fn request(ty: u16, flags: u16, seq: u32, payload: impl FnOnce(*mut libc::nlmsgh
 fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
     // SAFETY: v has at least bytes.len() bytes of storage.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
     v
 }
 
-fn dump_rows(sock: &mut NlSocket, ty: i32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Result<Vec<Vec<u64>>> {
+fn dump_rows(
+    sock: &mut NlSocket,
+    ty: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Result<Vec<Vec<u64>>> {
     let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
     let req = request(ty as u16, flags, 1, payload);
     Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
@@ -682,7 +776,10 @@ pub fn snapshot() -> Result<Snapshot> {
         unsafe {
             let t = alloc(sys::nftnl_table_alloc());
             sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr());
-            let name = get_str(sys::nftnl_table_get_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16));
+            let name = get_str(sys::nftnl_table_get_str(
+                t.as_ptr(),
+                sys::NFTNL_TABLE_NAME as u16,
+            ));
             let fam = sys::nftnl_table_get_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16);
             if name == TABLE && fam == NFPROTO_IPV4 as u32 {
                 sys::nftnl_table_unset(t.as_ptr(), sys::NFTNL_TABLE_HANDLE as u16);
@@ -698,7 +795,8 @@ pub fn snapshot() -> Result<Snapshot> {
     };
     let mut objs = vec![(table, format!("table ip {TABLE}"))];
 
-    let in_table = |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
+    let in_table =
+        |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
 
     let mut set_names = Vec::new();
     for row in dump_rows(&mut sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
@@ -714,12 +812,18 @@ pub fn snapshot() -> Result<Snapshot> {
             let s = alloc(sys::nftnl_set_alloc());
             sys::nftnl_set_nlmsg_parse(row.as_ptr().cast(), s.as_ptr());
             let fam = sys::nftnl_set_get_u32(s.as_ptr(), sys::NFTNL_SET_FAMILY as u16);
-            if !in_table(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16), fam) {
+            if !in_table(
+                sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16),
+                fam,
+            ) {
                 sys::nftnl_set_free(s.as_ptr());
                 continue;
             }
             sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_HANDLE as u16);
-            let name = get_str(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16));
+            let name = get_str(sys::nftnl_set_get_str(
+                s.as_ptr(),
+                sys::NFTNL_SET_NAME as u16,
+            ));
             set_names.push(name.clone());
             objs.push((Obj::Set(s), format!("set {name}")));
         }
@@ -739,7 +843,10 @@ pub fn snapshot() -> Result<Snapshot> {
             unsafe { sys::nftnl_set_elems_nlmsg_parse(row.as_ptr().cast(), elems.as_ptr()) };
         }
         // Give the restored set the same id so its elements find it within the batch.
-        if let Some((Obj::Set(s), _)) = objs.iter().find(|(o, l)| matches!(o, Obj::Set(_)) && l == &format!("set {name}")) {
+        if let Some((Obj::Set(s), _)) = objs
+            .iter()
+            .find(|(o, l)| matches!(o, Obj::Set(_)) && l == &format!("set {name}"))
+        {
             // SAFETY: live set owned by objs.
             unsafe { sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, id) };
         }
@@ -752,14 +859,25 @@ pub fn snapshot() -> Result<Snapshot> {
             let c = alloc(sys::nftnl_chain_alloc());
             sys::nftnl_chain_nlmsg_parse(row.as_ptr().cast(), c.as_ptr());
             let fam = sys::nftnl_chain_get_u32(c.as_ptr(), sys::NFTNL_CHAIN_FAMILY as u16);
-            if !in_table(sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16), fam) {
+            if !in_table(
+                sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16),
+                fam,
+            ) {
                 sys::nftnl_chain_free(c.as_ptr());
                 continue;
             }
-            for attr in [sys::NFTNL_CHAIN_HANDLE, sys::NFTNL_CHAIN_USE, sys::NFTNL_CHAIN_BYTES, sys::NFTNL_CHAIN_PACKETS] {
+            for attr in [
+                sys::NFTNL_CHAIN_HANDLE,
+                sys::NFTNL_CHAIN_USE,
+                sys::NFTNL_CHAIN_BYTES,
+                sys::NFTNL_CHAIN_PACKETS,
+            ] {
                 sys::nftnl_chain_unset(c.as_ptr(), attr as u16);
             }
-            let name = get_str(sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_NAME as u16));
+            let name = get_str(sys::nftnl_chain_get_str(
+                c.as_ptr(),
+                sys::NFTNL_CHAIN_NAME as u16,
+            ));
             objs.push((Obj::Chain(c), format!("chain {name}")));
         }
     }
@@ -769,13 +887,19 @@ pub fn snapshot() -> Result<Snapshot> {
             let r = alloc(sys::nftnl_rule_alloc());
             sys::nftnl_rule_nlmsg_parse(row.as_ptr().cast(), r.as_ptr());
             let fam = sys::nftnl_rule_get_u32(r.as_ptr(), sys::NFTNL_RULE_FAMILY as u16);
-            if !in_table(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16), fam) {
+            if !in_table(
+                sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16),
+                fam,
+            ) {
                 sys::nftnl_rule_free(r.as_ptr());
                 continue;
             }
             sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_HANDLE as u16);
             sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_POSITION as u16);
-            let chain = get_str(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16));
+            let chain = get_str(sys::nftnl_rule_get_str(
+                r.as_ptr(),
+                sys::NFTNL_RULE_CHAIN as u16,
+            ));
             objs.push((Obj::Rule(r), format!("rule in chain {chain}")));
         }
     }
@@ -820,7 +944,14 @@ impl TableImage {
 fn short(s: &str) -> String {
     let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if one.len() > 160 {
-        format!("{}...", &one[..one.char_indices().nth(157).map(|(i, _)| i).unwrap_or(one.len())])
+        format!(
+            "{}...",
+            &one[..one
+                .char_indices()
+                .nth(157)
+                .map(|(i, _)| i)
+                .unwrap_or(one.len())]
+        )
     } else {
         one
     }
@@ -845,7 +976,11 @@ unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void
         let out = &mut *data.cast::<Vec<String>>();
         let mut len = 0u32;
         let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-        let key = if key.is_null() { &[][..] } else { std::slice::from_raw_parts(key.cast::<u8>(), len as usize) };
+        let key = if key.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(key.cast::<u8>(), len as usize)
+        };
         let flags = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
             sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
         } else {
@@ -860,8 +995,15 @@ fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
     let mut exprs: Vec<String> = Vec::new();
     // SAFETY: live rule; the callback only reads expressions and pushes to `exprs`.
     unsafe {
-        sys::nftnl_expr_foreach(r.as_ptr(), Some(print_expr), (&mut exprs as *mut Vec<String>).cast());
-        let chain = get_str(sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16));
+        sys::nftnl_expr_foreach(
+            r.as_ptr(),
+            Some(print_expr),
+            (&mut exprs as *mut Vec<String>).cast(),
+        );
+        let chain = get_str(sys::nftnl_rule_get_str(
+            r.as_ptr(),
+            sys::NFTNL_RULE_CHAIN as u16,
+        ));
         let mut len = 0u32;
         let udata = sys::nftnl_rule_get_data(r.as_ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
         let comment = if udata.is_null() {
@@ -910,9 +1052,16 @@ impl TableObjects {
                         ));
                     }
                     Obj::Elems(s) => {
-                        let name = get_str(sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_NAME as u16));
+                        let name = get_str(sys::nftnl_set_get_str(
+                            s.as_ptr(),
+                            sys::NFTNL_SET_NAME as u16,
+                        ));
                         let mut v = Vec::new();
-                        sys::nftnl_set_elem_foreach(s.as_ptr(), Some(collect_elem), (&mut v as *mut Vec<String>).cast());
+                        sys::nftnl_set_elem_foreach(
+                            s.as_ptr(),
+                            Some(collect_elem),
+                            (&mut v as *mut Vec<String>).cast(),
+                        );
                         match elems_of.iter_mut().find(|(n, _)| *n == name) {
                             Some((_, all)) => all.extend(v),
                             None => elems_of.push((name, v)),
@@ -924,7 +1073,8 @@ impl TableObjects {
         }
         for (name, mut elems) in elems_of {
             elems.sort();
-            img.sets.push(format!("{name} elements {}", elems.join(" ")));
+            img.sets
+                .push(format!("{name} elements {}", elems.join(" ")));
         }
         img.chains.sort();
         img.sets.sort();

@@ -17,7 +17,14 @@ fn run_file(file: &Path, mode: Mode) -> Result<()> {
 }
 
 pub fn run_apply(args: &ApplyArgs) -> Result<()> {
-    run_file(&args.file, if args.dry_run { Mode::DryRun } else { Mode::Apply })
+    run_file(
+        &args.file,
+        if args.dry_run {
+            Mode::DryRun
+        } else {
+            Mode::Apply
+        },
+    )
 }
 
 pub fn run_plan(args: &PlanArgs) -> Result<()> {

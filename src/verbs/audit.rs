@@ -84,14 +84,19 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     let default = value_of("default").unwrap_or(0);
     let snapshot = nft::snapshot()?;
     let listeners = host::listeners()?;
-    let loopback: Vec<Listener> = listeners.into_iter().filter(|l| loopback().contains(l.addr)).collect();
+    let loopback: Vec<Listener> = listeners
+        .into_iter()
+        .filter(|l| loopback().contains(l.addr))
+        .collect();
 
     let mut findings = Vec::new();
     let expected = plan::ruleset(&state.grants);
     let differences = match (snapshot.image(), &expected) {
         (Some(have), Some(want)) => have.differences(&nft::planned_image(want), 20),
         (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
-        (Some(_), None) => vec!["table ip loopgate exists but loopgate has no grants here".to_string()],
+        (Some(_), None) => {
+            vec!["table ip loopgate exists but loopgate has no grants here".to_string()]
+        }
         (None, None) => vec![],
     };
     let table_ok = differences.is_empty();
@@ -137,8 +142,16 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     }
 
     let mut interfaces = Vec::new();
-    for (name, value) in sysctls.iter().filter(|(n, _)| !matches!(n.as_str(), "all" | "default" | "lo")) {
-        let grants: Vec<Grant> = state.grants.iter().filter(|g| &g.iface == name).cloned().collect();
+    for (name, value) in sysctls
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "all" | "default" | "lo"))
+    {
+        let grants: Vec<Grant> = state
+            .grants
+            .iter()
+            .filter(|g| &g.iface == name)
+            .cloned()
+            .collect();
         let managed = !grants.is_empty();
         let original = state.originals.get(name).copied();
         let effective = all | value;
@@ -149,9 +162,9 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
             loopback
                 .iter()
                 .filter(|l| {
-                    grants
-                        .iter()
-                        .any(|g| g.proto == l.proto && g.to.port() == l.port && (*g.to.ip() == l.addr))
+                    grants.iter().any(|g| {
+                        g.proto == l.proto && g.to.port() == l.port && (*g.to.ip() == l.addr)
+                    })
                 })
                 .cloned()
                 .collect()
@@ -180,7 +193,10 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
                 severity: Severity::Info,
                 code: "guarded",
                 interface: Some(name.clone()),
-                message: format!("{name} is open to loopback only through {} published port(s)", grants.len()),
+                message: format!(
+                    "{name} is open to loopback only through {} published port(s)",
+                    grants.len()
+                ),
             });
         }
         interfaces.push(InterfaceReport {
@@ -257,7 +273,11 @@ fn print_text(r: &Report) {
             i.route_localnet,
             i.effective,
             state,
-            if i.set_by_loopgate { " (set by loopgate)" } else { "" }
+            if i.set_by_loopgate {
+                " (set by loopgate)"
+            } else {
+                ""
+            }
         );
         for g in &i.grants {
             println!("  grant {g}");

@@ -40,6 +40,10 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         }
     }
     input::check_conflicts(&grants)?;
-    let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Apply
+    };
     converge(&store, old, grants, mode)
 }

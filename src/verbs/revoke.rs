@@ -36,6 +36,10 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     if keep.len() == old.grants.len() && old.pending.is_none() {
         println!("no grant matched; nothing revoked");
     }
-    let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Apply
+    };
     converge(&store, old, keep, mode)
 }

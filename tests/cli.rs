@@ -1,0 +1,361 @@
+//! loopgate against the real kernel, in namespaces created per test, with real traffic.
+//!
+//! Each test builds a `Lab`: a host namespace with a bridge and services bound to
+//! 127.0.0.1, an allowed "container" (192.0.2.10) and a disallowed neighbour
+//! (192.0.2.200) on the bridge. Assertions are about what got through and what did not.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use support::*;
+
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+fn lab_with_services() -> (Lab, Services) {
+    let lab = Lab::new();
+    let services = start_services(
+        &lab.host,
+        &[sa(LO, 3306), sa(LO, 3307)],
+        &[sa(LO, 5353), sa(LO, 5354), sa(Ipv4Addr::UNSPECIFIED, 5400)],
+    );
+    (lab, services)
+}
+
+#[test]
+fn the_lab_can_detect_an_unguarded_exposure() {
+    // Control for every traffic test below: with route_localnet=1 set by hand and no
+    // guard, the attacks these tests block do succeed, so their assertions can fail.
+    let (lab, services) = lab_with_services();
+    Lab::route_loopback_via_host(&lab.container);
+    let opens = passive_opens(&lab.host);
+    fire_tcp(&lab.container, sa(LO, 3307));
+    assert_eq!(
+        passive_opens(&lab.host),
+        opens,
+        "route_localnet=0 already blocks"
+    );
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    fire_tcp(&lab.container, sa(LO, 3307));
+    assert!(
+        passive_opens(&lab.host) > opens,
+        "a SYN to 127.0.0.1 reaches the loopback listener"
+    );
+    fire_udp(&lab.container, sa(LO, 5354));
+    send_spoofed_udp(
+        &lab.neighbour,
+        Ipv4Addr::new(127, 0, 0, 2),
+        sa(HOST_ADDR, 5400),
+        b"forged",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let seen = services.udp_seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|(port, _)| *port == 5354),
+        "a datagram to 127.0.0.1 reaches the service: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, s)| s.ip().to_string() == "127.0.0.2"),
+        "a spoofed 127.0.0.2 source reaches an unguarded host: {seen:?}"
+    );
+    // And audit calls it what it is.
+    let out = lab.loopgate(&["audit"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("CRITICAL [unguarded]"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn expose_lets_only_the_allowed_subnet_reach_only_the_published_ports() {
+    let (lab, services) = lab_with_services();
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert!(out.contains("route_localnet: 0 -> 1"), "{out}");
+    lab.ok(&[
+        "expose", "br0", "--allow", ALLOWED, "--port", "5353", "--proto", "udp",
+    ]);
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "1");
+    assert_eq!(
+        lab.host.sysctl("net.ipv4.conf.all.route_localnet"),
+        "0",
+        "never writes all"
+    );
+    assert_eq!(
+        lab.host.sysctl("net.ipv4.conf.default.route_localnet"),
+        "0",
+        "never writes default"
+    );
+
+    // Allowed client, published ports: TCP and UDP land on the loopback services.
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(
+        udp_request(&lab.container, sa(HOST_ADDR, 5353)).as_deref(),
+        Some("udp:5353")
+    );
+    // Disallowed neighbour on the same link: nothing.
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    assert_eq!(udp_request(&lab.neighbour, sa(HOST_ADDR, 5353)), None);
+    // Allowed client, unpublished loopback ports: nothing via the published address...
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3307)), None);
+    assert_eq!(udp_request(&lab.container, sa(HOST_ADDR, 5354)), None);
+    // ...and nothing by sending to 127.0.0.1 directly (CVE-2020-8558 class), not even
+    // to the published port: counted at the services.
+    Lab::route_loopback_via_host(&lab.container);
+    let opens = passive_opens(&lab.host);
+    fire_tcp(&lab.container, sa(LO, 3307));
+    fire_tcp(&lab.container, sa(LO, 3306));
+    fire_udp(&lab.container, sa(LO, 5354));
+    fire_udp(&lab.container, sa(LO, 5353));
+    assert_eq!(
+        passive_opens(&lab.host),
+        opens,
+        "a SYN to 127.0.0.1 reached a listener"
+    );
+    // The published path still works with that route in place.
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    // Spoofed loopback source: dropped.
+    for _ in 0..3 {
+        send_spoofed_udp(
+            &lab.neighbour,
+            Ipv4Addr::new(127, 0, 0, 2),
+            sa(HOST_ADDR, 5400),
+            b"forged",
+        );
+        send_spoofed_udp(
+            &lab.container,
+            Ipv4Addr::new(127, 0, 0, 1),
+            sa(HOST_ADDR, 5400),
+            b"forged",
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let seen = services.udp_seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|(_, s)| !s.ip().to_string().starts_with("127.")),
+        "spoofed sources got through: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(port, _)| *port == 5354),
+        "direct datagram to 127.0.0.1:5354 arrived: {seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|(port, _)| *port == 5353).count(),
+        1,
+        "only the one published request: {seen:?}"
+    );
+
+    let out = lab.loopgate(&["audit"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("br0: route_localnet=1 effective=1 open, guarded"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn expose_is_idempotent_and_a_new_allow_list_replaces_the_old() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let before = lab.fingerprint();
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert!(out.contains("nothing to do"), "{out}");
+    assert_eq!(
+        lab.fingerprint(),
+        before,
+        "second identical expose changed something"
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+
+    lab.ok(&[
+        "expose",
+        "br0",
+        "--allow",
+        "192.0.2.128/25,198.51.100.0/24",
+        "--port",
+        "3306",
+    ]);
+    assert_eq!(
+        tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)),
+        None,
+        "old allow list must be gone"
+    );
+}
+
+#[test]
+fn revoke_cuts_open_connections_and_restores_original_zero() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let mut conn = tcp_connect(&lab.container, sa(HOST_ADDR, 3306));
+    assert_eq!(tcp_ping(&mut conn).as_deref(), Some("tcp:3306"));
+    let out = lab.ok(&["revoke", "br0", "--port", "3306"]);
+    assert!(out.contains("cut 1 open connection"), "{out}");
+    assert_eq!(
+        tcp_ping(&mut conn),
+        None,
+        "the open connection must die on revoke"
+    );
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
+    assert!(!stdout(&lab.host.exec(&["nft", "list", "tables"])).contains("loopgate"));
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn revoke_restores_original_one_and_audit_then_flags_it() {
+    let (lab, _services) = lab_with_services();
+    // Docker with userland-proxy=false leaves route_localnet=1 on its bridge.
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    let out = lab.loopgate(&["audit", "--json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("audit --json is JSON");
+    let br0 = report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "br0")
+        .unwrap()
+        .clone();
+    assert_eq!(br0["original"], 1);
+    assert_eq!(br0["set_by_loopgate"], false);
+    assert_eq!(br0["guarded"], true);
+    let mut conn = tcp_connect(&lab.container, sa(HOST_ADDR, 3306));
+    assert_eq!(tcp_ping(&mut conn).as_deref(), Some("tcp:3306"));
+
+    lab.ok(&["revoke", "br0", "--name", "br0-tcp-3306"]);
+    assert_eq!(
+        lab.host.sysctl("net.ipv4.conf.br0.route_localnet"),
+        "1",
+        "restored to the recorded 1"
+    );
+    // With route_localnet still 1, only the conntrack deletion can end this flow.
+    assert_eq!(
+        tcp_ping(&mut conn),
+        None,
+        "the open connection must die on revoke"
+    );
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
+    let out = lab.loopgate(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("CRITICAL [unguarded]"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+
+    lab.host.exec(&["nft", "delete", "table", "ip", "loopgate"]);
+    let out = lab.loopgate(&["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["code"].as_str())
+        .collect();
+    assert!(
+        codes.contains(&"table-tampered") && codes.contains(&"unguarded"),
+        "{codes:?}"
+    );
+    assert_eq!(report["schema_version"], 1);
+
+    // An edited rule counts as tampering too.
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(
+        lab.loopgate(&["audit"]).status.code(),
+        Some(0),
+        "expose repairs a deleted table"
+    );
+    lab.host
+        .exec(&["nft", "flush", "chain", "ip", "loopgate", "raw_prerouting"]);
+    let out = lab.loopgate(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("table-tampered"), "{}", stdout(&out));
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+
+    lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "1");
+    let out = lab.loopgate(&["audit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("CRITICAL [all-open]"),
+        "{}",
+        stdout(&out)
+    );
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]);
+    let _ = out;
+    let warn = stderr(&lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]));
+    assert!(warn.contains("conf.all.route_localnet is 1"), "{warn}");
+}
+
+#[test]
+fn state_of_two_namespaces_stays_separate() {
+    let (a, _sa) = lab_with_services();
+    // One state directory for both: separation must come from the namespace identity.
+    let b = Lab::sharing_state_with(&a);
+    a.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = b.loopgate(&["audit", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["managed"] == false));
+    b.ok(&["revoke", "--all"]);
+    assert_eq!(
+        tcp_request(&a.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(a.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn concurrent_exposes_on_one_namespace_both_apply() {
+    let (lab, _services) = lab_with_services();
+    let lab = std::sync::Arc::new(lab);
+    let handles: Vec<_> = ["3306", "3307"]
+        .into_iter()
+        .map(|port| {
+            let lab = lab.clone();
+            std::thread::spawn(move || {
+                lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", port])
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3307)).as_deref(),
+        Some("tcp:3307")
+    );
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}

@@ -1,0 +1,449 @@
+//! Test lab: throwaway network namespaces with real services and real clients.
+//!
+//! Every namespace is created here and deleted on drop (also when a test panics), so
+//! the machine's own namespace is never touched. Services and clients are plain std
+//! sockets opened from a thread that has entered the namespace with setns(2): the
+//! socket stays in that namespace for its whole life.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_loopgate");
+pub const HOST_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CONTAINER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+pub const NEIGHBOUR_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// Allowed in most tests: the container is inside, the neighbour outside.
+pub const ALLOWED: &str = "192.0.2.0/25";
+pub const TIMEOUT: Duration = Duration::from_millis(1500);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails loudly unless the tests run as root: namespace tests never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "these tests create network namespaces and must run as root (scripts/test.sh does)"
+    );
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Output {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A named network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        require_root();
+        let name = format!(
+            "lgt-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        run("ip", &["netns", "add", &name]);
+        Netns { name }
+    }
+
+    /// Runs a command inside the namespace and insists on success.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    pub fn ip(&self, args: &str) {
+        let mut full = vec!["-n", &self.name];
+        full.extend(args.split_whitespace());
+        run("ip", &full);
+    }
+
+    pub fn sysctl(&self, key: &str) -> String {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let out = self.exec(&["cat", &path]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn set_sysctl(&self, key: &str, value: &str) {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]);
+    }
+
+    /// Runs `f` on a thread that has entered this namespace.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: valid fd; setns only changes this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Background servers on the host's loopback; stopped on drop.
+pub struct Services {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// (service port, source) of every datagram a UDP service received.
+    pub udp_seen: Arc<std::sync::Mutex<Vec<(u16, SocketAddr)>>>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// TCP servers answer `tcp:<port>` to each line; UDP servers answer `udp:<port>`.
+pub fn start_services(ns: &Netns, tcp: &[SocketAddrV4], udp: &[SocketAddrV4]) -> Services {
+    let stop = Arc::new(AtomicBool::new(false));
+    let udp_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for &addr in tcp {
+        let listener = ns.enter(move || TcpListener::bind(addr).expect("bind tcp service"));
+        listener.set_nonblocking(true).unwrap();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((s, _)) = listener.accept() {
+                    s.set_nonblocking(true).unwrap();
+                    conns.push(s);
+                }
+                conns.retain_mut(|c| {
+                    let mut buf = [0u8; 256];
+                    match c.read(&mut buf) {
+                        Ok(0) => false,
+                        Ok(_) => c
+                            .write_all(format!("tcp:{}\n", addr.port()).as_bytes())
+                            .is_ok(),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                        Err(_) => false,
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }));
+    }
+    for &addr in udp {
+        let sock = ns.enter(move || UdpSocket::bind(addr).expect("bind udp service"));
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let stop = stop.clone();
+        let seen = udp_seen.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    seen.lock().unwrap().push((addr.port(), from));
+                    let _ = sock.send_to(format!("udp:{}\n", addr.port()).as_bytes(), from);
+                }
+            }
+        }));
+    }
+    Services {
+        stop,
+        threads,
+        udp_seen,
+    }
+}
+
+/// One TCP request from inside `ns`; the reply line, or None if nothing answered.
+pub fn tcp_request(ns: &Netns, to: SocketAddrV4) -> Option<String> {
+    ns.enter(move || {
+        let mut s = TcpStream::connect_timeout(&to.into(), TIMEOUT).ok()?;
+        s.set_read_timeout(Some(TIMEOUT)).ok()?;
+        s.write_all(b"ping\n").ok()?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
+/// Sends a TCP SYN (a connect attempt) from inside `ns`, ignoring the outcome. Used
+/// for attacks whose success is measured on the server side.
+pub fn fire_tcp(ns: &Netns, to: SocketAddrV4) {
+    ns.enter(move || {
+        let _ = TcpStream::connect_timeout(&to.into(), Duration::from_millis(300));
+    })
+}
+
+/// Sends one UDP datagram from inside `ns` without waiting for an answer.
+pub fn fire_udp(ns: &Netns, to: SocketAddrV4) {
+    ns.enter(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        let _ = s.send_to(b"probe\n", to);
+    })
+}
+
+/// The host's TcpPassiveOpens counter: SYNs that a listening socket accepted.
+pub fn passive_opens(ns: &Netns) -> u64 {
+    let out = ns.exec(&["cat", "/proc/net/snmp"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tcp: Vec<&str> = text.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    let names: Vec<&str> = tcp[0].split_whitespace().collect();
+    let values: Vec<&str> = tcp[1].split_whitespace().collect();
+    let i = names
+        .iter()
+        .position(|n| *n == "PassiveOpens")
+        .expect("PassiveOpens column");
+    values[i].parse().expect("counter")
+}
+
+/// An open TCP connection made from inside a namespace.
+pub fn tcp_connect(ns: &Netns, to: SocketAddrV4) -> TcpStream {
+    ns.enter(move || {
+        let s = TcpStream::connect_timeout(&to.into(), TIMEOUT).expect("connect");
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        s
+    })
+}
+
+/// Sends a line on an open connection and reads the answer.
+pub fn tcp_ping(s: &mut TcpStream) -> Option<String> {
+    s.write_all(b"ping\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// One UDP request from inside `ns`; the reply, or None.
+pub fn udp_request(ns: &Netns, to: SocketAddrV4) -> Option<String> {
+    ns.enter(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.set_read_timeout(Some(TIMEOUT)).ok()?;
+        s.send_to(b"ping\n", to).ok()?;
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends one UDP datagram with a forged source address through a raw socket.
+pub fn send_spoofed_udp(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &'static [u8]) {
+    ns.enter(move || {
+        let mut pkt = vec![0u8; 20 + 8 + payload.len()];
+        let total = pkt.len() as u16;
+        pkt[0] = 0x45;
+        pkt[2..4].copy_from_slice(&total.to_be_bytes());
+        pkt[8] = 64;
+        pkt[9] = 17;
+        pkt[12..16].copy_from_slice(&src.octets());
+        pkt[16..20].copy_from_slice(&dst.ip().octets());
+        let h = checksum(&pkt[..20]);
+        pkt[10..12].copy_from_slice(&h.to_be_bytes());
+        pkt[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        pkt[22..24].copy_from_slice(&dst.port().to_be_bytes());
+        pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        pkt[28..].copy_from_slice(payload);
+        // SAFETY: plain syscalls on a socket we own; buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket");
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as u16;
+            sa.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
+            let rc = libc::sendto(
+                fd,
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            libc::close(fd);
+            assert!(rc > 0, "raw sendto: {}", std::io::Error::last_os_error());
+        }
+    });
+}
+
+/// A host with a bridge, an allowed container and a disallowed neighbour on it.
+pub struct Lab {
+    pub host: Netns,
+    pub container: Netns,
+    pub neighbour: Netns,
+    pub state_dir: PathBuf,
+    owns_state_dir: bool,
+}
+
+impl Lab {
+    /// A second lab that uses `other`'s state directory: only the namespace identity
+    /// keeps their state apart.
+    pub fn sharing_state_with(other: &Lab) -> Lab {
+        let mut lab = Lab::new();
+        let _ = std::fs::remove_dir_all(&lab.state_dir);
+        lab.state_dir = other.state_dir.clone();
+        lab.owns_state_dir = false;
+        lab
+    }
+
+    pub fn new() -> Lab {
+        let host = Netns::new("host");
+        let container = Netns::new("ctr");
+        let neighbour = Netns::new("nbr");
+        host.ip("link set lo up");
+        host.ip("link add br0 type bridge");
+        host.ip(&format!("addr add {HOST_ADDR}/24 dev br0"));
+        host.ip("link set br0 up");
+        // Kernel defaults, spelled out: reverse-path filtering off, as many CNIs set it,
+        // so the spoofing tests exercise loopgate's guard and not rp_filter.
+        host.set_sysctl("net.ipv4.conf.all.rp_filter", "0");
+        host.set_sysctl("net.ipv4.conf.default.rp_filter", "0");
+        host.set_sysctl("net.ipv4.conf.br0.rp_filter", "0");
+        for (peer, addr, tag) in [
+            (&container, CONTAINER_ADDR, "c"),
+            (&neighbour, NEIGHBOUR_ADDR, "n"),
+        ] {
+            let veth = format!("v{tag}");
+            run(
+                "ip",
+                &[
+                    "-n", &host.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                    "netns", &peer.name,
+                ],
+            );
+            host.ip(&format!("link set {veth} master br0 up"));
+            peer.ip(&format!("addr add {addr}/24 dev eth0"));
+            peer.ip("link set eth0 up");
+            peer.ip(&format!("route add default via {HOST_ADDR}"));
+        }
+        let state_dir = std::env::temp_dir().join(format!("loopgate-test-{}", host.name));
+        std::fs::create_dir_all(&state_dir).unwrap();
+        Lab {
+            host,
+            container,
+            neighbour,
+            state_dir,
+            owns_state_dir: true,
+        }
+    }
+
+    /// Lets `ns` send packets to 127.0.0.1 through the host, as an attacker on the link
+    /// would: route 127.0.0.0/8 via the host and allow 127/8 on its own interface. The
+    /// peers' own `lo` is never brought up, so 127/8 is not local there.
+    pub fn route_loopback_via_host(ns: &Netns) {
+        ns.set_sysctl("net.ipv4.conf.eth0.route_localnet", "1");
+        ns.ip(&format!("route add 127.0.0.0/8 via {HOST_ADDR} dev eth0"));
+    }
+
+    /// Runs loopgate in the host namespace.
+    pub fn loopgate(&self, args: &[&str]) -> Output {
+        self.loopgate_env(args, &[])
+    }
+
+    pub fn loopgate_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--netns").arg(&self.host.name).args(args);
+        cmd.env("LOOPGATE_STATE_DIR", &self.state_dir)
+            .env_remove("LOOPGATE_FAILPOINT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running loopgate")
+    }
+
+    /// Runs loopgate and insists on exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.loopgate(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "loopgate {args:?}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Everything that must not change on a failed or refused command: the whole
+    /// ruleset, every route_localnet of the host namespace, and loopgate's state file.
+    pub fn fingerprint(&self) -> String {
+        let ruleset = self.host.exec(&["nft", "list", "ruleset"]);
+        let sysctls = self.host.exec(&[
+            "sh",
+            "-c",
+            "grep -H . /proc/sys/net/ipv4/conf/*/route_localnet",
+        ]);
+        let mut state = String::new();
+        if let Ok(dirs) = std::fs::read_dir(&self.state_dir) {
+            for d in dirs.flatten() {
+                if let Ok(s) = std::fs::read_to_string(d.path().join("state.json")) {
+                    state.push_str(&s);
+                }
+            }
+        }
+        format!(
+            "{}\n--\n{}\n--\n{}",
+            String::from_utf8_lossy(&ruleset.stdout),
+            String::from_utf8_lossy(&sysctls.stdout),
+            state
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.owns_state_dir {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(addr, port)
+}
