@@ -6,10 +6,31 @@ use loopgate::error::{exit_code_for, one_line, EXIT_BAD_INPUT};
 fn main() {
     let cli = match loopgate::cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_BAD_INPUT } else { 0 };
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(EXIT_BAD_INPUT);
+        }
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // Usage errors, like every loopgate error, are one line on stderr.
+            let text = e.render().to_string();
+            let parts: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("Usage:")
+                        && !l.starts_with("For more information")
+                })
+                .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+                .collect();
+            let line = parts.join("; ").replace(":;", ":");
+            eprintln!("loopgate: error: {line} (see loopgate --help)");
+            std::process::exit(EXIT_BAD_INPUT);
         }
     };
     match loopgate::run(&cli) {

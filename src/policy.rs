@@ -5,6 +5,7 @@
 //! Entries are validated with the same code as `expose` arguments.
 
 use crate::bad_input;
+use crate::error::plain_io;
 use crate::grant::Grant;
 use crate::input::{self, GrantRequest, Interfaces};
 use anyhow::Result;
@@ -64,7 +65,7 @@ pub fn load(path: &Path) -> Result<Policy> {
     let origin = path.display().to_string();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
-        Err(e) => bad_input!("cannot read policy file {origin:?}: {e}"),
+        Err(e) => bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e)),
     };
     if meta.len() > MAX_POLICY_BYTES {
         bad_input!(
@@ -74,7 +75,7 @@ pub fn load(path: &Path) -> Result<Policy> {
     }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) => bad_input!("cannot read policy file {origin:?}: {e}"),
+        Err(e) => bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e)),
     };
     let Ok(text) = String::from_utf8(bytes) else {
         bad_input!("policy file {origin:?} is not UTF-8");

@@ -359,3 +359,426 @@ fn concurrent_exposes_on_one_namespace_both_apply() {
     );
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
 }
+
+/// Runs `args` with a failpoint armed and checks the promise: exit 3, an error naming
+/// the step and saying it was rolled back, and ruleset, sysctls and state exactly as
+/// before.
+fn assert_rolls_back(lab: &Lab, args: &[&str], failpoint: &str, step_text: &str) {
+    assert!(
+        cfg!(feature = "failpoints"),
+        "rollback tests need the test hook: run `cargo test --features failpoints` (scripts/test.sh does)"
+    );
+    let before = lab.fingerprint();
+    let out = lab.loopgate_env(args, &[("LOOPGATE_FAILPOINT", failpoint)]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{failpoint}: {err}");
+    assert!(
+        err.contains(step_text) && err.contains("rolled back"),
+        "{failpoint}: {err}"
+    );
+    assert_eq!(
+        err.trim_end()
+            .lines()
+            .filter(|l| l.starts_with("loopgate: error"))
+            .count(),
+        1,
+        "{err}"
+    );
+    assert_eq!(
+        lab.fingerprint(),
+        before,
+        "{failpoint} left the host changed"
+    );
+}
+
+#[test]
+fn a_failed_expose_rolls_back_at_every_step() {
+    let (lab, _services) = lab_with_services();
+    let args = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
+    for (fp, text) in [
+        ("journal", "step journal"),
+        ("sysctl-lower", "step sysctl-lower"),
+        ("ruleset", "step ruleset"),
+        ("ruleset-batch", "injected failure rule"),
+        ("sysctl-raise", "step sysctl-raise"),
+        ("sysctl-write-br0-1", "route_localnet=1 on br0"),
+        ("conntrack", "step conntrack"),
+        ("commit", "step commit"),
+    ] {
+        assert_rolls_back(&lab, &args, fp, text);
+    }
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
+    // Without a failpoint the same command works.
+    lab.ok(&args);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+}
+
+#[test]
+fn a_failed_revoke_rolls_back_at_every_step_and_keeps_access() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let mut conn = tcp_connect(&lab.container, sa(HOST_ADDR, 3306));
+    for (fp, text) in [
+        ("journal", "step journal"),
+        ("sysctl-lower", "step sysctl-lower"),
+        ("sysctl-write-br0-0", "route_localnet=0 on br0"),
+        ("ruleset", "step ruleset"),
+        ("ruleset-batch", "injected failure rule"),
+        ("sysctl-raise", "step sysctl-raise"),
+        ("conntrack", "step conntrack"),
+        ("commit", "step commit"),
+    ] {
+        assert_rolls_back(&lab, &["revoke", "br0", "--port", "3306"], fp, text);
+        assert_eq!(
+            tcp_ping(&mut conn).as_deref(),
+            Some("tcp:3306"),
+            "{fp}: rollback must keep the grant"
+        );
+    }
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_table() {
+    let (lab, _services) = lab_with_services();
+    lab.host.ip("link add br1 type bridge");
+    lab.host.ip("addr add 198.51.100.1/24 dev br1");
+    lab.host.ip("link set br1 up");
+    let policy = lab.state_dir.join("two.yaml");
+    std::fs::write(
+        &policy,
+        "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: 3306\n  - interface: br1\n    allow: 198.51.100.0/24\n    port: 3307\n",
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    assert_rolls_back(
+        &lab,
+        &["apply", policy],
+        "sysctl-write-br1-1",
+        "route_localnet=1 on br1",
+    );
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
+
+    // A table someone edited is put back exactly as it was, edits included.
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.host.exec(&[
+        "nft",
+        "delete",
+        "rule",
+        "ip",
+        "loopgate",
+        "postrouting",
+        "handle",
+        &postrouting_handle(&lab),
+    ]);
+    assert_rolls_back(
+        &lab,
+        &["apply", policy],
+        "sysctl-raise",
+        "step sysctl-raise",
+    );
+    // And without the failpoint the policy applies and both interfaces work.
+    lab.ok(&["apply", policy]);
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br1.route_localnet"), "1");
+}
+
+fn postrouting_handle(lab: &Lab) -> String {
+    let out = stdout(&lab.host.exec(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "ip",
+        "loopgate",
+        "postrouting",
+    ]));
+    out.lines()
+        .find_map(|l| l.split("# handle ").nth(1).filter(|_| l.contains("drop")))
+        .expect("a rule handle")
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line_naming_the_value_and_changes_nothing() {
+    let (lab, _services) = lab_with_services();
+    lab.host.ip("link add bare0 type bridge");
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let dir = &lab.state_dir;
+    let yaml = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let malformed = yaml("malformed.yaml", "grants: [\n  - interface: br0\n");
+    let unknown = yaml("unknown.yaml", "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: 3306\n    destination: 127.0.0.1\n");
+    let wrong_type = yaml(
+        "type.yaml",
+        "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: mysql\n",
+    );
+    let dup = yaml(
+        "dup.yaml",
+        "grants:\n  - interface: br0\n    allow: 192.0.2.0/25\n    port: 3306\n  - interface: br0\n    allow: 192.0.2.0/25\n    port: 3306\n    to: 127.0.0.2\n",
+    );
+    let expose = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                "192.0.2.300/24".into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "192.0.2.300/24",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                "0.0.0.0/0".into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "0.0.0.0/0",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                "127.0.0.0/24".into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "127.0.0.0/24",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                "2001:db8::/32".into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "IPv6",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                "192.0.2.1/24".into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "host bits",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "lo".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "\"lo\"",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "all".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "\"all\"",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "default".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "\"default\"",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "nosuch0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "nosuch0",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "averyveryverylongname".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "averyveryverylongname",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br/0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "br/0",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br 0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "br 0",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "bare0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "1".into(),
+            ],
+            "bare0",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "0".into(),
+            ],
+            "\"0\"",
+        ),
+        (
+            vec![
+                "expose".into(),
+                "br0".into(),
+                "--allow".into(),
+                ALLOWED.into(),
+                "--port".into(),
+                "65536".into(),
+            ],
+            "65536",
+        ),
+        (expose(&["--to", "192.0.2.1"]), "192.0.2.1"),
+        (expose(&["--to", "::1"]), "IPv6"),
+        (expose(&["--listen", "198.51.100.1"]), "198.51.100.1"),
+        (expose(&["--listen", "2001:db8::1"]), "IPv6"),
+        (expose(&["--to", "127.0.0.2"]), "127.0.0.2"),
+        (expose(&["--name", "bad;name"]), "bad;name"),
+        (expose(&["--proto", "sctp"]), "sctp"),
+        (
+            vec!["revoke".into(), "--port".into(), "3306".into()],
+            "--all",
+        ),
+        (vec!["apply".into(), malformed.clone()], &malformed),
+        (vec!["apply".into(), unknown.clone()], "destination"),
+        (vec!["apply".into(), wrong_type.clone()], &wrong_type),
+        (vec!["apply".into(), dup.clone()], "127.0.0.2"),
+        (
+            vec!["plan".into(), "/nonexistent/policy.yaml".into()],
+            "/nonexistent/policy.yaml",
+        ),
+        (
+            vec!["--netns".into(), "no-such-ns-xyz".into(), "audit".into()],
+            "no-such-ns-xyz",
+        ),
+    ];
+    for (args, needle) in &cases {
+        let before = lab.fingerprint();
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        // --netns given explicitly must not be combined with the lab's own.
+        let out = if argv[0] == "--netns" {
+            std::process::Command::new(BIN)
+                .args(&argv)
+                .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+                .output()
+                .unwrap()
+        } else {
+            lab.loopgate(&argv)
+        };
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{argv:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{argv:?}: error does not name {needle:?}: {err}"
+        );
+        assert!(!err.contains("os error"), "{argv:?}: leaks an errno: {err}");
+        assert_eq!(
+            err.trim_end()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count(),
+            1,
+            "{argv:?}: not one line: {err}"
+        );
+        assert_eq!(lab.fingerprint(), before, "{argv:?} changed the host");
+    }
+}
+
+#[test]
+fn without_cap_net_admin_the_message_says_so_and_nothing_changes() {
+    let (lab, _services) = lab_with_services();
+    let before = lab.fingerprint();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            BIN,
+        ])
+        .args([
+            "--netns",
+            &lab.host.name,
+            "expose",
+            "br0",
+            "--allow",
+            ALLOWED,
+            "--port",
+            "3306",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("CAP_NET_ADMIN"), "{}", stderr(&out));
+    assert_eq!(lab.fingerprint(), before);
+}
