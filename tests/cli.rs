@@ -782,3 +782,212 @@ fn without_cap_net_admin_the_message_says_so_and_nothing_changes() {
     assert!(stderr(&out).contains("CAP_NET_ADMIN"), "{}", stderr(&out));
     assert_eq!(lab.fingerprint(), before);
 }
+
+/// Interfaces the example policies name, with the addresses they would have.
+struct ExampleHost;
+
+impl loopgate::input::Interfaces for ExampleHost {
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let addr = match name {
+            "docker0" => Ipv4Addr::new(172, 17, 0, 1),
+            "br-apps" => Ipv4Addr::new(172, 18, 0, 1),
+            "cni0" => Ipv4Addr::new(10, 244, 1, 1),
+            "br0" => HOST_ADDR,
+            "br1" => Ipv4Addr::new(198, 51, 100, 1),
+            _ => return None,
+        };
+        Some(vec![addr])
+    }
+}
+
+/// Loads the rendered table into a throwaway namespace with `nft -c` (check only).
+fn nft_accepts(text: &str) {
+    let ns = Netns::new("nftc");
+    let path = std::env::temp_dir().join(format!("{}.nft", ns.name));
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-c", "-f"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "nft -c rejects the plan: {}\n{text}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn every_example_policy_parses_plans_and_is_valid_nft() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let policy =
+            loopgate::policy::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let grants = loopgate::policy::grants(&policy, &ExampleHost)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert!(!grants.is_empty(), "{}", path.display());
+        let ruleset = loopgate::plan::ruleset(&grants).expect("a table");
+        for g in &grants {
+            assert!(ruleset
+                .to_nft()
+                .contains(&format!("comment \"grant {}\"", g.name)));
+        }
+        nft_accepts(&ruleset.to_nft());
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "expected the four example policies, found {checked}"
+    );
+}
+
+#[test]
+fn the_plan_matches_the_golden_file() {
+    let policy = loopgate::policy::parse(
+        "grants:
+  - name: mysql
+    interface: br0
+    allow: [192.0.2.0/26, 192.0.2.64/26, 203.0.113.7]
+    port: 3306
+  - name: dns
+    interface: br1
+    allow: 198.51.100.0/24
+    port: 53
+    proto: both
+    to: 127.0.0.53
+",
+        "golden",
+    )
+    .unwrap();
+    let grants = loopgate::policy::grants(&policy, &ExampleHost).unwrap();
+    let text = loopgate::plan::render(loopgate::plan::ruleset(&grants).as_ref());
+    let golden =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/two-interfaces.nft");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &text).unwrap();
+    }
+    assert_eq!(
+        text,
+        std::fs::read_to_string(&golden).unwrap(),
+        "set UPDATE_GOLDEN=1 to accept a deliberate change"
+    );
+    nft_accepts(&text);
+}
+
+#[test]
+fn dry_run_and_plan_print_the_change_and_change_nothing() {
+    let (lab, _services) = lab_with_services();
+    let before = lab.fingerprint();
+    let out = lab.ok(&[
+        "expose",
+        "br0",
+        "--allow",
+        ALLOWED,
+        "--port",
+        "3306",
+        "--dry-run",
+    ]);
+    assert!(
+        out.contains("net.ipv4.conf.br0.route_localnet: 0 -> 1"),
+        "{out}"
+    );
+    let table = &out[out
+        .find("\ntable ip loopgate {")
+        .expect("the table in nft syntax")..];
+    nft_accepts(table);
+    assert_eq!(lab.fingerprint(), before);
+
+    let policy = lab.state_dir.join("p.yaml");
+    std::fs::write(
+        &policy,
+        format!("grants:\n  - interface: br0\n    allow: {ALLOWED}\n    port: 3306\n"),
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    let out = lab.ok(&["plan", policy]);
+    assert!(out.contains("add grant") && out.contains("0 -> 1"), "{out}");
+    assert_eq!(lab.fingerprint(), before);
+    lab.ok(&["apply", policy]);
+    assert!(lab.ok(&["plan", policy]).contains("nothing to do"));
+    // apply revokes what the file no longer lists.
+    std::fs::write(lab.state_dir.join("p.yaml"), "grants: []\n").unwrap();
+    lab.ok(&["apply", policy]);
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
+}
+
+#[test]
+fn large_allow_lists_span_several_netlink_pages_in_one_batch() {
+    let (lab, _services) = lab_with_services();
+    // 20,000 disjoint /32s: several 256 KiB batch pages, applied as one transaction.
+    let mut allow: Vec<String> = (0..20_000u32)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 2).to_string())
+        .collect();
+    allow.push(CONTAINER_ADDR.to_string());
+    let policy = lab.state_dir.join("big.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "grants:\n  - interface: br0\n    allow: [{}]\n    port: 3306\n",
+            allow.join(", ")
+        ),
+    )
+    .unwrap();
+    let policy = policy.to_str().unwrap();
+    lab.ok(&["apply", policy]);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    assert!(
+        lab.ok(&["plan", policy]).contains("nothing to do"),
+        "read-back of a large set must match"
+    );
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn help_texts_name_every_verb_and_flag() {
+    let help =
+        |args: &[&str]| stdout(&std::process::Command::new(BIN).args(args).output().unwrap());
+    let top = help(&["--help"]);
+    for word in [
+        "expose",
+        "revoke",
+        "audit",
+        "apply",
+        "plan",
+        "--netns",
+        "Exit codes",
+        "route_localnet",
+    ] {
+        assert!(top.contains(word), "--help lacks {word}: {top}");
+    }
+    let expose = help(&["expose", "--help"]);
+    for word in [
+        "--allow",
+        "--port",
+        "--proto",
+        "--to",
+        "--listen",
+        "--name",
+        "--dry-run",
+        "127.0.0.0/8",
+    ] {
+        assert!(expose.contains(word), "expose --help lacks {word}");
+    }
+    let revoke = help(&["revoke", "--help"]);
+    for word in ["--port", "--proto", "--name", "--all"] {
+        assert!(revoke.contains(word), "revoke --help lacks {word}");
+    }
+    assert!(help(&["audit", "--help"]).contains("--json"));
+    assert!(help(&["apply", "--help"]).contains("--dry-run"));
+    assert!(help(&["plan", "--help"]).contains("FILE"));
+}
