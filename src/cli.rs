@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// Expose a loopback-only service to one subnet behind one interface, safely.
 ///
-/// loopgate turns on net.ipv4.conf.<IFACE>.route_localnet for exactly one interface and,
+/// loopgate turns on net.ipv4.conf.IFACE.route_localnet for exactly one interface and,
 /// in the same transaction, installs nftables rules (table `ip loopgate`) that let only
 /// the allowed source networks reach only the published ports, and block every other
 /// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
@@ -97,7 +97,7 @@ pub struct ExposeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Label for the grant. Default: <IFACE>-<proto>-<port>.
+    /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 

@@ -221,7 +221,7 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
             });
         }
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     let report = Report {
         schema_version: SCHEMA_VERSION,
