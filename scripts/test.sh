@@ -19,7 +19,10 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
 echo "==> cargo test (unit + namespace integration tests, with the failpoint test hook)"
-cargo test --locked --features failpoints
+# Doc tests are skipped (there are none); a summary line closes the run below.
+cargo test --locked --features failpoints --all-targets 2>&1 | tee /tmp/loopgate-test.log
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/loopgate-test.log | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' /tmp/loopgate-test.log | awk '{s+=$1} END {print s+0}')
 echo "==> release build has no test hook"
 cargo build --locked --release --quiet
 if LOOPGATE_FAILPOINT=journal target/release/loopgate --help >/dev/null && \
@@ -31,3 +34,4 @@ echo "==> demo smoke run"
 scripts/demo.sh >/tmp/loopgate-demo.log 2>&1 || { cat /tmp/loopgate-demo.log; echo "demo failed" >&2; exit 1; }
 grep -q "the container reached the service" /tmp/loopgate-demo.log
 echo "all checks passed"
+echo "tests: $passed passed, $failed failed"

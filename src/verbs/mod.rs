@@ -69,7 +69,7 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
             }
             if outcome.connections_cut > 0 {
                 println!(
-                    "cut {} open connection(s) of revoked grants",
+                    "cut {} tracked connection(s) of revoked grants",
                     outcome.connections_cut
                 );
             }
