@@ -58,9 +58,10 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
     let mut nat = Vec::new();
     let mut input = Vec::new();
     let mut post = Vec::new();
-    let ifaces = interfaces(&grants.iter().map(|g| (*g).clone()).collect::<Vec<_>>());
-    for iface in &ifaces {
-        let iif = || Match::IifName(iface.clone());
+    let mut ifaces: Vec<&str> = grants.iter().map(|g| g.iface.as_str()).collect();
+    ifaces.dedup();
+    for &iface in &ifaces {
+        let iif = || Match::IifName(iface.to_string());
         // iifname "X" ip daddr 127.0.0.0/8 drop
         raw.push(Rule {
             matches: vec![iif(), Match::DaddrIn(loopback())],
@@ -76,7 +77,7 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         for (g, set) in grants
             .iter()
             .zip(&grant_set)
-            .filter(|(g, _)| &g.iface == iface)
+            .filter(|(g, _)| g.iface == iface)
         {
             // iifname "X" ip saddr @allow_N ip daddr L tcp dport P dnat to T
             nat.push(Rule {
@@ -125,7 +126,10 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         });
         // oifname "X" ip saddr 127.0.0.0/8 drop
         post.push(Rule {
-            matches: vec![Match::OifName(iface.clone()), Match::SaddrIn(loopback())],
+            matches: vec![
+                Match::OifName(iface.to_string()),
+                Match::SaddrIn(loopback()),
+            ],
             verdict: Verdict::Drop,
             comment: format!("{iface} guard: no loopback source leaves"),
         });

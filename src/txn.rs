@@ -48,12 +48,12 @@ pub struct Change {
 
 impl Change {
     /// Computes the change from the recorded state, the target grants and what the
-    /// kernel holds now (`current` route_localnet values, and whether the table matches).
+    /// kernel holds now: `current` route_localnet values and loopgate's table.
     pub fn compute(
         old: State,
         grants: Vec<Grant>,
         current: &BTreeMap<String, u8>,
-        table_matches: bool,
+        kernel_table: Option<&nft::TableImage>,
     ) -> Change {
         let grants = crate::grant::normalize(grants);
         let managed: BTreeSet<String> = plan::interfaces(&grants).into_iter().collect();
@@ -89,6 +89,11 @@ impl Change {
             }
         }
         let ruleset = plan::ruleset(&grants);
+        let table_matches = match (kernel_table, &ruleset) {
+            (None, None) => true,
+            (Some(have), Some(want)) => *have == nft::planned_image(want),
+            _ => false,
+        };
         Change {
             old,
             grants,
@@ -169,15 +174,6 @@ pub fn current_sysctls(old: &State, grants: &[Grant]) -> BTreeMap<String, u8> {
         .collect()
 }
 
-/// True when the kernel's table equals what `ruleset` plans (both absent counts).
-pub fn table_matches(snapshot: &nft::Snapshot, ruleset: Option<&Ruleset>) -> bool {
-    match (snapshot.image(), ruleset) {
-        (None, None) => true,
-        (Some(have), Some(want)) => have == nft::planned_image(want),
-        _ => false,
-    }
-}
-
 /// What a finished transaction did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -242,8 +238,11 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
 
     // 3. The whole table in one atomic batch.
     if !change.table_matches {
-        step("ruleset", || nft::apply(change.ruleset.as_ref()))?;
+        // Registered before the attempt: should the batch commit and its reply be lost,
+        // the rollback must still put the old table back. Restoring an unchanged table
+        // is harmless.
         undo.push(Undo::Table);
+        step("ruleset", || nft::apply(change.ruleset.as_ref()))?;
     }
 
     // 4. Open last: only now that the guards are in place.

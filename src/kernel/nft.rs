@@ -8,7 +8,6 @@
 //! table; ...` so the kernel applies all of it or none of it.
 
 use super::netlink::NlSocket;
-use crate::grant::Proto;
 use crate::ruleset::{
     AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict, TABLE,
 };
@@ -395,7 +394,7 @@ impl ExprWriter {
                 // The protocol is the same in both directions; the kernel keeps no
                 // direction for this key, so none is sent (and none comes back).
                 self.ct(CT_PROTOCOL, None);
-                self.cmp(CMP_EQ, &[proto_number(*proto)]);
+                self.cmp(CMP_EQ, &[proto.number()]);
                 self.ct(CT_PROTO_DST, Some(CtDir::Original));
                 self.cmp(CMP_EQ, &port.to_be_bytes());
             }
@@ -427,10 +426,6 @@ impl ExprWriter {
             }
         }
     }
-}
-
-fn proto_number(p: Proto) -> u8 {
-    p.number()
 }
 
 enum Attr {
@@ -824,7 +819,10 @@ pub fn snapshot() -> Result<Snapshot> {
                 s.as_ptr(),
                 sys::NFTNL_SET_NAME as u16,
             ));
+            // A batch-local id, shared with the elements below, so a restore can add
+            // both in one batch.
             set_names.push(name.clone());
+            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, set_names.len() as u32);
             objs.push((Obj::Set(s), format!("set {name}")));
         }
     }
@@ -841,14 +839,6 @@ pub fn snapshot() -> Result<Snapshot> {
         for row in rows? {
             // SAFETY: parse appends the message's elements to our set.
             unsafe { sys::nftnl_set_elems_nlmsg_parse(row.as_ptr().cast(), elems.as_ptr()) };
-        }
-        // Give the restored set the same id so its elements find it within the batch.
-        if let Some((Obj::Set(s), _)) = objs
-            .iter()
-            .find(|(o, l)| matches!(o, Obj::Set(_)) && l == &format!("set {name}"))
-        {
-            // SAFETY: live set owned by objs.
-            unsafe { sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, id) };
         }
         objs.push((Obj::Elems(elems), format!("elements of set {name}")));
     }

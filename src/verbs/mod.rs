@@ -27,9 +27,7 @@ pub enum Mode {
 pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
     let snapshot = nft::snapshot()?;
     let current = txn::current_sysctls(&old, &grants);
-    let ruleset = crate::plan::ruleset(&grants);
-    let matches = txn::table_matches(&snapshot, ruleset.as_ref());
-    let change = Change::compute(old, grants, &current, matches);
+    let change = Change::compute(old, grants, &current, snapshot.image().as_ref());
 
     if sysctl::read("all").is_ok_and(|v| v == 1) && !change.grants.is_empty() {
         eprintln!(
