@@ -24,3 +24,15 @@ pub fn check(step: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Kills the process on the spot with SIGKILL (no unwinding, no rollback) when the test
+/// hook `LOOPGATE_CRASH=<point>` names this point: a crash between two mutations.
+pub fn crash_point(point: &str) {
+    #[cfg(feature = "failpoints")]
+    if std::env::var("LOOPGATE_CRASH").is_ok_and(|v| v == point) {
+        // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = point;
+}

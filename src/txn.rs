@@ -201,10 +201,13 @@ pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Resu
     }
 }
 
+/// Runs one step: the test hooks can fail it before it starts or crash right after it.
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    crate::failpoint::check(name)
+    let result = crate::failpoint::check(name)
         .and_then(|_| f())
-        .with_context(|| format!("step {name} failed"))
+        .with_context(|| format!("step {name} failed"));
+    crate::failpoint::crash_point(&format!("after-{name}"));
+    result
 }
 
 fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Outcome> {

@@ -990,3 +990,68 @@ fn help_texts_name_every_verb_and_flag() {
     assert!(help(&["apply", "--help"]).contains("--dry-run"));
     assert!(help(&["plan", "--help"]).contains("FILE"));
 }
+
+/// After a crash, no interface may have route_localnet=1 without loopgate's guard.
+fn assert_never_open_without_guard(lab: &Lab, point: &str) {
+    if lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1" {
+        let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
+        for guard in [
+            "iifname \"br0\" ip daddr 127.0.0.0/8 drop",
+            "iifname \"br0\" ip saddr 127.0.0.0/8 drop",
+            "oifname \"br0\" ip saddr 127.0.0.0/8 drop",
+        ] {
+            assert!(
+                table.contains(guard),
+                "crash {point}: route_localnet=1 without `{guard}`:\n{table}"
+            );
+        }
+    }
+}
+
+#[test]
+fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
+    let (lab, _services) = lab_with_services();
+    let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
+    let revoke = ["revoke", "br0", "--port", "3306"];
+    let mut crashes = 0;
+    for point in [
+        "after-journal",
+        "after-sysctl-lower",
+        "after-ruleset",
+        "after-sysctl-raise",
+        "after-conntrack",
+    ] {
+        for (args, reachable) in [(&expose[..], true), (&revoke[..], false)] {
+            let out = lab.loopgate_env(args, &[("LOOPGATE_CRASH", point)]);
+            assert_eq!(
+                out.status.code(),
+                None,
+                "{point} {args:?}: expected a SIGKILL, got {}",
+                stderr(&out)
+            );
+            crashes += 1;
+            assert_never_open_without_guard(&lab, point);
+            let audit = lab.loopgate(&["audit"]);
+            assert_eq!(
+                audit.status.code(),
+                Some(1),
+                "{point} {args:?}: audit must report it: {}",
+                stdout(&audit)
+            );
+            assert!(
+                stdout(&audit).contains("[interrupted]"),
+                "{}",
+                stdout(&audit)
+            );
+            lab.ok(args);
+            assert_eq!(
+                lab.loopgate(&["audit"]).status.code(),
+                Some(0),
+                "{point} {args:?}: not repaired"
+            );
+            let got = tcp_request(&lab.container, sa(HOST_ADDR, 3306));
+            assert_eq!(got.is_some(), reachable, "{point} {args:?}");
+        }
+    }
+    assert_eq!(crashes, 10);
+}
