@@ -188,6 +188,10 @@ enum Undo {
 
 /// Applies `change` to the host; on failure undoes every step that succeeded.
 pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Result<Outcome> {
+    // Refuse up front, with the missing feature named, rather than fail halfway.
+    if let (false, Some(ruleset)) = (change.table_matches, &change.ruleset) {
+        nft::probe(ruleset).context("kernel feature check failed; nothing was changed")?;
+    }
     let mut undo: Vec<Undo> = Vec::new();
     match run_steps(store, change, &mut undo) {
         Ok(outcome) => Ok(outcome),
@@ -203,16 +207,18 @@ pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Resu
 
 /// Runs one step: the test hooks can fail it before it starts or crash right after it.
 fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let after = format!("after-{name}");
     let result = crate::failpoint::check(name)
         .and_then(|_| f())
+        .and_then(|v| crate::failpoint::check(&after).map(|_| v))
         .with_context(|| format!("step {name} failed"));
-    crate::failpoint::crash_point(&format!("after-{name}"));
+    crate::failpoint::crash_point(&after);
     result
 }
 
 fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Outcome> {
     // 1. Journal: record originals before any sysctl moves, so a crash cannot lose them.
-    let previous = store.read_raw()?;
+    undo.push(Undo::StateFile(store.read_raw()?));
     step("journal", || {
         let mut originals = change.old.originals.clone();
         for (i, v) in &change.originals {
@@ -225,7 +231,6 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
             pending: Some(change.grants.clone()),
         })
     })?;
-    undo.push(Undo::StateFile(previous));
 
     // 2. Close first: sysctls going down are written while the old guards still stand.
     step("sysctl-lower", || {

@@ -484,26 +484,57 @@ pub struct TableObjects {
 
 /// Encodes the planned table into libnftnl objects.
 pub fn encode(ruleset: &Ruleset) -> TableObjects {
-    let mut objs = vec![(new_table(), format!("table ip {TABLE}"))];
+    let mut objs = vec![(new_table(), format!("table ip {TABLE} (needs nf_tables)"))];
     for (i, set) in ruleset.sets.iter().enumerate() {
         let id = i as u32 + 1;
-        objs.push((new_set(set, id), format!("set {}", set.name)));
+        let what = format!("set {} (needs interval sets, nft_set_rbtree)", set.name);
+        objs.push((new_set(set, id), what));
         for e in new_elems(set, id) {
             objs.push((e, format!("elements of set {}", set.name)));
         }
     }
     for chain in &ruleset.chains {
-        objs.push((new_chain(chain), format!("chain {}", chain.name)));
+        let needs = match chain.kind {
+            ChainKind::Nat => "NAT chains, nft_chain_nat",
+            ChainKind::Filter => "base chains",
+        };
+        objs.push((
+            new_chain(chain),
+            format!("chain {} (needs {needs})", chain.name),
+        ));
     }
     for chain in &ruleset.chains {
         for rule in &chain.rules {
             objs.push((
                 new_rule(chain.name, rule),
-                format!("rule \"{}\" in chain {}", rule.comment, chain.name),
+                format!(
+                    "rule \"{}\" in chain {} (needs {})",
+                    rule.comment,
+                    chain.name,
+                    rule_needs(rule)
+                ),
             ));
         }
     }
     TableObjects { objs }
+}
+
+/// The kernel features a rule depends on, for a message that names what is missing.
+fn rule_needs(rule: &Rule) -> &'static str {
+    let ct = rule.matches.iter().any(|m| {
+        matches!(
+            m,
+            Match::CtDirection(_)
+                | Match::CtStatusDnat
+                | Match::CtOriginalDaddr(_)
+                | Match::CtOriginalProtoDst(..)
+        )
+    });
+    match (&rule.verdict, ct) {
+        (Verdict::Dnat(_), _) => "the nat expression, nft_nat, and set lookups",
+        (_, true) => "conntrack expressions, nft_ct",
+        _ => "payload, meta and cmp expressions",
+    }
 }
 
 /// One batch being written: libnftnl's paged buffer plus a label per sequence number.
@@ -583,15 +614,21 @@ impl BatchWriter {
 
     /// Finishes the batch and sends it as one datagram, then reads every reply. Returns
     /// the first error, named by the label of the message the kernel refused.
-    fn commit(mut self, sock: &mut NlSocket) -> Result<()> {
-        // SAFETY: room for the end message is guaranteed as for any message.
-        unsafe {
-            sys::nftnl_batch_end(
-                sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>(),
-                self.seq,
-            );
+    ///
+    /// With `Send::ValidateOnly` the batch-end message is left out: the kernel then
+    /// checks every message (loading modules, resolving expression types) and aborts
+    /// the whole batch, which is how `nft -c` checks a ruleset.
+    fn commit(mut self, sock: &mut NlSocket, mode: Send) -> Result<()> {
+        if mode == Send::Commit {
+            // SAFETY: room for the end message is guaranteed as for any message.
+            unsafe {
+                sys::nftnl_batch_end(
+                    sys::nftnl_batch_buffer(self.batch.as_ptr()).cast::<c_char>(),
+                    self.seq,
+                );
+            }
+            self.advance();
         }
-        self.advance();
         // SAFETY: the iovecs point into the batch's pages, which live as long as `self`.
         let pages: Vec<&[u8]> = unsafe {
             let n = sys::nftnl_batch_iovec_len(self.batch.as_ptr());
@@ -631,11 +668,17 @@ impl BatchWriter {
                 .find(|(s, _)| *s == seq)
                 .map(|(_, l)| l.as_str())
                 .unwrap_or("the batch");
-            return Err(anyhow!(io::Error::from_raw_os_error(code))).with_context(|| {
-                format!("the kernel refused {label}; the whole batch was discarded")
+            let err = anyhow!(io::Error::from_raw_os_error(code));
+            return Err(match mode {
+                Send::Commit => err.context(format!(
+                    "the kernel refused {label}; the whole batch was discarded"
+                )),
+                Send::ValidateOnly => err.context(format!(
+                    "this kernel cannot load {label}: a netfilter feature loopgate needs is missing"
+                )),
             });
         }
-        if acks < self.labels.len() {
+        if mode == Send::Commit && acks < self.labels.len() {
             anyhow::bail!(
                 "the kernel acknowledged {acks} of {} batch messages",
                 self.labels.len()
@@ -645,10 +688,22 @@ impl BatchWriter {
     }
 }
 
+/// Whether a batch is committed or only checked by the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Send {
+    Commit,
+    ValidateOnly,
+}
+
 /// Replaces loopgate's table with `objects` (or removes it when `None`) in one batch.
 /// With `poison`, a rule referring to a missing set is appended so the kernel rejects the
 /// batch: the test hook that proves the batch is all-or-nothing.
-fn replace_table(sock: &mut NlSocket, objects: Option<&TableObjects>, poison: bool) -> Result<()> {
+fn replace_table(
+    sock: &mut NlSocket,
+    objects: Option<&TableObjects>,
+    poison: bool,
+    mode: Send,
+) -> Result<()> {
     let mut w = BatchWriter::new();
     let table = new_table();
     // add + delete makes the delete succeed whether or not the table exists.
@@ -679,9 +734,29 @@ fn replace_table(sock: &mut NlSocket, objects: Option<&TableObjects>, poison: bo
             w.add(&new_table(), false, "table ip loopgate (poison)");
         }
         w.add(&chain, false, "chain poison");
-        w.add(&rule, false, "injected failure rule");
+        w.add(
+            &rule,
+            false,
+            "injected failure rule (needs a set that does not exist)",
+        );
     }
-    w.commit(sock)
+    w.commit(sock, mode)
+}
+
+/// Checks, before anything changes, that the kernel supports everything the planned
+/// table uses (nf_tables, NAT chains, interval sets, ct and nat expressions): the whole
+/// batch is validated by the kernel and then discarded.
+/// The test hook `probe` adds a rule the kernel cannot load, as a kernel lacking a
+/// feature would refuse one.
+pub fn probe(ruleset: &Ruleset) -> Result<()> {
+    let mut sock = NlSocket::netfilter()?;
+    let poison = crate::failpoint::armed("probe");
+    replace_table(
+        &mut sock,
+        Some(&encode(ruleset)),
+        poison,
+        Send::ValidateOnly,
+    )
 }
 
 /// Installs the planned table (or removes it when there are no grants), atomically.
@@ -692,6 +767,7 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<()> {
         &mut sock,
         objects.as_ref(),
         crate::failpoint::armed("ruleset-batch"),
+        Send::Commit,
     )
 }
 
@@ -708,7 +784,7 @@ impl Snapshot {
     /// Puts the table back as it was when the snapshot was taken.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
-        replace_table(&mut sock, self.objects.as_ref(), false)
+        replace_table(&mut sock, self.objects.as_ref(), false, Send::Commit)
     }
 
     /// A canonical description for comparison with a planned table.
