@@ -1122,3 +1122,102 @@ fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
     println!("crash points exercised: {crashes}");
     assert_eq!(crashes, 4 * (STEPS.len() - 1));
 }
+
+/// Runs `threads` workers, each doing `ops` random expose/revoke operations on its own
+/// two ports, all at once against one namespace. Returns the ports that must be
+/// published at the end (from each worker's own sequence of successful operations) and
+/// the number of operations.
+fn random_ops(
+    lab: &std::sync::Arc<Lab>,
+    threads: u16,
+    ops: usize,
+    seed: u64,
+) -> (std::collections::BTreeSet<u16>, usize) {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let lab = lab.clone();
+            std::thread::spawn(move || {
+                let mut rng = seed ^ (u64::from(t) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut open = std::collections::BTreeSet::new();
+                for _ in 0..ops {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let port = 4000 + t * 2 + (rng % 2) as u16;
+                    let p = port.to_string();
+                    let expose = rng % 3 != 0;
+                    let args: Vec<&str> = if expose {
+                        vec!["expose", "br0", "--allow", ALLOWED, "--port", &p]
+                    } else {
+                        vec!["revoke", "br0", "--port", &p]
+                    };
+                    let out = lab.loopgate(&args);
+                    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+                    if expose {
+                        open.insert(port);
+                    } else {
+                        open.remove(&port);
+                    }
+                }
+                open
+            })
+        })
+        .collect();
+    let mut all = std::collections::BTreeSet::new();
+    for h in handles {
+        all.extend(h.join().expect("worker"));
+    }
+    (all, usize::from(threads) * ops)
+}
+
+/// Checks that the host ends exactly as the successful operations imply.
+fn assert_published_exactly(lab: &Lab, expected: &std::collections::BTreeSet<u16>) {
+    let out = lab.loopgate(&["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let published: std::collections::BTreeSet<u16> = report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|i| {
+            i["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["port"].as_u64().unwrap() as u16)
+        })
+        .collect();
+    assert_eq!(&published, expected);
+    let want = if expected.is_empty() { "0" } else { "1" };
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), want);
+    let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
+    for port in 4000..4032u16 {
+        let rule = format!("tcp dport {port} dnat to 127.0.0.1:{port}");
+        assert_eq!(
+            table.contains(&rule),
+            expected.contains(&port),
+            "port {port}: {table}"
+        );
+    }
+}
+
+#[test]
+fn sixteen_concurrent_processes_end_exactly_where_their_operations_lead() {
+    let lab = std::sync::Arc::new(Lab::new());
+    let (expected, ops) = random_ops(&lab, 16, 13, 0x5eed);
+    println!("concurrent operations: {ops}, published at the end: {expected:?}");
+    assert!(ops >= 200);
+    assert_published_exactly(&lab, &expected);
+}
+
+#[test]
+fn two_namespaces_worked_on_in_parallel_never_interfere() {
+    let a = std::sync::Arc::new(Lab::new());
+    let b = std::sync::Arc::new(Lab::sharing_state_with(&a));
+    let (a2, b2) = (a.clone(), b.clone());
+    let ta = std::thread::spawn(move || random_ops(&a2, 8, 8, 1).0);
+    let tb = std::thread::spawn(move || random_ops(&b2, 8, 8, 2).0);
+    let (ea, eb) = (ta.join().unwrap(), tb.join().unwrap());
+    assert_published_exactly(&a, &ea);
+    assert_published_exactly(&b, &eb);
+}
