@@ -15,6 +15,8 @@ pub mod input;
 pub mod kernel;
 pub mod plan;
 pub mod policy;
+#[cfg(test)]
+mod properties;
 pub mod ruleset;
 pub mod state;
 pub mod txn;
