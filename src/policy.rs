@@ -51,8 +51,46 @@ impl<T: Clone> OneOrMany<T> {
     }
 }
 
+/// Deepest nesting a policy may use; a real one needs four levels.
+const MAX_DEPTH: usize = 32;
+
+/// Refuses absurdly nested documents before the YAML parser sees them: the parser's
+/// work grows much faster than the input with nesting depth, so a small hostile file
+/// could otherwise keep loopgate busy for minutes.
+fn check_nesting(text: &str, origin: &str) -> Result<()> {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    for (line_no, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
+        if indent > MAX_DEPTH * 8 {
+            bad_input!("{origin}: line {} is indented {indent} columns; a loopgate policy nests at most {MAX_DEPTH} levels", line_no + 1);
+        }
+        let mut comment = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, _) if comment => {}
+                (None, '#') => comment = true,
+                (None, '"' | '\'') => quote = Some(c),
+                (None, '[' | '{') => {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if max > MAX_DEPTH {
+            bad_input!("{origin}: nests deeper than {MAX_DEPTH} levels (line {}); a loopgate policy needs four", line_no + 1);
+        }
+    }
+    Ok(())
+}
+
 /// Parses policy text; errors name the file position serde_yaml reports.
 pub fn parse(text: &str, origin: &str) -> Result<Policy> {
+    check_nesting(text, origin)?;
     match serde_yaml::from_str::<Option<Policy>>(text) {
         Ok(Some(p)) => Ok(p),
         Ok(None) => Ok(Policy { grants: vec![] }),
@@ -122,6 +160,10 @@ mod tests {
         .unwrap_err();
         assert!(format!("{e:#}").contains("p.yaml"), "{e:#}");
         assert!(parse("grants: {", "p.yaml").is_err());
+        let deep = format!("grants: {}{}", "[".repeat(40), "]".repeat(40));
+        assert!(format!("{:#}", parse(&deep, "deep.yaml").unwrap_err()).contains("deeper than 32"));
+        let quoted = "grants: []\n# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nx: '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[['\n";
+        assert!(!format!("{:#}", parse(quoted, "q.yaml").unwrap_err()).contains("deeper"));
         assert!(parse("surprise: 1", "p.yaml").is_err());
     }
 
