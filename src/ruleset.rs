@@ -172,7 +172,7 @@ impl fmt::Display for Rule {
         for m in &self.matches {
             write!(f, "{m} ")?;
         }
-        write!(f, "{} comment {:?}", self.verdict, self.comment)
+        write!(f, "counter {} comment {:?}", self.verdict, self.comment)
     }
 }
 

@@ -947,9 +947,9 @@ fn assert_never_open_without_guard(lab: &Lab, point: &str) {
     if lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1" {
         let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
         for guard in [
-            "iifname \"br0\" ip daddr 127.0.0.0/8 drop",
-            "iifname \"br0\" ip saddr 127.0.0.0/8 drop",
-            "oifname \"br0\" ip saddr 127.0.0.0/8 drop",
+            "iifname \"br0\" ip daddr 127.0.0.0/8 counter",
+            "iifname \"br0\" ip saddr 127.0.0.0/8 counter",
+            "oifname \"br0\" ip saddr 127.0.0.0/8 counter",
         ] {
             assert!(
                 table.contains(guard),
@@ -1086,12 +1086,11 @@ fn assert_published_exactly(lab: &Lab, expected: &std::collections::BTreeSet<u16
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), want);
     let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
     for port in 4000..4032u16 {
-        let rule = format!("tcp dport {port} dnat to 127.0.0.1:{port}");
-        assert_eq!(
-            table.contains(&rule),
-            expected.contains(&port),
-            "port {port}: {table}"
-        );
+        let dnat = table.lines().any(|l| {
+            l.contains(&format!("tcp dport {port} "))
+                && l.contains(&format!("dnat to 127.0.0.1:{port} "))
+        });
+        assert_eq!(dnat, expected.contains(&port), "port {port}: {table}");
     }
 }
 
@@ -1114,4 +1113,102 @@ fn two_namespaces_worked_on_in_parallel_never_interfere() {
     let (ea, eb) = (ta.join().unwrap(), tb.join().unwrap());
     assert_published_exactly(&a, &ea);
     assert_published_exactly(&b, &eb);
+}
+
+/// Sum of the packet counters of the rules whose comment contains `needle`.
+fn counted(lab: &Lab, needle: &str) -> u64 {
+    let table = stdout(&lab.host.exec(&["nft", "list", "table", "ip", "loopgate"]));
+    table
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            l.split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_flooding_neighbour_gets_nothing_through_while_allowed_clients_keep_working() {
+    let (lab, services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.ok(&[
+        "expose", "br0", "--allow", ALLOWED, "--port", "5353", "--proto", "udp",
+    ]);
+    Lab::route_loopback_via_host(&lab.neighbour);
+    let opens_before = passive_opens(&lab.host);
+
+    // The allowed client runs a request loop during the whole flood.
+    let container = lab.container.handle();
+    let client = std::thread::spawn(move || {
+        let mut ok = 0;
+        for _ in 0..200 {
+            if tcp_request(&container, sa(HOST_ADDR, 3306)).as_deref() == Some("tcp:3306") {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    let neighbour = &lab.neighbour;
+    let direct = flood_udp(neighbour, NEIGHBOUR_ADDR, sa(LO, 5354), b"flood", 40_000)
+        + flood_udp(neighbour, NEIGHBOUR_ADDR, sa(LO, 5353), b"flood", 10_000);
+    let spoofed = flood_udp(
+        neighbour,
+        Ipv4Addr::new(127, 0, 0, 1),
+        sa(HOST_ADDR, 5400),
+        b"flood",
+        25_000,
+    ) + flood_udp(
+        neighbour,
+        Ipv4Addr::new(127, 0, 0, 9),
+        sa(HOST_ADDR, 5353),
+        b"flood",
+        25_000,
+    );
+    let ok = client.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let seen = services.udp_seen.lock().unwrap().clone();
+    let leaked = seen
+        .iter()
+        .filter(|(_, from)| from.ip().to_string() != CONTAINER_ADDR.to_string())
+        .count();
+    let dropped_direct = counted(&lab, "guard: no direct route to loopback");
+    let dropped_spoofed = counted(&lab, "guard: no spoofed loopback source");
+    println!(
+        "flood: sent {} ({direct} to 127.0.0.1, {spoofed} with 127.x sources), leaked {leaked}; dropped by the guard: {dropped_direct} + {dropped_spoofed}; allowed requests ok: {ok}/200",
+        direct + spoofed
+    );
+    assert_eq!(
+        direct + spoofed,
+        100_000,
+        "the sender could not send every packet"
+    );
+    assert_eq!(
+        leaked,
+        0,
+        "flood packets reached a service: {:?}",
+        &seen[..seen.len().min(5)]
+    );
+    assert_eq!(
+        passive_opens(&lab.host) - opens_before,
+        200,
+        "only the allowed client's connections were accepted"
+    );
+    assert_eq!(
+        ok, 200,
+        "the allowed client's loop must complete without errors"
+    );
+    assert_eq!(
+        dropped_direct, direct as u64,
+        "every packet to 127.0.0.1 is counted by the guard"
+    );
+    assert_eq!(
+        dropped_spoofed, spoofed as u64,
+        "every spoofed packet is counted by the guard"
+    );
 }

@@ -49,9 +49,10 @@ pub fn run(cmd: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A named network namespace, deleted on drop.
+/// A named network namespace, deleted on drop by the value that created it.
 pub struct Netns {
     pub name: String,
+    owned: bool,
 }
 
 impl Netns {
@@ -63,7 +64,15 @@ impl Netns {
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
         run("ip", &["netns", "add", &name]);
-        Netns { name }
+        Netns { name, owned: true }
+    }
+
+    /// A second handle, for another thread; it does not delete the namespace.
+    pub fn handle(&self) -> Netns {
+        Netns {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// Runs a command inside the namespace and insists on success.
@@ -268,6 +277,19 @@ fn checksum(data: &[u8]) -> u16 {
 
 /// Sends one UDP datagram with a forged source address through a raw socket.
 pub fn send_spoofed_udp(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &'static [u8]) {
+    flood_udp(ns, src, dst, payload, 1);
+}
+
+/// Sends `count` identical UDP datagrams with any source address through a raw socket,
+/// paced so the receiving side's backlog does not overflow. Returns how many the kernel
+/// accepted for sending.
+pub fn flood_udp(
+    ns: &Netns,
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    payload: &'static [u8],
+    count: usize,
+) -> usize {
     ns.enter(move || {
         let mut pkt = vec![0u8; 20 + 8 + payload.len()];
         let total = pkt.len() as u16;
@@ -283,6 +305,7 @@ pub fn send_spoofed_udp(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &
         pkt[22..24].copy_from_slice(&dst.port().to_be_bytes());
         pkt[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         pkt[28..].copy_from_slice(payload);
+        let mut sent = 0;
         // SAFETY: plain syscalls on a socket we own; buffers outlive the calls.
         unsafe {
             let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
@@ -290,18 +313,27 @@ pub fn send_spoofed_udp(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &
             let mut sa: libc::sockaddr_in = std::mem::zeroed();
             sa.sin_family = libc::AF_INET as u16;
             sa.sin_addr.s_addr = u32::from_ne_bytes(dst.ip().octets());
-            let rc = libc::sendto(
-                fd,
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            );
+            for i in 0..count {
+                let rc = libc::sendto(
+                    fd,
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                );
+                if rc > 0 {
+                    sent += 1;
+                }
+                if i % 200 == 199 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
             libc::close(fd);
-            assert!(rc > 0, "raw sendto: {}", std::io::Error::last_os_error());
         }
-    });
+        assert!(sent > 0, "raw sendto: {}", std::io::Error::last_os_error());
+        sent
+    })
 }
 
 /// A host with a bridge, an allowed container and a disallowed neighbour on it.
