@@ -30,6 +30,8 @@ if LOOPGATE_FAILPOINT=journal target/release/loopgate --help >/dev/null && \
   echo "the release binary contains the failpoint hook" >&2
   exit 1
 fi
+echo "==> fuzz smoke run (policy parser and validators)"
+scripts/fuzz.sh 30
 echo "==> demo smoke run"
 scripts/demo.sh >/tmp/loopgate-demo.log 2>&1 || { cat /tmp/loopgate-demo.log; echo "demo failed" >&2; exit 1; }
 grep -q "the container reached the service" /tmp/loopgate-demo.log
