@@ -1212,3 +1212,74 @@ fn a_flooding_neighbour_gets_nothing_through_while_allowed_clients_keep_working(
         "every spoofed packet is counted by the guard"
     );
 }
+
+#[test]
+fn concurrent_conflicting_exposes_serialise_to_one_winner() {
+    let lab = std::sync::Arc::new(Lab::new());
+    let handles: Vec<_> = (0..8u8)
+        .map(|t| {
+            let lab = lab.clone();
+            std::thread::spawn(move || {
+                let target = format!("127.0.0.{}", 1 + t % 2);
+                (0..5)
+                    .map(|_| {
+                        let out = lab.loopgate(&[
+                            "expose", "br0", "--allow", ALLOWED, "--port", "4100", "--to", &target,
+                        ]);
+                        let code = out.status.code();
+                        assert!(
+                            code == Some(0) || code == Some(2),
+                            "{target}: {}",
+                            stderr(&out)
+                        );
+                        if code == Some(2) {
+                            assert!(
+                                stderr(&out).contains("already published"),
+                                "{}",
+                                stderr(&out)
+                            );
+                        }
+                        (target.clone(), code == Some(0))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(String, bool)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let winners: std::collections::BTreeSet<&String> = results
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| t)
+        .collect();
+    let conflicts = results.iter().filter(|(_, ok)| !ok).count();
+    println!(
+        "conflicting operations: {}, refused as conflicts: {conflicts}",
+        results.len()
+    );
+    assert_eq!(
+        winners.len(),
+        1,
+        "every successful expose must agree on one target: {winners:?}"
+    );
+    assert_eq!(
+        conflicts, 20,
+        "the 20 exposes naming the other target are refused"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&lab.loopgate(&["audit", "--json"]).stdout).unwrap();
+    let br0 = report["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "br0")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        br0["grants"][0]["to"].as_str().unwrap(),
+        format!("{}:4100", winners.iter().next().unwrap())
+    );
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
