@@ -50,6 +50,17 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Show what `apply FILE` would change, without changing anything.
     Plan(PlanArgs),
+    /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
+    Completions(CompletionsArgs),
+    /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,11 +147,25 @@ pub struct RevokeArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    /// Readable text.
+    Text,
+    /// A JSON document with a schema version (described in README.md).
+    Json,
+    /// Prometheus text format, for node_exporter's textfile collector.
+    Prometheus,
+}
+
 #[derive(Debug, Args)]
 pub struct AuditArgs {
-    /// Print a JSON document (schema in README.md) instead of text.
-    #[arg(long)]
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: AuditFormat,
 }
 
 #[derive(Debug, Args)]

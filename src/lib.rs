@@ -27,7 +27,20 @@ use cli::{Cli, Command};
 
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: &Cli) -> Result<i32> {
-    // Every verb reads the firewall; say so plainly before any netlink errno can.
+    match &cli.command {
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(a.shell, &mut cmd, "loopgate", &mut std::io::stdout());
+            return Ok(error::EXIT_OK);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            return Ok(error::EXIT_OK);
+        }
+        _ => {}
+    }
+    // Every other verb reads the firewall; say so plainly before any netlink errno can.
     kernel::host::require_net_admin()?;
     if let Some(ns) = &cli.netns {
         kernel::netns::enter(ns)?;
@@ -38,5 +51,6 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Audit(a) => verbs::audit::run(a),
         Command::Apply(a) => verbs::apply::run_apply(a).map(|_| error::EXIT_OK),
         Command::Plan(a) => verbs::apply::run_plan(a).map(|_| error::EXIT_OK),
+        Command::Completions(_) | Command::Man => Ok(error::EXIT_OK),
     }
 }

@@ -1283,3 +1283,97 @@ fn concurrent_conflicting_exposes_serialise_to_one_winner() {
     );
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
 }
+
+#[test]
+fn audit_for_monitoring_parses_as_prometheus_and_counts_traffic() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&[
+        "expose", "br0", "--allow", ALLOWED, "--port", "3306", "--name", "mysql",
+    ]);
+    for _ in 0..3 {
+        assert_eq!(
+            tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+            Some("tcp:3306")
+        );
+    }
+    let text = lab.ok(&["audit", "--format", "prometheus"]);
+    // Debian's python3-prometheus-client: the reference parser of the text format.
+    let parser = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(s.name, sorted(s.labels.items()), s.value)\n";
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (scripts/install-deps.sh installs it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus parser rejected the output: {}\n{text}",
+        stderr(&out)
+    );
+    let samples = stdout(&out);
+    assert!(
+        samples.contains("loopgate_guarded [('interface', 'br0')] 1.0"),
+        "{samples}"
+    );
+    assert!(
+        samples.contains("loopgate_grants [('interface', 'br0')] 1.0"),
+        "{samples}"
+    );
+    assert!(
+        samples.contains("loopgate_findings [('severity', 'critical')] 0.0"),
+        "{samples}"
+    );
+    let dnat = samples
+        .lines()
+        .find(|l| {
+            l.starts_with("loopgate_rule_packets_total")
+                && l.contains("'nat_prerouting'")
+                && l.contains("grant mysql")
+        })
+        .expect("a counter for the grant's DNAT rule");
+    assert!(
+        dnat.ends_with(" 3.0"),
+        "three connections were DNATed: {dnat}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_are_generated_from_the_cli() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.contains("expose") && script.contains("allow"),
+            "{shell}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("loopgate-completion-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bash = dir.join("loopgate.bash");
+    std::fs::write(&bash, run(&["completions", "bash"])).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "bash -n: {}", stderr(&check));
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH loopgate 1") && man.contains("expose"),
+        "{man}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1064,6 +1064,34 @@ unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void
     0
 }
 
+/// The rule's comment, from its userdata (type-length-value records).
+fn rule_comment(r: NonNull<sys::nftnl_rule>) -> String {
+    let mut len = 0u32;
+    // SAFETY: live rule; the returned pointer is valid for `len` bytes while it lives.
+    let udata = unsafe {
+        let p = sys::nftnl_rule_get_data(r.as_ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
+        if p.is_null() {
+            return String::new();
+        }
+        std::slice::from_raw_parts(p.cast::<u8>(), len as usize)
+    };
+    let mut rest = udata;
+    while let [ty, l, tail @ ..] = rest {
+        let (value, next) = tail.split_at((*l as usize).min(tail.len()));
+        if u32::from(*ty) == sys::NFTNL_UDATA_RULE_COMMENT {
+            let text = value.split(|b| *b == 0).next().unwrap_or_default();
+            return String::from_utf8_lossy(text).into_owned();
+        }
+        rest = next;
+    }
+    String::new()
+}
+
+fn rule_chain(r: NonNull<sys::nftnl_rule>) -> String {
+    // SAFETY: live rule; the string is owned by it.
+    get_str(unsafe { sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16) })
+}
+
 fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
     let mut exprs: Vec<String> = Vec::new();
     // SAFETY: live rule; the callback only reads expressions and pushes to `exprs`.
@@ -1073,20 +1101,65 @@ fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
             Some(print_expr),
             (&mut exprs as *mut Vec<String>).cast(),
         );
-        let chain = get_str(sys::nftnl_rule_get_str(
-            r.as_ptr(),
-            sys::NFTNL_RULE_CHAIN as u16,
-        ));
-        let mut len = 0u32;
-        let udata = sys::nftnl_rule_get_data(r.as_ptr(), sys::NFTNL_RULE_USERDATA as u16, &mut len);
-        let comment = if udata.is_null() {
-            String::new()
-        } else {
-            String::from_utf8_lossy(std::slice::from_raw_parts(udata.cast::<u8>(), len as usize))
-                .trim_matches(|c: char| c.is_control())
-                .to_string()
+    }
+    format!(
+        "{}: {} comment {:?}",
+        rule_chain(r),
+        exprs.join(" "),
+        rule_comment(r)
+    )
+}
+
+unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the &mut (u64, u64) passed by `Snapshot::counters`; `e` is live.
+    unsafe {
+        if get_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter" {
+            let out = &mut *data.cast::<(u64, u64)>();
+            out.0 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
+            out.1 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
+        }
+    }
+    0
+}
+
+/// What one rule of loopgate's table has matched so far.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleCounter {
+    pub chain: String,
+    pub rule: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Snapshot {
+    /// The counters of every rule, in table order.
+    pub fn counters(&self) -> Vec<RuleCounter> {
+        let Some(objs) = &self.objects else {
+            return vec![];
         };
-        format!("{chain}: {} comment {comment:?}", exprs.join(" "))
+        objs.objs
+            .iter()
+            .filter_map(|(o, _)| match o {
+                Obj::Rule(r) => {
+                    let mut c = (0u64, 0u64);
+                    // SAFETY: live rule; the callback only reads.
+                    unsafe {
+                        sys::nftnl_expr_foreach(
+                            r.as_ptr(),
+                            Some(read_counter),
+                            (&mut c as *mut (u64, u64)).cast(),
+                        );
+                    }
+                    Some(RuleCounter {
+                        chain: rule_chain(*r),
+                        rule: rule_comment(*r),
+                        packets: c.0,
+                        bytes: c.1,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -7,11 +7,13 @@
 
 use super::open_store;
 use crate::cli::AuditArgs;
+use crate::cli::AuditFormat;
 use crate::error::{EXIT_FINDINGS, EXIT_OK};
 use crate::grant::Grant;
 use crate::input::loopback;
 use crate::kernel::host::{self, Listener};
-use crate::kernel::{nft, sysctl};
+use crate::kernel::nft::{self, RuleCounter};
+use crate::kernel::sysctl;
 use crate::plan;
 use anyhow::Result;
 use serde::Serialize;
@@ -68,6 +70,8 @@ pub struct Report {
     pub table: TableReport,
     pub interrupted_transaction: bool,
     pub findings: Vec<Finding>,
+    /// Packets and bytes each rule of loopgate's table has matched.
+    pub counters: Vec<RuleCounter>,
 }
 
 impl Report {
@@ -236,11 +240,17 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         },
         interrupted_transaction: state.pending.is_some(),
         findings,
+        counters: snapshot.counters(),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let format = if args.json {
+        AuditFormat::Json
     } else {
-        print_text(&report);
+        args.format
+    };
+    match format {
+        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        AuditFormat::Prometheus => print!("{}", prometheus(&report)),
+        AuditFormat::Text => print_text(&report),
     }
     Ok(match report.worst() {
         Some(Severity::Warning | Severity::Critical) => EXIT_FINDINGS,
@@ -297,4 +307,112 @@ fn print_text(r: &Report) {
         };
         println!("{sev} [{}] {}", f.code, f.message);
     }
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The report in the Prometheus text exposition format (node_exporter textfile
+/// collector): one gauge family per fact, counters per rule.
+pub fn prometheus(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP loopgate_{name} {help}");
+        let _ = writeln!(out, "# TYPE loopgate_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "loopgate_{name}{labels} {value}");
+        }
+    };
+    let per_iface = |f: &dyn Fn(&InterfaceReport) -> u64| -> Vec<(String, u64)> {
+        r.interfaces
+            .iter()
+            .map(|i| (format!("{{interface=\"{}\"}}", label(&i.name)), f(i)))
+            .collect()
+    };
+    family(
+        "route_localnet",
+        "gauge",
+        "net.ipv4.conf.<interface>.route_localnet as set on the interface.",
+        per_iface(&|i| u64::from(i.route_localnet)),
+    );
+    family(
+        "route_localnet_effective",
+        "gauge",
+        "route_localnet in effect (all OR interface).",
+        per_iface(&|i| u64::from(i.effective)),
+    );
+    family(
+        "guarded",
+        "gauge",
+        "1 when loopgate's guard rules for the interface are in place as generated.",
+        per_iface(&|i| u64::from(i.guarded)),
+    );
+    family(
+        "grants",
+        "gauge",
+        "Published ports (grants) on the interface.",
+        per_iface(&|i| i.grants.len() as u64),
+    );
+    family(
+        "route_localnet_all",
+        "gauge",
+        "net.ipv4.conf.all.route_localnet.",
+        vec![(String::new(), u64::from(r.all_route_localnet))],
+    );
+    family(
+        "table_matches",
+        "gauge",
+        "1 when loopgate's nftables table is exactly as its grants require.",
+        vec![(String::new(), u64::from(r.table.matches_expected))],
+    );
+    let findings = [Severity::Info, Severity::Warning, Severity::Critical]
+        .iter()
+        .map(|s| {
+            let name = serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (
+                format!("{{severity=\"{name}\"}}"),
+                r.findings.iter().filter(|f| f.severity == *s).count() as u64,
+            )
+        })
+        .collect();
+    family("findings", "gauge", "Audit findings by severity.", findings);
+    // Rules sharing a chain and comment (tcp and udp of one grant) are summed: one series each.
+    let mut sums: std::collections::BTreeMap<(String, String), (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for c in &r.counters {
+        let e = sums.entry((c.chain.clone(), c.rule.clone())).or_default();
+        e.0 += c.packets;
+        e.1 += c.bytes;
+    }
+    let series = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, u64)> {
+        sums.iter()
+            .map(|((chain, rule), v)| {
+                (
+                    format!("{{chain=\"{}\",rule=\"{}\"}}", label(chain), label(rule)),
+                    pick(v),
+                )
+            })
+            .collect()
+    };
+    family(
+        "rule_packets_total",
+        "counter",
+        "Packets matched by each rule of table ip loopgate.",
+        series(|v| v.0),
+    );
+    family(
+        "rule_bytes_total",
+        "counter",
+        "Bytes matched by each rule of table ip loopgate.",
+        series(|v| v.1),
+    );
+    out
 }
