@@ -116,6 +116,11 @@ pub struct ExposeArgs {
     /// nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml),
+    /// which loopgate.service applies at boot.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub persist: bool,
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +150,11 @@ pub struct RevokeArgs {
     /// Print what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Also remove the revoked grants from the persistent policy
+    /// (/etc/loopgate/loopgate.yaml).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub persist: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -170,18 +180,28 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
-    /// Policy file (YAML; see rules/ for examples).
-    #[arg(value_name = "FILE")]
+    /// Policy file (YAML; see rules/ for examples), or a directory whose *.yaml files are
+    /// merged, such as /etc/loopgate.
+    #[arg(value_name = "FILE|DIR")]
     pub file: PathBuf,
 
     /// Print what would change and the resulting table; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Leave out grants on interfaces that do not exist yet instead of refusing the
+    /// policy (what the boot unit uses; `loopgate watch` adds them when they appear).
+    #[arg(long)]
+    pub skip_missing: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Policy file (YAML; see rules/ for examples).
-    #[arg(value_name = "FILE")]
+    /// Policy file (YAML; see rules/ for examples), or a directory of them.
+    #[arg(value_name = "FILE|DIR")]
     pub file: PathBuf,
+
+    /// As for apply: leave out grants on interfaces that do not exist yet.
+    #[arg(long)]
+    pub skip_missing: bool,
 }

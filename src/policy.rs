@@ -8,9 +8,9 @@ use crate::bad_input;
 use crate::error::plain_io;
 use crate::grant::Grant;
 use crate::input::{self, GrantRequest, Interfaces};
-use anyhow::Result;
-use serde::Deserialize;
-use std::path::Path;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// Policy files larger than this are refused before parsing.
 const MAX_POLICY_BYTES: u64 = 64 << 20;
@@ -22,7 +22,7 @@ pub struct Policy {
     pub grants: Vec<Entry>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     pub name: Option<String>,
@@ -35,7 +35,7 @@ pub struct Entry {
 }
 
 /// A scalar or a list of scalars, as YAML users write both.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany<T> {
     One(T),
@@ -121,8 +121,90 @@ pub fn load(path: &Path) -> Result<Policy> {
     parse(&text, &origin)
 }
 
+/// The file `--persist` writes in the policy directory; the other files are the admin's.
+pub const PERSIST_FILE: &str = "loopgate.yaml";
+
+/// The persistent policy directory: `LOOPGATE_CONFIG_DIR`, or /etc/loopgate.
+pub fn config_dir() -> PathBuf {
+    std::env::var_os("LOOPGATE_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/loopgate"))
+}
+
+/// Loads a policy file, or every `*.yaml`/`*.yml` file of a directory in name order
+/// (their grants are merged). Each policy comes with the file it was read from.
+pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
+    if !path.is_dir() {
+        return Ok(vec![(path.display().to_string(), load(path)?)]);
+    }
+    let entries = match std::fs::read_dir(path) {
+        Ok(e) => e,
+        Err(e) => bad_input!(
+            "cannot read policy directory {:?}: {}",
+            path.display().to_string(),
+            plain_io(&e)
+        ),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| Ok((f.display().to_string(), load(f)?)))
+        .collect()
+}
+
+/// Validates the grants of several policies together. With `skip_missing`, entries whose
+/// interface does not exist (yet) are left out and named in the returned warnings, as a
+/// boot-time apply needs; otherwise they are errors.
+pub fn grants_of(
+    sources: &[(String, Policy)],
+    host: &dyn Interfaces,
+    skip_missing: bool,
+) -> Result<(Vec<Grant>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut warnings = Vec::new();
+    for (origin, policy) in sources {
+        let present = Policy {
+            grants: policy
+                .grants
+                .iter()
+                .filter(|e| {
+                    let missing = host.ipv4_addresses(&e.interface).is_none();
+                    if missing && skip_missing {
+                        warnings.push(format!(
+                            "{origin}: interface {:?} does not exist; its grants were left out",
+                            e.interface
+                        ));
+                    }
+                    !(missing && skip_missing)
+                })
+                .cloned()
+                .collect(),
+        };
+        let grants = entries_to_grants(&present, host).map_err(|err| {
+            if sources.len() > 1 {
+                anyhow::Error::new(crate::error::BadInput(format!("{origin}: {err:#}")))
+            } else {
+                err
+            }
+        })?;
+        out.extend(grants);
+    }
+    input::check_conflicts(&out)?;
+    Ok((out, warnings))
+}
+
 /// Validates every entry into grants and checks them against each other.
 pub fn grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
+    let grants = entries_to_grants(policy, host)?;
+    input::check_conflicts(&grants)?;
+    Ok(grants)
+}
+
+fn entries_to_grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
     let mut out = Vec::new();
     for (i, e) in policy.grants.iter().enumerate() {
         let req = GrantRequest {
@@ -140,8 +222,76 @@ pub fn grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
         })?;
         out.extend(grants);
     }
-    input::check_conflicts(&out)?;
     Ok(out)
+}
+
+/// One grant as it is written back to a policy file.
+#[derive(Serialize)]
+struct OutEntry<'a> {
+    name: &'a str,
+    interface: &'a str,
+    allow: Vec<String>,
+    port: u16,
+    proto: &'a str,
+    to: String,
+    listen: String,
+}
+
+/// Renders grants as a policy file that `apply` reads back to the same grants.
+pub fn render(grants: &[Grant]) -> Result<String> {
+    let entries: Vec<OutEntry> = grants
+        .iter()
+        .map(|g| OutEntry {
+            name: &g.name,
+            interface: &g.iface,
+            allow: g.allow.iter().map(|n| n.to_string()).collect(),
+            port: g.port,
+            proto: g.proto.name(),
+            to: g.to.to_string(),
+            listen: g.listen.to_string(),
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Out<'a> {
+        grants: Vec<OutEntry<'a>>,
+    }
+    let body = serde_yaml::to_string(&Out { grants: entries }).context("rendering the policy")?;
+    Ok(format!(
+        "# Written by `loopgate expose/revoke --persist`; applied at boot by loopgate.service.\n# Grants in other files of this directory are yours and are not written here.\n{body}"
+    ))
+}
+
+/// Writes `current` (the namespace's grants after a change) to the persistent policy:
+/// into `loopgate.yaml`, less what the directory's other files already define. Returns
+/// warnings for grants those other files keep alive although they were revoked.
+pub fn persist(dir: &Path, current: &[Grant], host: &dyn Interfaces) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let own = dir.join(PERSIST_FILE);
+    let others: Vec<(String, Policy)> = load_all(dir)?
+        .into_iter()
+        .filter(|(origin, _)| Path::new(origin) != own)
+        .collect();
+    let (defined_elsewhere, _) = grants_of(&others, host, true)?;
+    let mine: Vec<Grant> = current
+        .iter()
+        .filter(|g| !defined_elsewhere.contains(g))
+        .cloned()
+        .collect();
+    let warnings = defined_elsewhere
+        .iter()
+        .filter(|g| !current.contains(g))
+        .map(|g| {
+            format!(
+                "grant {} is still defined in another file of {}; it returns at the next boot",
+                g.name,
+                dir.display()
+            )
+        })
+        .collect();
+    let tmp = dir.join(".loopgate.yaml.tmp");
+    std::fs::write(&tmp, render(&mine)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &own).with_context(|| format!("replacing {}", own.display()))?;
+    Ok(warnings)
 }
 
 #[cfg(test)]

@@ -8,25 +8,26 @@ use crate::policy;
 use anyhow::Result;
 use std::path::Path;
 
-fn run_file(file: &Path, mode: Mode) -> Result<()> {
-    let parsed = policy::load(file)?;
+fn run_file(file: &Path, skip_missing: bool, mode: Mode) -> Result<()> {
+    let sources = policy::load_all(file)?;
     let exclusive = mode == Mode::Apply;
     let (store, old) = open_store(exclusive)?;
-    let grants = policy::grants(&parsed, &HostInterfaces::read()?)?;
+    let (grants, warnings) = policy::grants_of(&sources, &HostInterfaces::read()?, skip_missing)?;
+    for w in warnings {
+        eprintln!("loopgate: warning: {w}");
+    }
     converge(&store, old, grants, mode)
 }
 
 pub fn run_apply(args: &ApplyArgs) -> Result<()> {
-    run_file(
-        &args.file,
-        if args.dry_run {
-            Mode::DryRun
-        } else {
-            Mode::Apply
-        },
-    )
+    let mode = if args.dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Apply
+    };
+    run_file(&args.file, args.skip_missing, mode)
 }
 
 pub fn run_plan(args: &PlanArgs) -> Result<()> {
-    run_file(&args.file, Mode::Plan)
+    run_file(&args.file, args.skip_missing, Mode::Plan)
 }

@@ -45,5 +45,9 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     } else {
         Mode::Apply
     };
-    converge(&store, old, grants, mode)
+    converge(&store, old, grants.clone(), mode)?;
+    if args.persist {
+        super::persist(&grants)?;
+    }
+    Ok(())
 }

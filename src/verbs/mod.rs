@@ -91,6 +91,20 @@ fn warn_unserved(change: &Change) {
     }
 }
 
+/// Records the namespace's grants in the persistent policy after a successful change.
+pub fn persist(grants: &[Grant]) -> Result<()> {
+    let dir = crate::policy::config_dir();
+    let host = host::HostInterfaces::read()?;
+    for w in crate::policy::persist(&dir, grants, &host)? {
+        eprintln!("loopgate: warning: {w}");
+    }
+    println!(
+        "persisted to {}",
+        dir.join(crate::policy::PERSIST_FILE).display()
+    );
+    Ok(())
+}
+
 /// Takes the namespace's state lock and reads the state.
 pub fn open_store(exclusive: bool) -> Result<(Store, State)> {
     let store = Store::open(exclusive)?;

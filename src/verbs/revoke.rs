@@ -41,5 +41,9 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     } else {
         Mode::Apply
     };
-    converge(&store, old, keep, mode)
+    converge(&store, old, keep.clone(), mode)?;
+    if args.persist {
+        super::persist(&keep)?;
+    }
+    Ok(())
 }
