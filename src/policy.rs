@@ -150,6 +150,13 @@ pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
+    if files.is_empty() {
+        // An empty policy would revoke everything: refuse a mistyped directory instead.
+        bad_input!(
+            "policy directory {:?} contains no *.yaml file (an empty policy is written as `grants: []`)",
+            path.display().to_string()
+        );
+    }
     files
         .iter()
         .map(|f| Ok((f.display().to_string(), load(f)?)))
