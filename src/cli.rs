@@ -50,6 +50,13 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Show what `apply FILE` would change, without changing anything.
     Plan(PlanArgs),
+    /// Keep the recorded grants in force: repair loopgate's table and route_localnet
+    /// within a second when something else changes them (runs until SIGTERM).
+    ///
+    /// Restores a deleted or edited table, sets route_localnet again on a re-created
+    /// interface only after its guard is verified in the kernel, and turns route_localnet
+    /// off on an interface whose guard cannot be restored. One log line per repair.
+    Watch,
     /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.

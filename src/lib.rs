@@ -51,6 +51,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Audit(a) => verbs::audit::run(a),
         Command::Apply(a) => verbs::apply::run_apply(a).map(|_| error::EXIT_OK),
         Command::Plan(a) => verbs::apply::run_plan(a).map(|_| error::EXIT_OK),
+        Command::Watch => verbs::watch::run().map(|_| error::EXIT_OK),
         Command::Completions(_) | Command::Man => Ok(error::EXIT_OK),
     }
 }

@@ -1488,3 +1488,172 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
     assert!(persisted.contains("grants: []"), "{persisted}");
     let _ = std::fs::remove_dir_all(&config);
 }
+
+/// `loopgate watch` running in the lab's host namespace; SIGTERMed on drop.
+struct Watch {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Watch {
+    fn start(lab: &Lab) -> Watch {
+        let log = lab.state_dir.join("watch.log");
+        let child = std::process::Command::new(BIN)
+            .args(["--netns", &lab.host.name, "watch"])
+            .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Watch { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) -> Option<i32> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kernel image of loopgate's table in `ns`, read with the library from a thread in it.
+fn table_image(ns: &Netns) -> Option<loopgate::kernel::nft::TableImage> {
+    ns.enter(|| loopgate::kernel::nft::snapshot().unwrap().image())
+}
+
+/// Polls `cond` every 5 ms for up to 3 s; returns how long it took to hold.
+fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+#[test]
+fn watch_restores_a_flushed_ruleset_within_a_second() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let want = table_image(&lab.host).expect("table");
+    let mut watch = Watch::start(&lab);
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..3 {
+        lab.host.exec(&["nft", "flush", "ruleset"]);
+        let took =
+            time_until(|| table_image(&lab.host).as_ref() == Some(&want)).expect("table restored");
+        worst = worst.max(took);
+    }
+    println!(
+        "watch: flush ruleset -> table back in at most {} ms",
+        worst.as_millis()
+    );
+    assert!(worst < std::time::Duration::from_secs(1), "took {worst:?}");
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    assert_eq!(
+        watch
+            .log()
+            .matches("was missing or altered; restored")
+            .count(),
+        3,
+        "{}",
+        watch.log()
+    );
+    // SIGTERM: a clean exit, and the policy stays in place.
+    assert_eq!(watch.stop(), Some(0), "{}", watch.log());
+    assert!(watch.log().contains("stopped; the policy stays in place"));
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+#[test]
+fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let want = table_image(&lab.host).expect("table");
+    let _watch = Watch::start(&lab);
+    // Sample every 10 ms from inside the namespace: route_localnet of br0 and the table.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, host, want2) = (stop.clone(), lab.host.handle(), want.clone());
+    let sampler = std::thread::spawn(move || {
+        host.enter(move || {
+            let (mut samples, mut unguarded) = (0, 0);
+            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                let open = std::fs::read_to_string("/proc/sys/net/ipv4/conf/br0/route_localnet")
+                    .is_ok_and(|v| v.trim() == "1");
+                let table = loopgate::kernel::nft::snapshot().unwrap().image();
+                samples += 1;
+                if open && table.as_ref() != Some(&want2) {
+                    unguarded += 1;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (samples, unguarded)
+        })
+    });
+    // Delete the bridge, and while it is gone the table too (a foreign flush); then bring
+    // the bridge back, as dockerd does. The new br0 starts with route_localnet=0.
+    lab.host.ip("link del br0");
+    lab.host.exec(&["nft", "delete", "table", "ip", "loopgate"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    lab.host.ip("link add br0 type bridge");
+    lab.host.ip(&format!("addr add {HOST_ADDR}/24 dev br0"));
+    lab.host.ip("link set vc master br0");
+    lab.host.ip("link set vn master br0");
+    lab.host.ip("link set br0 up");
+    let took = time_until(|| lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1")
+        .expect("route_localnet restored");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (samples, unguarded) = sampler.join().unwrap();
+    println!("watch: re-created br0 reopened after {} ms; {samples} samples, {unguarded} with route_localnet=1 and no guard", took.as_millis());
+    assert_eq!(unguarded, 0);
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+}
+
+#[test]
+fn watch_restores_route_localnet_changed_by_hand_and_logs_it_once() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let watch = Watch::start(&lab);
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    let took = time_until(|| lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1")
+        .expect("restored");
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    println!(
+        "watch: route_localnet restored after {} ms",
+        took.as_millis()
+    );
+    assert!(took < std::time::Duration::from_secs(1));
+    assert_eq!(
+        watch.log().matches("route_localnet on br0 was 0").count(),
+        1,
+        "{}",
+        watch.log()
+    );
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+}

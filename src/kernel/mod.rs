@@ -4,6 +4,7 @@
 
 pub mod conntrack;
 pub mod host;
+pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod audit;
 pub mod expose;
 pub mod revoke;
+pub mod watch;
 
 use crate::grant::Grant;
 use crate::kernel::{host, nft, sysctl};
