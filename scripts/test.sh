@@ -30,6 +30,25 @@ if LOOPGATE_FAILPOINT=journal target/release/loopgate --help >/dev/null && \
   echo "the release binary contains the failpoint hook" >&2
   exit 1
 fi
+echo "==> Kubernetes manifests against the API schema (kubernetes-validate from PyPI)"
+if [ ! -x /tmp/loopgate-kv/bin/kubernetes-validate ]; then
+  /usr/bin/python3 -m venv /tmp/loopgate-kv
+  /tmp/loopgate-kv/bin/pip install --quiet kubernetes-validate
+fi
+/tmp/loopgate-kv/bin/kubernetes-validate --strict --quiet deploy/kubernetes/loopgate.yaml
+echo "==> packaging: Debian package and cargo install"
+scripts/package.sh
+deb=$(ls target/debian/loopgate_*.deb | head -n 1)
+for f in usr/bin/loopgate lib/systemd/system/loopgate.service lib/systemd/system/loopgate-watch.service \
+         usr/share/man/man1/loopgate.1.gz usr/share/bash-completion/completions/loopgate etc/loopgate/loopgate.yaml; do
+  dpkg-deb -c "$deb" | grep -q " ./$f\$" || { echo "$deb lacks $f" >&2; exit 1; }
+done
+dpkg-deb -f "$deb" Depends | grep -q libnftnl11 || { echo "$deb does not depend on libnftnl11" >&2; exit 1; }
+dpkg-deb -f "$deb" Depends | grep -q libmnl0 || { echo "$deb does not depend on libmnl0" >&2; exit 1; }
+inst=$(mktemp -d)
+cargo install --locked --quiet --path . --root "$inst"
+"$inst/bin/loopgate" --version
+rm -rf "$inst"
 echo "==> fuzz smoke run (policy parser and validators)"
 scripts/fuzz.sh 30
 echo "==> demo smoke run"

@@ -1657,3 +1657,67 @@ fn watch_restores_route_localnet_changed_by_hand_and_logs_it_once() {
         Some("tcp:3306")
     );
 }
+
+#[test]
+fn the_daemonset_entry_point_applies_exports_and_watches() {
+    let (lab, _services) = lab_with_services();
+    let policy = lab.state_dir.join("policy");
+    let textfile = lab.state_dir.join("textfile");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::create_dir_all(&textfile).unwrap();
+    std::fs::write(
+        policy.join("policy.yaml"),
+        format!("grants:\n  - interface: br0\n    allow: [{ALLOWED}]\n    port: 3306\n"),
+    )
+    .unwrap();
+    let entry =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/entrypoint.sh");
+    let log = lab.state_dir.join("entrypoint.log");
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.host.name, "sh"])
+        .arg(&entry)
+        .env("LOOPGATE", BIN)
+        .env("LOOPGATE_POLICY_DIR", &policy)
+        .env("LOOPGATE_TEXTFILE_DIR", &textfile)
+        .env("LOOPGATE_AUDIT_INTERVAL", "1")
+        .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let prom = textfile.join("loopgate.prom");
+    time_until(|| {
+        std::fs::read_to_string(&prom)
+            .is_ok_and(|t| t.contains("loopgate_guarded{interface=\"br0\"} 1"))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no metrics: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    // watch runs: a flush is repaired.
+    let want = table_image(&lab.host).unwrap();
+    lab.host.exec(&["nft", "flush", "ruleset"]);
+    time_until(|| table_image(&lab.host).as_ref() == Some(&want))
+        .expect("watch restored the table");
+    // SIGTERM (as the kubelet sends) ends it; the policy stays.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(
+        text.contains("stopped; the policy stays in place"),
+        "{text}"
+    );
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+}
