@@ -11,7 +11,7 @@ use crate::grant::Grant;
 use crate::kernel::{host, nft, sysctl};
 use crate::state::{State, Store};
 use crate::txn::{self, Change};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// How a converging command reports.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -96,7 +96,13 @@ fn warn_unserved(change: &Change) {
 pub fn persist(grants: &[Grant]) -> Result<()> {
     let dir = crate::policy::config_dir();
     let host = host::HostInterfaces::read()?;
-    for w in crate::policy::persist(&dir, grants, &host)? {
+    let warnings = crate::policy::persist(&dir, grants, &host).with_context(|| {
+        format!(
+            "the change is in force but was not recorded in {}",
+            dir.display()
+        )
+    })?;
+    for w in warnings {
         eprintln!("loopgate: warning: {w}");
     }
     println!(
