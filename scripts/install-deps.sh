@@ -6,7 +6,8 @@ set -euo pipefail
 need_pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 procps util-linux socat python3 python3-prometheus-client python3-venv)
 missing=()
 for p in "${need_pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> installing Debian packages: ${missing[*]}"
@@ -19,8 +20,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install the Rust toolchain (rustup) first" >&2; exit 1; }
+installed=$(rustup component list --installed 2>/dev/null || true)
 for comp in rustfmt clippy; do
-  if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+  if ! grep -q "^$comp" <<<"$installed"; then
     echo "==> adding toolchain component $comp"
     rustup component add "$comp"
   fi

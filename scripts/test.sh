@@ -39,12 +39,14 @@ fi
 echo "==> packaging: Debian package and cargo install"
 scripts/package.sh
 deb=$(ls target/debian/loopgate_*.deb | head -n 1)
+contents=$(dpkg-deb -c "$deb")
 for f in usr/bin/loopgate lib/systemd/system/loopgate.service lib/systemd/system/loopgate-watch.service \
          usr/share/man/man1/loopgate.1.gz usr/share/bash-completion/completions/loopgate etc/loopgate/loopgate.yaml; do
-  dpkg-deb -c "$deb" | grep -q " ./$f\$" || { echo "$deb lacks $f" >&2; exit 1; }
+  grep -q " ./$f\$" <<<"$contents" || { echo "$deb lacks $f" >&2; exit 1; }
 done
-dpkg-deb -f "$deb" Depends | grep -q libnftnl11 || { echo "$deb does not depend on libnftnl11" >&2; exit 1; }
-dpkg-deb -f "$deb" Depends | grep -q libmnl0 || { echo "$deb does not depend on libmnl0" >&2; exit 1; }
+depends=$(dpkg-deb -f "$deb" Depends)
+grep -q libnftnl11 <<<"$depends" || { echo "$deb does not depend on libnftnl11" >&2; exit 1; }
+grep -q libmnl0 <<<"$depends" || { echo "$deb does not depend on libmnl0" >&2; exit 1; }
 inst=$(mktemp -d)
 cargo install --locked --quiet --path . --root "$inst"
 "$inst/bin/loopgate" --version
