@@ -1,0 +1,79 @@
+"""Summarises scripts/bench.sh results: medians, min-max and ratios to the baselines
+measured in the same run, as Markdown tables; a PNG chart when matplotlib is present."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+res_path, out_dir = sys.argv[1], sys.argv[2]
+rows = [json.loads(l) for l in open(res_path) if l.strip()]
+
+data = defaultdict(list)  # (case, metric) -> values
+for r in rows:
+    if r["kind"] != "data":
+        continue
+    if r["mode"] == "bulk":
+        data[(r["case"], "bulk")].append(r["gbit_s"])
+    else:
+        data[(r["case"], r["mode"])].append(r["rate"])
+        data[(r["case"], r["mode"] + "_p50")].append(r["p50_us"])
+        data[(r["case"], r["mode"] + "_p99")].append(r["p99_us"])
+cases = list(dict.fromkeys(r["case"] for r in rows if r["kind"] == "data"))
+med = lambda k: statistics.median(data[k]) if data[k] else float("nan")
+rng = lambda k: f"{min(data[k]):.4g}–{max(data[k]):.4g}" if data[k] else "-"
+
+out = ["## Data path", "", "Medians (min–max) of the rounds; ratios against rows of the same run.", ""]
+out.append("| path | bulk Gbit/s | RR tps (p50/p99 µs) | CRR conn/s (p50/p99 µs) |")
+out.append("|---|---|---|---|")
+for c in cases:
+    out.append(
+        f"| {c} | {med((c,'bulk')):.2f} ({rng((c,'bulk'))}) | {med((c,'rr')):,.0f} ({med((c,'rr_p50')):.0f}/{med((c,'rr_p99')):.0f}) "
+        f"| {med((c,'crr')):,.0f} ({med((c,'crr_p50')):.0f}/{med((c,'crr_p99')):.0f}) |"
+    )
+one = "loopgate-1-grant"
+def ratio(a, b, m):
+    return med((a, m)) / med((b, m)) if (a, m) in data and (b, m) in data else float("nan")
+out += ["", "| ratio | bulk | RR | CRR |", "|---|---|---|---|"]
+pairs = [(one, "veth-limit"), (one, "direct")] + [(c, one) for c in cases if c.startswith("loopgate-") and c != one] + [(one, "socat")]
+for a, b in pairs:
+    out.append(f"| {a} / {b} | {ratio(a,b,'bulk'):.2f} | {ratio(a,b,'rr'):.2f} | {ratio(a,b,'crr'):.2f} |")
+
+ctl = defaultdict(lambda: defaultdict(list))
+for r in rows:
+    if r["kind"] == "control":
+        for k in ("apply_ms", "nft_f_ms", "audit_ms", "nft_list_ms", "apply_max_rss_kb"):
+            ctl[r["case"]][k].append(r[k])
+out += ["", "## Control path", "", "Whole-process wall time, median of the rounds.", ""]
+out.append("| case | loopgate apply ms | nft -f + sysctl -w ms | ratio | audit ms | nft -j list ms | ratio | apply max RSS MiB |")
+out.append("|---|---|---|---|---|---|---|---|")
+for c, v in ctl.items():
+    m = {k: statistics.median(x) for k, x in v.items()}
+    out.append(
+        f"| {c} | {m['apply_ms']:.0f} | {m['nft_f_ms']:.0f} | {m['apply_ms']/max(m['nft_f_ms'],1):.2f} "
+        f"| {m['audit_ms']:.0f} | {m['nft_list_ms']:.0f} | {m['audit_ms']/max(m['nft_list_ms'],1):.2f} | {m['apply_max_rss_kb']/1024:.1f} |"
+    )
+open(f"{out_dir}/tables.md", "w").write("\n".join(out) + "\n")
+print("\n".join(out))
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("(matplotlib not installed: no chart)")
+    sys.exit(0)
+fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+lg = [c for c in cases if c.startswith("loopgate-")]
+for metric in ("rr", "crr"):
+    a1.bar([f"{c}\n{metric}" for c in lg], [med((c, metric)) for c in lg])
+a1.set_title("data path: RR tps and CRR conn/s by ruleset size")
+a1.tick_params(axis="x", labelsize=7)
+sizes = [(int(c.split("-")[0]), c) for c in ctl if c.endswith("-cidrs")]
+sizes.sort()
+a2.plot([n for n, _ in sizes], [statistics.median(ctl[c]["apply_ms"]) for _, c in sizes], "o-", label="loopgate apply")
+a2.plot([n for n, _ in sizes], [statistics.median(ctl[c]["nft_f_ms"]) for _, c in sizes], "s-", label="nft -f + sysctl -w")
+a2.set_xscale("log"); a2.set_yscale("log"); a2.set_xlabel("allowed CIDRs"); a2.set_ylabel("ms"); a2.legend()
+a2.set_title("control path: apply time")
+fig.tight_layout()
+fig.savefig(f"{out_dir}/scaling.png", dpi=100)
+print(f"chart: {out_dir}/scaling.png")
