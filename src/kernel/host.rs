@@ -76,37 +76,84 @@ pub struct Listener {
 }
 
 /// TCP sockets in LISTEN and bound UDP sockets, IPv4 only.
+///
+/// Asks the kernel through sock_diag, which filters by state itself: a busy host can
+/// have tens of thousands of connections in /proc/net/tcp and only a few listeners.
+/// Falls back to /proc where the diag modules are missing.
 pub fn listeners() -> Result<Vec<Listener>> {
     let mut out = Vec::new();
-    for (proto, file) in [(Proto::Tcp, "/proc/net/tcp"), (Proto::Udp, "/proc/net/udp")] {
-        let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else {
-                continue;
-            };
-            // 0A = TCP_LISTEN; 07 = TCP_CLOSE, which is how an unconnected UDP socket shows.
-            let wanted = match proto {
-                Proto::Tcp => *state == "0A",
-                Proto::Udp => *state == "07",
-            };
-            let Some((addr, port)) = local.split_once(':') else {
-                continue;
-            };
-            let (Ok(addr), Ok(port)) =
-                (u32::from_str_radix(addr, 16), u16::from_str_radix(port, 16))
-            else {
-                continue;
-            };
-            if wanted {
-                // /proc prints the network-order address as a native-endian u32.
-                let addr = Ipv4Addr::from(addr.to_ne_bytes());
-                out.push(Listener { proto, addr, port });
-            }
+    for (proto, file, state) in [
+        (Proto::Tcp, "/proc/net/tcp", TCP_LISTEN),
+        (Proto::Udp, "/proc/net/udp", TCP_CLOSE),
+    ] {
+        match diag_listeners(proto, state) {
+            Ok(found) => out.extend(found),
+            Err(_) => out.extend(proc_listeners(proto, file)?),
         }
     }
     out.sort_by_key(|l| (l.proto, l.addr, l.port));
     out.dedup();
+    Ok(out)
+}
+
+const TCP_LISTEN: u32 = 10;
+/// An unconnected UDP socket reports the TCP_CLOSE state.
+const TCP_CLOSE: u32 = 7;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// Dumps sockets of one protocol in one state with an `inet_diag_req_v2`.
+fn diag_listeners(proto: Proto, state: u32) -> Result<Vec<Listener>> {
+    let mut sock = super::netlink::NlSocket::open(mnl::Bus::SockDiag)?;
+    let mut req = vec![0u8; 16 + 56];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed sockid.
+    req[16] = libc::AF_INET as u8;
+    req[17] = proto.number();
+    req[20..24].copy_from_slice(&(1u32 << state).to_ne_bytes());
+    let mut out = Vec::new();
+    for msg in sock.dump(&req)? {
+        // struct inet_diag_msg after the 16-byte header: family, state, timer, retrans,
+        // then sockid { be16 sport; be16 dport; be32 src[4]; ... }.
+        let Some(body) = msg.get(16..16 + 24) else {
+            continue;
+        };
+        let port = u16::from_be_bytes([body[4], body[5]]);
+        let addr = Ipv4Addr::new(body[8], body[9], body[10], body[11]);
+        out.push(Listener { proto, addr, port });
+    }
+    Ok(out)
+}
+
+fn proc_listeners(proto: Proto, file: &str) -> Result<Vec<Listener>> {
+    let mut out = Vec::new();
+    let text = fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state)) = (cols.get(1), cols.get(3)) else {
+            continue;
+        };
+        // 0A = TCP_LISTEN; 07 = TCP_CLOSE, which is how an unconnected UDP socket shows.
+        let wanted = match proto {
+            Proto::Tcp => *state == "0A",
+            Proto::Udp => *state == "07",
+        };
+        let Some((addr, port)) = local.split_once(':') else {
+            continue;
+        };
+        let (Ok(addr), Ok(port)) = (u32::from_str_radix(addr, 16), u16::from_str_radix(port, 16))
+        else {
+            continue;
+        };
+        if wanted {
+            // /proc prints the network-order address as a native-endian u32.
+            let addr = Ipv4Addr::from(addr.to_ne_bytes());
+            out.push(Listener { proto, addr, port });
+        }
+    }
     Ok(out)
 }
 

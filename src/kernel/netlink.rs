@@ -52,8 +52,12 @@ impl Reply<'_> {
 impl NlSocket {
     /// Opens a `NETLINK_NETFILTER` socket in the caller's network namespace.
     pub fn netfilter() -> Result<Self> {
-        let sock =
-            mnl::Socket::new(mnl::Bus::Netfilter).context("opening a netfilter netlink socket")?;
+        Self::open(mnl::Bus::Netfilter)
+    }
+
+    /// Opens a netlink socket on `bus` in the caller's network namespace.
+    pub fn open(bus: mnl::Bus) -> Result<Self> {
+        let sock = mnl::Socket::new(bus).context("opening a netlink socket")?;
         Ok(NlSocket {
             sock,
             buf: vec![0u64; RECV_BUF / 8],
