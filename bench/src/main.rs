@@ -25,7 +25,11 @@ fn serve(addr: &str) {
                     while s.read_exact(&mut b).is_ok() && s.write_all(&b).is_ok() {}
                 }
                 b'c' => {
+                    // Answer, then wait for the client to close first (it resets the
+                    // connection, so neither side piles up TIME_WAIT sockets).
                     let _ = s.write_all(b"k");
+                    let mut b = [0u8; 1];
+                    let _ = s.read(&mut b);
                 }
                 _ => {
                     let mut buf = vec![0u8; 1 << 18];
@@ -34,6 +38,26 @@ fn serve(addr: &str) {
             }
         });
     }
+}
+
+#[repr(C)]
+struct Linger {
+    l_onoff: i32,
+    l_linger: i32,
+}
+
+fn linger_zero() -> Linger {
+    Linger {
+        l_onoff: 1,
+        l_linger: 0,
+    }
+}
+
+const SOL_SOCKET: i32 = 1;
+const SO_LINGER: i32 = 13;
+
+extern "C" {
+    fn setsockopt(fd: i32, level: i32, name: i32, value: *const std::ffi::c_void, len: u32) -> i32;
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u32 {
@@ -81,6 +105,19 @@ fn crr(addr: &str, secs: f64) {
             s.write_all(b"c")?;
             let mut b = [0u8; 1];
             s.read_exact(&mut b)?;
+            // Close with RST (SO_LINGER 0): no TIME_WAIT, so a long run does not run out
+            // of ephemeral ports.
+            let linger = linger_zero();
+            // SAFETY: valid fd and a pointer to a live linger struct of the right size.
+            unsafe {
+                setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    SOL_SOCKET,
+                    SO_LINGER,
+                    (&linger as *const Linger).cast(),
+                    std::mem::size_of::<Linger>() as u32,
+                )
+            };
             Ok(())
         })();
         match ok {
@@ -88,7 +125,13 @@ fn crr(addr: &str, secs: f64) {
             Err(_) => errors += 1,
         }
     }
-    report("crr", lat.len(), start.elapsed(), lat, &format!(",\"errors\":{errors}"));
+    report(
+        "crr",
+        lat.len(),
+        start.elapsed(),
+        lat,
+        &format!(",\"errors\":{errors}"),
+    );
 }
 
 fn bulk(addr: &str, secs: f64) {
@@ -102,7 +145,10 @@ fn bulk(addr: &str, secs: f64) {
         bytes += buf.len() as u64;
     }
     let e = start.elapsed();
-    println!("{{\"mode\":\"bulk\",\"bytes\":{bytes},\"gbit_s\":{:.2}}}", bytes as f64 * 8.0 / e.as_secs_f64() / 1e9);
+    println!(
+        "{{\"mode\":\"bulk\",\"bytes\":{bytes},\"gbit_s\":{:.2}}}",
+        bytes as f64 * 8.0 / e.as_secs_f64() / 1e9
+    );
 }
 
 fn main() {
