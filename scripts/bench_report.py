@@ -65,9 +65,10 @@ except ImportError:
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
 lg = [c for c in cases if c.startswith("loopgate-")]
 for metric in ("rr", "crr"):
-    a1.bar([f"{c}\n{metric}" for c in lg], [med((c, metric)) for c in lg])
+    a1.bar([f"{metric} {c.removeprefix('loopgate-')}" for c in lg], [med((c, metric)) for c in lg], label=metric)
 a1.set_title("data path: RR tps and CRR conn/s by ruleset size")
-a1.tick_params(axis="x", labelsize=7)
+a1.tick_params(axis="x", labelsize=8, labelrotation=30)
+a1.legend()
 sizes = [(int(c.split("-")[0]), c) for c in ctl if c.endswith("-cidrs")]
 sizes.sort()
 a2.plot([n for n, _ in sizes], [statistics.median(ctl[c]["apply_ms"]) for _, c in sizes], "o-", label="loopgate apply")

@@ -53,6 +53,12 @@ cargo install --locked --quiet --path . --root "$inst"
 rm -rf "$inst"
 echo "==> fuzz smoke run (policy parser and validators)"
 scripts/fuzz.sh 30
+echo "==> benchmark smoke run (checks that every measured path works, not its speed)"
+scripts/bench.sh --quick > /tmp/loopgate-bench.log 2>&1 || { cat /tmp/loopgate-bench.log; echo "bench failed" >&2; exit 1; }
+for case in direct veth-limit loopgate-1-grant loopgate-10k-cidrs loopgate-100-grants socat; do
+  grep -q "\"case\":\"$case\".*\"mode\":\"rr\",\"ops\":[1-9]" bench-results/results.jsonl ||
+    { echo "bench path $case carried no traffic" >&2; exit 1; }
+done
 echo "==> demo smoke run"
 scripts/demo.sh >/tmp/loopgate-demo.log 2>&1 || { cat /tmp/loopgate-demo.log; echo "demo failed" >&2; exit 1; }
 grep -q "the container reached the service" /tmp/loopgate-demo.log
