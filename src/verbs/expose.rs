@@ -1,6 +1,6 @@
 //! `loopgate expose`: add or update grants, keeping every other grant as it is.
 
-use super::{converge, open_store, Mode};
+use super::open_store;
 use crate::bad_input;
 use crate::cli::ExposeArgs;
 use crate::input::{self, GrantRequest};
@@ -40,14 +40,5 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         }
     }
     input::check_conflicts(&grants)?;
-    let mode = if args.dry_run {
-        Mode::DryRun
-    } else {
-        Mode::Apply
-    };
-    converge(&store, old, grants.clone(), mode)?;
-    if args.persist {
-        super::persist(&grants)?;
-    }
-    Ok(())
+    super::change(&store, old, grants, args.dry_run, args.persist)
 }

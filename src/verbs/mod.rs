@@ -92,6 +92,23 @@ fn warn_unserved(change: &Change) {
     }
 }
 
+/// What `expose` and `revoke` end with: move to `grants` (or only show it), then record
+/// the result in the persistent policy when asked.
+pub fn change(
+    store: &Store,
+    old: State,
+    grants: Vec<Grant>,
+    dry_run: bool,
+    persist_it: bool,
+) -> Result<()> {
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    converge(store, old, grants.clone(), mode)?;
+    if persist_it {
+        persist(&grants)?;
+    }
+    Ok(())
+}
+
 /// Records the namespace's grants in the persistent policy after a successful change.
 pub fn persist(grants: &[Grant]) -> Result<()> {
     let dir = crate::policy::config_dir();

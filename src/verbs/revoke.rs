@@ -1,6 +1,6 @@
 //! `loopgate revoke`: withdraw grants by port, by name, or all of them.
 
-use super::{converge, open_store, Mode};
+use super::open_store;
 use crate::bad_input;
 use crate::cli::RevokeArgs;
 use crate::grant::Grant;
@@ -36,14 +36,5 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     if keep.len() == old.grants.len() && old.pending.is_none() {
         println!("no grant matched; nothing revoked");
     }
-    let mode = if args.dry_run {
-        Mode::DryRun
-    } else {
-        Mode::Apply
-    };
-    converge(&store, old, keep.clone(), mode)?;
-    if args.persist {
-        super::persist(&keep)?;
-    }
-    Ok(())
+    super::change(&store, old, keep, args.dry_run, args.persist)
 }
