@@ -72,6 +72,19 @@ done
 
 data_case direct "$H" 127.0.0.1:5001
 data_case veth-limit "$C" 192.0.2.1:5002
+# The reference the issue measured: hand-written nft (DNAT plus a plain source-set guard).
+cat > "$LOOPGATE_STATE_DIR/hand.nft" <<'NFT'
+table ip handwritten {
+	set allowed { type ipv4_addr; flags interval; elements = { 192.0.2.0/24 } }
+	chain pre { type nat hook prerouting priority dstnat; iifname "vh" ip daddr 192.0.2.1 tcp dport 5001 dnat to 127.0.0.1:5001; }
+	chain in { type filter hook input priority filter; iifname != "lo" ip daddr 127.0.0.0/8 ip saddr @allowed accept; iifname != "lo" ip daddr 127.0.0.0/8 drop; }
+}
+NFT
+ip netns exec "$H" nft -f "$LOOPGATE_STATE_DIR/hand.nft"
+ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=1
+data_case hand-written-nft "$C" 192.0.2.1:5001
+ip netns exec "$H" nft delete table ip handwritten
+ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=0
 "$LG" --netns "$H" expose vh --allow 192.0.2.0/24 --port 5001 >/dev/null
 data_case loopgate-1-grant "$C" 192.0.2.1:5001
 policy "$LOOPGATE_STATE_DIR/cidrs.yaml" 10000 1

@@ -34,7 +34,7 @@ one = "loopgate-1-grant"
 def ratio(a, b, m):
     return med((a, m)) / med((b, m)) if (a, m) in data and (b, m) in data else float("nan")
 out += ["", "| ratio | bulk | RR | CRR |", "|---|---|---|---|"]
-pairs = [(one, "veth-limit"), (one, "direct")] + [(c, one) for c in cases if c.startswith("loopgate-") and c != one] + [(one, "socat")]
+pairs = [(one, "hand-written-nft"), (one, "veth-limit"), (one, "direct")] + [(c, one) for c in cases if c.startswith("loopgate-") and c != one] + [(one, "socat")]
 for a, b in pairs:
     out.append(f"| {a} / {b} | {ratio(a,b,'bulk'):.2f} | {ratio(a,b,'rr'):.2f} | {ratio(a,b,'crr'):.2f} |")
 

@@ -55,7 +55,7 @@ echo "==> fuzz smoke run (policy parser and validators)"
 scripts/fuzz.sh 30
 echo "==> benchmark smoke run (checks that every measured path works, not its speed)"
 scripts/bench.sh --quick > /tmp/loopgate-bench.log 2>&1 || { cat /tmp/loopgate-bench.log; echo "bench failed" >&2; exit 1; }
-for case in direct veth-limit loopgate-1-grant loopgate-10k-cidrs loopgate-100-grants socat; do
+for case in direct veth-limit hand-written-nft loopgate-1-grant loopgate-10k-cidrs loopgate-100-grants socat; do
   grep -q "\"case\":\"$case\".*\"mode\":\"rr\",\"ops\":[1-9]" bench-results/results.jsonl ||
     { echo "bench path $case carried no traffic" >&2; exit 1; }
 done
