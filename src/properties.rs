@@ -112,7 +112,9 @@ proptest! {
 
     #[test]
     fn planning_again_after_applying_changes_nothing(gs in grants()) {
-        let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, gs.clone(), &BTreeMap::new(), None);
+        let before: BTreeMap<String, u8> = plan::interfaces(&gs).into_iter().map(|i| (i, 0)).collect();
+        let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, gs.clone(), &before, None);
+        prop_assert_eq!(applied.sysctls.len(), before.len());
         // What the kernel and the state file hold after that change committed:
         let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None };
         let sysctls: BTreeMap<String, u8> = applied.originals.keys().map(|i| (i.clone(), 1)).collect();

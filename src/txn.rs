@@ -60,7 +60,15 @@ impl Change {
         let mut originals = BTreeMap::new();
         let mut sysctls = Vec::new();
         for iface in &managed {
-            let now = current.get(iface).copied().unwrap_or(0);
+            // A managed interface that is gone (dockerd deleted it) has no sysctl to
+            // write: keep its recorded original and leave it to `watch` or the next
+            // apply, instead of failing every change on other interfaces.
+            let Some(&now) = current.get(iface) else {
+                if let Some(&original) = old.originals.get(iface) {
+                    originals.insert(iface.clone(), original);
+                }
+                continue;
+            };
             originals.insert(
                 iface.clone(),
                 old.originals.get(iface).copied().unwrap_or(now),

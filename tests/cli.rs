@@ -1764,3 +1764,33 @@ fn listeners_are_found_through_sock_diag_among_many_connections() {
         "only listening TCP sockets: {found:?}"
     );
 }
+
+#[test]
+fn a_vanished_managed_interface_does_not_block_changes_elsewhere() {
+    let (lab, _services) = lab_with_services();
+    lab.host.ip("link add br1 type bridge");
+    lab.host.ip("addr add 198.51.100.1/24 dev br1");
+    lab.host.ip("link set br1 up");
+    lab.ok(&[
+        "expose",
+        "br1",
+        "--allow",
+        "198.51.100.0/24",
+        "--port",
+        "3307",
+    ]);
+    lab.host.ip("link del br1"); // as dockerd does with its bridge
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    let audit = lab.loopgate(&["audit"]);
+    assert!(
+        stdout(&audit).contains("[interface-missing]"),
+        "{}",
+        stdout(&audit)
+    );
+    lab.ok(&["revoke", "br1", "--all"]);
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
