@@ -109,7 +109,7 @@ control() { # name n_cidrs n_grants
     t=$(date +%s%N); ip netns exec "$H" nft -j list ruleset >/dev/null; nftlist=$(ms "$t")
     "$LG" --netns "$H" revoke --all >/dev/null
     t=$(date +%s%N); ip netns exec "$H" nft -f "$nft"
-    for ifc in $(/usr/bin/python3 -c "import re,sys; print(' '.join(sorted(set(re.findall(r'iifname \"([^\"]+)\"', open(sys.argv[1]).read())))))" "$nft"); do
+    for ifc in $(/usr/bin/python3 -c "import re,sys; print(' '.join(sorted(set(re.findall(r'\"([^\"]+)\" : jump raw_if', open(sys.argv[1]).read())))))" "$nft"); do
       ip netns exec "$H" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=1"
     done
     nftf=$(ms "$t")

@@ -5,10 +5,14 @@
 //! `shared/notes/security-model.md` for why each rule sits on the hook it does.
 
 use crate::cidr;
-use crate::grant::Grant;
+use crate::grant::{Grant, Proto};
 use crate::input::loopback;
-use crate::ruleset::{AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict};
+use crate::ruleset::{
+    AddrSet, Attachment, Chain, ChainKind, CtDir, Hook, KeyField, KeyValue, MapElement, Match,
+    Rule, Ruleset, Verdict, VerdictMap,
+};
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 /// Netfilter hook priorities used by the table (see `nft(8)`, "standard priority names").
 pub const PRIORITY_RAW: i32 = -300;
@@ -27,6 +31,16 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
 
 /// Builds loopgate's whole table for `grants`; `None` when there is nothing to guard
 /// (the table is then removed).
+///
+/// Shape (each lookup is one hash step, so a packet's cost does not grow with the
+/// number of interfaces, grants or allowed networks):
+/// - every hook's base chain dispatches on the interface (`iifname vmap`) or, for
+///   DNAT, on `iifname . ip daddr . meta l4proto . th dport`;
+/// - per interface: `raw_ifN`, `input_ifN`, `post_ifN` hold that interface's guard;
+/// - per grant: `nat_gN` checks the source set and DNATs;
+/// - per (interface, loopback target): `input_tN` accepts the flows a grant DNATed,
+///   identified by their conntrack original tuple. Grants sharing one target on one
+///   interface share this chain, one rule each.
 pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
     if grants.is_empty() {
         return None;
@@ -54,120 +68,265 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         grant_set.push(name);
     }
 
-    let mut raw = Vec::new();
-    let mut nat = Vec::new();
-    let mut input = Vec::new();
-    let mut post = Vec::new();
+    let mut chains = base_chains();
+    let mut raw_ifaces = iface_map(MAP_RAW_IFACES, KeyField::IifName);
+    let mut input_ifaces = iface_map(MAP_INPUT_IFACES, KeyField::IifName);
+    let mut post_ifaces = iface_map(MAP_POST_IFACES, KeyField::OifName);
     let mut ifaces: Vec<&str> = grants.iter().map(|g| g.iface.as_str()).collect();
     ifaces.dedup();
-    for &iface in &ifaces {
-        let iif = || Match::IifName(iface.to_string());
-        // iifname "X" ip daddr 127.0.0.0/8 drop
-        raw.push(Rule {
-            matches: vec![iif(), Match::DaddrIn(loopback())],
-            verdict: Verdict::Drop,
-            comment: format!("{iface} guard: no direct route to loopback"),
-        });
-        // iifname "X" ip saddr 127.0.0.0/8 drop
-        raw.push(Rule {
-            matches: vec![iif(), Match::SaddrIn(loopback())],
-            verdict: Verdict::Drop,
-            comment: format!("{iface} guard: no spoofed loopback source"),
-        });
-        for (g, set) in grants
-            .iter()
-            .zip(&grant_set)
-            .filter(|(g, _)| g.iface == iface)
-        {
-            // iifname "X" ip saddr @allow_N ip daddr L tcp dport P dnat to T
-            nat.push(Rule {
-                matches: vec![
-                    iif(),
-                    Match::SaddrInSet(set.clone()),
-                    Match::Daddr(g.listen),
-                    Match::Dport(g.proto, g.port),
-                ],
-                verdict: Verdict::Dnat(g.to),
-                comment: format!("grant {}", g.name),
+    for (i, &iface) in ifaces.iter().enumerate() {
+        let jump = |map: &mut VerdictMap, chain: &Chain| {
+            map.elements.push(MapElement {
+                key: vec![KeyValue::Name(iface.to_string())],
+                jump: chain.name.clone(),
             });
-            // iifname "X" ct direction original ct status dnat ct original ip daddr L
-            //   ct original protocol tcp ct original proto-dst P ip saddr @allow_N
-            //   ip daddr T tcp dport TP accept
-            input.push(Rule {
-                matches: vec![
-                    iif(),
-                    Match::CtDirection(CtDir::Original),
+        };
+        let raw = Chain {
+            name: format!("raw_if{i}"),
+            attach: None,
+            rules: vec![
+                // ip daddr 127.0.0.0/8 drop
+                rule(
+                    vec![Match::DaddrIn(loopback())],
+                    Verdict::Drop,
+                    format!("{iface} guard: no direct route to loopback"),
+                ),
+                // ip saddr 127.0.0.0/8 drop
+                rule(
+                    vec![Match::SaddrIn(loopback())],
+                    Verdict::Drop,
+                    format!("{iface} guard: no spoofed loopback source"),
+                ),
+            ],
+        };
+        let input = Chain {
+            name: format!("input_if{i}"),
+            attach: None,
+            rules: vec![
+                // ct direction reply accept
+                rule(
+                    vec![Match::CtDirection(CtDir::Reply)],
+                    Verdict::Accept,
+                    format!("{iface} guard: replies of flows the host opened"),
+                ),
+                // iifname . ip daddr . meta l4proto . th dport vmap @input_targets
+                rule(
+                    vec![],
+                    Verdict::Vmap {
+                        key: target_key(),
+                        map: MAP_INPUT_TARGETS.to_string(),
+                    },
+                    format!("{iface}: flows a grant DNATed"),
+                ),
+                // drop  (also catches untracked packets)
+                rule(
+                    vec![],
+                    Verdict::Drop,
+                    format!("{iface} guard: loopback only through published ports"),
+                ),
+            ],
+        };
+        let post = Chain {
+            name: format!("post_if{i}"),
+            attach: None,
+            // ip saddr 127.0.0.0/8 drop
+            rules: vec![rule(
+                vec![Match::SaddrIn(loopback())],
+                Verdict::Drop,
+                format!("{iface} guard: no loopback source leaves"),
+            )],
+        };
+        jump(&mut raw_ifaces, &raw);
+        jump(&mut input_ifaces, &input);
+        jump(&mut post_ifaces, &post);
+        chains.extend([raw, input, post]);
+    }
+
+    let mut nat_grants = VerdictMap {
+        name: MAP_NAT_GRANTS.to_string(),
+        key: target_key(),
+        elements: Vec::new(),
+    };
+    for (i, (g, set)) in grants.iter().zip(&grant_set).enumerate() {
+        let chain = Chain {
+            name: format!("nat_g{i}"),
+            attach: None,
+            // meta l4proto tcp ip saddr @allow_N dnat to T  (nft needs the protocol
+            // before a port mapping)
+            rules: vec![rule(
+                vec![Match::L4Proto(g.proto), Match::SaddrInSet(set.clone())],
+                Verdict::Dnat(g.to),
+                format!("grant {}", g.name),
+            )],
+        };
+        nat_grants.elements.push(MapElement {
+            key: target_key_of(&g.iface, g.listen, g.proto, g.port),
+            jump: chain.name.clone(),
+        });
+        chains.push(chain);
+    }
+
+    // After DNAT the packet's own address and port are the target's, shared by every
+    // grant that maps to it; the conntrack original tuple tells those grants apart.
+    let mut by_target: BTreeMap<(&str, Ipv4Addr, Proto, u16), Vec<Rule>> = BTreeMap::new();
+    for (g, set) in grants.iter().zip(&grant_set) {
+        // ct status dnat ct original ip daddr L ct original protocol tcp
+        //   ct original proto-dst P ip saddr @allow_N accept
+        by_target
+            .entry((&g.iface, *g.to.ip(), g.proto, g.to.port()))
+            .or_default()
+            .push(rule(
+                vec![
                     Match::CtStatusDnat,
                     Match::CtOriginalDaddr(g.listen),
                     Match::CtOriginalProtoDst(g.proto, g.port),
                     Match::SaddrInSet(set.clone()),
-                    Match::Daddr(*g.to.ip()),
-                    Match::Dport(g.proto, g.to.port()),
                 ],
-                verdict: Verdict::Accept,
-                comment: format!("grant {}", g.name),
-            });
-        }
-        // iifname "X" ip daddr 127.0.0.0/8 ct direction reply accept
-        input.push(Rule {
-            matches: vec![
-                iif(),
-                Match::DaddrIn(loopback()),
-                Match::CtDirection(CtDir::Reply),
-            ],
-            verdict: Verdict::Accept,
-            comment: format!("{iface} guard: replies of flows the host opened"),
+                Verdict::Accept,
+                format!("grant {}", g.name),
+            ));
+    }
+    let mut input_targets = VerdictMap {
+        name: MAP_INPUT_TARGETS.to_string(),
+        key: target_key(),
+        elements: Vec::new(),
+    };
+    for (i, ((iface, addr, proto, port), rules)) in by_target.into_iter().enumerate() {
+        let name = format!("input_t{i}");
+        input_targets.elements.push(MapElement {
+            key: target_key_of(iface, addr, proto, port),
+            jump: name.clone(),
         });
-        // iifname "X" ip daddr 127.0.0.0/8 drop  (also catches untracked packets)
-        input.push(Rule {
-            matches: vec![iif(), Match::DaddrIn(loopback())],
-            verdict: Verdict::Drop,
-            comment: format!("{iface} guard: loopback only through published ports"),
-        });
-        // oifname "X" ip saddr 127.0.0.0/8 drop
-        post.push(Rule {
-            matches: vec![
-                Match::OifName(iface.to_string()),
-                Match::SaddrIn(loopback()),
-            ],
-            verdict: Verdict::Drop,
-            comment: format!("{iface} guard: no loopback source leaves"),
+        chains.push(Chain {
+            name,
+            attach: None,
+            rules,
         });
     }
 
     Some(Ruleset {
         sets,
-        chains: vec![
-            BaseChain {
-                name: "raw_prerouting",
-                kind: ChainKind::Filter,
-                hook: Hook::Prerouting,
-                priority: PRIORITY_RAW,
-                rules: raw,
-            },
-            BaseChain {
-                name: "nat_prerouting",
-                kind: ChainKind::Nat,
-                hook: Hook::Prerouting,
-                priority: PRIORITY_DSTNAT,
-                rules: nat,
-            },
-            BaseChain {
-                name: "input",
-                kind: ChainKind::Filter,
-                hook: Hook::Input,
-                priority: PRIORITY_FILTER,
-                rules: input,
-            },
-            BaseChain {
-                name: "postrouting",
-                kind: ChainKind::Filter,
-                hook: Hook::Postrouting,
-                priority: PRIORITY_AFTER_SRCNAT,
-                rules: post,
-            },
+        maps: vec![
+            raw_ifaces,
+            nat_grants,
+            input_ifaces,
+            input_targets,
+            post_ifaces,
         ],
+        chains,
     })
+}
+
+pub const MAP_RAW_IFACES: &str = "raw_ifaces";
+pub const MAP_NAT_GRANTS: &str = "nat_grants";
+pub const MAP_INPUT_IFACES: &str = "input_ifaces";
+pub const MAP_INPUT_TARGETS: &str = "input_targets";
+pub const MAP_POST_IFACES: &str = "post_ifaces";
+
+fn rule(matches: Vec<Match>, verdict: Verdict, comment: String) -> Rule {
+    Rule {
+        matches,
+        verdict,
+        comment,
+    }
+}
+
+/// `iifname . ip daddr . meta l4proto . th dport`: where a packet came in and what it
+/// is addressed to. The protocol is part of the key, so `th dport` only ever matches
+/// TCP and UDP ports.
+fn target_key() -> Vec<KeyField> {
+    vec![
+        KeyField::IifName,
+        KeyField::Daddr,
+        KeyField::L4Proto,
+        KeyField::Dport,
+    ]
+}
+
+/// The key value (`iifname . ip daddr . meta l4proto . th dport`) for one interface,
+/// address, protocol and port.
+pub fn target_key_of(iface: &str, addr: Ipv4Addr, proto: Proto, port: u16) -> Vec<KeyValue> {
+    vec![
+        KeyValue::Name(iface.to_string()),
+        KeyValue::Addr(addr),
+        KeyValue::Proto(proto),
+        KeyValue::Port(port),
+    ]
+}
+
+fn iface_map(name: &str, field: KeyField) -> VerdictMap {
+    VerdictMap {
+        name: name.to_string(),
+        key: vec![field],
+        elements: Vec::new(),
+    }
+}
+
+/// The four entry points, each a single dispatching rule.
+fn base_chains() -> Vec<Chain> {
+    let base = |name: &str, kind, hook, priority, rule: Rule| Chain {
+        name: name.to_string(),
+        attach: Some(Attachment {
+            kind,
+            hook,
+            priority,
+        }),
+        rules: vec![rule],
+    };
+    let vmap = |key: Vec<KeyField>, map: &str| Verdict::Vmap {
+        key,
+        map: map.to_string(),
+    };
+    vec![
+        // iifname vmap @raw_ifaces
+        base(
+            "raw_prerouting",
+            ChainKind::Filter,
+            Hook::Prerouting,
+            PRIORITY_RAW,
+            rule(
+                vec![],
+                vmap(vec![KeyField::IifName], MAP_RAW_IFACES),
+                "guarded interfaces".to_string(),
+            ),
+        ),
+        // iifname . ip daddr . meta l4proto . th dport vmap @nat_grants
+        base(
+            "nat_prerouting",
+            ChainKind::Nat,
+            Hook::Prerouting,
+            PRIORITY_DSTNAT,
+            rule(
+                vec![],
+                vmap(target_key(), MAP_NAT_GRANTS),
+                "published addresses and ports".to_string(),
+            ),
+        ),
+        // ip daddr 127.0.0.0/8 iifname vmap @input_ifaces
+        base(
+            "input",
+            ChainKind::Filter,
+            Hook::Input,
+            PRIORITY_FILTER,
+            rule(
+                vec![Match::DaddrIn(loopback())],
+                vmap(vec![KeyField::IifName], MAP_INPUT_IFACES),
+                "loopback traffic from guarded interfaces".to_string(),
+            ),
+        ),
+        // oifname vmap @post_ifaces
+        base(
+            "postrouting",
+            ChainKind::Filter,
+            Hook::Postrouting,
+            PRIORITY_AFTER_SRCNAT,
+            rule(
+                vec![],
+                vmap(vec![KeyField::OifName], MAP_POST_IFACES),
+                "guarded interfaces".to_string(),
+            ),
+        ),
+    ]
 }
 
 /// The nft text of the planned table, or a note that there is none.
@@ -179,4 +338,125 @@ pub fn render(ruleset: Option<&Ruleset>) -> String {
             crate::ruleset::TABLE
         ),
     }
+}
+
+/// An independent reading of a planned table, for the property tests and the fuzzer:
+/// follows each interface and each grant through the maps the way the kernel would and
+/// checks that every guard is in place, every grant reaches exactly its target from
+/// exactly its allow set, and nothing else is accepted.
+pub fn verify(r: &Ruleset, grants: &[Grant]) -> Result<(), String> {
+    let via = |map: &str, key: Vec<KeyValue>| -> Result<&Chain, String> {
+        let m = r.map(map).ok_or(format!("map {map} is missing"))?;
+        let jump = m
+            .jump_for(&key)
+            .ok_or(format!("map {map} has no element for {key:?}"))?;
+        r.chain(jump)
+            .ok_or(format!("map {map} jumps to missing chain {jump}"))
+    };
+    let has = |c: &Chain, matches: &[Match], verdict: Verdict| {
+        c.rules
+            .iter()
+            .any(|x| x.matches == matches && x.verdict == verdict)
+    };
+    let ifaces = interfaces(grants);
+    for iface in &ifaces {
+        let name = || vec![KeyValue::Name(iface.clone())];
+        let raw = via(MAP_RAW_IFACES, name())?;
+        if !has(raw, &[Match::DaddrIn(loopback())], Verdict::Drop)
+            || !has(raw, &[Match::SaddrIn(loopback())], Verdict::Drop)
+        {
+            return Err(format!("{iface}: raw guard incomplete"));
+        }
+        let input = via(MAP_INPUT_IFACES, name())?;
+        match input.rules.last() {
+            Some(last) if last.matches.is_empty() && last.verdict == Verdict::Drop => {}
+            _ => return Err(format!("{iface}: input guard does not end in drop")),
+        }
+        if !has(
+            via(MAP_POST_IFACES, name())?,
+            &[Match::SaddrIn(loopback())],
+            Verdict::Drop,
+        ) {
+            return Err(format!("{iface}: postrouting guard missing"));
+        }
+    }
+    let set_of = |matches: &[Match]| {
+        matches.iter().find_map(|m| match m {
+            Match::SaddrInSet(s) => r.sets.iter().find(|x| x.name == *s),
+            _ => None,
+        })
+    };
+    let mut targets = std::collections::BTreeSet::new();
+    for g in grants {
+        let allow = cidr::merge(&g.allow);
+        let nat = via(
+            MAP_NAT_GRANTS,
+            target_key_of(&g.iface, g.listen, g.proto, g.port),
+        )?;
+        let [dnat] = nat.rules.as_slice() else {
+            return Err(format!("grant {}: DNAT chain is not one rule", g.name));
+        };
+        if dnat.verdict != Verdict::Dnat(g.to)
+            || set_of(&dnat.matches).map(|s| &s.ranges) != Some(&allow)
+        {
+            return Err(format!("grant {}: DNAT rule is wrong: {dnat}", g.name));
+        }
+        let target = target_key_of(&g.iface, *g.to.ip(), g.proto, g.to.port());
+        let accepts = via(MAP_INPUT_TARGETS, target.clone())?
+            .rules
+            .iter()
+            .filter(|x| {
+                x.verdict == Verdict::Accept
+                    && x.matches.contains(&Match::CtStatusDnat)
+                    && x.matches.contains(&Match::CtOriginalDaddr(g.listen))
+                    && x.matches
+                        .contains(&Match::CtOriginalProtoDst(g.proto, g.port))
+                    && set_of(&x.matches).map(|s| &s.ranges) == Some(&allow)
+            })
+            .count();
+        if accepts != 1 {
+            return Err(format!("grant {}: {accepts} input accepts", g.name));
+        }
+        targets.insert(target);
+    }
+    // Nothing beyond what the grants need is reachable through the maps.
+    let size = |map: &str| r.map(map).map_or(0, |m| m.elements.len());
+    let expected = [
+        (MAP_RAW_IFACES, ifaces.len()),
+        (MAP_INPUT_IFACES, ifaces.len()),
+        (MAP_POST_IFACES, ifaces.len()),
+        (MAP_NAT_GRANTS, grants.len()),
+        (MAP_INPUT_TARGETS, targets.len()),
+    ];
+    for (map, n) in expected {
+        if size(map) != n {
+            return Err(format!(
+                "map {map} has {} elements, expected {n}",
+                size(map)
+            ));
+        }
+    }
+    // Every accept is a grant's (a DNATed flow from its allow set) or a reply.
+    for chain in &r.chains {
+        for x in chain.rules.iter().filter(|x| x.verdict == Verdict::Accept) {
+            let grant = x.matches.contains(&Match::CtStatusDnat) && set_of(&x.matches).is_some();
+            let reply = x.matches == [Match::CtDirection(CtDir::Reply)];
+            if !grant && !reply {
+                return Err(format!("chain {}: unexpected accept: {x}", chain.name));
+            }
+        }
+    }
+    // The entry points: one dispatching rule each; input only for loopback destinations.
+    for chain in r.chains.iter().filter(|c| c.attach.is_some()) {
+        let [only] = chain.rules.as_slice() else {
+            return Err(format!("base chain {} is not one rule", chain.name));
+        };
+        if !matches!(only.verdict, Verdict::Vmap { .. }) {
+            return Err(format!(
+                "base chain {} does not dispatch: {only}",
+                chain.name
+            ));
+        }
+    }
+    Ok(())
 }

@@ -3,6 +3,11 @@
 //! `plan` builds a [`Ruleset`]; `kernel::nft` encodes the same value into one netlink
 //! batch. Keeping the value independent of netlink lets `--dry-run`, `plan`, golden-file
 //! tests and the kernel encoding all agree on one description of the rules.
+//!
+//! Besides plain rules the value has verdict maps: a key built from packet fields
+//! (`iifname . ip daddr . meta l4proto . th dport`) looked up in one hash step that
+//! jumps to the chain of the matching element. That is what keeps the per-packet cost
+//! flat however many interfaces and grants a host has.
 
 use crate::cidr::{self, Range};
 use crate::grant::Proto;
@@ -17,7 +22,9 @@ pub const TABLE: &str = "loopgate";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub sets: Vec<AddrSet>,
-    pub chains: Vec<BaseChain>,
+    pub maps: Vec<VerdictMap>,
+    /// Base chains first (the entry points), then the chains the maps jump to.
+    pub chains: Vec<Chain>,
 }
 
 /// An interval set of IPv4 source addresses.
@@ -25,6 +32,45 @@ pub struct Ruleset {
 pub struct AddrSet {
     pub name: String,
     pub ranges: Vec<Range>,
+}
+
+/// A map from a concatenated packet key to `jump <chain>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictMap {
+    pub name: String,
+    pub key: Vec<KeyField>,
+    pub elements: Vec<MapElement>,
+}
+
+/// One entry of a [`VerdictMap`]: packets whose key equals `key` jump to `jump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapElement {
+    pub key: Vec<KeyValue>,
+    pub jump: String,
+}
+
+/// One field of a map key, in the order the fields are concatenated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyField {
+    /// `iifname` (ifname, 16 bytes)
+    IifName,
+    /// `oifname` (ifname, 16 bytes)
+    OifName,
+    /// `ip daddr` (ipv4_addr)
+    Daddr,
+    /// `meta l4proto` (inet_proto)
+    L4Proto,
+    /// `th dport` (inet_service); only meaningful next to `meta l4proto` tcp/udp.
+    Dport,
+}
+
+/// A value of one [`KeyField`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KeyValue {
+    Name(String),
+    Addr(Ipv4Addr),
+    Proto(Proto),
+    Port(u16),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +86,19 @@ pub enum Hook {
     Postrouting,
 }
 
-/// A base chain attached to a netfilter hook, policy accept: loopgate only takes away.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BaseChain {
-    pub name: &'static str,
+/// Where a base chain is attached. Its policy is always accept: loopgate only takes away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment {
     pub kind: ChainKind,
     pub hook: Hook,
     pub priority: i32,
+}
+
+/// A chain: a base chain when `attach` is set, else a regular chain reached by `jump`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub attach: Option<Attachment>,
     pub rules: Vec<Rule>,
 }
 
@@ -78,6 +130,8 @@ pub enum Match {
     Daddr(Ipv4Addr),
     /// `ip saddr @set`
     SaddrInSet(String),
+    /// `meta l4proto tcp|udp`
+    L4Proto(Proto),
     /// `tcp dport N` / `udp dport N` (checks the protocol first)
     Dport(Proto, u16),
     /// `ct direction original|reply`
@@ -90,11 +144,17 @@ pub enum Match {
     CtOriginalProtoDst(Proto, u16),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
     Drop,
     Dnat(SocketAddrV4),
+    /// `KEY vmap @map`: jump to the chain the packet's key maps to; fall through when
+    /// the key is not in the map.
+    Vmap {
+        key: Vec<KeyField>,
+        map: String,
+    },
 }
 
 impl ChainKind {
@@ -113,6 +173,85 @@ impl Hook {
             Hook::Input => "input",
             Hook::Postrouting => "postrouting",
         }
+    }
+}
+
+impl KeyField {
+    /// The expression as written in nft syntax.
+    pub fn expr(self) -> &'static str {
+        match self {
+            KeyField::IifName => "iifname",
+            KeyField::OifName => "oifname",
+            KeyField::Daddr => "ip daddr",
+            KeyField::L4Proto => "meta l4proto",
+            KeyField::Dport => "th dport",
+        }
+    }
+
+    /// The nft datatype name used in the map's `type` line.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            KeyField::IifName | KeyField::OifName => "ifname",
+            KeyField::Daddr => "ipv4_addr",
+            KeyField::L4Proto => "inet_proto",
+            KeyField::Dport => "inet_service",
+        }
+    }
+
+    /// How many bytes the kernel loads for the field; in a concatenation each field
+    /// then takes whole 4-byte registers.
+    pub fn loaded_len(self) -> usize {
+        match self {
+            KeyField::IifName | KeyField::OifName => 16,
+            KeyField::Daddr => 4,
+            KeyField::L4Proto => 1,
+            KeyField::Dport => 2,
+        }
+    }
+
+    /// The field's length rounded up to whole 32-bit registers.
+    pub fn padded_len(self) -> usize {
+        self.loaded_len().div_ceil(4) * 4
+    }
+}
+
+impl KeyValue {
+    /// The value as the kernel compares it: network byte order, names padded with NULs
+    /// to 16 bytes (an exact name, not a prefix), each field padded to 4-byte registers.
+    pub fn key_bytes(&self) -> Vec<u8> {
+        let mut b = match self {
+            KeyValue::Name(n) => {
+                let mut v = n.as_bytes().to_vec();
+                v.resize(16, 0);
+                v
+            }
+            KeyValue::Addr(a) => a.octets().to_vec(),
+            KeyValue::Proto(p) => vec![p.number()],
+            KeyValue::Port(p) => p.to_be_bytes().to_vec(),
+        };
+        b.resize(b.len().div_ceil(4) * 4, 0);
+        b
+    }
+}
+
+impl fmt::Display for KeyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyValue::Name(n) => write!(f, "{n:?}"),
+            KeyValue::Addr(a) => write!(f, "{a}"),
+            KeyValue::Proto(p) => write!(f, "{p}"),
+            KeyValue::Port(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl VerdictMap {
+    /// The chain that `key` jumps to, if the map holds it.
+    pub fn jump_for(&self, key: &[KeyValue]) -> Option<&str> {
+        self.elements
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.jump.as_str())
     }
 }
 
@@ -145,6 +284,7 @@ impl fmt::Display for Match {
             Match::DaddrIn(n) => write!(f, "ip daddr {n}"),
             Match::Daddr(a) => write!(f, "ip daddr {a}"),
             Match::SaddrInSet(s) => write!(f, "ip saddr @{s}"),
+            Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
             Match::Dport(p, port) => write!(f, "{p} dport {port}"),
             Match::CtDirection(CtDir::Original) => f.write_str("ct direction original"),
             Match::CtDirection(CtDir::Reply) => f.write_str("ct direction reply"),
@@ -163,7 +303,20 @@ impl fmt::Display for Verdict {
             Verdict::Accept => f.write_str("accept"),
             Verdict::Drop => f.write_str("drop"),
             Verdict::Dnat(to) => write!(f, "dnat to {to}"),
+            Verdict::Vmap { key, map } => {
+                let fields: Vec<&str> = key.iter().map(|k| k.expr()).collect();
+                write!(f, "{} vmap @{map}", fields.join(" . "))
+            }
         }
+    }
+}
+
+impl Rule {
+    /// Whether the rule carries a counter. Rules that decide count what they matched;
+    /// a map lookup only dispatches (it would count every packet of the hook) and the
+    /// rules it leads to count instead.
+    pub fn counts(&self) -> bool {
+        !matches!(self.verdict, Verdict::Vmap { .. })
     }
 }
 
@@ -172,7 +325,10 @@ impl fmt::Display for Rule {
         for m in &self.matches {
             write!(f, "{m} ")?;
         }
-        write!(f, "counter {} comment {:?}", self.verdict, self.comment)
+        if self.counts() {
+            f.write_str("counter ")?;
+        }
+        write!(f, "{} comment {:?}", self.verdict, self.comment)
     }
 }
 
@@ -196,18 +352,36 @@ impl Ruleset {
             writeln!(out, "\t}}")?;
             writeln!(out)?;
         }
+        for map in &self.maps {
+            let types: Vec<&str> = map.key.iter().map(|k| k.type_name()).collect();
+            writeln!(out, "\tmap {} {{", map.name)?;
+            writeln!(out, "\t\ttype {} : verdict", types.join(" . "))?;
+            let elems: Vec<String> = map
+                .elements
+                .iter()
+                .map(|e| {
+                    let key: Vec<String> = e.key.iter().map(|v| v.to_string()).collect();
+                    format!("{} : jump {}", key.join(" . "), e.jump)
+                })
+                .collect();
+            writeln!(out, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t     "))?;
+            writeln!(out, "\t}}")?;
+            writeln!(out)?;
+        }
         for (i, chain) in self.chains.iter().enumerate() {
             if i > 0 {
                 writeln!(out)?;
             }
             writeln!(out, "\tchain {} {{", chain.name)?;
-            writeln!(
-                out,
-                "\t\ttype {} hook {} priority {}; policy accept;",
-                chain.kind.name(),
-                chain.hook.name(),
-                priority_text(chain.priority)
-            )?;
+            if let Some(a) = chain.attach {
+                writeln!(
+                    out,
+                    "\t\ttype {} hook {} priority {}; policy accept;",
+                    a.kind.name(),
+                    a.hook.name(),
+                    priority_text(a.priority)
+                )?;
+            }
             for rule in &chain.rules {
                 writeln!(out, "\t\t{rule}")?;
             }
@@ -218,6 +392,14 @@ impl Ruleset {
 
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum()
+    }
+
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.chains.iter().find(|c| c.name == name)
+    }
+
+    pub fn map(&self, name: &str) -> Option<&VerdictMap> {
+        self.maps.iter().find(|m| m.name == name)
     }
 }
 
@@ -232,5 +414,16 @@ mod tests {
         assert_eq!(priority_text(0), "filter");
         assert_eq!(priority_text(110), "srcnat + 10");
         assert_eq!(priority_text(-290), "raw + 10");
+    }
+
+    #[test]
+    fn key_values_are_padded_to_whole_registers() {
+        assert_eq!(KeyValue::Name("br0".into()).key_bytes().len(), 16);
+        assert_eq!(KeyValue::Proto(Proto::Udp).key_bytes(), vec![17, 0, 0, 0]);
+        assert_eq!(KeyValue::Port(3306).key_bytes(), vec![0x0c, 0xea, 0, 0]);
+        assert_eq!(
+            KeyValue::Addr(Ipv4Addr::new(192, 0, 2, 1)).key_bytes(),
+            vec![192, 0, 2, 1]
+        );
     }
 }

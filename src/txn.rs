@@ -157,9 +157,11 @@ impl Change {
         if !self.table_matches {
             match &self.ruleset {
                 Some(r) => out.push(format!(
-                    "replace table ip {} ({} sets, {} rules)",
+                    "replace table ip {} ({} sets, {} maps, {} chains, {} rules)",
                     crate::ruleset::TABLE,
                     r.sets.len(),
+                    r.maps.len(),
+                    r.chains.len(),
                     r.rule_count()
                 )),
                 None => out.push(format!("remove table ip {}", crate::ruleset::TABLE)),

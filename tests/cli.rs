@@ -526,7 +526,7 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
         "rule",
         "ip",
         "loopgate",
-        "postrouting",
+        "post_if0",
         "handle",
         &postrouting_handle(&lab),
     ]);
@@ -543,15 +543,10 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
 }
 
 fn postrouting_handle(lab: &Lab) -> String {
-    let out = stdout(&lab.host.exec(&[
-        "nft",
-        "-a",
-        "list",
-        "chain",
-        "ip",
-        "loopgate",
-        "postrouting",
-    ]));
+    let out = stdout(
+        &lab.host
+            .exec(&["nft", "-a", "list", "chain", "ip", "loopgate", "post_if0"]),
+    );
     out.lines()
         .find_map(|l| l.split("# handle ").nth(1).filter(|_| l.contains("drop")))
         .expect("a rule handle")
@@ -945,15 +940,43 @@ fn help_texts_name_every_verb_and_flag() {
 /// After a crash, no interface may have route_localnet=1 without loopgate's guard.
 fn assert_never_open_without_guard(lab: &Lab, point: &str) {
     if lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1" {
-        let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
-        for guard in [
-            "iifname \"br0\" ip daddr 127.0.0.0/8 counter",
-            "iifname \"br0\" ip saddr 127.0.0.0/8 counter",
-            "oifname \"br0\" ip saddr 127.0.0.0/8 counter",
+        let table = NftTable::read(&lab.host);
+        let dispatch = |chain: &str, rule: &str| {
+            table
+                .chains
+                .get(chain)
+                .is_some_and(|rules| rules.iter().any(|r| r.starts_with(rule)))
+        };
+        let guard = |map: &str, rule: &str| {
+            table
+                .via(map, "\"br0\"")
+                .is_some_and(|rules| rules.iter().any(|r| r.starts_with(rule)))
+        };
+        for (ok, what) in [
+            (
+                dispatch("raw_prerouting", "iifname vmap @raw_ifaces")
+                    && guard("raw_ifaces", "ip daddr 127.0.0.0/8 counter")
+                    && guard("raw_ifaces", "ip saddr 127.0.0.0/8 counter"),
+                "the raw guard",
+            ),
+            (
+                dispatch("input", "ip daddr 127.0.0.0/8 iifname vmap @input_ifaces")
+                    && table
+                        .via("input_ifaces", "\"br0\"")
+                        .and_then(|rules| rules.last())
+                        .is_some_and(|r| r.starts_with("counter packets") && r.contains(" drop ")),
+                "the input guard",
+            ),
+            (
+                dispatch("postrouting", "oifname vmap @post_ifaces")
+                    && guard("post_ifaces", "ip saddr 127.0.0.0/8 counter"),
+                "the postrouting guard",
+            ),
         ] {
             assert!(
-                table.contains(guard),
-                "crash {point}: route_localnet=1 without `{guard}`:\n{table}"
+                ok,
+                "crash {point}: route_localnet=1 without {what}:\n{}",
+                stdout(&lab.host.exec(&["nft", "list", "ruleset"]))
             );
         }
     }
@@ -1084,13 +1107,24 @@ fn assert_published_exactly(lab: &Lab, expected: &std::collections::BTreeSet<u16
     assert_eq!(&published, expected);
     let want = if expected.is_empty() { "0" } else { "1" };
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), want);
-    let table = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
+    let table = NftTable::read(&lab.host);
     for port in 4000..4032u16 {
-        let dnat = table.lines().any(|l| {
-            l.contains(&format!("tcp dport {port} "))
-                && l.contains(&format!("dnat to 127.0.0.1:{port} "))
-        });
-        assert_eq!(dnat, expected.contains(&port), "port {port}: {table}");
+        let dnat = table
+            .via(
+                "nat_grants",
+                &format!("\"br0\" . {HOST_ADDR} . tcp . {port}"),
+            )
+            .is_some_and(|rules| {
+                rules
+                    .iter()
+                    .any(|r| r.contains(&format!("dnat to 127.0.0.1:{port} ")))
+            });
+        assert_eq!(
+            dnat,
+            expected.contains(&port),
+            "port {port}: {:?}",
+            table.maps
+        );
     }
 }
 
@@ -1336,7 +1370,7 @@ fn audit_for_monitoring_parses_as_prometheus_and_counts_traffic() {
         .lines()
         .find(|l| {
             l.starts_with("loopgate_rule_packets_total")
-                && l.contains("'nat_prerouting'")
+                && l.contains("'nat_g")
                 && l.contains("grant mysql")
         })
         .expect("a counter for the grant's DNAT rule");
@@ -1792,5 +1826,121 @@ fn a_vanished_managed_interface_does_not_block_changes_elsewhere() {
         stdout(&audit)
     );
     lab.ok(&["revoke", "br1", "--all"]);
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+/// Hundreds of grants over three interfaces, as on a busy container host: each client
+/// reaches exactly what its own interface publishes to it, at the right target, and
+/// nothing else; revoking one interface leaves the others working.
+#[test]
+fn many_grants_on_several_interfaces_reach_only_their_own_services() {
+    let lab = Lab::new();
+    let nets = [
+        ("br0", HOST_ADDR, CONTAINER_ADDR),
+        (
+            "br1",
+            Ipv4Addr::new(198, 51, 100, 1),
+            Ipv4Addr::new(198, 51, 100, 10),
+        ),
+        (
+            "br2",
+            Ipv4Addr::new(203, 0, 113, 1),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ),
+    ];
+    let c1 = lab.add_bridge_with_client(nets[1].0, nets[1].1, nets[1].2);
+    let c2 = lab.add_bridge_with_client(nets[2].0, nets[2].1, nets[2].2);
+    let clients = [&lab.container, &c1, &c2];
+    let tcp: Vec<_> = (0..10).map(|i| sa(LO, 5000 + i)).collect();
+    let _services = start_services(&lab.host, &tcp, &[sa(LO, 5100)]);
+
+    // Per interface, ports 4000-4099 each go to 127.0.0.1:(5000 + port % 10) for the
+    // lower half of that interface's subnet, plus DNS over UDP: 303 grants. On br0,
+    // port 4010 shares 4000's target but admits only the neighbour.
+    let mut policy = String::from("grants:\n");
+    for (i, (iface, _, client)) in nets.iter().enumerate() {
+        let subnet = format!("{}/25", Ipv4Addr::from(u32::from(*client) & !0x7f));
+        for port in 4000..4100u16 {
+            let allow = if *iface == "br0" && port == 4010 {
+                format!("{NEIGHBOUR_ADDR}/32")
+            } else {
+                subnet.clone()
+            };
+            policy.push_str(&format!(
+                "  - name: g{i}-{port}\n    interface: {iface}\n    allow: [{allow}]\n    port: {port}\n    to: 127.0.0.1:{}\n",
+                5000 + port % 10
+            ));
+        }
+        policy.push_str(&format!(
+            "  - name: dns{i}\n    interface: {iface}\n    allow: [{subnet}]\n    port: 53\n    proto: udp\n    to: 127.0.0.1:5100\n"
+        ));
+    }
+    let path = lab.state_dir.join("many.yaml");
+    std::fs::write(&path, policy).unwrap();
+    lab.ok(&["apply", path.to_str().unwrap()]);
+    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    let table = NftTable::read(&lab.host);
+    assert_eq!(table.maps["nat_grants"].len(), 303);
+    assert_eq!(table.maps["raw_ifaces"].len(), 3);
+
+    let opens = passive_opens(&lab.host);
+    let mut accepted = 0;
+    for ((iface, addr, _), client) in nets.iter().zip(clients) {
+        for port in [4000u16, 4001, 4057, 4099] {
+            assert_eq!(
+                tcp_request(client, sa(*addr, port)),
+                Some(format!("tcp:{}", 5000 + port % 10)),
+                "{iface} port {port}"
+            );
+            accepted += 1;
+        }
+        assert_eq!(
+            udp_request(client, sa(*addr, 53)).as_deref(),
+            Some("udp:5100"),
+            "{iface} dns"
+        );
+        assert_eq!(
+            tcp_request(client, sa(*addr, 4100)),
+            None,
+            "{iface}: an unpublished port"
+        );
+    }
+    // Another interface's published address is not a way in: the key holds the interface.
+    assert_eq!(tcp_request(&c1, sa(HOST_ADDR, 4000)), None);
+    assert_eq!(tcp_request(&lab.container, sa(nets[2].1, 4000)), None);
+    // Two grants sharing one target keep their own allow lists.
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 4010)), None);
+    assert_eq!(
+        tcp_request(&lab.neighbour, sa(HOST_ADDR, 4010)).as_deref(),
+        Some("tcp:5000")
+    );
+    accepted += 1;
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 4000)), None);
+    // Loopback addressed directly from an allowed client stays closed, and so does a
+    // DNAT to loopback that some other table adds, as a hand-written rule would.
+    Lab::route_loopback_via(&c2, nets[2].1);
+    fire_tcp(&c2, sa(LO, 5000));
+    lab.host.exec(&[
+        "nft",
+        "add table ip other; add chain ip other pre { type nat hook prerouting priority dstnat - 1; }; add rule ip other pre iifname br2 tcp dport 4200 dnat to 127.0.0.1:5001",
+    ]);
+    assert_eq!(tcp_request(&c2, sa(nets[2].1, 4200)), None);
+    lab.host.exec(&["nft", "delete table ip other"]);
+    assert_eq!(
+        passive_opens(&lab.host) - opens,
+        accepted,
+        "only the answered requests reached a service"
+    );
+
+    lab.ok(&["revoke", "br1", "--all"]);
+    assert_eq!(tcp_request(&c1, sa(nets[1].1, 4000)), None);
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br1.route_localnet"), "0");
+    for ((iface, addr, _), client) in [(nets[0], clients[0]), (nets[2], clients[2])] {
+        assert_eq!(
+            tcp_request(client, sa(addr, 4099)).as_deref(),
+            Some("tcp:5009"),
+            "{iface} after revoking br1"
+        );
+    }
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
 }

@@ -9,7 +9,8 @@
 
 use super::netlink::NlSocket;
 use crate::ruleset::{
-    AddrSet, BaseChain, ChainKind, CtDir, Hook, Match, Rule, Ruleset, Verdict, TABLE,
+    AddrSet, Attachment, Chain, ChainKind, CtDir, Hook, KeyField, Match, Rule, Ruleset, Verdict,
+    VerdictMap, TABLE,
 };
 use anyhow::{anyhow, Context, Result};
 use nftnl::nftnl_sys as sys;
@@ -20,10 +21,21 @@ use std::ptr::NonNull;
 
 const NFPROTO_IPV4: u16 = libc::NFPROTO_IPV4 as u16;
 const NFT_SET_INTERVAL: u32 = 0x4;
+const NFT_SET_MAP: u32 = 0x8;
+/// The data type of a verdict map (`NFT_DATA_VERDICT`).
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+/// `NFT_JUMP` as the kernel's u32 verdict code.
+const NFT_JUMP: u32 = -3i32 as u32;
+/// nft composes a concatenated key's datatype by shifting in 6 bits per field.
+const TYPE_BITS: u32 = 6;
 const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// `ipv4_addr` in nft's datatype numbering; lets `nft list` print the set readably.
 const TYPE_IPV4_ADDR: u32 = 7;
-/// nft's `BYTEORDER_BIG_ENDIAN`, stored in the set's userdata.
+const TYPE_INET_PROTOCOL: u32 = 12;
+const TYPE_INET_SERVICE: u32 = 13;
+const TYPE_IFNAME: u32 = 41;
+/// nft's byte order names, stored in a set's userdata so `nft list` prints its keys.
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
 /// Set elements per NEWSETELEM message, well under the per-message size limit.
 const ELEMS_PER_MSG: usize = 1024;
@@ -104,27 +116,29 @@ fn new_table() -> Obj {
     }
 }
 
-fn new_chain(c: &BaseChain) -> Obj {
-    let hook = match c.hook {
-        Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
-        Hook::Input => libc::NF_INET_LOCAL_IN,
-        Hook::Postrouting => libc::NF_INET_POST_ROUTING,
-    } as u32;
+fn new_chain(c: &Chain) -> Obj {
     // SAFETY: fresh allocation; strings are copied.
     unsafe {
         let p = alloc(sys::nftnl_chain_alloc());
         let ch = p.as_ptr();
         sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, cstr(TABLE).as_ptr());
-        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, cstr(c.name).as_ptr());
+        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, cstr(&c.name).as_ptr());
         sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_IPV4 as u32);
-        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
-        sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, c.priority);
-        sys::nftnl_chain_set_str(
-            ch,
-            sys::NFTNL_CHAIN_TYPE as u16,
-            cstr(c.kind.name()).as_ptr(),
-        );
-        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
+        if let Some(a) = c.attach {
+            let hook = match a.hook {
+                Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+                Hook::Input => libc::NF_INET_LOCAL_IN,
+                Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+            } as u32;
+            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
+            sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, a.priority);
+            sys::nftnl_chain_set_str(
+                ch,
+                sys::NFTNL_CHAIN_TYPE as u16,
+                cstr(a.kind.name()).as_ptr(),
+            );
+            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
+        }
         Obj::Chain(p)
     }
 }
@@ -150,22 +164,26 @@ fn new_set(set: &AddrSet, id: u32) -> Obj {
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, NFT_SET_INTERVAL);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, TYPE_IPV4_ADDR);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, 4);
-        // nft reads the key byte order from userdata to print elements as addresses.
+    }
+    set_key_byteorder(p, BYTEORDER_BIG_ENDIAN);
+    Obj::Set(p)
+}
+
+/// nft reads a key's byte order from the set's userdata to print elements: without it
+/// addresses come out as numbers and interface names as "".
+fn set_key_byteorder(set: NonNull<sys::nftnl_set>, order: u32) {
+    // SAFETY: `set` is live; the udata buffer is ours until freed and is copied.
+    unsafe {
         let buf = alloc(sys::nftnl_udata_buf_alloc(16));
-        sys::nftnl_udata_put_u32(
-            buf.as_ptr(),
-            sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8,
-            BYTEORDER_BIG_ENDIAN,
-        );
+        sys::nftnl_udata_put_u32(buf.as_ptr(), sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, order);
         sys::nftnl_set_set_data(
-            s,
+            set.as_ptr(),
             sys::NFTNL_SET_USERDATA as u16,
             sys::nftnl_udata_buf_data(buf.as_ptr()),
             sys::nftnl_udata_buf_len(buf.as_ptr()),
         );
         sys::nftnl_udata_buf_free(buf.as_ptr());
     }
-    Obj::Set(p)
 }
 
 /// Interval elements: a start element per range, and an end element one past it
@@ -212,6 +230,88 @@ fn new_elems(set: &AddrSet, id: u32) -> Vec<Obj> {
         .collect()
 }
 
+fn key_type(field: KeyField) -> u32 {
+    match field {
+        KeyField::IifName | KeyField::OifName => TYPE_IFNAME,
+        KeyField::Daddr => TYPE_IPV4_ADDR,
+        KeyField::L4Proto => TYPE_INET_PROTOCOL,
+        KeyField::Dport => TYPE_INET_SERVICE,
+    }
+}
+
+/// A verdict map; nft derives how to print its keys from the composed datatype.
+fn new_map(map: &VerdictMap, id: u32) -> Obj {
+    let p = set_header(&map.name, id);
+    let key_type = map
+        .key
+        .iter()
+        .fold(0, |t, f| (t << TYPE_BITS) | key_type(*f));
+    let key_len: usize = map.key.iter().map(|f| f.padded_len()).sum();
+    // SAFETY: p is a live set we own.
+    unsafe {
+        let s = p.as_ptr();
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, NFT_SET_MAP);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, key_len as u32);
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, NFT_DATA_VERDICT);
+    }
+    // A concatenation's fields each carry their own order (nft stores none for the
+    // whole key); a single field needs it spelled out.
+    if let [field] = map.key.as_slice() {
+        let order = match field {
+            KeyField::IifName | KeyField::OifName | KeyField::L4Proto => BYTEORDER_HOST_ENDIAN,
+            KeyField::Daddr | KeyField::Dport => BYTEORDER_BIG_ENDIAN,
+        };
+        set_key_byteorder(p, order);
+    }
+    Obj::Set(p)
+}
+
+/// The elements of a verdict map, each `key : jump chain`.
+fn new_map_elems(map: &VerdictMap, id: u32) -> Vec<Obj> {
+    map.elements
+        .chunks(ELEMS_PER_MSG)
+        .map(|chunk| {
+            let p = set_header(&map.name, id);
+            for e in chunk {
+                let key: Vec<u8> = e.key.iter().flat_map(|v| v.key_bytes()).collect();
+                // SAFETY: the element is handed to the set, which frees it; libnftnl
+                // copies the key and the chain name.
+                unsafe {
+                    let el = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
+                    sys::nftnl_set_elem_set(
+                        el,
+                        sys::NFTNL_SET_ELEM_KEY as u16,
+                        key.as_ptr().cast(),
+                        key.len() as u32,
+                    );
+                    sys::nftnl_set_elem_set_u32(el, sys::NFTNL_SET_ELEM_VERDICT as u16, NFT_JUMP);
+                    sys::nftnl_set_elem_set_str(
+                        el,
+                        sys::NFTNL_SET_ELEM_CHAIN as u16,
+                        cstr(&e.jump).as_ptr(),
+                    );
+                    sys::nftnl_set_elem_add(p.as_ptr(), el);
+                }
+            }
+            Obj::Elems(p)
+        })
+        .collect()
+}
+
+/// The register number for the 32-bit slot `slot` (0-based) of the register file, the
+/// way the kernel reports it back: a 16-byte-aligned slot by its legacy number
+/// (`NFT_REG_1..4`), any other by its 32-bit number (`NFT_REG32_xx`). Encoding it the
+/// same way keeps planned and read-back tables comparable.
+fn reg32(slot: usize) -> u32 {
+    const NFT_REG32_00: u32 = 8;
+    if slot % 4 == 0 {
+        slot as u32 / 4 + 1
+    } else {
+        NFT_REG32_00 + slot as u32
+    }
+}
+
 /// Builds raw expressions into a rule; each helper mirrors one nft debug line.
 struct ExprWriter {
     rule: NonNull<sys::nftnl_rule>,
@@ -241,11 +341,15 @@ impl ExprWriter {
 
     /// `[ meta load KEY => reg 1 ]`
     fn meta(&mut self, key: u32) {
+        self.meta_to(key, REG_1);
+    }
+
+    fn meta_to(&mut self, key: u32, dreg: u32) {
         self.expr(
             "meta",
             &[
                 (sys::NFTNL_EXPR_META_KEY, Attr::U32(key)),
-                (sys::NFTNL_EXPR_META_DREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_META_DREG, Attr::U32(dreg)),
             ],
         );
     }
@@ -264,10 +368,14 @@ impl ExprWriter {
 
     /// `[ payload load LEN b @ BASE header + OFFSET => reg 1 ]`
     fn payload(&mut self, base: u32, offset: u32, len: u32) {
+        self.payload_to(base, offset, len, REG_1);
+    }
+
+    fn payload_to(&mut self, base: u32, offset: u32, len: u32, dreg: u32) {
         self.expr(
             "payload",
             &[
-                (sys::NFTNL_EXPR_PAYLOAD_DREG, Attr::U32(REG_1)),
+                (sys::NFTNL_EXPR_PAYLOAD_DREG, Attr::U32(dreg)),
                 (sys::NFTNL_EXPR_PAYLOAD_BASE, Attr::U32(base)),
                 (sys::NFTNL_EXPR_PAYLOAD_OFFSET, Attr::U32(offset)),
                 (sys::NFTNL_EXPR_PAYLOAD_LEN, Attr::U32(len)),
@@ -371,6 +479,10 @@ impl ExprWriter {
                     ],
                 );
             }
+            Match::L4Proto(proto) => {
+                self.meta(META_L4PROTO);
+                self.cmp(CMP_EQ, &[proto.number()]);
+            }
             Match::Dport(proto, port) => {
                 self.meta(META_L4PROTO);
                 self.cmp(CMP_EQ, &[proto.number()]);
@@ -401,8 +513,38 @@ impl ExprWriter {
         }
     }
 
+    /// Loads the key fields into consecutive registers, as nft builds a concatenation,
+    /// and returns the first register.
+    fn load_key(&mut self, key: &[KeyField]) -> u32 {
+        let mut slot = 0;
+        for field in key {
+            let reg = reg32(slot);
+            match field {
+                KeyField::IifName => self.meta_to(META_IIFNAME, reg),
+                KeyField::OifName => self.meta_to(META_OIFNAME, reg),
+                KeyField::Daddr => self.payload_to(PAYLOAD_NETWORK, 16, 4, reg),
+                KeyField::L4Proto => self.meta_to(META_L4PROTO, reg),
+                KeyField::Dport => self.payload_to(PAYLOAD_TRANSPORT, 2, 2, reg),
+            }
+            slot += field.padded_len() / 4;
+        }
+        reg32(0)
+    }
+
     fn add_verdict(&mut self, v: &Verdict) {
         match v {
+            Verdict::Vmap { key, map } => {
+                let sreg = self.load_key(key);
+                self.expr(
+                    "lookup",
+                    &[
+                        (sys::NFTNL_EXPR_LOOKUP_SREG, Attr::U32(sreg)),
+                        (sys::NFTNL_EXPR_LOOKUP_DREG, Attr::U32(REG_VERDICT)),
+                        (sys::NFTNL_EXPR_LOOKUP_SET, Attr::Str(map.clone())),
+                        (sys::NFTNL_EXPR_LOOKUP_FLAGS, Attr::U32(0)),
+                    ],
+                );
+            }
             Verdict::Accept => self.verdict(NF_ACCEPT),
             Verdict::Drop => self.verdict(NF_DROP),
             Verdict::Dnat(to) => {
@@ -448,8 +590,10 @@ fn new_rule(chain: &str, rule: &Rule) -> Obj {
     for m in &rule.matches {
         w.add_match(m);
     }
-    // Every rule counts what it matched: audit and monitoring read what was dropped.
-    w.expr("counter", &[]);
+    // Deciding rules count what they matched: audit and monitoring read what was dropped.
+    if rule.counts() {
+        w.expr("counter", &[]);
+    }
     w.add_verdict(&rule.verdict);
     set_comment(p, &rule.comment);
     Obj::Rule(p)
@@ -484,31 +628,48 @@ pub struct TableObjects {
     objs: Vec<(Obj, String)>,
 }
 
-/// Encodes the planned table into libnftnl objects.
+/// Encodes the planned table into libnftnl objects, in an order the kernel accepts in
+/// one batch: sets and maps, then chains, then map elements (which name chains), then
+/// rules (which name sets, maps and chains).
 pub fn encode(ruleset: &Ruleset) -> TableObjects {
     let mut objs = vec![(new_table(), format!("table ip {TABLE} (needs nf_tables)"))];
-    for (i, set) in ruleset.sets.iter().enumerate() {
-        let id = i as u32 + 1;
+    let mut id = 0;
+    for set in &ruleset.sets {
+        id += 1;
         let what = format!("set {} (needs interval sets, nft_set_rbtree)", set.name);
         objs.push((new_set(set, id), what));
         for e in new_elems(set, id) {
             objs.push((e, format!("elements of set {}", set.name)));
         }
     }
+    let mut map_elems = Vec::new();
+    for map in &ruleset.maps {
+        id += 1;
+        let what = format!(
+            "map {} (needs verdict maps with concatenated keys, nft_set_hash)",
+            map.name
+        );
+        objs.push((new_map(map, id), what));
+        for e in new_map_elems(map, id) {
+            map_elems.push((e, format!("elements of map {}", map.name)));
+        }
+    }
     for chain in &ruleset.chains {
-        let needs = match chain.kind {
-            ChainKind::Nat => "NAT chains, nft_chain_nat",
-            ChainKind::Filter => "base chains",
+        let needs = match chain.attach.map(|a| a.kind) {
+            Some(ChainKind::Nat) => "NAT chains, nft_chain_nat",
+            Some(ChainKind::Filter) => "base chains",
+            None => "regular chains",
         };
         objs.push((
             new_chain(chain),
             format!("chain {} (needs {needs})", chain.name),
         ));
     }
+    objs.extend(map_elems);
     for chain in &ruleset.chains {
         for rule in &chain.rules {
             objs.push((
-                new_rule(chain.name, rule),
+                new_rule(&chain.name, rule),
                 format!(
                     "rule \"{}\" in chain {} (needs {})",
                     rule.comment,
@@ -534,6 +695,7 @@ fn rule_needs(rule: &Rule) -> &'static str {
     });
     match (&rule.verdict, ct) {
         (Verdict::Dnat(_), _) => "the nat expression, nft_nat, and set lookups",
+        (Verdict::Vmap { .. }, _) => "verdict map lookups",
         (_, true) => "conntrack expressions, nft_ct",
         _ => "payload, meta and cmp expressions",
     }
@@ -717,11 +879,13 @@ fn replace_table(
         }
     }
     if poison {
-        let chain = new_chain(&BaseChain {
-            name: "poison",
-            kind: ChainKind::Filter,
-            hook: Hook::Input,
-            priority: 0,
+        let chain = new_chain(&Chain {
+            name: "poison".to_string(),
+            attach: Some(Attachment {
+                kind: ChainKind::Filter,
+                hook: Hook::Input,
+                priority: 0,
+            }),
             rules: vec![],
         });
         let rule = new_rule(
@@ -756,6 +920,9 @@ pub fn probe(ruleset: &Ruleset) -> Result<()> {
     let mut sample = ruleset.clone();
     for set in &mut sample.sets {
         set.ranges.truncate(1);
+    }
+    for map in &mut sample.maps {
+        map.elements.truncate(1);
     }
     let mut sock = NlSocket::netfilter()?;
     let poison = crate::failpoint::armed("probe");
@@ -910,6 +1077,8 @@ pub fn snapshot() -> Result<Snapshot> {
             objs.push((Obj::Set(s), format!("set {name}")));
         }
     }
+    // Elements are restored after the chains: a verdict map's elements name them.
+    let mut elem_objs = Vec::new();
     for (i, name) in set_names.iter().enumerate() {
         let id = i as u32 + 1;
         // SAFETY: the header set is live for the duration of the closure.
@@ -924,7 +1093,7 @@ pub fn snapshot() -> Result<Snapshot> {
             // SAFETY: parse appends the message's elements to our set.
             unsafe { sys::nftnl_set_elems_nlmsg_parse(row.as_ptr().cast(), elems.as_ptr()) };
         }
-        objs.push((Obj::Elems(elems), format!("elements of set {name}")));
+        elem_objs.push((Obj::Elems(elems), format!("elements of set {name}")));
     }
 
     for row in dump_rows(&mut sock, libc::NFT_MSG_GETCHAIN, |_| {})? {
@@ -955,6 +1124,7 @@ pub fn snapshot() -> Result<Snapshot> {
             objs.push((Obj::Chain(c), format!("chain {name}")));
         }
     }
+    objs.extend(elem_objs);
     for row in dump_rows(&mut sock, libc::NFT_MSG_GETRULE, |_| {})? {
         // SAFETY: aligned complete message; ownership moves into `Obj`.
         unsafe {
@@ -1065,7 +1235,19 @@ unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void
         } else {
             0
         };
-        out.push(format!("{key:02x?}/{flags}"));
+        let jump = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
+            format!(
+                " verdict {} {}",
+                sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16) as i32,
+                get_str(sys::nftnl_set_elem_get_str(
+                    e,
+                    sys::NFTNL_SET_ELEM_CHAIN as u16
+                ))
+            )
+        } else {
+            String::new()
+        };
+        out.push(format!("{key:02x?}/{flags}{jump}"));
     }
     0
 }
@@ -1196,11 +1378,12 @@ impl TableObjects {
                     Obj::Set(s) => {
                         let s = s.as_ptr();
                         img.sets.push(format!(
-                            "{} flags {} keytype {} keylen {}",
+                            "{} flags {} keytype {} keylen {} datatype {}",
                             get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
                             sys::nftnl_set_get_u32(s, sys::NFTNL_SET_FLAGS as u16),
                             sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_TYPE as u16),
                             sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_LEN as u16),
+                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DATA_TYPE as u16),
                         ));
                     }
                     Obj::Elems(s) => {

@@ -397,12 +397,57 @@ impl Lab {
         }
     }
 
+    /// Adds a bridge `bridge` with address `host_addr`/24 to the host and one client
+    /// namespace on it at `client_addr`, routed through the bridge address.
+    pub fn add_bridge_with_client(
+        &self,
+        bridge: &str,
+        host_addr: Ipv4Addr,
+        client_addr: Ipv4Addr,
+    ) -> Netns {
+        let client = Netns::new(&format!("c{bridge}"));
+        self.host.ip(&format!("link add {bridge} type bridge"));
+        self.host
+            .ip(&format!("addr add {host_addr}/24 dev {bridge}"));
+        self.host.ip(&format!("link set {bridge} up"));
+        self.host
+            .set_sysctl(&format!("net.ipv4.conf.{bridge}.rp_filter"), "0");
+        let veth = format!("v{bridge}");
+        run(
+            "ip",
+            &[
+                "-n",
+                &self.host.name,
+                "link",
+                "add",
+                &veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &client.name,
+            ],
+        );
+        self.host.ip(&format!("link set {veth} master {bridge} up"));
+        client.ip(&format!("addr add {client_addr}/24 dev eth0"));
+        client.ip("link set eth0 up");
+        client.ip(&format!("route add default via {host_addr}"));
+        client
+    }
+
     /// Lets `ns` send packets to 127.0.0.1 through the host, as an attacker on the link
     /// would: route 127.0.0.0/8 via the host and allow 127/8 on its own interface. The
     /// peers' own `lo` is never brought up, so 127/8 is not local there.
     pub fn route_loopback_via_host(ns: &Netns) {
+        Lab::route_loopback_via(ns, HOST_ADDR);
+    }
+
+    /// As [`Lab::route_loopback_via_host`], through the host address `via`.
+    pub fn route_loopback_via(ns: &Netns, via: Ipv4Addr) {
         ns.set_sysctl("net.ipv4.conf.eth0.route_localnet", "1");
-        ns.ip(&format!("route add 127.0.0.0/8 via {HOST_ADDR} dev eth0"));
+        ns.ip(&format!("route add 127.0.0.0/8 via {via} dev eth0"));
     }
 
     /// Runs loopgate in the host namespace.
@@ -478,4 +523,75 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(addr, port)
+}
+
+/// loopgate's table as `nft list table ip loopgate` prints it, split into chains and
+/// verdict maps, so tests can follow a packet's path (map element -> chain -> rules)
+/// in what the kernel actually holds.
+pub struct NftTable {
+    pub chains: std::collections::BTreeMap<String, Vec<String>>,
+    /// Map name -> (element key as printed, chain it jumps to).
+    pub maps: std::collections::BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl NftTable {
+    pub fn read(ns: &Netns) -> NftTable {
+        NftTable::parse(&stdout(
+            &ns.exec(&["nft", "list", "table", "ip", "loopgate"]),
+        ))
+    }
+
+    pub fn parse(text: &str) -> NftTable {
+        let mut chains = std::collections::BTreeMap::new();
+        let mut maps = std::collections::BTreeMap::new();
+        let mut current: Option<(bool, String)> = None;
+        let mut elements = String::new();
+        let mut in_elements = false;
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line
+                .strip_prefix("chain ")
+                .and_then(|l| l.strip_suffix(" {"))
+            {
+                current = Some((true, name.to_string()));
+                chains.insert(name.to_string(), Vec::new());
+            } else if let Some(name) = line.strip_prefix("map ").and_then(|l| l.strip_suffix(" {"))
+            {
+                current = Some((false, name.to_string()));
+                maps.insert(name.to_string(), Vec::new());
+            } else if line == "}" && !in_elements {
+                current = None;
+            } else if let Some((is_chain, name)) = &current {
+                if *is_chain {
+                    if !line.starts_with("type ") && !line.is_empty() {
+                        chains.get_mut(name).unwrap().push(line.to_string());
+                    }
+                    continue;
+                }
+                if let Some(rest) = line.strip_prefix("elements = {") {
+                    in_elements = true;
+                    elements = rest.to_string();
+                } else if in_elements {
+                    elements.push(' ');
+                    elements.push_str(line);
+                }
+                if in_elements && elements.trim_end().ends_with('}') {
+                    in_elements = false;
+                    let body = elements.trim_end().trim_end_matches('}');
+                    let list = maps.get_mut(name).unwrap();
+                    for element in body.split(',') {
+                        if let Some((key, jump)) = element.split_once(" : jump ") {
+                            list.push((key.trim().to_string(), jump.trim().to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        NftTable { chains, maps }
+    }
+
+    /// The rules of the chain that `key` (as nft prints it) jumps to in `map`.
+    pub fn via(&self, map: &str, key: &str) -> Option<&[String]> {
+        let (_, chain) = self.maps.get(map)?.iter().find(|(k, _)| k == key)?;
+        self.chains.get(chain).map(Vec::as_slice)
+    }
 }
