@@ -7,6 +7,8 @@
 //! Every change replaces the whole table in one batch: `add table; delete table; add
 //! table; ...` so the kernel applies all of it or none of it.
 
+pub use super::elements::Elem;
+use super::elements::{self, ElemBlock};
 use super::netlink::NlSocket;
 use crate::ruleset::{
     AddrSet, Attachment, Chain, ChainKind, CtDir, Hook, KeyField, Match, Rule, Ruleset, Verdict,
@@ -14,6 +16,7 @@ use crate::ruleset::{
 };
 use anyhow::{anyhow, Context, Result};
 use nftnl::nftnl_sys as sys;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::raw::{c_char, c_int, c_void};
@@ -24,11 +27,8 @@ const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 /// The data type of a verdict map (`NFT_DATA_VERDICT`).
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
-/// `NFT_JUMP` as the kernel's u32 verdict code.
-const NFT_JUMP: u32 = -3i32 as u32;
 /// nft composes a concatenated key's datatype by shifting in 6 bits per field.
 const TYPE_BITS: u32 = 6;
-const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// `ipv4_addr` in nft's datatype numbering; lets `nft list` print the set readably.
 const TYPE_IPV4_ADDR: u32 = 7;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -37,8 +37,6 @@ const TYPE_IFNAME: u32 = 41;
 /// nft's byte order names, stored in a set's userdata so `nft list` prints its keys.
 const BYTEORDER_HOST_ENDIAN: u32 = 1;
 const BYTEORDER_BIG_ENDIAN: u32 = 2;
-/// Set elements per NEWSETELEM message, well under the per-message size limit.
-const ELEMS_PER_MSG: usize = 1024;
 
 // nf_tables expression constants (linux/netfilter/nf_tables.h).
 const REG_VERDICT: u32 = 0;
@@ -73,8 +71,8 @@ enum Obj {
     Table(NonNull<sys::nftnl_table>),
     Chain(NonNull<sys::nftnl_chain>),
     Set(NonNull<sys::nftnl_set>),
-    /// A set header carrying elements, sent as NEWSETELEM.
-    Elems(NonNull<sys::nftnl_set>),
+    /// Elements of one set, sent as NEWSETELEM (encoded without libnftnl).
+    Elems(ElemBlock),
     Rule(NonNull<sys::nftnl_rule>),
 }
 
@@ -86,7 +84,8 @@ impl Drop for Obj {
             match self {
                 Obj::Table(p) => sys::nftnl_table_free(p.as_ptr()),
                 Obj::Chain(p) => sys::nftnl_chain_free(p.as_ptr()),
-                Obj::Set(p) | Obj::Elems(p) => sys::nftnl_set_free(p.as_ptr()),
+                Obj::Set(p) => sys::nftnl_set_free(p.as_ptr()),
+                Obj::Elems(_) => {}
                 Obj::Rule(p) => sys::nftnl_rule_free(p.as_ptr()),
             }
         }
@@ -186,50 +185,6 @@ fn set_key_byteorder(set: NonNull<sys::nftnl_set>, order: u32) {
     }
 }
 
-/// Interval elements: a start element per range, and an end element one past it
-/// (omitted when the range reaches 255.255.255.255, which has nothing past it).
-fn interval_elements(set: &AddrSet) -> Vec<([u8; 4], u32)> {
-    let mut out = Vec::with_capacity(set.ranges.len() * 2 + 1);
-    // Like nft, open with an end element at 0.0.0.0 so the gap below the first range is
-    // explicit; the kernel's interval backend expects it.
-    if set.ranges.first().is_some_and(|r| r.0 != 0) {
-        out.push((0u32.to_be_bytes(), NFT_SET_ELEM_INTERVAL_END));
-    }
-    for &(start, end) in &set.ranges {
-        out.push((start.to_be_bytes(), 0));
-        if let Some(past) = end.checked_add(1) {
-            out.push((past.to_be_bytes(), NFT_SET_ELEM_INTERVAL_END));
-        }
-    }
-    out
-}
-
-fn new_elems(set: &AddrSet, id: u32) -> Vec<Obj> {
-    interval_elements(set)
-        .chunks(ELEMS_PER_MSG)
-        .map(|chunk| {
-            let p = set_header(&set.name, id);
-            for (key, flags) in chunk {
-                // SAFETY: the element is handed to the set, which frees it.
-                unsafe {
-                    let e = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
-                    sys::nftnl_set_elem_set(
-                        e,
-                        sys::NFTNL_SET_ELEM_KEY as u16,
-                        key.as_ptr().cast(),
-                        4,
-                    );
-                    if *flags != 0 {
-                        sys::nftnl_set_elem_set_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16, *flags);
-                    }
-                    sys::nftnl_set_elem_add(p.as_ptr(), e);
-                }
-            }
-            Obj::Elems(p)
-        })
-        .collect()
-}
-
 fn key_type(field: KeyField) -> u32 {
     match field {
         KeyField::IifName | KeyField::OifName => TYPE_IFNAME,
@@ -265,38 +220,6 @@ fn new_map(map: &VerdictMap, id: u32) -> Obj {
         set_key_byteorder(p, order);
     }
     Obj::Set(p)
-}
-
-/// The elements of a verdict map, each `key : jump chain`.
-fn new_map_elems(map: &VerdictMap, id: u32) -> Vec<Obj> {
-    map.elements
-        .chunks(ELEMS_PER_MSG)
-        .map(|chunk| {
-            let p = set_header(&map.name, id);
-            for e in chunk {
-                let key: Vec<u8> = e.key.iter().flat_map(|v| v.key_bytes()).collect();
-                // SAFETY: the element is handed to the set, which frees it; libnftnl
-                // copies the key and the chain name.
-                unsafe {
-                    let el = alloc(sys::nftnl_set_elem_alloc()).as_ptr();
-                    sys::nftnl_set_elem_set(
-                        el,
-                        sys::NFTNL_SET_ELEM_KEY as u16,
-                        key.as_ptr().cast(),
-                        key.len() as u32,
-                    );
-                    sys::nftnl_set_elem_set_u32(el, sys::NFTNL_SET_ELEM_VERDICT as u16, NFT_JUMP);
-                    sys::nftnl_set_elem_set_str(
-                        el,
-                        sys::NFTNL_SET_ELEM_CHAIN as u16,
-                        cstr(&e.jump).as_ptr(),
-                    );
-                    sys::nftnl_set_elem_add(p.as_ptr(), el);
-                }
-            }
-            Obj::Elems(p)
-        })
-        .collect()
 }
 
 /// The register number for the 32-bit slot `slot` (0-based) of the register file, the
@@ -638,8 +561,8 @@ pub fn encode(ruleset: &Ruleset) -> TableObjects {
         id += 1;
         let what = format!("set {} (needs interval sets, nft_set_rbtree)", set.name);
         objs.push((new_set(set, id), what));
-        for e in new_elems(set, id) {
-            objs.push((e, format!("elements of set {}", set.name)));
+        for block in elements::interval_blocks(set, id) {
+            objs.push((Obj::Elems(block), format!("elements of set {}", set.name)));
         }
     }
     let mut map_elems = Vec::new();
@@ -650,8 +573,8 @@ pub fn encode(ruleset: &Ruleset) -> TableObjects {
             map.name
         );
         objs.push((new_map(map, id), what));
-        for e in new_map_elems(map, id) {
-            map_elems.push((e, format!("elements of map {}", map.name)));
+        for block in elements::map_blocks(map, id) {
+            map_elems.push((Obj::Elems(block), format!("elements of map {}", map.name)));
         }
     }
     for chain in &ruleset.chains {
@@ -698,6 +621,37 @@ fn rule_needs(rule: &Rule) -> &'static str {
         (Verdict::Vmap { .. }, _) => "verdict map lookups",
         (_, true) => "conntrack expressions, nft_ct",
         _ => "payload, meta and cmp expressions",
+    }
+}
+
+/// Writes a NEWSETELEM payload for `block` after the message header `nlh`, as
+/// `nftnl_set_elems_nlmsg_build_payload` would, from loopgate's own element bytes.
+///
+/// # Safety
+/// `nlh` must point at a message header in a buffer with room for one maximal message
+/// (`nft_nlmsg_maxsize`); blocks are bounded well below that.
+unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
+    const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+    const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+    const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+    let mut payload = Vec::with_capacity(block.attrs.len() + 64);
+    let strz = |s: &str| [s.as_bytes(), &[0]].concat();
+    elements::put(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &strz(TABLE));
+    elements::put(&mut payload, NFTA_SET_ELEM_LIST_SET, &strz(&block.set));
+    elements::put(
+        &mut payload,
+        NFTA_SET_ELEM_LIST_SET_ID,
+        &block.set_id.to_be_bytes(),
+    );
+    elements::nest(&mut payload, elements::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+        b.extend_from_slice(&block.attrs)
+    });
+    debug_assert!(payload.len() + 64 < nftnl::nft_nlmsg_maxsize() as usize);
+    // SAFETY: per the contract, the buffer behind `nlh` has room for the payload.
+    unsafe {
+        let at = nlh.cast::<u8>().add((*nlh).nlmsg_len as usize);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len());
+        (*nlh).nlmsg_len += payload.len() as u32;
     }
 }
 
@@ -768,7 +722,7 @@ impl BatchWriter {
                 Obj::Table(p) => sys::nftnl_table_nlmsg_build_payload(nlh, p.as_ptr()),
                 Obj::Chain(p) => sys::nftnl_chain_nlmsg_build_payload(nlh, p.as_ptr()),
                 Obj::Set(p) => sys::nftnl_set_nlmsg_build_payload(nlh, p.as_ptr()),
-                Obj::Elems(p) => sys::nftnl_set_elems_nlmsg_build_payload(nlh, p.as_ptr()),
+                Obj::Elems(block) => append_elements(nlh, block),
                 Obj::Rule(p) => sys::nftnl_rule_nlmsg_build_payload(nlh, p.as_ptr()),
             }
         }
@@ -1000,6 +954,18 @@ fn dump_rows(
     Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
 }
 
+/// The attributes of one dumped nf_tables message: what follows its netlink header
+/// and nfgenmsg.
+fn message_attrs(row: &[u64]) -> &[u8] {
+    // SAFETY: `row` is an aligned copy of one complete message; its bytes are plain data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), std::mem::size_of_val(row))
+    };
+    let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    const HEADERS: usize = 16 + 4;
+    bytes.get(HEADERS..len.min(bytes.len())).unwrap_or_default()
+}
+
 fn get_str(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
@@ -1088,12 +1054,18 @@ pub fn snapshot() -> Result<Snapshot> {
         });
         // SAFETY: header is ours.
         unsafe { sys::nftnl_set_free(header.as_ptr()) };
-        let elems = set_header(name, id);
+        // One block per dumped message: each is bounded by the dump buffer (32 KiB).
         for row in rows? {
-            // SAFETY: parse appends the message's elements to our set.
-            unsafe { sys::nftnl_set_elems_nlmsg_parse(row.as_ptr().cast(), elems.as_ptr()) };
+            let mut block = ElemBlock {
+                set: name.clone(),
+                set_id: id,
+                attrs: Vec::new(),
+            };
+            elements::take_dumped(message_attrs(&row), &mut block.attrs);
+            if !block.attrs.is_empty() {
+                elem_objs.push((Obj::Elems(block), format!("elements of set {name}")));
+            }
         }
-        elem_objs.push((Obj::Elems(elems), format!("elements of set {name}")));
     }
 
     for row in dump_rows(&mut sock, libc::NFT_MSG_GETCHAIN, |_| {})? {
@@ -1160,7 +1132,40 @@ pub struct TableImage {
     pub chains: Vec<String>,
     pub sets: Vec<String>,
     pub rules: Vec<String>,
+    pub elements: Elements,
 }
+
+/// The elements part of a [`TableImage`].
+#[derive(Debug, Clone)]
+pub enum Elements {
+    /// Every element, canonical and sorted, per set (sets without elements left out).
+    Listed(BTreeMap<String, Vec<Elem>>),
+    /// Not read back: the nftables generation has not moved since loopgate committed a
+    /// table whose elements have this digest (see [`Vouch`]).
+    Vouched(u64),
+}
+
+impl Elements {
+    pub fn digest(&self) -> u64 {
+        match self {
+            Elements::Listed(sets) => {
+                elements::digest(sets.iter().map(|(n, e)| (n.as_str(), e.as_slice())))
+            }
+            Elements::Vouched(d) => *d,
+        }
+    }
+}
+
+impl PartialEq for Elements {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Elements::Listed(a), Elements::Listed(b)) => a == b,
+            _ => self.digest() == other.digest(),
+        }
+    }
+}
+
+impl Eq for Elements {}
 
 impl TableImage {
     /// Human-readable differences from `other` (the expected image), at most `limit`.
@@ -1180,6 +1185,43 @@ impl TableImage {
         diff("chain", &self.chains, &expected.chains);
         diff("set", &self.sets, &expected.sets);
         diff("rule", &self.rules, &expected.rules);
+        match (&self.elements, &expected.elements) {
+            (Elements::Listed(have), Elements::Listed(want)) => {
+                let empty = Vec::new();
+                let names: BTreeSet<&String> = have.keys().chain(want.keys()).collect();
+                for name in names {
+                    let (h, w) = (
+                        have.get(name).unwrap_or(&empty),
+                        want.get(name).unwrap_or(&empty),
+                    );
+                    // Both sorted: one merge pass, however large the sets.
+                    let (mut i, mut j) = (0, 0);
+                    while i < h.len() || j < w.len() {
+                        match (h.get(i), w.get(j)) {
+                            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+                            (Some(a), Some(b)) if a < b => {
+                                out.push(format!("unexpected element in {name}: {a}"));
+                                i += 1;
+                            }
+                            (Some(a), None) => {
+                                out.push(format!("unexpected element in {name}: {a}"));
+                                i += 1;
+                            }
+                            (_, Some(b)) => {
+                                out.push(format!("element missing from {name}: {b}"));
+                                j += 1;
+                            }
+                            (None, None) => break,
+                        }
+                        if out.len() > limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            (have, want) if have != want => out.push("set elements differ".to_string()),
+            _ => {}
+        }
         out.truncate(limit);
         out
     }
@@ -1215,39 +1257,6 @@ unsafe extern "C" fn print_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c
         } else {
             out.push(format!("[{name} {}]", get_str(buf.as_ptr())));
         }
-    }
-    0
-}
-
-unsafe extern "C" fn collect_elem(e: *mut sys::nftnl_set_elem, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the &mut Vec<String> passed by `set_text`; `e` is live.
-    unsafe {
-        let out = &mut *data.cast::<Vec<String>>();
-        let mut len = 0u32;
-        let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
-        let key = if key.is_null() {
-            &[][..]
-        } else {
-            std::slice::from_raw_parts(key.cast::<u8>(), len as usize)
-        };
-        let flags = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
-            sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
-        } else {
-            0
-        };
-        let jump = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_CHAIN as u16) {
-            format!(
-                " verdict {} {}",
-                sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_VERDICT as u16) as i32,
-                get_str(sys::nftnl_set_elem_get_str(
-                    e,
-                    sys::NFTNL_SET_ELEM_CHAIN as u16
-                ))
-            )
-        } else {
-            String::new()
-        };
-        out.push(format!("{key:02x?}/{flags}{jump}"));
     }
     0
 }
@@ -1357,8 +1366,9 @@ impl TableObjects {
             chains: vec![],
             sets: vec![],
             rules: vec![],
+            elements: Elements::Listed(BTreeMap::new()),
         };
-        let mut elems_of: Vec<(String, Vec<String>)> = Vec::new();
+        let mut blocks_of: BTreeMap<&str, Vec<&ElemBlock>> = BTreeMap::new();
         for (obj, _) in &self.objs {
             // SAFETY: every pointer is a live object owned by self.
             unsafe {
@@ -1386,31 +1396,18 @@ impl TableObjects {
                             sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DATA_TYPE as u16),
                         ));
                     }
-                    Obj::Elems(s) => {
-                        let name = get_str(sys::nftnl_set_get_str(
-                            s.as_ptr(),
-                            sys::NFTNL_SET_NAME as u16,
-                        ));
-                        let mut v = Vec::new();
-                        sys::nftnl_set_elem_foreach(
-                            s.as_ptr(),
-                            Some(collect_elem),
-                            (&mut v as *mut Vec<String>).cast(),
-                        );
-                        match elems_of.iter_mut().find(|(n, _)| *n == name) {
-                            Some((_, all)) => all.extend(v),
-                            None => elems_of.push((name, v)),
-                        }
-                    }
+                    Obj::Elems(block) => blocks_of.entry(&block.set).or_default().push(block),
                     Obj::Rule(r) => img.rules.push(rule_text(*r)),
                 }
             }
         }
-        for (name, mut elems) in elems_of {
-            elems.sort();
-            img.sets
-                .push(format!("{name} elements {}", elems.join(" ")));
-        }
+        img.elements = Elements::Listed(
+            blocks_of
+                .into_iter()
+                .map(|(name, blocks)| (name.to_string(), elements::canonical(&blocks)))
+                .filter(|(_, elems)| !elems.is_empty())
+                .collect(),
+        );
         img.chains.sort();
         img.sets.sort();
         img
