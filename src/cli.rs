@@ -183,6 +183,11 @@ pub struct AuditArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: AuditFormat,
+
+    /// Read every set element back from the kernel, even when the nftables generation
+    /// shows nothing changed since loopgate wrote them (slow for very large allow lists).
+    #[arg(long)]
+    pub deep: bool,
 }
 
 #[derive(Debug, Args)]

@@ -109,7 +109,7 @@ proptest! {
         let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, gs.clone(), &before, None);
         prop_assert_eq!(applied.sysctls.len(), before.len());
         // What the kernel and the state file hold after that change committed:
-        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None };
+        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None };
         let sysctls: BTreeMap<String, u8> = applied.originals.keys().map(|i| (i.clone(), 1)).collect();
         let kernel = applied.ruleset.as_ref().map(nft::planned_image);
         let again = Change::compute(state, gs, &sysctls, kernel.as_ref());

@@ -31,6 +31,9 @@ pub struct State {
     /// command converges the host to `grants` again or to its own target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<Vec<Grant>>,
+    /// What vouches for the committed table without reading every element back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouch: Option<crate::kernel::nft::Vouch>,
 }
 
 /// The locked state directory of the current network namespace.

@@ -42,6 +42,8 @@ pub struct Change {
     pub ruleset: Option<Ruleset>,
     /// True when the kernel table already equals the planned one.
     pub table_matches: bool,
+    /// When it does: the digest of its elements, to vouch for it at commit.
+    pub matched_elements: Option<u64>,
     pub originals: BTreeMap<String, u8>,
     pub sysctls: Vec<SysctlChange>,
 }
@@ -97,16 +99,23 @@ impl Change {
             }
         }
         let ruleset = plan::ruleset(&grants);
-        let table_matches = match (kernel_table, &ruleset) {
-            (None, None) => true,
-            (Some(have), Some(want)) => *have == nft::planned_image(want),
-            _ => false,
+        let (table_matches, matched_elements) = match (kernel_table, &ruleset) {
+            (None, None) => (true, None),
+            (Some(have), Some(want)) => {
+                let want = nft::planned_image(want);
+                match *have == want {
+                    true => (true, want.elements.digest()),
+                    false => (false, None),
+                }
+            }
+            _ => (false, None),
         };
         Change {
             old,
             grants,
             ruleset,
             table_matches,
+            matched_elements,
             originals,
             sysctls,
         }
@@ -203,7 +212,7 @@ pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Resu
         nft::probe(ruleset).context("kernel feature check failed; nothing was changed")?;
     }
     let mut undo: Vec<Undo> = Vec::new();
-    match run_steps(store, change, &mut undo) {
+    match run_steps(store, change, snapshot.generation(), &mut undo) {
         Ok(outcome) => Ok(outcome),
         Err(err) => {
             let rollback = roll_back(store, undo, snapshot, change);
@@ -226,7 +235,12 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
-fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Outcome> {
+fn run_steps(
+    store: &Store,
+    change: &Change,
+    generation: u32,
+    undo: &mut Vec<Undo>,
+) -> Result<Outcome> {
     // 1. Journal: record originals before any sysctl moves, so a crash cannot lose them.
     undo.push(Undo::StateFile(store.read_raw()?));
     step("journal", || {
@@ -239,6 +253,7 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
             grants: change.old.grants.clone(),
             originals,
             pending: Some(change.grants.clone()),
+            vouch: change.old.vouch,
         })
     })?;
 
@@ -255,13 +270,19 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
     })?;
 
     // 3. The whole table in one atomic batch.
-    if !change.table_matches {
+    let vouch = if change.table_matches {
+        // Unchanged: it equalled the plan when read at `generation`.
+        change.matched_elements.map(|elements| nft::Vouch {
+            generation,
+            elements,
+        })
+    } else {
         // Registered before the attempt: should the batch commit and its reply be lost,
         // the rollback must still put the old table back. Restoring an unchanged table
         // is harmless.
         undo.push(Undo::Table);
-        step("ruleset", || nft::apply(change.ruleset.as_ref()))?;
-    }
+        step("ruleset", || nft::apply(change.ruleset.as_ref()))?
+    };
 
     // 4. Open last: only now that the guards are in place.
     step("sysctl-raise", || {
@@ -285,6 +306,7 @@ fn run_steps(store: &Store, change: &Change, undo: &mut Vec<Undo>) -> Result<Out
             grants: change.grants.clone(),
             originals: change.originals.clone(),
             pending: None,
+            vouch,
         })
     })?;
     Ok(Outcome {

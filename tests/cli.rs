@@ -1563,7 +1563,7 @@ impl Drop for Watch {
 
 /// Kernel image of loopgate's table in `ns`, read with the library from a thread in it.
 fn table_image(ns: &Netns) -> Option<loopgate::kernel::nft::TableImage> {
-    ns.enter(|| loopgate::kernel::nft::snapshot().unwrap().image())
+    ns.enter(|| loopgate::kernel::nft::snapshot(None).unwrap().image())
 }
 
 /// Polls `cond` every 5 ms for up to 3 s; returns how long it took to hold.
@@ -1631,10 +1631,10 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
             while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
                 // The table is read before and after the sysctl: only if it is wrong on
                 // both sides of a route_localnet=1 reading was the interface open unguarded.
-                let before = loopgate::kernel::nft::snapshot().unwrap().image();
+                let before = loopgate::kernel::nft::snapshot(None).unwrap().image();
                 let open = std::fs::read_to_string("/proc/sys/net/ipv4/conf/br0/route_localnet")
                     .is_ok_and(|v| v.trim() == "1");
-                let after = loopgate::kernel::nft::snapshot().unwrap().image();
+                let after = loopgate::kernel::nft::snapshot(None).unwrap().image();
                 samples += 1;
                 if open && before.as_ref() != Some(&want2) && after.as_ref() != Some(&want2) {
                     unguarded += 1;
@@ -1943,4 +1943,58 @@ fn many_grants_on_several_interfaces_reach_only_their_own_services() {
         );
     }
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+}
+
+/// `audit` skips reading a large set back only while the nftables generation has not
+/// moved since loopgate wrote it; any commit anywhere makes it read every element, and
+/// an element added by hand is found.
+#[test]
+fn audit_trusts_unread_elements_only_while_the_nftables_generation_stands_still() {
+    let (lab, _services) = lab_with_services();
+    let many: Vec<String> = (0..2000u32)
+        .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+        .chain([ALLOWED.to_string()])
+        .collect();
+    let allow = many.join(",");
+    lab.ok(&["expose", "br0", "--allow", &allow, "--port", "3306"]);
+    let audit = |args: &[&str]| {
+        let out = lab.loopgate(&[&["audit", "--json"], args].concat());
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            out.status.code(),
+            report["table"]["elements_read_back"].as_bool().unwrap(),
+            report["table"]["differences"].to_string(),
+        )
+    };
+    assert_eq!(audit(&[]), (Some(0), false, "[]".into()), "vouched");
+    assert_eq!(audit(&["--deep"]), (Some(0), true, "[]".into()), "--deep");
+
+    // Any commit, even to another table, moves the generation: everything is read.
+    lab.host.exec(&["nft", "add", "table", "ip", "other"]);
+    assert_eq!(audit(&[]), (Some(0), true, "[]".into()), "generation moved");
+    // A command that finds the table intact vouches for it again.
+    assert!(lab
+        .ok(&["expose", "br0", "--allow", &allow, "--port", "3306"])
+        .contains("nothing to do"));
+    assert_eq!(audit(&[]), (Some(0), false, "[]".into()), "vouched again");
+
+    lab.host.exec(&[
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "loopgate",
+        "allow_0",
+        "{ 203.0.113.99 }",
+    ]);
+    let (code, read_back, differences) = audit(&[]);
+    assert_eq!((code, read_back), (Some(1), true));
+    assert!(
+        differences.contains("unexpected element in allow_0: cb007163"),
+        "{differences}"
+    );
+    // Repaired by the next expose, which writes (and vouches for) the table anew.
+    lab.ok(&["expose", "br0", "--allow", &allow, "--port", "3306"]);
+    assert_eq!(audit(&[]), (Some(0), false, "[]".into()), "repaired");
+    assert!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)).is_some());
 }

@@ -646,12 +646,22 @@ unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
     elements::nest(&mut payload, elements::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
         b.extend_from_slice(&block.attrs)
     });
-    debug_assert!(payload.len() + 64 < nftnl::nft_nlmsg_maxsize() as usize);
     // SAFETY: per the contract, the buffer behind `nlh` has room for the payload.
+    unsafe { append_attrs(nlh, &payload) }
+}
+
+/// Appends already encoded attributes to the message at `nlh`.
+///
+/// # Safety
+/// `nlh` must point at a message header in a buffer with room for one maximal message,
+/// and the message plus `attrs` must fit in it.
+unsafe fn append_attrs(nlh: *mut libc::nlmsghdr, attrs: &[u8]) {
+    debug_assert!(attrs.len() + 64 < nftnl::nft_nlmsg_maxsize() as usize);
+    // SAFETY: per the contract.
     unsafe {
         let at = nlh.cast::<u8>().add((*nlh).nlmsg_len as usize);
-        std::ptr::copy_nonoverlapping(payload.as_ptr(), at, payload.len());
-        (*nlh).nlmsg_len += payload.len() as u32;
+        std::ptr::copy_nonoverlapping(attrs.as_ptr(), at, attrs.len());
+        (*nlh).nlmsg_len += attrs.len() as u32;
     }
 }
 
@@ -670,7 +680,9 @@ impl Drop for BatchWriter {
 }
 
 impl BatchWriter {
-    fn new() -> Self {
+    /// A batch; with `generation`, the kernel applies it only if the nftables generation
+    /// is still that one (else it answers ERESTART and changes nothing).
+    fn new(generation: Option<u32>) -> Self {
         // SAFETY: plain allocation; begin message written into the first page.
         let batch = alloc(unsafe {
             sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize())
@@ -680,12 +692,18 @@ impl BatchWriter {
             seq: 1,
             labels: Vec::new(),
         };
-        // SAFETY: the buffer has room for at least one maximal message.
+        // SAFETY: the buffer has room for at least one maximal message; the begin
+        // message is a few bytes, and so is the attribute added to it.
         unsafe {
-            sys::nftnl_batch_begin(
+            let nlh = sys::nftnl_batch_begin(
                 sys::nftnl_batch_buffer(w.batch.as_ptr()).cast::<c_char>(),
                 w.seq,
             );
+            if let Some(g) = generation {
+                let mut attr = Vec::new();
+                elements::put(&mut attr, libc::NFNL_BATCH_GENID as u16, &g.to_be_bytes());
+                append_attrs(nlh, &attr);
+            }
         }
         w.advance();
         w
@@ -821,8 +839,9 @@ fn replace_table(
     objects: Option<&TableObjects>,
     poison: bool,
     mode: Send,
+    generation: Option<u32>,
 ) -> Result<()> {
-    let mut w = BatchWriter::new();
+    let mut w = BatchWriter::new(generation);
     let table = new_table();
     // add + delete makes the delete succeed whether or not the table exists.
     w.add(&table, false, "table ip loopgate (create)");
@@ -885,24 +904,91 @@ pub fn probe(ruleset: &Ruleset) -> Result<()> {
         Some(&encode(&sample)),
         poison,
         Send::ValidateOnly,
+        None,
     )
 }
 
+/// What vouches for loopgate's table without reading it back: the nftables generation
+/// (a per-namespace counter the kernel bumps on every committed change to any table)
+/// right after loopgate's own batch, and the digest of the elements that batch wrote.
+/// While the generation stays put nothing in nftables has changed, so a 200,000-element
+/// set need not be dumped to know it is intact. Dumping one costs seconds: the kernel
+/// walks its interval tree from the start again for every 32 KiB of output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Vouch {
+    pub generation: u32,
+    pub elements: u64,
+}
+
+/// The nftables generation of the current namespace.
+fn generation(sock: &mut NlSocket) -> Result<u32> {
+    const NFTA_GEN_ID: u16 = 1;
+    let req = request(
+        libc::NFT_MSG_GETGEN as u16,
+        libc::NLM_F_ACK as u16,
+        1,
+        |_| {},
+    );
+    let replies = sock.dump(&req).context("reading the nftables generation")?;
+    replies
+        .iter()
+        .find_map(|m| {
+            let attrs = m.get(16 + 4..)?;
+            elements::attrs(attrs)
+                .find(|(t, _)| *t == NFTA_GEN_ID)
+                .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+        })
+        .context("the kernel did not report the nftables generation")
+}
+
+fn is_restart(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ERESTART))
+    })
+}
+
 /// Installs the planned table (or removes it when there are no grants), atomically.
-pub fn apply(ruleset: Option<&Ruleset>) -> Result<()> {
+/// Returns what vouches for the installed table.
+pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
     let mut sock = NlSocket::netfilter()?;
     let objects = ruleset.map(encode);
-    replace_table(
-        &mut sock,
-        objects.as_ref(),
-        crate::failpoint::armed("ruleset-batch"),
-        Send::Commit,
-    )
+    let mut attempts = 0;
+    loop {
+        // Tied to the generation it was read at, the batch tells us the generation
+        // that follows it: nothing else can commit in between.
+        let before = generation(&mut sock)?;
+        match replace_table(
+            &mut sock,
+            objects.as_ref(),
+            crate::failpoint::armed("ruleset-batch"),
+            Send::Commit,
+            Some(before),
+        ) {
+            Ok(()) => {
+                let after = match before.wrapping_add(1) {
+                    0 => 1, // the kernel skips 0
+                    g => g,
+                };
+                return Ok(objects.as_ref().map(|o| Vouch {
+                    generation: after,
+                    elements: o.elements_digest(),
+                }));
+            }
+            // Someone else committed in between: read the generation again.
+            Err(e) if is_restart(&e) && attempts < 5 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// What the kernel holds of loopgate's table, kept both to compare and to restore.
 pub struct Snapshot {
     objects: Option<TableObjects>,
+    /// The nftables generation read before the table was.
+    generation: u32,
+    /// Set when the elements were not read back but vouched for (their digest).
+    vouched: Option<u64>,
 }
 
 impl Snapshot {
@@ -913,12 +999,26 @@ impl Snapshot {
     /// Puts the table back as it was when the snapshot was taken.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
-        replace_table(&mut sock, self.objects.as_ref(), false, Send::Commit)
+        replace_table(&mut sock, self.objects.as_ref(), false, Send::Commit, None)
     }
 
     /// A canonical description for comparison with a planned table.
     pub fn image(&self) -> Option<TableImage> {
-        self.objects.as_ref().map(TableObjects::image)
+        self.objects.as_ref().map(|o| match self.vouched {
+            Some(d) => o.image_with(Elements::Vouched(d)),
+            None => o.image(),
+        })
+    }
+
+    /// The nftables generation read before the table: a vouch made from this snapshot
+    /// stays valid only while nothing commits after it.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// True when the elements were vouched for instead of read back.
+    pub fn vouched(&self) -> bool {
+        self.vouched.is_some()
     }
 }
 
@@ -975,9 +1075,16 @@ fn get_str(p: *const c_char) -> String {
 }
 
 /// Reads loopgate's table from the kernel: chains, sets with elements, rules.
-pub fn snapshot() -> Result<Snapshot> {
+///
+/// With `trust` (the vouch recorded at the last commit and the table planned from the
+/// recorded grants): if the nftables generation has not moved since and the plan's
+/// elements have the vouched digest, the elements are taken from the plan instead of
+/// being dumped. Everything else is always read back.
+pub fn snapshot(trust: Option<(&Vouch, &Ruleset)>) -> Result<Snapshot> {
     let mut sock = NlSocket::netfilter()?;
     sock.size_buffers(8 << 20)?;
+    // First: a change after this point moves the generation past the one recorded.
+    let generation = generation(&mut sock)?;
     let tables = match dump_rows(&mut sock, libc::NFT_MSG_GETTABLE, |_| {}) {
         Ok(t) => t,
         Err(e) => return Err(e).context("reading nftables tables"),
@@ -1003,7 +1110,11 @@ pub fn snapshot() -> Result<Snapshot> {
         }
     }
     let Some(table) = table else {
-        return Ok(Snapshot { objects: None });
+        return Ok(Snapshot {
+            objects: None,
+            generation,
+            vouched: None,
+        });
     };
     let mut objs = vec![(table, format!("table ip {TABLE}"))];
 
@@ -1045,7 +1156,27 @@ pub fn snapshot() -> Result<Snapshot> {
     }
     // Elements are restored after the chains: a verdict map's elements name them.
     let mut elem_objs = Vec::new();
+    let planned = trust
+        .filter(|(v, _)| v.generation == generation)
+        .map(|(v, r)| (v, encode(r)))
+        .filter(|(v, objs)| objs.elements_digest() == v.elements);
+    let vouched = planned.as_ref().map(|(v, _)| v.elements);
+    if let Some((_, objs)) = planned {
+        for (obj, label) in objs.objs {
+            if let Obj::Elems(block) = &obj {
+                let mut block = block.clone();
+                // Batch-local ids follow this snapshot's set order.
+                if let Some(i) = set_names.iter().position(|n| *n == block.set) {
+                    block.set_id = i as u32 + 1;
+                }
+                elem_objs.push((Obj::Elems(block), label));
+            }
+        }
+    }
     for (i, name) in set_names.iter().enumerate() {
+        if vouched.is_some() {
+            break;
+        }
         let id = i as u32 + 1;
         // SAFETY: the header set is live for the duration of the closure.
         let header = set_header(name, id);
@@ -1121,6 +1252,8 @@ pub fn snapshot() -> Result<Snapshot> {
     }
     Ok(Snapshot {
         objects: Some(TableObjects { objs }),
+        generation,
+        vouched,
     })
 }
 
@@ -1138,29 +1271,56 @@ pub struct TableImage {
 /// The elements part of a [`TableImage`].
 #[derive(Debug, Clone)]
 pub enum Elements {
-    /// Every element, canonical and sorted, per set (sets without elements left out).
+    /// Read back from the kernel: every element, canonical and sorted, per set (sets
+    /// without elements left out).
     Listed(BTreeMap<String, Vec<Elem>>),
-    /// Not read back: the nftables generation has not moved since loopgate committed a
-    /// table whose elements have this digest (see [`Vouch`]).
+    /// Not read back: the nftables generation has not moved since loopgate committed
+    /// elements with this digest (see [`Vouch`]).
     Vouched(u64),
+    /// Planned: the encoded elements and their digest. Compared by digest with a
+    /// vouched table, element by element with one read back.
+    Planned { digest: u64, blocks: Vec<ElemBlock> },
 }
 
 impl Elements {
-    pub fn digest(&self) -> u64 {
+    /// The digest a [`Vouch`] records: of the encoded elements loopgate writes.
+    pub fn digest(&self) -> Option<u64> {
         match self {
-            Elements::Listed(sets) => {
-                elements::digest(sets.iter().map(|(n, e)| (n.as_str(), e.as_slice())))
-            }
-            Elements::Vouched(d) => *d,
+            Elements::Listed(_) => None,
+            Elements::Vouched(d) | Elements::Planned { digest: d, .. } => Some(*d),
+        }
+    }
+
+    fn listed(&self) -> Option<std::borrow::Cow<'_, BTreeMap<String, Vec<Elem>>>> {
+        match self {
+            Elements::Listed(sets) => Some(std::borrow::Cow::Borrowed(sets)),
+            Elements::Vouched(_) => None,
+            Elements::Planned { blocks, .. } => Some(std::borrow::Cow::Owned(listed(blocks))),
         }
     }
 }
 
+/// Canonical elements per set.
+fn listed<'a>(blocks: impl IntoIterator<Item = &'a ElemBlock>) -> BTreeMap<String, Vec<Elem>> {
+    let mut of: BTreeMap<&str, Vec<&ElemBlock>> = BTreeMap::new();
+    for block in blocks {
+        of.entry(&block.set).or_default().push(block);
+    }
+    of.into_iter()
+        .map(|(name, blocks)| (name.to_string(), elements::canonical(&blocks)))
+        .filter(|(_, elems)| !elems.is_empty())
+        .collect()
+}
+
 impl PartialEq for Elements {
     fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Elements::Listed(a), Elements::Listed(b)) => a == b,
-            _ => self.digest() == other.digest(),
+        match (self.digest(), other.digest()) {
+            (Some(a), Some(b)) => a == b,
+            _ => match (self.listed(), other.listed()) {
+                (Some(a), Some(b)) => a == b,
+                // Vouched against read back: no common ground, so not known equal.
+                _ => false,
+            },
         }
     }
 }
@@ -1185,8 +1345,8 @@ impl TableImage {
         diff("chain", &self.chains, &expected.chains);
         diff("set", &self.sets, &expected.sets);
         diff("rule", &self.rules, &expected.rules);
-        match (&self.elements, &expected.elements) {
-            (Elements::Listed(have), Elements::Listed(want)) => {
+        match (self.elements.listed(), expected.elements.listed()) {
+            (Some(have), Some(want)) => {
                 let empty = Vec::new();
                 let names: BTreeSet<&String> = have.keys().chain(want.keys()).collect();
                 for name in names {
@@ -1219,7 +1379,9 @@ impl TableImage {
                     }
                 }
             }
-            (have, want) if have != want => out.push("set elements differ".to_string()),
+            _ if self.elements != expected.elements => {
+                out.push("set elements differ from what loopgate wrote".to_string())
+            }
             _ => {}
         }
         out.truncate(limit);
@@ -1362,13 +1524,34 @@ impl Snapshot {
 
 impl TableObjects {
     fn image(&self) -> TableImage {
+        self.image_with(self.elements_image())
+    }
+
+    fn element_blocks(&self) -> impl Iterator<Item = &ElemBlock> {
+        self.objs.iter().filter_map(|(obj, _)| match obj {
+            Obj::Elems(block) => Some(block),
+            _ => None,
+        })
+    }
+
+    /// Every element of the table, canonical, per set.
+    fn elements_image(&self) -> Elements {
+        Elements::Listed(listed(self.element_blocks()))
+    }
+
+    /// A digest of the encoded elements, in order. Only ever compared with digests of
+    /// loopgate's own encoding, which is deterministic, so no sorting is needed.
+    fn elements_digest(&self) -> u64 {
+        elements::digest_blocks(self.element_blocks())
+    }
+
+    fn image_with(&self, elements: Elements) -> TableImage {
         let mut img = TableImage {
             chains: vec![],
             sets: vec![],
             rules: vec![],
-            elements: Elements::Listed(BTreeMap::new()),
+            elements,
         };
-        let mut blocks_of: BTreeMap<&str, Vec<&ElemBlock>> = BTreeMap::new();
         for (obj, _) in &self.objs {
             // SAFETY: every pointer is a live object owned by self.
             unsafe {
@@ -1396,18 +1579,11 @@ impl TableObjects {
                             sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DATA_TYPE as u16),
                         ));
                     }
-                    Obj::Elems(block) => blocks_of.entry(&block.set).or_default().push(block),
+                    Obj::Elems(_) => {}
                     Obj::Rule(r) => img.rules.push(rule_text(*r)),
                 }
             }
         }
-        img.elements = Elements::Listed(
-            blocks_of
-                .into_iter()
-                .map(|(name, blocks)| (name.to_string(), elements::canonical(&blocks)))
-                .filter(|(_, elems)| !elems.is_empty())
-                .collect(),
-        );
         img.chains.sort();
         img.sets.sort();
         img
@@ -1416,5 +1592,10 @@ impl TableObjects {
 
 /// The canonical image of a planned table, for comparison with [`Snapshot::image`].
 pub fn planned_image(ruleset: &Ruleset) -> TableImage {
-    encode(ruleset).image()
+    let objs = encode(ruleset);
+    let elements = Elements::Planned {
+        digest: objs.elements_digest(),
+        blocks: objs.element_blocks().cloned().collect(),
+    };
+    objs.image_with(elements)
 }

@@ -59,6 +59,9 @@ pub struct TableReport {
     pub expected: bool,
     pub matches_expected: bool,
     pub differences: Vec<String>,
+    /// False when the set elements were not read back because the nftables generation
+    /// has not moved since loopgate wrote them (`--deep` reads them anyway).
+    pub elements_read_back: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -86,7 +89,12 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     let value_of = |name: &str| sysctls.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let all = value_of("all").unwrap_or(0);
     let default = value_of("default").unwrap_or(0);
-    let snapshot = nft::snapshot()?;
+    let expected = plan::ruleset(&state.grants);
+    let trust = match args.deep {
+        true => None,
+        false => state.vouch.as_ref().zip(expected.as_ref()),
+    };
+    let snapshot = nft::snapshot(trust)?;
     let listeners = host::listeners()?;
     let loopback: Vec<Listener> = listeners
         .into_iter()
@@ -94,7 +102,6 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         .collect();
 
     let mut findings = Vec::new();
-    let expected = plan::ruleset(&state.grants);
     let differences = match (snapshot.image(), &expected) {
         (Some(have), Some(want)) => have.differences(&nft::planned_image(want), 20),
         (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
@@ -237,6 +244,7 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
             expected: expected.is_some(),
             matches_expected: table_ok,
             differences,
+            elements_read_back: !snapshot.vouched(),
         },
         interrupted_transaction: state.pending.is_some(),
         findings,
@@ -267,7 +275,10 @@ fn print_text(r: &Report) {
         "table ip loopgate: {}",
         match (r.table.present, r.table.matches_expected) {
             (false, true) => "absent (no grants)",
-            (true, true) => "present, as loopgate generated it",
+            (true, true) if r.table.elements_read_back => "present, as loopgate generated it",
+            (true, true) => {
+                "present, as loopgate generated it (set elements vouched for by the unchanged nftables generation; --deep reads them back)"
+            }
             (_, false) => "NOT as loopgate generated it",
         }
     );

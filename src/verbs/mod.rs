@@ -26,7 +26,8 @@ pub enum Mode {
 
 /// Moves the host to `grants` (or shows what that would do).
 pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
-    let snapshot = nft::snapshot()?;
+    let recorded = crate::plan::ruleset(&old.grants);
+    let snapshot = nft::snapshot(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let current = txn::current_sysctls(&old, &grants);
     let change = Change::compute(old, grants, &current, snapshot.image().as_ref());
 
@@ -40,6 +41,20 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
     }
 
     if change.is_noop() {
+        // The table was found intact; remember that, so later runs need not read a
+        // large table back while nothing in nftables changes.
+        if let (Mode::Apply, Some(elements)) = (mode, change.matched_elements) {
+            let vouch = Some(nft::Vouch {
+                generation: snapshot.generation(),
+                elements,
+            });
+            if change.old.vouch != vouch {
+                store.save(&State {
+                    vouch,
+                    ..change.old.clone()
+                })?;
+            }
+        }
         println!("nothing to do: the host already matches");
         return Ok(());
     }

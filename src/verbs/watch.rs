@@ -44,7 +44,7 @@ pub fn run() -> Result<()> {
 
 /// Brings the kernel back to what the recorded grants require, if it drifted.
 pub fn repair() -> Result<()> {
-    let (_store, state) = open_store(true)?;
+    let (store, state) = open_store(true)?;
     if state.grants.is_empty() {
         return Ok(());
     }
@@ -53,12 +53,20 @@ pub fn repair() -> Result<()> {
     };
     let want = nft::planned_image(&ruleset);
     let started = Instant::now();
-    let mut guarded = nft::snapshot()?.image().as_ref() == Some(&want);
+    // Each tick: cheap while the nftables generation vouches for the elements.
+    let trust = state.vouch.as_ref().map(|v| (v, &ruleset));
+    let mut guarded = nft::snapshot(trust)?.image().as_ref() == Some(&want);
     if !guarded {
         match nft::apply(Some(&ruleset)) {
-            Ok(()) => {
-                // Verify by reading back, not by trusting the ACK.
-                guarded = nft::snapshot()?.image().as_ref() == Some(&want);
+            Ok(vouch) => {
+                // Verify by reading everything back, not by trusting the ACK.
+                guarded = nft::snapshot(None)?.image().as_ref() == Some(&want);
+                if guarded {
+                    store.save(&crate::state::State {
+                        vouch,
+                        ..state.clone()
+                    })?;
+                }
                 eprintln!(
                     "loopgate watch: table ip loopgate was missing or altered; restored in {} ms{}",
                     started.elapsed().as_millis(),
