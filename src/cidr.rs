@@ -12,10 +12,15 @@ pub type Range = (u32, u32);
 
 /// Merges networks into sorted, disjoint, non-adjacent inclusive ranges.
 pub fn merge(nets: &[Ipv4Network]) -> Vec<Range> {
-    let mut ranges: Vec<Range> = nets
-        .iter()
-        .map(|n| (u32::from(n.network()), u32::from(n.broadcast())))
-        .collect();
+    merge_ranges(
+        nets.iter()
+            .map(|n| (u32::from(n.network()), u32::from(n.broadcast())))
+            .collect(),
+    )
+}
+
+/// Merges inclusive ranges into sorted, disjoint, non-adjacent ones.
+pub fn merge_ranges(mut ranges: Vec<Range>) -> Vec<Range> {
     ranges.sort_unstable();
     let mut out: Vec<Range> = Vec::with_capacity(ranges.len());
     for (start, end) in ranges {

@@ -52,6 +52,7 @@ pub struct Grant {
     pub to: SocketAddrV4,
     /// Allowed source networks as given (validated, host bits clear); merged only when
     /// the set is built.
+    #[serde(serialize_with = "serialize_networks")]
     pub allow: Vec<Ipv4Network>,
 }
 
@@ -83,9 +84,48 @@ impl Grant {
     }
 }
 
+/// `a.b.c.d/n` without the formatting machinery: the state file of a 100,000-network
+/// allow list is written on every change, and `Display` made that a tenth of `apply`.
+pub fn network_text(n: &Ipv4Network) -> String {
+    fn push_u8(out: &mut String, v: u8) {
+        if v >= 100 {
+            out.push(char::from(b'0' + v / 100));
+        }
+        if v >= 10 {
+            out.push(char::from(b'0' + v / 10 % 10));
+        }
+        out.push(char::from(b'0' + v % 10));
+    }
+    let mut out = String::with_capacity(18);
+    for (i, octet) in n.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_u8(&mut out, octet);
+    }
+    out.push('/');
+    push_u8(&mut out, n.prefix());
+    out
+}
+
+fn serialize_networks<S: serde::Serializer>(nets: &[Ipv4Network], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(nets.iter().map(network_text))
+}
+
+/// Allow lists longer than this are abbreviated in messages (`audit --json` has them all).
+const SHOWN_NETWORKS: usize = 8;
+
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let allow: Vec<String> = self.allow.iter().map(|n| n.to_string()).collect();
+        let mut allow: Vec<String> = self
+            .allow
+            .iter()
+            .take(SHOWN_NETWORKS)
+            .map(|n| n.to_string())
+            .collect();
+        if self.allow.len() > SHOWN_NETWORKS {
+            allow.push(format!("... ({} networks in all)", self.allow.len()));
+        }
         write!(
             f,
             "{} on {}: {}:{}/{} -> {} from {}",

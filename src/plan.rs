@@ -48,24 +48,34 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
     let mut grants: Vec<&Grant> = grants.iter().collect();
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
 
-    // One interval set per distinct (merged) allow list; grants sharing a list share it.
+    // Sets per distinct (merged) allow list, shared by the grants that use it.
     let mut sets: Vec<AddrSet> = Vec::new();
-    let mut set_of: BTreeMap<Vec<cidr::Range>, String> = BTreeMap::new();
-    let mut grant_set = Vec::with_capacity(grants.len());
+    let mut sets_of: BTreeMap<Vec<cidr::Range>, Vec<String>> = BTreeMap::new();
+    let mut grant_sets = Vec::with_capacity(grants.len());
     for g in &grants {
         let ranges = cidr::merge(&g.allow);
-        let name = set_of
+        let n = sets_of.len();
+        let names = sets_of
             .entry(ranges.clone())
             .or_insert_with(|| {
-                let name = format!("allow_{}", sets.len());
-                sets.push(AddrSet {
-                    name: name.clone(),
-                    ranges,
-                });
-                name
+                split_hosts(ranges)
+                    .into_iter()
+                    .map(|(hosts, ranges)| {
+                        let name = match hosts {
+                            true => format!("allow_{n}_hosts"),
+                            false => format!("allow_{n}"),
+                        };
+                        sets.push(AddrSet {
+                            name: name.clone(),
+                            hosts,
+                            ranges,
+                        });
+                        name
+                    })
+                    .collect()
             })
             .clone();
-        grant_set.push(name);
+        grant_sets.push(names);
     }
 
     let mut chains = base_chains();
@@ -147,17 +157,22 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         key: target_key(),
         elements: Vec::new(),
     };
-    for (i, (g, set)) in grants.iter().zip(&grant_set).enumerate() {
+    for (i, (g, names)) in grants.iter().zip(&grant_sets).enumerate() {
         let chain = Chain {
             name: format!("nat_g{i}"),
             attach: None,
             // meta l4proto tcp ip saddr @allow_N dnat to T  (nft needs the protocol
-            // before a port mapping)
-            rules: vec![rule(
-                vec![Match::L4Proto(g.proto), Match::SaddrInSet(set.clone())],
-                Verdict::Dnat(g.to),
-                format!("grant {}", g.name),
-            )],
+            // before a port mapping); one rule per set of the allow list
+            rules: names
+                .iter()
+                .map(|set| {
+                    rule(
+                        vec![Match::L4Proto(g.proto), Match::SaddrInSet(set.clone())],
+                        Verdict::Dnat(g.to),
+                        format!("grant {}", g.name),
+                    )
+                })
+                .collect(),
         };
         nat_grants.elements.push(MapElement {
             key: target_key_of(&g.iface, g.listen, g.proto, g.port),
@@ -169,13 +184,14 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
     // After DNAT the packet's own address and port are the target's, shared by every
     // grant that maps to it; the conntrack original tuple tells those grants apart.
     let mut by_target: BTreeMap<(&str, Ipv4Addr, Proto, u16), Vec<Rule>> = BTreeMap::new();
-    for (g, set) in grants.iter().zip(&grant_set) {
+    for (g, names) in grants.iter().zip(&grant_sets) {
         // ct status dnat ct original ip daddr L ct original protocol tcp
         //   ct original proto-dst P ip saddr @allow_N accept
-        by_target
+        let rules = by_target
             .entry((&g.iface, *g.to.ip(), g.proto, g.to.port()))
-            .or_default()
-            .push(rule(
+            .or_default();
+        for set in names {
+            rules.push(rule(
                 vec![
                     Match::CtStatusDnat,
                     Match::CtOriginalDaddr(g.listen),
@@ -185,6 +201,7 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
                 Verdict::Accept,
                 format!("grant {}", g.name),
             ));
+        }
     }
     let mut input_targets = VerdictMap {
         name: MAP_INPUT_TARGETS.to_string(),
@@ -215,6 +232,25 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
         ],
         chains,
     })
+}
+
+/// From this many single addresses on, an allow list keeps them in a hash set of their
+/// own: inserting 100,000 hosts into an interval set (start and end element each) was
+/// most of the kernel's work in `apply`. Shorter lists stay in one interval set.
+pub const HOSTS_SET_FROM: usize = 64;
+
+/// Splits merged ranges into (hosts?, ranges) groups, each a set to create: single
+/// addresses apart once there are [`HOSTS_SET_FROM`] of them.
+fn split_hosts(ranges: Vec<cidr::Range>) -> Vec<(bool, Vec<cidr::Range>)> {
+    let (hosts, nets): (Vec<_>, Vec<_>) = ranges.iter().partition(|(a, b)| a == b);
+    if hosts.len() < HOSTS_SET_FROM {
+        return vec![(false, ranges)];
+    }
+    let mut out = vec![(true, hosts)];
+    if !nets.is_empty() {
+        out.push((false, nets));
+    }
+    out
 }
 
 pub const MAP_RAW_IFACES: &str = "raw_ifaces";
@@ -386,6 +422,18 @@ pub fn verify(r: &Ruleset, grants: &[Grant]) -> Result<(), String> {
             _ => None,
         })
     };
+    // What a group of rules admits together: the union of their sets, merged.
+    let admitted = |rules: &[&Rule]| -> Option<Vec<cidr::Range>> {
+        let mut all: Vec<cidr::Range> = Vec::new();
+        for x in rules {
+            let set = set_of(&x.matches)?;
+            if set.hosts && set.ranges.iter().any(|(a, b)| a != b) {
+                return None; // a hash set holds single addresses only
+            }
+            all.extend(&set.ranges);
+        }
+        Some(cidr::merge_ranges(all))
+    };
     let mut targets = std::collections::BTreeSet::new();
     for g in grants {
         let allow = cidr::merge(&g.allow);
@@ -393,29 +441,30 @@ pub fn verify(r: &Ruleset, grants: &[Grant]) -> Result<(), String> {
             MAP_NAT_GRANTS,
             target_key_of(&g.iface, g.listen, g.proto, g.port),
         )?;
-        let [dnat] = nat.rules.as_slice() else {
-            return Err(format!("grant {}: DNAT chain is not one rule", g.name));
-        };
-        if dnat.verdict != Verdict::Dnat(g.to)
-            || set_of(&dnat.matches).map(|s| &s.ranges) != Some(&allow)
+        let dnats: Vec<&Rule> = nat.rules.iter().collect();
+        if dnats.is_empty()
+            || dnats.iter().any(|x| x.verdict != Verdict::Dnat(g.to))
+            || admitted(&dnats) != Some(allow.clone())
         {
-            return Err(format!("grant {}: DNAT rule is wrong: {dnat}", g.name));
+            return Err(format!("grant {}: DNAT chain is wrong", g.name));
         }
         let target = target_key_of(&g.iface, *g.to.ip(), g.proto, g.to.port());
-        let accepts = via(MAP_INPUT_TARGETS, target.clone())?
+        let accepts: Vec<&Rule> = via(MAP_INPUT_TARGETS, target.clone())?
             .rules
             .iter()
             .filter(|x| {
-                x.verdict == Verdict::Accept
-                    && x.matches.contains(&Match::CtStatusDnat)
-                    && x.matches.contains(&Match::CtOriginalDaddr(g.listen))
+                x.matches.contains(&Match::CtOriginalDaddr(g.listen))
                     && x.matches
                         .contains(&Match::CtOriginalProtoDst(g.proto, g.port))
-                    && set_of(&x.matches).map(|s| &s.ranges) == Some(&allow)
             })
-            .count();
-        if accepts != 1 {
-            return Err(format!("grant {}: {accepts} input accepts", g.name));
+            .collect();
+        if accepts.is_empty()
+            || accepts
+                .iter()
+                .any(|x| x.verdict != Verdict::Accept || !x.matches.contains(&Match::CtStatusDnat))
+            || admitted(&accepts) != Some(allow.clone())
+        {
+            return Err(format!("grant {}: input accepts are wrong", g.name));
         }
         targets.insert(target);
     }

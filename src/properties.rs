@@ -28,7 +28,17 @@ fn grant() -> impl Strategy<Value = Grant> {
         1u16..6,
         1u8..4,
         0u16..2,
-        prop::collection::vec(net_in_small_space(), 1..6),
+        prop_oneof![
+            prop::collection::vec(net_in_small_space(), 1..6),
+            // Enough single addresses for a hash set of their own, plus a network.
+            (0u32..40, 64u32..90, net_in_small_space()).prop_map(|(start, count, net)| {
+                let base = u32::from(Ipv4Addr::new(198, 51, 100, 0));
+                (start..start + count)
+                    .map(|h| Ipv4Network::new(Ipv4Addr::from(base + 2 * h), 32).unwrap())
+                    .chain([net])
+                    .collect()
+            }),
+        ],
     )
         .prop_map(|(iface, proto, port, target, target_port, allow)| {
             let ifaces = ["br0", "cni0", "docker0"];
@@ -53,7 +63,51 @@ fn grants() -> impl Strategy<Value = Vec<Grant>> {
     })
 }
 
+#[test]
+fn many_single_addresses_get_a_hash_set_and_the_rest_an_interval_set() {
+    let base = u32::from(Ipv4Addr::new(198, 51, 100, 0));
+    let mut allow: Vec<Ipv4Network> = (0..plan::HOSTS_SET_FROM as u32)
+        .map(|h| Ipv4Network::new(Ipv4Addr::from(base + 2 * h), 32).unwrap())
+        .collect();
+    allow.push("203.0.113.0/24".parse().unwrap());
+    let g = Grant {
+        name: "big".into(),
+        iface: "br0".into(),
+        proto: Proto::Tcp,
+        listen: Ipv4Addr::new(192, 0, 2, 1),
+        port: 1,
+        to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+        allow: allow.clone(),
+    };
+    let r = plan::ruleset(std::slice::from_ref(&g)).unwrap();
+    let kinds: Vec<(&str, bool, usize)> = r
+        .sets
+        .iter()
+        .map(|s| (s.name.as_str(), s.hosts, s.ranges.len()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("allow_0_hosts", true, plan::HOSTS_SET_FROM),
+            ("allow_0", false, 1)
+        ]
+    );
+    assert_eq!(plan::verify(&r, std::slice::from_ref(&g)), Ok(()));
+    // One address fewer: everything stays in one interval set.
+    allow.remove(0);
+    let small = Grant { allow, ..g };
+    let r = plan::ruleset(std::slice::from_ref(&small)).unwrap();
+    assert_eq!(r.sets.len(), 1);
+    assert!(!r.sets[0].hosts);
+}
+
 proptest! {
+    #[test]
+    fn fast_network_text_equals_display(addr in any::<u32>(), prefix in 0u8..=32) {
+        let n = Ipv4Network::new(Ipv4Addr::from(addr), prefix).unwrap();
+        prop_assert_eq!(crate::grant::network_text(&n), n.to_string());
+    }
+
     #[test]
     fn merging_equals_the_brute_force_model(nets in prop::collection::vec(net_in_small_space(), 0..20)) {
         let merged = cidr::merge(&nets);

@@ -27,10 +27,14 @@ pub struct Ruleset {
     pub chains: Vec<Chain>,
 }
 
-/// An interval set of IPv4 source addresses.
+/// A set of IPv4 source addresses: an interval set of ranges, or (`hosts`) a hash set
+/// of single addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddrSet {
     pub name: String,
+    /// Single addresses only, kept in a hash set: half the elements of an interval set
+    /// (no end elements) and far cheaper for the kernel to insert.
+    pub hosts: bool,
     pub ranges: Vec<Range>,
 }
 
@@ -346,7 +350,11 @@ impl Ruleset {
         for set in &self.sets {
             writeln!(out, "\tset {} {{", set.name)?;
             writeln!(out, "\t\ttype ipv4_addr")?;
-            writeln!(out, "\t\tflags interval")?;
+            match set.hosts {
+                // Sized up front, as the kernel encoding does (see kernel::nft).
+                true => writeln!(out, "\t\tsize {}", set.ranges.len())?,
+                false => writeln!(out, "\t\tflags interval")?,
+            }
             let elems: Vec<String> = set.ranges.iter().map(|r| cidr::render(*r)).collect();
             writeln!(out, "\t\telements = {{ {} }}", elems.join(", "))?;
             writeln!(out, "\t}}")?;
@@ -356,6 +364,7 @@ impl Ruleset {
             let types: Vec<&str> = map.key.iter().map(|k| k.type_name()).collect();
             writeln!(out, "\tmap {} {{", map.name)?;
             writeln!(out, "\t\ttype {} : verdict", types.join(" . "))?;
+            writeln!(out, "\t\tsize {}", map.elements.len())?;
             let elems: Vec<String> = map
                 .elements
                 .iter()

@@ -870,32 +870,46 @@ fn dry_run_and_plan_print_the_change_and_change_nothing() {
 #[test]
 fn large_allow_lists_span_several_netlink_pages_in_one_batch() {
     let (lab, _services) = lab_with_services();
-    // 20,000 disjoint /32s: several 256 KiB batch pages, applied as one transaction.
-    let mut allow: Vec<String> = (0..20_000u32)
+    // 20,000 disjoint /32s (a hash set of their own) plus the allowed client, first as
+    // one more address, then inside a network (the interval set): several batch pages,
+    // applied as one transaction each time.
+    let hosts: Vec<String> = (0..20_000u32)
         .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 2).to_string())
         .collect();
-    allow.push(CONTAINER_ADDR.to_string());
     let policy = lab.state_dir.join("big.yaml");
-    std::fs::write(
-        &policy,
-        format!(
-            "grants:\n  - interface: br0\n    allow: [{}]\n    port: 3306\n",
-            allow.join(", ")
-        ),
-    )
-    .unwrap();
-    let policy = policy.to_str().unwrap();
-    lab.ok(&["apply", policy]);
-    assert_eq!(
-        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
-        Some("tcp:3306")
-    );
-    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
-    assert!(
-        lab.ok(&["plan", policy]).contains("nothing to do"),
-        "read-back of a large set must match"
-    );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    for client in [CONTAINER_ADDR.to_string(), "192.0.2.0/28".to_string()] {
+        std::fs::write(
+            &policy,
+            format!(
+                "grants:\n  - interface: br0\n    allow: [{}, {client}]\n    port: 3306\n",
+                hosts.join(", ")
+            ),
+        )
+        .unwrap();
+        let policy = policy.to_str().unwrap();
+        lab.ok(&["apply", policy]);
+        let table =
+            stdout(
+                &lab.host
+                    .exec(&["nft", "list", "set", "ip", "loopgate", "allow_0_hosts"]),
+            );
+        assert!(
+            table.contains("10.0.156.62") && !table.contains("flags interval"),
+            "a hash set of the single addresses"
+        );
+        assert_eq!(
+            tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+            Some("tcp:3306"),
+            "allowed as {client}"
+        );
+        assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+        assert!(lab.ok(&["plan", policy]).contains("nothing to do"));
+        assert_eq!(
+            lab.loopgate(&["audit", "--deep"]).status.code(),
+            Some(0),
+            "every element read back matches"
+        );
+    }
 }
 
 #[test]

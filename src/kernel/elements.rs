@@ -147,6 +147,15 @@ pub fn interval_blocks(set: &AddrSet, set_id: u32) -> Vec<ElemBlock> {
     blocks.finish()
 }
 
+/// The elements of a hash set of single addresses: one key each.
+pub fn host_blocks(set: &AddrSet, set_id: u32) -> Vec<ElemBlock> {
+    let mut blocks = Blocks::new(&set.name, set_id);
+    for &(addr, _) in &set.ranges {
+        blocks.push(|b| put_key(b, &addr.to_be_bytes()));
+    }
+    blocks.finish()
+}
+
 /// The elements of a verdict map, each `key : jump chain`.
 pub fn map_blocks(map: &VerdictMap, set_id: u32) -> Vec<ElemBlock> {
     let mut blocks = Blocks::new(&map.name, set_id);
@@ -304,6 +313,7 @@ mod tests {
     fn interval_elements_parse_back_to_what_was_written() {
         let set = AddrSet {
             name: "allow_0".into(),
+            hosts: false,
             ranges: vec![(10, 20), (100, u32::MAX)],
         };
         let blocks = interval_blocks(&set, 1);

@@ -160,7 +160,13 @@ fn new_set(set: &AddrSet, id: u32) -> Obj {
     // SAFETY: p is a live set we own.
     unsafe {
         let s = p.as_ptr();
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, NFT_SET_INTERVAL);
+        let flags = if set.hosts { 0 } else { NFT_SET_INTERVAL };
+        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, flags);
+        if set.hosts {
+            // Sized up front, the kernel's hash set never grows while 100,000 elements
+            // arrive; growing it was most of the kernel's work.
+            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, set.ranges.len() as u32);
+        }
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, TYPE_IPV4_ADDR);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, 4);
     }
@@ -209,6 +215,11 @@ fn new_map(map: &VerdictMap, id: u32) -> Obj {
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, key_len as u32);
         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, NFT_DATA_VERDICT);
+        sys::nftnl_set_set_u32(
+            s,
+            sys::NFTNL_SET_DESC_SIZE as u16,
+            map.elements.len() as u32,
+        );
     }
     // A concatenation's fields each carry their own order (nft stores none for the
     // whole key); a single field needs it spelled out.
@@ -559,9 +570,16 @@ pub fn encode(ruleset: &Ruleset) -> TableObjects {
     let mut id = 0;
     for set in &ruleset.sets {
         id += 1;
-        let what = format!("set {} (needs interval sets, nft_set_rbtree)", set.name);
+        let what = match set.hosts {
+            true => format!("set {} (needs hash sets, nft_set_hash)", set.name),
+            false => format!("set {} (needs interval sets, nft_set_rbtree)", set.name),
+        };
         objs.push((new_set(set, id), what));
-        for block in elements::interval_blocks(set, id) {
+        let blocks = match set.hosts {
+            true => elements::host_blocks(set, id),
+            false => elements::interval_blocks(set, id),
+        };
+        for block in blocks {
             objs.push((Obj::Elems(block), format!("elements of set {}", set.name)));
         }
     }
