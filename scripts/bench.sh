@@ -14,7 +14,7 @@ dpkg-query -W -f='${Status}' python3-matplotlib 2>/dev/null | grep -q "ok instal
 
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 if [ $QUICK = 1 ]; then SECS=0.5; ROUNDS=1; SIZES="10 1000"; GRANTS=100
-else SECS=3; ROUNDS=3; SIZES="10 1000 10000 100000"; GRANTS=1000; fi
+else SECS=2; ROUNDS=5; SIZES="10 1000 10000 100000"; GRANTS=1000; fi
 
 cargo build --locked --release --quiet
 cargo build --release --quiet --manifest-path bench/Cargo.toml
@@ -43,15 +43,11 @@ sleep 0.5
 
 record() { echo "$1" >> "$RES"; }
 
-data_case() { # name ns addr
-  local name=$1 ns=$2 addr=$3
-  for round in $(seq "$ROUNDS"); do
-    for mode in rr crr bulk; do
-      line=$(ip netns exec "$ns" taskset -c 1 "$LOAD" "$mode" "$addr" "$SECS")
-      record "{\"kind\":\"data\",\"case\":\"$name\",\"round\":$round,${line#\{}"
-    done
+measure() { # name round ns addr
+  for mode in rr crr bulk; do
+    line=$(ip netns exec "$3" taskset -c 1 "$LOAD" "$mode" "$4" "$SECS")
+    record "{\"kind\":\"data\",\"case\":\"$1\",\"round\":$2,${line#\{}"
   done
-  echo "data path: $name done"
 }
 
 policy() { # file n_cidrs n_grants : n disjoint /32s, then 192.0.2.0/24; extra grants on bridges
@@ -70,8 +66,6 @@ for i in $(seq 9); do
   ip -n "$H" link add "br$i" type bridge; ip -n "$H" addr add "203.0.113.$i/32" dev "br$i"; ip -n "$H" link set "br$i" up
 done
 
-data_case direct "$H" 127.0.0.1:5001
-data_case veth-limit "$C" 192.0.2.1:5002
 # The reference the issue measured: hand-written nft (DNAT plus a plain source-set guard).
 cat > "$LOOPGATE_STATE_DIR/hand.nft" <<'NFT'
 table ip handwritten {
@@ -80,42 +74,67 @@ table ip handwritten {
 	chain in { type filter hook input priority filter; iifname != "lo" ip daddr 127.0.0.0/8 ip saddr @allowed accept; iifname != "lo" ip daddr 127.0.0.0/8 drop; }
 }
 NFT
-ip netns exec "$H" nft -f "$LOOPGATE_STATE_DIR/hand.nft"
-ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=1
-data_case hand-written-nft "$C" 192.0.2.1:5001
-ip netns exec "$H" nft delete table ip handwritten
-ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=0
-"$LG" --netns "$H" expose vh --allow 192.0.2.0/24 --port 5001 >/dev/null
-data_case loopgate-1-grant "$C" 192.0.2.1:5001
 policy "$LOOPGATE_STATE_DIR/cidrs.yaml" 10000 1
-"$LG" --netns "$H" apply "$LOOPGATE_STATE_DIR/cidrs.yaml" >/dev/null
-data_case loopgate-10k-cidrs "$C" 192.0.2.1:5001
 policy "$LOOPGATE_STATE_DIR/grants.yaml" 0 "$GRANTS"
-"$LG" --netns "$H" apply "$LOOPGATE_STATE_DIR/grants.yaml" >/dev/null
-data_case "loopgate-$GRANTS-grants" "$C" 192.0.2.1:5001
-"$LG" --netns "$H" revoke --all >/dev/null
-data_case socat "$C" 192.0.2.1:5003
+CASES="direct veth-limit hand-written-nft loopgate-1-grant loopgate-10k-cidrs loopgate-$GRANTS-grants socat"
+setup() { # case: install its ruleset; prints the namespace and address to measure
+  case $1 in
+    direct) echo "$H 127.0.0.1:5001" ;;
+    veth-limit) echo "$C 192.0.2.1:5002" ;;
+    socat) echo "$C 192.0.2.1:5003" ;;
+    hand-written-nft)
+      ip netns exec "$H" nft -f "$LOOPGATE_STATE_DIR/hand.nft"
+      ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=1
+      echo "$C 192.0.2.1:5001" ;;
+    loopgate-1-grant) "$LG" --netns "$H" expose vh --allow 192.0.2.0/24 --port 5001 >/dev/null; echo "$C 192.0.2.1:5001" ;;
+    loopgate-10k-cidrs) "$LG" --netns "$H" apply "$LOOPGATE_STATE_DIR/cidrs.yaml" >/dev/null; echo "$C 192.0.2.1:5001" ;;
+    loopgate-*-grants) "$LG" --netns "$H" apply "$LOOPGATE_STATE_DIR/grants.yaml" >/dev/null; echo "$C 192.0.2.1:5001" ;;
+  esac
+}
+teardown() {
+  case $1 in
+    hand-written-nft)
+      ip netns exec "$H" nft delete table ip handwritten
+      ip netns exec "$H" sysctl -qw net.ipv4.conf.vh.route_localnet=0 ;;
+    loopgate-*) "$LG" --netns "$H" revoke --all >/dev/null ;;
+  esac
+}
+# Rounds outside, cases inside: drift on a noisy machine touches every case alike.
+for round in $(seq "$ROUNDS"); do
+  for c in $CASES; do
+    read -r ns addr < <(setup "$c")
+    measure "$c" "$round" "$ns" "$addr"
+    teardown "$c"
+  done
+  echo "data path: round $round of $ROUNDS done"
+done
 
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 control() { # name n_cidrs n_grants
   local name=$1 file=$LOOPGATE_STATE_DIR/ctl.yaml nft=$LOOPGATE_STATE_DIR/ctl.nft
   policy "$file" "$2" "$3"
   "$LG" --netns "$H" apply --dry-run "$file" | sed -n '/^table ip loopgate {/,$p' > "$nft"
+  # One grant is measured as users run it: `expose`, not a policy file.
+  local cmd=(apply "$file")
+  [ "$name" = expose-1-grant ] && cmd=(expose vh --allow 192.0.2.0/24 --port 5001)
+  # The interfaces the plan opens, for the baseline's own `sysctl -w`.
+  local ifcs
+  ifcs=$(/usr/bin/python3 -c "import re,sys; print(' '.join(sorted(set(re.findall(r'\"([^\"]+)\" : jump raw_if', open(sys.argv[1]).read())))))" "$nft")
   for round in $(seq "$ROUNDS"); do
     "$LG" --netns "$H" revoke --all >/dev/null
-    t=$(date +%s%N); /usr/bin/time -f %M -o "$LOOPGATE_STATE_DIR/mem" "$LG" --netns "$H" apply "$file" >/dev/null; apply=$(ms "$t")
+    t=$(date +%s%N); /usr/bin/time -f %M -o "$LOOPGATE_STATE_DIR/mem" "$LG" --netns "$H" "${cmd[@]}" >/dev/null 2>&1; apply=$(ms "$t")
     mem=$(cat "$LOOPGATE_STATE_DIR/mem")
     t=$(date +%s%N); "$LG" --netns "$H" audit >/dev/null || true; audit=$(ms "$t")
+    t=$(date +%s%N); "$LG" --netns "$H" audit --deep >/dev/null || true; deep=$(ms "$t")
     t=$(date +%s%N); ip netns exec "$H" nft -j list ruleset >/dev/null; nftlist=$(ms "$t")
-    "$LG" --netns "$H" revoke --all >/dev/null
+    t=$(date +%s%N); "$LG" --netns "$H" revoke --all >/dev/null; revoke=$(ms "$t")
     t=$(date +%s%N); ip netns exec "$H" nft -f "$nft"
-    for ifc in $(/usr/bin/python3 -c "import re,sys; print(' '.join(sorted(set(re.findall(r'\"([^\"]+)\" : jump raw_if', open(sys.argv[1]).read())))))" "$nft"); do
-      ip netns exec "$H" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=1"
-    done
+    for ifc in $ifcs; do ip netns exec "$H" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=1"; done
     nftf=$(ms "$t")
-    ip netns exec "$H" nft delete table ip loopgate
-    for ifc in vh br1 br2 br3 br4 br5 br6 br7 br8 br9; do ip netns exec "$H" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=0"; done
-    record "{\"kind\":\"control\",\"case\":\"$name\",\"round\":$round,\"apply_ms\":$apply,\"nft_f_ms\":$nftf,\"audit_ms\":$audit,\"nft_list_ms\":$nftlist,\"apply_max_rss_kb\":$mem}"
+    t=$(date +%s%N); ip netns exec "$H" nft delete table ip loopgate
+    for ifc in $ifcs; do ip netns exec "$H" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=0"; done
+    nftdel=$(ms "$t")
+    record "{\"kind\":\"control\",\"case\":\"$name\",\"round\":$round,\"apply_ms\":$apply,\"nft_f_ms\":$nftf,\"audit_ms\":$audit,\"audit_deep_ms\":$deep,\"nft_list_ms\":$nftlist,\"revoke_ms\":$revoke,\"nft_delete_ms\":$nftdel,\"apply_max_rss_kb\":$mem}"
   done
   echo "control path: $name done"
 }

@@ -39,19 +39,46 @@ for a, b in pairs:
     out.append(f"| {a} / {b} | {ratio(a,b,'bulk'):.2f} | {ratio(a,b,'rr'):.2f} | {ratio(a,b,'crr'):.2f} |")
 
 ctl = defaultdict(lambda: defaultdict(list))
+KEYS = ("apply_ms", "nft_f_ms", "audit_ms", "audit_deep_ms", "nft_list_ms", "revoke_ms", "nft_delete_ms", "apply_max_rss_kb")
 for r in rows:
     if r["kind"] == "control":
-        for k in ("apply_ms", "nft_f_ms", "audit_ms", "nft_list_ms", "apply_max_rss_kb"):
-            ctl[r["case"]][k].append(r[k])
-out += ["", "## Control path", "", "Whole-process wall time, median of the rounds.", ""]
-out.append("| case | loopgate apply ms | nft -f + sysctl -w ms | ratio | audit ms | nft -j list ms | ratio | apply max RSS MiB |")
-out.append("|---|---|---|---|---|---|---|---|")
-for c, v in ctl.items():
-    m = {k: statistics.median(x) for k, x in v.items()}
+        for k in KEYS:
+            ctl[r["case"]][k].append(r.get(k, float("nan")))
+cm = {c: {k: statistics.median(x) for k, x in v.items()} for c, v in ctl.items()}
+out += ["", "## Control path", "", "Whole-process wall time, median of the rounds; each loopgate figure against its nft equivalent (the same ruleset, from `loopgate plan`).", ""]
+out.append("| case | apply ms | nft -f + sysctl -w ms | ratio | audit ms | audit --deep ms | nft -j list ms | audit ratio (deep) | revoke ms | nft delete + sysctl -w ms | ratio | apply max RSS MiB |")
+out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for c, m in cm.items():
     out.append(
         f"| {c} | {m['apply_ms']:.0f} | {m['nft_f_ms']:.0f} | {m['apply_ms']/max(m['nft_f_ms'],1):.2f} "
-        f"| {m['audit_ms']:.0f} | {m['nft_list_ms']:.0f} | {m['audit_ms']/max(m['nft_list_ms'],1):.2f} | {m['apply_max_rss_kb']/1024:.1f} |"
+        f"| {m['audit_ms']:.0f} | {m['audit_deep_ms']:.0f} | {m['nft_list_ms']:.0f} | {m['audit_ms']/max(m['nft_list_ms'],1):.2f} ({m['audit_deep_ms']/max(m['nft_list_ms'],1):.2f}) "
+        f"| {m['revoke_ms']:.0f} | {m['nft_delete_ms']:.0f} | {m['revoke_ms']/max(m['nft_delete_ms'],1):.2f} | {m['apply_max_rss_kb']/1024:.1f} |"
     )
+
+# The targets, each against a baseline of this run.
+targets = []
+def target(what, value, limit, at_least):
+    ok = value >= limit if at_least else value <= limit
+    targets.append(f"| {what} | {value:.2f} | {'≥' if at_least else '≤'} {limit} | {'met' if ok else 'MISSED'} |")
+grants_case = next((c for c in cases if c.endswith("-grants")), None)
+for m, name in (("rr", "RR"), ("crr", "CRR")):
+    target(f"1 grant / hand-written nft, {name}", ratio(one, "hand-written-nft", m), 0.97, True)
+    target(f"1 grant / veth limit, {name}", ratio(one, "veth-limit", m), 0.85, True)
+    target(f"10k CIDRs / 1 grant, {name}", ratio("loopgate-10k-cidrs", one, m), 0.95, True)
+    if grants_case:
+        target(f"{grants_case.removeprefix('loopgate-')} / 1 grant, {name}", ratio(grants_case, one, m), 0.95, True)
+for m, name, limit in (("bulk", "bulk", 3), ("rr", "RR", 2), ("crr", "CRR", 7)):
+    target(f"1 grant / socat, {name}", ratio(one, "socat", m), limit, True)
+big = max((c for c in cm if c.endswith("-cidrs")), key=lambda c: int(c.split("-")[0]), default=None)
+if big:
+    target(f"apply {big} / nft -f", cm[big]["apply_ms"] / max(cm[big]["nft_f_ms"], 1), 0.6, False)
+    target(f"audit {big} / nft -j list", cm[big]["audit_ms"] / max(cm[big]["nft_list_ms"], 1), 0.8, False)
+    target(f"audit --deep {big} / nft -j list (no target; for reference)", cm[big]["audit_deep_ms"] / max(cm[big]["nft_list_ms"], 1), 0.8, False)
+    target(f"apply {big} peak RSS, MiB", cm[big]["apply_max_rss_kb"] / 1024, 64, False)
+if "expose-1-grant" in cm:
+    e = cm["expose-1-grant"]
+    target("expose 1 grant / (nft -f + sysctl -w)", e["apply_ms"] / max(e["nft_f_ms"], 1), 1.0, False)
+out += ["", "## Targets", "", "| target | this run | goal | |", "|---|---|---|---|"] + targets
 open(f"{out_dir}/tables.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 
@@ -69,12 +96,14 @@ for metric in ("rr", "crr"):
 a1.set_title("data path: RR tps and CRR conn/s by ruleset size")
 a1.tick_params(axis="x", labelsize=8, labelrotation=30)
 a1.legend()
-sizes = [(int(c.split("-")[0]), c) for c in ctl if c.endswith("-cidrs")]
+sizes = [(int(c.split("-")[0]), c) for c in cm if c.endswith("-cidrs")]
 sizes.sort()
-a2.plot([n for n, _ in sizes], [statistics.median(ctl[c]["apply_ms"]) for _, c in sizes], "o-", label="loopgate apply")
-a2.plot([n for n, _ in sizes], [statistics.median(ctl[c]["nft_f_ms"]) for _, c in sizes], "s-", label="nft -f + sysctl -w")
+a2.plot([n for n, _ in sizes], [cm[c]["apply_ms"] for _, c in sizes], "o-", label="loopgate apply")
+a2.plot([n for n, _ in sizes], [cm[c]["nft_f_ms"] for _, c in sizes], "s-", label="nft -f + sysctl -w")
+a2.plot([n for n, _ in sizes], [cm[c]["audit_ms"] for _, c in sizes], "^-", label="loopgate audit")
+a2.plot([n for n, _ in sizes], [cm[c]["nft_list_ms"] for _, c in sizes], "v-", label="nft -j list")
 a2.set_xscale("log"); a2.set_yscale("log"); a2.set_xlabel("allowed CIDRs"); a2.set_ylabel("ms"); a2.legend()
-a2.set_title("control path: apply time")
+a2.set_title("control path: apply and audit time")
 fig.tight_layout()
 fig.savefig(f"{out_dir}/scaling.png", dpi=100)
 print(f"chart: {out_dir}/scaling.png")

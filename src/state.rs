@@ -36,6 +36,54 @@ pub struct State {
     pub vouch: Option<crate::kernel::nft::Vouch>,
 }
 
+/// Kernel features loopgate has already seen the kernel accept on this boot, so the
+/// feature probe (a validate-only batch that also makes the next real batch wait for an
+/// RCU grace period) runs once per boot and feature, not on every command. Features are
+/// the kernel's, not a namespace's, so the record sits in the base directory.
+pub struct KnownFeatures;
+
+impl KnownFeatures {
+    fn path() -> PathBuf {
+        base_dir().join("kernel-features")
+    }
+
+    fn boot_id() -> Option<String> {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// True when every one of `needs` was probed successfully since this boot.
+    pub fn cover(needs: &std::collections::BTreeSet<String>) -> bool {
+        let (Some(boot), Ok(text)) = (Self::boot_id(), fs::read_to_string(Self::path())) else {
+            return false;
+        };
+        let mut lines = text.lines();
+        lines.next() == Some(boot.as_str()) && {
+            let known: std::collections::BTreeSet<&str> = lines.collect();
+            needs.iter().all(|n| known.contains(n.as_str()))
+        }
+    }
+
+    /// Records `needs` as probed; best effort (a failure only means probing again).
+    pub fn remember(needs: &std::collections::BTreeSet<String>) {
+        let Some(boot) = Self::boot_id() else { return };
+        let mut all: std::collections::BTreeSet<String> = match fs::read_to_string(Self::path()) {
+            Ok(text) if text.lines().next() == Some(boot.as_str()) => {
+                text.lines().skip(1).map(str::to_string).collect()
+            }
+            _ => Default::default(),
+        };
+        all.extend(needs.iter().cloned());
+        let body: String = std::iter::once(boot).chain(all).map(|l| l + "\n").collect();
+        let tmp = Self::path().with_extension(format!("tmp{}", std::process::id()));
+        if fs::create_dir_all(base_dir()).is_ok() && fs::write(&tmp, body).is_ok() {
+            let _ = fs::rename(&tmp, Self::path());
+        }
+        let _ = fs::remove_file(&tmp);
+    }
+}
+
 /// The locked state directory of the current network namespace.
 pub struct Store {
     dir: PathBuf,

@@ -409,6 +409,24 @@ fn a_kernel_lacking_a_feature_is_refused_before_anything_changes() {
         "the missing feature is named: {err}"
     );
     assert_eq!(lab.fingerprint(), before);
+    let known = lab.state_dir.join("kernel-features");
+    assert!(!known.exists(), "a failed probe records nothing");
+
+    // A passing probe is remembered for this boot, with the features it covered; the
+    // next command does not probe again, unless the test hook asks.
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let text = std::fs::read_to_string(&known).unwrap();
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(text.lines().next(), Some(boot.trim()));
+    assert!(
+        text.lines().any(|l| l == "NAT chains, nft_chain_nat"),
+        "{text}"
+    );
+    let out = lab.loopgate_env(
+        &["expose", "br0", "--allow", ALLOWED, "--port", "3307"],
+        &[("LOOPGATE_FAILPOINT", "probe")],
+    );
+    assert_eq!(out.status.code(), Some(3), "the hook still forces a probe");
 }
 
 /// The transaction steps, each of which can fail before it starts or after it finished.

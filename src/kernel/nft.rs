@@ -857,13 +857,16 @@ fn replace_table(
     objects: Option<&TableObjects>,
     poison: bool,
     mode: Send,
+    flush: FlushFirst,
     generation: Option<u32>,
 ) -> Result<()> {
     let mut w = BatchWriter::new(generation);
     let table = new_table();
-    // add + delete makes the delete succeed whether or not the table exists.
-    w.add(&table, false, "table ip loopgate (create)");
-    w.add(&table, true, "table ip loopgate (flush)");
+    if flush == FlushFirst::Yes {
+        // add + delete makes the delete succeed whether or not the table exists.
+        w.add(&table, false, "table ip loopgate (create)");
+        w.add(&table, true, "table ip loopgate (flush)");
+    }
     if let Some(objs) = objects {
         for (obj, label) in &objs.objs {
             w.add(obj, false, label);
@@ -906,8 +909,21 @@ fn replace_table(
 /// The test hook `probe` adds a rule the kernel cannot load, as a kernel lacking a
 /// feature would refuse one.
 pub fn probe(ruleset: &Ruleset) -> Result<()> {
-    // Features do not depend on how many elements a set holds: one range per set keeps
-    // the check cheap for 100,000-network allow lists.
+    let mut sock = NlSocket::netfilter()?;
+    let poison = crate::failpoint::armed("probe");
+    replace_table(
+        &mut sock,
+        Some(&encode(&feature_sample(ruleset))),
+        poison,
+        Send::ValidateOnly,
+        FlushFirst::Yes,
+        None,
+    )
+}
+
+/// The planned table with one element per set and map: features do not depend on how
+/// many elements a set holds, and this keeps the check cheap at 100,000 networks.
+fn feature_sample(ruleset: &Ruleset) -> Ruleset {
     let mut sample = ruleset.clone();
     for set in &mut sample.sets {
         set.ranges.truncate(1);
@@ -915,15 +931,56 @@ pub fn probe(ruleset: &Ruleset) -> Result<()> {
     for map in &mut sample.maps {
         map.elements.truncate(1);
     }
-    let mut sock = NlSocket::netfilter()?;
-    let poison = crate::failpoint::armed("probe");
-    replace_table(
-        &mut sock,
-        Some(&encode(&sample)),
-        poison,
-        Send::ValidateOnly,
-        None,
-    )
+    sample
+}
+
+/// The kernel features the planned table needs, one line each (as the probe's error
+/// messages name them), for remembering which were already probed on this boot.
+pub fn features(ruleset: &Ruleset) -> BTreeSet<String> {
+    encode(&feature_sample(ruleset))
+        .objs
+        .iter()
+        .filter_map(|(_, label)| label.split("(needs ").nth(1))
+        .map(|needs| needs.trim_end_matches(')').to_string())
+        .collect()
+}
+
+/// Whether a batch first clears loopgate's table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlushFirst {
+    /// `add table; delete table`: replaces whatever is there.
+    Yes,
+    /// The table is known to be absent (at the generation the batch is bound to):
+    /// deleting it would only leave the kernel an object to free on a later RCU grace
+    /// period, which a fresh `expose` would wait for.
+    No,
+}
+
+/// Whether loopgate's table exists now.
+fn table_exists(sock: &mut NlSocket) -> Result<bool> {
+    let req = request(
+        libc::NFT_MSG_GETTABLE as u16,
+        libc::NLM_F_ACK as u16,
+        1,
+        |nlh| {
+            let table = new_table();
+            if let Obj::Table(t) = &table {
+                // SAFETY: `table` owns `t` and outlives this call; the payload is a
+                // name, far below the 4 KiB request buffer.
+                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) };
+            }
+        },
+    );
+    match sock.dump(&req) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e).context("looking up table ip loopgate"),
+    }
 }
 
 /// What vouches for loopgate's table without reading it back: the nftables generation
@@ -976,11 +1033,20 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
         // Tied to the generation it was read at, the batch tells us the generation
         // that follows it: nothing else can commit in between.
         let before = generation(&mut sock)?;
+        let flush = match table_exists(&mut sock)? {
+            true => FlushFirst::Yes,
+            false => FlushFirst::No,
+        };
+        let poison = crate::failpoint::armed("ruleset-batch");
+        if flush == FlushFirst::No && objects.is_none() && !poison {
+            return Ok(None); // nothing to remove
+        }
         match replace_table(
             &mut sock,
             objects.as_ref(),
-            crate::failpoint::armed("ruleset-batch"),
+            poison,
             Send::Commit,
+            flush,
             Some(before),
         ) {
             Ok(()) => {
@@ -1017,7 +1083,14 @@ impl Snapshot {
     /// Puts the table back as it was when the snapshot was taken.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
-        replace_table(&mut sock, self.objects.as_ref(), false, Send::Commit, None)
+        replace_table(
+            &mut sock,
+            self.objects.as_ref(),
+            false,
+            Send::Commit,
+            FlushFirst::Yes,
+            None,
+        )
     }
 
     /// A canonical description for comparison with a planned table.
