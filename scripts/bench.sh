@@ -21,7 +21,8 @@ cargo build --release --quiet --manifest-path bench/Cargo.toml
 LG=$PWD/target/release/loopgate; LOAD=$PWD/bench/target/release/lgload
 OUT=$PWD/bench-results; mkdir -p "$OUT"; RES=$OUT/results.jsonl; : > "$RES"
 H=lgbench-h-$$; C=lgbench-c-$$
-export LOOPGATE_STATE_DIR; LOOPGATE_STATE_DIR=$(mktemp -d /tmp/lgbench.XXXXXX)
+# State on tmpfs, as /run/loopgate is on a systemd host (this machine's /tmp is a disk).
+export LOOPGATE_STATE_DIR; LOOPGATE_STATE_DIR=$(mktemp -d /dev/shm/lgbench.XXXXXX)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

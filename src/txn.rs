@@ -321,7 +321,7 @@ fn run_steps(
 
 fn cut_revoked_flows(change: &Change) -> Result<usize> {
     let revoked = change.revoked();
-    if revoked.is_empty() {
+    if revoked.is_empty() || conntrack::count() == Some(0) {
         return Ok(0);
     }
     let flows = conntrack::list()?;

@@ -390,13 +390,22 @@ impl ExprWriter {
                 self.cmp(CMP_EQ, &name);
             }
             Match::SaddrIn(net) | Match::DaddrIn(net) => {
-                self.ip_field(if matches!(m, Match::SaddrIn(_)) {
+                let offset = if matches!(m, Match::SaddrIn(_)) {
                     12
                 } else {
                     16
-                });
-                self.mask(&net.mask().octets());
-                self.cmp(CMP_EQ, &net.network().octets());
+                };
+                let whole_bytes = usize::from(net.prefix() / 8);
+                if net.prefix() % 8 == 0 && whole_bytes > 0 {
+                    // As nft does: compare only the prefix's bytes (127.0.0.0/8 is one
+                    // byte), no mask needed. These rules see every packet.
+                    self.payload(PAYLOAD_NETWORK, offset, whole_bytes as u32);
+                    self.cmp(CMP_EQ, &net.network().octets()[..whole_bytes]);
+                } else {
+                    self.ip_field(offset);
+                    self.mask(&net.mask().octets());
+                    self.cmp(CMP_EQ, &net.network().octets());
+                }
             }
             Match::Daddr(a) => {
                 self.ip_field(16);
@@ -862,10 +871,14 @@ fn replace_table(
 ) -> Result<()> {
     let mut w = BatchWriter::new(generation);
     let table = new_table();
-    if flush == FlushFirst::Yes {
+    match flush {
         // add + delete makes the delete succeed whether or not the table exists.
-        w.add(&table, false, "table ip loopgate (create)");
-        w.add(&table, true, "table ip loopgate (flush)");
+        FlushFirst::Yes => {
+            w.add(&table, false, "table ip loopgate (create)");
+            w.add(&table, true, "table ip loopgate (flush)");
+        }
+        FlushFirst::Existing => w.add(&table, true, "table ip loopgate (flush)"),
+        FlushFirst::No => {}
     }
     if let Some(objs) = objects {
         for (obj, label) in &objs.objs {
@@ -950,6 +963,8 @@ pub fn features(ruleset: &Ruleset) -> BTreeSet<String> {
 enum FlushFirst {
     /// `add table; delete table`: replaces whatever is there.
     Yes,
+    /// `delete table`: the table is known to exist.
+    Existing,
     /// The table is known to be absent (at the generation the batch is bound to):
     /// deleting it would only leave the kernel an object to free on a later RCU grace
     /// period, which a fresh `expose` would wait for.
@@ -1034,7 +1049,7 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
         // that follows it: nothing else can commit in between.
         let before = generation(&mut sock)?;
         let flush = match table_exists(&mut sock)? {
-            true => FlushFirst::Yes,
+            true => FlushFirst::Existing,
             false => FlushFirst::No,
         };
         let poison = crate::failpoint::armed("ruleset-batch");
