@@ -20,15 +20,16 @@ for r in rows:
         data[(r["case"], r["mode"] + "_p99")].append(r["p99_us"])
 cases = list(dict.fromkeys(r["case"] for r in rows if r["kind"] == "data"))
 med = lambda k: statistics.median(data[k]) if data[k] else float("nan")
-rng = lambda k: f"{min(data[k]):.4g}–{max(data[k]):.4g}" if data[k] else "-"
+def rng(k, fmt=",.0f"):
+    return f"{min(data[k]):{fmt}}–{max(data[k]):{fmt}}" if data[k] else "-"
 
 out = ["## Data path", "", "Medians (min–max) of the rounds; ratios against rows of the same run.", ""]
-out.append("| path | bulk Gbit/s | RR tps (p50/p99 µs) | CRR conn/s (p50/p99 µs) |")
-out.append("|---|---|---|---|")
+out.append("| path | bulk Gbit/s (min–max) | RR tps (min–max) | RR p50/p99 µs | CRR conn/s (min–max) | CRR p50/p99 µs |")
+out.append("|---|---|---|---|---|---|")
 for c in cases:
     out.append(
-        f"| {c} | {med((c,'bulk')):.2f} ({rng((c,'bulk'))}) | {med((c,'rr')):,.0f} ({med((c,'rr_p50')):.0f}/{med((c,'rr_p99')):.0f}) "
-        f"| {med((c,'crr')):,.0f} ({med((c,'crr_p50')):.0f}/{med((c,'crr_p99')):.0f}) |"
+        f"| {c} | {med((c,'bulk')):.2f} ({rng((c,'bulk'), '.1f')}) | {med((c,'rr')):,.0f} ({rng((c,'rr'))}) | {med((c,'rr_p50')):.0f}/{med((c,'rr_p99')):.0f} "
+        f"| {med((c,'crr')):,.0f} ({rng((c,'crr'))}) | {med((c,'crr_p50')):.0f}/{med((c,'crr_p99')):.0f} |"
     )
 one = "loopgate-1-grant"
 def ratio(a, b, m):
@@ -59,7 +60,7 @@ for c, m in cm.items():
 targets = []
 def target(what, value, limit, at_least):
     ok = value >= limit if at_least else value <= limit
-    targets.append(f"| {what} | {value:.2f} | {'≥' if at_least else '≤'} {limit} | {'met' if ok else 'MISSED'} |")
+    targets.append(f"| {what} | {value:.3f} | {'≥' if at_least else '≤'} {limit} | {'met' if ok else 'MISSED'} |")
 grants_case = next((c for c in cases if c.endswith("-grants")), None)
 for m, name in (("rr", "RR"), ("crr", "CRR")):
     target(f"1 grant / hand-written nft, {name}", ratio(one, "hand-written-nft", m), 0.97, True)
