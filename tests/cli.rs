@@ -1410,6 +1410,10 @@ fn audit_for_monitoring_parses_as_prometheus_and_counts_traffic() {
         dnat.ends_with(" 3.0"),
         "three connections were DNATed: {dnat}"
     );
+    assert!(
+        !samples.contains("published addresses and ports"),
+        "dispatch rules count nothing, so they export no series"
+    );
 }
 
 #[test]

@@ -1576,10 +1576,11 @@ fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
 }
 
 unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the &mut (u64, u64) passed by `Snapshot::counters`; `e` is live.
+    // SAFETY: `data` is the &mut Option<(u64, u64)> passed by `Snapshot::counters`;
+    // `e` is live.
     unsafe {
         if get_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter" {
-            let out = &mut *data.cast::<(u64, u64)>();
+            let out = (*data.cast::<Option<(u64, u64)>>()).get_or_insert((0, 0));
             out.0 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
             out.1 += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_BYTES as u16);
         }
@@ -1597,7 +1598,8 @@ pub struct RuleCounter {
 }
 
 impl Snapshot {
-    /// The counters of every rule, in table order.
+    /// The counters of every rule that has one (dispatch rules have none), in table
+    /// order.
     pub fn counters(&self) -> Vec<RuleCounter> {
         let Some(objs) = &self.objects else {
             return vec![];
@@ -1606,15 +1608,16 @@ impl Snapshot {
             .iter()
             .filter_map(|(o, _)| match o {
                 Obj::Rule(r) => {
-                    let mut c = (0u64, 0u64);
+                    let mut c: Option<(u64, u64)> = None;
                     // SAFETY: live rule; the callback only reads.
                     unsafe {
                         sys::nftnl_expr_foreach(
                             r.as_ptr(),
                             Some(read_counter),
-                            (&mut c as *mut (u64, u64)).cast(),
+                            (&mut c as *mut Option<(u64, u64)>).cast(),
                         );
                     }
+                    let c = c?;
                     Some(RuleCounter {
                         chain: rule_chain(*r),
                         rule: rule_comment(*r),
