@@ -1646,6 +1646,15 @@ fn watch_restores_a_flushed_ruleset_within_a_second() {
             == 3
     })
     .unwrap_or_else(|| panic!("one repair line per flush: {}", watch.log()));
+    // After a commit elsewhere, watch reads the table back once and vouches for it
+    // again, so neither its next ticks nor audit read every element.
+    lab.host.exec(&["nft", "add", "table", "ip", "other"]);
+    time_until(|| {
+        let out = lab.loopgate(&["audit", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["table"]["elements_read_back"] == false
+    })
+    .expect("watch vouches for the intact table again");
     // SIGTERM: a clean exit, and the policy stays in place.
     assert_eq!(watch.stop(), Some(0), "{}", watch.log());
     assert!(watch.log().contains("stopped; the policy stays in place"));

@@ -55,7 +55,22 @@ pub fn repair() -> Result<()> {
     let started = Instant::now();
     // Each tick: cheap while the nftables generation vouches for the elements.
     let trust = state.vouch.as_ref().map(|v| (v, &ruleset));
-    let mut guarded = nft::snapshot(trust)?.image().as_ref() == Some(&want);
+    let snapshot = nft::snapshot(trust)?;
+    let mut guarded = snapshot.image().as_ref() == Some(&want);
+    if guarded && !snapshot.vouched() {
+        // Read back in full (something committed since): vouch for it from here on, or
+        // every tick would read a large table back again.
+        if let Some(elements) = want.elements.digest() {
+            let vouch = Some(nft::Vouch {
+                generation: snapshot.generation(),
+                elements,
+            });
+            store.save(&crate::state::State {
+                vouch,
+                ..state.clone()
+            })?;
+        }
+    }
     if !guarded {
         match nft::apply(Some(&ruleset)) {
             Ok(vouch) => {
