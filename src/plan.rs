@@ -298,33 +298,41 @@ fn iface_map(name: &str, field: KeyField) -> VerdictMap {
     }
 }
 
-/// The four entry points, each a single dispatching rule.
+/// The four entry points, made of dispatching rules only. Where the guard is about
+/// 127/8 addresses, a one-byte compare comes before the map lookup, so traffic that is
+/// none of loopgate's business (nearly all of it) pays no hash lookup.
 fn base_chains() -> Vec<Chain> {
-    let base = |name: &str, kind, hook, priority, rule: Rule| Chain {
+    let base = |name: &str, kind, hook, priority, rules: Vec<Rule>| Chain {
         name: name.to_string(),
         attach: Some(Attachment {
             kind,
             hook,
             priority,
         }),
-        rules: vec![rule],
+        rules,
     };
     let vmap = |key: Vec<KeyField>, map: &str| Verdict::Vmap {
         key,
         map: map.to_string(),
     };
     vec![
-        // iifname vmap @raw_ifaces
+        // ip daddr 127.0.0.0/8 iifname vmap @raw_ifaces
+        // ip saddr 127.0.0.0/8 iifname vmap @raw_ifaces
         base(
             "raw_prerouting",
             ChainKind::Filter,
             Hook::Prerouting,
             PRIORITY_RAW,
-            rule(
-                vec![],
-                vmap(vec![KeyField::IifName], MAP_RAW_IFACES),
-                "guarded interfaces".to_string(),
-            ),
+            [Match::DaddrIn(loopback()), Match::SaddrIn(loopback())]
+                .into_iter()
+                .map(|gate| {
+                    rule(
+                        vec![gate],
+                        vmap(vec![KeyField::IifName], MAP_RAW_IFACES),
+                        "loopback addresses on guarded interfaces".to_string(),
+                    )
+                })
+                .collect(),
         ),
         // iifname . ip daddr . meta l4proto . th dport vmap @nat_grants
         base(
@@ -332,11 +340,11 @@ fn base_chains() -> Vec<Chain> {
             ChainKind::Nat,
             Hook::Prerouting,
             PRIORITY_DSTNAT,
-            rule(
+            vec![rule(
                 vec![],
                 vmap(target_key(), MAP_NAT_GRANTS),
                 "published addresses and ports".to_string(),
-            ),
+            )],
         ),
         // ip daddr 127.0.0.0/8 iifname vmap @input_ifaces
         base(
@@ -344,23 +352,23 @@ fn base_chains() -> Vec<Chain> {
             ChainKind::Filter,
             Hook::Input,
             PRIORITY_FILTER,
-            rule(
+            vec![rule(
                 vec![Match::DaddrIn(loopback())],
                 vmap(vec![KeyField::IifName], MAP_INPUT_IFACES),
                 "loopback traffic from guarded interfaces".to_string(),
-            ),
+            )],
         ),
-        // oifname vmap @post_ifaces
+        // ip saddr 127.0.0.0/8 oifname vmap @post_ifaces
         base(
             "postrouting",
             ChainKind::Filter,
             Hook::Postrouting,
             PRIORITY_AFTER_SRCNAT,
-            rule(
-                vec![],
+            vec![rule(
+                vec![Match::SaddrIn(loopback())],
                 vmap(vec![KeyField::OifName], MAP_POST_IFACES),
-                "guarded interfaces".to_string(),
-            ),
+                "loopback sources leaving guarded interfaces".to_string(),
+            )],
         ),
     ]
 }
@@ -495,17 +503,34 @@ pub fn verify(r: &Ruleset, grants: &[Grant]) -> Result<(), String> {
             }
         }
     }
-    // The entry points: one dispatching rule each; input only for loopback destinations.
-    for chain in r.chains.iter().filter(|c| c.attach.is_some()) {
-        let [only] = chain.rules.as_slice() else {
-            return Err(format!("base chain {} is not one rule", chain.name));
-        };
-        if !matches!(only.verdict, Verdict::Vmap { .. }) {
-            return Err(format!(
-                "base chain {} does not dispatch: {only}",
-                chain.name
-            ));
+    // The entry points: dispatching rules only, each sending exactly the packets its
+    // guard is about to the guard's map (a gate narrower than this would skip the guard).
+    let lo = loopback;
+    let expected: [(&str, Vec<Vec<Match>>); 4] = [
+        (
+            "raw_prerouting",
+            vec![vec![Match::DaddrIn(lo())], vec![Match::SaddrIn(lo())]],
+        ),
+        ("nat_prerouting", vec![vec![]]),
+        ("input", vec![vec![Match::DaddrIn(lo())]]),
+        ("postrouting", vec![vec![Match::SaddrIn(lo())]]),
+    ];
+    for (name, gates) in expected {
+        let chain = r
+            .chain(name)
+            .ok_or(format!("base chain {name} is missing"))?;
+        let have: Vec<&Vec<Match>> = chain.rules.iter().map(|x| &x.matches).collect();
+        if have != gates.iter().collect::<Vec<_>>()
+            || !chain
+                .rules
+                .iter()
+                .all(|x| matches!(x.verdict, Verdict::Vmap { .. }))
+        {
+            return Err(format!("base chain {name} does not dispatch as it must"));
         }
+    }
+    if r.chains.iter().filter(|c| c.attach.is_some()).count() != 4 {
+        return Err("unexpected base chain".to_string());
     }
     Ok(())
 }

@@ -979,6 +979,7 @@ fn assert_never_open_without_guard(lab: &Lab, point: &str) {
                 .get(chain)
                 .is_some_and(|rules| rules.iter().any(|r| r.starts_with(rule)))
         };
+        let gated = |chain: &str, gate: &str, map: &str| dispatch(chain, &format!("{gate} {map}"));
         let guard = |map: &str, rule: &str| {
             table
                 .via(map, "\"br0\"")
@@ -986,8 +987,15 @@ fn assert_never_open_without_guard(lab: &Lab, point: &str) {
         };
         for (ok, what) in [
             (
-                dispatch("raw_prerouting", "iifname vmap @raw_ifaces")
-                    && guard("raw_ifaces", "ip daddr 127.0.0.0/8 counter")
+                gated(
+                    "raw_prerouting",
+                    "ip daddr 127.0.0.0/8",
+                    "iifname vmap @raw_ifaces",
+                ) && gated(
+                    "raw_prerouting",
+                    "ip saddr 127.0.0.0/8",
+                    "iifname vmap @raw_ifaces",
+                ) && guard("raw_ifaces", "ip daddr 127.0.0.0/8 counter")
                     && guard("raw_ifaces", "ip saddr 127.0.0.0/8 counter"),
                 "the raw guard",
             ),
@@ -1000,8 +1008,11 @@ fn assert_never_open_without_guard(lab: &Lab, point: &str) {
                 "the input guard",
             ),
             (
-                dispatch("postrouting", "oifname vmap @post_ifaces")
-                    && guard("post_ifaces", "ip saddr 127.0.0.0/8 counter"),
+                gated(
+                    "postrouting",
+                    "ip saddr 127.0.0.0/8",
+                    "oifname vmap @post_ifaces",
+                ) && guard("post_ifaces", "ip saddr 127.0.0.0/8 counter"),
                 "the postrouting guard",
             ),
         ] {
