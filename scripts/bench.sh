@@ -14,7 +14,7 @@ dpkg-query -W -f='${Status}' python3-matplotlib 2>/dev/null | grep -q "ok instal
 
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 if [ $QUICK = 1 ]; then SECS=0.5; ROUNDS=1; SIZES="10 1000"; GRANTS=100
-else SECS=2; ROUNDS=5; SIZES="10 1000 10000 100000"; GRANTS=1000; fi
+else SECS=2; ROUNDS=7; SIZES="10 1000 10000 100000"; GRANTS=1000; fi
 
 cargo build --locked --release --quiet
 cargo build --release --quiet --manifest-path bench/Cargo.toml
