@@ -100,9 +100,13 @@ teardown() {
     loopgate-*) "$LG" --netns "$H" revoke --all >/dev/null ;;
   esac
 }
-# Rounds outside, cases inside: drift on a noisy machine touches every case alike.
+# Rounds outside, cases inside: drift on a noisy machine touches every case alike. The
+# order rotates each round, so no case always follows the same one (a case inherits the
+# conntrack entries and pending kernel frees of the one before it).
+read -r -a order <<< "$CASES"
 for round in $(seq "$ROUNDS"); do
-  for c in $CASES; do
+  for i in "${!order[@]}"; do
+    c=${order[$(( (i + round - 1) % ${#order[@]} ))]}
     read -r ns addr < <(setup "$c")
     measure "$c" "$round" "$ns" "$addr"
     teardown "$c"
