@@ -481,8 +481,13 @@ impl Lab {
 
     /// Everything that must not change on a failed or refused command: the whole
     /// ruleset, every route_localnet of the host namespace, and loopgate's state file.
+    ///
+    /// Rule counters are left out: they move with traffic, not with loopgate. (After a
+    /// failure at `commit`, the revoked flow's conntrack entry is already gone; the
+    /// client's next packet, even a delayed ACK, re-creates it through the DNAT rule.)
     pub fn fingerprint(&self) -> String {
-        let ruleset = self.host.exec(&["nft", "list", "ruleset"]);
+        // `nft -s` (stateless) prints rules without counter values.
+        let ruleset = self.host.exec(&["nft", "-s", "list", "ruleset"]);
         let sysctls = self.host.exec(&[
             "sh",
             "-c",
