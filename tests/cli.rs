@@ -442,13 +442,10 @@ const STEPS: [&str; 6] = [
 #[test]
 fn every_failpoint_of_expose_revoke_and_apply_rolls_back() {
     let (lab, _services) = lab_with_services();
-    let policy = lab.state_dir.join("p.yaml");
-    std::fs::write(
-        &policy,
+    let policy = lab.policy(
+        "p.yaml",
         "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: [3306, 3307]\n",
-    )
-    .unwrap();
-    let policy = policy.to_str().unwrap().to_string();
+    );
     let mut exercised = 0;
     let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
     let revoke = ["revoke", "br0", "--port", "3306"];
@@ -521,13 +518,8 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
     lab.host.ip("link add br1 type bridge");
     lab.host.ip("addr add 198.51.100.1/24 dev br1");
     lab.host.ip("link set br1 up");
-    let policy = lab.state_dir.join("two.yaml");
-    std::fs::write(
-        &policy,
-        "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: 3306\n  - interface: br1\n    allow: 198.51.100.0/24\n    port: 3307\n",
-    )
-    .unwrap();
-    let policy = policy.to_str().unwrap();
+    let policy = lab.policy("two.yaml", "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: 3306\n  - interface: br1\n    allow: 198.51.100.0/24\n    port: 3307\n");
+    let policy = policy.as_str();
     assert_rolls_back(
         &lab,
         &["apply", policy],
@@ -866,13 +858,11 @@ fn dry_run_and_plan_print_the_change_and_change_nothing() {
     nft_accepts(table);
     assert_eq!(lab.fingerprint(), before);
 
-    let policy = lab.state_dir.join("p.yaml");
-    std::fs::write(
-        &policy,
-        format!("grants:\n  - interface: br0\n    allow: {ALLOWED}\n    port: 3306\n"),
-    )
-    .unwrap();
-    let policy = policy.to_str().unwrap();
+    let policy = lab.policy(
+        "p.yaml",
+        &format!("grants:\n  - interface: br0\n    allow: {ALLOWED}\n    port: 3306\n"),
+    );
+    let policy = policy.as_str();
     let out = lab.ok(&["plan", policy]);
     assert!(out.contains("add grant") && out.contains("0 -> 1"), "{out}");
     assert_eq!(lab.fingerprint(), before);
@@ -894,17 +884,15 @@ fn large_allow_lists_span_several_netlink_pages_in_one_batch() {
     let hosts: Vec<String> = (0..20_000u32)
         .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 2).to_string())
         .collect();
-    let policy = lab.state_dir.join("big.yaml");
     for client in [CONTAINER_ADDR.to_string(), "192.0.2.0/28".to_string()] {
-        std::fs::write(
-            &policy,
-            format!(
+        let policy = lab.policy(
+            "big.yaml",
+            &format!(
                 "grants:\n  - interface: br0\n    allow: [{}, {client}]\n    port: 3306\n",
                 hosts.join(", ")
             ),
-        )
-        .unwrap();
-        let policy = policy.to_str().unwrap();
+        );
+        let policy = policy.as_str();
         lab.ok(&["apply", policy]);
         let table =
             stdout(
@@ -1028,13 +1016,10 @@ fn assert_never_open_without_guard(lab: &Lab, point: &str) {
 #[test]
 fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
     let (lab, _services) = lab_with_services();
-    let policy = lab.state_dir.join("p.yaml");
-    std::fs::write(
-        &policy,
+    let policy = lab.policy(
+        "p.yaml",
         "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: 3306\n",
-    )
-    .unwrap();
-    let policy = policy.to_str().unwrap().to_string();
+    );
     let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
     let revoke = ["revoke", "br0", "--port", "3306"];
     let apply = ["apply", policy.as_str()];
@@ -1931,9 +1916,7 @@ fn many_grants_on_several_interfaces_reach_only_their_own_services() {
             "  - name: dns{i}\n    interface: {iface}\n    allow: [{subnet}]\n    port: 53\n    proto: udp\n    to: 127.0.0.1:5100\n"
         ));
     }
-    let path = lab.state_dir.join("many.yaml");
-    std::fs::write(&path, policy).unwrap();
-    lab.ok(&["apply", path.to_str().unwrap()]);
+    lab.ok(&["apply", &lab.policy("many.yaml", &policy)]);
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
     let table = NftTable::read(&lab.host);
     assert_eq!(table.maps["nat_grants"].len(), 303);

@@ -4,7 +4,7 @@
 //! NAT binding lives in the entry. Revoking access therefore also deletes the entries
 //! whose original destination is a revoked publication (the "stale access" class).
 
-use super::netlink::NlSocket;
+use super::netlink::{attrs, nest_attr, put_attr, NlSocket};
 use crate::grant::Proto;
 use anyhow::{Context, Result};
 use std::net::Ipv4Addr;
@@ -21,8 +21,6 @@ const CTA_IP_V4_DST: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
-const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
 
 /// The original-direction tuple of a conntrack entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,22 +31,6 @@ pub struct Flow {
     pub sport: u16,
     pub dport: u16,
     pub zone: u16,
-}
-
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((ty, payload))
-    })
 }
 
 fn parse_flow(msg_payload: &[u8]) -> Option<Flow> {
@@ -120,24 +102,6 @@ impl MsgBuilder {
         MsgBuilder { buf }
     }
 
-    fn attr(&mut self, ty: u16, data: &[u8]) {
-        let len = 4 + data.len();
-        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
-        }
-    }
-
-    fn nest(&mut self, ty: u16, inner: impl FnOnce(&mut Self)) {
-        let start = self.buf.len();
-        self.attr(ty | NLA_F_NESTED, &[]);
-        inner(self);
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
     fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() as u32;
         self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
@@ -183,6 +147,29 @@ fn is_unsupported(e: &anyhow::Error) -> bool {
         .is_some_and(|c| c == libc::EOPNOTSUPP || c == libc::EPROTONOSUPPORT)
 }
 
+/// The request that deletes one entry, named by its original tuple and zone.
+fn delete_message(f: &Flow) -> Vec<u8> {
+    let mut b = MsgBuilder::new(
+        IPCTNL_MSG_CT_DELETE,
+        (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
+    );
+    nest_attr(&mut b.buf, CTA_TUPLE_ORIG, |b| {
+        nest_attr(b, CTA_TUPLE_IP, |b| {
+            put_attr(b, CTA_IP_V4_SRC, &f.src.octets());
+            put_attr(b, CTA_IP_V4_DST, &f.dst.octets());
+        });
+        nest_attr(b, CTA_TUPLE_PROTO, |b| {
+            put_attr(b, CTA_PROTO_NUM, &[f.proto]);
+            put_attr(b, CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes());
+            put_attr(b, CTA_PROTO_DST_PORT, &f.dport.to_be_bytes());
+        });
+    });
+    if f.zone != 0 {
+        put_attr(&mut b.buf, CTA_ZONE, &f.zone.to_be_bytes());
+    }
+    b.finish()
+}
+
 /// Deletes the given entries; entries that vanished meanwhile are not an error.
 pub fn delete(flows: &[Flow]) -> Result<usize> {
     if flows.is_empty() {
@@ -192,25 +179,7 @@ pub fn delete(flows: &[Flow]) -> Result<usize> {
     let mut sock = NlSocket::netfilter()?;
     let mut deleted = 0;
     for f in flows {
-        let mut b = MsgBuilder::new(
-            IPCTNL_MSG_CT_DELETE,
-            (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16,
-        );
-        b.nest(CTA_TUPLE_ORIG, |b| {
-            b.nest(CTA_TUPLE_IP, |b| {
-                b.attr(CTA_IP_V4_SRC, &f.src.octets());
-                b.attr(CTA_IP_V4_DST, &f.dst.octets());
-            });
-            b.nest(CTA_TUPLE_PROTO, |b| {
-                b.attr(CTA_PROTO_NUM, &[f.proto]);
-                b.attr(CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes());
-                b.attr(CTA_PROTO_DST_PORT, &f.dport.to_be_bytes());
-            });
-        });
-        if f.zone != 0 {
-            b.attr(CTA_ZONE, &f.zone.to_be_bytes());
-        }
-        match sock.dump(&b.finish()) {
+        match sock.dump(&delete_message(f)) {
             Ok(_) => deleted += 1,
             Err(e)
                 if e.downcast_ref::<std::io::Error>()
@@ -246,21 +215,9 @@ mod tests {
             proto: 6,
             sport: 40000,
             dport: 3306,
-            zone: 0,
+            zone: 7,
         };
-        let mut b = MsgBuilder::new(IPCTNL_MSG_CT_DELETE, 0);
-        b.nest(CTA_TUPLE_ORIG, |b| {
-            b.nest(CTA_TUPLE_IP, |b| {
-                b.attr(CTA_IP_V4_SRC, &f.src.octets());
-                b.attr(CTA_IP_V4_DST, &f.dst.octets());
-            });
-            b.nest(CTA_TUPLE_PROTO, |b| {
-                b.attr(CTA_PROTO_NUM, &[f.proto]);
-                b.attr(CTA_PROTO_SRC_PORT, &f.sport.to_be_bytes());
-                b.attr(CTA_PROTO_DST_PORT, &f.dport.to_be_bytes());
-            });
-        });
-        let msg = b.finish();
+        let msg = delete_message(&f);
         assert_eq!(
             u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize,
             msg.len()

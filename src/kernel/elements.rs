@@ -7,6 +7,7 @@
 //! bytes the kernel receives and dumps (`NFTA_LIST_ELEM` records, back to back), and
 //! parsed into a canonical form only to compare tables.
 
+use super::netlink::{attrs, nest_attr as nest, put_attr as put};
 use crate::ruleset::{AddrSet, VerdictMap};
 
 // linux/netfilter/nf_tables.h
@@ -23,47 +24,9 @@ pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
 /// `NFT_JUMP` as the kernel's u32 verdict code.
 pub const NFT_JUMP: u32 = -3i32 as u32;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 /// Element bytes per NEWSETELEM message: well inside one batch page and under the
 /// largest message libnftnl's batch accepts.
 const BLOCK_BYTES: usize = 16 * 1024;
-
-/// Appends one netlink attribute (header, payload, padding to 4 bytes).
-pub fn put(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    let len = 4 + payload.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(buf.len() + (4 - len % 4) % 4, 0);
-}
-
-/// Appends a nested attribute whose payload `fill` writes.
-pub fn nest(buf: &mut Vec<u8>, ty: u16, fill: impl FnOnce(&mut Vec<u8>)) {
-    let start = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    fill(buf);
-    let len = (buf.len() - start) as u16;
-    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    buf[start + 2..start + 4].copy_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-}
-
-/// The attributes in `buf`, as (type without flags, payload). Stops at a truncated one.
-pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = buf.get(len.div_ceil(4) * 4..).unwrap_or_default();
-        Some((ty, payload))
-    })
-}
 
 /// Elements of one set, in messages of bounded size.
 #[derive(Debug, Clone)]

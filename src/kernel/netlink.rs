@@ -208,3 +208,41 @@ impl NlSocket {
         Ok(out)
     }
 }
+
+const NLA_F_NESTED: u16 = 1 << 15;
+const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
+
+/// Appends one netlink attribute (header, payload, padding to 4 bytes).
+pub fn put_attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&ty.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    buf.resize(buf.len() + (4 - len % 4) % 4, 0);
+}
+
+/// Appends a nested attribute whose payload `fill` writes.
+pub fn nest_attr(buf: &mut Vec<u8>, ty: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    put_attr(buf, ty | NLA_F_NESTED, &[]);
+    fill(buf);
+    let len = (buf.len() - start) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// The attributes in `buf`, as (type without flags, payload). Stops at a truncated one.
+pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = buf.get(len.div_ceil(4) * 4..).unwrap_or_default();
+        Some((ty, payload))
+    })
+}

@@ -9,7 +9,7 @@
 
 pub use super::elements::Elem;
 use super::elements::{self, ElemBlock};
-use super::netlink::NlSocket;
+use super::netlink::{self, NlSocket};
 use crate::ruleset::{
     AddrSet, Attachment, Chain, ChainKind, CtDir, Hook, KeyField, Match, Rule, Ruleset, Verdict,
     VerdictMap, TABLE,
@@ -663,14 +663,14 @@ unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
     const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
     let mut payload = Vec::with_capacity(block.attrs.len() + 64);
     let strz = |s: &str| [s.as_bytes(), &[0]].concat();
-    elements::put(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &strz(TABLE));
-    elements::put(&mut payload, NFTA_SET_ELEM_LIST_SET, &strz(&block.set));
-    elements::put(
+    netlink::put_attr(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &strz(TABLE));
+    netlink::put_attr(&mut payload, NFTA_SET_ELEM_LIST_SET, &strz(&block.set));
+    netlink::put_attr(
         &mut payload,
         NFTA_SET_ELEM_LIST_SET_ID,
         &block.set_id.to_be_bytes(),
     );
-    elements::nest(&mut payload, elements::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+    netlink::nest_attr(&mut payload, elements::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
         b.extend_from_slice(&block.attrs)
     });
     // SAFETY: per the contract, the buffer behind `nlh` has room for the payload.
@@ -728,7 +728,7 @@ impl BatchWriter {
             );
             if let Some(g) = generation {
                 let mut attr = Vec::new();
-                elements::put(&mut attr, libc::NFNL_BATCH_GENID as u16, &g.to_be_bytes());
+                netlink::put_attr(&mut attr, libc::NFNL_BATCH_GENID as u16, &g.to_be_bytes());
                 append_attrs(nlh, &attr);
             }
         }
@@ -1024,7 +1024,7 @@ fn generation(sock: &mut NlSocket) -> Result<u32> {
         .iter()
         .find_map(|m| {
             let attrs = m.get(16 + 4..)?;
-            elements::attrs(attrs)
+            netlink::attrs(attrs)
                 .find(|(t, _)| *t == NFTA_GEN_ID)
                 .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
         })
@@ -1182,11 +1182,11 @@ fn get_str(p: *const c_char) -> String {
 
 /// Reads loopgate's table from the kernel: chains, sets with elements, rules.
 ///
-/// With `trust` (the vouch recorded at the last commit and the table planned from the
+/// With `trust` (the vouch recorded at the last commit and the image planned from the
 /// recorded grants): if the nftables generation has not moved since and the plan's
 /// elements have the vouched digest, the elements are taken from the plan instead of
 /// being dumped. Everything else is always read back.
-pub fn snapshot(trust: Option<(&Vouch, &Ruleset)>) -> Result<Snapshot> {
+pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
     let mut sock = NlSocket::netfilter()?;
     sock.size_buffers(8 << 20)?;
     // First: a change after this point moves the generation past the one recorded.
@@ -1262,22 +1262,27 @@ pub fn snapshot(trust: Option<(&Vouch, &Ruleset)>) -> Result<Snapshot> {
     }
     // Elements are restored after the chains: a verdict map's elements name them.
     let mut elem_objs = Vec::new();
-    let planned = trust
-        .filter(|(v, _)| v.generation == generation)
-        .map(|(v, r)| (v, encode(r)))
-        .filter(|(v, objs)| objs.elements_digest() == v.elements);
-    let vouched = planned.as_ref().map(|(v, _)| v.elements);
-    if let Some((_, objs)) = planned {
-        for (obj, label) in objs.objs {
-            if let Obj::Elems(block) = &obj {
-                let mut block = block.clone();
-                // Batch-local ids follow this snapshot's set order.
-                if let Some(i) = set_names.iter().position(|n| *n == block.set) {
-                    block.set_id = i as u32 + 1;
-                }
-                elem_objs.push((Obj::Elems(block), label));
-            }
+    let planned = trust.and_then(|(v, image)| match &image.elements {
+        Elements::Planned { digest, blocks }
+            if v.generation == generation && *digest == v.elements =>
+        {
+            Some((*digest, blocks))
         }
+        _ => None,
+    });
+    let vouched = planned.map(|(digest, _)| digest);
+    for block in planned
+        .map(|(_, blocks)| blocks.iter())
+        .into_iter()
+        .flatten()
+    {
+        let mut block = block.clone();
+        // Batch-local ids follow this snapshot's set order.
+        if let Some(i) = set_names.iter().position(|n| *n == block.set) {
+            block.set_id = i as u32 + 1;
+        }
+        let label = format!("elements of set {}", block.set);
+        elem_objs.push((Obj::Elems(block), label));
     }
     for (i, name) in set_names.iter().enumerate() {
         if vouched.is_some() {

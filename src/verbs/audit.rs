@@ -90,9 +90,10 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     let all = value_of("all").unwrap_or(0);
     let default = value_of("default").unwrap_or(0);
     let expected = plan::ruleset(&state.grants);
+    let expected_image = expected.as_ref().map(nft::planned_image);
     let trust = match args.deep {
         true => None,
-        false => state.vouch.as_ref().zip(expected.as_ref()),
+        false => state.vouch.as_ref().zip(expected_image.as_ref()),
     };
     let snapshot = nft::snapshot(trust)?;
     let listeners = host::listeners()?;
@@ -102,8 +103,8 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         .collect();
 
     let mut findings = Vec::new();
-    let differences = match (snapshot.image(), &expected) {
-        (Some(have), Some(want)) => have.differences(&nft::planned_image(want), 20),
+    let differences = match (snapshot.image(), &expected_image) {
+        (Some(have), Some(want)) => have.differences(want, 20),
         (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
         (Some(_), None) => {
             vec!["table ip loopgate exists but loopgate has no grants here".to_string()]

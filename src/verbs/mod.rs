@@ -26,7 +26,7 @@ pub enum Mode {
 
 /// Moves the host to `grants` (or shows what that would do).
 pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
-    let recorded = crate::plan::ruleset(&old.grants);
+    let recorded = crate::plan::ruleset(&old.grants).map(|r| nft::planned_image(&r));
     let snapshot = nft::snapshot(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let current = txn::current_sysctls(&old, &grants);
     let change = Change::compute(old, grants, &current, snapshot.image().as_ref());

@@ -54,7 +54,7 @@ pub fn repair() -> Result<()> {
     let want = nft::planned_image(&ruleset);
     let started = Instant::now();
     // Each tick: cheap while the nftables generation vouches for the elements.
-    let trust = state.vouch.as_ref().map(|v| (v, &ruleset));
+    let trust = state.vouch.as_ref().map(|v| (v, &want));
     let snapshot = nft::snapshot(trust)?;
     let mut guarded = snapshot.image().as_ref() == Some(&want);
     if guarded && !snapshot.vouched() {

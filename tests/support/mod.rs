@@ -450,6 +450,13 @@ impl Lab {
         ns.ip(&format!("route add 127.0.0.0/8 via {via} dev eth0"));
     }
 
+    /// Writes a policy file into the lab's state directory; returns its path.
+    pub fn policy(&self, name: &str, text: &str) -> String {
+        let path = self.state_dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
     /// Runs loopgate in the host namespace.
     pub fn loopgate(&self, args: &[&str]) -> Output {
         self.loopgate_env(args, &[])
