@@ -13,6 +13,7 @@ pub mod failpoint;
 pub mod grant;
 pub mod input;
 pub mod kernel;
+pub mod output;
 pub mod plan;
 pub mod policy;
 #[cfg(test)]

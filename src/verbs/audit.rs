@@ -257,8 +257,8 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         args.format
     };
     match format {
-        AuditFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        AuditFormat::Prometheus => print!("{}", prometheus(&report)),
+        AuditFormat::Json => crate::outln!("{}", serde_json::to_string_pretty(&report)?),
+        AuditFormat::Prometheus => crate::out!("{}", prometheus(&report)),
         AuditFormat::Text => print_text(&report),
     }
     Ok(match report.worst() {
@@ -268,11 +268,12 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
 }
 
 fn print_text(r: &Report) {
-    println!(
+    crate::outln!(
         "route_localnet: all={} default={}",
-        r.all_route_localnet, r.default_route_localnet
+        r.all_route_localnet,
+        r.default_route_localnet
     );
-    println!(
+    crate::outln!(
         "table ip loopgate: {}",
         match (r.table.present, r.table.matches_expected) {
             (false, true) => "absent (no grants)",
@@ -289,7 +290,7 @@ fn print_text(r: &Report) {
             (_, true) => "open, guarded",
             _ => "OPEN, UNGUARDED",
         };
-        println!(
+        crate::outln!(
             "{}: route_localnet={} effective={} {}{}",
             i.name,
             i.route_localnet,
@@ -302,14 +303,14 @@ fn print_text(r: &Report) {
             }
         );
         for g in &i.grants {
-            println!("  grant {g}");
+            crate::outln!("  grant {g}");
         }
         for s in &i.exposed_sockets {
-            println!("  exposes {}:{}/{}", s.addr, s.port, s.proto);
+            crate::outln!("  exposes {}:{}/{}", s.addr, s.port, s.proto);
         }
     }
     if r.findings.is_empty() {
-        println!("findings: none");
+        crate::outln!("findings: none");
     }
     for f in &r.findings {
         let sev = match f.severity {
@@ -317,7 +318,7 @@ fn print_text(r: &Report) {
             Severity::Warning => "WARNING",
             Severity::Critical => "CRITICAL",
         };
-        println!("{sev} [{}] {}", f.code, f.message);
+        crate::outln!("{sev} [{}] {}", f.code, f.message);
     }
 }
 

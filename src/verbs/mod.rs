@@ -55,7 +55,7 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
                 })?;
             }
         }
-        println!("nothing to do: the host already matches");
+        crate::outln!("nothing to do: the host already matches");
         return Ok(());
     }
     match mode {
@@ -65,13 +65,13 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
             } else {
                 "dry run, nothing changed"
             };
-            println!("# {header}:");
+            crate::outln!("# {header}:");
             for line in change.describe() {
-                println!("#   {line}");
+                crate::outln!("#   {line}");
             }
             if mode == Mode::DryRun {
-                println!("# resulting table (other tables are never touched):");
-                print!("{}", crate::plan::render(change.ruleset.as_ref()));
+                crate::outln!("# resulting table (other tables are never touched):");
+                crate::out!("{}", crate::plan::render(change.ruleset.as_ref()));
             }
             Ok(())
         }
@@ -79,10 +79,10 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
             let lines = change.describe();
             let outcome = txn::execute(store, &change, &snapshot)?;
             for line in lines {
-                println!("{line}");
+                crate::outln!("{line}");
             }
             if outcome.connections_cut > 0 {
-                println!(
+                crate::outln!(
                     "cut {} tracked connection(s) of revoked grants",
                     outcome.connections_cut
                 );
@@ -137,7 +137,7 @@ pub fn persist(grants: &[Grant]) -> Result<()> {
     for w in warnings {
         eprintln!("loopgate: warning: {w}");
     }
-    println!(
+    crate::outln!(
         "persisted to {}",
         dir.join(crate::policy::PERSIST_FILE).display()
     );

@@ -34,7 +34,7 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     };
     let keep: Vec<Grant> = old.grants.iter().filter(|g| !revoked(g)).cloned().collect();
     if keep.len() == old.grants.len() && old.pending.is_none() {
-        println!("no grant matched; nothing revoked");
+        crate::outln!("no grant matched; nothing revoked");
     }
     super::change(&store, old, keep, args.dry_run, args.persist)
 }

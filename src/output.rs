@@ -1,0 +1,42 @@
+//! Standard output that a closed pipe cannot turn into a panic.
+//!
+//! `println!` panics when stdout is a pipe whose reader has gone (`loopgate audit | head
+//! -1`), which would exit with 101 and, worse, skip whatever the verb still had to do
+//! after printing (recording a change that is already in force). Every line loopgate
+//! prints on stdout goes through [`outln!`] / [`out!`] instead: the first failed write
+//! (EPIPE or any other) silences the rest of the output, and the verb finishes and
+//! returns its true exit code.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `args` to stdout unless an earlier write failed; never panics.
+pub fn write(args: std::fmt::Arguments<'_>) {
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if out.write_fmt(args).and_then(|_| out.flush()).is_err() {
+        CLOSED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// True once a write to stdout failed (the reader closed the pipe).
+pub fn closed() -> bool {
+    CLOSED.load(Ordering::Relaxed)
+}
+
+/// `print!` that stops quietly when stdout is closed (see [`write`]).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*)) };
+}
+
+/// `println!` that stops quietly when stdout is closed (see [`write`]).
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
