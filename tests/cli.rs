@@ -6,6 +6,14 @@
 
 mod support;
 
+// Topic modules; kept under tests/cli/ so Cargo does not build each as its own binary.
+#[path = "cli/output_and_persist.rs"]
+mod output_and_persist;
+#[path = "cli/sysctl_values.rs"]
+mod sysctl_values;
+#[path = "cli/table_tamper.rs"]
+mod table_tamper;
+
 use std::net::Ipv4Addr;
 use support::*;
 
@@ -1571,8 +1579,10 @@ impl Watch {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        Watch { child, log }
+        let watch = Watch { child, log };
+        time_until(|| watch.log().contains("loopgate watch: started"))
+            .unwrap_or_else(|| panic!("watch did not start: {}", watch.log()));
+        watch
     }
 
     fn log(&self) -> String {

@@ -28,13 +28,17 @@ pub fn run() -> Result<()> {
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut monitor = Monitor::new()?;
-    eprintln!("loopgate watch: started");
+    let mut first = true;
     while !STOP.load(Ordering::SeqCst) {
         if let Err(e) = repair() {
             eprintln!(
                 "loopgate watch: repair failed: {}",
                 crate::error::one_line(&e)
             );
+        }
+        if std::mem::take(&mut first) {
+            // After the first pass, so "started" means "subscribed and converged once".
+            eprintln!("loopgate watch: started");
         }
         monitor.wait(TICK);
     }

@@ -1,0 +1,3 @@
+//! Topic: exit codes and output that stay true after a change; the persisted policy file.
+
+use super::*;
