@@ -4,6 +4,7 @@
 use crate::cidr;
 use crate::grant::{Grant, GrantKey, Proto};
 use crate::kernel::nft;
+use crate::kernel::sysctl::Device;
 use crate::plan;
 use crate::ruleset::Verdict;
 use crate::state::{State, STATE_VERSION};
@@ -159,12 +160,19 @@ proptest! {
 
     #[test]
     fn planning_again_after_applying_changes_nothing(gs in grants()) {
-        let before: BTreeMap<String, u8> = plan::interfaces(&gs).into_iter().map(|i| (i, 0)).collect();
+        let devices = |value: i32| -> BTreeMap<u32, Device> {
+            plan::interfaces(&gs).into_iter().enumerate().map(|(i, name)| {
+                let ifindex = i as u32 + 2;
+                (ifindex, Device { ifindex, name, route_localnet: value })
+            }).collect()
+        };
+        let before = devices(0);
         let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, gs.clone(), &before, None);
-        prop_assert_eq!(applied.sysctls.len(), before.len());
+        prop_assert_eq!(applied.raise.len(), before.len());
+        prop_assert!(applied.lower.is_empty());
         // What the kernel and the state file hold after that change committed:
         let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None };
-        let sysctls: BTreeMap<String, u8> = applied.originals.keys().map(|i| (i.clone(), 1)).collect();
+        let sysctls = devices(1);
         let kernel = applied.ruleset.as_ref().map(nft::planned_image);
         let again = Change::compute(state, gs, &sysctls, kernel.as_ref());
         prop_assert!(again.is_noop(), "{:?}", again.describe());

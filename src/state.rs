@@ -16,7 +16,26 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-pub const STATE_VERSION: u32 = 1;
+/// Version of the state file. 2: originals are recorded per device instance (ifindex);
+/// a version-1 file (originals by interface name) is still read, see [`Store::load`].
+pub const STATE_VERSION: u32 = 2;
+
+/// route_localnet of one device instance before loopgate first changed it.
+///
+/// Tied to the ifindex it was read from: a runtime that deletes and re-creates a bridge
+/// under the same name gives the new copy a new ifindex, and the original of the old copy
+/// then means nothing (restoring it could open the new copy without a guard, or close a
+/// runtime's own 1). A renamed device keeps its ifindex, so its original follows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Original {
+    /// The interface's name when the value was read (for people; matching is by ifindex).
+    pub iface: String,
+    /// The kernel's ifindex of the device instance, in this network namespace.
+    pub ifindex: u32,
+    /// route_localnet as read from that device: the kernel's signed `int`.
+    pub value: i32,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,9 +43,9 @@ pub struct State {
     pub version: u32,
     /// The committed grants.
     pub grants: Vec<Grant>,
-    /// route_localnet before loopgate changed it, per interface it manages or managed
-    /// in an unfinished transaction.
-    pub originals: BTreeMap<String, u8>,
+    /// route_localnet before loopgate changed it, one record per device instance it
+    /// manages or managed in an unfinished transaction, sorted by ifindex.
+    pub originals: Vec<Original>,
     /// Grants of a transaction that started and never finished (a crash); the next
     /// command converges the host to `grants` again or to its own target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,6 +53,55 @@ pub struct State {
     /// What vouches for the committed table without reading every element back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouch: Option<crate::kernel::nft::Vouch>,
+}
+
+impl State {
+    /// The record of device `ifindex`, if loopgate holds one.
+    pub fn original(&self, ifindex: u32) -> Option<&Original> {
+        self.originals.iter().find(|o| o.ifindex == ifindex)
+    }
+}
+
+/// Version 1 of the state file: originals by interface name, values as bytes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateV1 {
+    #[allow(dead_code)]
+    version: u32,
+    grants: Vec<Grant>,
+    originals: BTreeMap<String, u8>,
+    #[serde(default)]
+    pending: Option<Vec<Grant>>,
+    #[serde(default)]
+    vouch: Option<crate::kernel::nft::Vouch>,
+}
+
+impl StateV1 {
+    /// Ties each original to the device now carrying its name: the best a version-1
+    /// file allows (it was written by a loopgate that did not tell copies apart). An
+    /// interface that is gone has nothing left to restore.
+    fn upgrade(self, ifindex_of: impl Fn(&str) -> Option<u32>) -> State {
+        let mut originals: Vec<Original> = self
+            .originals
+            .into_iter()
+            .filter_map(|(iface, value)| {
+                ifindex_of(&iface).map(|ifindex| Original {
+                    iface,
+                    ifindex,
+                    value: i32::from(value),
+                })
+            })
+            .collect();
+        originals.sort_by_key(|o| o.ifindex);
+        originals.dedup_by_key(|o| o.ifindex);
+        State {
+            version: STATE_VERSION,
+            grants: self.grants,
+            originals,
+            pending: self.pending,
+            vouch: self.vouch,
+        }
+    }
 }
 
 /// Kernel features loopgate has already seen the kernel accept on this boot, so the
@@ -145,20 +213,28 @@ impl Store {
                 ..Default::default()
             }),
             Some(bytes) => {
-                let state: State = serde_json::from_slice(&bytes).with_context(|| {
+                let corrupt = || {
                     format!(
                         "state file {} is corrupt; inspect or remove it",
                         self.path().display()
                     )
-                })?;
-                if state.version != STATE_VERSION {
-                    anyhow::bail!(
-                        "state file {} has version {}, expected {STATE_VERSION}",
-                        self.path().display(),
-                        state.version
-                    );
+                };
+                #[derive(Deserialize)]
+                struct Version {
+                    version: u32,
                 }
-                Ok(state)
+                let Version { version } = serde_json::from_slice(&bytes).with_context(corrupt)?;
+                match version {
+                    STATE_VERSION => serde_json::from_slice(&bytes).with_context(corrupt),
+                    1 => {
+                        let v1: StateV1 = serde_json::from_slice(&bytes).with_context(corrupt)?;
+                        Ok(v1.upgrade(crate::kernel::sysctl::ifindex_of))
+                    }
+                    other => anyhow::bail!(
+                        "state file {} has version {other}, expected {STATE_VERSION}",
+                        self.path().display()
+                    ),
+                }
             }
         }
     }
@@ -185,5 +261,39 @@ impl Store {
         fs::rename(&tmp, self.path())
             .with_context(|| format!("replacing {}", self.path().display()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_file_is_tied_to_the_devices_that_carry_its_names_now() {
+        let v1: StateV1 = serde_json::from_str(
+            r#"{"version":1,"grants":[],"originals":{"br0":1,"gone":0,"veth1":0}}"#,
+        )
+        .unwrap();
+        let state = v1.upgrade(|name| match name {
+            "br0" => Some(7),
+            "veth1" => Some(3),
+            _ => None,
+        });
+        assert_eq!(state.version, STATE_VERSION);
+        assert_eq!(
+            state.originals,
+            vec![
+                Original {
+                    iface: "veth1".into(),
+                    ifindex: 3,
+                    value: 0
+                },
+                Original {
+                    iface: "br0".into(),
+                    ifindex: 7,
+                    value: 1
+                },
+            ]
+        );
     }
 }

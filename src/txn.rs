@@ -8,20 +8,26 @@
 //! (route_localnet=0) rather than left open: failing closed beats failing open.
 
 use crate::grant::Grant;
-use crate::kernel::{conntrack, nft, sysctl};
+use crate::input::loopback;
+use crate::kernel::sysctl::{self, Device};
+use crate::kernel::{conntrack, nft};
 use crate::plan;
 use crate::ruleset::Ruleset;
-use crate::state::{KnownFeatures, State, Store, STATE_VERSION};
+use crate::state::{KnownFeatures, Original, State, Store, STATE_VERSION};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-/// One route_localnet write the transaction will make.
+/// One route_localnet write the transaction will make, on one device instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysctlChange {
+    /// The device's name now (the write goes through /proc/sys by name).
     pub iface: String,
-    pub from: u8,
-    pub to: u8,
+    /// The device the change was computed for: the write is refused if the name now
+    /// denotes another one.
+    pub ifindex: u32,
+    pub from: i32,
+    pub to: i32,
 }
 
 impl fmt::Display for SysctlChange {
@@ -34,97 +40,199 @@ impl fmt::Display for SysctlChange {
     }
 }
 
+/// A device loopgate recorded under one name that now carries another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renamed {
+    pub was: String,
+    pub now: String,
+    pub ifindex: u32,
+}
+
 /// Everything a command would change, computed without changing anything.
 #[derive(Debug)]
 pub struct Change {
     pub old: State,
     pub grants: Vec<Grant>,
     pub ruleset: Option<Ruleset>,
+    /// The planned table's image (encoded once per command).
+    pub want: Option<nft::TableImage>,
     /// True when the kernel table already equals the planned one.
     pub table_matches: bool,
     /// When it does: the digest of its elements, to vouch for it at commit.
     pub matched_elements: Option<u64>,
-    pub originals: BTreeMap<String, u8>,
-    pub sysctls: Vec<SysctlChange>,
+    /// The kernel table is neither the committed plan nor the interrupted
+    /// transaction's: something removed, flushed, switched off (dormant) or edited the
+    /// guard. Every open managed interface is then closed before the table is put back,
+    /// reopened after, and flows that reached 127.0.0.0/8 meanwhile are cut.
+    pub guard_lost: bool,
+    /// The originals recorded once the change commits.
+    pub originals: Vec<Original>,
+    /// Writes made before the table changes: interfaces that close.
+    pub lower: Vec<SysctlChange>,
+    /// Writes made after the table is in place and read back: interfaces that open.
+    pub raise: Vec<SysctlChange>,
+    /// Recorded devices found under another name.
+    pub renamed: Vec<Renamed>,
+    /// Every device this change involves, as read: the fail-closed path closes them.
+    pub devices: BTreeMap<u32, Device>,
+}
+
+/// The names and ifindexes whose devices a change from `old` to `grants` depends on.
+pub fn interesting(old: &State, grants: &[Grant]) -> (BTreeSet<String>, BTreeSet<u32>) {
+    let mut names: BTreeSet<String> = old.originals.iter().map(|o| o.iface.clone()).collect();
+    names.extend(grants.iter().map(|g| g.iface.clone()));
+    names.extend(old.grants.iter().map(|g| g.iface.clone()));
+    let indexes = old.originals.iter().map(|o| o.ifindex).collect();
+    (names, indexes)
+}
+
+/// Reads the devices a change from `old` to `grants` depends on (see [`interesting`]).
+pub fn observe_devices(old: &State, grants: &[Grant]) -> Result<BTreeMap<u32, Device>> {
+    let (names, indexes) = interesting(old, grants);
+    sysctl::devices(&names, &indexes)
 }
 
 impl Change {
     /// Computes the change from the recorded state, the target grants and what the
-    /// kernel holds now: `current` route_localnet values and loopgate's table.
+    /// kernel holds now: the `devices` involved (see [`observe_devices`]) and
+    /// loopgate's table. Pure: no system call.
     pub fn compute(
         old: State,
         grants: Vec<Grant>,
-        current: &BTreeMap<String, u8>,
+        devices: &BTreeMap<u32, Device>,
         kernel_table: Option<&nft::TableImage>,
     ) -> Change {
         let grants = crate::grant::normalize(grants);
-        let managed: BTreeSet<String> = plan::interfaces(&grants).into_iter().collect();
-        let mut originals = BTreeMap::new();
-        let mut sysctls = Vec::new();
-        for iface in &managed {
-            // A managed interface that is gone (dockerd deleted it) has no sysctl to
-            // write: keep its recorded original and leave it to `watch` or the next
-            // apply, instead of failing every change on other interfaces.
-            let Some(&now) = current.get(iface) else {
-                if let Some(&original) = old.originals.get(iface) {
-                    originals.insert(iface.clone(), original);
-                }
-                continue;
-            };
-            originals.insert(
-                iface.clone(),
-                old.originals.get(iface).copied().unwrap_or(now),
-            );
-            if now != 1 {
-                sysctls.push(SysctlChange {
-                    iface: iface.clone(),
-                    from: now,
-                    to: 1,
-                });
-            }
-        }
-        for (iface, &original) in &old.originals {
-            if managed.contains(iface) {
-                continue;
-            }
-            // An interface that is gone has nothing left to restore.
-            if let Some(&now) = current.get(iface) {
-                if now != original {
-                    sysctls.push(SysctlChange {
-                        iface: iface.clone(),
-                        from: now,
-                        to: original,
-                    });
-                }
-            }
-        }
         let ruleset = plan::ruleset(&grants);
-        let (table_matches, matched_elements) = match (kernel_table, &ruleset) {
+        let want = ruleset.as_ref().map(nft::planned_image);
+        let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
-            (Some(have), Some(want)) => {
-                let want = nft::planned_image(want);
-                match *have == want {
-                    true => (true, want.elements.digest()),
-                    false => (false, None),
-                }
-            }
+            (Some(have), Some(want)) if have == want => (true, want.elements.digest()),
             _ => (false, None),
         };
+        let guard_lost = !table_matches && {
+            // The tables the host may rightly hold: the committed plan, or the plan of
+            // an interrupted transaction (it may have got as far as the table).
+            let plan_of = |gs: &[Grant]| {
+                if crate::grant::normalize(gs.to_vec()) == grants {
+                    want.clone()
+                } else {
+                    plan::ruleset(gs).as_ref().map(nft::planned_image)
+                }
+            };
+            let mut rightful = vec![plan_of(&old.grants)];
+            if let Some(pending) = &old.pending {
+                rightful.push(plan_of(pending));
+            }
+            rightful.iter().any(Option::is_some)
+                && !rightful.iter().any(|r| r.as_ref() == kernel_table)
+        };
+
+        let managed: BTreeSet<String> = plan::interfaces(&grants).into_iter().collect();
+        let mut originals: Vec<Original> = Vec::new();
+        let mut renamed = Vec::new();
+        // Where each involved device ends: ifindex -> value after the change.
+        let mut target: BTreeMap<u32, i32> = BTreeMap::new();
+        for rec in &old.originals {
+            // A device that is gone has nothing left to restore; its record goes.
+            let Some(dev) = devices.get(&rec.ifindex) else {
+                continue;
+            };
+            if dev.name != rec.iface {
+                renamed.push(Renamed {
+                    was: rec.iface.clone(),
+                    now: dev.name.clone(),
+                    ifindex: rec.ifindex,
+                });
+            }
+            if managed.contains(&dev.name) {
+                originals.push(Original {
+                    iface: dev.name.clone(),
+                    ..rec.clone()
+                });
+            } else {
+                // No longer managed (revoked, or renamed away from its guard): back to
+                // exactly what it was before loopgate.
+                target.insert(rec.ifindex, rec.value);
+            }
+        }
+        for name in &managed {
+            // A missing interface has no sysctl: its grants wait for it to return.
+            let Some(dev) = devices.values().find(|d| &d.name == name) else {
+                continue;
+            };
+            let rec = match originals.iter().find(|o| o.ifindex == dev.ifindex) {
+                Some(rec) => rec.clone(),
+                None => {
+                    // First seen, or a new copy of the device: its own value is the
+                    // original, whatever an earlier copy had.
+                    let rec = Original {
+                        iface: name.clone(),
+                        ifindex: dev.ifindex,
+                        value: dev.route_localnet,
+                    };
+                    originals.push(rec.clone());
+                    rec
+                }
+            };
+            let open = match (
+                sysctl::is_open(dev.route_localnet),
+                sysctl::is_open(rec.value),
+            ) {
+                (true, _) => dev.route_localnet,
+                // Closed since: reopen with the value it had, 1 if that was closed.
+                (false, true) => rec.value,
+                (false, false) => 1,
+            };
+            target.insert(dev.ifindex, open);
+        }
+        originals.sort_by_key(|o| o.ifindex);
+
+        let (mut lower, mut raise) = (Vec::new(), Vec::new());
+        for (&ifindex, &to) in &target {
+            let dev = &devices[&ifindex];
+            let from = dev.route_localnet;
+            let change = |from, to| SysctlChange {
+                iface: dev.name.clone(),
+                ifindex,
+                from,
+                to,
+            };
+            if guard_lost && sysctl::is_open(from) {
+                // Nothing stands between this interface and 127/8 right now: close it
+                // before anything else, reopen it once the guard is back.
+                lower.push(change(from, 0));
+                if sysctl::is_open(to) {
+                    raise.push(change(0, to));
+                }
+            } else if from == to {
+            } else if !sysctl::is_open(to) {
+                lower.push(change(from, to));
+            } else {
+                raise.push(change(from, to));
+            }
+        }
         Change {
             old,
             grants,
             ruleset,
+            want,
             table_matches,
             matched_elements,
+            guard_lost,
             originals,
-            sysctls,
+            lower,
+            raise,
+            renamed,
+            devices: devices.clone(),
         }
     }
 
     /// True when the host already matches: nothing would be written.
     pub fn is_noop(&self) -> bool {
         self.table_matches
-            && self.sysctls.is_empty()
+            && self.lower.is_empty()
+            && self.raise.is_empty()
             && self.old.pending.is_none()
             && self.old.grants == self.grants
             && self.old.originals == self.originals
@@ -160,7 +268,19 @@ impl Change {
                 out.push(format!("remove grant {o}"));
             }
         }
-        for s in &self.sysctls {
+        for r in &self.renamed {
+            out.push(format!(
+                "{} (ifindex {}) is now called {}: its guard matches the old name",
+                r.was, r.ifindex, r.now
+            ));
+        }
+        if self.guard_lost {
+            out.push(format!(
+                "table ip {} is not as loopgate left it (deleted, flushed, dormant or edited): close the managed interfaces first",
+                crate::ruleset::TABLE
+            ));
+        }
+        for s in &self.lower {
             out.push(format!("set {s}"));
         }
         if !self.table_matches {
@@ -176,21 +296,14 @@ impl Change {
                 None => out.push(format!("remove table ip {}", crate::ruleset::TABLE)),
             }
         }
+        for s in &self.raise {
+            out.push(format!("set {s}"));
+        }
         if self.old.pending.is_some() {
             out.push("finish an interrupted transaction".to_string());
         }
         out
     }
-}
-
-/// Reads the route_localnet values a change depends on.
-pub fn current_sysctls(old: &State, grants: &[Grant]) -> BTreeMap<String, u8> {
-    let mut ifaces: BTreeSet<String> = old.originals.keys().cloned().collect();
-    ifaces.extend(grants.iter().map(|g| g.iface.clone()));
-    ifaces
-        .into_iter()
-        .filter_map(|i| sysctl::read(&i).ok().map(|v| (i, v)))
-        .collect()
 }
 
 /// What a finished transaction did.
@@ -201,7 +314,11 @@ pub struct Outcome {
 
 enum Undo {
     StateFile(Option<Vec<u8>>),
-    Sysctl { iface: String, value: u8 },
+    Sysctl {
+        iface: String,
+        ifindex: u32,
+        value: i32,
+    },
     Table,
 }
 
@@ -222,6 +339,9 @@ pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Resu
         Err(err) => {
             let rollback = roll_back(store, undo, snapshot, change);
             match rollback {
+                Ok(()) if change.guard_lost => Err(err.context(
+                    "rolled back, except that route_localnet stays 0 on the interfaces loopgate manages: loopgate's table had been deleted or altered before this command, and reopening them without it would leave them unguarded",
+                )),
                 Ok(()) => Err(err.context("rolled back: the ruleset and sysctls are as they were")),
                 Err(rb) => Err(err.context(format!("ROLLBACK INCOMPLETE ({rb:#})"))),
             }
@@ -240,41 +360,63 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     result
 }
 
+/// Writes `changes` in order, registering the undo of each before the next.
+fn write_sysctls(changes: &[SysctlChange], undo: &mut Vec<Undo>) -> Result<()> {
+    for s in changes {
+        sysctl::write_device(&s.iface, s.ifindex, s.to)?;
+        undo.push(Undo::Sysctl {
+            iface: s.iface.clone(),
+            ifindex: s.ifindex,
+            value: s.from,
+        });
+    }
+    Ok(())
+}
+
+/// The records the journal keeps while a change runs: every device whose value may
+/// move, with the value it had before loopgate, so a crash at any later point loses
+/// none of them. Earlier records win: they are older truths about the same device.
+fn journal_originals(change: &Change) -> Vec<Original> {
+    let mut all = change.old.originals.clone();
+    for o in &change.originals {
+        if !all.iter().any(|a| a.ifindex == o.ifindex) {
+            all.push(o.clone());
+        }
+    }
+    all.sort_by_key(|o| o.ifindex);
+    all
+}
+
 fn run_steps(
     store: &Store,
     change: &Change,
     generation: u32,
     undo: &mut Vec<Undo>,
 ) -> Result<Outcome> {
+    // 0. The guard is gone: every second counts, and closing needs no new record (each
+    //    device closed here has its original in the committed state already).
+    if change.guard_lost {
+        step("sysctl-lower", || write_sysctls(&change.lower, undo))?;
+    }
+
     // 1. Journal: record originals before any sysctl moves, so a crash cannot lose them.
     undo.push(Undo::StateFile(store.read_raw()?));
     step("journal", || {
-        let mut originals = change.old.originals.clone();
-        for (i, v) in &change.originals {
-            originals.entry(i.clone()).or_insert(*v);
-        }
         store.save(&State {
             version: STATE_VERSION,
             grants: change.old.grants.clone(),
-            originals,
+            originals: journal_originals(change),
             pending: Some(change.grants.clone()),
             vouch: change.old.vouch,
         })
     })?;
 
     // 2. Close first: sysctls going down are written while the old guards still stand.
-    step("sysctl-lower", || {
-        for s in change.sysctls.iter().filter(|s| s.to < s.from) {
-            sysctl::write(&s.iface, s.to)?;
-            undo.push(Undo::Sysctl {
-                iface: s.iface.clone(),
-                value: s.from,
-            });
-        }
-        Ok(())
-    })?;
+    if !change.guard_lost {
+        step("sysctl-lower", || write_sysctls(&change.lower, undo))?;
+    }
 
-    // 3. The whole table in one atomic batch.
+    // 3. The whole table in one atomic batch, then read back.
     let vouch = if change.table_matches {
         // Unchanged: it equalled the plan when read at `generation`.
         change.matched_elements.map(|elements| nft::Vouch {
@@ -286,23 +428,19 @@ fn run_steps(
         // the rollback must still put the old table back. Restoring an unchanged table
         // is harmless.
         undo.push(Undo::Table);
-        step("ruleset", || nft::apply(change.ruleset.as_ref()))?
+        step("ruleset", || {
+            let vouch = nft::apply(change.ruleset.as_ref())?;
+            verify_table(change, vouch.as_ref())?;
+            Ok(vouch)
+        })?
     };
 
-    // 4. Open last: only now that the guards are in place.
-    step("sysctl-raise", || {
-        for s in change.sysctls.iter().filter(|s| s.to > s.from) {
-            sysctl::write(&s.iface, s.to)?;
-            undo.push(Undo::Sysctl {
-                iface: s.iface.clone(),
-                value: s.from,
-            });
-        }
-        Ok(())
-    })?;
+    // 4. Open last: only now that the guards are in place and read back.
+    step("sysctl-raise", || write_sysctls(&change.raise, undo))?;
 
-    // 5. Cut flows the new rules no longer allow.
-    let cut = step("conntrack", || cut_revoked_flows(change))?;
+    // 5. Cut flows the new rules no longer allow, and any that reached 127.0.0.0/8
+    //    while the guard was gone.
+    let cut = step("conntrack", || cut_flows(change))?;
 
     // 6. Commit.
     step("commit", || {
@@ -319,22 +457,43 @@ fn run_steps(
     })
 }
 
-fn cut_revoked_flows(change: &Change) -> Result<usize> {
+/// Reads the table back after a batch and insists that it is the planned one: an ACK
+/// says the batch committed, not that nothing changed it since. Elements are vouched for
+/// by the generation when nothing else committed in between (cheap), read otherwise.
+fn verify_table(change: &Change, vouch: Option<&nft::Vouch>) -> Result<()> {
+    let trust = vouch.zip(change.want.as_ref());
+    let have = nft::snapshot(trust)?.image();
+    if have != change.want {
+        anyhow::bail!(
+            "table ip {} does not read back as planned right after it was written",
+            crate::ruleset::TABLE
+        );
+    }
+    Ok(())
+}
+
+fn cut_flows(change: &Change) -> Result<usize> {
     let revoked = change.revoked();
-    if revoked.is_empty() || conntrack::count() == Some(0) {
+    if (revoked.is_empty() && !change.guard_lost) || conntrack::count() == Some(0) {
         return Ok(0);
     }
     let flows = conntrack::list()?;
+    let lo = loopback();
     let doomed: Vec<conntrack::Flow> = flows
         .into_iter()
         .filter(|f| {
-            revoked.iter().any(|(old, new)| {
-                conntrack::matches(f, old.listen, old.proto, old.port)
-                    && match new {
-                        None => true,
-                        Some(n) => n.to != old.to || !n.allow.iter().any(|net| net.contains(f.src)),
-                    }
-            })
+            // Reached loopback from outside while nothing guarded it.
+            let window = change.guard_lost && lo.contains(f.dst) && !lo.contains(f.src);
+            window
+                || revoked.iter().any(|(old, new)| {
+                    conntrack::matches(f, old.listen, old.proto, old.port)
+                        && match new {
+                            None => true,
+                            Some(n) => {
+                                n.to != old.to || !n.allow.iter().any(|net| net.contains(f.src))
+                            }
+                        }
+                })
         })
         .collect();
     conntrack::delete(&doomed)
@@ -347,19 +506,24 @@ fn roll_back(
     change: &Change,
 ) -> Result<()> {
     let mut errors = Vec::new();
-    let mut table_restored = true;
+    // Reopening an interface is only safe behind a guard known to be good: the table
+    // as it was, unless that table was itself the broken one.
+    let mut guard_good = !change.guard_lost;
     for u in undo.into_iter().rev() {
         let result = match &u {
-            Undo::Sysctl { iface, value } => {
-                // Re-opening an interface is only safe if its guards are back.
-                if *value == 1 && !table_restored {
+            Undo::Sysctl {
+                iface,
+                ifindex,
+                value,
+            } => {
+                if sysctl::is_open(*value) && !guard_good {
                     continue;
                 }
-                sysctl::write(iface, *value)
+                sysctl::write_device(iface, *ifindex, *value)
             }
             Undo::Table => {
                 let r = snapshot.restore();
-                table_restored = r.is_ok();
+                guard_good = r.is_ok() && !change.guard_lost;
                 r.context("restoring the previous table")
             }
             Undo::StateFile(bytes) => store.write_raw(bytes.as_deref()),
@@ -368,20 +532,229 @@ fn roll_back(
             errors.push(format!("{e:#}"));
         }
     }
-    if !table_restored {
-        // Fail closed: no interface loopgate touched stays open without known guards.
-        for iface in change.originals.keys().chain(change.old.originals.keys()) {
-            if sysctl::read(iface).is_ok_and(|v| v == 1) {
-                if let Err(e) = sysctl::write(iface, 0) {
+    if !guard_good {
+        // Fail closed: no device loopgate touched or manages stays open without a
+        // guard known to be good. One failure does not stop the others.
+        for dev in change.devices.values() {
+            let open = sysctl::device(&dev.name).ok().flatten().is_some_and(|now| {
+                now.ifindex == dev.ifindex && sysctl::is_open(now.route_localnet)
+            });
+            if open {
+                if let Err(e) = sysctl::write_device(&dev.name, dev.ifindex, 0) {
                     errors.push(format!("{e:#}"));
                 }
             }
         }
-        errors.push("the previous table could not be restored, so route_localnet was turned off on every interface loopgate manages".into());
+        if !change.guard_lost {
+            errors.push("the guard could not be restored, so route_localnet was turned off on every interface loopgate manages".into());
+        }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         anyhow::bail!(errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::Proto;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn grant(iface: &str, port: u16) -> Grant {
+        Grant {
+            name: format!("{iface}-{port}"),
+            iface: iface.into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    fn dev(ifindex: u32, name: &str, value: i32) -> (u32, Device) {
+        (
+            ifindex,
+            Device {
+                ifindex,
+                name: name.into(),
+                route_localnet: value,
+            },
+        )
+    }
+
+    fn rec(iface: &str, ifindex: u32, value: i32) -> Original {
+        Original {
+            iface: iface.into(),
+            ifindex,
+            value,
+        }
+    }
+
+    fn state(grants: Vec<Grant>, originals: Vec<Original>) -> State {
+        State {
+            version: STATE_VERSION,
+            grants,
+            originals,
+            pending: None,
+            vouch: None,
+        }
+    }
+
+    /// The image of the table `grants` need, as a kernel holding it would show it.
+    fn table_of(grants: &[Grant]) -> Option<nft::TableImage> {
+        plan::ruleset(grants).as_ref().map(nft::planned_image)
+    }
+
+    fn writes(changes: &[SysctlChange]) -> Vec<(String, u32, i32, i32)> {
+        changes
+            .iter()
+            .map(|c| (c.iface.clone(), c.ifindex, c.from, c.to))
+            .collect()
+    }
+
+    #[test]
+    fn an_original_of_an_earlier_copy_of_the_device_is_never_restored() {
+        let g = vec![grant("br0", 8080)];
+        // The runtime's own 1 was recorded on ifindex 5; br0 was re-created as 9 at 0.
+        let old = state(g.clone(), vec![rec("br0", 5, 1)]);
+        let devices = BTreeMap::from([dev(9, "br0", 0)]);
+        let expose = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        assert_eq!(expose.originals, vec![rec("br0", 9, 0)]);
+        assert_eq!(writes(&expose.raise), vec![("br0".into(), 9, 0, 1)]);
+        // Revoke then closes what loopgate opened on this copy.
+        let after = state(g.clone(), expose.originals.clone());
+        let devices = BTreeMap::from([dev(9, "br0", 1)]);
+        let revoke = Change::compute(after, vec![], &devices, table_of(&g).as_ref());
+        assert_eq!(writes(&revoke.lower), vec![("br0".into(), 9, 1, 0)]);
+        assert!(revoke.originals.is_empty());
+    }
+
+    #[test]
+    fn a_runtime_that_re_creates_its_device_open_keeps_its_value_on_revoke() {
+        let g = vec![grant("br0", 8080)];
+        // Recorded 0 on ifindex 5; the runtime re-created br0 (ifindex 9) with its own 1.
+        let old = state(g.clone(), vec![rec("br0", 5, 0)]);
+        let devices = BTreeMap::from([dev(9, "br0", 1)]);
+        let revoke = Change::compute(old, vec![], &devices, table_of(&g).as_ref());
+        assert!(revoke.lower.is_empty() && revoke.raise.is_empty());
+        assert!(revoke.originals.is_empty());
+    }
+
+    #[test]
+    fn every_non_zero_value_is_open_and_the_exact_original_comes_back() {
+        let g = vec![grant("br0", 8080)];
+        for value in [2, 3, -1, 256, i32::MIN] {
+            // Already open: nothing to raise, the value is the original.
+            let devices = BTreeMap::from([dev(4, "br0", value)]);
+            let expose = Change::compute(state(vec![], vec![]), g.clone(), &devices, None);
+            assert!(
+                expose.raise.is_empty() && expose.lower.is_empty(),
+                "{value}"
+            );
+            assert_eq!(expose.originals, vec![rec("br0", 4, value)]);
+            // Closed by hand since: reopened with the recorded value, not with 1.
+            let closed = BTreeMap::from([dev(4, "br0", 0)]);
+            let old = state(g.clone(), expose.originals.clone());
+            let repair = Change::compute(old, g.clone(), &closed, table_of(&g).as_ref());
+            assert_eq!(writes(&repair.raise), vec![("br0".into(), 4, 0, value)]);
+            // Revoked after loopgate raised it from 0 to 1: back to exactly 0; with a
+            // foreign value recorded and a different one now: back to the recorded one.
+            let old = state(g.clone(), vec![rec("br0", 4, value)]);
+            let now = BTreeMap::from([dev(4, "br0", 1)]);
+            let revoke = Change::compute(old, vec![], &now, table_of(&g).as_ref());
+            assert_eq!(writes(&revoke.raise), vec![("br0".into(), 4, 1, value)]);
+        }
+    }
+
+    #[test]
+    fn a_renamed_device_goes_back_to_its_original_under_its_new_name() {
+        let g = vec![grant("br0", 8080)];
+        let old = state(g.clone(), vec![rec("br0", 5, 0)]);
+        let devices = BTreeMap::from([dev(5, "br9", 1)]);
+        let change = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        assert_eq!(
+            change.renamed,
+            vec![Renamed {
+                was: "br0".into(),
+                now: "br9".into(),
+                ifindex: 5
+            }]
+        );
+        assert_eq!(writes(&change.lower), vec![("br9".into(), 5, 1, 0)]);
+        assert!(change.originals.is_empty() && change.raise.is_empty());
+    }
+
+    #[test]
+    fn a_lost_guard_closes_every_open_managed_interface_before_the_table() {
+        let g = vec![grant("br0", 8080), grant("br1", 8081)];
+        let old = state(g.clone(), vec![rec("br0", 5, 0), rec("br1", 6, 3)]);
+        let devices = BTreeMap::from([dev(5, "br0", 1), dev(6, "br1", 3)]);
+        // Flushed (no table) and dormant or edited (another table) alike.
+        let other = table_of(&g[..1]);
+        for kernel in [None, other.as_ref()] {
+            let change = Change::compute(old.clone(), g.clone(), &devices, kernel);
+            assert!(change.guard_lost);
+            assert_eq!(
+                writes(&change.lower),
+                vec![("br0".into(), 5, 1, 0), ("br1".into(), 6, 3, 0)]
+            );
+            assert_eq!(
+                writes(&change.raise),
+                vec![("br0".into(), 5, 0, 1), ("br1".into(), 6, 0, 3)]
+            );
+        }
+        // Intact: nothing to do.
+        let intact = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        assert!(
+            !intact.guard_lost && intact.is_noop(),
+            "{:?}",
+            intact.describe()
+        );
+    }
+
+    #[test]
+    fn an_interrupted_change_is_rolled_back_and_its_interface_closed_first() {
+        let committed = vec![grant("br0", 8080)];
+        let pending = vec![grant("br0", 8080), grant("br1", 9090)];
+        // Crashed after raising br1 (ifindex 7), before committing.
+        let mut old = state(committed.clone(), vec![rec("br0", 5, 0), rec("br1", 7, 0)]);
+        old.pending = Some(pending.clone());
+        let devices = BTreeMap::from([dev(5, "br0", 1), dev(7, "br1", 1)]);
+        let change = Change::compute(
+            old,
+            committed.clone(),
+            &devices,
+            table_of(&pending).as_ref(),
+        );
+        // The table is the pending one: not tampered, so br0 stays open throughout.
+        assert!(!change.guard_lost && !change.table_matches);
+        assert_eq!(writes(&change.lower), vec![("br1".into(), 7, 1, 0)]);
+        assert!(change.raise.is_empty());
+        assert_eq!(change.originals, vec![rec("br0", 5, 0)]);
+    }
+
+    #[test]
+    fn a_missing_interface_keeps_its_grant_and_drops_the_dead_record() {
+        let g = vec![grant("br0", 8080)];
+        let old = state(g.clone(), vec![rec("br0", 5, 0)]);
+        let change = Change::compute(old, g.clone(), &BTreeMap::new(), table_of(&g).as_ref());
+        assert!(change.lower.is_empty() && change.raise.is_empty());
+        assert!(change.originals.is_empty());
+        assert_eq!(change.grants, g);
+    }
+
+    #[test]
+    fn the_journal_keeps_every_record_a_change_may_touch() {
+        let g = vec![grant("br0", 8080)];
+        let old = state(vec![], vec![rec("br1", 7, 2)]);
+        let devices = BTreeMap::from([dev(5, "br0", 0), dev(7, "br1", 1)]);
+        let change = Change::compute(old, g, &devices, None);
+        assert_eq!(
+            journal_originals(&change),
+            vec![rec("br0", 5, 0), rec("br1", 7, 2)]
+        );
     }
 }

@@ -289,7 +289,7 @@ fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
         codes.contains(&"table-tampered") && codes.contains(&"unguarded"),
         "{codes:?}"
     );
-    assert_eq!(report["schema_version"], 1);
+    assert_eq!(report["schema_version"], 2);
 
     // An edited rule counts as tampering too.
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
@@ -536,7 +536,8 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
     );
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
 
-    // A table someone edited is put back exactly as it was, edits included.
+    // A table someone edited is put back as it was, edits included, but the interface
+    // it no longer guards is not reopened: failing closed beats restoring a hole.
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     lab.host.exec(&[
         "nft",
@@ -548,12 +549,30 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
         "handle",
         &postrouting_handle(&lab),
     ]);
-    assert_rolls_back(
-        &lab,
-        &["apply", policy],
-        "sysctl-raise",
-        "step sysctl-raise",
+    let tampered = stdout(
+        &lab.host
+            .exec(&["nft", "-s", "list", "table", "ip", "loopgate"]),
     );
+    let out = lab.loopgate_env(
+        &["apply", policy],
+        &[("LOOPGATE_FAILPOINT", "sysctl-raise")],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("route_localnet stays 0")
+            && stderr(&out).contains("step sysctl-raise"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(
+            &lab.host
+                .exec(&["nft", "-s", "list", "table", "ip", "loopgate"])
+        ),
+        tampered
+    );
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br1.route_localnet"), "0");
     // And without the failpoint the policy applies and both interfaces work.
     lab.ok(&["apply", policy]);
     assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));

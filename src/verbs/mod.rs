@@ -24,36 +24,58 @@ pub enum Mode {
     Plan,
 }
 
-/// Moves the host to `grants` (or shows what that would do).
-pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
+/// Reads what a move from `old` to `grants` depends on (loopgate's table, the devices
+/// involved) and computes the change. Changes nothing.
+pub fn observe_and_compute(old: State, grants: Vec<Grant>) -> Result<(Change, nft::Snapshot)> {
     let recorded = crate::plan::ruleset(&old.grants).map(|r| nft::planned_image(&r));
     let snapshot = nft::snapshot(old.vouch.as_ref().zip(recorded.as_ref()))?;
-    let current = txn::current_sysctls(&old, &grants);
-    let change = Change::compute(old, grants, &current, snapshot.image().as_ref());
+    let devices = txn::observe_devices(&old, &grants)?;
+    let change = Change::compute(old, grants, &devices, snapshot.image().as_ref());
+    Ok((change, snapshot))
+}
 
-    if sysctl::read("all").is_ok_and(|v| v == 1) && !change.grants.is_empty() {
-        eprintln!(
-            "loopgate: warning: net.ipv4.conf.all.route_localnet is 1: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
-        );
+/// For a change that is a no-op: records that the table was found intact at this
+/// generation, so later runs need not read a large table back while nothing in
+/// nftables changes.
+pub fn remember_intact(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Result<()> {
+    if let Some(elements) = change.matched_elements {
+        let vouch = Some(nft::Vouch {
+            generation: snapshot.generation(),
+            elements,
+        });
+        if change.old.vouch != vouch {
+            store.save(&State {
+                vouch,
+                ..change.old.clone()
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the host to `grants` (or shows what that would do).
+pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
+    let (change, snapshot) = observe_and_compute(old, grants)?;
+
+    if !change.grants.is_empty() {
+        match sysctl::read("all") {
+            Ok(v) if sysctl::is_open(v) => eprintln!(
+                "loopgate: warning: net.ipv4.conf.all.route_localnet is {v}: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "loopgate: warning: cannot tell whether every interface is open to 127.0.0.0/8: {}",
+                crate::error::one_line(&e)
+            ),
+        }
     }
     if mode == Mode::Apply {
         warn_unserved(&change);
     }
 
     if change.is_noop() {
-        // The table was found intact; remember that, so later runs need not read a
-        // large table back while nothing in nftables changes.
-        if let (Mode::Apply, Some(elements)) = (mode, change.matched_elements) {
-            let vouch = Some(nft::Vouch {
-                generation: snapshot.generation(),
-                elements,
-            });
-            if change.old.vouch != vouch {
-                store.save(&State {
-                    vouch,
-                    ..change.old.clone()
-                })?;
-            }
+        if mode == Mode::Apply {
+            remember_intact(store, &change, &snapshot)?;
         }
         crate::outln!("nothing to do: the host already matches");
         return Ok(());

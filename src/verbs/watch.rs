@@ -1,14 +1,18 @@
 //! `loopgate watch`: keep the recorded grants in force while the host runs.
 //!
-//! Each wake-up (a link or ruleset event, or a 250 ms tick for sysctl changes, which
-//! raise no event) compares the kernel with what the namespace's grants require and
-//! repairs the difference in the safe order: the table first, then, only once the guard
-//! is verified in the kernel, route_localnet. An interface whose guard cannot be put
-//! back is closed (route_localnet=0): watch never fails open. Each repair is one line.
+//! Watch decides only *when* to converge and *towards what* (the committed grants); the
+//! converging itself is the same transaction `expose`, `revoke` and `apply` run
+//! ([`crate::txn`]), with the same ordering and journal: a table that was deleted,
+//! flushed, switched dormant or edited makes it close every open managed interface
+//! first, put the table back and read it back, cut flows that reached 127.0.0.0/8
+//! meanwhile, and only then reopen; a transaction that was interrupted (crash between
+//! its steps) is rolled back to the committed grants; a device that was re-created or
+//! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
+//! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
-use super::open_store;
-use crate::kernel::{host, monitor::Monitor, nft, sysctl};
-use crate::plan;
+use super::{observe_and_compute, open_store, remember_intact};
+use crate::kernel::monitor::Monitor;
+use crate::txn;
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -46,83 +50,78 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Brings the kernel back to what the recorded grants require, if it drifted.
+/// Brings the host back to the committed grants, if it drifted, through the one engine.
 pub fn repair() -> Result<()> {
-    let (store, state) = open_store(true)?;
-    if state.grants.is_empty() {
-        return Ok(());
-    }
-    let Some(ruleset) = plan::ruleset(&state.grants) else {
-        return Ok(());
-    };
-    let want = nft::planned_image(&ruleset);
     let started = Instant::now();
-    // Each tick: cheap while the nftables generation vouches for the elements.
-    let trust = state.vouch.as_ref().map(|v| (v, &want));
-    let snapshot = nft::snapshot(trust)?;
-    let mut guarded = snapshot.image().as_ref() == Some(&want);
-    if guarded && !snapshot.vouched() {
-        // Read back in full (something committed since): vouch for it from here on, or
+    let (store, state) = open_store(true)?;
+    if state.grants.is_empty() && state.originals.is_empty() && state.pending.is_none() {
+        return Ok(());
+    }
+    let target = state.grants.clone();
+    let (change, snapshot) = observe_and_compute(state, target)?;
+    if change.is_noop() {
+        // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
-        if let Some(elements) = want.elements.digest() {
-            let vouch = Some(nft::Vouch {
-                generation: snapshot.generation(),
-                elements,
-            });
-            store.save(&crate::state::State {
-                vouch,
-                ..state.clone()
-            })?;
-        }
+        return remember_intact(&store, &change, &snapshot);
     }
-    if !guarded {
-        match nft::apply(Some(&ruleset)) {
-            Ok(vouch) => {
-                // Verify by reading everything back, not by trusting the ACK.
-                guarded = nft::snapshot(None)?.image().as_ref() == Some(&want);
-                if guarded {
-                    store.save(&crate::state::State {
-                        vouch,
-                        ..state.clone()
-                    })?;
-                }
-                eprintln!(
-                    "loopgate watch: table ip loopgate was missing or altered; restored in {} ms{}",
-                    started.elapsed().as_millis(),
-                    if guarded {
-                        ""
-                    } else {
-                        " but it does not read back as planned"
-                    }
-                );
-            }
-            Err(e) => eprintln!(
-                "loopgate watch: cannot restore table ip loopgate: {}",
-                crate::error::one_line(&e)
-            ),
-        }
+    let outcome = txn::execute(&store, &change, &snapshot);
+    let took = started.elapsed().as_millis();
+    for line in report(&change, took) {
+        eprintln!("loopgate watch: {line}");
     }
-    let ifaces = host::HostInterfaces::read()?;
-    for iface in plan::interfaces(&state.grants) {
-        if crate::input::Interfaces::ipv4_addresses(&ifaces, &iface).is_none() {
-            continue; // gone; handled when it reappears
-        }
-        let Ok(now) = sysctl::read(&iface) else {
-            continue;
-        };
-        match (guarded, now) {
-            (true, 0) => {
-                sysctl::write(&iface, 1)?;
-                eprintln!(
-                    "loopgate watch: route_localnet on {iface} was 0 (re-created or changed by hand); set to 1 after verifying its guard"
-                );
-            }
-            (false, 1) => {
-                sysctl::write(&iface, 0)?;
-                eprintln!("loopgate watch: cannot verify the guard of {iface}; turned route_localnet off on it");
-            }
-            _ => {}
-        }
+    let outcome = outcome?;
+    if outcome.connections_cut > 0 {
+        eprintln!(
+            "loopgate watch: cut {} tracked connection(s) that reached 127.0.0.0/8 or a revoked grant",
+            outcome.connections_cut
+        );
     }
     Ok(())
+}
+
+/// What a repair did, one line each, as the operator reads it in the journal.
+fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &change.renamed {
+        out.push(format!(
+            "{} (ifindex {}) was renamed to {}; loopgate's guard matches the old name, so {} goes back to its route_localnet from before loopgate",
+            r.was, r.ifindex, r.now, r.now
+        ));
+    }
+    if change.old.pending.is_some() {
+        out.push("an interrupted transaction was rolled back to the committed grants".into());
+    }
+    if change.guard_lost {
+        let closed: Vec<&str> = change.lower.iter().map(|s| s.iface.as_str()).collect();
+        out.push(format!(
+            "table ip loopgate was missing or altered; closed route_localnet on [{}] first",
+            closed.join(", ")
+        ));
+    }
+    if !change.table_matches {
+        out.push(format!(
+            "table ip loopgate was missing or altered; restored in {took_ms} ms (read back as planned)"
+        ));
+    }
+    for s in &change.raise {
+        if change.guard_lost {
+            out.push(format!(
+                "route_localnet on {} reopened ({}) after verifying its guard",
+                s.iface, s.to
+            ));
+        } else if !crate::kernel::sysctl::is_open(s.from) {
+            out.push(format!(
+                "route_localnet on {} was {} (re-created or changed by hand); set to {} after verifying its guard",
+                s.iface, s.from, s.to
+            ));
+        } else {
+            out.push(format!("set {s}"));
+        }
+    }
+    if !change.guard_lost {
+        for s in &change.lower {
+            out.push(format!("set {s}"));
+        }
+    }
+    out
 }
