@@ -168,6 +168,21 @@ impl Store {
     /// Opens the state of the current namespace and locks it: exclusively for commands
     /// that change the host, shared for read-only ones.
     pub fn open(exclusive: bool) -> Result<Store> {
+        Self::open_with(if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        })
+        .map(|s| s.expect("a blocking lock is always taken"))
+    }
+
+    /// Takes the exclusive lock only if no other loopgate holds the namespace's state
+    /// now; `None` when one does (a transaction is running).
+    pub fn try_open_exclusive() -> Result<Option<Store>> {
+        Self::open_with(libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn open_with(op: libc::c_int) -> Result<Option<Store>> {
         let cookie = crate::kernel::netns::cookie()?;
         let dir = base_dir().join(format!("netns-{cookie}"));
         fs::create_dir_all(&dir)
@@ -179,18 +194,16 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
         // SAFETY: valid fd owned by `lock`, which lives as long as the Store; the lock is
         // released when the file is closed.
         if unsafe { libc::flock(lock.as_raw_fd(), op) } < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", lock_path.display()));
+            let err = std::io::Error::last_os_error();
+            if op & libc::LOCK_NB != 0 && err.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(err).with_context(|| format!("locking {}", lock_path.display()));
         }
-        Ok(Store { dir, _lock: lock })
+        Ok(Some(Store { dir, _lock: lock }))
     }
 
     fn path(&self) -> PathBuf {

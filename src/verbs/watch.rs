@@ -44,9 +44,59 @@ pub fn run() -> Result<()> {
             // After the first pass, so "started" means "subscribed and converged once".
             eprintln!("loopgate watch: started");
         }
-        monitor.wait(TICK);
+        let wake = monitor.wait(TICK);
+        if wake.foreign_touch {
+            if let Err(e) = close_now() {
+                eprintln!(
+                    "loopgate watch: closing interfaces failed: {}",
+                    crate::error::one_line(&e)
+                );
+            }
+        }
     }
     eprintln!("loopgate watch: stopped; the policy stays in place");
+    Ok(())
+}
+
+/// The fast path for the worst case: another process just changed loopgate's table
+/// (flushed, deleted, switched it dormant or edited it) while interfaces are open.
+/// Every millisecond of that may be a hole, and the full repair plans and reads back
+/// first (the kernel can take 10 ms to answer a read right after a large commit); this
+/// closes every open managed device with a few sysctl writes and leaves the rest to the
+/// repair that follows, which puts the table back, reads it back and reopens.
+///
+/// Only when no transaction is running (the state lock is free): an `expose` or
+/// `revoke` in flight owns the host until it commits, and the repair comes after it.
+/// Closing needs no journal: each device closed here has its original in the committed
+/// state, from which the repair reopens it once the guard is back.
+fn close_now() -> Result<()> {
+    let Some(store) = crate::state::Store::try_open_exclusive()? else {
+        return Ok(());
+    };
+    let state = store.load()?;
+    if state.grants.is_empty() {
+        return Ok(());
+    }
+    let devices = txn::observe_devices(&state, &state.grants)?;
+    let mut closed = Vec::new();
+    let mut errors = Vec::new();
+    for dev in devices.values() {
+        if crate::kernel::sysctl::is_open(dev.route_localnet) {
+            match crate::kernel::sysctl::write_device(&dev.name, dev.ifindex, 0) {
+                Ok(()) => closed.push(dev.name.as_str()),
+                Err(e) => errors.push(crate::error::one_line(&e)),
+            }
+        }
+    }
+    if !closed.is_empty() {
+        eprintln!(
+            "loopgate watch: another process changed table ip loopgate; closed route_localnet on [{}] first",
+            closed.join(", ")
+        );
+    }
+    if !errors.is_empty() {
+        anyhow::bail!(errors.join("; "));
+    }
     Ok(())
 }
 

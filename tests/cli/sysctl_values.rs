@@ -1,3 +1,357 @@
-//! Topic: route_localnet read as the kernel's signed integer, originals tied to the device instance, watch through the one engine.
+//! Topic: route_localnet read as the kernel's signed integer, originals tied to the
+//! device instance, and watch converging through the one engine (journal honoured, the
+//! guard restored with the interfaces closed first).
 
 use super::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A SYN from the container straight to 127.0.0.1:3307 (routed via the host): true when
+/// the host's loopback listener accepted it.
+fn loopback_reachable_from_container(lab: &Lab) -> bool {
+    let before = passive_opens(&lab.host);
+    fire_tcp(&lab.container, sa(LO, 3307));
+    passive_opens(&lab.host) > before
+}
+
+fn sysctl_of(lab: &Lab, iface: &str) -> String {
+    lab.host
+        .sysctl(&format!("net.ipv4.conf.{iface}.route_localnet"))
+}
+
+fn audit_text(lab: &Lab) -> (Option<i32>, String) {
+    let out = lab.loopgate(&["audit"]);
+    (out.status.code(), stdout(&out))
+}
+
+/// Deletes br0 and builds a new one with the same name, address, MAC and ports, as
+/// dockerd or netavark do. The new copy starts from conf.default (0 here).
+fn recreate_br0(lab: &Lab) {
+    let link = stdout(&lab.host.exec(&["ip", "-br", "link", "show", "br0"]));
+    let mac = link.split_whitespace().nth(2).expect("MAC").to_string();
+    lab.host.ip("link del br0");
+    lab.host
+        .ip(&format!("link add br0 address {mac} type bridge"));
+    lab.host.ip(&format!("addr add {HOST_ADDR}/24 dev br0"));
+    lab.host.ip("link set vc master br0");
+    lab.host.ip("link set vn master br0");
+    lab.host.ip("link set br0 up");
+    lab.host.set_sysctl("net.ipv4.conf.br0.rp_filter", "0");
+}
+
+#[test]
+fn any_non_zero_route_localnet_is_an_open_interface_for_audit() {
+    let (lab, _services) = lab_with_services();
+    Lab::route_loopback_via_host(&lab.container);
+    for value in ["2", "-1", "256"] {
+        lab.host
+            .set_sysctl("net.ipv4.conf.br0.route_localnet", value);
+        // Control: the kernel really routes 127/8 from br0 at this value.
+        assert!(
+            loopback_reachable_from_container(&lab),
+            "route_localnet={value} opens br0"
+        );
+        let (code, text) = audit_text(&lab);
+        assert_eq!(code, Some(1), "route_localnet={value}: {text}");
+        assert!(
+            text.contains("CRITICAL [unguarded]")
+                && text.contains(&format!("route_localnet={value}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "br0: route_localnet={value} effective=1 OPEN, UNGUARDED"
+            )),
+            "{text}"
+        );
+    }
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "5");
+    assert!(loopback_reachable_from_container(&lab), "all=5 opens br0");
+    let (code, text) = audit_text(&lab);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("CRITICAL [all-open]") && text.contains("all.route_localnet=5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("br0: route_localnet=0 effective=1 OPEN, UNGUARDED"),
+        "{text}"
+    );
+    // expose warns about any non-zero `all`, and Prometheus shows the real value.
+    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("conf.all.route_localnet is 5"),
+        "{}",
+        stderr(&out)
+    );
+    let prom = stdout(&lab.loopgate(&["audit", "--format", "prometheus"]));
+    assert!(prom.contains("loopgate_route_localnet_all 5"), "{prom}");
+}
+
+#[test]
+fn the_exact_original_value_comes_back_and_a_foreign_value_is_never_overwritten() {
+    let (lab, _services) = lab_with_services();
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "3");
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert!(
+        !out.contains("route_localnet:"),
+        "3 is already open: no write: {out}"
+    );
+    assert_eq!(sysctl_of(&lab, "br0"), "3");
+    let (code, text) = audit_text(&lab);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("br0: route_localnet=3 effective=1 open, guarded"),
+        "{text}"
+    );
+    // Closed by hand: watch-style repair (a repeat expose) reopens it with its own 3.
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert!(out.contains("route_localnet: 0 -> 3"), "{out}");
+    lab.ok(&["revoke", "br0", "--port", "3306"]);
+    assert_eq!(sysctl_of(&lab, "br0"), "3", "3 stays 3");
+}
+
+#[test]
+fn revoke_never_restores_an_original_recorded_on_an_earlier_copy_of_the_device() {
+    let (lab, _services) = lab_with_services();
+    Lab::route_loopback_via_host(&lab.container);
+    // The runtime's own 1 on the first copy, recorded as the original.
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    // dockerd restart: a new copy at 0; expose raises it (0 -> 1).
+    recreate_br0(&lab);
+    assert_eq!(sysctl_of(&lab, "br0"), "0");
+    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert!(out.contains("route_localnet: 0 -> 1"), "{out}");
+    assert!(!loopback_reachable_from_container(&lab), "guarded");
+    // Revoke closes what loopgate opened on this copy: no unguarded 1 left behind.
+    lab.ok(&["revoke", "br0", "--port", "3306"]);
+    assert_eq!(sysctl_of(&lab, "br0"), "0");
+    assert!(
+        !loopback_reachable_from_container(&lab),
+        "closed after revoke"
+    );
+    let (code, text) = audit_text(&lab);
+    assert_eq!(code, Some(0), "{text}");
+    // Control: the same attack works when br0 is left at 1 without the guard.
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    assert!(loopback_reachable_from_container(&lab), "control");
+
+    // The reverse: 0 recorded, the runtime re-creates the bridge with its own 1;
+    // revoke leaves that 1 alone (Docker's 127.0.0.1 hairpin depends on it).
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    recreate_br0(&lab);
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    lab.ok(&["revoke", "br0", "--port", "3306"]);
+    assert_eq!(sysctl_of(&lab, "br0"), "1", "the runtime's own 1 is kept");
+}
+
+#[test]
+fn a_renamed_managed_interface_is_named_by_audit_and_closed_by_watch() {
+    let (lab, _services) = lab_with_services();
+    Lab::route_loopback_via_host(&lab.container);
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.host.ip("link set br0 name br9");
+    // The guard matches "br0": br9 is open with nothing in front of 127/8.
+    assert_eq!(sysctl_of(&lab, "br9"), "1");
+    assert!(
+        loopback_reachable_from_container(&lab),
+        "control: renamed = open"
+    );
+    let (code, text) = audit_text(&lab);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("CRITICAL [interface-renamed]") && text.contains("now called br9"),
+        "{text}"
+    );
+    let watch = Watch::start(&lab);
+    time_until(|| sysctl_of(&lab, "br9") == "0")
+        .unwrap_or_else(|| panic!("watch closes br9: {}", watch.log()));
+    assert!(watch.log().contains("br0 (ifindex"), "{}", watch.log());
+    assert!(!loopback_reachable_from_container(&lab), "closed");
+    let (code, text) = audit_text(&lab);
+    assert!(!text.contains("CRITICAL"), "{code:?} {text}");
+}
+
+/// Samples, every 5 ms, whether `iface` has route_localnet != 0 while loopgate's table
+/// has no guard for it (its name absent from the raw guard map); returns
+/// (samples, unguarded samples) when `stop` is set.
+fn sample_unguarded(
+    host: Netns,
+    iface: &'static str,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u32, u32)> {
+    std::thread::spawn(move || {
+        let (mut samples, mut unguarded) = (0, 0);
+        let guarded = |host: &Netns| {
+            let t = host.exec(&["nft", "list", "map", "ip", "loopgate", "raw_ifaces"]);
+            stdout(&t).contains(&format!("\"{iface}\""))
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            let before = guarded(&host);
+            let open = host.sysctl(&format!("net.ipv4.conf.{iface}.route_localnet")) != "0";
+            let after = guarded(&host);
+            samples += 1;
+            if open && !before && !after {
+                unguarded += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (samples, unguarded)
+    })
+}
+
+#[test]
+fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
+    let (lab, _services) = lab_with_services();
+    let br1_client = lab.add_bridge_with_client(
+        "br1",
+        "198.51.100.1".parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    );
+    Lab::route_loopback_via(&br1_client, "198.51.100.1".parse().unwrap());
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    // expose br1 dies right after raising route_localnet, before committing.
+    let out = lab.loopgate_env(
+        &[
+            "expose",
+            "br1",
+            "--allow",
+            "198.51.100.0/24",
+            "--port",
+            "3307",
+        ],
+        &[("LOOPGATE_CRASH", "after-sysctl-raise")],
+    );
+    assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
+    assert_eq!(sysctl_of(&lab, "br1"), "1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_unguarded(lab.host.handle(), "br1", stop.clone());
+    let watch = Watch::start(&lab);
+    time_until(|| sysctl_of(&lab, "br1") == "0")
+        .unwrap_or_else(|| panic!("watch closes br1: {}", watch.log()));
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let (samples, unguarded) = sampler.join().unwrap();
+    println!("interrupted expose: {samples} samples, {unguarded} with br1 open and unguarded");
+    assert_eq!(unguarded, 0, "{}", watch.log());
+    assert!(
+        watch
+            .log()
+            .contains("interrupted transaction was rolled back"),
+        "{}",
+        watch.log()
+    );
+    // br1's client gets nothing of 127/8; br0's grant still works; audit is clean.
+    let before = passive_opens(&lab.host);
+    fire_tcp(&br1_client, sa(LO, 3307));
+    assert_eq!(passive_opens(&lab.host), before, "br1 closed");
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    let (code, text) = audit_text(&lab);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// Sends UDP datagrams from the container straight to 127.0.0.1:5354 (routed via the
+/// host) at a steady pace until `stop`; returns how many were sent.
+fn flood_loopback(
+    lab: &Lab,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    let ns = lab.container.handle();
+    std::thread::spawn(move || {
+        ns.enter(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if s.send_to(b"flood\n", sa(LO, 5354)).is_ok() {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                // About 5 datagrams per millisecond.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    })
+}
+
+fn leaked(services: &Services) -> usize {
+    services
+        .udp_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(port, from)| *port == 5354 && from.ip() == std::net::IpAddr::V4(CONTAINER_ADDR))
+        .count()
+}
+
+#[test]
+fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
+    let (lab, services) = lab_with_services();
+    Lab::route_loopback_via_host(&lab.container);
+    // Control: with route_localnet=1 and no guard, the flood reaches the service.
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flood = flood_loopback(&lab, stop.clone(), sent.clone());
+    time_until(|| leaked(&services) >= 20).expect("control: the flood reaches 127.0.0.1 unguarded");
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let watch = Watch::start(&lab);
+    services.udp_seen.lock().unwrap().clear();
+    let (stop, sent) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flood = flood_loopback(&lab, stop.clone(), sent.clone());
+    const FLUSHES: usize = 5;
+    for i in 1..=FLUSHES {
+        lab.host.exec(&["nft", "flush", "ruleset"]);
+        time_until(|| {
+            watch.log().matches("restored in").count() >= i && sysctl_of(&lab, "br0") == "1"
+        })
+        .unwrap_or_else(|| panic!("flush {i} repaired: {}", watch.log()));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::SeqCst);
+    flood.join().unwrap();
+    let leak = leaked(&services);
+    println!(
+        "flush ruleset x{FLUSHES} under a flood of {} datagrams to 127.0.0.1: {leak} leaked ({:.1} per flush)",
+        sent.load(Ordering::SeqCst),
+        leak as f64 / FLUSHES as f64
+    );
+    assert!(
+        watch
+            .log()
+            .matches("closed route_localnet on [br0] first")
+            .count()
+            >= FLUSHES,
+        "{}",
+        watch.log()
+    );
+    // The grant works after all that; the neighbour still gets nothing.
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    // Bounded: the window is the event's delivery plus closing br0, not the restore.
+    assert!(
+        leak <= 5 * FLUSHES,
+        "{leak} datagrams leaked over {FLUSHES} flushes"
+    );
+}
