@@ -12,7 +12,8 @@ use std::path::PathBuf;
 /// they were.
 ///
 /// Exit codes: 0 success; 1 audit found problems; 2 bad input or usage (nothing was
-/// changed); 3 the system refused or failed (what was done was rolled back).
+/// changed); 3 the system refused or failed (what was done was rolled back); 4 the
+/// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
 #[command(name = "loopgate", version, max_term_width = 100)]
 pub struct Cli {
@@ -61,6 +62,17 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
     Man,
+}
+
+impl Command {
+    /// True for `expose --persist` and `revoke --persist`.
+    pub fn persists(&self) -> bool {
+        match self {
+            Command::Expose(a) => a.persist,
+            Command::Revoke(a) => a.persist,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -115,7 +127,8 @@ pub struct ExposeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
 
-    /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306.
+    /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306, or
+    /// IFACE-ADDR-PROTO-PORT when --listen is not the interface's primary address.
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
@@ -124,8 +137,9 @@ pub struct ExposeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml),
-    /// which loopgate.service applies at boot.
+    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml, or
+    /// loopgate.yaml in $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot.
+    /// The directory is checked before anything changes; not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }
@@ -159,7 +173,8 @@ pub struct RevokeArgs {
     pub dry_run: bool,
 
     /// Also remove the revoked grants from the persistent policy
-    /// (/etc/loopgate/loopgate.yaml).
+    /// (/etc/loopgate/loopgate.yaml, or loopgate.yaml in $LOOPGATE_CONFIG_DIR); not with
+    /// --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }

@@ -1,8 +1,11 @@
-//! Exit codes and the two kinds of failure loopgate distinguishes.
+//! Exit codes and the kinds of failure loopgate distinguishes.
 //!
 //! Users and scripts need to tell "you asked for something wrong, nothing was touched"
-//! (exit 2) from "the system refused, we rolled back" (exit 3). Everything that is the
-//! caller's fault is raised as [`BadInput`]; every other error is a system failure.
+//! (exit 2) from "the system refused, we rolled back" (exit 3), and both from "the
+//! change is in force but `--persist` could not record it" (exit 4), the one failure
+//! that can only happen after the host changed. Everything that is the caller's fault
+//! is raised as [`BadInput`], the last case as [`NotPersisted`]; every other error is a
+//! system failure.
 
 use std::fmt;
 
@@ -14,6 +17,10 @@ pub const EXIT_FINDINGS: i32 = 1;
 pub const EXIT_BAD_INPUT: i32 = 2;
 /// Exit code: the system refused or failed; what had been done was rolled back.
 pub const EXIT_SYSTEM: i32 = 3;
+/// Exit code: the change is in force, but `--persist` could not record it in the
+/// persistent policy (the target was checked before the change; this is a failure of
+/// the final write, such as a full disk).
+pub const EXIT_NOT_PERSISTED: i32 = 4;
 
 /// An error caused by the caller's input. Raised before the first mutation.
 #[derive(Debug)]
@@ -27,6 +34,19 @@ impl fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
+/// The host changed as asked, but recording the change in the persistent policy failed.
+/// The message says so; nothing is rolled back, because the change itself succeeded.
+#[derive(Debug)]
+pub struct NotPersisted(pub String);
+
+impl fmt::Display for NotPersisted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPersisted {}
+
 /// Returns early with a [`BadInput`] error built like `format!`.
 #[macro_export]
 macro_rules! bad_input {
@@ -37,7 +57,9 @@ macro_rules! bad_input {
 
 /// Maps an error to the documented exit code.
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<BadInput>()) {
+    if err.chain().any(|e| e.is::<NotPersisted>()) {
+        EXIT_NOT_PERSISTED
+    } else if err.chain().any(|e| e.is::<BadInput>()) {
         EXIT_BAD_INPUT
     } else {
         EXIT_SYSTEM
@@ -55,5 +77,19 @@ pub fn plain_io(err: &std::io::Error) -> String {
     match text.find(" (os error") {
         Some(i) => text[..i].to_string(),
         None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_of_failure_has_its_code() {
+        let bad = anyhow::Error::new(BadInput("x".into())).context("reading y");
+        assert_eq!(exit_code_for(&bad), EXIT_BAD_INPUT);
+        let late = anyhow::Error::new(NotPersisted("z".into()));
+        assert_eq!(exit_code_for(&late), EXIT_NOT_PERSISTED);
+        assert_eq!(exit_code_for(&anyhow::anyhow!("EPERM")), EXIT_SYSTEM);
     }
 }

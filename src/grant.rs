@@ -57,8 +57,13 @@ pub struct Grant {
 }
 
 /// What identifies a grant: two grants with the same key are the same publication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+///
+/// The interface is part of it, as it is of the kernel's DNAT key (`iifname . ip daddr
+/// . meta l4proto . th dport`): the same address may sit on two interfaces, and the
+/// grants behind each are two publications, not one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GrantKey {
+    pub iface: String,
     pub listen: Ipv4Addr,
     pub proto: Proto,
     pub port: u16,
@@ -67,6 +72,7 @@ pub struct GrantKey {
 impl Grant {
     pub fn key(&self) -> GrantKey {
         GrantKey {
+            iface: self.iface.clone(),
             listen: self.listen,
             proto: self.proto,
             port: self.port,
@@ -78,9 +84,21 @@ impl Grant {
         (&self.iface, self.listen, self.proto, self.port)
     }
 
-    /// The default name of a grant: `<iface>-<proto>-<port>`.
-    pub fn default_name(iface: &str, proto: Proto, port: u16) -> String {
-        format!("{iface}-{proto}-{port}")
+    /// The default name of a grant: `<iface>-<proto>-<port>`, or
+    /// `<iface>-<listen>-<proto>-<port>` when it listens on an address other than the
+    /// interface's primary one (`secondary_listen`). Without the address, grants of one
+    /// port on two addresses of one interface shared a name, and `revoke --name` took
+    /// both.
+    pub fn default_name(
+        iface: &str,
+        secondary_listen: Option<Ipv4Addr>,
+        proto: Proto,
+        port: u16,
+    ) -> String {
+        match secondary_listen {
+            None => format!("{iface}-{proto}-{port}"),
+            Some(listen) => format!("{iface}-{listen}-{proto}-{port}"),
+        }
     }
 }
 

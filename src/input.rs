@@ -217,13 +217,16 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
         },
     };
     let name = req.name.as_deref().map(parse_name).transpose()?;
+    // Default names carry the listen address unless it is the primary one, so two
+    // default-named grants never share a name (the key is unique; the name follows it).
+    let secondary = (addresses.first() != Some(&listen)).then_some(listen);
     let mut grants = Vec::new();
     for &proto in &protos {
         for &port in &ports {
             grants.push(Grant {
                 name: name
                     .clone()
-                    .unwrap_or_else(|| Grant::default_name(&iface, proto, port)),
+                    .unwrap_or_else(|| Grant::default_name(&iface, secondary, proto, port)),
                 iface: iface.clone(),
                 proto,
                 listen,
@@ -368,6 +371,41 @@ mod tests {
         assert!(err(validate(&r, &FakeHost)).contains("IPv6"));
         r.listen = Some("172.17.0.2".into());
         assert_eq!(validate(&r, &FakeHost).unwrap()[0].listen.octets()[3], 2);
+    }
+
+    #[test]
+    fn default_names_follow_the_key() {
+        // Primary address, given or defaulted: the short name.
+        let mut r = req(&["192.0.2.0/24"], &["80"]);
+        assert_eq!(validate(&r, &FakeHost).unwrap()[0].name, "docker0-tcp-80");
+        r.listen = Some("172.17.0.1".into());
+        assert_eq!(validate(&r, &FakeHost).unwrap()[0].name, "docker0-tcp-80");
+        // Secondary address: the address is in the name, which stays a valid name.
+        r.listen = Some("172.17.0.2".into());
+        let second = validate(&r, &FakeHost).unwrap();
+        assert_eq!(second[0].name, "docker0-172.17.0.2-tcp-80");
+        parse_name(&second[0].name).unwrap();
+        // Longest interface and address still fit a name.
+        let longest = Grant::default_name(
+            "abcdefghijklmno",
+            Some(Ipv4Addr::new(255, 255, 255, 255)),
+            Proto::Tcp,
+            65535,
+        );
+        parse_name(&longest).unwrap();
+        // An explicit --name wins.
+        r.name = Some("web".into());
+        assert_eq!(validate(&r, &FakeHost).unwrap()[0].name, "web");
+    }
+
+    #[test]
+    fn the_key_includes_the_interface() {
+        let a = validate(&req(&["192.0.2.0/24"], &["80"]), &FakeHost).unwrap();
+        let mut b = a.clone();
+        b[0].iface = "docker1".into();
+        assert_ne!(a[0].key(), b[0].key());
+        let both: Vec<Grant> = a.into_iter().chain(b).collect();
+        check_conflicts(&both).unwrap();
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
 //! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
-//! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands.
+//! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands;
+//! [`persist`] records a change in the persistent policy.
 
 pub mod cidr;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod grant;
 pub mod input;
 pub mod kernel;
 pub mod output;
+pub mod persist;
 pub mod plan;
 pub mod policy;
 #[cfg(test)]
@@ -40,6 +42,15 @@ pub fn run(cli: &Cli) -> Result<i32> {
             return Ok(error::EXIT_OK);
         }
         _ => {}
+    }
+    if let (Some(ns), true) = (&cli.netns, cli.command.persists()) {
+        // The persistent policy is applied at boot in the namespace loopgate.service
+        // runs in; another namespace's grants written there would replace the host's
+        // own and be applied to the wrong namespace.
+        bad_input!(
+            "--persist cannot be combined with --netns {ns:?}: {} is the policy of loopgate's own namespace; persist from inside {ns:?} with its own LOOPGATE_CONFIG_DIR",
+            policy::config_dir().display()
+        );
     }
     // Every other verb reads the firewall; say so plainly before any netlink errno can.
     kernel::host::require_net_admin()?;

@@ -377,39 +377,6 @@ pub fn render(grants: &[Grant]) -> Result<String> {
     ))
 }
 
-/// Writes `current` (the namespace's grants after a change) to the persistent policy:
-/// into `loopgate.yaml`, less what the directory's other files already define. Returns
-/// warnings for grants those other files keep alive although they were revoked.
-pub fn persist(dir: &Path, current: &[Grant], host: &dyn Interfaces) -> Result<Vec<String>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let own = dir.join(PERSIST_FILE);
-    let others: Vec<(String, Policy)> = load_all(dir)?
-        .into_iter()
-        .filter(|(origin, _)| Path::new(origin) != own)
-        .collect();
-    let (defined_elsewhere, _) = grants_of(&others, host, true)?;
-    let mine: Vec<Grant> = current
-        .iter()
-        .filter(|g| !defined_elsewhere.contains(g))
-        .cloned()
-        .collect();
-    let warnings = defined_elsewhere
-        .iter()
-        .filter(|g| !current.contains(g))
-        .map(|g| {
-            format!(
-                "grant {} is still defined in another file of {}; it returns at the next boot",
-                g.name,
-                dir.display()
-            )
-        })
-        .collect();
-    let tmp = dir.join(".loopgate.yaml.tmp");
-    std::fs::write(&tmp, render(&mine)?).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &own).with_context(|| format!("replacing {}", own.display()))?;
-    Ok(warnings)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1504,7 +1504,7 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
     let env = [("LOOPGATE_CONFIG_DIR", config.to_str().unwrap())];
     {
         let (lab, _services) = lab_with_services();
-        let out = lab.loopgate_env(
+        let out = lab.loopgate_inside(
             &[
                 "expose",
                 "br0",
@@ -1570,7 +1570,7 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
 
     // revoke --persist drops it from loopgate.yaml; a grant kept by the admin's file is
     // named in a warning.
-    let out = lab.loopgate_env(&["revoke", "br0", "--all", "--persist"], &env);
+    let out = lab.loopgate_inside(&["revoke", "br0", "--all", "--persist"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("grant dns is still defined in another file"),

@@ -9,9 +9,10 @@ pub mod watch;
 
 use crate::grant::Grant;
 use crate::kernel::{host, nft, sysctl};
+use crate::persist;
 use crate::state::{State, Store};
 use crate::txn::{self, Change};
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// How a converging command reports.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -129,8 +130,12 @@ fn warn_unserved(change: &Change) {
     }
 }
 
-/// What `expose` and `revoke` end with: move to `grants` (or only show it), then record
+/// What `expose` and `revoke` end with: move to `grants` (or only show it), recording
 /// the result in the persistent policy when asked.
+///
+/// The persistence target is checked (and locked, and the file rendered) before the host
+/// changes, so a target that cannot take the change is refused with nothing changed;
+/// only the final write is left for after the change.
 pub fn change(
     store: &Store,
     old: State,
@@ -139,30 +144,22 @@ pub fn change(
     persist_it: bool,
 ) -> Result<()> {
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    converge(store, old, grants.clone(), mode)?;
-    if persist_it {
-        persist(&grants)?;
+    let target = match persist_it {
+        true => Some(persist::Target::prepare(
+            &crate::policy::config_dir(),
+            &grants,
+            &host::HostInterfaces::read()?,
+        )?),
+        false => None,
+    };
+    converge(store, old, grants, mode)?;
+    if let Some(target) = target {
+        let file = target.file();
+        for w in target.commit()? {
+            eprintln!("loopgate: warning: {w}");
+        }
+        crate::outln!("persisted to {}", file.display());
     }
-    Ok(())
-}
-
-/// Records the namespace's grants in the persistent policy after a successful change.
-pub fn persist(grants: &[Grant]) -> Result<()> {
-    let dir = crate::policy::config_dir();
-    let host = host::HostInterfaces::read()?;
-    let warnings = crate::policy::persist(&dir, grants, &host).with_context(|| {
-        format!(
-            "the change is in force but was not recorded in {}",
-            dir.display()
-        )
-    })?;
-    for w in warnings {
-        eprintln!("loopgate: warning: {w}");
-    }
-    crate::outln!(
-        "persisted to {}",
-        dir.join(crate::policy::PERSIST_FILE).display()
-    );
     Ok(())
 }
 

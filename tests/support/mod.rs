@@ -476,6 +476,19 @@ impl Lab {
         cmd.output().expect("running loopgate")
     }
 
+    /// Runs loopgate inside the host namespace without `--netns` (through `ip netns
+    /// exec`), as an admin on that host would: `--persist` is refused with `--netns`.
+    pub fn loopgate_inside(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name, BIN]).args(args);
+        cmd.env("LOOPGATE_STATE_DIR", &self.state_dir)
+            .env_remove("LOOPGATE_FAILPOINT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("running loopgate")
+    }
+
     /// Runs loopgate and insists on exit 0.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.loopgate(args);
