@@ -15,7 +15,99 @@ const RECV_BUF: usize = 1 << 20;
 
 pub struct NlSocket {
     sock: mnl::Socket,
+    bus: mnl::Bus,
     buf: Vec<u64>,
+    /// The sequence number of the last request sent; never 0 (the kernel's "unset").
+    seq: u32,
+    /// The buffer size last asked for, so a reopened socket gets it too.
+    sized: Option<usize>,
+}
+
+/// The kernel set this flag on a dump message when the dumped objects changed while
+/// the dump ran (`nl_dump_check_consistent`): the dump as a whole is not one state.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
+/// How often a dump is started again after the kernel flagged it interrupted.
+const DUMP_TRIES: usize = 5;
+
+/// Why a reply buffer did not pass `mnl::cb_run2`, told apart from its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A message answers another request or another socket (sequence or port id).
+    NotOurs { seq: u32, portid: u32 },
+    /// The kernel flagged the dump interrupted: the objects changed while it ran.
+    Interrupted,
+    /// The kernel refused the request with this errno.
+    Kernel(i32),
+}
+
+/// The first message in `buf` that libmnl's checks refuse, in the order `mnl_cb_run`
+/// applies them (port id and sequence, then `NLM_F_DUMP_INTR`, then an error reply).
+/// `cb_run2` reports only an errno, and the kernel's own errors use the same numbers,
+/// so the buffer is looked at again to say which it was.
+fn refusal(buf: &[u8], seq: u32, portid: u32) -> Option<Refusal> {
+    for (header, bytes) in messages(buf) {
+        let theirs = |ours: u32, got: u32| ours != 0 && got != 0 && ours != got;
+        if theirs(seq, header.nlmsg_seq) || theirs(portid, header.nlmsg_pid) {
+            return Some(Refusal::NotOurs {
+                seq: header.nlmsg_seq,
+                portid: header.nlmsg_pid,
+            });
+        }
+        if header.nlmsg_flags & NLM_F_DUMP_INTR != 0 {
+            return Some(Refusal::Interrupted);
+        }
+        let reply = Reply { header, bytes };
+        match reply.error_code() {
+            Some(0) => return None,
+            Some(code) => return Some(Refusal::Kernel(code)),
+            None if header.nlmsg_type == libc::NLMSG_DONE as u16 => return None,
+            None => {}
+        }
+    }
+    None
+}
+
+/// The errno a dump's `NLMSG_DONE` carries when the kernel failed part-way (libmnl
+/// treats every DONE as success).
+fn done_error(buf: &[u8]) -> Option<i32> {
+    messages(buf)
+        .find(|(h, _)| h.nlmsg_type == libc::NLMSG_DONE as u16)
+        .and_then(|(_, bytes)| bytes.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4))
+        .map(|raw| i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]))
+        .filter(|code| *code < 0)
+        .map(|code| -code)
+}
+
+/// The messages in one datagram, as (header, whole message). Stops at a malformed one.
+fn messages(mut rest: &[u8]) -> impl Iterator<Item = (libc::nlmsghdr, &[u8])> {
+    std::iter::from_fn(move || {
+        if rest.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        // SAFETY: at least NLMSG_HDRLEN bytes remain; read_unaligned copes with any offset.
+        let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = header.nlmsg_len as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return None;
+        }
+        let bytes = &rest[..len];
+        rest = rest.get(len.div_ceil(4) * 4..).unwrap_or_default();
+        Some((header, bytes))
+    })
+}
+
+/// What `mnl::cb_run2` hands back per data message: where it lies in the buffer.
+struct Collected {
+    base: usize,
+    spans: Vec<(usize, usize)>,
+}
+
+/// The `cb_run2` callback: notes each data message's place in the buffer (its bytes
+/// are copied out after the run, from the buffer itself).
+fn collect(header: &libc::nlmsghdr, into: &mut Collected) -> libc::c_int {
+    let offset = (header as *const libc::nlmsghdr as usize).wrapping_sub(into.base);
+    into.spans.push((offset, header.nlmsg_len as usize));
+    mnl::mnl_sys::MNL_CB_OK
 }
 
 /// One reply message from the kernel.
@@ -60,8 +152,44 @@ impl NlSocket {
         let sock = mnl::Socket::new(bus).context("opening a netlink socket")?;
         Ok(NlSocket {
             sock,
+            bus,
             buf: vec![0u64; RECV_BUF / 8],
+            seq: 0,
+            sized: None,
         })
+    }
+
+    /// A sequence number no earlier request on this socket carried, never 0: a reply
+    /// can then be matched to exactly one request.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = match self.seq.wrapping_add(1) {
+            0 => 1,
+            s => s,
+        };
+        self.seq
+    }
+
+    /// Marks every sequence number up to `last` as used (a batch numbers its own
+    /// messages, starting at [`NlSocket::next_seq`]).
+    pub fn used_seq_through(&mut self, last: u32) {
+        self.seq = last;
+    }
+
+    /// Replaces the socket with a fresh one (a new port id): whatever the old one still
+    /// had queued, such as the rest of an abandoned dump, is gone with it.
+    fn reopen(&mut self) -> Result<()> {
+        self.sock = mnl::Socket::new(self.bus).context("opening a netlink socket")?;
+        if let Some(bytes) = self.sized {
+            self.size_buffers(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Drops replies still queued from earlier requests (late ACKs of a batch), so the
+    /// next request reads only its own.
+    fn discard_queued(&mut self) -> Result<()> {
+        while self.recv_each(false, |_| Ok(()))? {}
+        Ok(())
     }
 
     fn fd(&self) -> i32 {
@@ -71,7 +199,8 @@ impl NlSocket {
 
     /// Raises both socket buffers so a large batch fits in one datagram and all its ACKs
     /// fit in the receive queue. `*BUFFORCE` needs CAP_NET_ADMIN, which loopgate has.
-    pub fn size_buffers(&self, bytes: usize) -> Result<()> {
+    pub fn size_buffers(&mut self, bytes: usize) -> Result<()> {
+        self.sized = Some(bytes);
         let size = bytes.clamp(1 << 20, i32::MAX as usize) as libc::c_int;
         for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
             // SAFETY: valid fd, pointer to a live c_int with its exact size.
@@ -180,32 +309,82 @@ impl NlSocket {
         Ok(true)
     }
 
-    /// Runs a dump request to completion, collecting each data message's bytes.
+    /// Runs a request to completion (a dump, or a get or change answered with an ACK),
+    /// collecting each data message's bytes. The request gets a fresh sequence number;
+    /// `mnl::cb_run2` checks every reply against it and this socket's port id, and stops
+    /// at a dump the kernel flagged interrupted (`NLM_F_DUMP_INTR`), which is then run
+    /// again from the start on a fresh socket, a bounded number of times.
     pub fn dump(&mut self, request: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut request = request.to_vec();
+        if request.len() < NLMSG_HDRLEN {
+            anyhow::bail!("a netlink request shorter than its header");
+        }
+        for _ in 0..DUMP_TRIES {
+            match self.dump_once(&mut request)? {
+                Some(rows) => return Ok(rows),
+                // The rest of the abandoned dump would arrive ahead of the next one's.
+                None => self.reopen()?,
+            }
+        }
+        anyhow::bail!(
+            "a netlink dump was interrupted by concurrent changes {DUMP_TRIES} times in a row; try again"
+        )
+    }
+
+    /// One run of `request`; `None` when the kernel flagged the dump interrupted.
+    fn dump_once(&mut self, request: &mut [u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        self.discard_queued()?;
+        let seq = self.next_seq();
+        request[8..12].copy_from_slice(&seq.to_ne_bytes());
         self.send(request)?;
+        let portid = self.portid();
         let mut out = Vec::new();
-        let mut done = false;
-        let mut error = None;
-        while !done {
-            self.recv_each(true, |r| {
-                match r.header.nlmsg_type as i32 {
-                    libc::NLMSG_DONE => done = true,
-                    libc::NLMSG_ERROR => {
-                        done = true;
-                        let code = r.error_code().unwrap_or(libc::EIO);
-                        if code != 0 {
-                            error = Some(code);
-                        }
+        loop {
+            let len = self.recv_raw()?;
+            // SAFETY: the Vec<u64> owns at least `len` initialised bytes, and its u64
+            // storage gives the alignment mnl requires of a buffer of nlmsghdr.
+            let buf: &[u8] =
+                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
+            let mut got = Collected {
+                base: buf.as_ptr() as usize,
+                spans: Vec::new(),
+            };
+            let run = mnl::cb_run2(buf, seq, portid, collect, &mut got);
+            out.extend(got.spans.iter().map(|&(at, n)| buf[at..at + n].to_vec()));
+            match run {
+                Ok(mnl::CbResult::Ok) => continue,
+                Ok(mnl::CbResult::Stop) => {
+                    if let Some(code) = done_error(buf) {
+                        return Err(io::Error::from_raw_os_error(code).into());
                     }
-                    _ => out.push(r.bytes.to_vec()),
+                    return Ok(Some(out));
                 }
-                Ok(())
-            })?;
+                Err(e) => {
+                    return match refusal(buf, seq, portid) {
+                        Some(Refusal::Interrupted) => Ok(None),
+                        Some(Refusal::Kernel(code)) => {
+                            Err(io::Error::from_raw_os_error(code).into())
+                        }
+                        Some(Refusal::NotOurs { seq: s, portid: p }) => Err(anyhow::anyhow!(
+                            "a netlink reply did not answer loopgate's request (sequence {s}, port id {p}; expected {seq}, {portid})"
+                        )),
+                        None => Err(anyhow::Error::new(e).context("checking a netlink reply")),
+                    };
+                }
+            }
         }
-        if let Some(code) = error {
-            return Err(io::Error::from_raw_os_error(code).into());
+    }
+
+    /// Reads one datagram into the buffer, waiting for it; returns its length.
+    fn recv_raw(&mut self) -> Result<usize> {
+        let fd = self.fd();
+        let len = self.buf.len() * 8;
+        // SAFETY: valid fd and a writable buffer of `len` bytes owned by self.buf.
+        let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast::<c_void>(), len, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("reading a netlink reply");
         }
-        Ok(out)
+        Ok(n as usize)
     }
 }
 
