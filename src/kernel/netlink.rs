@@ -141,6 +141,46 @@ impl Reply<'_> {
     }
 }
 
+/// Where a request stands after one datagram of replies.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// More datagrams follow (a dump in progress).
+    More,
+    /// The request is answered (DONE or ACK).
+    Done,
+    /// The kernel flagged the dump interrupted: start it again.
+    Interrupted,
+}
+
+/// Runs `mnl::cb_run2` over one datagram of replies to request `seq` on port `portid`,
+/// appending each data message to `out`; a kernel error, a DONE carrying an errno or a
+/// reply that is not ours is an error. `buf` must be aligned for `nlmsghdr`.
+fn check_datagram(buf: &[u8], seq: u32, portid: u32, out: &mut Vec<Vec<u8>>) -> Result<Step> {
+    let mut got = Collected {
+        base: buf.as_ptr() as usize,
+        spans: Vec::new(),
+    };
+    let run = mnl::cb_run2(buf, seq, portid, collect, &mut got);
+    // What cb_run2 passed before it stopped was checked; what follows a refusal is not
+    // taken.
+    out.extend(got.spans.iter().map(|&(at, n)| buf[at..at + n].to_vec()));
+    match run {
+        Ok(mnl::CbResult::Ok) => Ok(Step::More),
+        Ok(mnl::CbResult::Stop) => match done_error(buf) {
+            Some(code) => Err(io::Error::from_raw_os_error(code).into()),
+            None => Ok(Step::Done),
+        },
+        Err(e) => match refusal(buf, seq, portid) {
+            Some(Refusal::Interrupted) => Ok(Step::Interrupted),
+            Some(Refusal::Kernel(code)) => Err(io::Error::from_raw_os_error(code).into()),
+            Some(Refusal::NotOurs { seq: s, portid: p }) => Err(anyhow::anyhow!(
+                "a netlink reply did not answer loopgate's request (sequence {s}, port id {p}; expected {seq}, {portid})"
+            )),
+            None => Err(anyhow::Error::new(e).context("checking a netlink reply")),
+        },
+    }
+}
+
 impl NlSocket {
     /// Opens a `NETLINK_NETFILTER` socket in the caller's network namespace.
     pub fn netfilter() -> Result<Self> {
@@ -345,32 +385,10 @@ impl NlSocket {
             // storage gives the alignment mnl requires of a buffer of nlmsghdr.
             let buf: &[u8] =
                 unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
-            let mut got = Collected {
-                base: buf.as_ptr() as usize,
-                spans: Vec::new(),
-            };
-            let run = mnl::cb_run2(buf, seq, portid, collect, &mut got);
-            out.extend(got.spans.iter().map(|&(at, n)| buf[at..at + n].to_vec()));
-            match run {
-                Ok(mnl::CbResult::Ok) => continue,
-                Ok(mnl::CbResult::Stop) => {
-                    if let Some(code) = done_error(buf) {
-                        return Err(io::Error::from_raw_os_error(code).into());
-                    }
-                    return Ok(Some(out));
-                }
-                Err(e) => {
-                    return match refusal(buf, seq, portid) {
-                        Some(Refusal::Interrupted) => Ok(None),
-                        Some(Refusal::Kernel(code)) => {
-                            Err(io::Error::from_raw_os_error(code).into())
-                        }
-                        Some(Refusal::NotOurs { seq: s, portid: p }) => Err(anyhow::anyhow!(
-                            "a netlink reply did not answer loopgate's request (sequence {s}, port id {p}; expected {seq}, {portid})"
-                        )),
-                        None => Err(anyhow::Error::new(e).context("checking a netlink reply")),
-                    };
-                }
+            match check_datagram(buf, seq, portid, &mut out)? {
+                Step::More => continue,
+                Step::Done => return Ok(Some(out)),
+                Step::Interrupted => return Ok(None),
             }
         }
     }
@@ -424,4 +442,131 @@ pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         buf = buf.get(len.div_ceil(4) * 4..).unwrap_or_default();
         Some((ty, payload))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEQ: u32 = 7;
+    const PORT: u32 = 4242;
+    const NEWTABLE: u16 = 0xa00; // (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+
+    fn msg(ty: u16, flags: u16, seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&pid.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize(len.div_ceil(4) * 4, 0);
+        m
+    }
+
+    fn data(flags: u16, seq: u32, pid: u32) -> Vec<u8> {
+        msg(
+            NEWTABLE,
+            libc::NLM_F_MULTI as u16 | flags,
+            seq,
+            pid,
+            &[1, 2, 3, 4],
+        )
+    }
+
+    fn done(errno: i32) -> Vec<u8> {
+        msg(
+            libc::NLMSG_DONE as u16,
+            0,
+            SEQ,
+            PORT,
+            &(-errno).to_ne_bytes(),
+        )
+    }
+
+    fn error(errno: i32) -> Vec<u8> {
+        // struct nlmsgerr: the error, then the header of the request it answers.
+        let mut payload = (-errno).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&msg(NEWTABLE, 0, SEQ, PORT, &[])[..NLMSG_HDRLEN]);
+        msg(libc::NLMSG_ERROR as u16, 0, SEQ, PORT, &payload)
+    }
+
+    /// Runs the check over `parts` laid out as one datagram, in u64-aligned storage.
+    fn check(parts: &[Vec<u8>]) -> (Result<Step>, usize) {
+        let bytes = parts.concat();
+        let mut storage = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: storage holds at least bytes.len() bytes.
+        let buf = unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                storage.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), bytes.len())
+        };
+        let mut out = Vec::new();
+        let step = check_datagram(buf, SEQ, PORT, &mut out);
+        (step, out.len())
+    }
+
+    fn errno(r: &Result<Step>) -> Option<i32> {
+        r.as_ref()
+            .err()?
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+    }
+
+    #[test]
+    fn a_dump_collects_its_messages_until_done() {
+        let (step, rows) = check(&[data(0, SEQ, PORT), data(0, SEQ, PORT)]);
+        assert_eq!((step.unwrap(), rows), (Step::More, 2));
+        let (step, rows) = check(&[data(0, SEQ, PORT), done(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Done, 1));
+        let (step, rows) = check(&[data(0, SEQ, PORT), error(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Done, 1), "an ACK ends a get");
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_reported_as_such_not_as_data() {
+        let intr = NLM_F_DUMP_INTR;
+        let (step, rows) = check(&[data(0, SEQ, PORT), data(intr, SEQ, PORT), done(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Interrupted, 1));
+        // Also when only the DONE carries the flag.
+        let mut last = done(0);
+        last[6..8].copy_from_slice(&intr.to_ne_bytes());
+        assert_eq!(
+            check(&[data(0, SEQ, PORT), last]).0.unwrap(),
+            Step::Interrupted
+        );
+    }
+
+    #[test]
+    fn a_reply_to_another_request_or_socket_is_refused() {
+        for stale in [data(0, SEQ - 1, PORT), data(0, SEQ, PORT + 1)] {
+            let (step, rows) = check(&[stale, done(0)]);
+            let text = format!("{:#}", step.unwrap_err());
+            assert!(text.contains("did not answer loopgate's request"), "{text}");
+            assert_eq!(rows, 0);
+        }
+    }
+
+    #[test]
+    fn kernel_errors_keep_their_errno() {
+        assert_eq!(errno(&check(&[error(libc::ENOENT)]).0), Some(libc::ENOENT));
+        // EINTR from the kernel is an error, not a dump to start again.
+        assert_eq!(errno(&check(&[error(libc::EINTR)]).0), Some(libc::EINTR));
+        // A dump that failed part-way says so in its DONE.
+        let (step, _) = check(&[data(0, SEQ, PORT), done(libc::ENOBUFS)]);
+        assert_eq!(errno(&step), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn sequence_numbers_are_never_zero_or_repeated_across_wrap_around() {
+        let mut sock = NlSocket::open(mnl::Bus::Netfilter).unwrap();
+        sock.seq = u32::MAX - 1;
+        assert_eq!(sock.next_seq(), u32::MAX);
+        assert_eq!(sock.next_seq(), 1);
+        assert_eq!(sock.next_seq(), 2);
+    }
 }

@@ -2018,3 +2018,112 @@ pub fn planned_image(ruleset: &Ruleset) -> TableImage {
     };
     objs.image_with(elements)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(name: &str) -> Chain {
+        Chain {
+            name: name.into(),
+            attach: Some(Attachment {
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: -300,
+            }),
+            rules: vec![],
+        }
+    }
+
+    fn chain_of(obj: &Obj) -> NonNull<sys::nftnl_chain> {
+        match obj {
+            Obj::Chain(c) => *c,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn table_flags_are_named_and_unknown_bits_kept() {
+        assert_eq!(
+            table_description(0, None),
+            "table ip loopgate flags none",
+            "what loopgate writes"
+        );
+        assert_eq!(
+            table_description(NFT_TABLE_F_DORMANT, None),
+            "table ip loopgate flags dormant"
+        );
+        assert_eq!(
+            table_description(
+                NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST | 0x40,
+                Some(b"\x00\x01")
+            ),
+            "table ip loopgate flags owner,persist,0x40 userdata 0001"
+        );
+    }
+
+    #[test]
+    fn a_planned_table_has_no_flags_and_a_dormant_one_differs_first() {
+        let objs = encode(&Ruleset {
+            sets: vec![],
+            maps: vec![],
+            chains: vec![base("raw_prerouting")],
+        });
+        let planned = objs.image();
+        assert_eq!(planned.table, "table ip loopgate flags none");
+        let mut dormant = planned.clone();
+        dormant.table = table_description(NFT_TABLE_F_DORMANT, None);
+        assert_ne!(dormant, planned);
+        // Listed first, so a limit never cuts it off behind other differences.
+        dormant.chains.push("extra regular".into());
+        let diffs = dormant.differences(&planned, 1);
+        assert_eq!(diffs.len(), 1);
+        assert!(diffs[0].contains("flags dormant"), "{diffs:?}");
+    }
+
+    #[test]
+    fn a_regular_chain_never_reads_like_a_base_chain_at_hook_zero() {
+        let regular = new_chain(&Chain {
+            name: "c".into(),
+            attach: None,
+            rules: vec![],
+        });
+        assert_eq!(chain_text(chain_of(&regular)), "c regular");
+        let planned = new_chain(&base("c"));
+        let text = chain_text(chain_of(&planned));
+        assert_eq!(text, "c type filter hook 0 prio -300 policy 1");
+        // The kernel reports NFT_CHAIN_BASE on a base chain; loopgate never sends it.
+        let read = new_chain(&base("c"));
+        let c = chain_of(&read);
+        // SAFETY: live chain owned by `read`.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1) };
+        assert_eq!(chain_text(c), text);
+        // Any other flag, or a changed policy, is a difference.
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1 | 4) };
+        assert_eq!(chain_text(c), format!("{text} flags 0x4"));
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_POLICY as u16, NF_DROP) };
+        assert!(chain_text(c).contains("policy 0"));
+    }
+
+    #[test]
+    fn a_set_that_times_its_elements_out_differs() {
+        let set = AddrSet {
+            name: "allow_0".into(),
+            hosts: false,
+            ranges: vec![(1, 2)],
+        };
+        let planned = new_set(&set, 1);
+        let Obj::Set(s) = &planned else {
+            unreachable!()
+        };
+        let text = set_text(*s);
+        // SAFETY: live set owned by `planned`.
+        unsafe { sys::nftnl_set_set_u64(s.as_ptr(), sys::NFTNL_SET_TIMEOUT as u16, 1000) };
+        assert_eq!(
+            set_text(*s),
+            text.replacen(" userdata", " timeout 1000 userdata", 1)
+        );
+    }
+}
