@@ -4,6 +4,10 @@
 //! `mnl::Socket::send_all` sends each nftnl page as its own datagram, and the kernel
 //! treats each datagram as its own batch. A batch larger than one page must arrive in
 //! one message to stay atomic (shared/notes/nftnl.md).
+//!
+//! Replies are checked with `mnl::cb_run2` (libmnl's `mnl_cb_run`): each must carry the
+//! request's sequence number and this socket's port id, and a dump the kernel flags
+//! `NLM_F_DUMP_INTR` (the objects changed while it ran) is started again.
 
 use anyhow::{Context, Result};
 use std::io;
