@@ -4,6 +4,10 @@
 //! `mnl::Socket::send_all` sends each nftnl page as its own datagram, and the kernel
 //! treats each datagram as its own batch. A batch larger than one page must arrive in
 //! one message to stay atomic (shared/notes/nftnl.md).
+//!
+//! Replies are checked with `mnl::cb_run2` (libmnl's `mnl_cb_run`): each must carry the
+//! request's sequence number and this socket's port id, and a dump the kernel flags
+//! `NLM_F_DUMP_INTR` (the objects changed while it ran) is started again.
 
 use anyhow::{Context, Result};
 use std::io;
@@ -15,7 +19,99 @@ const RECV_BUF: usize = 1 << 20;
 
 pub struct NlSocket {
     sock: mnl::Socket,
+    bus: mnl::Bus,
     buf: Vec<u64>,
+    /// The sequence number of the last request sent; never 0 (the kernel's "unset").
+    seq: u32,
+    /// The buffer size last asked for, so a reopened socket gets it too.
+    sized: Option<usize>,
+}
+
+/// The kernel set this flag on a dump message when the dumped objects changed while
+/// the dump ran (`nl_dump_check_consistent`): the dump as a whole is not one state.
+pub const NLM_F_DUMP_INTR: u16 = 0x10;
+/// How often a dump is started again after the kernel flagged it interrupted.
+const DUMP_TRIES: usize = 5;
+
+/// Why a reply buffer did not pass `mnl::cb_run2`, told apart from its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A message answers another request or another socket (sequence or port id).
+    NotOurs { seq: u32, portid: u32 },
+    /// The kernel flagged the dump interrupted: the objects changed while it ran.
+    Interrupted,
+    /// The kernel refused the request with this errno.
+    Kernel(i32),
+}
+
+/// The first message in `buf` that libmnl's checks refuse, in the order `mnl_cb_run`
+/// applies them (port id and sequence, then `NLM_F_DUMP_INTR`, then an error reply).
+/// `cb_run2` reports only an errno, and the kernel's own errors use the same numbers,
+/// so the buffer is looked at again to say which it was.
+fn refusal(buf: &[u8], seq: u32, portid: u32) -> Option<Refusal> {
+    for (header, bytes) in messages(buf) {
+        let theirs = |ours: u32, got: u32| ours != 0 && got != 0 && ours != got;
+        if theirs(seq, header.nlmsg_seq) || theirs(portid, header.nlmsg_pid) {
+            return Some(Refusal::NotOurs {
+                seq: header.nlmsg_seq,
+                portid: header.nlmsg_pid,
+            });
+        }
+        if header.nlmsg_flags & NLM_F_DUMP_INTR != 0 {
+            return Some(Refusal::Interrupted);
+        }
+        let reply = Reply { header, bytes };
+        match reply.error_code() {
+            Some(0) => return None,
+            Some(code) => return Some(Refusal::Kernel(code)),
+            None if header.nlmsg_type == libc::NLMSG_DONE as u16 => return None,
+            None => {}
+        }
+    }
+    None
+}
+
+/// The errno a dump's `NLMSG_DONE` carries when the kernel failed part-way (libmnl
+/// treats every DONE as success).
+fn done_error(buf: &[u8]) -> Option<i32> {
+    messages(buf)
+        .find(|(h, _)| h.nlmsg_type == libc::NLMSG_DONE as u16)
+        .and_then(|(_, bytes)| bytes.get(NLMSG_HDRLEN..NLMSG_HDRLEN + 4))
+        .map(|raw| i32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]))
+        .filter(|code| *code < 0)
+        .map(|code| -code)
+}
+
+/// The messages in one datagram, as (header, whole message). Stops at a malformed one.
+fn messages(mut rest: &[u8]) -> impl Iterator<Item = (libc::nlmsghdr, &[u8])> {
+    std::iter::from_fn(move || {
+        if rest.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        // SAFETY: at least NLMSG_HDRLEN bytes remain; read_unaligned copes with any offset.
+        let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let len = header.nlmsg_len as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            return None;
+        }
+        let bytes = &rest[..len];
+        rest = rest.get(len.div_ceil(4) * 4..).unwrap_or_default();
+        Some((header, bytes))
+    })
+}
+
+/// What `mnl::cb_run2` hands back per data message: where it lies in the buffer.
+struct Collected {
+    base: usize,
+    spans: Vec<(usize, usize)>,
+}
+
+/// The `cb_run2` callback: notes each data message's place in the buffer (its bytes
+/// are copied out after the run, from the buffer itself).
+fn collect(header: &libc::nlmsghdr, into: &mut Collected) -> libc::c_int {
+    let offset = (header as *const libc::nlmsghdr as usize).wrapping_sub(into.base);
+    into.spans.push((offset, header.nlmsg_len as usize));
+    mnl::mnl_sys::MNL_CB_OK
 }
 
 /// One reply message from the kernel.
@@ -49,6 +145,46 @@ impl Reply<'_> {
     }
 }
 
+/// Where a request stands after one datagram of replies.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// More datagrams follow (a dump in progress).
+    More,
+    /// The request is answered (DONE or ACK).
+    Done,
+    /// The kernel flagged the dump interrupted: start it again.
+    Interrupted,
+}
+
+/// Runs `mnl::cb_run2` over one datagram of replies to request `seq` on port `portid`,
+/// appending each data message to `out`; a kernel error, a DONE carrying an errno or a
+/// reply that is not ours is an error. `buf` must be aligned for `nlmsghdr`.
+fn check_datagram(buf: &[u8], seq: u32, portid: u32, out: &mut Vec<Vec<u8>>) -> Result<Step> {
+    let mut got = Collected {
+        base: buf.as_ptr() as usize,
+        spans: Vec::new(),
+    };
+    let run = mnl::cb_run2(buf, seq, portid, collect, &mut got);
+    // What cb_run2 passed before it stopped was checked; what follows a refusal is not
+    // taken.
+    out.extend(got.spans.iter().map(|&(at, n)| buf[at..at + n].to_vec()));
+    match run {
+        Ok(mnl::CbResult::Ok) => Ok(Step::More),
+        Ok(mnl::CbResult::Stop) => match done_error(buf) {
+            Some(code) => Err(io::Error::from_raw_os_error(code).into()),
+            None => Ok(Step::Done),
+        },
+        Err(e) => match refusal(buf, seq, portid) {
+            Some(Refusal::Interrupted) => Ok(Step::Interrupted),
+            Some(Refusal::Kernel(code)) => Err(io::Error::from_raw_os_error(code).into()),
+            Some(Refusal::NotOurs { seq: s, portid: p }) => Err(anyhow::anyhow!(
+                "a netlink reply did not answer loopgate's request (sequence {s}, port id {p}; expected {seq}, {portid})"
+            )),
+            None => Err(anyhow::Error::new(e).context("checking a netlink reply")),
+        },
+    }
+}
+
 impl NlSocket {
     /// Opens a `NETLINK_NETFILTER` socket in the caller's network namespace.
     pub fn netfilter() -> Result<Self> {
@@ -60,8 +196,44 @@ impl NlSocket {
         let sock = mnl::Socket::new(bus).context("opening a netlink socket")?;
         Ok(NlSocket {
             sock,
+            bus,
             buf: vec![0u64; RECV_BUF / 8],
+            seq: 0,
+            sized: None,
         })
+    }
+
+    /// A sequence number no earlier request on this socket carried, never 0: a reply
+    /// can then be matched to exactly one request.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = match self.seq.wrapping_add(1) {
+            0 => 1,
+            s => s,
+        };
+        self.seq
+    }
+
+    /// Marks every sequence number up to `last` as used (a batch numbers its own
+    /// messages, starting at [`NlSocket::next_seq`]).
+    pub fn used_seq_through(&mut self, last: u32) {
+        self.seq = last;
+    }
+
+    /// Replaces the socket with a fresh one (a new port id): whatever the old one still
+    /// had queued, such as the rest of an abandoned dump, is gone with it.
+    fn reopen(&mut self) -> Result<()> {
+        self.sock = mnl::Socket::new(self.bus).context("opening a netlink socket")?;
+        if let Some(bytes) = self.sized {
+            self.size_buffers(bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Drops replies still queued from earlier requests (late ACKs of a batch), so the
+    /// next request reads only its own.
+    fn discard_queued(&mut self) -> Result<()> {
+        while self.recv_each(false, |_| Ok(()))? {}
+        Ok(())
     }
 
     fn fd(&self) -> i32 {
@@ -71,7 +243,8 @@ impl NlSocket {
 
     /// Raises both socket buffers so a large batch fits in one datagram and all its ACKs
     /// fit in the receive queue. `*BUFFORCE` needs CAP_NET_ADMIN, which loopgate has.
-    pub fn size_buffers(&self, bytes: usize) -> Result<()> {
+    pub fn size_buffers(&mut self, bytes: usize) -> Result<()> {
+        self.sized = Some(bytes);
         let size = bytes.clamp(1 << 20, i32::MAX as usize) as libc::c_int;
         for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
             // SAFETY: valid fd, pointer to a live c_int with its exact size.
@@ -180,32 +353,60 @@ impl NlSocket {
         Ok(true)
     }
 
-    /// Runs a dump request to completion, collecting each data message's bytes.
+    /// Runs a request to completion (a dump, or a get or change answered with an ACK),
+    /// collecting each data message's bytes. The request gets a fresh sequence number;
+    /// `mnl::cb_run2` checks every reply against it and this socket's port id, and stops
+    /// at a dump the kernel flagged interrupted (`NLM_F_DUMP_INTR`), which is then run
+    /// again from the start on a fresh socket, a bounded number of times.
     pub fn dump(&mut self, request: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut request = request.to_vec();
+        if request.len() < NLMSG_HDRLEN {
+            anyhow::bail!("a netlink request shorter than its header");
+        }
+        for _ in 0..DUMP_TRIES {
+            match self.dump_once(&mut request)? {
+                Some(rows) => return Ok(rows),
+                // The rest of the abandoned dump would arrive ahead of the next one's.
+                None => self.reopen()?,
+            }
+        }
+        anyhow::bail!(
+            "a netlink dump was interrupted by concurrent changes {DUMP_TRIES} times in a row; try again"
+        )
+    }
+
+    /// One run of `request`; `None` when the kernel flagged the dump interrupted.
+    fn dump_once(&mut self, request: &mut [u8]) -> Result<Option<Vec<Vec<u8>>>> {
+        self.discard_queued()?;
+        let seq = self.next_seq();
+        request[8..12].copy_from_slice(&seq.to_ne_bytes());
         self.send(request)?;
+        let portid = self.portid();
         let mut out = Vec::new();
-        let mut done = false;
-        let mut error = None;
-        while !done {
-            self.recv_each(true, |r| {
-                match r.header.nlmsg_type as i32 {
-                    libc::NLMSG_DONE => done = true,
-                    libc::NLMSG_ERROR => {
-                        done = true;
-                        let code = r.error_code().unwrap_or(libc::EIO);
-                        if code != 0 {
-                            error = Some(code);
-                        }
-                    }
-                    _ => out.push(r.bytes.to_vec()),
-                }
-                Ok(())
-            })?;
+        loop {
+            let len = self.recv_raw()?;
+            // SAFETY: the Vec<u64> owns at least `len` initialised bytes, and its u64
+            // storage gives the alignment mnl requires of a buffer of nlmsghdr.
+            let buf: &[u8] =
+                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
+            match check_datagram(buf, seq, portid, &mut out)? {
+                Step::More => continue,
+                Step::Done => return Ok(Some(out)),
+                Step::Interrupted => return Ok(None),
+            }
         }
-        if let Some(code) = error {
-            return Err(io::Error::from_raw_os_error(code).into());
+    }
+
+    /// Reads one datagram into the buffer, waiting for it; returns its length.
+    fn recv_raw(&mut self) -> Result<usize> {
+        let fd = self.fd();
+        let len = self.buf.len() * 8;
+        // SAFETY: valid fd and a writable buffer of `len` bytes owned by self.buf.
+        let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast::<c_void>(), len, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error()).context("reading a netlink reply");
         }
-        Ok(out)
+        Ok(n as usize)
     }
 }
 
@@ -245,4 +446,131 @@ pub fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         buf = buf.get(len.div_ceil(4) * 4..).unwrap_or_default();
         Some((ty, payload))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEQ: u32 = 7;
+    const PORT: u32 = 4242;
+    const NEWTABLE: u16 = 0xa00; // (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+
+    fn msg(ty: u16, flags: u16, seq: u32, pid: u32, payload: &[u8]) -> Vec<u8> {
+        let len = NLMSG_HDRLEN + payload.len();
+        let mut m = Vec::new();
+        m.extend_from_slice(&(len as u32).to_ne_bytes());
+        m.extend_from_slice(&ty.to_ne_bytes());
+        m.extend_from_slice(&flags.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&pid.to_ne_bytes());
+        m.extend_from_slice(payload);
+        m.resize(len.div_ceil(4) * 4, 0);
+        m
+    }
+
+    fn data(flags: u16, seq: u32, pid: u32) -> Vec<u8> {
+        msg(
+            NEWTABLE,
+            libc::NLM_F_MULTI as u16 | flags,
+            seq,
+            pid,
+            &[1, 2, 3, 4],
+        )
+    }
+
+    fn done(errno: i32) -> Vec<u8> {
+        msg(
+            libc::NLMSG_DONE as u16,
+            0,
+            SEQ,
+            PORT,
+            &(-errno).to_ne_bytes(),
+        )
+    }
+
+    fn error(errno: i32) -> Vec<u8> {
+        // struct nlmsgerr: the error, then the header of the request it answers.
+        let mut payload = (-errno).to_ne_bytes().to_vec();
+        payload.extend_from_slice(&msg(NEWTABLE, 0, SEQ, PORT, &[])[..NLMSG_HDRLEN]);
+        msg(libc::NLMSG_ERROR as u16, 0, SEQ, PORT, &payload)
+    }
+
+    /// Runs the check over `parts` laid out as one datagram, in u64-aligned storage.
+    fn check(parts: &[Vec<u8>]) -> (Result<Step>, usize) {
+        let bytes = parts.concat();
+        let mut storage = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: storage holds at least bytes.len() bytes.
+        let buf = unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                storage.as_mut_ptr().cast::<u8>(),
+                bytes.len(),
+            );
+            std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), bytes.len())
+        };
+        let mut out = Vec::new();
+        let step = check_datagram(buf, SEQ, PORT, &mut out);
+        (step, out.len())
+    }
+
+    fn errno(r: &Result<Step>) -> Option<i32> {
+        r.as_ref()
+            .err()?
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+    }
+
+    #[test]
+    fn a_dump_collects_its_messages_until_done() {
+        let (step, rows) = check(&[data(0, SEQ, PORT), data(0, SEQ, PORT)]);
+        assert_eq!((step.unwrap(), rows), (Step::More, 2));
+        let (step, rows) = check(&[data(0, SEQ, PORT), done(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Done, 1));
+        let (step, rows) = check(&[data(0, SEQ, PORT), error(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Done, 1), "an ACK ends a get");
+    }
+
+    #[test]
+    fn an_interrupted_dump_is_reported_as_such_not_as_data() {
+        let intr = NLM_F_DUMP_INTR;
+        let (step, rows) = check(&[data(0, SEQ, PORT), data(intr, SEQ, PORT), done(0)]);
+        assert_eq!((step.unwrap(), rows), (Step::Interrupted, 1));
+        // Also when only the DONE carries the flag.
+        let mut last = done(0);
+        last[6..8].copy_from_slice(&intr.to_ne_bytes());
+        assert_eq!(
+            check(&[data(0, SEQ, PORT), last]).0.unwrap(),
+            Step::Interrupted
+        );
+    }
+
+    #[test]
+    fn a_reply_to_another_request_or_socket_is_refused() {
+        for stale in [data(0, SEQ - 1, PORT), data(0, SEQ, PORT + 1)] {
+            let (step, rows) = check(&[stale, done(0)]);
+            let text = format!("{:#}", step.unwrap_err());
+            assert!(text.contains("did not answer loopgate's request"), "{text}");
+            assert_eq!(rows, 0);
+        }
+    }
+
+    #[test]
+    fn kernel_errors_keep_their_errno() {
+        assert_eq!(errno(&check(&[error(libc::ENOENT)]).0), Some(libc::ENOENT));
+        // EINTR from the kernel is an error, not a dump to start again.
+        assert_eq!(errno(&check(&[error(libc::EINTR)]).0), Some(libc::EINTR));
+        // A dump that failed part-way says so in its DONE.
+        let (step, _) = check(&[data(0, SEQ, PORT), done(libc::ENOBUFS)]);
+        assert_eq!(errno(&step), Some(libc::ENOBUFS));
+    }
+
+    #[test]
+    fn sequence_numbers_are_never_zero_or_repeated_across_wrap_around() {
+        let mut sock = NlSocket::open(mnl::Bus::Netfilter).unwrap();
+        sock.seq = u32::MAX - 1;
+        assert_eq!(sock.next_seq(), u32::MAX);
+        assert_eq!(sock.next_seq(), 1);
+        assert_eq!(sock.next_seq(), 2);
+    }
 }

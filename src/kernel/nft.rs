@@ -695,6 +695,9 @@ unsafe fn append_attrs(nlh: *mut libc::nlmsghdr, attrs: &[u8]) {
 /// One batch being written: libnftnl's paged buffer plus a label per sequence number.
 struct BatchWriter {
     batch: NonNull<sys::nftnl_batch>,
+    /// The batch-begin message's number: errors about the whole batch (a stale
+    /// generation's ERESTART) answer it.
+    begin_seq: u32,
     seq: u32,
     labels: Vec<(u32, String)>,
 }
@@ -707,16 +710,18 @@ impl Drop for BatchWriter {
 }
 
 impl BatchWriter {
-    /// A batch; with `generation`, the kernel applies it only if the nftables generation
-    /// is still that one (else it answers ERESTART and changes nothing).
-    fn new(generation: Option<u32>) -> Self {
+    /// A batch whose messages are numbered from `first_seq`; with `generation`, the
+    /// kernel applies it only if the nftables generation is still that one (else it
+    /// answers ERESTART and changes nothing).
+    fn new(generation: Option<u32>, first_seq: u32) -> Self {
         // SAFETY: plain allocation; begin message written into the first page.
         let batch = alloc(unsafe {
             sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize())
         });
         let mut w = BatchWriter {
             batch,
-            seq: 1,
+            begin_seq: first_seq,
+            seq: first_seq,
             labels: Vec::new(),
         };
         // SAFETY: the buffer has room for at least one maximal message; the begin
@@ -741,7 +746,8 @@ impl BatchWriter {
         if unsafe { sys::nftnl_batch_update(self.batch.as_ptr()) } < 0 {
             std::process::abort();
         }
-        self.seq += 1;
+        // 0 means "no sequence number" to netlink; skip it on wrap-around.
+        self.seq = self.seq.wrapping_add(1).max(1);
     }
 
     fn add(&mut self, obj: &Obj, delete: bool, label: &str) {
@@ -809,12 +815,21 @@ impl BatchWriter {
         };
         let total: usize = pages.iter().map(|p| p.len()).sum();
         sock.size_buffers(total * 2)?;
+        sock.used_seq_through(self.seq);
         sock.send_pages(&pages)?;
+        let portid = sock.portid();
         // nfnetlink processes the batch synchronously inside sendmsg, so every reply is
         // already queued: drain without blocking and report the first error.
         let mut first_error: Option<(i32, u32)> = None;
         let mut acks = 0usize;
         while sock.recv_each(false, |r| {
+            // Only replies to this batch's messages, sent to this socket, count.
+            let seq = r.header.nlmsg_seq;
+            let ours = (seq == self.begin_seq || self.labels.iter().any(|(s, _)| *s == seq))
+                && (r.header.nlmsg_pid == 0 || r.header.nlmsg_pid == portid);
+            if !ours {
+                return Ok(());
+            }
             if let Some(code) = r.error_code() {
                 if code == 0 {
                     acks += 1;
@@ -869,7 +884,7 @@ fn replace_table(
     flush: FlushFirst,
     generation: Option<u32>,
 ) -> Result<()> {
-    let mut w = BatchWriter::new(generation);
+    let mut w = BatchWriter::new(generation, sock.next_seq());
     let table = new_table();
     match flush {
         // add + delete makes the delete succeed whether or not the table exists.
@@ -973,29 +988,14 @@ enum FlushFirst {
 
 /// Whether loopgate's table exists now.
 fn table_exists(sock: &mut NlSocket) -> Result<bool> {
-    let req = request(
-        libc::NFT_MSG_GETTABLE as u16,
-        libc::NLM_F_ACK as u16,
-        1,
-        |nlh| {
-            let table = new_table();
-            if let Obj::Table(t) = &table {
-                // SAFETY: `table` owns `t` and outlives this call; the payload is a
-                // name, far below the 4 KiB request buffer.
-                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) };
-            }
-        },
-    );
-    match sock.dump(&req) {
-        Ok(_) => Ok(true),
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)) =>
-        {
-            Ok(false)
+    Ok(match get_table(sock)? {
+        Some(t) => {
+            // SAFETY: allocated by get_table and owned here.
+            unsafe { sys::nftnl_table_free(t.as_ptr()) };
+            true
         }
-        Err(e) => Err(e).context("looking up table ip loopgate"),
-    }
+        None => false,
+    })
 }
 
 /// What vouches for loopgate's table without reading it back: the nftables generation
@@ -1013,12 +1013,7 @@ pub struct Vouch {
 /// The nftables generation of the current namespace.
 fn generation(sock: &mut NlSocket) -> Result<u32> {
     const NFTA_GEN_ID: u16 = 1;
-    let req = request(
-        libc::NFT_MSG_GETGEN as u16,
-        libc::NLM_F_ACK as u16,
-        1,
-        |_| {},
-    );
+    let req = request(libc::NFT_MSG_GETGEN as u16, libc::NLM_F_ACK as u16, |_| {});
     let replies = sock.dump(&req).context("reading the nftables generation")?;
     replies
         .iter()
@@ -1084,10 +1079,18 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
 /// What the kernel holds of loopgate's table, kept both to compare and to restore.
 pub struct Snapshot {
     objects: Option<TableObjects>,
+    /// The table object as the kernel described it (flags and all), for the image.
+    table: Option<String>,
     /// The nftables generation read before the table was.
     generation: u32,
     /// Set when the elements were not read back but vouched for (their digest).
     vouched: Option<u64>,
+    /// Netlink messages the final read took: a measure of how well the dumps are
+    /// filtered to loopgate's table.
+    messages: usize,
+    /// Reads it took to see the table unchanged from start to end (1 when nothing
+    /// committed meanwhile).
+    attempts: usize,
 }
 
 impl Snapshot {
@@ -1095,7 +1098,9 @@ impl Snapshot {
         self.objects.is_some()
     }
 
-    /// Puts the table back as it was when the snapshot was taken.
+    /// Puts the table back as it was when the snapshot was taken (without owner flags,
+    /// which would tie it to this process's socket; see [`restorable_table`]). The
+    /// snapshot is one state of the table: [`snapshot`] never returns a torn read.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
         replace_table(
@@ -1110,10 +1115,29 @@ impl Snapshot {
 
     /// A canonical description for comparison with a planned table.
     pub fn image(&self) -> Option<TableImage> {
-        self.objects.as_ref().map(|o| match self.vouched {
-            Some(d) => o.image_with(Elements::Vouched(d)),
-            None => o.image(),
+        self.objects.as_ref().map(|o| {
+            let mut image = match self.vouched {
+                Some(d) => o.image_with(Elements::Vouched(d)),
+                None => o.image(),
+            };
+            // As read, not as a restore would write it (which drops owner flags).
+            if let Some(table) = &self.table {
+                image.table = table.clone();
+            }
+            image
         })
+    }
+
+    /// Netlink messages the read took (see the field); for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn messages_read(&self) -> usize {
+        self.messages
+    }
+
+    /// Reads of the whole table it took to get one not torn by a concurrent commit.
+    #[doc(hidden)]
+    pub fn attempts(&self) -> usize {
+        self.attempts
     }
 
     /// The nftables generation read before the table: a vouch made from this snapshot
@@ -1128,11 +1152,12 @@ impl Snapshot {
     }
 }
 
-fn request(ty: u16, flags: u16, seq: u32, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+/// A request message; [`NlSocket::dump`] gives it its sequence number.
+fn request(ty: u16, flags: u16, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
     let mut buf = vec![0u8; 4096];
     // SAFETY: the buffer is large enough for a header plus a small request payload.
     let len = unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, seq);
+        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, 0);
         payload(nlh);
         (*nlh).nlmsg_len as usize
     };
@@ -1156,7 +1181,7 @@ fn dump_rows(
     payload: impl FnOnce(*mut libc::nlmsghdr),
 ) -> Result<Vec<Vec<u64>>> {
     let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
-    let req = request(ty as u16, flags, 1, payload);
+    let req = request(ty as u16, flags, payload);
     Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
 }
 
@@ -1180,7 +1205,18 @@ fn get_str(p: *const c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-/// Reads loopgate's table from the kernel: chains, sets with elements, rules.
+/// How often [`snapshot`] reads the table again because something committed while it
+/// was being read.
+const SNAPSHOT_TRIES: usize = 5;
+
+/// Reads loopgate's table from the kernel: the table object, chains, sets with
+/// elements, rules.
+///
+/// The kernel has no single dump of one table, so the table is read in several dumps;
+/// a commit by another process between two of them would leave a mix of two states
+/// (chains of one, rules of the other). The nftables generation is read before and
+/// after, and the whole read is repeated while it moves: a snapshot returned is one
+/// state of the table, safe to compare and to [`Snapshot::restore`].
 ///
 /// With `trust` (the vouch recorded at the last commit and the image planned from the
 /// recorded grants): if the nftables generation has not moved since and the plan's
@@ -1189,53 +1225,136 @@ fn get_str(p: *const c_char) -> String {
 pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
     let mut sock = NlSocket::netfilter()?;
     sock.size_buffers(8 << 20)?;
-    // First: a change after this point moves the generation past the one recorded.
-    let generation = generation(&mut sock)?;
-    let tables = match dump_rows(&mut sock, libc::NFT_MSG_GETTABLE, |_| {}) {
-        Ok(t) => t,
-        Err(e) => return Err(e).context("reading nftables tables"),
+    for attempt in 1..=SNAPSHOT_TRIES {
+        // First: a change after this point moves the generation past the one recorded.
+        let before = generation(&mut sock)?;
+        let read = read_table(&mut sock, before, trust);
+        if generation(&mut sock)? == before {
+            return read.map(|snapshot| Snapshot {
+                attempts: attempt,
+                ..snapshot
+            });
+        }
+        // Torn: read again. A dump that failed meanwhile (a set deleted under it
+        // answers ENOENT) failed because of that change, so it is retried too.
+    }
+    anyhow::bail!(
+        "the nftables ruleset changed {SNAPSHOT_TRIES} times while table ip {TABLE} was being read; try again"
+    )
+}
+
+/// Flags of a table that tie it to one netlink socket: a table restored with them would
+/// belong to loopgate's own short-lived socket and vanish when it closes.
+const NFT_TABLE_F_OWNER: u32 = 0x2;
+const NFT_TABLE_F_PERSIST: u32 = 0x4;
+const NFT_TABLE_F_DORMANT: u32 = 0x1;
+
+/// Looks up loopgate's table alone (a get, not a dump of every table).
+fn get_table(sock: &mut NlSocket) -> Result<Option<NonNull<sys::nftnl_table>>> {
+    let req = request(
+        libc::NFT_MSG_GETTABLE as u16,
+        libc::NLM_F_ACK as u16,
+        |nlh| {
+            let table = new_table();
+            if let Obj::Table(t) = &table {
+                // SAFETY: `table` owns `t` and outlives this call; the payload is a
+                // name, far below the 4 KiB request buffer.
+                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) };
+            }
+        },
+    );
+    let rows = match sock.dump(&req) {
+        Ok(rows) => rows,
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).context("looking up table ip loopgate"),
     };
-    let mut table = None;
-    for row in &tables {
-        // SAFETY: `row` holds one complete aligned netlink message.
+    let row = rows
+        .first()
+        .map(|m| aligned(m))
+        .context("the kernel answered the table lookup without the table")?;
+    // SAFETY: `row` holds one complete aligned netlink message; the table is owned by
+    // the caller.
+    unsafe {
+        let t = alloc(sys::nftnl_table_alloc());
+        if sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr()) < 0 {
+            sys::nftnl_table_free(t.as_ptr());
+            anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
+        }
+        Ok(Some(t))
+    }
+}
+
+/// The table object a restore writes: as read, less the flags that would hand the
+/// table to loopgate's own socket (see [`NFT_TABLE_F_OWNER`]).
+fn restorable_table(read: NonNull<sys::nftnl_table>) -> Obj {
+    let table = new_table();
+    if let Obj::Table(t) = &table {
+        // SAFETY: both tables are live; get_data's pointer is valid for `len` bytes
+        // while `read` lives, and set_data copies it.
         unsafe {
-            let t = alloc(sys::nftnl_table_alloc());
-            sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr());
-            let name = get_str(sys::nftnl_table_get_str(
-                t.as_ptr(),
-                sys::NFTNL_TABLE_NAME as u16,
-            ));
-            let fam = sys::nftnl_table_get_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16);
-            if name == TABLE && fam == NFPROTO_IPV4 as u32 {
-                sys::nftnl_table_unset(t.as_ptr(), sys::NFTNL_TABLE_HANDLE as u16);
-                sys::nftnl_table_unset(t.as_ptr(), sys::NFTNL_TABLE_USE as u16);
-                table = Some(Obj::Table(t));
-            } else {
-                sys::nftnl_table_free(t.as_ptr());
+            let flags = sys::nftnl_table_get_u32(read.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16);
+            let kept = flags & !(NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+            if kept != 0 {
+                sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16, kept);
+            }
+            let mut len = 0u32;
+            let udata = sys::nftnl_table_get_data(
+                read.as_ptr(),
+                sys::NFTNL_TABLE_USERDATA as u16,
+                &mut len,
+            );
+            if !udata.is_null() {
+                sys::nftnl_table_set_data(t.as_ptr(), sys::NFTNL_TABLE_USERDATA as u16, udata, len);
             }
         }
     }
-    let Some(table) = table else {
+    table
+}
+
+/// One read of the table (see [`snapshot`], which checks that no commit overlapped it).
+fn read_table(
+    sock: &mut NlSocket,
+    generation: u32,
+    trust: Option<(&Vouch, &TableImage)>,
+) -> Result<Snapshot> {
+    let mut messages = 0;
+    let Some(read) = get_table(sock)? else {
         return Ok(Snapshot {
             objects: None,
+            table: None,
             generation,
             vouched: None,
+            messages,
+            attempts: 0,
         });
     };
+    messages += 1;
+    let table_text = table_text(read);
+    let table = restorable_table(read);
+    // SAFETY: allocated by get_table, owned here, not used after.
+    unsafe { sys::nftnl_table_free(read.as_ptr()) };
     let mut objs = vec![(table, format!("table ip {TABLE}"))];
 
     let in_table =
         |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
 
     let mut set_names = Vec::new();
-    for row in dump_rows(&mut sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
+    // The kernel lists only the sets of the table the request names.
+    let rows = dump_rows(sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
         // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is tiny.
         let s = set_header("", 0);
         sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_NAME as u16);
         sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_ID as u16);
         sys::nftnl_set_nlmsg_build_payload(nlh, s.as_ptr());
         sys::nftnl_set_free(s.as_ptr());
-    })? {
+    })?;
+    messages += rows.len();
+    for row in rows {
         // SAFETY: aligned complete message; the set is owned by `Obj` below.
         unsafe {
             let s = alloc(sys::nftnl_set_alloc());
@@ -1291,13 +1410,15 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
         let id = i as u32 + 1;
         // SAFETY: the header set is live for the duration of the closure.
         let header = set_header(name, id);
-        let rows = dump_rows(&mut sock, libc::NFT_MSG_GETSETELEM, |nlh| unsafe {
+        let rows = dump_rows(sock, libc::NFT_MSG_GETSETELEM, |nlh| unsafe {
             sys::nftnl_set_elems_nlmsg_build_payload(nlh, header.as_ptr());
         });
         // SAFETY: header is ours.
         unsafe { sys::nftnl_set_free(header.as_ptr()) };
         // One block per dumped message: each is bounded by the dump buffer (32 KiB).
-        for row in rows? {
+        let rows = rows?;
+        messages += rows.len();
+        for row in rows {
             let mut block = ElemBlock {
                 set: name.clone(),
                 set_id: id,
@@ -1310,7 +1431,22 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
         }
     }
 
-    for row in dump_rows(&mut sock, libc::NFT_MSG_GETCHAIN, |_| {})? {
+    // Named in the request, the table filters the rule dump in the kernel: a large
+    // ruleset of someone else's is neither serialised nor parsed. Chain dumps may not
+    // be filtered by the kernel, so both are also checked here.
+    let rows = dump_rows(sock, libc::NFT_MSG_GETCHAIN, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
+        let c = alloc(sys::nftnl_chain_alloc());
+        sys::nftnl_chain_set_str(
+            c.as_ptr(),
+            sys::NFTNL_CHAIN_TABLE as u16,
+            cstr(TABLE).as_ptr(),
+        );
+        sys::nftnl_chain_nlmsg_build_payload(nlh, c.as_ptr());
+        sys::nftnl_chain_free(c.as_ptr());
+    })?;
+    messages += rows.len();
+    for row in rows {
         // SAFETY: aligned complete message; ownership moves into `Obj`.
         unsafe {
             let c = alloc(sys::nftnl_chain_alloc());
@@ -1339,7 +1475,19 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
         }
     }
     objs.extend(elem_objs);
-    for row in dump_rows(&mut sock, libc::NFT_MSG_GETRULE, |_| {})? {
+    let rows = dump_rows(sock, libc::NFT_MSG_GETRULE, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
+        let r = alloc(sys::nftnl_rule_alloc());
+        sys::nftnl_rule_set_str(
+            r.as_ptr(),
+            sys::NFTNL_RULE_TABLE as u16,
+            cstr(TABLE).as_ptr(),
+        );
+        sys::nftnl_rule_nlmsg_build_payload(nlh, r.as_ptr());
+        sys::nftnl_rule_free(r.as_ptr());
+    })?;
+    messages += rows.len();
+    for row in rows {
         // SAFETY: aligned complete message; ownership moves into `Obj`.
         unsafe {
             let r = alloc(sys::nftnl_rule_alloc());
@@ -1363,8 +1511,11 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
     }
     Ok(Snapshot {
         objects: Some(TableObjects { objs }),
+        table: Some(table_text),
         generation,
         vouched,
+        messages,
+        attempts: 0,
     })
 }
 
@@ -1373,6 +1524,9 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
 /// both reduced to this, so "what loopgate would generate" is compared exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableImage {
+    /// The table object: its flags (a dormant table hooks none of its chains) and
+    /// userdata.
+    pub table: String,
     pub chains: Vec<String>,
     pub sets: Vec<String>,
     pub rules: Vec<String>,
@@ -1442,14 +1596,22 @@ impl TableImage {
     /// Human-readable differences from `other` (the expected image), at most `limit`.
     pub fn differences(&self, expected: &TableImage, limit: usize) -> Vec<String> {
         let mut out = Vec::new();
+        // First: a dormant table shows no other difference, and must not be cut off.
+        if self.table != expected.table {
+            out.push(format!(
+                "table altered: {} (loopgate writes {})",
+                self.table, expected.table
+            ));
+        }
         let mut diff = |what: &str, have: &[String], want: &[String]| {
+            let before = out.len();
             for w in want.iter().filter(|w| !have.contains(w)) {
                 out.push(format!("{what} missing or altered: {}", short(w)));
             }
             for h in have.iter().filter(|h| !want.contains(h)) {
                 out.push(format!("unexpected {what}: {}", short(h)));
             }
-            if out.is_empty() && have != want {
+            if out.len() == before && have != want {
                 out.push(format!("{what}s are in a different order"));
             }
         };
@@ -1497,6 +1659,170 @@ impl TableImage {
         }
         out.truncate(limit);
         out
+    }
+}
+
+/// Flag bits, by name where nf_tables names them.
+fn flag_names(flags: u32, names: &[(u32, &str)]) -> String {
+    if flags == 0 {
+        return "none".to_string();
+    }
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let known = names.iter().fold(0, |all, (bit, _)| all | bit);
+    if flags & !known != 0 {
+        out.push(format!("{:#x}", flags & !known));
+    }
+    out.join(",")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of a data attribute of a libnftnl object, if set.
+///
+/// # Safety
+/// `get` must return a pointer valid for the length it writes, or NULL, and the bytes
+/// must stay valid while the object lives (libnftnl's *_get_data do).
+unsafe fn data_of(get: impl FnOnce(&mut u32) -> *const c_void) -> Option<Vec<u8>> {
+    let mut len = 0u32;
+    let p = get(&mut len);
+    // SAFETY: per the contract, `p` is valid for `len` bytes.
+    (!p.is_null())
+        .then(|| unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) }.to_vec())
+}
+
+/// The table object as compared: everything that decides whether its chains see
+/// packets. A dormant table unregisters every base chain: the guard is off, while the
+/// chains and rules read back unchanged.
+fn table_text(t: NonNull<sys::nftnl_table>) -> String {
+    // SAFETY: live table; get_data's pointer is owned by it.
+    let (flags, udata) = unsafe {
+        let t = t.as_ptr();
+        (
+            sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16),
+            data_of(|len| sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, len)),
+        )
+    };
+    table_description(flags, udata.as_deref())
+}
+
+fn table_description(flags: u32, udata: Option<&[u8]>) -> String {
+    let mut text = format!(
+        "table ip {TABLE} flags {}",
+        flag_names(
+            flags,
+            &[
+                (NFT_TABLE_F_DORMANT, "dormant"),
+                (NFT_TABLE_F_OWNER, "owner"),
+                (NFT_TABLE_F_PERSIST, "persist"),
+            ],
+        )
+    );
+    if let Some(u) = udata {
+        text += &format!(" userdata {}", hex(u));
+    }
+    text
+}
+
+/// `NFT_CHAIN_BASE`: the kernel reports it on every base chain; loopgate never sends
+/// it (a hook makes a chain a base chain), so it is implied by the hook below.
+const NFT_CHAIN_BASE: u32 = 0x1;
+
+/// A chain as compared: name, and for a base chain its type, hook, priority and
+/// policy; any other flag, device or userdata.
+fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
+    // SAFETY: live chain; strings and data are owned by it.
+    unsafe {
+        let c = c.as_ptr();
+        let is = |attr: u32| sys::nftnl_chain_is_set(c, attr as u16);
+        let name = get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16));
+        let mut text = if is(sys::NFTNL_CHAIN_HOOKNUM) {
+            format!(
+                "{name} type {} hook {} prio {} policy {}",
+                get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16),
+            )
+        } else {
+            format!("{name} regular")
+        };
+        let flags = sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_FLAGS as u16) & !NFT_CHAIN_BASE;
+        if flags != 0 {
+            text += &format!(" flags {flags:#x}");
+        }
+        if is(sys::NFTNL_CHAIN_DEV) || is(sys::NFTNL_CHAIN_DEVICES) {
+            text += &format!(
+                " device {}",
+                get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_DEV as u16))
+            );
+        }
+        if let Some(u) =
+            data_of(|len| sys::nftnl_chain_get_data(c, sys::NFTNL_CHAIN_USERDATA as u16, len))
+        {
+            text += &format!(" userdata {}", hex(&u));
+        }
+        text
+    }
+}
+
+/// A set or map as compared: how it matches (flags, key and data types and lengths),
+/// and what makes its elements change on their own (timeouts, size, expressions).
+fn set_text(s: NonNull<sys::nftnl_set>) -> String {
+    // SAFETY: live set; strings and data are owned by it.
+    unsafe {
+        let s = s.as_ptr();
+        let is = |attr: u32| sys::nftnl_set_is_set(s, attr as u16);
+        let u32_of = |attr: u32| sys::nftnl_set_get_u32(s, attr as u16);
+        let data_type = u32_of(sys::NFTNL_SET_DATA_TYPE);
+        let mut text = format!(
+            "{} flags {} keytype {} keylen {} datatype {}",
+            get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
+            u32_of(sys::NFTNL_SET_FLAGS),
+            u32_of(sys::NFTNL_SET_KEY_TYPE),
+            u32_of(sys::NFTNL_SET_KEY_LEN),
+            data_type,
+        );
+        // A verdict's length is fixed by its type; the kernel reports it, loopgate
+        // does not send it.
+        if is(sys::NFTNL_SET_DATA_LEN) && data_type != NFT_DATA_VERDICT {
+            text += &format!(" datalen {}", u32_of(sys::NFTNL_SET_DATA_LEN));
+        }
+        if is(sys::NFTNL_SET_OBJ_TYPE) {
+            text += &format!(" objtype {}", u32_of(sys::NFTNL_SET_OBJ_TYPE));
+        }
+        if is(sys::NFTNL_SET_TIMEOUT) {
+            text += &format!(
+                " timeout {}",
+                sys::nftnl_set_get_u64(s, sys::NFTNL_SET_TIMEOUT as u16)
+            );
+        }
+        if is(sys::NFTNL_SET_GC_INTERVAL) {
+            text += &format!(" gc {}", u32_of(sys::NFTNL_SET_GC_INTERVAL));
+        }
+        if is(sys::NFTNL_SET_POLICY) {
+            text += &format!(" policy {}", u32_of(sys::NFTNL_SET_POLICY));
+        }
+        if is(sys::NFTNL_SET_DESC_SIZE) {
+            text += &format!(" size {}", u32_of(sys::NFTNL_SET_DESC_SIZE));
+        }
+        if is(sys::NFTNL_SET_DESC_CONCAT) {
+            text += " concat";
+        }
+        if is(sys::NFTNL_SET_EXPR) || is(sys::NFTNL_SET_EXPRESSIONS) {
+            text += " expressions";
+        }
+        if let Some(u) =
+            data_of(|len| sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, len))
+        {
+            text += &format!(" userdata {}", hex(&u));
+        }
+        text
     }
 }
 
@@ -1661,41 +1987,20 @@ impl TableObjects {
 
     fn image_with(&self, elements: Elements) -> TableImage {
         let mut img = TableImage {
+            table: String::new(),
             chains: vec![],
             sets: vec![],
             rules: vec![],
             elements,
         };
+        // Every pointer is a live object owned by self, as the *_text helpers need.
         for (obj, _) in &self.objs {
-            // SAFETY: every pointer is a live object owned by self.
-            unsafe {
-                match obj {
-                    Obj::Table(_) => {}
-                    Obj::Chain(c) => {
-                        let c = c.as_ptr();
-                        img.chains.push(format!(
-                            "{} type {} hook {} prio {} policy {}",
-                            get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)),
-                            get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
-                            sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
-                            sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
-                            sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16),
-                        ));
-                    }
-                    Obj::Set(s) => {
-                        let s = s.as_ptr();
-                        img.sets.push(format!(
-                            "{} flags {} keytype {} keylen {} datatype {}",
-                            get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
-                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_FLAGS as u16),
-                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_TYPE as u16),
-                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_KEY_LEN as u16),
-                            sys::nftnl_set_get_u32(s, sys::NFTNL_SET_DATA_TYPE as u16),
-                        ));
-                    }
-                    Obj::Elems(_) => {}
-                    Obj::Rule(r) => img.rules.push(rule_text(*r)),
-                }
+            match obj {
+                Obj::Table(t) => img.table = table_text(*t),
+                Obj::Chain(c) => img.chains.push(chain_text(*c)),
+                Obj::Set(s) => img.sets.push(set_text(*s)),
+                Obj::Elems(_) => {}
+                Obj::Rule(r) => img.rules.push(rule_text(*r)),
             }
         }
         img.chains.sort();
@@ -1712,4 +2017,113 @@ pub fn planned_image(ruleset: &Ruleset) -> TableImage {
         blocks: objs.element_blocks().cloned().collect(),
     };
     objs.image_with(elements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(name: &str) -> Chain {
+        Chain {
+            name: name.into(),
+            attach: Some(Attachment {
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: -300,
+            }),
+            rules: vec![],
+        }
+    }
+
+    fn chain_of(obj: &Obj) -> NonNull<sys::nftnl_chain> {
+        match obj {
+            Obj::Chain(c) => *c,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn table_flags_are_named_and_unknown_bits_kept() {
+        assert_eq!(
+            table_description(0, None),
+            "table ip loopgate flags none",
+            "what loopgate writes"
+        );
+        assert_eq!(
+            table_description(NFT_TABLE_F_DORMANT, None),
+            "table ip loopgate flags dormant"
+        );
+        assert_eq!(
+            table_description(
+                NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST | 0x40,
+                Some(b"\x00\x01")
+            ),
+            "table ip loopgate flags owner,persist,0x40 userdata 0001"
+        );
+    }
+
+    #[test]
+    fn a_planned_table_has_no_flags_and_a_dormant_one_differs_first() {
+        let objs = encode(&Ruleset {
+            sets: vec![],
+            maps: vec![],
+            chains: vec![base("raw_prerouting")],
+        });
+        let planned = objs.image();
+        assert_eq!(planned.table, "table ip loopgate flags none");
+        let mut dormant = planned.clone();
+        dormant.table = table_description(NFT_TABLE_F_DORMANT, None);
+        assert_ne!(dormant, planned);
+        // Listed first, so a limit never cuts it off behind other differences.
+        dormant.chains.push("extra regular".into());
+        let diffs = dormant.differences(&planned, 1);
+        assert_eq!(diffs.len(), 1);
+        assert!(diffs[0].contains("flags dormant"), "{diffs:?}");
+    }
+
+    #[test]
+    fn a_regular_chain_never_reads_like_a_base_chain_at_hook_zero() {
+        let regular = new_chain(&Chain {
+            name: "c".into(),
+            attach: None,
+            rules: vec![],
+        });
+        assert_eq!(chain_text(chain_of(&regular)), "c regular");
+        let planned = new_chain(&base("c"));
+        let text = chain_text(chain_of(&planned));
+        assert_eq!(text, "c type filter hook 0 prio -300 policy 1");
+        // The kernel reports NFT_CHAIN_BASE on a base chain; loopgate never sends it.
+        let read = new_chain(&base("c"));
+        let c = chain_of(&read);
+        // SAFETY: live chain owned by `read`.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1) };
+        assert_eq!(chain_text(c), text);
+        // Any other flag, or a changed policy, is a difference.
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1 | 4) };
+        assert_eq!(chain_text(c), format!("{text} flags 0x4"));
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_POLICY as u16, NF_DROP) };
+        assert!(chain_text(c).contains("policy 0"));
+    }
+
+    #[test]
+    fn a_set_that_times_its_elements_out_differs() {
+        let set = AddrSet {
+            name: "allow_0".into(),
+            hosts: false,
+            ranges: vec![(1, 2)],
+        };
+        let planned = new_set(&set, 1);
+        let Obj::Set(s) = &planned else {
+            unreachable!()
+        };
+        let text = set_text(*s);
+        // SAFETY: live set owned by `planned`.
+        unsafe { sys::nftnl_set_set_u64(s.as_ptr(), sys::NFTNL_SET_TIMEOUT as u16, 1000) };
+        assert_eq!(
+            set_text(*s),
+            text.replacen(" userdata", " timeout 1000 userdata", 1)
+        );
+    }
 }
