@@ -184,7 +184,16 @@ impl Store {
 
     fn open_with(op: libc::c_int) -> Result<Option<Store>> {
         let cookie = crate::kernel::netns::cookie()?;
-        let dir = base_dir().join(format!("netns-{cookie}"));
+        Self::open_dir(base_dir().join(format!("netns-{cookie}")), op)
+    }
+
+    /// Opens and exclusively locks a state directory at `dir` (created if missing):
+    /// for unit tests of the engine, which keep their state in a temporary directory.
+    pub fn open_at(dir: PathBuf) -> Result<Store> {
+        Self::open_dir(dir, libc::LOCK_EX).map(|s| s.expect("a blocking lock is always taken"))
+    }
+
+    fn open_dir(dir: PathBuf, op: libc::c_int) -> Result<Option<Store>> {
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock_path = dir.join("lock");

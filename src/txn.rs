@@ -9,11 +9,12 @@
 
 use crate::grant::Grant;
 use crate::input::loopback;
+use crate::kernel::seam::{Kernel, TableSnapshot};
 use crate::kernel::sysctl::{self, Device};
 use crate::kernel::{conntrack, nft};
 use crate::plan;
 use crate::ruleset::Ruleset;
-use crate::state::{KnownFeatures, Original, State, Store, STATE_VERSION};
+use crate::state::{Original, State, Store, STATE_VERSION};
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -87,9 +88,13 @@ pub fn interesting(old: &State, grants: &[Grant]) -> (BTreeSet<String>, BTreeSet
 }
 
 /// Reads the devices a change from `old` to `grants` depends on (see [`interesting`]).
-pub fn observe_devices(old: &State, grants: &[Grant]) -> Result<BTreeMap<u32, Device>> {
+pub fn observe_devices<K: Kernel>(
+    kernel: &K,
+    old: &State,
+    grants: &[Grant],
+) -> Result<BTreeMap<u32, Device>> {
     let (names, indexes) = interesting(old, grants);
-    sysctl::devices(&names, &indexes)
+    kernel.devices(&names, &indexes)
 }
 
 impl Change {
@@ -309,7 +314,11 @@ impl Change {
 /// What a finished transaction did.
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// Conntrack entries deleted (revoked grants, and flows that reached 127/8 while
+    /// the guard was gone).
     pub connections_cut: usize,
+    /// Steps that failed without failing the change, one line each, for stderr.
+    pub warnings: Vec<String>,
 }
 
 enum Undo {
@@ -322,22 +331,34 @@ enum Undo {
     Table,
 }
 
-/// Applies `change` to the host; on failure undoes every step that succeeded.
-pub fn execute(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Result<Outcome> {
-    // Refuse up front, with the missing feature named, rather than fail halfway; once
-    // per boot for each feature (the test hook always probes).
+/// Applies `change` to the host through `kernel`; on failure undoes every step that
+/// succeeded. `snapshot` is the table as read when the change was computed: what a
+/// rollback puts back.
+pub fn execute<K: Kernel>(
+    kernel: &K,
+    store: &Store,
+    change: &Change,
+    snapshot: &K::Snapshot,
+) -> Result<Outcome> {
+    // Refuse up front, with the missing feature named, rather than fail halfway.
     if let (false, Some(ruleset)) = (change.table_matches, &change.ruleset) {
-        let needs = nft::features(ruleset);
-        if crate::failpoint::armed("probe") || !KnownFeatures::cover(&needs) {
-            nft::probe(ruleset).context("kernel feature check failed; nothing was changed")?;
-            KnownFeatures::remember(&needs);
+        if let Err(err) = kernel.probe(ruleset) {
+            if !change.guard_lost {
+                return Err(err.context("kernel feature check failed; nothing was changed"));
+            }
+            // The guard is already gone: refusing must not leave the interfaces open.
+            let closed = roll_back(kernel, store, Vec::new(), snapshot, change);
+            return Err(err.context(match closed {
+                Ok(()) => "kernel feature check failed; loopgate's table had been deleted or altered, so route_localnet was turned off on the interfaces it manages".to_string(),
+                Err(e) => format!("kernel feature check failed; closing the interfaces whose guard is gone also failed ({e:#})"),
+            }));
         }
     }
     let mut undo: Vec<Undo> = Vec::new();
-    match run_steps(store, change, snapshot.generation(), &mut undo) {
+    match run_steps(kernel, store, change, snapshot.generation(), &mut undo) {
         Ok(outcome) => Ok(outcome),
         Err(err) => {
-            let rollback = roll_back(store, undo, snapshot, change);
+            let rollback = roll_back(kernel, store, undo, snapshot, change);
             match rollback {
                 Ok(()) if change.guard_lost => Err(err.context(
                     "rolled back, except that route_localnet stays 0 on the interfaces loopgate manages: loopgate's table had been deleted or altered before this command, and reopening them without it would leave them unguarded",
@@ -361,9 +382,20 @@ fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Writes `changes` in order, registering the undo of each before the next.
-fn write_sysctls(changes: &[SysctlChange], undo: &mut Vec<Undo>) -> Result<()> {
+fn write_sysctls<K: Kernel>(
+    kernel: &K,
+    changes: &[SysctlChange],
+    undo: &mut Vec<Undo>,
+) -> Result<()> {
     for s in changes {
-        sysctl::write_device(&s.iface, s.ifindex, s.to)?;
+        if crate::failpoint::armed(&format!("sysctl-write-{}-{}", s.iface, s.to)) {
+            anyhow::bail!(
+                "injected failure writing route_localnet={} on {}",
+                s.to,
+                s.iface
+            );
+        }
+        kernel.write_route_localnet(&s.iface, s.ifindex, s.to)?;
         undo.push(Undo::Sysctl {
             iface: s.iface.clone(),
             ifindex: s.ifindex,
@@ -387,7 +419,8 @@ fn journal_originals(change: &Change) -> Vec<Original> {
     all
 }
 
-fn run_steps(
+fn run_steps<K: Kernel>(
+    kernel: &K,
     store: &Store,
     change: &Change,
     generation: u32,
@@ -395,8 +428,23 @@ fn run_steps(
 ) -> Result<Outcome> {
     // 0. The guard is gone: every second counts, and closing needs no new record (each
     //    device closed here has its original in the committed state already).
+    //    A device that cannot be closed is no reason to stop: putting the guard back
+    //    in front of it is then the only remedy left.
+    let mut warnings = Vec::new();
     if change.guard_lost {
-        step("sysctl-lower", || write_sysctls(&change.lower, undo))?;
+        step("sysctl-lower", || {
+            for s in &change.lower {
+                match write_sysctls(kernel, std::slice::from_ref(s), undo) {
+                    Ok(()) => {}
+                    Err(e) => warnings.push(format!(
+                        "could not close {} while its guard was missing ({}); restoring the guard in front of it",
+                        s.iface,
+                        crate::error::one_line(&e)
+                    )),
+                }
+            }
+            Ok(())
+        })?;
     }
 
     // 1. Journal: record originals before any sysctl moves, so a crash cannot lose them.
@@ -413,7 +461,9 @@ fn run_steps(
 
     // 2. Close first: sysctls going down are written while the old guards still stand.
     if !change.guard_lost {
-        step("sysctl-lower", || write_sysctls(&change.lower, undo))?;
+        step("sysctl-lower", || {
+            write_sysctls(kernel, &change.lower, undo)
+        })?;
     }
 
     // 3. The whole table in one atomic batch, then read back.
@@ -429,18 +479,20 @@ fn run_steps(
         // is harmless.
         undo.push(Undo::Table);
         step("ruleset", || {
-            let vouch = nft::apply(change.ruleset.as_ref())?;
-            verify_table(change, vouch.as_ref())?;
+            let vouch = kernel.apply_table(change.ruleset.as_ref())?;
+            verify_table(kernel, change, vouch.as_ref())?;
             Ok(vouch)
         })?
     };
 
     // 4. Open last: only now that the guards are in place and read back.
-    step("sysctl-raise", || write_sysctls(&change.raise, undo))?;
+    step("sysctl-raise", || {
+        write_sysctls(kernel, &change.raise, undo)
+    })?;
 
     // 5. Cut flows the new rules no longer allow, and any that reached 127.0.0.0/8
     //    while the guard was gone.
-    let cut = step("conntrack", || cut_flows(change))?;
+    let cut = step("conntrack", || cut_flows(kernel, change))?;
 
     // 6. Commit.
     step("commit", || {
@@ -454,15 +506,16 @@ fn run_steps(
     })?;
     Ok(Outcome {
         connections_cut: cut,
+        warnings,
     })
 }
 
 /// Reads the table back after a batch and insists that it is the planned one: an ACK
 /// says the batch committed, not that nothing changed it since. Elements are vouched for
 /// by the generation when nothing else committed in between (cheap), read otherwise.
-fn verify_table(change: &Change, vouch: Option<&nft::Vouch>) -> Result<()> {
+fn verify_table<K: Kernel>(kernel: &K, change: &Change, vouch: Option<&nft::Vouch>) -> Result<()> {
     let trust = vouch.zip(change.want.as_ref());
-    let have = nft::snapshot(trust)?.image();
+    let have = kernel.read_table(trust)?.image();
     if have != change.want {
         anyhow::bail!(
             "table ip {} does not read back as planned right after it was written",
@@ -472,12 +525,12 @@ fn verify_table(change: &Change, vouch: Option<&nft::Vouch>) -> Result<()> {
     Ok(())
 }
 
-fn cut_flows(change: &Change) -> Result<usize> {
+fn cut_flows<K: Kernel>(kernel: &K, change: &Change) -> Result<usize> {
     let revoked = change.revoked();
-    if (revoked.is_empty() && !change.guard_lost) || conntrack::count() == Some(0) {
+    if (revoked.is_empty() && !change.guard_lost) || kernel.conntrack_count() == Some(0) {
         return Ok(0);
     }
-    let flows = conntrack::list()?;
+    let flows = kernel.flows()?;
     let lo = loopback();
     let doomed: Vec<conntrack::Flow> = flows
         .into_iter()
@@ -496,13 +549,14 @@ fn cut_flows(change: &Change) -> Result<usize> {
                 })
         })
         .collect();
-    conntrack::delete(&doomed)
+    kernel.delete_flows(&doomed)
 }
 
-fn roll_back(
+fn roll_back<K: Kernel>(
+    kernel: &K,
     store: &Store,
     undo: Vec<Undo>,
-    snapshot: &nft::Snapshot,
+    snapshot: &K::Snapshot,
     change: &Change,
 ) -> Result<()> {
     let mut errors = Vec::new();
@@ -519,10 +573,10 @@ fn roll_back(
                 if sysctl::is_open(*value) && !guard_good {
                     continue;
                 }
-                sysctl::write_device(iface, *ifindex, *value)
+                kernel.write_route_localnet(iface, *ifindex, *value)
             }
             Undo::Table => {
-                let r = snapshot.restore();
+                let r = kernel.restore(snapshot);
                 guard_good = r.is_ok() && !change.guard_lost;
                 r.context("restoring the previous table")
             }
@@ -535,12 +589,21 @@ fn roll_back(
     if !guard_good {
         // Fail closed: no device loopgate touched or manages stays open without a
         // guard known to be good. One failure does not stop the others.
+        let names = change.devices.values().map(|d| d.name.clone()).collect();
+        let now = kernel
+            .devices(&names, &change.devices.keys().copied().collect())
+            .ok();
         for dev in change.devices.values() {
-            let open = sysctl::device(&dev.name).ok().flatten().is_some_and(|now| {
-                now.ifindex == dev.ifindex && sysctl::is_open(now.route_localnet)
-            });
+            // Gone: nothing to close. Unreadable: write 0 anyway (the write itself
+            // checks that the name still denotes the device).
+            let open = match &now {
+                Some(now) => now
+                    .get(&dev.ifindex)
+                    .is_some_and(|d| sysctl::is_open(d.route_localnet)),
+                None => true,
+            };
             if open {
-                if let Err(e) = sysctl::write_device(&dev.name, dev.ifindex, 0) {
+                if let Err(e) = kernel.write_route_localnet(&dev.name, dev.ifindex, 0) {
                     errors.push(format!("{e:#}"));
                 }
             }
@@ -756,5 +819,244 @@ mod tests {
             journal_originals(&change),
             vec![rec("br0", 5, 0), rec("br1", 7, 2)]
         );
+    }
+}
+
+/// The engine over the fake kernel: every failure at every step, the invariant checked
+/// after every mutation, including those of the rollback.
+#[cfg(test)]
+mod engine {
+    use super::*;
+    use crate::grant::Proto;
+    use crate::kernel::fake::{Fake, FakeTable, TempStore};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn grant(iface: &str, port: u16) -> Grant {
+        Grant {
+            name: format!("{iface}-{port}"),
+            iface: iface.into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    /// Runs one converge from what `store` holds to `grants` over `kernel`.
+    fn converge(kernel: &Fake, store: &Store, grants: Vec<Grant>) -> Result<Change> {
+        let old = store.load()?;
+        let (change, snapshot) = crate::verbs::observe_and_compute(kernel, old, grants)?;
+        execute(kernel, store, &change, &snapshot)?;
+        Ok(change)
+    }
+
+    /// Every moment: an open device is guarded by the table of that moment.
+    fn assert_never_open_without_guard(kernel: &Fake, context: &str) {
+        for m in kernel.history() {
+            for d in m.devices.values() {
+                let guarded = m.table.as_ref().is_some_and(|t| t.guards.contains(&d.name));
+                assert!(
+                    !sysctl::is_open(d.route_localnet) || guarded,
+                    "{context}: after `{}`, {}={} without a guard; history: {:?}",
+                    m.what,
+                    d.name,
+                    d.route_localnet,
+                    kernel.history().iter().map(|m| &m.what).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    const FAILURES: &[&str] = &[
+        "probe",
+        "apply",
+        "read",
+        "restore",
+        "flows",
+        "delete",
+        "write:br0:1",
+        "write:br0:0",
+        "write:br1:1",
+        "write:br1:0",
+    ];
+
+    /// (name, devices as (ifindex, name, route_localnet), grants before, grants after).
+    type Scenario = (
+        &'static str,
+        Vec<(u32, &'static str, i32)>,
+        Vec<Grant>,
+        Vec<Grant>,
+    );
+
+    fn scenarios() -> Vec<Scenario> {
+        vec![
+            (
+                "expose",
+                vec![(5, "br0", 0), (6, "br1", 0)],
+                vec![],
+                vec![grant("br0", 3306)],
+            ),
+            (
+                "revoke",
+                vec![(5, "br0", 0), (6, "br1", 0)],
+                vec![grant("br0", 3306)],
+                vec![],
+            ),
+            (
+                "second interface",
+                vec![(5, "br0", 0), (6, "br1", 0)],
+                vec![grant("br0", 3306)],
+                vec![grant("br0", 3306), grant("br1", 3307)],
+            ),
+            (
+                "swap interfaces",
+                vec![(5, "br0", 0), (6, "br1", 0)],
+                vec![grant("br0", 3306)],
+                vec![grant("br1", 3307)],
+            ),
+        ]
+    }
+
+    /// Brings a fake to `grants` without failures; returns the fake and its store.
+    fn arranged(devices: &[(u32, &str, i32)], grants: &[Grant]) -> (Fake, TempStore) {
+        let kernel = Fake::with_devices(devices);
+        let store = TempStore::new();
+        if !grants.is_empty() {
+            converge(&kernel, &store.store, grants.to_vec()).expect("arranging");
+        }
+        kernel.state.borrow_mut().history.clear();
+        (kernel, store)
+    }
+
+    #[test]
+    fn every_failure_rolls_back_and_no_step_leaves_an_interface_open_without_its_guard() {
+        for (name, devices, before, after) in scenarios() {
+            for failure in FAILURES {
+                let (kernel, store) = arranged(&devices, &before);
+                let facts_before = (
+                    kernel.state.borrow().devices.clone(),
+                    kernel.state.borrow().table.clone(),
+                );
+                let state_before = store.store.load().unwrap();
+                kernel.fail(failure);
+                let result = converge(&kernel, &store.store, after.clone());
+                let context = format!("{name} failing at {failure}");
+                assert_never_open_without_guard(&kernel, &context);
+                if result.is_err() {
+                    // All or nothing: the facts and the state file are as they were.
+                    let s = kernel.state.borrow();
+                    // A failed restore is the one case that cannot put the table back:
+                    // then every interface is closed instead.
+                    if *failure == "restore" && s.table != facts_before.1 {
+                        assert!(
+                            s.devices.values().all(|d| d.route_localnet == 0),
+                            "{context}"
+                        );
+                    } else {
+                        assert_eq!(
+                            (s.devices.clone(), s.table.clone()),
+                            facts_before,
+                            "{context}"
+                        );
+                    }
+                    assert_eq!(store.store.load().unwrap(), state_before, "{context}");
+                }
+            }
+            // And without a failure the change lands.
+            let (kernel, store) = arranged(&devices, &before);
+            converge(&kernel, &store.store, after.clone()).unwrap();
+            assert_never_open_without_guard(&kernel, name);
+            let s = kernel.state.borrow();
+            for d in s.devices.values() {
+                let managed = after.iter().any(|g| g.iface == d.name);
+                assert_eq!(d.route_localnet, i32::from(managed), "{name}: {}", d.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_table_is_never_restored_behind_an_open_interface() {
+        for failure in FAILURES {
+            let g = vec![grant("br0", 3306), grant("br1", 3307)];
+            let (kernel, store) = arranged(&[(5, "br0", 0), (6, "br1", 0)], &g);
+            // Another process switched the table off (dormant) or edited it.
+            let other = plan::ruleset(&g[..1]).unwrap();
+            kernel.state.borrow_mut().table = Some(FakeTable::broken(nft::planned_image(&other)));
+            kernel.fail(failure);
+            let result = converge(&kernel, &store.store, g.clone());
+            // The host starts open behind a broken table: no write may open a device
+            // without a guard, and it ends either guarded or closed.
+            for m in kernel.history() {
+                if let Some((iface, value)) = m
+                    .what
+                    .strip_prefix("write ")
+                    .and_then(|w| w.split_once('='))
+                {
+                    let guarded = m.table.as_ref().is_some_and(|t| t.guards.contains(iface));
+                    assert!(
+                        value == "0" || guarded,
+                        "{failure}: `{}` without a guard",
+                        m.what
+                    );
+                }
+            }
+            if result.is_err() && kernel.history().is_empty() {
+                // Refused before reading the host (a failed read): nothing was changed,
+                // and deciding to close is watch's (see watch's own tests).
+                continue;
+            }
+            let s = kernel.state.borrow();
+            for d in s.devices.values() {
+                let guarded = s.table.as_ref().is_some_and(|t| t.guards.contains(&d.name));
+                assert!(
+                    d.route_localnet == 0 || guarded,
+                    "{failure}: {} ends open unguarded",
+                    d.name
+                );
+            }
+            drop(s);
+            let history = kernel.history();
+            // Closing comes before anything else.
+            assert!(
+                history
+                    .first()
+                    .is_some_and(|m| m.what.starts_with("write") && m.what.ends_with("=0"))
+                    || result.is_err(),
+                "{failure}: {:?}",
+                history.iter().map(|m| &m.what).collect::<Vec<_>>()
+            );
+            if result.is_err() {
+                let s = kernel.state.borrow();
+                let still_broken = s.table.as_ref().is_none_or(|t| t.guards.is_empty());
+                if still_broken {
+                    assert!(
+                        s.devices.values().all(|d| d.route_localnet == 0),
+                        "{failure}: failed closed"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_guard_cuts_flows_that_reached_loopback_and_keeps_granted_ones() {
+        let g = vec![grant("br0", 3306)];
+        let (kernel, store) = arranged(&[(5, "br0", 1)], &g);
+        let flow = |src: [u8; 4], dst: [u8; 4], dport| conntrack::Flow {
+            src: Ipv4Addr::from(src),
+            dst: Ipv4Addr::from(dst),
+            proto: 17,
+            sport: 40000,
+            dport,
+            zone: 0,
+        };
+        let attack = flow([192, 0, 2, 200], [127, 0, 0, 1], 5354);
+        let granted = flow([192, 0, 2, 10], [192, 0, 2, 1], 3306);
+        let local = flow([127, 0, 0, 1], [127, 0, 0, 1], 5354);
+        kernel.state.borrow_mut().flows = vec![attack, granted, local];
+        kernel.state.borrow_mut().table = None; // flushed
+        converge(&kernel, &store.store, g).unwrap();
+        assert_eq!(kernel.state.borrow().flows, vec![granted, local]);
     }
 }

@@ -4,9 +4,12 @@
 
 pub mod conntrack;
 pub mod elements;
+#[cfg(test)]
+pub mod fake;
 pub mod host;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod seam;
 pub mod sysctl;

@@ -11,8 +11,9 @@ use crate::cli::AuditFormat;
 use crate::error::{EXIT_FINDINGS, EXIT_OK};
 use crate::grant::Grant;
 use crate::input::loopback;
-use crate::kernel::host::{self, Listener};
+use crate::kernel::host::Listener;
 use crate::kernel::nft::{self, RuleCounter, TableImage};
+use crate::kernel::seam::{Kernel, System, TableSnapshot};
 use crate::kernel::sysctl::{self, Reading};
 use crate::plan;
 use crate::state::State;
@@ -115,24 +116,30 @@ pub struct Observed {
     pub counters: Vec<RuleCounter>,
 }
 
-/// Reads what [`assess`] judges.
-fn observe(state: &State, expected: Option<&TableImage>, deep: bool) -> Result<Observed> {
-    let sysctls = sysctl::read_all()?;
+/// Reads what [`assess`] judges, through `kernel`.
+pub fn observe<K: Kernel>(
+    kernel: &K,
+    state: &State,
+    expected: Option<&TableImage>,
+    deep: bool,
+) -> Result<Observed> {
+    let sysctls = kernel.route_localnet_all()?;
     let ifindexes = sysctls
         .iter()
-        .filter_map(|(n, _)| sysctl::ifindex_of(n).map(|i| (n.clone(), i)))
+        .filter_map(|(n, _)| kernel.ifindex_of(n).map(|i| (n.clone(), i)))
         .collect();
     let recorded_names = state
         .originals
         .iter()
-        .map(|o| (o.ifindex, sysctl::name_of(o.ifindex)))
+        .map(|o| (o.ifindex, kernel.name_of(o.ifindex)))
         .collect();
     let trust = match deep {
         true => None,
         false => state.vouch.as_ref().zip(expected),
     };
-    let snapshot = nft::snapshot(trust)?;
-    let loopback_listeners = host::listeners()?
+    let snapshot = kernel.read_table(trust)?;
+    let loopback_listeners = kernel
+        .listeners()?
         .into_iter()
         .filter(|l| loopback().contains(l.addr))
         .collect();
@@ -150,7 +157,7 @@ fn observe(state: &State, expected: Option<&TableImage>, deep: bool) -> Result<O
 pub fn run(args: &AuditArgs) -> Result<i32> {
     let (_store, state) = open_store(false)?;
     let expected = plan::ruleset(&state.grants).map(|r| nft::planned_image(&r));
-    let observed = observe(&state, expected.as_ref(), args.deep)?;
+    let observed = observe(&System, &state, expected.as_ref(), args.deep)?;
     let report = assess(&observed, &state, expected.as_ref());
     let format = if args.json {
         AuditFormat::Json
@@ -697,5 +704,63 @@ mod tests {
             "{}",
             f.message
         );
+    }
+}
+
+/// Audit over the fake kernel: observation and judgement together, without root.
+#[cfg(test)]
+mod over_the_fake {
+    use super::*;
+    use crate::kernel::fake::Fake;
+    use crate::state::STATE_VERSION;
+
+    #[test]
+    fn audit_reads_values_tables_and_listeners_through_the_seam() {
+        let kernel = Fake::with_devices(&[(5, "br0", 0), (6, "br1", 2), (1, "lo", 0)]);
+        kernel.state.borrow_mut().listeners = vec![Listener {
+            proto: crate::grant::Proto::Tcp,
+            addr: std::net::Ipv4Addr::LOCALHOST,
+            port: 6379,
+        }];
+        let state = State {
+            version: STATE_VERSION,
+            ..Default::default()
+        };
+        let observed = observe(&kernel, &state, None, false).unwrap();
+        let report = assess(&observed, &state, None);
+        let br1 = report.interfaces.iter().find(|i| i.name == "br1").unwrap();
+        assert_eq!(
+            (br1.route_localnet, br1.effective, br1.guarded),
+            (Some(2), 1, false)
+        );
+        assert_eq!(br1.exposed_sockets.len(), 1);
+        assert_eq!(report.worst(), Some(Severity::Critical));
+        // A table loopgate did not make is reported too.
+        kernel
+            .state
+            .borrow_mut()
+            .devices
+            .get_mut(&6)
+            .unwrap()
+            .route_localnet = 0;
+        let g = crate::grant::Grant {
+            name: "x".into(),
+            iface: "br0".into(),
+            proto: crate::grant::Proto::Tcp,
+            listen: "192.0.2.1".parse().unwrap(),
+            port: 1,
+            to: "127.0.0.1:1".parse().unwrap(),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        };
+        kernel.state.borrow_mut().table = Some(crate::kernel::fake::FakeTable::of(
+            &crate::plan::ruleset(&[g]).unwrap(),
+        ));
+        let report = assess(
+            &observe(&kernel, &state, None, false).unwrap(),
+            &state,
+            None,
+        );
+        assert!(report.findings.iter().any(|f| f.code == "table-unexpected"));
+        assert_eq!(report.worst(), Some(Severity::Warning));
     }
 }

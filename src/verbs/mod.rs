@@ -8,6 +8,7 @@ pub mod revoke;
 pub mod watch;
 
 use crate::grant::Grant;
+use crate::kernel::seam::{Kernel, System, TableSnapshot};
 use crate::kernel::{host, nft, sysctl};
 use crate::persist;
 use crate::state::{State, Store};
@@ -27,10 +28,14 @@ pub enum Mode {
 
 /// Reads what a move from `old` to `grants` depends on (loopgate's table, the devices
 /// involved) and computes the change. Changes nothing.
-pub fn observe_and_compute(old: State, grants: Vec<Grant>) -> Result<(Change, nft::Snapshot)> {
+pub fn observe_and_compute<K: Kernel>(
+    kernel: &K,
+    old: State,
+    grants: Vec<Grant>,
+) -> Result<(Change, K::Snapshot)> {
     let recorded = crate::plan::ruleset(&old.grants).map(|r| nft::planned_image(&r));
-    let snapshot = nft::snapshot(old.vouch.as_ref().zip(recorded.as_ref()))?;
-    let devices = txn::observe_devices(&old, &grants)?;
+    let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
+    let devices = txn::observe_devices(kernel, &old, &grants)?;
     let change = Change::compute(old, grants, &devices, snapshot.image().as_ref());
     Ok((change, snapshot))
 }
@@ -38,7 +43,11 @@ pub fn observe_and_compute(old: State, grants: Vec<Grant>) -> Result<(Change, nf
 /// For a change that is a no-op: records that the table was found intact at this
 /// generation, so later runs need not read a large table back while nothing in
 /// nftables changes.
-pub fn remember_intact(store: &Store, change: &Change, snapshot: &nft::Snapshot) -> Result<()> {
+pub fn remember_intact(
+    store: &Store,
+    change: &Change,
+    snapshot: &impl TableSnapshot,
+) -> Result<()> {
     if let Some(elements) = change.matched_elements {
         let vouch = Some(nft::Vouch {
             generation: snapshot.generation(),
@@ -56,7 +65,7 @@ pub fn remember_intact(store: &Store, change: &Change, snapshot: &nft::Snapshot)
 
 /// Moves the host to `grants` (or shows what that would do).
 pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
-    let (change, snapshot) = observe_and_compute(old, grants)?;
+    let (change, snapshot) = observe_and_compute(&System, old, grants)?;
 
     if !change.grants.is_empty() {
         match sysctl::read("all") {
@@ -100,9 +109,12 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
         }
         Mode::Apply => {
             let lines = change.describe();
-            let outcome = txn::execute(store, &change, &snapshot)?;
+            let outcome = txn::execute(&System, store, &change, &snapshot)?;
             for line in lines {
                 crate::outln!("{line}");
+            }
+            for w in &outcome.warnings {
+                eprintln!("loopgate: warning: {w}");
             }
             if outcome.connections_cut > 0 {
                 crate::outln!(

@@ -12,6 +12,9 @@
 
 use super::{observe_and_compute, open_store, remember_intact};
 use crate::kernel::monitor::Monitor;
+use crate::kernel::seam::{Kernel, System};
+use crate::kernel::sysctl;
+use crate::state::Store;
 use crate::txn;
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,63 +73,111 @@ pub fn run() -> Result<()> {
 /// Closing needs no journal: each device closed here has its original in the committed
 /// state, from which the repair reopens it once the guard is back.
 fn close_now() -> Result<()> {
-    let Some(store) = crate::state::Store::try_open_exclusive()? else {
+    let Some(store) = Store::try_open_exclusive()? else {
         return Ok(());
     };
+    for line in close_managed(&System, &store)? {
+        eprintln!("loopgate watch: {line}");
+    }
+    Ok(())
+}
+
+/// Closes every open device of the committed grants and records; returns the log
+/// lines. One failed write does not stop the others; their errors are returned after.
+pub fn close_managed<K: Kernel>(kernel: &K, store: &Store) -> Result<Vec<String>> {
     let state = store.load()?;
     if state.grants.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
-    let devices = txn::observe_devices(&state, &state.grants)?;
+    let devices = txn::observe_devices(kernel, &state, &state.grants)?;
     let mut closed = Vec::new();
     let mut errors = Vec::new();
     for dev in devices.values() {
-        if crate::kernel::sysctl::is_open(dev.route_localnet) {
-            match crate::kernel::sysctl::write_device(&dev.name, dev.ifindex, 0) {
+        if sysctl::is_open(dev.route_localnet) {
+            match kernel.write_route_localnet(&dev.name, dev.ifindex, 0) {
                 Ok(()) => closed.push(dev.name.as_str()),
                 Err(e) => errors.push(crate::error::one_line(&e)),
             }
         }
     }
-    if !closed.is_empty() {
-        eprintln!(
-            "loopgate watch: another process changed table ip loopgate; closed route_localnet on [{}] first",
-            closed.join(", ")
+    if !errors.is_empty() {
+        anyhow::bail!(
+            "closed [{}] but not the rest: {}",
+            closed.join(", "),
+            errors.join("; ")
         );
     }
-    if !errors.is_empty() {
-        anyhow::bail!(errors.join("; "));
-    }
-    Ok(())
+    Ok(match closed.is_empty() {
+        true => vec![],
+        false => vec![format!(
+            "another process changed table ip loopgate; closed route_localnet on [{}] first",
+            closed.join(", ")
+        )],
+    })
 }
 
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
 pub fn repair() -> Result<()> {
+    let (store, _) = open_store(true)?;
+    let (lines, result) = repair_with(&System, &store);
+    for line in lines {
+        eprintln!("loopgate watch: {line}");
+    }
+    result
+}
+
+/// One convergence towards the committed grants of `store`; returns the log lines and
+/// the outcome (an error after the transaction rolled back and failed closed).
+pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result<()>) {
     let started = Instant::now();
-    let (store, state) = open_store(true)?;
+    let state = match store.load() {
+        Ok(s) => s,
+        Err(e) => return (vec![], Err(e)),
+    };
     if state.grants.is_empty() && state.originals.is_empty() && state.pending.is_none() {
-        return Ok(());
+        return (vec![], Ok(()));
     }
     let target = state.grants.clone();
-    let (change, snapshot) = observe_and_compute(state, target)?;
+    let (change, snapshot) = match observe_and_compute(kernel, state, target) {
+        Ok(c) => c,
+        Err(e) => {
+            // The guard cannot be verified: watch never leaves an interface open on
+            // trust. The next wake-up tries again and reopens once it reads back.
+            let e = e.context("cannot read the host to verify the guard");
+            return match close_managed(kernel, store) {
+                Ok(mut lines) => {
+                    lines.iter_mut().for_each(|l| {
+                        *l = l.replace(
+                            "another process changed table ip loopgate",
+                            "the guard cannot be verified",
+                        )
+                    });
+                    (lines, Err(e))
+                }
+                Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
+            };
+        }
+    };
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
-        return remember_intact(&store, &change, &snapshot);
+        return (vec![], remember_intact(store, &change, &snapshot));
     }
-    let outcome = txn::execute(&store, &change, &snapshot);
-    let took = started.elapsed().as_millis();
-    for line in report(&change, took) {
-        eprintln!("loopgate watch: {line}");
+    let outcome = txn::execute(kernel, store, &change, &snapshot);
+    let mut lines = report(&change, started.elapsed().as_millis());
+    match outcome {
+        Ok(o) => {
+            lines.extend(o.warnings);
+            if o.connections_cut > 0 {
+                lines.push(format!(
+                    "cut {} tracked connection(s) that reached 127.0.0.0/8 or a revoked grant",
+                    o.connections_cut
+                ));
+            }
+            (lines, Ok(()))
+        }
+        Err(e) => (lines, Err(e)),
     }
-    let outcome = outcome?;
-    if outcome.connections_cut > 0 {
-        eprintln!(
-            "loopgate watch: cut {} tracked connection(s) that reached 127.0.0.0/8 or a revoked grant",
-            outcome.connections_cut
-        );
-    }
-    Ok(())
 }
 
 /// What a repair did, one line each, as the operator reads it in the journal.
@@ -174,4 +225,162 @@ fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
         }
     }
     out
+}
+
+/// Watch's decisions over the fake kernel: what it does, in which order.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::{Grant, Proto};
+    use crate::kernel::fake::{Fake, FakeTable, TempStore};
+    use crate::kernel::nft;
+    use crate::state::{Original, State, STATE_VERSION};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn grant(iface: &str, port: u16) -> Grant {
+        Grant {
+            name: format!("{iface}-{port}"),
+            iface: iface.into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    /// A host converged to `grants` on the fake, history cleared.
+    fn converged(devices: &[(u32, &str, i32)], grants: Vec<Grant>) -> (Fake, TempStore) {
+        let kernel = Fake::with_devices(devices);
+        let store = TempStore::new();
+        let (change, snap) =
+            observe_and_compute(&kernel, store.store.load().unwrap(), grants).unwrap();
+        txn::execute(&kernel, &store.store, &change, &snap).unwrap();
+        kernel.state.borrow_mut().history.clear();
+        (kernel, store)
+    }
+
+    fn steps(kernel: &Fake) -> Vec<String> {
+        kernel.history().into_iter().map(|m| m.what).collect()
+    }
+
+    #[test]
+    fn a_dormant_or_flushed_table_is_closed_first_then_restored_then_reopened() {
+        let g = vec![grant("br0", 3306)];
+        for broken in [
+            None,
+            Some(FakeTable::broken(nft::planned_image(
+                &crate::plan::ruleset(&[grant("br0", 9999)]).unwrap(),
+            ))),
+        ] {
+            let (kernel, store) = converged(&[(5, "br0", 0)], g.clone());
+            kernel.state.borrow_mut().table = broken.clone();
+            let (lines, result) = repair_with(&kernel, &store.store);
+            result.unwrap();
+            assert_eq!(
+                steps(&kernel),
+                ["write br0=0", "apply", "write br0=1"],
+                "{lines:?}"
+            );
+            assert!(lines
+                .iter()
+                .any(|l| l.contains("closed route_localnet on [br0] first")));
+            // Converged: the next pass does nothing.
+            kernel.state.borrow_mut().history.clear();
+            let (lines, result) = repair_with(&kernel, &store.store);
+            result.unwrap();
+            assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn an_interrupted_expose_is_rolled_back_with_its_interface_closed_before_the_table() {
+        let committed = vec![grant("br0", 3306)];
+        let pending = vec![grant("br0", 3306), grant("br1", 3307)];
+        let (kernel, store) = converged(&[(5, "br0", 0), (6, "br1", 0)], pending.clone());
+        // As if `expose br1` had died after raising br1, before committing.
+        let state = State {
+            version: STATE_VERSION,
+            grants: committed,
+            originals: vec![
+                Original {
+                    iface: "br0".into(),
+                    ifindex: 5,
+                    value: 0,
+                },
+                Original {
+                    iface: "br1".into(),
+                    ifindex: 6,
+                    value: 0,
+                },
+            ],
+            pending: Some(pending),
+            vouch: None,
+        };
+        store.store.save(&state).unwrap();
+        let (lines, result) = repair_with(&kernel, &store.store);
+        result.unwrap();
+        assert_eq!(steps(&kernel), ["write br1=0", "apply"], "{lines:?}");
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("interrupted transaction was rolled back")));
+        assert_eq!(kernel.value("br0"), Some(1));
+        assert!(store.store.load().unwrap().pending.is_none());
+    }
+
+    #[test]
+    fn a_renamed_interface_goes_back_to_its_original_and_the_new_copy_is_opened() {
+        let g = vec![grant("br0", 3306)];
+        let (kernel, store) = converged(&[(5, "br0", 0)], g);
+        // br0 renamed to br9 (same ifindex), and a runtime created a new br0 at 0.
+        {
+            let mut s = kernel.state.borrow_mut();
+            s.devices.get_mut(&5).unwrap().name = "br9".into();
+            s.devices.insert(
+                8,
+                crate::kernel::sysctl::Device {
+                    ifindex: 8,
+                    name: "br0".into(),
+                    route_localnet: 0,
+                },
+            );
+        }
+        let (lines, result) = repair_with(&kernel, &store.store);
+        result.unwrap();
+        assert_eq!(steps(&kernel), ["write br9=0", "write br0=1"], "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("br0 (ifindex 5) was renamed to br9")),
+            "{lines:?}"
+        );
+        let originals = store.store.load().unwrap().originals;
+        assert_eq!(
+            originals,
+            vec![Original {
+                iface: "br0".into(),
+                ifindex: 8,
+                value: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_guard_that_cannot_be_read_is_not_trusted() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.fail("read");
+        let (lines, result) = repair_with(&kernel, &store.store);
+        assert!(result.is_err());
+        assert_eq!(steps(&kernel), ["write br0=0"], "{lines:?}");
+    }
+
+    #[test]
+    fn the_fast_path_closes_every_open_managed_interface_and_keeps_going_past_a_failure() {
+        let g = vec![grant("br0", 3306), grant("br1", 3307), grant("br2", 3308)];
+        let (kernel, store) = converged(&[(5, "br0", 0), (6, "br1", 0), (7, "br2", 0)], g);
+        kernel.fail("write:br1:0");
+        let err = close_managed(&kernel, &store.store).unwrap_err();
+        assert!(format!("{err:#}").contains("closed [br0, br2]"), "{err:#}");
+        assert_eq!(steps(&kernel), ["write br0=0", "write br2=0"]);
+    }
 }

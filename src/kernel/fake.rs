@@ -1,0 +1,332 @@
+//! An in-memory kernel for unit tests of the engine, audit and watch.
+//!
+//! It keeps what [`Kernel`] exposes, devices with their route_localnet, loopgate's
+//! table and the nftables generation, conntrack entries and listeners, and applies every
+//! table batch all-or-nothing, like the real one. Failures are injected by name
+//! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`,
+//! `write:<iface>:<value>`), and every mutation is recorded in [`Fake::history`] with
+//! the facts after it, so a test can check an invariant at every step a transaction
+//! takes, including the steps of a rollback.
+
+use super::conntrack::Flow;
+use super::host::Listener;
+use super::nft::{planned_image, TableImage, Vouch};
+use super::seam::{Kernel, TableSnapshot};
+use super::sysctl::{Device, Reading};
+use crate::ruleset::{KeyValue, Ruleset};
+use anyhow::Result;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// loopgate's table as the fake holds it: its image and the interfaces it guards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeTable {
+    pub image: TableImage,
+    /// Interfaces present in all three guard maps (raw, input, postrouting): the ones
+    /// a packet from cannot reach 127/8 unchecked. Empty for a broken table.
+    pub guards: BTreeSet<String>,
+}
+
+impl FakeTable {
+    /// The table a real kernel would hold after a batch of `ruleset`.
+    pub fn of(ruleset: &Ruleset) -> FakeTable {
+        let names = |map: &str| -> BTreeSet<String> {
+            ruleset
+                .map(map)
+                .map(|m| {
+                    m.elements
+                        .iter()
+                        .filter_map(|e| match e.key.first() {
+                            Some(KeyValue::Name(n)) => Some(n.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let raw = names("raw_ifaces");
+        let input = names("input_ifaces");
+        let post = names("post_ifaces");
+        FakeTable {
+            image: planned_image(ruleset),
+            guards: raw
+                .into_iter()
+                .filter(|n| input.contains(n) && post.contains(n))
+                .collect(),
+        }
+    }
+
+    /// A table that reads back as something else and guards nothing: dormant, flushed
+    /// chains, an edited rule. `of` gives it the image of a different ruleset.
+    pub fn broken(image: TableImage) -> FakeTable {
+        FakeTable {
+            image,
+            guards: BTreeSet::new(),
+        }
+    }
+}
+
+/// The facts after one mutation.
+#[derive(Debug, Clone)]
+pub struct Moment {
+    /// What was done, e.g. `write br0=1`, `apply`, `restore`.
+    pub what: String,
+    pub devices: BTreeMap<u32, Device>,
+    pub table: Option<FakeTable>,
+}
+
+/// The fake's state; public so tests can arrange and inspect it.
+#[derive(Debug, Clone, Default)]
+pub struct FakeState {
+    pub devices: BTreeMap<u32, Device>,
+    pub all: i32,
+    pub default: i32,
+    pub table: Option<FakeTable>,
+    pub generation: u32,
+    pub flows: Vec<Flow>,
+    pub listeners: Vec<Listener>,
+    pub fail: BTreeSet<String>,
+    pub history: Vec<Moment>,
+}
+
+/// An in-memory [`Kernel`].
+#[derive(Debug, Default)]
+pub struct Fake {
+    pub state: RefCell<FakeState>,
+}
+
+/// A snapshot of the fake's table.
+#[derive(Debug, Clone)]
+pub struct FakeSnapshot {
+    pub table: Option<FakeTable>,
+    pub generation: u32,
+}
+
+impl TableSnapshot for FakeSnapshot {
+    fn image(&self) -> Option<TableImage> {
+        self.table.as_ref().map(|t| t.image.clone())
+    }
+    fn generation(&self) -> u32 {
+        self.generation
+    }
+    fn vouched(&self) -> bool {
+        false
+    }
+}
+
+impl Fake {
+    /// A fake with these devices (`(ifindex, name, route_localnet)`) and no table.
+    pub fn with_devices(devices: &[(u32, &str, i32)]) -> Fake {
+        let fake = Fake::default();
+        fake.state.borrow_mut().devices = devices
+            .iter()
+            .map(|&(ifindex, name, value)| {
+                (
+                    ifindex,
+                    Device {
+                        ifindex,
+                        name: name.to_string(),
+                        route_localnet: value,
+                    },
+                )
+            })
+            .collect();
+        fake.state.borrow_mut().generation = 1;
+        fake
+    }
+
+    /// Makes the named operation fail from now on.
+    pub fn fail(&self, what: &str) {
+        self.state.borrow_mut().fail.insert(what.to_string());
+    }
+
+    /// route_localnet of the device called `name`.
+    pub fn value(&self, name: &str) -> Option<i32> {
+        self.state
+            .borrow()
+            .devices
+            .values()
+            .find(|d| d.name == name)
+            .map(|d| d.route_localnet)
+    }
+
+    /// Every recorded moment.
+    pub fn history(&self) -> Vec<Moment> {
+        self.state.borrow().history.clone()
+    }
+
+    fn check(&self, what: &str) -> Result<()> {
+        if self.state.borrow().fail.contains(what) {
+            anyhow::bail!("fake kernel: injected failure at {what}");
+        }
+        Ok(())
+    }
+
+    fn record(&self, what: String) {
+        let mut s = self.state.borrow_mut();
+        let moment = Moment {
+            what,
+            devices: s.devices.clone(),
+            table: s.table.clone(),
+        };
+        s.history.push(moment);
+    }
+
+    fn commit(&self, table: Option<FakeTable>, what: &str) {
+        {
+            let mut s = self.state.borrow_mut();
+            s.table = table;
+            s.generation = s.generation.wrapping_add(1).max(1);
+        }
+        self.record(what.to_string());
+    }
+}
+
+impl Kernel for Fake {
+    type Snapshot = FakeSnapshot;
+
+    fn devices(
+        &self,
+        names: &BTreeSet<String>,
+        ifindexes: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, Device>> {
+        self.check("devices")?;
+        Ok(self
+            .state
+            .borrow()
+            .devices
+            .iter()
+            .filter(|(i, d)| names.contains(&d.name) || ifindexes.contains(i))
+            .map(|(i, d)| (*i, d.clone()))
+            .collect())
+    }
+
+    fn write_route_localnet(&self, iface: &str, ifindex: u32, value: i32) -> Result<()> {
+        self.check(&format!("write:{iface}:{value}"))?;
+        {
+            let mut s = self.state.borrow_mut();
+            match s.devices.get_mut(&ifindex) {
+                Some(d) if d.name == iface => d.route_localnet = value,
+                _ => anyhow::bail!("{iface} is no longer the device (ifindex {ifindex})"),
+            }
+        }
+        self.record(format!("write {iface}={value}"));
+        Ok(())
+    }
+
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
+        let s = self.state.borrow();
+        let mut out: Vec<(String, Reading)> = s
+            .devices
+            .values()
+            .map(|d| (d.name.clone(), Ok(d.route_localnet)))
+            .collect();
+        out.push(("all".into(), Ok(s.all)));
+        out.push(("default".into(), Ok(s.default)));
+        out.sort();
+        Ok(out)
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        let s = self.state.borrow();
+        s.devices
+            .values()
+            .find(|d| d.name == name)
+            .map(|d| d.ifindex)
+    }
+
+    fn name_of(&self, ifindex: u32) -> Option<String> {
+        self.state
+            .borrow()
+            .devices
+            .get(&ifindex)
+            .map(|d| d.name.clone())
+    }
+
+    fn read_table(&self, _trust: Option<(&Vouch, &TableImage)>) -> Result<FakeSnapshot> {
+        self.check("read")?;
+        let s = self.state.borrow();
+        Ok(FakeSnapshot {
+            table: s.table.clone(),
+            generation: s.generation,
+        })
+    }
+
+    fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
+        self.check("apply")?;
+        let table = ruleset.map(FakeTable::of);
+        let elements = table.as_ref().and_then(|t| t.image.elements.digest());
+        self.commit(table, "apply");
+        let generation = self.state.borrow().generation;
+        Ok(elements.map(|elements| Vouch {
+            generation,
+            elements,
+        }))
+    }
+
+    fn restore(&self, snapshot: &FakeSnapshot) -> Result<()> {
+        self.check("restore")?;
+        self.commit(snapshot.table.clone(), "restore");
+        Ok(())
+    }
+
+    fn probe(&self, _ruleset: &Ruleset) -> Result<()> {
+        self.check("probe")
+    }
+
+    fn listeners(&self) -> Result<Vec<Listener>> {
+        Ok(self.state.borrow().listeners.clone())
+    }
+
+    fn conntrack_count(&self) -> Option<u64> {
+        Some(self.state.borrow().flows.len() as u64)
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>> {
+        self.check("flows")?;
+        Ok(self.state.borrow().flows.clone())
+    }
+
+    fn delete_flows(&self, flows: &[Flow]) -> Result<usize> {
+        self.check("delete")?;
+        let n = {
+            let mut s = self.state.borrow_mut();
+            let before = s.flows.len();
+            s.flows.retain(|f| !flows.contains(f));
+            before - s.flows.len()
+        };
+        self.record(format!("delete {n} flows"));
+        Ok(n)
+    }
+}
+
+/// A state directory for one test, removed on drop.
+pub struct TempStore {
+    pub store: crate::state::Store,
+    dir: std::path::PathBuf,
+}
+
+impl Default for TempStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TempStore {
+    pub fn new() -> TempStore {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "loopgate-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let store = crate::state::Store::open_at(dir.clone()).expect("state directory");
+        TempStore { store, dir }
+    }
+}
+
+impl Drop for TempStore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,177 @@
+//! The one narrow seam between loopgate's decisions and the kernel.
+//!
+//! The engine ([`crate::txn`]), `audit` and `watch` reach the kernel only through
+//! [`Kernel`]: read route_localnet of device instances, write one, read loopgate's table
+//! (image and nftables generation), replace or restore it atomically, probe features,
+//! list loopback listeners, and find and cut conntrack entries. [`System`] is the real
+//! thing (netlink and /proc in the caller's network namespace). A fake that keeps the
+//! same facts in memory and applies every batch all-or-nothing, with injectable
+//! failures, lives in `kernel::fake` for unit tests, as knftables' `Fake` and
+//! Kubernetes' sysctl fake do: rollback ordering, the never-open-without-guard invariant
+//! and watch's decisions are then tested in milliseconds without root.
+
+use super::conntrack::Flow;
+use super::host::Listener;
+use super::nft::{self, TableImage, Vouch};
+use super::sysctl::{self, Device, Reading};
+use crate::ruleset::Ruleset;
+use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What the kernel held of loopgate's table at one moment: enough to compare it with a
+/// plan and to put it back.
+pub trait TableSnapshot {
+    /// The table's canonical image, `None` when it does not exist.
+    fn image(&self) -> Option<TableImage>;
+    /// The nftables generation read before the table: a vouch made from this snapshot
+    /// stays valid only while nothing commits after it.
+    fn generation(&self) -> u32;
+    /// True when the set elements were vouched for (unchanged generation) instead of
+    /// read back.
+    fn vouched(&self) -> bool;
+    /// Packets and bytes of every rule that counts (none for an absent table).
+    fn counters(&self) -> Vec<nft::RuleCounter> {
+        Vec::new()
+    }
+}
+
+impl TableSnapshot for nft::Snapshot {
+    fn image(&self) -> Option<TableImage> {
+        nft::Snapshot::image(self)
+    }
+    fn generation(&self) -> u32 {
+        nft::Snapshot::generation(self)
+    }
+    fn vouched(&self) -> bool {
+        nft::Snapshot::vouched(self)
+    }
+    fn counters(&self) -> Vec<nft::RuleCounter> {
+        nft::Snapshot::counters(self)
+    }
+}
+
+/// Everything the engine, audit and watch need from the kernel of the current network
+/// namespace.
+pub trait Kernel {
+    /// The snapshot type [`Kernel::read_table`] returns and [`Kernel::restore`] takes.
+    type Snapshot: TableSnapshot;
+
+    /// The devices called one of `names` and those with one of `ifindexes`, keyed by
+    /// ifindex, each with its route_localnet (see [`sysctl::devices`]).
+    fn devices(
+        &self,
+        names: &BTreeSet<String>,
+        ifindexes: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, Device>>;
+
+    /// Writes route_localnet of device `ifindex`, known as `iface`; refused when the
+    /// name now denotes another device.
+    fn write_route_localnet(&self, iface: &str, ifindex: u32, value: i32) -> Result<()>;
+
+    /// route_localnet of every IPv4 conf directory, `all` and `default` included.
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>>;
+
+    /// The ifindex of the interface called `name`.
+    fn ifindex_of(&self, name: &str) -> Option<u32>;
+
+    /// The current name of interface `ifindex`.
+    fn name_of(&self, ifindex: u32) -> Option<String>;
+
+    /// Reads loopgate's table; with `trust`, elements are taken as vouched for while the
+    /// generation has not moved (see [`nft::snapshot`]).
+    fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<Self::Snapshot>;
+
+    /// Replaces loopgate's table with `ruleset` (removes it for `None`) in one atomic
+    /// batch; returns what vouches for the new table.
+    fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>>;
+
+    /// Puts the table back as `snapshot` saw it, in one atomic batch.
+    fn restore(&self, snapshot: &Self::Snapshot) -> Result<()>;
+
+    /// Refuses, naming the missing feature, a ruleset this kernel cannot take. Changes
+    /// nothing.
+    fn probe(&self, ruleset: &Ruleset) -> Result<()>;
+
+    /// Sockets listening on IPv4 (TCP LISTEN, bound UDP).
+    fn listeners(&self) -> Result<Vec<Listener>>;
+
+    /// How many connections are tracked, when the kernel says (cheap; a listing is not).
+    fn conntrack_count(&self) -> Option<u64>;
+
+    /// The IPv4 conntrack entries.
+    fn flows(&self) -> Result<Vec<Flow>>;
+
+    /// Deletes `flows`; returns how many were deleted.
+    fn delete_flows(&self, flows: &[Flow]) -> Result<usize>;
+}
+
+/// The real kernel of the caller's network namespace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct System;
+
+impl Kernel for System {
+    type Snapshot = nft::Snapshot;
+
+    fn devices(
+        &self,
+        names: &BTreeSet<String>,
+        ifindexes: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<u32, Device>> {
+        sysctl::devices(names, ifindexes)
+    }
+
+    fn write_route_localnet(&self, iface: &str, ifindex: u32, value: i32) -> Result<()> {
+        sysctl::write_device(iface, ifindex, value)
+    }
+
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
+        sysctl::read_all()
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        sysctl::ifindex_of(name)
+    }
+
+    fn name_of(&self, ifindex: u32) -> Option<String> {
+        sysctl::name_of(ifindex)
+    }
+
+    fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<nft::Snapshot> {
+        nft::snapshot(trust)
+    }
+
+    fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
+        nft::apply(ruleset)
+    }
+
+    fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {
+        snapshot.restore()
+    }
+
+    fn probe(&self, ruleset: &Ruleset) -> Result<()> {
+        // Once per boot for each feature (the test hook always probes): the probe makes
+        // the next real batch wait for an RCU grace period.
+        let needs = nft::features(ruleset);
+        if crate::failpoint::armed("probe") || !crate::state::KnownFeatures::cover(&needs) {
+            nft::probe(ruleset)?;
+            crate::state::KnownFeatures::remember(&needs);
+        }
+        Ok(())
+    }
+
+    fn listeners(&self) -> Result<Vec<Listener>> {
+        super::host::listeners()
+    }
+
+    fn conntrack_count(&self) -> Option<u64> {
+        super::conntrack::count()
+    }
+
+    fn flows(&self) -> Result<Vec<Flow>> {
+        super::conntrack::list()
+    }
+
+    fn delete_flows(&self, flows: &[Flow]) -> Result<usize> {
+        super::conntrack::delete(flows)
+    }
+}
