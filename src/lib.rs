@@ -7,6 +7,7 @@
 //! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands;
 //! [`persist`] records a change in the persistent policy.
 
+pub mod audit;
 pub mod cidr;
 pub mod cli;
 pub mod error;

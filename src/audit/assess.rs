@@ -1,0 +1,363 @@
+//! The judgement: a pure function from what the kernel showed and what loopgate
+//! recorded to findings. Every finding code has a table-driven unit test here.
+
+use super::{Finding, InterfaceReport, Observed, Report, Severity, TableReport, SCHEMA_VERSION};
+use crate::grant::Grant;
+use crate::kernel::host::Listener;
+use crate::kernel::nft::TableImage;
+use crate::kernel::sysctl::{self, Reading};
+use crate::state::State;
+
+/// The judgement: what is open, whether loopgate's guard covers it, and the findings.
+/// Pure: `observed` is what the kernel said, `state` what loopgate recorded, `expected`
+/// the image of the table the recorded grants require.
+pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>) -> Report {
+    let reading = |name: &str| {
+        observed
+            .sysctls
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r)
+    };
+    let mut findings = Vec::new();
+    let differences = match (&observed.table, expected) {
+        (Some(have), Some(want)) => have.differences(want, 20),
+        (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
+        (Some(_), None) => {
+            vec!["table ip loopgate exists but loopgate has no grants here".to_string()]
+        }
+        (None, None) => vec![],
+    };
+    let table_ok = differences.is_empty();
+    if !table_ok {
+        let (severity, code) = if expected.is_some() {
+            (Severity::Critical, "table-tampered")
+        } else {
+            (Severity::Warning, "table-unexpected")
+        };
+        findings.push(Finding {
+            severity,
+            code,
+            interface: None,
+            message: format!(
+                "loopgate's table differs from what its grants require (deleted, flushed, dormant or edited): {}",
+                differences.join("; ")
+            ),
+        });
+    }
+    if state.pending.is_some() {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: "interrupted",
+            interface: None,
+            message: "a loopgate transaction was interrupted; the next expose, revoke or apply repairs it".into(),
+        });
+    }
+    let unreadable = |name: &str, why: &str, severity: Severity, findings: &mut Vec<Finding>| {
+        findings.push(Finding {
+            severity,
+            code: "sysctl-unreadable",
+            interface: Some(name.to_string()),
+            message: format!(
+                "net.ipv4.conf.{name}.route_localnet cannot be read ({why}): whether it is open cannot be told, so it is counted as open"
+            ),
+        });
+    };
+    // `all` ORs into every interface: unreadable counts as open.
+    let all = reading("all");
+    let all_open = match all {
+        Some(Ok(v)) => sysctl::is_open(*v),
+        Some(Err(why)) => {
+            unreadable("all", why, Severity::Critical, &mut findings);
+            true
+        }
+        None => {
+            unreadable("all", "missing", Severity::Critical, &mut findings);
+            true
+        }
+    };
+    if let Some(Ok(v)) = all {
+        if sysctl::is_open(*v) {
+            findings.push(Finding {
+                severity: Severity::Critical,
+                code: "all-open",
+                interface: None,
+                message: format!("net.ipv4.conf.all.route_localnet={v}: every interface routes 127.0.0.0/8, and no per-interface setting can narrow it"),
+            });
+        }
+    }
+    let default = reading("default");
+    match default {
+        Some(Ok(v)) if sysctl::is_open(*v) => findings.push(Finding {
+            severity: Severity::Warning,
+            code: "default-open",
+            interface: None,
+            message: format!("net.ipv4.conf.default.route_localnet={v}: new interfaces start with loopback routing enabled"),
+        }),
+        Some(Err(why)) => unreadable("default", why, Severity::Warning, &mut findings),
+        _ => {}
+    }
+
+    let loopback = &observed.loopback_listeners;
+    let mut interfaces = Vec::new();
+    for (name, value) in observed
+        .sysctls
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "all" | "default" | "lo"))
+    {
+        let grants: Vec<Grant> = state
+            .grants
+            .iter()
+            .filter(|g| &g.iface == name)
+            .cloned()
+            .collect();
+        let managed = !grants.is_empty();
+        let original = observed
+            .ifindexes
+            .get(name)
+            .and_then(|i| state.original(*i))
+            .map(|o| o.value);
+        let open = match value {
+            Ok(v) => all_open || sysctl::is_open(*v),
+            Err(why) => {
+                unreadable(name, why, Severity::Critical, &mut findings);
+                true
+            }
+        };
+        let guarded = managed && table_ok;
+        let exposed: Vec<Listener> = if !open {
+            vec![]
+        } else if guarded {
+            loopback
+                .iter()
+                .filter(|l| {
+                    grants.iter().any(|g| {
+                        g.proto == l.proto && g.to.port() == l.port && (*g.to.ip() == l.addr)
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            loopback.clone()
+        };
+        if open && !guarded {
+            findings.push(Finding {
+                severity: Severity::Critical,
+                code: "unguarded",
+                interface: Some(name.clone()),
+                message: format!(
+                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8)",
+                    describe_value(value, all),
+                    exposed.len()
+                ),
+            });
+        } else if managed && !open {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "grant-inactive",
+                interface: Some(name.clone()),
+                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate apply` or repeat the expose"),
+            });
+        } else if guarded {
+            findings.push(Finding {
+                severity: Severity::Info,
+                code: "guarded",
+                interface: Some(name.clone()),
+                message: format!(
+                    "{name} is open to loopback only through {} published port(s)",
+                    grants.len()
+                ),
+            });
+        }
+        interfaces.push(InterfaceReport {
+            name: name.clone(),
+            route_localnet: value.as_ref().ok().copied(),
+            effective: u8::from(open),
+            error: value.as_ref().err().cloned(),
+            managed,
+            set_by_loopgate: managed && original == Some(0),
+            original,
+            guarded,
+            grants,
+            exposed_sockets: exposed,
+        });
+    }
+    for rec in &state.originals {
+        let Some(Some(now)) = observed.recorded_names.get(&rec.ifindex) else {
+            continue;
+        };
+        if *now == rec.iface {
+            continue;
+        }
+        let open = interfaces
+            .iter()
+            .find(|i| &i.name == now)
+            .is_some_and(|i| i.effective != 0);
+        let guarded_now = interfaces.iter().any(|i| &i.name == now && i.guarded);
+        findings.push(Finding {
+            severity: if open && !guarded_now {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            code: "interface-renamed",
+            interface: Some(now.clone()),
+            message: format!(
+                "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now}{}; loopgate's guard matches the name {}: run `loopgate watch` or `loopgate apply` to put its route_localnet back",
+                rec.iface,
+                rec.ifindex,
+                rec.value,
+                if open { " and is open" } else { "" },
+                rec.iface
+            ),
+        });
+    }
+    for iface in crate::plan::interfaces(&state.grants) {
+        if !interfaces.iter().any(|i| i.name == iface) {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                code: "interface-missing",
+                interface: Some(iface.clone()),
+                message: format!("{iface} has grants but does not exist now; they apply again when it returns and loopgate re-applies"),
+            });
+        }
+    }
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+
+    Report {
+        schema_version: SCHEMA_VERSION,
+        all_route_localnet: all.and_then(|r| r.as_ref().ok().copied()),
+        default_route_localnet: default.and_then(|r| r.as_ref().ok().copied()),
+        interfaces,
+        table: TableReport {
+            present: observed.table.is_some(),
+            expected: expected.is_some(),
+            matches_expected: table_ok,
+            differences,
+            elements_read_back: !observed.elements_vouched,
+        },
+        interrupted_transaction: state.pending.is_some(),
+        findings,
+        counters: observed.counters.clone(),
+    }
+}
+
+/// "route_localnet=2", or "conf.all.route_localnet=1", for a finding's message.
+fn describe_value(value: &Reading, all: Option<&Reading>) -> String {
+    match (value, all) {
+        (Ok(v), _) if sysctl::is_open(*v) => format!("route_localnet={v}"),
+        (Err(why), _) => format!("route_localnet unreadable: {why}"),
+        (_, Some(Ok(a))) => format!("conf.all.route_localnet={a}"),
+        _ => "conf.all.route_localnet unreadable".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Original, STATE_VERSION};
+
+    fn observed(sysctls: &[(&str, Reading)]) -> Observed {
+        Observed {
+            sysctls: sysctls
+                .iter()
+                .map(|(n, r)| (n.to_string(), r.clone()))
+                .collect(),
+            ifindexes: sysctls
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| (n.to_string(), i as u32 + 1))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn codes(r: &Report) -> Vec<(&'static str, Severity, Option<String>)> {
+        r.findings
+            .iter()
+            .map(|f| (f.code, f.severity, f.interface.clone()))
+            .collect()
+    }
+
+    fn empty() -> State {
+        State {
+            version: STATE_VERSION,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_non_zero_or_unreadable_value_is_an_open_interface() {
+        for (value, finding) in [
+            (Ok(1), "unguarded"),
+            (Ok(2), "unguarded"),
+            (Ok(-1), "unguarded"),
+            (Ok(256), "unguarded"),
+            (Ok(i32::MIN), "unguarded"),
+            (Err("reads \"x\"".to_string()), "sysctl-unreadable"),
+        ] {
+            let o = observed(&[("all", Ok(0)), ("default", Ok(0)), ("br1", value.clone())]);
+            let r = assess(&o, &empty(), None);
+            assert_eq!(r.worst(), Some(Severity::Critical), "{value:?}");
+            assert!(
+                codes(&r).contains(&(finding, Severity::Critical, Some("br1".into()))),
+                "{value:?}: {:?}",
+                codes(&r)
+            );
+            assert_eq!(r.interfaces[0].effective, 1, "{value:?}");
+        }
+        let o = observed(&[("all", Ok(0)), ("default", Ok(0)), ("br1", Ok(0))]);
+        assert_eq!(assess(&o, &empty(), None).worst(), None);
+    }
+
+    #[test]
+    fn any_non_zero_all_opens_every_interface_and_default_warns() {
+        for all in [1, 5, -1] {
+            let o = observed(&[("all", Ok(all)), ("default", Ok(7)), ("br1", Ok(0))]);
+            let r = assess(&o, &empty(), None);
+            let c = codes(&r);
+            assert!(c.contains(&("all-open", Severity::Critical, None)), "{c:?}");
+            assert!(
+                c.contains(&("default-open", Severity::Warning, None)),
+                "{c:?}"
+            );
+            assert!(
+                c.contains(&("unguarded", Severity::Critical, Some("br1".into()))),
+                "{c:?}"
+            );
+        }
+        // An unreadable `all` cannot prove anything closed.
+        let o = observed(&[
+            ("all", Err("gone".into())),
+            ("default", Ok(0)),
+            ("br1", Ok(0)),
+        ]);
+        let c = codes(&assess(&o, &empty(), None));
+        assert!(c.contains(&("sysctl-unreadable", Severity::Critical, Some("all".into()))));
+        assert!(c.contains(&("unguarded", Severity::Critical, Some("br1".into()))));
+    }
+
+    #[test]
+    fn a_renamed_managed_device_is_named_and_critical_while_open() {
+        let mut state = empty();
+        state.originals = vec![Original {
+            iface: "br0".into(),
+            ifindex: 42,
+            value: 0,
+        }];
+        let mut o = observed(&[("all", Ok(0)), ("default", Ok(0)), ("br9", Ok(1))]);
+        o.recorded_names.insert(42, Some("br9".into()));
+        let r = assess(&o, &state, None);
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.code == "interface-renamed")
+            .expect("renamed finding");
+        assert_eq!(f.severity, Severity::Critical);
+        assert!(
+            f.message.contains("br0 (ifindex 42)") && f.message.contains("br9"),
+            "{}",
+            f.message
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! Reading what audit judges, through the kernel seam and nothing else, so the
+//! judgement can be tested over the fake kernel.
+
+use crate::input::loopback;
+use crate::kernel::host::Listener;
+use crate::kernel::nft::{RuleCounter, TableImage};
+use crate::kernel::seam::{Kernel, TableSnapshot};
+use crate::kernel::sysctl::Reading;
+use crate::state::State;
+use anyhow::Result;
+use std::collections::BTreeMap;
+
+/// Everything audit reads from the kernel, gathered before any judgement.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// route_localnet of every IPv4 conf directory, `all` and `default` included.
+    pub sysctls: Vec<(String, Reading)>,
+    /// The ifindex of each interface in `sysctls` (absent for `all`, `default`, or a
+    /// device that vanished while being read).
+    pub ifindexes: BTreeMap<String, u32>,
+    /// The current name of each device loopgate holds an original for (`None`: gone).
+    pub recorded_names: BTreeMap<u32, Option<String>>,
+    /// loopgate's table as read, `None` when absent.
+    pub table: Option<TableImage>,
+    /// True when the table's elements were vouched for instead of read back.
+    pub elements_vouched: bool,
+    /// Sockets listening on 127.0.0.0/8.
+    pub loopback_listeners: Vec<Listener>,
+    pub counters: Vec<RuleCounter>,
+}
+
+/// Reads what [`assess`] judges, through `kernel`.
+pub fn observe<K: Kernel>(
+    kernel: &K,
+    state: &State,
+    expected: Option<&TableImage>,
+    deep: bool,
+) -> Result<Observed> {
+    let sysctls = kernel.route_localnet_all()?;
+    let ifindexes = sysctls
+        .iter()
+        .filter_map(|(n, _)| kernel.ifindex_of(n).map(|i| (n.clone(), i)))
+        .collect();
+    let recorded_names = state
+        .originals
+        .iter()
+        .map(|o| (o.ifindex, kernel.name_of(o.ifindex)))
+        .collect();
+    let trust = match deep {
+        true => None,
+        false => state.vouch.as_ref().zip(expected),
+    };
+    let snapshot = kernel.read_table(trust)?;
+    let loopback_listeners = kernel
+        .listeners()?
+        .into_iter()
+        .filter(|l| loopback().contains(l.addr))
+        .collect();
+    Ok(Observed {
+        sysctls,
+        ifindexes,
+        recorded_names,
+        table: snapshot.image(),
+        elements_vouched: snapshot.vouched(),
+        loopback_listeners,
+        counters: snapshot.counters(),
+    })
+}
+
+/// Audit over the fake kernel: observation and judgement together, without root.
+#[cfg(test)]
+mod over_the_fake {
+    use super::*;
+    use crate::audit::{assess, Severity};
+    use crate::kernel::fake::Fake;
+    use crate::state::STATE_VERSION;
+
+    #[test]
+    fn audit_reads_values_tables_and_listeners_through_the_seam() {
+        let kernel = Fake::with_devices(&[(5, "br0", 0), (6, "br1", 2), (1, "lo", 0)]);
+        kernel.state.borrow_mut().listeners = vec![Listener {
+            proto: crate::grant::Proto::Tcp,
+            addr: std::net::Ipv4Addr::LOCALHOST,
+            port: 6379,
+        }];
+        let state = State {
+            version: STATE_VERSION,
+            ..Default::default()
+        };
+        let observed = observe(&kernel, &state, None, false).unwrap();
+        let report = assess(&observed, &state, None);
+        let br1 = report.interfaces.iter().find(|i| i.name == "br1").unwrap();
+        assert_eq!(
+            (br1.route_localnet, br1.effective, br1.guarded),
+            (Some(2), 1, false)
+        );
+        assert_eq!(br1.exposed_sockets.len(), 1);
+        assert_eq!(report.worst(), Some(Severity::Critical));
+        // A table loopgate did not make is reported too.
+        kernel
+            .state
+            .borrow_mut()
+            .devices
+            .get_mut(&6)
+            .unwrap()
+            .route_localnet = 0;
+        let g = crate::grant::Grant {
+            name: "x".into(),
+            iface: "br0".into(),
+            proto: crate::grant::Proto::Tcp,
+            listen: "192.0.2.1".parse().unwrap(),
+            port: 1,
+            to: "127.0.0.1:1".parse().unwrap(),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        };
+        kernel.state.borrow_mut().table = Some(crate::kernel::fake::FakeTable::of(
+            &crate::plan::ruleset(&[g]).unwrap(),
+        ));
+        let report = assess(
+            &observe(&kernel, &state, None, false).unwrap(),
+            &state,
+            None,
+        );
+        assert!(report.findings.iter().any(|f| f.code == "table-unexpected"));
+        assert_eq!(report.worst(), Some(Severity::Warning));
+    }
+}

@@ -1,0 +1,194 @@
+//! Writing a [`Report`] for people (text), programs (JSON) and monitoring
+//! (Prometheus text exposition). Renderers only format; they judge nothing.
+
+use super::{InterfaceReport, Report, Severity};
+
+/// Writes `report` to stdout in `format`.
+pub fn print(report: &Report, format: crate::cli::AuditFormat) -> anyhow::Result<()> {
+    match format {
+        crate::cli::AuditFormat::Json => {
+            crate::outln!("{}", serde_json::to_string_pretty(report)?)
+        }
+        crate::cli::AuditFormat::Prometheus => crate::out!("{}", prometheus(report)),
+        crate::cli::AuditFormat::Text => print_text(report),
+    }
+    Ok(())
+}
+
+/// A route_localnet value for the text report: the number, or `unreadable`.
+fn shown(v: Option<i32>) -> String {
+    v.map_or_else(|| "unreadable".to_string(), |v| v.to_string())
+}
+
+fn print_text(r: &Report) {
+    crate::outln!(
+        "route_localnet: all={} default={}",
+        shown(r.all_route_localnet),
+        shown(r.default_route_localnet)
+    );
+    crate::outln!(
+        "table ip loopgate: {}",
+        match (r.table.present, r.table.matches_expected) {
+            (false, true) => "absent (no grants)",
+            (true, true) if r.table.elements_read_back => "present, as loopgate generated it",
+            (true, true) => {
+                "present, as loopgate generated it (set elements vouched for by the unchanged nftables generation; --deep reads them back)"
+            }
+            (_, false) => "NOT as loopgate generated it",
+        }
+    );
+    for i in &r.interfaces {
+        let state = match (i.effective, i.guarded) {
+            (_, _) if i.error.is_some() => "UNREADABLE, counted as OPEN",
+            (0, _) => "closed",
+            (_, true) => "open, guarded",
+            _ => "OPEN, UNGUARDED",
+        };
+        crate::outln!(
+            "{}: route_localnet={} effective={} {}{}",
+            i.name,
+            shown(i.route_localnet),
+            i.effective,
+            state,
+            if i.set_by_loopgate {
+                " (set by loopgate)"
+            } else {
+                ""
+            }
+        );
+        for g in &i.grants {
+            crate::outln!("  grant {g}");
+        }
+        for s in &i.exposed_sockets {
+            crate::outln!("  exposes {}:{}/{}", s.addr, s.port, s.proto);
+        }
+    }
+    if r.findings.is_empty() {
+        crate::outln!("findings: none");
+    }
+    for f in &r.findings {
+        let sev = match f.severity {
+            Severity::Info => "info",
+            Severity::Warning => "WARNING",
+            Severity::Critical => "CRITICAL",
+        };
+        crate::outln!("{sev} [{}] {}", f.code, f.message);
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The report in the Prometheus text exposition format (node_exporter textfile
+/// collector): one gauge family per fact, counters per rule.
+pub fn prometheus(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP loopgate_{name} {help}");
+        let _ = writeln!(out, "# TYPE loopgate_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "loopgate_{name}{labels} {value}");
+        }
+    };
+    // An unreadable value is exported as NaN: a gap an alert can catch, never a 0.
+    let value = |v: Option<i32>| v.map_or_else(|| "NaN".to_string(), |v| v.to_string());
+    let per_iface = |f: &dyn Fn(&InterfaceReport) -> String| -> Vec<(String, String)> {
+        r.interfaces
+            .iter()
+            .map(|i| (format!("{{interface=\"{}\"}}", label(&i.name)), f(i)))
+            .collect()
+    };
+    family(
+        "route_localnet",
+        "gauge",
+        "net.ipv4.conf.<interface>.route_localnet as set on the interface.",
+        per_iface(&|i| value(i.route_localnet)),
+    );
+    family(
+        "route_localnet_effective",
+        "gauge",
+        "route_localnet in effect (all OR interface).",
+        per_iface(&|i| i.effective.to_string()),
+    );
+    family(
+        "guarded",
+        "gauge",
+        "1 when loopgate's guard rules for the interface are in place as generated.",
+        per_iface(&|i| u8::from(i.guarded).to_string()),
+    );
+    family(
+        "grants",
+        "gauge",
+        "Published ports (grants) on the interface.",
+        per_iface(&|i| i.grants.len().to_string()),
+    );
+    family(
+        "route_localnet_all",
+        "gauge",
+        "net.ipv4.conf.all.route_localnet.",
+        vec![(String::new(), value(r.all_route_localnet))],
+    );
+    family(
+        "table_matches",
+        "gauge",
+        "1 when loopgate's nftables table is exactly as its grants require.",
+        vec![(
+            String::new(),
+            u8::from(r.table.matches_expected).to_string(),
+        )],
+    );
+    let findings = [Severity::Info, Severity::Warning, Severity::Critical]
+        .iter()
+        .map(|s| {
+            let name = serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (
+                format!("{{severity=\"{name}\"}}"),
+                r.findings
+                    .iter()
+                    .filter(|f| f.severity == *s)
+                    .count()
+                    .to_string(),
+            )
+        })
+        .collect();
+    family("findings", "gauge", "Audit findings by severity.", findings);
+    // Rules sharing a chain and comment (tcp and udp of one grant) are summed: one series each.
+    let mut sums: std::collections::BTreeMap<(String, String), (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for c in &r.counters {
+        let e = sums.entry((c.chain.clone(), c.rule.clone())).or_default();
+        e.0 += c.packets;
+        e.1 += c.bytes;
+    }
+    let series = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, String)> {
+        sums.iter()
+            .map(|((chain, rule), v)| {
+                (
+                    format!("{{chain=\"{}\",rule=\"{}\"}}", label(chain), label(rule)),
+                    pick(v).to_string(),
+                )
+            })
+            .collect()
+    };
+    family(
+        "rule_packets_total",
+        "counter",
+        "Packets matched by each rule of table ip loopgate.",
+        series(|v| v.0),
+    );
+    family(
+        "rule_bytes_total",
+        "counter",
+        "Bytes matched by each rule of table ip loopgate.",
+        series(|v| v.1),
+    );
+    out
+}
