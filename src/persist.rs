@@ -20,7 +20,6 @@ use crate::policy::{self, Policy, PERSIST_FILE};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -34,10 +33,9 @@ const TMP_SUFFIX: &str = ".tmp";
 /// A checked, locked persistence target holding the rendered file, ready to be written.
 pub struct Target {
     dir: PathBuf,
-    tmp: PathBuf,
-    /// Open for writing; created in [`Target::prepare`], which proves the directory
-    /// takes new files before anything changes.
-    tmp_file: Option<File>,
+    /// Created in [`Target::prepare`], which proves the directory takes new files
+    /// before anything changes; removed on drop unless it was renamed into place.
+    tmp: Option<tempfile::NamedTempFile>,
     text: String,
     warnings: Vec<String>,
     /// Released when the target is dropped, after the rename.
@@ -72,10 +70,8 @@ impl Target {
                     plain_io(&e)
                 ))
             })?;
-        // SAFETY: valid fd owned by `lock`, which lives as long as the Target; closing
-        // the file releases the lock.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } < 0 {
-            let e = std::io::Error::last_os_error();
+        // flock(2) through std; closing the file with the Target releases it.
+        if let Err(e) = lock.lock() {
             return Err(refuse(format!(
                 "cannot lock {:?}: {}",
                 lock_path.display().to_string(),
@@ -123,19 +119,13 @@ impl Target {
             .collect();
         let text = policy::render(&mine)?;
 
-        let tmp = dir.join(format!(
-            "{TMP_PREFIX}{}.{}{TMP_SUFFIX}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default()
-        ));
-        let tmp_file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
+        let tmp = tempfile::Builder::new()
+            .prefix(TMP_PREFIX)
+            .suffix(TMP_SUFFIX)
+            .permissions(
+                <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o644),
+            )
+            .tempfile_in(dir)
             .map_err(|e| {
                 refuse(format!(
                     "cannot write in policy directory {shown:?}: {}",
@@ -144,8 +134,7 @@ impl Target {
             })?;
         Ok(Target {
             dir: dir.to_path_buf(),
-            tmp,
-            tmp_file: Some(tmp_file),
+            tmp: Some(tmp),
             text,
             warnings,
             _lock: lock,
@@ -173,29 +162,19 @@ impl Target {
 
     fn write(&mut self) -> Result<()> {
         let own = self.file();
-        let mut f = self
-            .tmp_file
-            .take()
-            .context("temporary file already used")?;
-        f.write_all(self.text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("writing {}", self.tmp.display()))?;
-        drop(f);
+        let mut tmp = self.tmp.take().context("temporary file already used")?;
+        tmp.write_all(self.text.as_bytes())
+            .and_then(|_| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
         crate::failpoint::check("persist-rename")?;
-        fs::rename(&self.tmp, &own).with_context(|| format!("replacing {}", own.display()))?;
+        tmp.persist(&own)
+            .map_err(|e| e.error)
+            .with_context(|| format!("replacing {}", own.display()))?;
         // The rename is durable only once the directory entry is.
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .with_context(|| format!("syncing {}", self.dir.display()))?;
         Ok(())
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        // Refused, failed or never committed: leave no temporary file behind. After a
-        // successful rename the name is gone and this does nothing.
-        let _ = fs::remove_file(&self.tmp);
     }
 }
 
@@ -330,7 +309,10 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(".loopgate.yaml.1.2.tmp"), "half").unwrap();
         let t = Target::prepare(&dir, &[grant(80)], &Host).unwrap();
-        assert_eq!(temp_files(&dir), vec![t.tmp.clone()]);
+        assert_eq!(
+            temp_files(&dir),
+            vec![t.tmp.as_ref().unwrap().path().to_path_buf()]
+        );
         drop(t);
         assert!(temp_files(&dir).is_empty());
         assert!(!dir.join(PERSIST_FILE).exists());

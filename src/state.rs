@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 /// Version of the state file. 2: originals are recorded per device instance (ifindex);
@@ -152,6 +151,14 @@ impl KnownFeatures {
     }
 }
 
+/// How [`Store`] takes the namespace's lock.
+enum Lock {
+    Exclusive,
+    Shared,
+    /// Exclusive, or not at all when another process holds it.
+    TryExclusive,
+}
+
 /// The locked state directory of the current network namespace.
 pub struct Store {
     dir: PathBuf,
@@ -169,9 +176,9 @@ impl Store {
     /// that change the host, shared for read-only ones.
     pub fn open(exclusive: bool) -> Result<Store> {
         Self::open_with(if exclusive {
-            libc::LOCK_EX
+            Lock::Exclusive
         } else {
-            libc::LOCK_SH
+            Lock::Shared
         })
         .map(|s| s.expect("a blocking lock is always taken"))
     }
@@ -179,10 +186,10 @@ impl Store {
     /// Takes the exclusive lock only if no other loopgate holds the namespace's state
     /// now; `None` when one does (a transaction is running).
     pub fn try_open_exclusive() -> Result<Option<Store>> {
-        Self::open_with(libc::LOCK_EX | libc::LOCK_NB)
+        Self::open_with(Lock::TryExclusive)
     }
 
-    fn open_with(op: libc::c_int) -> Result<Option<Store>> {
+    fn open_with(op: Lock) -> Result<Option<Store>> {
         let cookie = crate::kernel::netns::cookie()?;
         Self::open_dir(base_dir().join(format!("netns-{cookie}")), op)
     }
@@ -190,10 +197,10 @@ impl Store {
     /// Opens and exclusively locks a state directory at `dir` (created if missing):
     /// for unit tests of the engine, which keep their state in a temporary directory.
     pub fn open_at(dir: PathBuf) -> Result<Store> {
-        Self::open_dir(dir, libc::LOCK_EX).map(|s| s.expect("a blocking lock is always taken"))
+        Self::open_dir(dir, Lock::Exclusive).map(|s| s.expect("a blocking lock is always taken"))
     }
 
-    fn open_dir(dir: PathBuf, op: libc::c_int) -> Result<Option<Store>> {
+    fn open_dir(dir: PathBuf, op: Lock) -> Result<Option<Store>> {
         fs::create_dir_all(&dir)
             .with_context(|| format!("creating state directory {}", dir.display()))?;
         let lock_path = dir.join("lock");
@@ -203,15 +210,17 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
-        // SAFETY: valid fd owned by `lock`, which lives as long as the Store; the lock is
-        // released when the file is closed.
-        if unsafe { libc::flock(lock.as_raw_fd(), op) } < 0 {
-            let err = std::io::Error::last_os_error();
-            if op & libc::LOCK_NB != 0 && err.kind() == std::io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(err).with_context(|| format!("locking {}", lock_path.display()));
-        }
+        // flock(2) through std: released when the file is closed with the Store.
+        let locked = match op {
+            Lock::Exclusive => lock.lock(),
+            Lock::Shared => lock.lock_shared(),
+            Lock::TryExclusive => match lock.try_lock() {
+                Ok(()) => Ok(()),
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => Err(e),
+            },
+        };
+        locked.with_context(|| format!("locking {}", lock_path.display()))?;
         Ok(Some(Store { dir, _lock: lock }))
     }
 
@@ -276,11 +285,18 @@ impl Store {
                 _ => Ok(()),
             };
         };
-        let tmp = self.dir.join("state.json.tmp");
-        let mut f = File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.path())
+        // A unique temporary file in the same directory (removed if anything fails
+        // before the rename), written and synced, then renamed over the state file.
+        let mut tmp = tempfile::Builder::new()
+            .prefix("state.json.")
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .with_context(|| format!("writing in {}", self.dir.display()))?;
+        tmp.write_all(bytes)
+            .and_then(|_| tmp.as_file().sync_all())
+            .with_context(|| format!("writing {}", tmp.path().display()))?;
+        tmp.persist(self.path())
+            .map_err(|e| e.error)
             .with_context(|| format!("replacing {}", self.path().display()))?;
         Ok(())
     }

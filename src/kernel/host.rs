@@ -5,7 +5,6 @@ use crate::grant::Proto;
 use crate::input::Interfaces;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
 use std::fs;
 use std::net::Ipv4Addr;
 
@@ -15,31 +14,17 @@ pub struct HostInterfaces {
 }
 
 impl HostInterfaces {
+    /// Lists every interface and its IPv4 addresses (getifaddrs(3), through `nix`).
+    ///
+    /// Errors: the kernel refused the listing.
     pub fn read() -> Result<Self> {
         let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-        // SAFETY: getifaddrs allocates a list we free below with freeifaddrs.
-        if unsafe { libc::getifaddrs(&mut head) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("listing interfaces");
-        }
-        let mut cur = head;
-        while !cur.is_null() {
-            // SAFETY: `cur` walks the list getifaddrs returned; fields are valid until
-            // freeifaddrs.
-            unsafe {
-                let ifa = &*cur;
-                let name = CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned();
-                let entry = addrs.entry(name).or_default();
-                if !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
-                {
-                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
-                    entry.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-                }
-                cur = ifa.ifa_next;
+        for ifa in nix::ifaddrs::getifaddrs().context("listing interfaces")? {
+            let entry = addrs.entry(ifa.interface_name).or_default();
+            if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+                entry.push(sin.ip());
             }
         }
-        // SAFETY: frees the list allocated above, exactly once.
-        unsafe { libc::freeifaddrs(head) };
         Ok(HostInterfaces { addrs })
     }
 
@@ -50,11 +35,7 @@ impl HostInterfaces {
 
 /// True when the interface exists, even without addresses (if_nametoindex).
 fn exists(name: &str) -> bool {
-    let Ok(c) = CString::new(name) else {
-        return false;
-    };
-    // SAFETY: valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    nix::net::if_::if_nametoindex(name).is_ok()
 }
 
 impl Interfaces for HostInterfaces {

@@ -125,53 +125,49 @@ impl Monitor {
     /// interrupts the wait. An overflowing nftables queue (ENOBUFS: events were lost)
     /// counts as a foreign touch: watch must assume the worst.
     pub fn wait(&mut self, timeout: Duration) -> Wake {
-        let mut fds: Vec<libc::pollfd> = self
-            .sockets
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{recv, MsgFlags};
+        use std::os::fd::BorrowedFd;
+        let raw: Vec<i32> = self.sockets.iter().map(fd).collect();
+        // SAFETY: each fd belongs to a socket in `self.sockets`, which outlives these
+        // borrows (they end with this function).
+        let borrowed: Vec<BorrowedFd<'_>> = raw
             .iter()
-            .map(|s| libc::pollfd {
-                fd: fd(s),
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
             .collect();
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                timeout.as_millis() as i32,
-            )
-        };
+        let mut fds: Vec<PollFd> = borrowed
+            .iter()
+            .map(|f| PollFd::new(*f, PollFlags::POLLIN))
+            .collect();
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let ready = poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        );
         let mut wake = Wake::default();
-        if n <= 0 {
-            return wake;
+        if !matches!(ready, Ok(n) if n > 0) {
+            return wake; // timeout, or a signal interrupted the wait
         }
         wake.events = true;
         let table = crate::ruleset::TABLE.as_bytes();
-        for (i, f) in fds.iter().enumerate() {
+        for (i, &f) in raw.iter().enumerate() {
             let nft = i == 1;
             loop {
-                // SAFETY: valid fd and a writable buffer of the given length.
-                let r = unsafe {
-                    libc::recv(
-                        f.fd,
-                        self.buf.as_mut_ptr().cast(),
-                        self.buf.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r <= 0 {
-                    let e = std::io::Error::last_os_error().raw_os_error();
-                    if r < 0 && e == Some(libc::ENOBUFS) {
-                        wake.foreign_touch |= nft;
-                        continue;
+                match recv(f, &mut self.buf, MsgFlags::MSG_DONTWAIT) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if nft {
+                            wake.foreign_touch |= scan_nft_events(
+                                &self.buf[..n],
+                                table,
+                                &self.own_name,
+                                &mut self.touched,
+                            );
+                        }
                     }
-                    break;
-                }
-                if nft {
-                    let datagram = &self.buf[..r as usize];
-                    wake.foreign_touch |=
-                        scan_nft_events(datagram, table, &self.own_name, &mut self.touched);
+                    // Events were dropped: assume the worst of what was lost.
+                    Err(nix::errno::Errno::ENOBUFS) => wake.foreign_touch |= nft,
+                    Err(_) => break,
                 }
             }
         }

@@ -29,43 +29,44 @@ pub fn enter(name_or_path: &str) -> Result<()> {
         }
         Err(e) => return Err(e).with_context(|| format!("opening network namespace {path}")),
     };
-    // SAFETY: a valid fd for the duration of the call; setns only affects this thread,
-    // and loopgate runs single-threaded.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINVAL) {
-            crate::bad_input!("{path} is not a network namespace");
+    // setns only moves the calling thread, and loopgate runs single-threaded.
+    match nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) => crate::bad_input!("{path} is not a network namespace"),
+        Err(e) => {
+            Err(io::Error::from(e)).with_context(|| format!("entering network namespace {path}"))
         }
-        return Err(err).with_context(|| format!("entering network namespace {path}"));
     }
-    Ok(())
 }
 
-/// The cookie of the caller's current network namespace.
+/// The cookie of the caller's current network namespace (`SO_NETNS_COOKIE`).
+///
+/// Errors: kernels older than 5.14 do not have the option.
 pub fn cookie() -> Result<u64> {
-    // SAFETY: plain socket creation; the fd is closed by OwnedFd-like handling below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error())
-            .context("opening a socket to identify the namespace");
-    }
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)
+    .context("opening a socket to identify the namespace")?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd; `cookie` and `len` are live and sized as the kernel expects.
+    // SAFETY: `sock` is an open socket owned for the whole call; `cookie` and `len` are
+    // live and sized as the kernel expects (a u64). nix has no wrapper for this option.
     let rc = unsafe {
         libc::getsockopt(
-            fd,
+            sock.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
         )
     };
-    let err = io::Error::last_os_error();
-    // SAFETY: closing the fd we opened above.
-    unsafe { libc::close(fd) };
     if rc < 0 {
-        return Err(err)
+        return Err(io::Error::last_os_error())
             .context("reading the network namespace cookie (needs Linux 5.14 or newer)");
     }
     Ok(cookie)

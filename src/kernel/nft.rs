@@ -239,7 +239,7 @@ fn new_map(map: &VerdictMap, id: u32) -> Obj {
 /// same way keeps planned and read-back tables comparable.
 fn reg32(slot: usize) -> u32 {
     const NFT_REG32_00: u32 = 8;
-    if slot % 4 == 0 {
+    if slot.is_multiple_of(4) {
         slot as u32 / 4 + 1
     } else {
         NFT_REG32_00 + slot as u32

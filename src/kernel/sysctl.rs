@@ -13,7 +13,6 @@
 
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::fs;
 
 fn path(iface: &str) -> String {
@@ -64,25 +63,15 @@ pub fn write_device(iface: &str, ifindex: u32, value: i32) -> Result<()> {
 
 /// The ifindex of the interface called `iface` in the current network namespace.
 pub fn ifindex_of(iface: &str) -> Option<u32> {
-    let name = CString::new(iface).ok()?;
-    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        i => Some(i),
-    }
+    nix::net::if_::if_nametoindex(iface).ok()
 }
 
 /// The name of interface `ifindex` in the current network namespace.
 pub fn name_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname writes at most.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success `buf` holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()?
+        .into_string()
+        .ok()
 }
 
 /// One network device as loopgate saw it: its ifindex, current name and route_localnet.
