@@ -17,18 +17,6 @@ mod table_tamper;
 use std::net::Ipv4Addr;
 use support::*;
 
-const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
-
-fn lab_with_services() -> (Lab, Services) {
-    let lab = Lab::new();
-    let services = start_services(
-        &lab.host,
-        &[sa(LO, 3306), sa(LO, 3307)],
-        &[sa(LO, 5353), sa(LO, 5354), sa(Ipv4Addr::UNSPECIFIED, 5400)],
-    );
-    (lab, services)
-}
-
 #[test]
 fn the_lab_can_detect_an_unguarded_exposure() {
     // Control for every traffic test below: with route_localnet=1 set by hand and no
@@ -1204,23 +1192,6 @@ fn two_namespaces_worked_on_in_parallel_never_interfere() {
     assert_published_exactly(&b, &eb);
 }
 
-/// Sum of the packet counters of the rules whose comment contains `needle`.
-fn counted(lab: &Lab, needle: &str) -> u64 {
-    let table = stdout(&lab.host.exec(&["nft", "list", "table", "ip", "loopgate"]));
-    table
-        .lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| {
-            l.split("counter packets ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 #[test]
 fn a_flooding_neighbour_gets_nothing_through_while_allowed_clients_keep_working() {
     let (lab, services) = lab_with_services();
@@ -1582,61 +1553,9 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
     let _ = std::fs::remove_dir_all(&config);
 }
 
-/// `loopgate watch` running in the lab's host namespace; SIGTERMed on drop.
-struct Watch {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Watch {
-    fn start(lab: &Lab) -> Watch {
-        let log = lab.state_dir.join("watch.log");
-        let child = std::process::Command::new(BIN)
-            .args(["--netns", &lab.host.name, "watch"])
-            .env("LOOPGATE_STATE_DIR", &lab.state_dir)
-            .stderr(std::fs::File::create(&log).unwrap())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let watch = Watch { child, log };
-        time_until(|| watch.log().contains("loopgate watch: started"))
-            .unwrap_or_else(|| panic!("watch did not start: {}", watch.log()));
-        watch
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) -> Option<i32> {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Kernel image of loopgate's table in `ns`, read with the library from a thread in it.
 fn table_image(ns: &Netns) -> Option<loopgate::kernel::nft::TableImage> {
     ns.enter(|| loopgate::kernel::nft::snapshot(None).unwrap().image())
-}
-
-/// Polls `cond` every 5 ms for up to 3 s; returns how long it took to hold.
-fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(3) {
-        if cond() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    None
 }
 
 #[test]

@@ -623,3 +623,90 @@ impl NftTable {
         self.chains.get(chain).map(Vec::as_slice)
     }
 }
+
+/// The host's loopback address, where the lab's services listen.
+pub const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// A lab with TCP services on 127.0.0.1:3306 and :3307 and UDP services on
+/// 127.0.0.1:5353, :5354 and 0.0.0.0:5400 in the host namespace.
+pub fn lab_with_services() -> (Lab, Services) {
+    let lab = Lab::new();
+    let services = start_services(
+        &lab.host,
+        &[sa(LO, 3306), sa(LO, 3307)],
+        &[sa(LO, 5353), sa(LO, 5354), sa(Ipv4Addr::UNSPECIFIED, 5400)],
+    );
+    (lab, services)
+}
+
+/// Sum of the packet counters of the rules whose comment contains `needle`.
+pub fn counted(lab: &Lab, needle: &str) -> u64 {
+    let table = stdout(&lab.host.exec(&["nft", "list", "table", "ip", "loopgate"]));
+    table
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            l.split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `loopgate watch` running in the lab's host namespace; SIGTERMed on drop.
+pub struct Watch {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watch {
+    /// Starts watch and returns once its first pass is done (it logs "started").
+    pub fn start(lab: &Lab) -> Watch {
+        let log = lab.state_dir.join("watch.log");
+        let child = Command::new(BIN)
+            .args(["--netns", &lab.host.name, "watch"])
+            .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let watch = Watch { child, log };
+        time_until(|| watch.log().contains("loopgate watch: started"))
+            .unwrap_or_else(|| panic!("watch did not start: {}", watch.log()));
+        watch
+    }
+
+    /// Everything watch has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as systemd or the kubelet send; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 5 ms for up to 3 s; returns how long it took to hold.
+pub fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
