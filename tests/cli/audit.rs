@@ -7,7 +7,7 @@ use super::*;
 fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
     let (lab, _services) = lab_with_services();
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 
     lab.host.exec(&["nft", "delete", "table", "ip", "loopgate"]);
     let out = lab.loopgate(&["audit", "--json"]);
@@ -27,26 +27,15 @@ fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
 
     // An edited rule counts as tampering too.
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
-    assert_eq!(
-        lab.loopgate(&["audit"]).status.code(),
-        Some(0),
-        "expose repairs a deleted table"
-    );
+    // expose repairs a deleted table.
+    lab.assert_audit(0, &[]);
     lab.host
         .exec(&["nft", "flush", "chain", "ip", "loopgate", "raw_prerouting"]);
-    let out = lab.loopgate(&["audit"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("table-tampered"), "{}", stdout(&out));
+    lab.assert_audit(1, &["table-tampered"]);
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
 
     lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "1");
-    let out = lab.loopgate(&["audit"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stdout(&out).contains("CRITICAL [all-open]"),
-        "{}",
-        stdout(&out)
-    );
+    lab.assert_audit(1, &["CRITICAL [all-open]"]);
     let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]);
     let _ = out;
     let warn = stderr(&lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]));

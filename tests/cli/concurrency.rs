@@ -21,7 +21,7 @@ fn state_of_two_namespaces_stays_separate() {
         tcp_request(&a.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
     );
-    assert_eq!(a.loopgate(&["audit"]).status.code(), Some(0));
+    a.assert_audit(0, &[]);
 }
 
 #[test]
@@ -49,7 +49,7 @@ fn concurrent_exposes_on_one_namespace_both_apply() {
         tcp_request(&lab.container, sa(HOST_ADDR, 3307)).as_deref(),
         Some("tcp:3307")
     );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }
 
 /// Runs `threads` workers, each doing `ops` random expose/revoke operations on its own
@@ -229,5 +229,5 @@ fn concurrent_conflicting_exposes_serialise_to_one_winner() {
         br0["grants"][0]["to"].as_str().unwrap(),
         format!("{}:4100", winners.iter().next().unwrap())
     );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }

@@ -420,7 +420,7 @@ fn two_listen_addresses_on_one_interface_get_distinct_names_and_revoke_apart() {
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
     );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }
 
 /// The boot unit's command line, with the policy directory and binary of the test.
@@ -516,7 +516,7 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
         ),
         "{seen:?}"
     );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
     // Applying the same directory again changes nothing.
     assert!(stdout(&lab.loopgate_env(&boot, &env)).contains("nothing to do"));
 

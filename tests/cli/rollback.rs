@@ -115,7 +115,7 @@ fn every_failpoint_of_expose_revoke_and_apply_rolls_back() {
         }
         // Without a failpoint the command goes through.
         lab.ok(args);
-        assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+        lab.assert_audit(0, &[]);
     }
     println!("failpoints exercised: {exercised}");
     assert_eq!(exercised, 3 * (2 * STEPS.len() + 2));
@@ -200,7 +200,7 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br1.route_localnet"), "0");
     // And without the failpoint the policy applies and both interfaces work.
     lab.ok(&["apply", policy]);
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br1.route_localnet"), "1");
 }
 

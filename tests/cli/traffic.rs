@@ -42,13 +42,7 @@ fn the_lab_can_detect_an_unguarded_exposure() {
         "a spoofed 127.0.0.2 source reaches an unguarded host: {seen:?}"
     );
     // And audit calls it what it is.
-    let out = lab.loopgate(&["audit"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("CRITICAL [unguarded]"),
-        "{}",
-        stdout(&out)
-    );
+    lab.assert_audit(1, &["CRITICAL [unguarded]"]);
 }
 
 #[test]
@@ -136,13 +130,7 @@ fn expose_lets_only_the_allowed_subnet_reach_only_the_published_ports() {
         "only the one published request: {seen:?}"
     );
 
-    let out = lab.loopgate(&["audit"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("br0: route_localnet=1 effective=1 open, guarded"),
-        "{}",
-        stdout(&out)
-    );
+    lab.assert_audit(0, &["br0: route_localnet=1 effective=1 open, guarded"]);
 }
 
 #[test]
@@ -194,7 +182,7 @@ fn revoke_cuts_open_connections_and_restores_original_zero() {
     assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
     assert!(!stdout(&lab.host.exec(&["nft", "list", "tables"])).contains("loopgate"));
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }
 
 #[test]
@@ -236,13 +224,7 @@ fn revoke_restores_original_one_and_audit_then_flags_it() {
         "the open connection must die on revoke"
     );
     assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
-    let out = lab.loopgate(&["audit"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stdout(&out).contains("CRITICAL [unguarded]"),
-        "{}",
-        stdout(&out)
-    );
+    lab.assert_audit(1, &["CRITICAL [unguarded]"]);
 }
 
 #[test]
@@ -420,14 +402,10 @@ fn a_vanished_managed_interface_does_not_block_changes_elsewhere() {
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
     );
-    let audit = lab.loopgate(&["audit"]);
-    assert!(
-        stdout(&audit).contains("[interface-missing]"),
-        "{}",
-        stdout(&audit)
-    );
+    let (_, text) = lab.audit();
+    assert!(text.contains("[interface-missing]"), "{text}");
     lab.ok(&["revoke", "br1", "--all"]);
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }
 
 /// Hundreds of grants over three interfaces, as on a busy container host: each client
@@ -477,7 +455,7 @@ fn many_grants_on_several_interfaces_reach_only_their_own_services() {
         ));
     }
     lab.ok(&["apply", &lab.policy("many.yaml", &policy)]);
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
     let table = NftTable::read(&lab.host);
     assert_eq!(table.maps["nat_grants"].len(), 303);
     assert_eq!(table.maps["raw_ifaces"].len(), 3);
@@ -541,5 +519,5 @@ fn many_grants_on_several_interfaces_reach_only_their_own_services() {
             "{iface} after revoking br1"
         );
     }
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }

@@ -47,7 +47,7 @@ fn watch_restores_a_flushed_ruleset_within_a_second() {
     // SIGTERM: a clean exit, and the policy stays in place.
     assert_eq!(watch.stop(), Some(0), "{}", watch.log());
     assert!(watch.log().contains("stopped; the policy stays in place"));
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
 }
 
 #[test]

@@ -502,6 +502,34 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `loopgate audit` (text report): its exit code and stdout.
+    pub fn audit(&self) -> (Option<i32>, String) {
+        let out = self.loopgate(&["audit"]);
+        (out.status.code(), stdout(&out))
+    }
+
+    /// Runs `loopgate audit` and insists on exit `code` and on every one of `needles`
+    /// in its text report; returns the report for further checks. A failure names the
+    /// caller's line and prints the whole report.
+    #[track_caller]
+    pub fn assert_audit(&self, code: i32, needles: &[&str]) -> String {
+        let out = self.loopgate(&["audit"]);
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "audit exit code; report:\n{text}\nstderr: {}",
+            stderr(&out)
+        );
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "audit does not say {needle:?}:\n{text}"
+            );
+        }
+        text
+    }
+
     /// Everything that must not change on a failed or refused command: the whole
     /// ruleset, every route_localnet of the host namespace, and loopgate's state file.
     ///
