@@ -507,7 +507,14 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
         sa(HOST_ADDR, 5400),
         b"forged",
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Their absence at the services proves something only once they have met the
+    // guard: wait until its drop counters account for the SYN and datagram to
+    // 127.0.0.1 and the forged source.
+    time_until(|| {
+        counted(&lab, "guard: no direct route to loopback") >= 2
+            && counted(&lab, "guard: no spoofed loopback source") >= 1
+    })
+    .expect("the guard counted every packet to or from 127/8");
     assert_eq!(passive_opens(&lab.host), opens);
     let seen = services.udp_seen.lock().unwrap().clone();
     assert!(

@@ -178,6 +178,7 @@ fn sample_unguarded(
             if open && !before && !after {
                 unguarded += 1;
             }
+            // Pacing: one sample every 5 ms.
             std::thread::sleep(Duration::from_millis(5));
         }
         (samples, unguarded)
@@ -213,6 +214,8 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
     let watch = Watch::start(&lab);
     time_until(|| sysctl_of(&lab, "br1") == "0")
         .unwrap_or_else(|| panic!("watch closes br1: {}", watch.log()));
+    // Kept on purpose: the sampler goes on for 300 ms after br1 is closed, so a reopen
+    // without the guard just after it would be caught (proving an absence takes time).
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (samples, unguarded) = sampler.join().unwrap();
@@ -301,6 +304,8 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
         })
         .unwrap_or_else(|| panic!("flush {i} repaired: {}", watch.log()));
     }
+    // Kept on purpose: the flood goes on for 100 ms after the last repair, so a leak
+    // just after it is counted too.
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::SeqCst);
     flood.join().unwrap();

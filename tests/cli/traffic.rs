@@ -31,7 +31,13 @@ fn the_lab_can_detect_an_unguarded_exposure() {
         sa(HOST_ADDR, 5400),
         b"forged",
     );
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Both datagrams reach the service thread a moment later: wait for them, up to
+    // time_until's bound (the assertions below then say which one is missing).
+    let _ = time_until(|| {
+        let seen = services.udp_seen.lock().unwrap();
+        seen.iter().any(|(port, _)| *port == 5354)
+            && seen.iter().any(|(_, s)| s.ip().to_string() == "127.0.0.2")
+    });
     let seen = services.udp_seen.lock().unwrap().clone();
     assert!(
         seen.iter().any(|(port, _)| *port == 5354),
@@ -113,7 +119,14 @@ fn expose_lets_only_the_allowed_subnet_reach_only_the_published_ports() {
             b"forged",
         );
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The absence of these packets at the services proves something only once they
+    // have met the guard: wait until its drop counters account for every one (the two
+    // SYNs and two datagrams to 127.0.0.1, the six forged sources).
+    time_until(|| {
+        counted(&lab, "guard: no direct route to loopback") >= 4
+            && counted(&lab, "guard: no spoofed loopback source") >= 6
+    })
+    .expect("the guard counted every packet to or from 127/8");
     let seen = services.udp_seen.lock().unwrap().clone();
     assert!(
         seen.iter()
@@ -308,7 +321,13 @@ fn a_flooding_neighbour_gets_nothing_through_while_allowed_clients_keep_working(
         25_000,
     );
     let ok = client.join().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Nothing more can be on its way to a service once the guard's counters account
+    // for every flood packet; the assertions below check the exact counts.
+    let _ = time_until(|| {
+        counted(&lab, "guard: no direct route to loopback")
+            + counted(&lab, "guard: no spoofed loopback source")
+            >= (direct + spoofed) as u64
+    });
 
     let seen = services.udp_seen.lock().unwrap().clone();
     let leaked = seen

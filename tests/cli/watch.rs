@@ -55,7 +55,7 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
     let (lab, _services) = lab_with_services();
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let want = table_image(&lab.host).expect("table");
-    let _watch = Watch::start(&lab);
+    let watch = Watch::start(&lab);
     // Sample every 10 ms from inside the namespace: route_localnet of br0 and the table.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stop2, host, want2) = (stop.clone(), lab.host.handle(), want.clone());
@@ -73,6 +73,7 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
                 if open && before.as_ref() != Some(&want2) && after.as_ref() != Some(&want2) {
                     unguarded += 1;
                 }
+                // Pacing: one sample every 10 ms.
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             (samples, unguarded)
@@ -90,7 +91,18 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
         .to_string();
     lab.host.ip("link del br0");
     lab.host.exec(&["nft", "delete", "table", "ip", "loopgate"]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Bring the bridge back only after watch has put the table back without it.
+    time_until(|| {
+        watch
+            .log()
+            .contains("table ip loopgate was missing or altered; restored")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "watch restores the table while br0 is gone: {}",
+            watch.log()
+        )
+    });
     lab.host
         .ip(&format!("link add br0 address {mac} type bridge"));
     lab.host.ip(&format!("addr add {HOST_ADDR}/24 dev br0"));
@@ -99,6 +111,8 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
     lab.host.ip("link set br0 up");
     let took = time_until(|| lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1")
         .expect("route_localnet restored");
+    // Kept on purpose: the sampler goes on for 300 ms after the reopen, so a guard that
+    // went missing again just after it would be caught (proving an absence takes time).
     std::thread::sleep(std::time::Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (samples, unguarded) = sampler.join().unwrap();
@@ -120,6 +134,11 @@ fn watch_restores_route_localnet_changed_by_hand_and_logs_it_once() {
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
     let took = time_until(|| lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1")
         .expect("restored");
+    // The log line is written after the write; wait for it...
+    time_until(|| watch.log().contains("route_localnet on br0 was 0"))
+        .unwrap_or_else(|| panic!("no log line: {}", watch.log()));
+    // ...and then, on purpose, for more than two of watch's 250 ms ticks: "once" means
+    // no second line appears, and an absence can only be shown by waiting.
     std::thread::sleep(std::time::Duration::from_millis(600));
     println!(
         "watch: route_localnet restored after {} ms",

@@ -168,6 +168,7 @@ pub fn start_services(ns: &Netns, tcp: &[SocketAddrV4], udp: &[SocketAddrV4]) ->
                         Err(_) => false,
                     }
                 });
+                // Pacing: the sockets are non-blocking, so poll them every 5 ms.
                 std::thread::sleep(Duration::from_millis(5));
             }
         }));
@@ -329,6 +330,8 @@ pub fn flood_udp(
                     sent += 1;
                 }
                 if i % 200 == 199 {
+                    // Pacing: a pause every 200 packets keeps the receiver's backlog
+                    // from overflowing.
                     std::thread::sleep(Duration::from_micros(500));
                 }
             }
@@ -734,6 +737,7 @@ pub fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
         if cond() {
             return Some(start.elapsed());
         }
+        // The polling interval of this bounded wait.
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     None
