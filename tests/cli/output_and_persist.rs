@@ -1,4 +1,5 @@
-//! Topic: exit codes and output that stay true after a change; the persisted policy file.
+//! Topic: exit codes and output that stay true after a change; the persisted policy file,
+//! and the boot unit applying it after a "reboot".
 //!
 //! `--persist` is refused with `--netns`, so these tests run loopgate inside the lab's
 //! host namespace (`Lab::loopgate_inside`) with `LOOPGATE_CONFIG_DIR` pointing at a
@@ -419,5 +420,123 @@ fn two_listen_addresses_on_one_interface_get_distinct_names_and_revoke_apart() {
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
     );
-    assert_eq!(lab.loopgate(&["audit"]).status.code(), Some(0));
+    lab.assert_audit(0, &[]);
+}
+
+/// The boot unit's command line, with the policy directory and binary of the test.
+fn boot_command(config: &std::path::Path) -> Vec<String> {
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/loopgate.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart in loopgate.service");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/bin/loopgate"));
+    words
+        .map(|w| {
+            if w == "/etc/loopgate" {
+                config.display().to_string()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
+    let config = std::env::temp_dir().join(format!("loopgate-etc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&config);
+    std::fs::create_dir_all(&config).unwrap();
+    // The admin's own file, and one for an interface that does not exist at boot.
+    std::fs::write(config.join("admin.yaml"), "grants:\n  - name: dns\n    interface: br0\n    allow: 192.0.2.0/25\n    port: 5353\n    proto: udp\n  - interface: later0\n    allow: 192.0.2.0/25\n    port: 1\n").unwrap();
+    let env = [("LOOPGATE_CONFIG_DIR", config.to_str().unwrap())];
+    {
+        let (lab, _services) = lab_with_services();
+        let out = lab.loopgate_inside(
+            &[
+                "expose",
+                "br0",
+                "--allow",
+                ALLOWED,
+                "--port",
+                "3306",
+                "--persist",
+            ],
+            &env,
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let persisted = std::fs::read_to_string(config.join("loopgate.yaml")).unwrap();
+        assert!(
+            persisted.contains("port: 3306") && !persisted.contains("5353"),
+            "{persisted}"
+        );
+    } // the "machine" goes down: namespaces and state are gone
+
+    let (lab, services) = lab_with_services();
+    let boot = boot_command(&config);
+    let boot: Vec<&str> = boot.iter().map(String::as_str).collect();
+    let out = lab.loopgate_env(&boot, &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("\"later0\" does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    // The traffic matrix of the core tests holds after the "reboot".
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    assert_eq!(
+        udp_request(&lab.container, sa(HOST_ADDR, 5353)).as_deref(),
+        Some("udp:5353")
+    );
+    assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
+    assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3307)), None);
+    Lab::route_loopback_via_host(&lab.container);
+    let opens = passive_opens(&lab.host);
+    fire_tcp(&lab.container, sa(LO, 3307));
+    fire_udp(&lab.container, sa(LO, 5354));
+    send_spoofed_udp(
+        &lab.neighbour,
+        Ipv4Addr::new(127, 0, 0, 2),
+        sa(HOST_ADDR, 5400),
+        b"forged",
+    );
+    // Their absence at the services proves something only once they have met the
+    // guard: wait until its drop counters account for the SYN and datagram to
+    // 127.0.0.1 and the forged source.
+    time_until(|| {
+        counted(&lab, "guard: no direct route to loopback") >= 2
+            && counted(&lab, "guard: no spoofed loopback source") >= 1
+    })
+    .expect("the guard counted every packet to or from 127/8");
+    assert_eq!(passive_opens(&lab.host), opens);
+    let seen = services.udp_seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(
+            |(port, from)| *port == 5353 && from.ip().to_string() == CONTAINER_ADDR.to_string()
+        ),
+        "{seen:?}"
+    );
+    lab.assert_audit(0, &[]);
+    // Applying the same directory again changes nothing.
+    assert!(stdout(&lab.loopgate_env(&boot, &env)).contains("nothing to do"));
+
+    // revoke --persist drops it from loopgate.yaml; a grant kept by the admin's file is
+    // named in a warning.
+    let out = lab.loopgate_inside(&["revoke", "br0", "--all", "--persist"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("grant dns is still defined in another file"),
+        "{}",
+        stderr(&out)
+    );
+    let persisted = std::fs::read_to_string(config.join("loopgate.yaml")).unwrap();
+    assert!(persisted.contains("grants: []"), "{persisted}");
+    let _ = std::fs::remove_dir_all(&config);
 }

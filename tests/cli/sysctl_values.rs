@@ -20,11 +20,6 @@ fn sysctl_of(lab: &Lab, iface: &str) -> String {
         .sysctl(&format!("net.ipv4.conf.{iface}.route_localnet"))
 }
 
-fn audit_text(lab: &Lab) -> (Option<i32>, String) {
-    let out = lab.loopgate(&["audit"]);
-    (out.status.code(), stdout(&out))
-}
-
 /// Deletes br0 and builds a new one with the same name, address, MAC and ports, as
 /// dockerd or netavark do. The new copy starts from conf.default (0 here).
 fn recreate_br0(lab: &Lab) {
@@ -52,32 +47,25 @@ fn any_non_zero_route_localnet_is_an_open_interface_for_audit() {
             loopback_reachable_from_container(&lab),
             "route_localnet={value} opens br0"
         );
-        let (code, text) = audit_text(&lab);
-        assert_eq!(code, Some(1), "route_localnet={value}: {text}");
-        assert!(
-            text.contains("CRITICAL [unguarded]")
-                && text.contains(&format!("route_localnet={value}")),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!(
-                "br0: route_localnet={value} effective=1 OPEN, UNGUARDED"
-            )),
-            "{text}"
+        lab.assert_audit(
+            1,
+            &[
+                "CRITICAL [unguarded]",
+                &format!("route_localnet={value}"),
+                &format!("br0: route_localnet={value} effective=1 OPEN, UNGUARDED"),
+            ],
         );
     }
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
     lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "5");
     assert!(loopback_reachable_from_container(&lab), "all=5 opens br0");
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(1), "{text}");
-    assert!(
-        text.contains("CRITICAL [all-open]") && text.contains("all.route_localnet=5"),
-        "{text}"
-    );
-    assert!(
-        text.contains("br0: route_localnet=0 effective=1 OPEN, UNGUARDED"),
-        "{text}"
+    lab.assert_audit(
+        1,
+        &[
+            "CRITICAL [all-open]",
+            "all.route_localnet=5",
+            "br0: route_localnet=0 effective=1 OPEN, UNGUARDED",
+        ],
     );
     // expose warns about any non-zero `all`, and Prometheus shows the real value.
     let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
@@ -101,12 +89,7 @@ fn the_exact_original_value_comes_back_and_a_foreign_value_is_never_overwritten(
         "3 is already open: no write: {out}"
     );
     assert_eq!(sysctl_of(&lab, "br0"), "3");
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(0), "{text}");
-    assert!(
-        text.contains("br0: route_localnet=3 effective=1 open, guarded"),
-        "{text}"
-    );
+    lab.assert_audit(0, &["br0: route_localnet=3 effective=1 open, guarded"]);
     // Closed by hand: watch-style repair (a repeat expose) reopens it with its own 3.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
     let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
@@ -135,8 +118,7 @@ fn revoke_never_restores_an_original_recorded_on_an_earlier_copy_of_the_device()
         !loopback_reachable_from_container(&lab),
         "closed after revoke"
     );
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(0), "{text}");
+    lab.assert_audit(0, &[]);
     // Control: the same attack works when br0 is left at 1 without the guard.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
     assert!(loopback_reachable_from_container(&lab), "control");
@@ -163,18 +145,13 @@ fn a_renamed_managed_interface_is_named_by_audit_and_closed_by_watch() {
         loopback_reachable_from_container(&lab),
         "control: renamed = open"
     );
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(1), "{text}");
-    assert!(
-        text.contains("CRITICAL [interface-renamed]") && text.contains("now called br9"),
-        "{text}"
-    );
+    lab.assert_audit(1, &["CRITICAL [interface-renamed]", "now called br9"]);
     let watch = Watch::start(&lab);
     time_until(|| sysctl_of(&lab, "br9") == "0")
         .unwrap_or_else(|| panic!("watch closes br9: {}", watch.log()));
     assert!(watch.log().contains("br0 (ifindex"), "{}", watch.log());
     assert!(!loopback_reachable_from_container(&lab), "closed");
-    let (code, text) = audit_text(&lab);
+    let (code, text) = lab.audit();
     assert!(!text.contains("CRITICAL"), "{code:?} {text}");
 }
 
@@ -201,6 +178,7 @@ fn sample_unguarded(
             if open && !before && !after {
                 unguarded += 1;
             }
+            // Pacing: one sample every 5 ms.
             std::thread::sleep(Duration::from_millis(5));
         }
         (samples, unguarded)
@@ -236,6 +214,8 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
     let watch = Watch::start(&lab);
     time_until(|| sysctl_of(&lab, "br1") == "0")
         .unwrap_or_else(|| panic!("watch closes br1: {}", watch.log()));
+    // Kept on purpose: the sampler goes on for 300 ms after br1 is closed, so a reopen
+    // without the guard just after it would be caught (proving an absence takes time).
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
     let (samples, unguarded) = sampler.join().unwrap();
@@ -256,8 +236,7 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
     );
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(0), "{text}");
+    lab.assert_audit(0, &[]);
 }
 
 /// Sends UDP datagrams from the container straight to 127.0.0.1:5354 (routed via the
@@ -325,6 +304,8 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
         })
         .unwrap_or_else(|| panic!("flush {i} repaired: {}", watch.log()));
     }
+    // Kept on purpose: the flood goes on for 100 ms after the last repair, so a leak
+    // just after it is counted too.
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::SeqCst);
     flood.join().unwrap();

@@ -14,11 +14,6 @@ fn loopback_reachable(lab: &Lab) -> bool {
     passive_opens(&lab.host) > before
 }
 
-fn audit_text(lab: &Lab) -> (Option<i32>, String) {
-    let out = lab.loopgate(&["audit"]);
-    (out.status.code(), stdout(&out))
-}
-
 #[test]
 fn a_dormant_table_is_tampering_audit_says_so_and_watch_wakes_it_within_a_second() {
     let (lab, _services) = lab_with_services();
@@ -26,7 +21,7 @@ fn a_dormant_table_is_tampering_audit_says_so_and_watch_wakes_it_within_a_second
     let want = table_image(&lab.host).expect("table");
     Lab::route_loopback_via_host(&lab.container);
     assert!(!loopback_reachable(&lab), "the guard blocks 127.0.0.1:3307");
-    assert_eq!(audit_text(&lab).0, Some(0));
+    lab.assert_audit(0, &[]);
 
     // `flags dormant` unhooks every base chain of the table; chains, sets and rules
     // all read back unchanged, and route_localnet stays 1.
@@ -42,11 +37,15 @@ fn a_dormant_table_is_tampering_audit_says_so_and_watch_wakes_it_within_a_second
         loopback_reachable(&lab),
         "control: with the table dormant a neighbour reaches every 127.0.0.1 service"
     );
-    let (code, text) = audit_text(&lab);
-    assert_eq!(code, Some(1), "{text}");
-    assert!(text.contains("CRITICAL [table-tampered]"), "{text}");
-    assert!(text.contains("flags dormant"), "names the flag: {text}");
-    assert!(text.contains("CRITICAL [unguarded]"), "{text}");
+    // Names the flag, and br0 is no longer "open, guarded".
+    let text = lab.assert_audit(
+        1,
+        &[
+            "CRITICAL [table-tampered]",
+            "flags dormant",
+            "CRITICAL [unguarded]",
+        ],
+    );
     assert!(!text.contains("open, guarded"), "{text}");
     // plan sees it too: the same grants, but the table would be replaced.
     let policy = lab.policy(
@@ -86,7 +85,7 @@ fn a_dormant_table_is_tampering_audit_says_so_and_watch_wakes_it_within_a_second
         assert!(!listing.contains("dormant"), "{listing}");
         assert!(!loopback_reachable(&lab), "the guard is back");
     }
-    assert_eq!(audit_text(&lab).0, Some(0), "{}", audit_text(&lab).1);
+    lab.assert_audit(0, &[]);
     // The replace that watch (and apply) use writes a fresh table, without the flag.
     lab.host.exec(&[
         "nft",
@@ -144,7 +143,7 @@ fn every_edit_of_the_table_that_changes_what_packets_meet_is_tampering_and_watch
         std::fs::write(&path, script).unwrap();
         lab.host.exec(&["nft", "-f", path.to_str().unwrap()]);
         assert_eq!(loopback_reachable(&lab), *opens, "{what}: control");
-        let (code, text) = audit_text(&lab);
+        let (code, text) = lab.audit();
         assert_eq!(code, Some(1), "{what}: {text}");
         assert!(text.contains("CRITICAL [table-tampered]"), "{what}: {text}");
         let watch = Watch::start(&lab);
@@ -155,7 +154,7 @@ fn every_edit_of_the_table_that_changes_what_packets_meet_is_tampering_and_watch
             watch.log()
         );
         assert!(!loopback_reachable(&lab), "{what}: guard back");
-        assert_eq!(audit_text(&lab).0, Some(0), "{what}");
+        assert_eq!(lab.audit().0, Some(0), "{what}");
     }
 }
 

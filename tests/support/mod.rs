@@ -168,6 +168,7 @@ pub fn start_services(ns: &Netns, tcp: &[SocketAddrV4], udp: &[SocketAddrV4]) ->
                         Err(_) => false,
                     }
                 });
+                // Pacing: the sockets are non-blocking, so poll them every 5 ms.
                 std::thread::sleep(Duration::from_millis(5));
             }
         }));
@@ -329,6 +330,8 @@ pub fn flood_udp(
                     sent += 1;
                 }
                 if i % 200 == 199 {
+                    // Pacing: a pause every 200 packets keeps the receiver's backlog
+                    // from overflowing.
                     std::thread::sleep(Duration::from_micros(500));
                 }
             }
@@ -502,6 +505,34 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `loopgate audit` (text report): its exit code and stdout.
+    pub fn audit(&self) -> (Option<i32>, String) {
+        let out = self.loopgate(&["audit"]);
+        (out.status.code(), stdout(&out))
+    }
+
+    /// Runs `loopgate audit` and insists on exit `code` and on every one of `needles`
+    /// in its text report; returns the report for further checks. A failure names the
+    /// caller's line and prints the whole report.
+    #[track_caller]
+    pub fn assert_audit(&self, code: i32, needles: &[&str]) -> String {
+        let out = self.loopgate(&["audit"]);
+        let text = stdout(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "audit exit code; report:\n{text}\nstderr: {}",
+            stderr(&out)
+        );
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "audit does not say {needle:?}:\n{text}"
+            );
+        }
+        text
+    }
+
     /// Everything that must not change on a failed or refused command: the whole
     /// ruleset, every route_localnet of the host namespace, and loopgate's state file.
     ///
@@ -622,4 +653,92 @@ impl NftTable {
         let (_, chain) = self.maps.get(map)?.iter().find(|(k, _)| k == key)?;
         self.chains.get(chain).map(Vec::as_slice)
     }
+}
+
+/// The host's loopback address, where the lab's services listen.
+pub const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// A lab with TCP services on 127.0.0.1:3306 and :3307 and UDP services on
+/// 127.0.0.1:5353, :5354 and 0.0.0.0:5400 in the host namespace.
+pub fn lab_with_services() -> (Lab, Services) {
+    let lab = Lab::new();
+    let services = start_services(
+        &lab.host,
+        &[sa(LO, 3306), sa(LO, 3307)],
+        &[sa(LO, 5353), sa(LO, 5354), sa(Ipv4Addr::UNSPECIFIED, 5400)],
+    );
+    (lab, services)
+}
+
+/// Sum of the packet counters of the rules whose comment contains `needle`.
+pub fn counted(lab: &Lab, needle: &str) -> u64 {
+    let table = stdout(&lab.host.exec(&["nft", "list", "table", "ip", "loopgate"]));
+    table
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            l.split("counter packets ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// `loopgate watch` running in the lab's host namespace; SIGTERMed on drop.
+pub struct Watch {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Watch {
+    /// Starts watch and returns once its first pass is done (it logs "started").
+    pub fn start(lab: &Lab) -> Watch {
+        let log = lab.state_dir.join("watch.log");
+        let child = Command::new(BIN)
+            .args(["--netns", &lab.host.name, "watch"])
+            .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let watch = Watch { child, log };
+        time_until(|| watch.log().contains("loopgate watch: started"))
+            .unwrap_or_else(|| panic!("watch did not start: {}", watch.log()));
+        watch
+    }
+
+    /// Everything watch has written to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as systemd or the kubelet send; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` every 5 ms for up to 3 s; returns how long it took to hold.
+pub fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(3) {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        // The polling interval of this bounded wait.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
 }
