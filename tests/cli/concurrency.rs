@@ -74,7 +74,7 @@ fn random_ops(
                     rng ^= rng << 17;
                     let port = 4000 + t * 2 + (rng % 2) as u16;
                     let p = port.to_string();
-                    let expose = rng % 3 != 0;
+                    let expose = !rng.is_multiple_of(3);
                     let args: Vec<&str> = if expose {
                         vec!["expose", "br0", "--allow", ALLOWED, "--port", &p]
                     } else {
