@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 
 /// The lock file in the policy directory; `apply` reads `*.yaml` only, so it is inert.
 pub const LOCK_FILE: &str = ".loopgate.lock";
+/// How long `--persist` waits for another process's lock on the policy directory.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Temporary files are `.loopgate.yaml.<pid>.<nanos>.tmp`; never `*.yaml`, so a
 /// boot-time `apply` of the directory cannot read a half-written one.
 const TMP_PREFIX: &str = ".loopgate.yaml.";
@@ -70,13 +72,30 @@ impl Target {
                     plain_io(&e)
                 ))
             })?;
-        // flock(2) through std; closing the file with the Target releases it.
-        if let Err(e) = lock.lock() {
-            return Err(refuse(format!(
-                "cannot lock {:?}: {}",
-                lock_path.display().to_string(),
-                plain_io(&e)
-            )));
+        // flock(2) through std; closing the file with the Target releases it. Bounded:
+        // the caller holds the namespace's state lock meanwhile, which `watch` needs.
+        let start = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(refuse(format!(
+                        "{:?} is locked by another process for over {} s; nothing was changed",
+                        lock_path.display().to_string(),
+                        LOCK_WAIT.as_secs()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(refuse(format!(
+                        "cannot lock {:?}: {}",
+                        lock_path.display().to_string(),
+                        plain_io(&e)
+                    )))
+                }
+            }
         }
         // Only a lock holder creates temporary files, so any found now belong to a run
         // that died before its rename: remove them.

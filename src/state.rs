@@ -52,9 +52,29 @@ pub struct State {
     /// What vouches for the committed table without reading every element back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouch: Option<crate::kernel::nft::Vouch>,
+    /// Process ids of the last loopgate runs that wrote the table here (newest last,
+    /// at most [`WRITERS_KEPT`]), recorded in the journal before their batch: `watch`
+    /// tells loopgate's own commits from other processes' by the pid the kernel
+    /// reports for each batch, which, unlike a process name, another process cannot
+    /// choose.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writers: Vec<u32>,
 }
 
+/// How many writer pids [`State::writers`] keeps.
+pub const WRITERS_KEPT: usize = 8;
+
 impl State {
+    /// `writers` with this process added (newest last, oldest dropped).
+    pub fn writers_with_me(&self) -> Vec<u32> {
+        let me = std::process::id();
+        let mut w: Vec<u32> = self.writers.iter().copied().filter(|p| *p != me).collect();
+        w.push(me);
+        let excess = w.len().saturating_sub(WRITERS_KEPT);
+        w.drain(..excess);
+        w
+    }
+
     /// The record of device `ifindex`, if loopgate holds one.
     pub fn original(&self, ifindex: u32) -> Option<&Original> {
         self.originals.iter().find(|o| o.ifindex == ifindex)
@@ -79,15 +99,25 @@ impl StateV1 {
     /// Ties each original to the device now carrying its name: the best a version-1
     /// file allows (it was written by a loopgate that did not tell copies apart). An
     /// interface that is gone has nothing left to restore.
+    ///
+    /// A version-1 record may have been read on an earlier copy of the device, so a
+    /// non-zero original is not trusted: it becomes 0, and revoke closes the interface
+    /// instead of leaving it open without a guard. A runtime that wants its own 1 back
+    /// sets it again (Docker does on restart); a warning says so.
     fn upgrade(self, ifindex_of: impl Fn(&str) -> Option<u32>) -> State {
         let mut originals: Vec<Original> = self
             .originals
             .into_iter()
             .filter_map(|(iface, value)| {
+                if value != 0 {
+                    eprintln!(
+                        "loopgate: warning: state file version 1 recorded route_localnet={value} for {iface} without telling device copies apart; it is treated as 0, so revoking {iface} closes it"
+                    );
+                }
                 ifindex_of(&iface).map(|ifindex| Original {
                     iface,
                     ifindex,
-                    value: i32::from(value),
+                    value: 0,
                 })
             })
             .collect();
@@ -99,6 +129,7 @@ impl StateV1 {
             originals,
             pending: self.pending,
             vouch: self.vouch,
+            writers: Vec::new(),
         }
     }
 }
@@ -187,6 +218,41 @@ impl Store {
     /// now; `None` when one does (a transaction is running).
     pub fn try_open_exclusive() -> Result<Option<Store>> {
         Self::open_with(Lock::TryExclusive)
+    }
+
+    /// Takes the exclusive lock, waiting at most `limit` (polling every 10 ms); `None`
+    /// when another process still holds it then. For `watch`, which must never wait
+    /// forever on a reader stuck behind a full pipe.
+    pub fn open_exclusive_within(limit: std::time::Duration) -> Result<Option<Store>> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(store) = Self::try_open_exclusive()? {
+                return Ok(Some(store));
+            }
+            if start.elapsed() >= limit {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Reads the current namespace's state without taking the lock. The file is only
+    /// ever replaced by a rename, so this sees one whole version, though possibly one
+    /// a running transaction is about to replace. `None` when there is none.
+    pub fn peek() -> Result<Option<State>> {
+        let cookie = crate::kernel::netns::cookie()?;
+        let path = base_dir()
+            .join(format!("netns-{cookie}"))
+            .join("state.json");
+        match fs::read(&path) {
+            Ok(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                    format!("state file {} is corrupt", path.display())
+                })?))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
     }
 
     fn open_with(op: Lock) -> Result<Option<Store>> {
@@ -329,7 +395,7 @@ mod tests {
                 Original {
                     iface: "br0".into(),
                     ifindex: 7,
-                    value: 1
+                    value: 0
                 },
             ]
         );

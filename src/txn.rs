@@ -144,20 +144,25 @@ impl Change {
                 continue;
             };
             if dev.name != rec.iface {
+                // Renamed, or another device that got the same ifindex (a veth moved in
+                // from a pod keeps its index when it is free): loopgate cannot tell
+                // which, so the record no longer proves whose value it is. The only
+                // write left is the safe one: closing what loopgate opened.
                 renamed.push(Renamed {
                     was: rec.iface.clone(),
                     now: dev.name.clone(),
                     ifindex: rec.ifindex,
                 });
+                if !sysctl::is_open(rec.value) && sysctl::is_open(dev.route_localnet) {
+                    target.insert(rec.ifindex, 0);
+                }
+                continue;
             }
             if managed.contains(&dev.name) {
-                originals.push(Original {
-                    iface: dev.name.clone(),
-                    ..rec.clone()
-                });
+                originals.push(rec.clone());
             } else {
-                // No longer managed (revoked, or renamed away from its guard): back to
-                // exactly what it was before loopgate.
+                // No longer managed (revoked): back to exactly what it was before
+                // loopgate, on the very device it was read from.
                 target.insert(rec.ifindex, rec.value);
             }
         }
@@ -275,8 +280,15 @@ impl Change {
         }
         for r in &self.renamed {
             out.push(format!(
-                "{} (ifindex {}) is now called {}: its guard matches the old name",
-                r.was, r.ifindex, r.now
+                "ifindex {} was {} and is now called {} (renamed, or another device with the same index): its record is dropped{}",
+                r.ifindex,
+                r.was,
+                r.now,
+                if self.lower.iter().any(|s| s.ifindex == r.ifindex) {
+                    ", and it is closed since loopgate had opened it"
+                } else {
+                    ""
+                }
             ));
         }
         if self.guard_lost {
@@ -456,6 +468,7 @@ fn run_steps<K: Kernel>(
             originals: journal_originals(change),
             pending: Some(change.grants.clone()),
             vouch: change.old.vouch,
+            writers: change.old.writers_with_me(),
         })
     })?;
 
@@ -502,6 +515,7 @@ fn run_steps<K: Kernel>(
             originals: change.originals.clone(),
             pending: None,
             vouch,
+            writers: change.old.writers_with_me(),
         })
     })?;
     Ok(Outcome {
@@ -663,6 +677,7 @@ mod tests {
             originals,
             pending: None,
             vouch: None,
+            writers: vec![],
         }
     }
 
@@ -748,6 +763,29 @@ mod tests {
         );
         assert_eq!(writes(&change.lower), vec![("br9".into(), 5, 1, 0)]);
         assert!(change.originals.is_empty() && change.raise.is_empty());
+    }
+
+    #[test]
+    fn a_device_that_reuses_a_recorded_ifindex_is_never_opened() {
+        let g = vec![grant("br0", 8080)];
+        // br0 (ifindex 5, the runtime's own 1) is gone; a pod's veth moved in got 5.
+        let old = state(g.clone(), vec![rec("br0", 5, 1)]);
+        let devices = BTreeMap::from([dev(5, "veth9a8b7c", 0)]);
+        for grants in [g.clone(), vec![]] {
+            let change = Change::compute(old.clone(), grants, &devices, table_of(&g).as_ref());
+            assert!(
+                change.lower.is_empty() && change.raise.is_empty(),
+                "{:?}",
+                change.describe()
+            );
+            assert!(change.originals.is_empty());
+            assert_eq!(change.renamed.len(), 1);
+        }
+        // A device renamed TO a managed name gets a fresh record of its own value.
+        let devices = BTreeMap::from([dev(5, "br0x", 0), dev(9, "br1", 2)]);
+        let old = state(vec![grant("br1", 1)], vec![rec("br0", 9, 1)]);
+        let change = Change::compute(old, vec![grant("br1", 1)], &devices, None);
+        assert_eq!(change.originals, vec![rec("br1", 9, 2)]);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 mod support;
 
 // Topic modules; kept under tests/cli/ so Cargo does not build each as its own binary.
+#[path = "cli/attacks.rs"]
+mod attacks;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/cli_surface.rs"]

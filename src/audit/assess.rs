@@ -203,7 +203,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             code: "interface-renamed",
             interface: Some(now.clone()),
             message: format!(
-                "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now}{}; loopgate's guard matches the name {}: run `loopgate watch` or `loopgate apply` to put its route_localnet back",
+                "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now} (renamed, or another device with its index){}; loopgate's guard matches the name {}: run `loopgate watch` or `loopgate apply`, which close it if loopgate had opened it",
                 rec.iface,
                 rec.ifindex,
                 rec.value,

@@ -2,12 +2,14 @@
 //! change to the nftables ruleset (the nftables multicast group). Most events only say
 //! "look again"; what to repair is decided by comparing the kernel with the plan.
 //!
-//! One kind is read closely: a batch *from another process* that touched loopgate's
-//! table (`nft flush ruleset`, `delete table`, `flags dormant`, an edited chain). The
-//! kernel sends one notification per object it changed, then `NFT_MSG_NEWGEN` with the
-//! committing process's name, so the monitor can tell watch "the guard may be gone"
-//! the moment the commit lands, before any read-back: reading the table right after a
-//! large commit can take the kernel 10 ms, while a neighbour floods 127.0.0.1.
+//! One kind is read closely: a batch that touched loopgate's table (`nft flush
+//! ruleset`, `delete table`, `flags dormant`, an edited chain, or loopgate's own
+//! replace). The kernel sends one notification per object it changed, then
+//! `NFT_MSG_NEWGEN` with the committing process's pid, which the monitor reports so
+//! watch can tell another process's commit from loopgate's own the moment it lands,
+//! before any read-back: reading the table right after a large commit can take the
+//! kernel 10 ms, while a neighbour floods 127.0.0.1. The pid, not the process name:
+//! any process can call itself `loopgate`.
 
 use super::netlink::attrs;
 use anyhow::{Context, Result};
@@ -19,17 +21,19 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 /// Attribute 1 of table, chain, rule, set and set-element messages: the table's name.
 const NFTA_TABLE_NAME_ATTR: u16 = 1;
-const NFTA_GEN_PROC_NAME: u16 = 3;
+const NFTA_GEN_PROC_PID: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
 
 /// What a wait saw.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Wake {
     /// Any event arrived (or the socket overflowed): look again.
     pub events: bool,
-    /// A batch committed by a process other than loopgate changed loopgate's table.
-    pub foreign_touch: bool,
+    /// One entry per committed batch that changed loopgate's table: the committing
+    /// process's pid, `None` when the kernel did not say or events were lost (assume
+    /// the worst).
+    pub table_batches: Vec<Option<u32>>,
 }
 
 /// Two subscribed netlink sockets.
@@ -39,8 +43,6 @@ pub struct Monitor {
     /// Objects of loopgate's table touched by a batch whose closing NEWGEN has not
     /// been read yet.
     touched: bool,
-    /// The comm name loopgate's own batches carry.
-    own_name: Vec<u8>,
 }
 
 fn subscribed(bus: mnl::Bus, groups: u32) -> Result<mnl::Socket> {
@@ -55,43 +57,33 @@ fn fd(sock: &mnl::Socket) -> i32 {
     unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) }
 }
 
-/// This process's comm name (what the kernel puts in NFTA_GEN_PROC_NAME).
-fn own_comm() -> Vec<u8> {
-    std::fs::read("/proc/self/comm")
-        .map(|mut v| {
-            while v.last() == Some(&b'\n') {
-                v.pop();
-            }
-            v
-        })
-        .unwrap_or_else(|_| b"loopgate".to_vec())
-}
-
 /// Reads nftables notifications in one datagram. `touched` carries "an object of
-/// `table` changed in the batch being read" across datagrams; returns true when a
-/// batch that touched it was committed by a process not called `own_name`.
-pub fn scan_nft_events(datagram: &[u8], table: &[u8], own_name: &[u8], touched: &mut bool) -> bool {
-    let mut foreign = false;
+/// `table` changed in the batch being read" across datagrams; returns the committing
+/// pid of each batch that touched it and ended in this datagram.
+pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec<Option<u32>> {
+    let mut batches = Vec::new();
     let mut rest = datagram;
     while rest.len() >= NLMSG_HDRLEN {
         let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let ty = u16::from_ne_bytes([rest[4], rest[5]]);
         if len < NLMSG_HDRLEN || len > rest.len() {
             // Truncated: assume the worst of the batch being read.
-            return *touched;
+            if std::mem::take(touched) {
+                batches.push(None);
+            }
+            return batches;
         }
         let msg = &rest[..len];
         if ty >> 8 == NFNL_SUBSYS_NFTABLES {
             let family = msg.get(NLMSG_HDRLEN).copied();
             let body = msg.get(NLMSG_HDRLEN + NFGENMSG_LEN..).unwrap_or_default();
             if ty & 0xff == NFT_MSG_NEWGEN {
-                let name = attrs(body)
-                    .find(|(t, _)| *t == NFTA_GEN_PROC_NAME)
-                    .map(|(_, v)| v.split(|b| *b == 0).next().unwrap_or_default());
-                if *touched && name != Some(own_name) {
-                    foreign = true;
+                let pid = attrs(body)
+                    .find(|(t, _)| *t == NFTA_GEN_PROC_PID)
+                    .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)));
+                if std::mem::take(touched) {
+                    batches.push(pid);
                 }
-                *touched = false;
             } else if family == Some(libc::NFPROTO_IPV4 as u8)
                 && attrs(body).any(|(t, v)| {
                     t == NFTA_TABLE_NAME_ATTR && v.split(|b| *b == 0).next() == Some(table)
@@ -105,7 +97,7 @@ pub fn scan_nft_events(datagram: &[u8], table: &[u8], own_name: &[u8], touched: 
             break;
         }
     }
-    foreign
+    batches
 }
 
 impl Monitor {
@@ -117,13 +109,12 @@ impl Monitor {
             ],
             buf: vec![0u8; 1 << 16],
             touched: false,
-            own_name: own_comm(),
         })
     }
 
     /// Waits up to `timeout` for events and consumes every queued one. A signal
     /// interrupts the wait. An overflowing nftables queue (ENOBUFS: events were lost)
-    /// counts as a foreign touch: watch must assume the worst.
+    /// counts as a batch of unknown origin: watch must assume the worst.
     pub fn wait(&mut self, timeout: Duration) -> Wake {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use nix::sys::socket::{recv, MsgFlags};
@@ -157,16 +148,16 @@ impl Monitor {
                     Ok(0) => break,
                     Ok(n) => {
                         if nft {
-                            wake.foreign_touch |= scan_nft_events(
+                            wake.table_batches.extend(scan_nft_events(
                                 &self.buf[..n],
                                 table,
-                                &self.own_name,
                                 &mut self.touched,
-                            );
+                            ));
                         }
                     }
                     // Events were dropped: assume the worst of what was lost.
-                    Err(nix::errno::Errno::ENOBUFS) => wake.foreign_touch |= nft,
+                    Err(nix::errno::Errno::ENOBUFS) if nft => wake.table_batches.push(None),
+                    Err(nix::errno::Errno::ENOBUFS) => {}
                     Err(_) => break,
                 }
             }
@@ -191,51 +182,48 @@ mod tests {
         m
     }
 
-    fn gen(name: &[u8]) -> Vec<u8> {
-        let mut n = name.to_vec();
-        n.push(0);
+    fn gen(pid: u32) -> Vec<u8> {
         msg(
             15,
             0,
-            &[(1, &7u32.to_be_bytes()), (2, &1u32.to_be_bytes()), (3, &n)],
+            &[
+                (1, &7u32.to_be_bytes()),
+                (2, &pid.to_be_bytes()),
+                (3, b"nft\0"),
+            ],
         )
     }
 
     #[test]
-    fn a_foreign_batch_touching_the_table_is_told_from_loopgates_own() {
+    fn each_batch_touching_the_table_is_reported_with_its_pid() {
         let ip = libc::NFPROTO_IPV4 as u8;
         let del_table = msg(2, ip, &[(1, b"loopgate\0")]);
         let other_table = msg(2, ip, &[(1, b"filter\0")]);
         let inet_same_name = msg(2, 1, &[(1, b"loopgate\0")]);
-        for (batch, who, want) in [
-            (vec![del_table.clone()], &b"nft"[..], true),
-            (vec![del_table.clone()], &b"loopgate"[..], false),
-            (vec![other_table], &b"nft"[..], false),
-            (vec![inet_same_name], &b"nft"[..], false),
+        for (batch, want) in [
+            (vec![del_table.clone()], vec![Some(4242)]),
+            (vec![other_table], vec![]),
+            (vec![inet_same_name], vec![]),
         ] {
             let mut touched = false;
             let mut datagram: Vec<u8> = batch.concat();
-            datagram.extend(gen(who));
-            assert_eq!(
-                scan_nft_events(&datagram, b"loopgate", b"loopgate", &mut touched),
-                want
-            );
+            datagram.extend(gen(4242));
+            assert_eq!(scan_nft_events(&datagram, b"loopgate", &mut touched), want);
             assert!(!touched);
         }
         // A batch split over two datagrams.
         let mut touched = false;
-        assert!(!scan_nft_events(
-            &del_table,
-            b"loopgate",
-            b"loopgate",
-            &mut touched
-        ));
+        assert!(scan_nft_events(&del_table, b"loopgate", &mut touched).is_empty());
         assert!(touched);
-        assert!(scan_nft_events(
-            &gen(b"nft"),
-            b"loopgate",
-            b"loopgate",
-            &mut touched
-        ));
+        assert_eq!(
+            scan_nft_events(&gen(7), b"loopgate", &mut touched),
+            vec![Some(7)]
+        );
+        // A truncated datagram while a batch is open: unknown origin.
+        let mut touched = true;
+        assert_eq!(
+            scan_nft_events(&del_table[..20], b"loopgate", &mut touched),
+            vec![None]
+        );
     }
 }

@@ -16,7 +16,7 @@ fn run_file(file: &Path, skip_missing: bool, mode: Mode) -> Result<()> {
     for w in warnings {
         eprintln!("loopgate: warning: {w}");
     }
-    converge(&store, old, grants, mode)
+    converge(store, old, grants, mode)
 }
 
 pub fn run_apply(args: &ApplyArgs) -> Result<()> {

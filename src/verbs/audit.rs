@@ -11,9 +11,11 @@ use anyhow::Result;
 
 /// Runs `audit`; returns 1 when there is a warning or critical finding, else 0.
 pub fn run(args: &AuditArgs) -> Result<i32> {
-    let (_store, state) = open_store(false)?;
+    let (store, state) = open_store(false)?;
     let expected = crate::plan::ruleset(&state.grants).map(|r| nft::planned_image(&r));
     let observed = audit::observe(&System, &state, expected.as_ref(), args.deep)?;
+    // Released before printing: `audit | less` must not hold up watch's repairs.
+    drop(store);
     let report = audit::assess(&observed, &state, expected.as_ref());
     let format = if args.json {
         AuditFormat::Json

@@ -40,5 +40,5 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         }
     }
     input::check_conflicts(&grants)?;
-    super::change(&store, old, grants, args.dry_run, args.persist)
+    super::change(store, old, grants, args.dry_run, args.persist)
 }

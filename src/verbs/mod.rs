@@ -63,8 +63,10 @@ pub fn remember_intact(
     Ok(())
 }
 
-/// Moves the host to `grants` (or shows what that would do).
-pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
+/// Moves the host to `grants` (or shows what that would do). The state lock (`store`)
+/// is released before anything is printed: a reader that stops reading its pipe must
+/// not hold up `watch` or other commands.
+pub fn converge(store: Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
     let (change, snapshot) = observe_and_compute(&System, old, grants)?;
 
     if !change.grants.is_empty() {
@@ -85,13 +87,15 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
 
     if change.is_noop() {
         if mode == Mode::Apply {
-            remember_intact(store, &change, &snapshot)?;
+            remember_intact(&store, &change, &snapshot)?;
         }
+        drop(store);
         crate::outln!("nothing to do: the host already matches");
         return Ok(());
     }
     match mode {
         Mode::Plan | Mode::DryRun => {
+            drop(store);
             let header = if mode == Mode::Plan {
                 "plan"
             } else {
@@ -109,7 +113,8 @@ pub fn converge(store: &Store, old: State, grants: Vec<Grant>, mode: Mode) -> Re
         }
         Mode::Apply => {
             let lines = change.describe();
-            let outcome = txn::execute(&System, store, &change, &snapshot)?;
+            let outcome = txn::execute(&System, &store, &change, &snapshot)?;
+            drop(store);
             for line in lines {
                 crate::outln!("{line}");
             }
@@ -149,7 +154,7 @@ fn warn_unserved(change: &Change) {
 /// changes, so a target that cannot take the change is refused with nothing changed;
 /// only the final write is left for after the change.
 pub fn change(
-    store: &Store,
+    store: Store,
     old: State,
     grants: Vec<Grant>,
     dry_run: bool,

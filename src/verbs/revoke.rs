@@ -36,5 +36,5 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     if keep.len() == old.grants.len() && old.pending.is_none() {
         crate::outln!("no grant matched; nothing revoked");
     }
-    super::change(&store, old, keep, args.dry_run, args.persist)
+    super::change(store, old, keep, args.dry_run, args.persist)
 }

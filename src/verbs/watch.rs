@@ -10,11 +10,11 @@
 //! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
-use super::{observe_and_compute, open_store, remember_intact};
+use super::{observe_and_compute, remember_intact};
 use crate::kernel::monitor::Monitor;
 use crate::kernel::seam::{Kernel, System};
 use crate::kernel::sysctl;
-use crate::state::Store;
+use crate::state::{State, Store};
 use crate::txn;
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,15 +29,21 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Sysctl changes raise no netlink event; this bounds how long one goes unnoticed.
 const TICK: Duration = Duration::from_millis(250);
 
+/// How long a repair waits for the state lock before it judges the table without it.
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs until SIGTERM or SIGINT. Errors: the netlink subscriptions cannot be made.
 pub fn run() -> Result<()> {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut monitor = Monitor::new()?;
+    // The last state read: what the fast path closes when the state cannot be read.
+    let mut known: Option<State> = None;
     let mut first = true;
     while !STOP.load(Ordering::SeqCst) {
-        if let Err(e) = repair() {
+        if let Err(e) = repair(&mut known) {
             eprintln!(
                 "loopgate watch: repair failed: {}",
                 crate::error::one_line(&e)
@@ -48,8 +54,8 @@ pub fn run() -> Result<()> {
             eprintln!("loopgate watch: started");
         }
         let wake = monitor.wait(TICK);
-        if wake.foreign_touch {
-            if let Err(e) = close_now() {
+        if !wake.table_batches.is_empty() {
+            if let Err(e) = close_if_foreign(&wake.table_batches, &mut known) {
                 eprintln!(
                     "loopgate watch: closing interfaces failed: {}",
                     crate::error::one_line(&e)
@@ -61,6 +67,16 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// True when one of `batches` (committing pids, `None` = unknown) was not loopgate's:
+/// neither this process nor a loopgate run recorded in `state`'s writers.
+pub fn foreign(batches: &[Option<u32>], state: Option<&State>) -> bool {
+    let me = std::process::id();
+    batches.iter().any(|pid| match pid {
+        None => true,
+        Some(p) => *p != me && !state.is_some_and(|s| s.writers.contains(p)),
+    })
+}
+
 /// The fast path for the worst case: another process just changed loopgate's table
 /// (flushed, deleted, switched it dormant or edited it) while interfaces are open.
 /// Every millisecond of that may be a hole, and the full repair plans and reads back
@@ -68,28 +84,34 @@ pub fn run() -> Result<()> {
 /// closes every open managed device with a few sysctl writes and leaves the rest to the
 /// repair that follows, which puts the table back, reads it back and reopens.
 ///
-/// Only when no transaction is running (the state lock is free): an `expose` or
-/// `revoke` in flight owns the host until it commits, and the repair comes after it.
-/// Closing needs no journal: each device closed here has its original in the committed
-/// state, from which the repair reopens it once the guard is back.
-fn close_now() -> Result<()> {
-    let Some(store) = Store::try_open_exclusive()? else {
+/// Without the state lock: closing is always safe, and no reader stuck behind a full
+/// pipe (`audit | less`) may delay it. The state is read as it stands (a rename
+/// replaces it whole), or the last one watch read. Closing needs no journal: each
+/// device closed here has its original recorded, from which the repair reopens it once
+/// the guard is back.
+fn close_if_foreign(batches: &[Option<u32>], known: &mut Option<State>) -> Result<()> {
+    if let Ok(Some(now)) = Store::peek() {
+        *known = Some(now);
+    }
+    if !foreign(batches, known.as_ref()) {
+        return Ok(());
+    }
+    let Some(state) = known.as_ref() else {
         return Ok(());
     };
-    for line in close_managed(&System, &store)? {
-        eprintln!("loopgate watch: {line}");
+    for line in close_managed(&System, state)? {
+        eprintln!("loopgate watch: another process changed table ip loopgate; {line}");
     }
     Ok(())
 }
 
-/// Closes every open device of the committed grants and records; returns the log
-/// lines. One failed write does not stop the others; their errors are returned after.
-pub fn close_managed<K: Kernel>(kernel: &K, store: &Store) -> Result<Vec<String>> {
-    let state = store.load()?;
-    if state.grants.is_empty() {
+/// Closes every open device of `state`'s grants and records; returns the log lines.
+/// One failed write does not stop the others; their errors are returned after.
+pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>> {
+    if state.grants.is_empty() && state.originals.is_empty() {
         return Ok(vec![]);
     }
-    let devices = txn::observe_devices(kernel, &state, &state.grants)?;
+    let devices = txn::observe_devices(kernel, state, &state.grants)?;
     let mut closed = Vec::new();
     let mut errors = Vec::new();
     for dev in devices.values() {
@@ -110,18 +132,40 @@ pub fn close_managed<K: Kernel>(kernel: &K, store: &Store) -> Result<Vec<String>
     Ok(match closed.is_empty() {
         true => vec![],
         false => vec![format!(
-            "another process changed table ip loopgate; closed route_localnet on [{}] first",
+            "closed route_localnet on [{}] first",
             closed.join(", ")
         )],
     })
 }
 
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
-pub fn repair() -> Result<()> {
-    let (store, _) = open_store(true)?;
+/// When another process holds the state lock for longer than [`LOCK_WAIT`] (a reader
+/// stopped mid-output, a stopped loopgate), the table is judged against the last known
+/// state without the lock, and the managed interfaces are closed if it is not intact.
+pub fn repair(known: &mut Option<State>) -> Result<()> {
+    let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
+        let Some(state) = known.as_ref() else {
+            return Ok(());
+        };
+        let target = state.grants.clone();
+        let (change, _) = observe_and_compute(&System, state.clone(), target)?;
+        if change.guard_lost {
+            for line in close_managed(&System, state)? {
+                eprintln!(
+                    "loopgate watch: the state lock has been held by another process for over {} ms and table ip loopgate is not as loopgate left it; {line}",
+                    LOCK_WAIT.as_millis()
+                );
+            }
+        }
+        return Ok(());
+    };
+    *known = Some(store.load()?);
     let (lines, result) = repair_with(&System, &store);
     for line in lines {
         eprintln!("loopgate watch: {line}");
+    }
+    if let Ok(state) = store.load() {
+        *known = Some(state);
     }
     result
 }
@@ -144,16 +188,15 @@ pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result
             // The guard cannot be verified: watch never leaves an interface open on
             // trust. The next wake-up tries again and reopens once it reads back.
             let e = e.context("cannot read the host to verify the guard");
-            return match close_managed(kernel, store) {
-                Ok(mut lines) => {
-                    lines.iter_mut().for_each(|l| {
-                        *l = l.replace(
-                            "another process changed table ip loopgate",
-                            "the guard cannot be verified",
-                        )
-                    });
-                    (lines, Err(e))
-                }
+            let closed = store.load().and_then(|state| close_managed(kernel, &state));
+            return match closed {
+                Ok(lines) => (
+                    lines
+                        .into_iter()
+                        .map(|l| format!("the guard cannot be verified; {l}"))
+                        .collect(),
+                    Err(e),
+                ),
                 Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
             };
         }
@@ -164,7 +207,15 @@ pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result
         return (vec![], remember_intact(store, &change, &snapshot));
     }
     let outcome = txn::execute(kernel, store, &change, &snapshot);
-    let mut lines = report(&change, started.elapsed().as_millis());
+    let mut lines = match &outcome {
+        Ok(_) => report(&change, started.elapsed().as_millis()),
+        // What was planned did not happen: say only what holds (the error tells
+        // whether it rolled back or failed closed).
+        Err(_) => vec![format!(
+            "could not converge ({}); see the error for what was rolled back or closed",
+            change.describe().join("; ")
+        )],
+    };
     match outcome {
         Ok(o) => {
             lines.extend(o.warnings);
@@ -184,9 +235,17 @@ pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result
 fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
     let mut out = Vec::new();
     for r in &change.renamed {
+        let closed = change.lower.iter().any(|s| s.ifindex == r.ifindex);
         out.push(format!(
-            "{} (ifindex {}) was renamed to {}; loopgate's guard matches the old name, so {} goes back to its route_localnet from before loopgate",
-            r.was, r.ifindex, r.now, r.now
+            "{} (ifindex {}) is now called {} (renamed, or another device with its index); loopgate's guard matches the old name, so {}",
+            r.was,
+            r.ifindex,
+            r.now,
+            if closed {
+                format!("{} is closed (loopgate had opened it)", r.now)
+            } else {
+                "its record is dropped and nothing is written".to_string()
+            }
         ));
     }
     if change.old.pending.is_some() {
@@ -316,6 +375,7 @@ mod tests {
             ],
             pending: Some(pending),
             vouch: None,
+            writers: vec![],
         };
         store.store.save(&state).unwrap();
         let (lines, result) = repair_with(&kernel, &store.store);
@@ -351,7 +411,8 @@ mod tests {
         assert!(
             lines
                 .iter()
-                .any(|l| l.contains("br0 (ifindex 5) was renamed to br9")),
+                .any(|l| l.contains("br0 (ifindex 5) is now called br9")
+                    && l.contains("br9 is closed")),
             "{lines:?}"
         );
         let originals = store.store.load().unwrap().originals;
@@ -379,7 +440,7 @@ mod tests {
         let g = vec![grant("br0", 3306), grant("br1", 3307), grant("br2", 3308)];
         let (kernel, store) = converged(&[(5, "br0", 0), (6, "br1", 0), (7, "br2", 0)], g);
         kernel.fail("write:br1:0");
-        let err = close_managed(&kernel, &store.store).unwrap_err();
+        let err = close_managed(&kernel, &store.store.load().unwrap()).unwrap_err();
         assert!(format!("{err:#}").contains("closed [br0, br2]"), "{err:#}");
         assert_eq!(steps(&kernel), ["write br0=0", "write br2=0"]);
     }
