@@ -5,7 +5,8 @@
 //! parts, one private module per concern: `allow` (the source sets), `guards` (each
 //! interface's guard), `nat` (one DNAT chain per grant), `targets` (the input accepts of
 //! DNATed flows) and `hooks` (the base chains); [`ruleset()`] only composes them.
-//! `render` prints a plan, and `verify` re-checks one independently.
+//! `render` prints a plan, and `verify` (tests and the fuzzer only) re-checks one
+//! independently.
 //! See `shared/notes/security-model.md` for why each rule sits on the hook it does.
 //!
 //! Shape (each lookup is one hash step, so a packet's cost does not grow with the
@@ -24,11 +25,13 @@ mod hooks;
 mod nat;
 mod render;
 mod targets;
+#[cfg(any(test, feature = "verify"))]
 mod verify;
 
 pub use allow::HOSTS_SET_FROM;
 pub use hooks::{PRIORITY_AFTER_SRCNAT, PRIORITY_DSTNAT, PRIORITY_FILTER, PRIORITY_RAW};
 pub use render::render;
+#[cfg(any(test, feature = "verify"))]
 pub use verify::verify;
 
 use crate::grant::{Grant, Proto};

@@ -1,9 +1,11 @@
-//! An independent reading of a planned table, for the property tests and the fuzzer.
+//! An independent reading of a planned table, compiled for the property tests and the
+//! fuzzer only.
 //!
 //! `ruleset` is checked against this second description of what the table must do,
 //! written from the packet's side (follow each interface and grant through the maps the
 //! way the kernel would) rather than the builder's, so a mistake has to be made twice
-//! to go unnoticed.
+//! to go unnoticed. Nothing at run time needs it, so release builds leave it out: it is
+//! built under `cfg(test)` and, for `fuzz/`, under the `verify` cargo feature.
 
 use super::{
     interfaces, target_key_of, MAP_INPUT_IFACES, MAP_INPUT_TARGETS, MAP_NAT_GRANTS,
