@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+/// The loopback network that `route_localnet` opens: 127.0.0.0/8.
+///
+/// It is part of the vocabulary, not of validation: input checks that a grant's target
+/// lies inside it, the planner guards it on every managed interface, and audit and the
+/// transaction look for it. Defined here so the pure planner needs nothing from `input`.
+pub fn loopback() -> Ipv4Network {
+    Ipv4Network::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("127.0.0.0/8 is a valid network")
+}
+
 /// A transport protocol loopgate can publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

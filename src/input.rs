@@ -12,10 +12,8 @@ use ipnetwork::Ipv4Network;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
-/// The loopback network that route_localnet opens.
-pub fn loopback() -> Ipv4Network {
-    Ipv4Network::new(Ipv4Addr::new(127, 0, 0, 0), 8).expect("127.0.0.0/8 is a valid network")
-}
+// Re-exported: validation, `txn` and `audit` have always reached it here.
+pub use crate::grant::loopback;
 
 const IPV6_REFUSAL: &str =
     "IPv6 has no route_localnet (the kernel drops ::1 on every non-loopback device), so loopgate cannot publish over IPv6";
