@@ -3,7 +3,6 @@
 //! The rest of loopgate decides; this layer only observes and applies.
 
 pub mod conntrack;
-pub mod elements;
 pub mod host;
 pub mod monitor;
 pub mod netlink;

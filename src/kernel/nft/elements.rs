@@ -7,7 +7,7 @@
 //! bytes the kernel receives and dumps (`NFTA_LIST_ELEM` records, back to back), and
 //! parsed into a canonical form only to compare tables.
 
-use super::netlink::{attrs, nest_attr as nest, put_attr as put};
+use crate::kernel::netlink::{attrs, nest_attr as nest, put_attr as put};
 use crate::ruleset::{AddrSet, VerdictMap};
 
 // linux/netfilter/nf_tables.h

@@ -7,14 +7,16 @@
 //! Every change replaces the whole table in one batch: `add table; delete table; add
 //! table; ...` so the kernel applies all of it or none of it.
 
-pub use super::elements::Elem;
-use super::elements::{self, ElemBlock};
+pub mod elements;
+
 use super::netlink::{self, NlSocket};
 use crate::ruleset::{
     AddrSet, Attachment, Chain, ChainKind, CtDir, Hook, KeyField, Match, Rule, Ruleset, Verdict,
     VerdictMap, TABLE,
 };
 use anyhow::{anyhow, Context, Result};
+pub use elements::Elem;
+use elements::ElemBlock;
 use nftnl::nftnl_sys as sys;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString};
