@@ -1,0 +1,446 @@
+//! Reading loopgate's table back from the kernel into a [`Snapshot`]: the table
+//! object by a get, then sets, set elements, chains and rules by dumps filtered to the
+//! table, repeated until no commit overlapped the read. A snapshot is kept both to
+//! compare with the planned table and to restore it; it owns the libnftnl objects it
+//! read (elements stay raw attribute bytes).
+
+use super::abi::*;
+use super::batch::{replace_table, FlushFirst, Send};
+use super::elements::{self, ElemBlock};
+use super::encode::{new_table, set_header, TableObjects};
+use super::generation::{generation, Vouch};
+use super::image::{table_text, Elements, TableImage};
+use super::objects::{alloc, cstr, get_str, Obj};
+use crate::kernel::netlink::NlSocket;
+use crate::ruleset::TABLE;
+use anyhow::{Context, Result};
+use nftnl::nftnl_sys as sys;
+use std::io;
+use std::os::raw::c_char;
+use std::ptr::NonNull;
+
+/// What the kernel holds of loopgate's table, kept both to compare and to restore.
+pub struct Snapshot {
+    pub(super) objects: Option<TableObjects>,
+    /// The table object as the kernel described it (flags and all), for the image.
+    pub(super) table: Option<String>,
+    /// The nftables generation read before the table was.
+    generation: u32,
+    /// Set when the elements were not read back but vouched for (their digest).
+    pub(super) vouched: Option<u64>,
+    /// Netlink messages the final read took: a measure of how well the dumps are
+    /// filtered to loopgate's table.
+    messages: usize,
+    /// Reads it took to see the table unchanged from start to end (1 when nothing
+    /// committed meanwhile).
+    attempts: usize,
+}
+
+impl Snapshot {
+    pub fn present(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// Puts the table back as it was when the snapshot was taken (without owner flags,
+    /// which would tie it to this process's socket; see [`restorable_table`]). The
+    /// snapshot is one state of the table: [`snapshot`] never returns a torn read.
+    pub fn restore(&self) -> Result<()> {
+        let mut sock = NlSocket::netfilter()?;
+        replace_table(
+            &mut sock,
+            self.objects.as_ref(),
+            false,
+            Send::Commit,
+            FlushFirst::Yes,
+            None,
+        )
+    }
+
+    /// Netlink messages the read took (see the field); for tests and benchmarks.
+    #[doc(hidden)]
+    pub fn messages_read(&self) -> usize {
+        self.messages
+    }
+
+    /// Reads of the whole table it took to get one not torn by a concurrent commit.
+    #[doc(hidden)]
+    pub fn attempts(&self) -> usize {
+        self.attempts
+    }
+
+    /// The nftables generation read before the table: a vouch made from this snapshot
+    /// stays valid only while nothing commits after it.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// True when the elements were vouched for instead of read back.
+    pub fn vouched(&self) -> bool {
+        self.vouched.is_some()
+    }
+}
+
+/// A request message; [`NlSocket::dump`] gives it its sequence number.
+pub(super) fn request(ty: u16, flags: u16, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the buffer is large enough for a header plus a small request payload.
+    let len = unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, 0);
+        payload(nlh);
+        (*nlh).nlmsg_len as usize
+    };
+    buf.truncate(len);
+    buf
+}
+
+/// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
+fn aligned(bytes: &[u8]) -> Vec<u64> {
+    let mut v = vec![0u64; bytes.len().div_ceil(8)];
+    // SAFETY: v has at least bytes.len() bytes of storage.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len())
+    };
+    v
+}
+
+fn dump_rows(
+    sock: &mut NlSocket,
+    ty: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Result<Vec<Vec<u64>>> {
+    let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
+    let req = request(ty as u16, flags, payload);
+    Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
+}
+
+/// The attributes of one dumped nf_tables message: what follows its netlink header
+/// and nfgenmsg.
+fn message_attrs(row: &[u64]) -> &[u8] {
+    // SAFETY: `row` is an aligned copy of one complete message; its bytes are plain data.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), std::mem::size_of_val(row))
+    };
+    let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+    const HEADERS: usize = 16 + 4;
+    bytes.get(HEADERS..len.min(bytes.len())).unwrap_or_default()
+}
+
+/// How often [`snapshot`] reads the table again because something committed while it
+/// was being read.
+const SNAPSHOT_TRIES: usize = 5;
+
+/// Reads loopgate's table from the kernel: the table object, chains, sets with
+/// elements, rules.
+///
+/// The kernel has no single dump of one table, so the table is read in several dumps;
+/// a commit by another process between two of them would leave a mix of two states
+/// (chains of one, rules of the other). The nftables generation is read before and
+/// after, and the whole read is repeated while it moves: a snapshot returned is one
+/// state of the table, safe to compare and to [`Snapshot::restore`].
+///
+/// With `trust` (the vouch recorded at the last commit and the image planned from the
+/// recorded grants): if the nftables generation has not moved since and the plan's
+/// elements have the vouched digest, the elements are taken from the plan instead of
+/// being dumped. Everything else is always read back.
+pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
+    let mut sock = NlSocket::netfilter()?;
+    sock.size_buffers(8 << 20)?;
+    for attempt in 1..=SNAPSHOT_TRIES {
+        // First: a change after this point moves the generation past the one recorded.
+        let before = generation(&mut sock)?;
+        let read = read_table(&mut sock, before, trust);
+        if generation(&mut sock)? == before {
+            return read.map(|snapshot| Snapshot {
+                attempts: attempt,
+                ..snapshot
+            });
+        }
+        // Torn: read again. A dump that failed meanwhile (a set deleted under it
+        // answers ENOENT) failed because of that change, so it is retried too.
+    }
+    anyhow::bail!(
+        "the nftables ruleset changed {SNAPSHOT_TRIES} times while table ip {TABLE} was being read; try again"
+    )
+}
+
+/// Whether loopgate's table exists now.
+pub(super) fn table_exists(sock: &mut NlSocket) -> Result<bool> {
+    Ok(match get_table(sock)? {
+        Some(t) => {
+            // SAFETY: allocated by get_table and owned here.
+            unsafe { sys::nftnl_table_free(t.as_ptr()) };
+            true
+        }
+        None => false,
+    })
+}
+
+/// Looks up loopgate's table alone (a get, not a dump of every table).
+fn get_table(sock: &mut NlSocket) -> Result<Option<NonNull<sys::nftnl_table>>> {
+    let req = request(
+        libc::NFT_MSG_GETTABLE as u16,
+        libc::NLM_F_ACK as u16,
+        |nlh| {
+            let table = new_table();
+            if let Obj::Table(t) = &table {
+                // SAFETY: `table` owns `t` and outlives this call; the payload is a
+                // name, far below the 4 KiB request buffer.
+                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) };
+            }
+        },
+    );
+    let rows = match sock.dump(&req) {
+        Ok(rows) => rows,
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).context("looking up table ip loopgate"),
+    };
+    let row = rows
+        .first()
+        .map(|m| aligned(m))
+        .context("the kernel answered the table lookup without the table")?;
+    // SAFETY: `row` holds one complete aligned netlink message; the table is owned by
+    // the caller.
+    unsafe {
+        let t = alloc(sys::nftnl_table_alloc());
+        if sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr()) < 0 {
+            sys::nftnl_table_free(t.as_ptr());
+            anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
+        }
+        Ok(Some(t))
+    }
+}
+
+/// The table object a restore writes: as read, less the flags that would hand the
+/// table to loopgate's own socket (see [`NFT_TABLE_F_OWNER`]).
+fn restorable_table(read: NonNull<sys::nftnl_table>) -> Obj {
+    let table = new_table();
+    if let Obj::Table(t) = &table {
+        // SAFETY: both tables are live; get_data's pointer is valid for `len` bytes
+        // while `read` lives, and set_data copies it.
+        unsafe {
+            let flags = sys::nftnl_table_get_u32(read.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16);
+            let kept = flags & !(NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST);
+            if kept != 0 {
+                sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16, kept);
+            }
+            let mut len = 0u32;
+            let udata = sys::nftnl_table_get_data(
+                read.as_ptr(),
+                sys::NFTNL_TABLE_USERDATA as u16,
+                &mut len,
+            );
+            if !udata.is_null() {
+                sys::nftnl_table_set_data(t.as_ptr(), sys::NFTNL_TABLE_USERDATA as u16, udata, len);
+            }
+        }
+    }
+    table
+}
+
+/// One read of the table (see [`snapshot`], which checks that no commit overlapped it).
+fn read_table(
+    sock: &mut NlSocket,
+    generation: u32,
+    trust: Option<(&Vouch, &TableImage)>,
+) -> Result<Snapshot> {
+    let mut messages = 0;
+    let Some(read) = get_table(sock)? else {
+        return Ok(Snapshot {
+            objects: None,
+            table: None,
+            generation,
+            vouched: None,
+            messages,
+            attempts: 0,
+        });
+    };
+    messages += 1;
+    let table_text = table_text(read);
+    let table = restorable_table(read);
+    // SAFETY: allocated by get_table, owned here, not used after.
+    unsafe { sys::nftnl_table_free(read.as_ptr()) };
+    let mut objs = vec![(table, format!("table ip {TABLE}"))];
+
+    let in_table =
+        |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
+
+    let mut set_names = Vec::new();
+    // The kernel lists only the sets of the table the request names.
+    let rows = dump_rows(sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is tiny.
+        let s = set_header("", 0);
+        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_NAME as u16);
+        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_ID as u16);
+        sys::nftnl_set_nlmsg_build_payload(nlh, s.as_ptr());
+        sys::nftnl_set_free(s.as_ptr());
+    })?;
+    messages += rows.len();
+    for row in rows {
+        // SAFETY: aligned complete message; the set is owned by `Obj` below.
+        unsafe {
+            let s = alloc(sys::nftnl_set_alloc());
+            sys::nftnl_set_nlmsg_parse(row.as_ptr().cast(), s.as_ptr());
+            let fam = sys::nftnl_set_get_u32(s.as_ptr(), sys::NFTNL_SET_FAMILY as u16);
+            if !in_table(
+                sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16),
+                fam,
+            ) {
+                sys::nftnl_set_free(s.as_ptr());
+                continue;
+            }
+            sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_HANDLE as u16);
+            let name = get_str(sys::nftnl_set_get_str(
+                s.as_ptr(),
+                sys::NFTNL_SET_NAME as u16,
+            ));
+            // A batch-local id, shared with the elements below, so a restore can add
+            // both in one batch.
+            set_names.push(name.clone());
+            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, set_names.len() as u32);
+            objs.push((Obj::Set(s), format!("set {name}")));
+        }
+    }
+    // Elements are restored after the chains: a verdict map's elements name them.
+    let mut elem_objs = Vec::new();
+    let planned = trust.and_then(|(v, image)| match &image.elements {
+        Elements::Planned { digest, blocks }
+            if v.generation == generation && *digest == v.elements =>
+        {
+            Some((*digest, blocks))
+        }
+        _ => None,
+    });
+    let vouched = planned.map(|(digest, _)| digest);
+    for block in planned
+        .map(|(_, blocks)| blocks.iter())
+        .into_iter()
+        .flatten()
+    {
+        let mut block = block.clone();
+        // Batch-local ids follow this snapshot's set order.
+        if let Some(i) = set_names.iter().position(|n| *n == block.set) {
+            block.set_id = i as u32 + 1;
+        }
+        let label = format!("elements of set {}", block.set);
+        elem_objs.push((Obj::Elems(block), label));
+    }
+    for (i, name) in set_names.iter().enumerate() {
+        if vouched.is_some() {
+            break;
+        }
+        let id = i as u32 + 1;
+        // SAFETY: the header set is live for the duration of the closure.
+        let header = set_header(name, id);
+        let rows = dump_rows(sock, libc::NFT_MSG_GETSETELEM, |nlh| unsafe {
+            sys::nftnl_set_elems_nlmsg_build_payload(nlh, header.as_ptr());
+        });
+        // SAFETY: header is ours.
+        unsafe { sys::nftnl_set_free(header.as_ptr()) };
+        // One block per dumped message: each is bounded by the dump buffer (32 KiB).
+        let rows = rows?;
+        messages += rows.len();
+        for row in rows {
+            let mut block = ElemBlock {
+                set: name.clone(),
+                set_id: id,
+                attrs: Vec::new(),
+            };
+            elements::take_dumped(message_attrs(&row), &mut block.attrs);
+            if !block.attrs.is_empty() {
+                elem_objs.push((Obj::Elems(block), format!("elements of set {name}")));
+            }
+        }
+    }
+
+    // Named in the request, the table filters the rule dump in the kernel: a large
+    // ruleset of someone else's is neither serialised nor parsed. Chain dumps may not
+    // be filtered by the kernel, so both are also checked here.
+    let rows = dump_rows(sock, libc::NFT_MSG_GETCHAIN, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
+        let c = alloc(sys::nftnl_chain_alloc());
+        sys::nftnl_chain_set_str(
+            c.as_ptr(),
+            sys::NFTNL_CHAIN_TABLE as u16,
+            cstr(TABLE).as_ptr(),
+        );
+        sys::nftnl_chain_nlmsg_build_payload(nlh, c.as_ptr());
+        sys::nftnl_chain_free(c.as_ptr());
+    })?;
+    messages += rows.len();
+    for row in rows {
+        // SAFETY: aligned complete message; ownership moves into `Obj`.
+        unsafe {
+            let c = alloc(sys::nftnl_chain_alloc());
+            sys::nftnl_chain_nlmsg_parse(row.as_ptr().cast(), c.as_ptr());
+            let fam = sys::nftnl_chain_get_u32(c.as_ptr(), sys::NFTNL_CHAIN_FAMILY as u16);
+            if !in_table(
+                sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16),
+                fam,
+            ) {
+                sys::nftnl_chain_free(c.as_ptr());
+                continue;
+            }
+            for attr in [
+                sys::NFTNL_CHAIN_HANDLE,
+                sys::NFTNL_CHAIN_USE,
+                sys::NFTNL_CHAIN_BYTES,
+                sys::NFTNL_CHAIN_PACKETS,
+            ] {
+                sys::nftnl_chain_unset(c.as_ptr(), attr as u16);
+            }
+            let name = get_str(sys::nftnl_chain_get_str(
+                c.as_ptr(),
+                sys::NFTNL_CHAIN_NAME as u16,
+            ));
+            objs.push((Obj::Chain(c), format!("chain {name}")));
+        }
+    }
+    objs.extend(elem_objs);
+    let rows = dump_rows(sock, libc::NFT_MSG_GETRULE, |nlh| unsafe {
+        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
+        let r = alloc(sys::nftnl_rule_alloc());
+        sys::nftnl_rule_set_str(
+            r.as_ptr(),
+            sys::NFTNL_RULE_TABLE as u16,
+            cstr(TABLE).as_ptr(),
+        );
+        sys::nftnl_rule_nlmsg_build_payload(nlh, r.as_ptr());
+        sys::nftnl_rule_free(r.as_ptr());
+    })?;
+    messages += rows.len();
+    for row in rows {
+        // SAFETY: aligned complete message; ownership moves into `Obj`.
+        unsafe {
+            let r = alloc(sys::nftnl_rule_alloc());
+            sys::nftnl_rule_nlmsg_parse(row.as_ptr().cast(), r.as_ptr());
+            let fam = sys::nftnl_rule_get_u32(r.as_ptr(), sys::NFTNL_RULE_FAMILY as u16);
+            if !in_table(
+                sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16),
+                fam,
+            ) {
+                sys::nftnl_rule_free(r.as_ptr());
+                continue;
+            }
+            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_HANDLE as u16);
+            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_POSITION as u16);
+            let chain = get_str(sys::nftnl_rule_get_str(
+                r.as_ptr(),
+                sys::NFTNL_RULE_CHAIN as u16,
+            ));
+            objs.push((Obj::Rule(r), format!("rule in chain {chain}")));
+        }
+    }
+    Ok(Snapshot {
+        objects: Some(TableObjects { objs }),
+        table: Some(table_text),
+        generation,
+        vouched,
+        messages,
+        attempts: 0,
+    })
+}
