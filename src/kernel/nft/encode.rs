@@ -7,29 +7,16 @@
 use super::abi::*;
 use super::elements::{self, ElemBlock};
 use super::expr::new_rule;
-use super::objects::{alloc, cstr, Obj};
+use super::objects::{alloc, cstr, Obj, Owned};
 use crate::ruleset::{
     AddrSet, Chain, ChainKind, Hook, KeyField, Match, Rule, Ruleset, Verdict, VerdictMap, TABLE,
 };
 use nftnl::nftnl_sys as sys;
-use std::ptr::NonNull;
 
 pub(super) fn new_table() -> Obj {
-    // SAFETY: fresh allocation; the strings are copied by libnftnl.
-    unsafe {
-        let t = alloc(sys::nftnl_table_alloc());
-        sys::nftnl_table_set_str(
-            t.as_ptr(),
-            sys::NFTNL_TABLE_NAME as u16,
-            cstr(TABLE).as_ptr(),
-        );
-        sys::nftnl_table_set_u32(
-            t.as_ptr(),
-            sys::NFTNL_TABLE_FAMILY as u16,
-            NFPROTO_IPV4 as u32,
-        );
-        Obj::Table(t)
-    }
+    let t = Owned::<sys::nftnl_table>::naming_table();
+    t.set_u32(sys::NFTNL_TABLE_FAMILY, NFPROTO_IPV4 as u32);
+    t.into_obj()
 }
 
 pub(super) fn new_chain(c: &Chain) -> Obj {
@@ -59,47 +46,38 @@ pub(super) fn new_chain(c: &Chain) -> Obj {
     }
 }
 
-pub(super) fn set_header(name: &str, id: u32) -> NonNull<sys::nftnl_set> {
-    // SAFETY: fresh allocation; strings are copied.
-    unsafe {
-        let p = alloc(sys::nftnl_set_alloc());
-        let s = p.as_ptr();
-        sys::nftnl_set_set_str(s, sys::NFTNL_SET_TABLE as u16, cstr(TABLE).as_ptr());
-        sys::nftnl_set_set_str(s, sys::NFTNL_SET_NAME as u16, cstr(name).as_ptr());
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FAMILY as u16, NFPROTO_IPV4 as u32);
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, id);
-        p
-    }
+pub(super) fn set_header(name: &str, id: u32) -> Owned<sys::nftnl_set> {
+    let s = Owned::<sys::nftnl_set>::naming_table();
+    s.set_str(sys::NFTNL_SET_NAME, name);
+    s.set_u32(sys::NFTNL_SET_FAMILY, NFPROTO_IPV4 as u32);
+    s.set_u32(sys::NFTNL_SET_ID, id);
+    s
 }
 
 pub(super) fn new_set(set: &AddrSet, id: u32) -> Obj {
-    let p = set_header(&set.name, id);
-    // SAFETY: p is a live set we own.
-    unsafe {
-        let s = p.as_ptr();
-        let flags = if set.hosts { 0 } else { NFT_SET_INTERVAL };
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, flags);
-        if set.hosts {
-            // Sized up front, the kernel's hash set never grows while 100,000 elements
-            // arrive; growing it was most of the kernel's work.
-            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DESC_SIZE as u16, set.ranges.len() as u32);
-        }
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, TYPE_IPV4_ADDR);
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, 4);
+    let s = set_header(&set.name, id);
+    let flags = if set.hosts { 0 } else { NFT_SET_INTERVAL };
+    s.set_u32(sys::NFTNL_SET_FLAGS, flags);
+    if set.hosts {
+        // Sized up front, the kernel's hash set never grows while 100,000 elements
+        // arrive; growing it was most of the kernel's work.
+        s.set_u32(sys::NFTNL_SET_DESC_SIZE, set.ranges.len() as u32);
     }
-    set_key_byteorder(p, BYTEORDER_BIG_ENDIAN);
-    Obj::Set(p)
+    s.set_u32(sys::NFTNL_SET_KEY_TYPE, TYPE_IPV4_ADDR);
+    s.set_u32(sys::NFTNL_SET_KEY_LEN, 4);
+    set_key_byteorder(&s, BYTEORDER_BIG_ENDIAN);
+    s.into_obj()
 }
 
 /// nft reads a key's byte order from the set's userdata to print elements: without it
 /// addresses come out as numbers and interface names as "".
-fn set_key_byteorder(set: NonNull<sys::nftnl_set>, order: u32) {
+fn set_key_byteorder(set: &Owned<sys::nftnl_set>, order: u32) {
     // SAFETY: `set` is live; the udata buffer is ours until freed and is copied.
     unsafe {
         let buf = alloc(sys::nftnl_udata_buf_alloc(16));
         sys::nftnl_udata_put_u32(buf.as_ptr(), sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, order);
         sys::nftnl_set_set_data(
-            set.as_ptr(),
+            set.ptr().as_ptr(),
             sys::NFTNL_SET_USERDATA as u16,
             sys::nftnl_udata_buf_data(buf.as_ptr()),
             sys::nftnl_udata_buf_len(buf.as_ptr()),
@@ -119,25 +97,17 @@ fn key_type(field: KeyField) -> u32 {
 
 /// A verdict map; nft derives how to print its keys from the composed datatype.
 fn new_map(map: &VerdictMap, id: u32) -> Obj {
-    let p = set_header(&map.name, id);
+    let s = set_header(&map.name, id);
     let key_type = map
         .key
         .iter()
         .fold(0, |t, f| (t << TYPE_BITS) | key_type(*f));
     let key_len: usize = map.key.iter().map(|f| f.padded_len()).sum();
-    // SAFETY: p is a live set we own.
-    unsafe {
-        let s = p.as_ptr();
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, NFT_SET_MAP);
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, key_len as u32);
-        sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, NFT_DATA_VERDICT);
-        sys::nftnl_set_set_u32(
-            s,
-            sys::NFTNL_SET_DESC_SIZE as u16,
-            map.elements.len() as u32,
-        );
-    }
+    s.set_u32(sys::NFTNL_SET_FLAGS, NFT_SET_MAP);
+    s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
+    s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len as u32);
+    s.set_u32(sys::NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
+    s.set_u32(sys::NFTNL_SET_DESC_SIZE, map.elements.len() as u32);
     // A concatenation's fields each carry their own order (nft stores none for the
     // whole key); a single field needs it spelled out.
     if let [field] = map.key.as_slice() {
@@ -145,9 +115,9 @@ fn new_map(map: &VerdictMap, id: u32) -> Obj {
             KeyField::IifName | KeyField::OifName | KeyField::L4Proto => BYTEORDER_HOST_ENDIAN,
             KeyField::Daddr | KeyField::Dport => BYTEORDER_BIG_ENDIAN,
         };
-        set_key_byteorder(p, order);
+        set_key_byteorder(&s, order);
     }
-    Obj::Set(p)
+    s.into_obj()
 }
 
 /// The objects of one table, in the order they must be created.

@@ -10,14 +10,12 @@ use super::elements::{self, ElemBlock};
 use super::encode::{new_table, set_header, TableObjects};
 use super::generation::{generation, Vouch};
 use super::image::{table_text, Elements, TableImage};
-use super::objects::{alloc, cstr, get_str, Obj};
+use super::objects::{Kind, Obj, Owned};
 use crate::kernel::netlink::NlSocket;
 use crate::ruleset::TABLE;
 use anyhow::{Context, Result};
 use nftnl::nftnl_sys as sys;
 use std::io;
-use std::os::raw::c_char;
-use std::ptr::NonNull;
 
 /// What the kernel holds of loopgate's table, kept both to compare and to restore.
 pub struct Snapshot {
@@ -165,29 +163,17 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
 
 /// Whether loopgate's table exists now.
 pub(super) fn table_exists(sock: &mut NlSocket) -> Result<bool> {
-    Ok(match get_table(sock)? {
-        Some(t) => {
-            // SAFETY: allocated by get_table and owned here.
-            unsafe { sys::nftnl_table_free(t.as_ptr()) };
-            true
-        }
-        None => false,
-    })
+    Ok(get_table(sock)?.is_some())
 }
 
 /// Looks up loopgate's table alone (a get, not a dump of every table).
-fn get_table(sock: &mut NlSocket) -> Result<Option<NonNull<sys::nftnl_table>>> {
+fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_table>>> {
+    let key = Owned::<sys::nftnl_table>::naming_table();
     let req = request(
         libc::NFT_MSG_GETTABLE as u16,
         libc::NLM_F_ACK as u16,
-        |nlh| {
-            let table = new_table();
-            if let Obj::Table(t) = &table {
-                // SAFETY: `table` owns `t` and outlives this call; the payload is a
-                // name, far below the 4 KiB request buffer.
-                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr()) };
-            }
-        },
+        // SAFETY: the payload is a name, far below the 4 KiB request buffer.
+        |nlh| unsafe { key.build_payload(nlh) },
     );
     let rows = match sock.dump(&req) {
         Ok(rows) => rows,
@@ -203,23 +189,19 @@ fn get_table(sock: &mut NlSocket) -> Result<Option<NonNull<sys::nftnl_table>>> {
         .first()
         .map(|m| aligned(m))
         .context("the kernel answered the table lookup without the table")?;
-    // SAFETY: `row` holds one complete aligned netlink message; the table is owned by
-    // the caller.
-    unsafe {
-        let t = alloc(sys::nftnl_table_alloc());
-        if sys::nftnl_table_nlmsg_parse(row.as_ptr().cast(), t.as_ptr()) < 0 {
-            sys::nftnl_table_free(t.as_ptr());
-            anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
-        }
-        Ok(Some(t))
+    let table = Owned::new();
+    if !table.parse(&row) {
+        anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
     }
+    Ok(Some(table))
 }
 
 /// The table object a restore writes: as read, less the flags that would hand the
 /// table to loopgate's own socket (see [`NFT_TABLE_F_OWNER`]).
-fn restorable_table(read: NonNull<sys::nftnl_table>) -> Obj {
+fn restorable_table(read: &Owned<sys::nftnl_table>) -> Obj {
     let table = new_table();
     if let Obj::Table(t) = &table {
+        let read = read.ptr();
         // SAFETY: both tables are live; get_data's pointer is valid for `len` bytes
         // while `read` lives, and set_data copies it.
         unsafe {
@@ -242,6 +224,40 @@ fn restorable_table(read: NonNull<sys::nftnl_table>) -> Obj {
     table
 }
 
+/// Every object of kind `K` in loopgate's table, with the label a restore gives it,
+/// in the kernel's order: one dump, the reader for sets, chains and rules alike.
+///
+/// The request names the table; the kernel filters set and rule dumps by it (a large
+/// ruleset of someone else's is neither serialised nor parsed), chain dumps may not be
+/// filtered, so every object is also checked here for table and family. Attributes
+/// the kernel assigns ([`Kind::ASSIGNED`]) are dropped: a restore must not send them.
+fn read_objects<K: Kind>(
+    sock: &mut NlSocket,
+    messages: &mut usize,
+) -> Result<Vec<(Owned<K>, String)>> {
+    let filter = Owned::<K>::naming_table();
+    // SAFETY: the payload is a name, far below the 4 KiB request buffer.
+    let rows = dump_rows(sock, K::GET, |nlh| unsafe { filter.build_payload(nlh) })?;
+    *messages += rows.len();
+    Ok(rows.iter().filter_map(|row| ours(row)).collect())
+}
+
+/// One dumped object of kind `K`, with its label, if it is in loopgate's table; the
+/// attributes the kernel assigns are dropped.
+fn ours<K: Kind>(row: &[u64]) -> Option<(Owned<K>, String)> {
+    let obj = Owned::<K>::new();
+    // Kept or not by the table and family it reports, whatever the parse returned.
+    obj.parse(row);
+    if obj.get_str(K::TABLE) != TABLE || obj.get_u32(K::FAMILY) != NFPROTO_IPV4 as u32 {
+        return None;
+    }
+    for attr in K::ASSIGNED {
+        obj.unset(*attr);
+    }
+    let label = format!("{} {}", K::NOUN, obj.get_str(K::NAME));
+    Some((obj, label))
+}
+
 /// One read of the table (see [`snapshot`], which checks that no commit overlapped it).
 fn read_table(
     sock: &mut NlSocket,
@@ -260,50 +276,17 @@ fn read_table(
         });
     };
     messages += 1;
-    let table_text = table_text(read);
-    let table = restorable_table(read);
-    // SAFETY: allocated by get_table, owned here, not used after.
-    unsafe { sys::nftnl_table_free(read.as_ptr()) };
-    let mut objs = vec![(table, format!("table ip {TABLE}"))];
-
-    let in_table =
-        |name: *const c_char, fam: u32| get_str(name) == TABLE && fam == NFPROTO_IPV4 as u32;
+    let table_text = table_text(read.ptr());
+    let mut objs = vec![(restorable_table(&read), format!("table ip {TABLE}"))];
+    drop(read);
 
     let mut set_names = Vec::new();
-    // The kernel lists only the sets of the table the request names.
-    let rows = dump_rows(sock, libc::NFT_MSG_GETSET, |nlh| unsafe {
-        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is tiny.
-        let s = set_header("", 0);
-        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_NAME as u16);
-        sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_ID as u16);
-        sys::nftnl_set_nlmsg_build_payload(nlh, s.as_ptr());
-        sys::nftnl_set_free(s.as_ptr());
-    })?;
-    messages += rows.len();
-    for row in rows {
-        // SAFETY: aligned complete message; the set is owned by `Obj` below.
-        unsafe {
-            let s = alloc(sys::nftnl_set_alloc());
-            sys::nftnl_set_nlmsg_parse(row.as_ptr().cast(), s.as_ptr());
-            let fam = sys::nftnl_set_get_u32(s.as_ptr(), sys::NFTNL_SET_FAMILY as u16);
-            if !in_table(
-                sys::nftnl_set_get_str(s.as_ptr(), sys::NFTNL_SET_TABLE as u16),
-                fam,
-            ) {
-                sys::nftnl_set_free(s.as_ptr());
-                continue;
-            }
-            sys::nftnl_set_unset(s.as_ptr(), sys::NFTNL_SET_HANDLE as u16);
-            let name = get_str(sys::nftnl_set_get_str(
-                s.as_ptr(),
-                sys::NFTNL_SET_NAME as u16,
-            ));
-            // A batch-local id, shared with the elements below, so a restore can add
-            // both in one batch.
-            set_names.push(name.clone());
-            sys::nftnl_set_set_u32(s.as_ptr(), sys::NFTNL_SET_ID as u16, set_names.len() as u32);
-            objs.push((Obj::Set(s), format!("set {name}")));
-        }
+    for (set, label) in read_objects::<sys::nftnl_set>(sock, &mut messages)? {
+        // A batch-local id, shared with the elements below, so a restore can add
+        // both in one batch.
+        set_names.push(set.get_str(sys::NFTNL_SET_NAME));
+        set.set_u32(sys::NFTNL_SET_ID, set_names.len() as u32);
+        objs.push((set.into_obj(), label));
     }
     // Elements are restored after the chains: a verdict map's elements name them.
     let mut elem_objs = Vec::new();
@@ -334,15 +317,13 @@ fn read_table(
             break;
         }
         let id = i as u32 + 1;
-        // SAFETY: the header set is live for the duration of the closure.
         let header = set_header(name, id);
-        let rows = dump_rows(sock, libc::NFT_MSG_GETSETELEM, |nlh| unsafe {
-            sys::nftnl_set_elems_nlmsg_build_payload(nlh, header.as_ptr());
-        });
-        // SAFETY: header is ours.
-        unsafe { sys::nftnl_set_free(header.as_ptr()) };
+        let rows = dump_rows(sock, libc::NFT_MSG_GETSETELEM, |nlh| {
+            // SAFETY: `header` is live for the call; the payload names a table and a
+            // set, far below the 4 KiB request buffer.
+            unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, header.ptr().as_ptr()) }
+        })?;
         // One block per dumped message: each is bounded by the dump buffer (32 KiB).
-        let rows = rows?;
         messages += rows.len();
         for row in rows {
             let mut block = ElemBlock {
@@ -357,84 +338,11 @@ fn read_table(
         }
     }
 
-    // Named in the request, the table filters the rule dump in the kernel: a large
-    // ruleset of someone else's is neither serialised nor parsed. Chain dumps may not
-    // be filtered by the kernel, so both are also checked here.
-    let rows = dump_rows(sock, libc::NFT_MSG_GETCHAIN, |nlh| unsafe {
-        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
-        let c = alloc(sys::nftnl_chain_alloc());
-        sys::nftnl_chain_set_str(
-            c.as_ptr(),
-            sys::NFTNL_CHAIN_TABLE as u16,
-            cstr(TABLE).as_ptr(),
-        );
-        sys::nftnl_chain_nlmsg_build_payload(nlh, c.as_ptr());
-        sys::nftnl_chain_free(c.as_ptr());
-    })?;
-    messages += rows.len();
-    for row in rows {
-        // SAFETY: aligned complete message; ownership moves into `Obj`.
-        unsafe {
-            let c = alloc(sys::nftnl_chain_alloc());
-            sys::nftnl_chain_nlmsg_parse(row.as_ptr().cast(), c.as_ptr());
-            let fam = sys::nftnl_chain_get_u32(c.as_ptr(), sys::NFTNL_CHAIN_FAMILY as u16);
-            if !in_table(
-                sys::nftnl_chain_get_str(c.as_ptr(), sys::NFTNL_CHAIN_TABLE as u16),
-                fam,
-            ) {
-                sys::nftnl_chain_free(c.as_ptr());
-                continue;
-            }
-            for attr in [
-                sys::NFTNL_CHAIN_HANDLE,
-                sys::NFTNL_CHAIN_USE,
-                sys::NFTNL_CHAIN_BYTES,
-                sys::NFTNL_CHAIN_PACKETS,
-            ] {
-                sys::nftnl_chain_unset(c.as_ptr(), attr as u16);
-            }
-            let name = get_str(sys::nftnl_chain_get_str(
-                c.as_ptr(),
-                sys::NFTNL_CHAIN_NAME as u16,
-            ));
-            objs.push((Obj::Chain(c), format!("chain {name}")));
-        }
-    }
+    let chains = read_objects::<sys::nftnl_chain>(sock, &mut messages)?;
+    objs.extend(chains.into_iter().map(|(c, label)| (c.into_obj(), label)));
     objs.extend(elem_objs);
-    let rows = dump_rows(sock, libc::NFT_MSG_GETRULE, |nlh| unsafe {
-        // SAFETY: nlh is a header built in a 4 KiB buffer; the payload is a name.
-        let r = alloc(sys::nftnl_rule_alloc());
-        sys::nftnl_rule_set_str(
-            r.as_ptr(),
-            sys::NFTNL_RULE_TABLE as u16,
-            cstr(TABLE).as_ptr(),
-        );
-        sys::nftnl_rule_nlmsg_build_payload(nlh, r.as_ptr());
-        sys::nftnl_rule_free(r.as_ptr());
-    })?;
-    messages += rows.len();
-    for row in rows {
-        // SAFETY: aligned complete message; ownership moves into `Obj`.
-        unsafe {
-            let r = alloc(sys::nftnl_rule_alloc());
-            sys::nftnl_rule_nlmsg_parse(row.as_ptr().cast(), r.as_ptr());
-            let fam = sys::nftnl_rule_get_u32(r.as_ptr(), sys::NFTNL_RULE_FAMILY as u16);
-            if !in_table(
-                sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16),
-                fam,
-            ) {
-                sys::nftnl_rule_free(r.as_ptr());
-                continue;
-            }
-            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_HANDLE as u16);
-            sys::nftnl_rule_unset(r.as_ptr(), sys::NFTNL_RULE_POSITION as u16);
-            let chain = get_str(sys::nftnl_rule_get_str(
-                r.as_ptr(),
-                sys::NFTNL_RULE_CHAIN as u16,
-            ));
-            objs.push((Obj::Rule(r), format!("rule in chain {chain}")));
-        }
-    }
+    let rules = read_objects::<sys::nftnl_rule>(sock, &mut messages)?;
+    objs.extend(rules.into_iter().map(|(r, label)| (r.into_obj(), label)));
     Ok(Snapshot {
         objects: Some(TableObjects { objs }),
         table: Some(table_text),
@@ -443,4 +351,72 @@ fn read_table(
         messages,
         attempts: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::netlink::attrs;
+
+    /// The attributes of a request built by `request`.
+    fn request_attrs(req: &[u8]) -> Vec<(u16, Vec<u8>)> {
+        attrs(&req[16 + 4..])
+            .map(|(t, v)| (t, v.to_vec()))
+            .collect()
+    }
+
+    fn filter_of<K: Kind>() -> Vec<(u16, Vec<u8>)> {
+        let filter = Owned::<K>::naming_table();
+        // SAFETY: the payload is a name, far below the 4 KiB request buffer.
+        request_attrs(&request(K::GET as u16, 0, |nlh| unsafe {
+            filter.build_payload(nlh)
+        }))
+    }
+
+    #[test]
+    fn every_request_names_the_table_and_nothing_else() {
+        // NFTA_TABLE_NAME, NFTA_SET_TABLE, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE are all 1.
+        let only_table = vec![(1u16, b"loopgate\0".to_vec())];
+        assert_eq!(filter_of::<sys::nftnl_table>(), only_table);
+        assert_eq!(filter_of::<sys::nftnl_set>(), only_table);
+        assert_eq!(filter_of::<sys::nftnl_chain>(), only_table);
+        assert_eq!(filter_of::<sys::nftnl_rule>(), only_table);
+    }
+
+    /// A chain as the kernel would dump it: with a use count, in `family`.
+    fn dumped_chain(table: &str, family: u8) -> Vec<u64> {
+        let chain = Owned::<sys::nftnl_chain>::new();
+        chain.set_str(sys::NFTNL_CHAIN_TABLE, table);
+        chain.set_str(sys::NFTNL_CHAIN_NAME, "c");
+        chain.set_u32(sys::NFTNL_CHAIN_USE, 3);
+        // SAFETY: the payload is a few names, far below the 4 KiB request buffer.
+        let mut msg = request(libc::NFT_MSG_NEWCHAIN as u16, 0, |nlh| unsafe {
+            chain.build_payload(nlh)
+        });
+        msg[16] = family;
+        aligned(&msg)
+    }
+
+    #[test]
+    fn the_reader_keeps_only_loopgates_objects_without_kernel_attributes() {
+        let raw = Owned::<sys::nftnl_chain>::new();
+        assert!(raw.parse(&dumped_chain(TABLE, libc::NFPROTO_IPV4 as u8)));
+        assert_eq!(raw.get_u32(sys::NFTNL_CHAIN_USE), 3, "as dumped");
+        let (chain, label) =
+            ours::<sys::nftnl_chain>(&dumped_chain(TABLE, libc::NFPROTO_IPV4 as u8)).unwrap();
+        assert_eq!(label, "chain c");
+        assert_eq!(chain.get_u32(sys::NFTNL_CHAIN_USE), 0, "use count dropped");
+        assert!(
+            ours::<sys::nftnl_chain>(&dumped_chain("filter", libc::NFPROTO_IPV4 as u8)).is_none()
+        );
+        assert!(ours::<sys::nftnl_chain>(&dumped_chain(TABLE, libc::NFPROTO_INET as u8)).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "whole message")]
+    fn a_row_shorter_than_its_header_claims_is_refused() {
+        let mut row = dumped_chain(TABLE, libc::NFPROTO_IPV4 as u8);
+        row.truncate(row.len() - 1);
+        ours::<sys::nftnl_chain>(&row);
+    }
 }
