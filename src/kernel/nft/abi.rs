@@ -41,6 +41,28 @@ pub(super) const NAT_RANGE_MAP_IPS: u32 = 1;
 pub(super) const NAT_RANGE_PROTO_SPECIFIED: u32 = 2;
 pub(super) const NF_DROP: u32 = 0;
 pub(super) const NF_ACCEPT: u32 = 1;
+/// `NFT_REG32_00`: the first 32-bit register; `NFT_REG32_xx` is this plus `xx`.
+pub(super) const NFT_REG32_00: u32 = 8;
+
+// Message attributes written and read without libnftnl (linux/netfilter/nf_tables.h).
+/// `NFTA_GEN_ID`: the generation in a GETGEN reply.
+pub(super) const NFTA_GEN_ID: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+pub(super) const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+/// `NFTA_SET_ELEM_LIST_ELEMENTS`: the attribute of a NEWSETELEM message holding them.
+pub(super) const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+pub(super) const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
+pub(super) const NFTA_LIST_ELEM: u16 = 1;
+pub(super) const NFTA_SET_ELEM_KEY: u16 = 1;
+pub(super) const NFTA_SET_ELEM_DATA: u16 = 2;
+pub(super) const NFTA_SET_ELEM_FLAGS: u16 = 3;
+pub(super) const NFTA_DATA_VALUE: u16 = 1;
+pub(super) const NFTA_DATA_VERDICT: u16 = 2;
+pub(super) const NFTA_VERDICT_CODE: u16 = 1;
+pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+/// `NFT_JUMP` as the kernel's u32 verdict code.
+pub(super) const NFT_JUMP: u32 = -3i32 as u32;
 
 /// Flags of a table that tie it to one netlink socket: a table restored with them would
 /// belong to loopgate's own short-lived socket and vanish when it closes.
@@ -49,5 +71,5 @@ pub(super) const NFT_TABLE_F_PERSIST: u32 = 0x4;
 pub(super) const NFT_TABLE_F_DORMANT: u32 = 0x1;
 
 /// `NFT_CHAIN_BASE`: the kernel reports it on every base chain; loopgate never sends
-/// it (a hook makes a chain a base chain), so it is implied by the hook below.
+/// it (a hook makes a chain a base chain), so a chain's hook implies it.
 pub(super) const NFT_CHAIN_BASE: u32 = 0x1;

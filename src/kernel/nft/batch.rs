@@ -5,7 +5,7 @@
 //! which is how [`probe`] checks the kernel's features before anything changes.
 
 use super::abi::*;
-use super::elements::{self, ElemBlock};
+use super::elements::ElemBlock;
 use super::encode::{encode, new_chain, new_table, TableObjects};
 use super::expr::new_rule;
 use super::objects::{alloc, Obj};
@@ -25,9 +25,6 @@ use std::ptr::NonNull;
 /// `nlh` must point at a message header in a buffer with room for one maximal message
 /// (`nft_nlmsg_maxsize`); blocks are bounded well below that.
 unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
-    const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-    const NFTA_SET_ELEM_LIST_SET: u16 = 2;
-    const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
     let mut payload = Vec::with_capacity(block.attrs.len() + 64);
     let strz = |s: &str| [s.as_bytes(), &[0]].concat();
     netlink::put_attr(&mut payload, NFTA_SET_ELEM_LIST_TABLE, &strz(TABLE));
@@ -37,7 +34,7 @@ unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
         NFTA_SET_ELEM_LIST_SET_ID,
         &block.set_id.to_be_bytes(),
     );
-    netlink::nest_attr(&mut payload, elements::NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
+    netlink::nest_attr(&mut payload, NFTA_SET_ELEM_LIST_ELEMENTS, |b| {
         b.extend_from_slice(&block.attrs)
     });
     // SAFETY: per the contract, the buffer behind `nlh` has room for the payload.

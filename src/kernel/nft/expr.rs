@@ -14,7 +14,6 @@ use std::ptr::NonNull;
 /// (`NFT_REG_1..4`), any other by its 32-bit number (`NFT_REG32_xx`). Encoding it the
 /// same way keeps planned and read-back tables comparable.
 fn reg32(slot: usize) -> u32 {
-    const NFT_REG32_00: u32 = 8;
     if slot % 4 == 0 {
         slot as u32 / 4 + 1
     } else {

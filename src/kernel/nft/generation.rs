@@ -4,6 +4,7 @@
 //! generation that follows its own commit as a [`Vouch`], so a later run can trust an
 //! unchanged table without dumping every element.
 
+use super::abi::NFTA_GEN_ID;
 use super::batch::{replace_table, FlushFirst, Send};
 use super::encode::encode;
 use super::readback::{request, table_exists};
@@ -26,7 +27,6 @@ pub struct Vouch {
 
 /// The nftables generation of the current namespace.
 pub(super) fn generation(sock: &mut NlSocket) -> Result<u32> {
-    const NFTA_GEN_ID: u16 = 1;
     let req = request(libc::NFT_MSG_GETGEN as u16, libc::NLM_F_ACK as u16, |_| {});
     let replies = sock.dump(&req).context("reading the nftables generation")?;
     replies
