@@ -385,8 +385,13 @@ impl NlSocket {
         let mut out = Vec::new();
         loop {
             let len = self.recv_raw()?;
-            // SAFETY: the Vec<u64> owns at least `len` initialised bytes, and its u64
-            // storage gives the alignment mnl requires of a buffer of nlmsghdr.
+            assert!(
+                len <= self.buf.len() * 8,
+                "recv returned more than the buffer"
+            );
+            // SAFETY: the Vec<u64> owns at least `len` initialised bytes (checked
+            // above), and its u64 storage gives the alignment mnl requires of a
+            // buffer of nlmsghdr.
             let buf: &[u8] =
                 unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
             match check_datagram(buf, seq, portid, &mut out)? {

@@ -43,14 +43,25 @@ unsafe fn append_elements(nlh: *mut libc::nlmsghdr, block: &ElemBlock) {
 
 /// Appends already encoded attributes to the message at `nlh`.
 ///
+/// # Panics
+/// When the message plus `attrs` would be longer than one maximal message.
+///
 /// # Safety
-/// `nlh` must point at a message header in a buffer with room for one maximal message,
-/// and the message plus `attrs` must fit in it.
+/// `nlh` must point at a message header in a buffer with room for one maximal message
+/// (`nft_nlmsg_maxsize` bytes) from `nlh` on, as every message start in a libnftnl
+/// batch has.
 pub(super) unsafe fn append_attrs(nlh: *mut libc::nlmsghdr, attrs: &[u8]) {
-    debug_assert!(attrs.len() + 64 < nftnl::nft_nlmsg_maxsize() as usize);
-    // SAFETY: per the contract.
+    // SAFETY: `nlh` points at a message header (the contract).
+    let len = unsafe { (*nlh).nlmsg_len } as usize;
+    assert!(
+        len + attrs.len() <= nftnl::nft_nlmsg_maxsize() as usize,
+        "{} bytes of attributes overflow a {len}-byte netlink message",
+        attrs.len()
+    );
+    // SAFETY: the buffer holds one maximal message from `nlh` on (the contract), and
+    // the message plus `attrs` fit in that (checked above).
     unsafe {
-        let at = nlh.cast::<u8>().add((*nlh).nlmsg_len as usize);
+        let at = nlh.cast::<u8>().add(len);
         std::ptr::copy_nonoverlapping(attrs.as_ptr(), at, attrs.len());
         (*nlh).nlmsg_len += attrs.len() as u32;
     }

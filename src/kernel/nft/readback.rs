@@ -78,15 +78,24 @@ impl Snapshot {
     }
 }
 
+/// The buffer a request is built in.
+const REQUEST_BYTES: usize = 4096;
+
 /// A request message; [`NlSocket::dump`] gives it its sequence number.
 pub(super) fn request(ty: u16, flags: u16, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: the buffer is large enough for a header plus a small request payload.
+    let mut buf = vec![0u8; REQUEST_BYTES];
+    // SAFETY: the buffer is large enough for a header plus a small request payload:
+    // every caller writes names and numbers only, a few dozen bytes.
     let len = unsafe {
         let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, 0);
         payload(nlh);
         (*nlh).nlmsg_len as usize
     };
+    // Checked after the fact, but a request that outgrew its buffer is never sent.
+    assert!(
+        len <= REQUEST_BYTES,
+        "a {len}-byte request overflowed its buffer"
+    );
     buf.truncate(len);
     buf
 }
@@ -94,7 +103,8 @@ pub(super) fn request(ty: u16, flags: u16, payload: impl FnOnce(*mut libc::nlmsg
 /// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
 fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
-    // SAFETY: v has at least bytes.len() bytes of storage.
+    assert!(std::mem::size_of_val(v.as_slice()) >= bytes.len());
+    // SAFETY: v has at least bytes.len() bytes of storage (checked above).
     unsafe {
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len())
     };
