@@ -2,7 +2,7 @@
 //! the table, sets and maps with their elements, chains, map elements, rules. Each
 //! object carries a label naming it and the kernel feature it needs, so a refusal (or
 //! the feature probe) says what is missing. Rules are compiled in `expr`; elements are
-//! written as raw attributes in [`elements`](super::elements).
+//! written as raw attributes in [`elements`].
 
 use super::abi::*;
 use super::elements::{self, ElemBlock};

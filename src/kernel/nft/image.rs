@@ -37,7 +37,7 @@ pub enum Elements {
     /// without elements left out).
     Listed(BTreeMap<String, Vec<Elem>>),
     /// Not read back: the nftables generation has not moved since loopgate committed
-    /// elements with this digest (see [`Vouch`]).
+    /// elements with this digest (see [`Vouch`](super::Vouch)).
     Vouched(u64),
     /// Planned: the encoded elements and their digest. Compared by digest with a
     /// vouched table, element by element with one read back.
@@ -45,7 +45,8 @@ pub enum Elements {
 }
 
 impl Elements {
-    /// The digest a [`Vouch`] records: of the encoded elements loopgate writes.
+    /// The digest a [`Vouch`](super::Vouch) records: of the encoded elements loopgate
+    /// writes.
     pub fn digest(&self) -> Option<u64> {
         match self {
             Elements::Listed(_) => None,

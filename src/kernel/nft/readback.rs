@@ -40,7 +40,7 @@ impl Snapshot {
     }
 
     /// Puts the table back as it was when the snapshot was taken (without owner flags,
-    /// which would tie it to this process's socket; see [`restorable_table`]). The
+    /// which would tie it to this process's socket; see `restorable_table`). The
     /// snapshot is one state of the table: [`snapshot`] never returns a torn read.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
