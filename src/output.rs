@@ -3,9 +3,9 @@
 //! `println!` panics when stdout is a pipe whose reader has gone (`loopgate audit | head
 //! -1`), which would exit with 101 and, worse, skip whatever the verb still had to do
 //! after printing (recording a change that is already in force). Every line loopgate
-//! prints on stdout goes through [`crate::outln!`] / [`crate::out!`] instead: the first failed write
-//! (EPIPE or any other) silences the rest of the output, and the verb finishes and
-//! returns its true exit code.
+//! prints on stdout goes through [`outln!`](crate::outln) / [`out!`](crate::out)
+//! instead: the first failed write (EPIPE or any other) silences the rest of the
+//! output, and the verb finishes and returns its true exit code.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,13 +28,13 @@ pub fn closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
 }
 
-/// `print!` that stops quietly when stdout is closed (see [`write()`]).
+/// `print!` that stops quietly when stdout is closed (see [`write`](fn@crate::output::write)).
 #[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*)) };
 }
 
-/// `println!` that stops quietly when stdout is closed (see [`write()`]).
+/// `println!` that stops quietly when stdout is closed (see [`write`](fn@crate::output::write)).
 #[macro_export]
 macro_rules! outln {
     () => { $crate::output::write(format_args!("\n")) };

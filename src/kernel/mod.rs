@@ -3,7 +3,6 @@
 //! The rest of loopgate decides; this layer only observes and applies.
 
 pub mod conntrack;
-pub mod elements;
 #[cfg(test)]
 pub mod fake;
 pub mod host;

@@ -1,9 +1,12 @@
-//! A netfilter netlink socket: send a whole batch in one `sendmsg`, read replies.
+//! A netlink socket and attribute codec, shared by the kernel modules that speak
+//! netlink: nf_tables (`nft`), conntrack and the socket table (`host`, sock_diag) use
+//! the socket, and `monitor` the attribute codec; so it sits beside them, not under
+//! `nft`. It sends a whole nf_tables batch in one `sendmsg` and reads replies.
 //!
 //! `mnl` opens and binds the socket; sending and receiving are done here because
 //! `mnl::Socket::send_all` sends each nftnl page as its own datagram, and the kernel
 //! treats each datagram as its own batch. A batch larger than one page must arrive in
-//! one message to stay atomic (shared/notes/nftnl.md).
+//! one message to stay atomic.
 //!
 //! Replies are checked with `mnl::cb_run2` (libmnl's `mnl_cb_run`): each must carry the
 //! request's sequence number and this socket's port id, and a dump the kernel flags
@@ -385,8 +388,13 @@ impl NlSocket {
         let mut out = Vec::new();
         loop {
             let len = self.recv_raw()?;
-            // SAFETY: the Vec<u64> owns at least `len` initialised bytes, and its u64
-            // storage gives the alignment mnl requires of a buffer of nlmsghdr.
+            assert!(
+                len <= self.buf.len() * 8,
+                "recv returned more than the buffer"
+            );
+            // SAFETY: the Vec<u64> owns at least `len` initialised bytes (checked
+            // above), and its u64 storage gives the alignment mnl requires of a
+            // buffer of nlmsghdr.
             let buf: &[u8] =
                 unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
             match check_datagram(buf, seq, portid, &mut out)? {

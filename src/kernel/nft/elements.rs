@@ -7,23 +7,14 @@
 //! bytes the kernel receives and dumps (`NFTA_LIST_ELEM` records, back to back), and
 //! parsed into a canonical form only to compare tables.
 
-use super::netlink::{attrs, nest_attr as nest, put_attr as put};
+use super::abi::{
+    NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+    NFT_JUMP, NFT_SET_ELEM_INTERVAL_END,
+};
+use crate::kernel::netlink::{attrs, nest_attr as nest, put_attr as put};
 use crate::ruleset::{AddrSet, VerdictMap};
 
-// linux/netfilter/nf_tables.h
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_SET_ELEM_KEY: u16 = 1;
-const NFTA_SET_ELEM_DATA: u16 = 2;
-const NFTA_SET_ELEM_FLAGS: u16 = 3;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_DATA_VERDICT: u16 = 2;
-const NFTA_VERDICT_CODE: u16 = 1;
-const NFTA_VERDICT_CHAIN: u16 = 2;
-/// `NFTA_SET_ELEM_LIST_ELEMENTS`: the attribute of a NEWSETELEM message holding them.
-pub const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-pub const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
-/// `NFT_JUMP` as the kernel's u32 verdict code.
-pub const NFT_JUMP: u32 = -3i32 as u32;
 /// Element bytes per NEWSETELEM message: well inside one batch page and under the
 /// largest message libnftnl's batch accepts.
 const BLOCK_BYTES: usize = 16 * 1024;

@@ -1,0 +1,532 @@
+//! Comparing tables. A planned table and one read back are both reduced to a
+//! [`TableImage`]: the table's flags, each chain and set as one line of the attributes
+//! that decide what it does, each rule as libnftnl prints its expressions, and the
+//! elements (listed, or only a digest when vouched for). Equal images mean the kernel
+//! holds exactly what loopgate would write; [`TableImage::differences`] says how they
+//! differ in words an operator can act on.
+
+use super::abi::*;
+use super::elements::{self, Elem, ElemBlock};
+use super::encode::{encode, TableObjects};
+use super::objects::{data_of, get_str, rule_chain, rule_comment, Obj};
+use super::readback::Snapshot;
+use crate::ruleset::{Ruleset, TABLE};
+use nftnl::nftnl_sys as sys;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::raw::{c_char, c_int, c_void};
+use std::ptr::NonNull;
+
+/// A canonical, comparable description of a table: chains, sets with their elements,
+/// and each rule's expressions as libnftnl prints them. Planned and kernel tables are
+/// both reduced to this, so "what loopgate would generate" is compared exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableImage {
+    /// The table object: its flags (a dormant table hooks none of its chains) and
+    /// userdata.
+    pub table: String,
+    pub chains: Vec<String>,
+    pub sets: Vec<String>,
+    pub rules: Vec<String>,
+    pub elements: Elements,
+}
+
+/// The elements part of a [`TableImage`].
+#[derive(Debug, Clone)]
+pub enum Elements {
+    /// Read back from the kernel: every element, canonical and sorted, per set (sets
+    /// without elements left out).
+    Listed(BTreeMap<String, Vec<Elem>>),
+    /// Not read back: the nftables generation has not moved since loopgate committed
+    /// elements with this digest (see [`Vouch`](super::Vouch)).
+    Vouched(u64),
+    /// Planned: the encoded elements and their digest. Compared by digest with a
+    /// vouched table, element by element with one read back.
+    Planned { digest: u64, blocks: Vec<ElemBlock> },
+}
+
+impl Elements {
+    /// The digest a [`Vouch`](super::Vouch) records: of the encoded elements loopgate
+    /// writes.
+    pub fn digest(&self) -> Option<u64> {
+        match self {
+            Elements::Listed(_) => None,
+            Elements::Vouched(d) | Elements::Planned { digest: d, .. } => Some(*d),
+        }
+    }
+
+    fn listed(&self) -> Option<std::borrow::Cow<'_, BTreeMap<String, Vec<Elem>>>> {
+        match self {
+            Elements::Listed(sets) => Some(std::borrow::Cow::Borrowed(sets)),
+            Elements::Vouched(_) => None,
+            Elements::Planned { blocks, .. } => Some(std::borrow::Cow::Owned(listed(blocks))),
+        }
+    }
+}
+
+/// Canonical elements per set.
+fn listed<'a>(blocks: impl IntoIterator<Item = &'a ElemBlock>) -> BTreeMap<String, Vec<Elem>> {
+    let mut of: BTreeMap<&str, Vec<&ElemBlock>> = BTreeMap::new();
+    for block in blocks {
+        of.entry(&block.set).or_default().push(block);
+    }
+    of.into_iter()
+        .map(|(name, blocks)| (name.to_string(), elements::canonical(&blocks)))
+        .filter(|(_, elems)| !elems.is_empty())
+        .collect()
+}
+
+impl PartialEq for Elements {
+    fn eq(&self, other: &Self) -> bool {
+        match (self.digest(), other.digest()) {
+            (Some(a), Some(b)) => a == b,
+            _ => match (self.listed(), other.listed()) {
+                (Some(a), Some(b)) => a == b,
+                // Vouched against read back: no common ground, so not known equal.
+                _ => false,
+            },
+        }
+    }
+}
+
+impl Eq for Elements {}
+
+impl TableImage {
+    /// Human-readable differences from `other` (the expected image), at most `limit`.
+    pub fn differences(&self, expected: &TableImage, limit: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        // First: a dormant table shows no other difference, and must not be cut off.
+        if self.table != expected.table {
+            out.push(format!(
+                "table altered: {} (loopgate writes {})",
+                self.table, expected.table
+            ));
+        }
+        let mut diff = |what: &str, have: &[String], want: &[String]| {
+            let before = out.len();
+            for w in want.iter().filter(|w| !have.contains(w)) {
+                out.push(format!("{what} missing or altered: {}", short(w)));
+            }
+            for h in have.iter().filter(|h| !want.contains(h)) {
+                out.push(format!("unexpected {what}: {}", short(h)));
+            }
+            if out.len() == before && have != want {
+                out.push(format!("{what}s are in a different order"));
+            }
+        };
+        diff("chain", &self.chains, &expected.chains);
+        diff("set", &self.sets, &expected.sets);
+        diff("rule", &self.rules, &expected.rules);
+        match (self.elements.listed(), expected.elements.listed()) {
+            (Some(have), Some(want)) => {
+                let empty = Vec::new();
+                let names: BTreeSet<&String> = have.keys().chain(want.keys()).collect();
+                for name in names {
+                    let (h, w) = (
+                        have.get(name).unwrap_or(&empty),
+                        want.get(name).unwrap_or(&empty),
+                    );
+                    // Both sorted: one merge pass, however large the sets.
+                    let (mut i, mut j) = (0, 0);
+                    while i < h.len() || j < w.len() {
+                        match (h.get(i), w.get(j)) {
+                            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+                            (Some(a), Some(b)) if a < b => {
+                                out.push(format!("unexpected element in {name}: {a}"));
+                                i += 1;
+                            }
+                            (Some(a), None) => {
+                                out.push(format!("unexpected element in {name}: {a}"));
+                                i += 1;
+                            }
+                            (_, Some(b)) => {
+                                out.push(format!("element missing from {name}: {b}"));
+                                j += 1;
+                            }
+                            (None, None) => break,
+                        }
+                        if out.len() > limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ if self.elements != expected.elements => {
+                out.push("set elements differ from what loopgate wrote".to_string())
+            }
+            _ => {}
+        }
+        out.truncate(limit);
+        out
+    }
+}
+
+/// Flag bits, by name where nf_tables names them.
+fn flag_names(flags: u32, names: &[(u32, &str)]) -> String {
+    if flags == 0 {
+        return "none".to_string();
+    }
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    let known = names.iter().fold(0, |all, (bit, _)| all | bit);
+    if flags & !known != 0 {
+        out.push(format!("{:#x}", flags & !known));
+    }
+    out.join(",")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The table object as compared: everything that decides whether its chains see
+/// packets. A dormant table unregisters every base chain: the guard is off, while the
+/// chains and rules read back unchanged.
+pub(super) fn table_text(t: NonNull<sys::nftnl_table>) -> String {
+    // SAFETY: live table; get_data's pointer is owned by it.
+    let (flags, udata) = unsafe {
+        let t = t.as_ptr();
+        (
+            sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16),
+            data_of(|len| sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, len)),
+        )
+    };
+    table_description(flags, udata.as_deref())
+}
+
+fn table_description(flags: u32, udata: Option<&[u8]>) -> String {
+    let mut text = format!(
+        "table ip {TABLE} flags {}",
+        flag_names(
+            flags,
+            &[
+                (NFT_TABLE_F_DORMANT, "dormant"),
+                (NFT_TABLE_F_OWNER, "owner"),
+                (NFT_TABLE_F_PERSIST, "persist"),
+            ],
+        )
+    );
+    if let Some(u) = udata {
+        text += &format!(" userdata {}", hex(u));
+    }
+    text
+}
+
+/// A chain as compared: name, and for a base chain its type, hook, priority and
+/// policy; any other flag, device or userdata.
+fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
+    // SAFETY: live chain; strings and data are owned by it.
+    unsafe {
+        let c = c.as_ptr();
+        let is = |attr: u32| sys::nftnl_chain_is_set(c, attr as u16);
+        let name = get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16));
+        let mut text = if is(sys::NFTNL_CHAIN_HOOKNUM) {
+            format!(
+                "{name} type {} hook {} prio {} policy {}",
+                get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16)),
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16),
+            )
+        } else {
+            format!("{name} regular")
+        };
+        let flags = sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_FLAGS as u16) & !NFT_CHAIN_BASE;
+        if flags != 0 {
+            text += &format!(" flags {flags:#x}");
+        }
+        if is(sys::NFTNL_CHAIN_DEV) || is(sys::NFTNL_CHAIN_DEVICES) {
+            text += &format!(
+                " device {}",
+                get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_DEV as u16))
+            );
+        }
+        if let Some(u) =
+            data_of(|len| sys::nftnl_chain_get_data(c, sys::NFTNL_CHAIN_USERDATA as u16, len))
+        {
+            text += &format!(" userdata {}", hex(&u));
+        }
+        text
+    }
+}
+
+/// A set or map as compared: how it matches (flags, key and data types and lengths),
+/// and what makes its elements change on their own (timeouts, size, expressions).
+fn set_text(s: NonNull<sys::nftnl_set>) -> String {
+    // SAFETY: live set; strings and data are owned by it.
+    unsafe {
+        let s = s.as_ptr();
+        let is = |attr: u32| sys::nftnl_set_is_set(s, attr as u16);
+        let u32_of = |attr: u32| sys::nftnl_set_get_u32(s, attr as u16);
+        let data_type = u32_of(sys::NFTNL_SET_DATA_TYPE);
+        let mut text = format!(
+            "{} flags {} keytype {} keylen {} datatype {}",
+            get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
+            u32_of(sys::NFTNL_SET_FLAGS),
+            u32_of(sys::NFTNL_SET_KEY_TYPE),
+            u32_of(sys::NFTNL_SET_KEY_LEN),
+            data_type,
+        );
+        // A verdict's length is fixed by its type; the kernel reports it, loopgate
+        // does not send it.
+        if is(sys::NFTNL_SET_DATA_LEN) && data_type != NFT_DATA_VERDICT {
+            text += &format!(" datalen {}", u32_of(sys::NFTNL_SET_DATA_LEN));
+        }
+        if is(sys::NFTNL_SET_OBJ_TYPE) {
+            text += &format!(" objtype {}", u32_of(sys::NFTNL_SET_OBJ_TYPE));
+        }
+        if is(sys::NFTNL_SET_TIMEOUT) {
+            text += &format!(
+                " timeout {}",
+                sys::nftnl_set_get_u64(s, sys::NFTNL_SET_TIMEOUT as u16)
+            );
+        }
+        if is(sys::NFTNL_SET_GC_INTERVAL) {
+            text += &format!(" gc {}", u32_of(sys::NFTNL_SET_GC_INTERVAL));
+        }
+        if is(sys::NFTNL_SET_POLICY) {
+            text += &format!(" policy {}", u32_of(sys::NFTNL_SET_POLICY));
+        }
+        if is(sys::NFTNL_SET_DESC_SIZE) {
+            text += &format!(" size {}", u32_of(sys::NFTNL_SET_DESC_SIZE));
+        }
+        if is(sys::NFTNL_SET_DESC_CONCAT) {
+            text += " concat";
+        }
+        if is(sys::NFTNL_SET_EXPR) || is(sys::NFTNL_SET_EXPRESSIONS) {
+            text += " expressions";
+        }
+        if let Some(u) =
+            data_of(|len| sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, len))
+        {
+            text += &format!(" userdata {}", hex(&u));
+        }
+        text
+    }
+}
+
+fn short(s: &str) -> String {
+    let one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one.len() > 160 {
+        format!(
+            "{}...",
+            &one[..one
+                .char_indices()
+                .nth(157)
+                .map(|(i, _)| i)
+                .unwrap_or(one.len())]
+        )
+    } else {
+        one
+    }
+}
+
+unsafe extern "C" fn print_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the &mut Vec<String> passed by `rule_text`; `e` is live during
+    // the callback.
+    unsafe {
+        let out = &mut *data.cast::<Vec<String>>();
+        let mut buf = [0 as c_char; 1024];
+        sys::nftnl_expr_snprintf(buf.as_mut_ptr(), buf.len(), e, sys::NFTNL_OUTPUT_DEFAULT, 0);
+        let name = get_str(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16));
+        if name == "counter" {
+            // Counter values move with traffic; they are not part of what was generated.
+            out.push("[counter]".to_string());
+        } else {
+            out.push(format!("[{name} {}]", get_str(buf.as_ptr())));
+        }
+    }
+    0
+}
+
+fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
+    let mut exprs: Vec<String> = Vec::new();
+    // SAFETY: live rule; the callback only reads expressions and pushes to `exprs`.
+    unsafe {
+        sys::nftnl_expr_foreach(
+            r.as_ptr(),
+            Some(print_expr),
+            (&mut exprs as *mut Vec<String>).cast(),
+        );
+    }
+    format!(
+        "{}: {} comment {:?}",
+        rule_chain(r),
+        exprs.join(" "),
+        rule_comment(r)
+    )
+}
+
+impl Snapshot {
+    /// A canonical description for comparison with a planned table.
+    pub fn image(&self) -> Option<TableImage> {
+        self.objects.as_ref().map(|o| {
+            let mut image = match self.vouched {
+                Some(d) => o.image_with(Elements::Vouched(d)),
+                None => o.image(),
+            };
+            // As read, not as a restore would write it (which drops owner flags).
+            if let Some(table) = &self.table {
+                image.table = table.clone();
+            }
+            image
+        })
+    }
+}
+
+impl TableObjects {
+    fn image(&self) -> TableImage {
+        self.image_with(self.elements_image())
+    }
+
+    /// Every element of the table, canonical, per set.
+    fn elements_image(&self) -> Elements {
+        Elements::Listed(listed(self.element_blocks()))
+    }
+
+    fn image_with(&self, elements: Elements) -> TableImage {
+        let mut img = TableImage {
+            table: String::new(),
+            chains: vec![],
+            sets: vec![],
+            rules: vec![],
+            elements,
+        };
+        // Every pointer is a live object owned by self, as the *_text helpers need.
+        for (obj, _) in &self.objs {
+            match obj {
+                Obj::Table(t) => img.table = table_text(*t),
+                Obj::Chain(c) => img.chains.push(chain_text(*c)),
+                Obj::Set(s) => img.sets.push(set_text(*s)),
+                Obj::Elems(_) => {}
+                Obj::Rule(r) => img.rules.push(rule_text(*r)),
+            }
+        }
+        img.chains.sort();
+        img.sets.sort();
+        img
+    }
+}
+
+/// The canonical image of a planned table, for comparison with [`Snapshot::image`].
+pub fn planned_image(ruleset: &Ruleset) -> TableImage {
+    let objs = encode(ruleset);
+    let elements = Elements::Planned {
+        digest: objs.elements_digest(),
+        blocks: objs.element_blocks().cloned().collect(),
+    };
+    objs.image_with(elements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::nft::encode::{new_chain, new_set};
+    use crate::ruleset::{AddrSet, Attachment, Chain, ChainKind, Hook};
+
+    fn base(name: &str) -> Chain {
+        Chain {
+            name: name.into(),
+            attach: Some(Attachment {
+                kind: ChainKind::Filter,
+                hook: Hook::Prerouting,
+                priority: -300,
+            }),
+            rules: vec![],
+        }
+    }
+
+    fn chain_of(obj: &Obj) -> NonNull<sys::nftnl_chain> {
+        match obj {
+            Obj::Chain(c) => *c,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn table_flags_are_named_and_unknown_bits_kept() {
+        assert_eq!(
+            table_description(0, None),
+            "table ip loopgate flags none",
+            "what loopgate writes"
+        );
+        assert_eq!(
+            table_description(NFT_TABLE_F_DORMANT, None),
+            "table ip loopgate flags dormant"
+        );
+        assert_eq!(
+            table_description(
+                NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST | 0x40,
+                Some(b"\x00\x01")
+            ),
+            "table ip loopgate flags owner,persist,0x40 userdata 0001"
+        );
+    }
+
+    #[test]
+    fn a_planned_table_has_no_flags_and_a_dormant_one_differs_first() {
+        let objs = encode(&Ruleset {
+            sets: vec![],
+            maps: vec![],
+            chains: vec![base("raw_prerouting")],
+        });
+        let planned = objs.image();
+        assert_eq!(planned.table, "table ip loopgate flags none");
+        let mut dormant = planned.clone();
+        dormant.table = table_description(NFT_TABLE_F_DORMANT, None);
+        assert_ne!(dormant, planned);
+        // Listed first, so a limit never cuts it off behind other differences.
+        dormant.chains.push("extra regular".into());
+        let diffs = dormant.differences(&planned, 1);
+        assert_eq!(diffs.len(), 1);
+        assert!(diffs[0].contains("flags dormant"), "{diffs:?}");
+    }
+
+    #[test]
+    fn a_regular_chain_never_reads_like_a_base_chain_at_hook_zero() {
+        let regular = new_chain(&Chain {
+            name: "c".into(),
+            attach: None,
+            rules: vec![],
+        });
+        assert_eq!(chain_text(chain_of(&regular)), "c regular");
+        let planned = new_chain(&base("c"));
+        let text = chain_text(chain_of(&planned));
+        assert_eq!(text, "c type filter hook 0 prio -300 policy 1");
+        // The kernel reports NFT_CHAIN_BASE on a base chain; loopgate never sends it.
+        let read = new_chain(&base("c"));
+        let c = chain_of(&read);
+        // SAFETY: live chain owned by `read`.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1) };
+        assert_eq!(chain_text(c), text);
+        // Any other flag, or a changed policy, is a difference.
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_FLAGS as u16, 1 | 4) };
+        assert_eq!(chain_text(c), format!("{text} flags 0x4"));
+        // SAFETY: as above.
+        unsafe { sys::nftnl_chain_set_u32(c.as_ptr(), sys::NFTNL_CHAIN_POLICY as u16, NF_DROP) };
+        assert!(chain_text(c).contains("policy 0"));
+    }
+
+    #[test]
+    fn a_set_that_times_its_elements_out_differs() {
+        let set = AddrSet {
+            name: "allow_0".into(),
+            hosts: false,
+            ranges: vec![(1, 2)],
+        };
+        let planned = new_set(&set, 1);
+        let Obj::Set(s) = &planned else {
+            unreachable!()
+        };
+        let text = set_text(*s);
+        // SAFETY: live set owned by `planned`.
+        unsafe { sys::nftnl_set_set_u64(s.as_ptr(), sys::NFTNL_SET_TIMEOUT as u16, 1000) };
+        assert_eq!(
+            set_text(*s),
+            text.replacen(" userdata", " timeout 1000 userdata", 1)
+        );
+    }
+}

@@ -1,0 +1,37 @@
+//! loopgate's table in the kernel: encode a [`Ruleset`] into one atomic nf_tables
+//! batch, read the table back, and restore a snapshot of it.
+//!
+//! libnftnl (through `nftnl::nftnl_sys`) builds and parses the messages; the safe
+//! `nftnl` API stops short of interval sets, `ct original ...` keys and read-back, so
+//! the objects are handled raw here, each behind an owning wrapper that frees it.
+//! Every change replaces the whole table in one batch: `add table; delete table; add
+//! table; ...` so the kernel applies all of it or none of it.
+//!
+//! The modules follow the data: `abi` holds the numbers from the kernel headers;
+//! `objects` owns libnftnl objects; `expr` compiles one rule into expressions and
+//! `encode` a whole planned table into objects in batch order, with [`elements`]
+//! writing set elements as raw attributes; `batch` sends objects as one batch;
+//! `generation` binds a commit to the nftables generation and records the [`Vouch`];
+//! `readback` reads the table back into a [`Snapshot`]; `image` reduces planned and
+//! read tables to a comparable [`TableImage`]; `counters` reads what each rule matched.
+//!
+//! [`Ruleset`]: crate::ruleset::Ruleset
+
+mod abi;
+mod batch;
+mod counters;
+pub mod elements;
+mod encode;
+mod expr;
+mod generation;
+mod image;
+mod objects;
+mod readback;
+
+pub use batch::{features, probe};
+pub use counters::RuleCounter;
+pub use elements::Elem;
+pub use encode::{encode, TableObjects};
+pub use generation::{apply, Vouch};
+pub use image::{planned_image, Elements, TableImage};
+pub use readback::{snapshot, Snapshot};
