@@ -29,7 +29,7 @@ pub struct Observed {
     pub counters: Vec<RuleCounter>,
 }
 
-/// Reads what [`assess`] judges, through `kernel`.
+/// Reads what [`assess`](super::assess) judges, through `kernel`.
 pub fn observe<K: Kernel>(
     kernel: &K,
     state: &State,

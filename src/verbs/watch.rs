@@ -139,7 +139,7 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
 }
 
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
-/// When another process holds the state lock for longer than [`LOCK_WAIT`] (a reader
+/// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
 /// state without the lock, and the managed interfaces are closed if it is not intact.
 pub fn repair(known: &mut Option<State>) -> Result<()> {
