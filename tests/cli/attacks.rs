@@ -276,9 +276,14 @@ fn attack_a_flush_by_a_process_named_loopgate_leaks_no_more_than_one_by_nft() {
         results.push((label, leak, fast));
     }
     println!("results: {results:?}");
-    for (label, leak, _) in &results {
+    for (label, leak, fast) in &results {
+        // Deterministic: watch closed the interfaces at once after every flush, whoever
+        // the flushing process claimed to be.
+        assert!(*fast >= FLUSHES, "{label}: fast path fired {fast} of {FLUSHES}: {results:?}");
+        // Timing: a loose bound so that a loaded CI machine does not fail it; the
+        // figure is printed above (typically 0-3 per flush, ~40 without the fast path).
         assert!(
-            *leak <= 5 * FLUSHES,
+            *leak <= 10 * FLUSHES,
             "{label}: {leak} datagrams leaked over {FLUSHES} flushes: {results:?}"
         );
     }

@@ -331,8 +331,10 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
     );
     assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
     // Bounded: the window is the event's delivery plus closing br0, not the restore.
+    // Loose (typically 0-3 per flush; ~40 when watch restored first) so that a loaded
+    // CI machine does not fail it; that the close came first is asserted above.
     assert!(
-        leak <= 5 * FLUSHES,
+        leak <= 10 * FLUSHES,
         "{leak} datagrams leaked over {FLUSHES} flushes"
     );
 }
