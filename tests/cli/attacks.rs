@@ -279,7 +279,10 @@ fn attack_a_flush_by_a_process_named_loopgate_leaks_no_more_than_one_by_nft() {
     for (label, leak, fast) in &results {
         // Deterministic: watch closed the interfaces at once after every flush, whoever
         // the flushing process claimed to be.
-        assert!(*fast >= FLUSHES, "{label}: fast path fired {fast} of {FLUSHES}: {results:?}");
+        assert!(
+            *fast >= FLUSHES,
+            "{label}: fast path fired {fast} of {FLUSHES}: {results:?}"
+        );
         // Timing: a loose bound so that a loaded CI machine does not fail it; the
         // figure is printed above (typically 0-3 per flush, ~40 without the fast path).
         assert!(
