@@ -334,7 +334,7 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
     // Loose (typically 0-3 per flush; ~40 when watch restored first) so that a loaded
     // CI machine does not fail it; that the close came first is asserted above.
     assert!(
-        leak <= 10 * FLUSHES,
+        leak <= 20 * FLUSHES,
         "{leak} datagrams leaked over {FLUSHES} flushes"
     );
 }
