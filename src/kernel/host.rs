@@ -28,6 +28,7 @@ impl HostInterfaces {
         Ok(HostInterfaces { addrs })
     }
 
+    /// Every interface name, sorted, including ones without an IPv4 address.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.addrs.keys()
     }
@@ -51,8 +52,11 @@ impl Interfaces for HostInterfaces {
 /// A socket bound on the host, from /proc/net/{tcp,udp}.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listener {
+    /// TCP or UDP.
     pub proto: Proto,
+    /// The local address it is bound to; 0.0.0.0 for every address.
     pub addr: Ipv4Addr,
+    /// The local port, host byte order.
     pub port: u16,
 }
 

@@ -101,6 +101,9 @@ pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec
 }
 
 impl Monitor {
+    /// Subscribes to link events (rtnetlink `RTMGRP_LINK`) and nf_tables events.
+    ///
+    /// Errors: a netlink socket cannot be opened or bound to the groups.
     pub fn new() -> Result<Monitor> {
         Ok(Monitor {
             sockets: vec![

@@ -24,9 +24,14 @@ unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) ->
 /// What one rule of loopgate's table has matched so far.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleCounter {
+    /// The chain the rule is in, e.g. `raw_if0` or `nat_g2`.
     pub chain: String,
+    /// The rule's comment ([`crate::ruleset::Rule::comment`]), which names the grant
+    /// or the guard it belongs to.
     pub rule: String,
+    /// Packets matched since the rule was created (a table rewrite starts at 0).
     pub packets: u64,
+    /// Bytes of those packets, IP headers included.
     pub bytes: u64,
 }
 
