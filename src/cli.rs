@@ -232,7 +232,9 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 
     /// Leave out grants on interfaces that do not exist yet instead of refusing the
-    /// policy (what the boot unit uses; `loopgate watch` adds them when they appear).
+    /// policy (what the boot unit uses). A left-out grant is not recorded (one recorded
+    /// before is revoked), so `loopgate watch` never adds it: run apply again once the
+    /// interface exists (`systemctl reload loopgate`).
     #[arg(long)]
     pub skip_missing: bool,
 }

@@ -187,7 +187,9 @@ impl fmt::Display for Grant {
     }
 }
 
-/// Sorts grants into the canonical order and checks they do not conflict.
+/// Sorts grants into the canonical order of [`Grant::sort_key`] (interface, listen
+/// address, protocol, port), so two lists of the same grants compare equal. Checks
+/// nothing: conflicts are refused earlier, by [`crate::input::check_conflicts`].
 pub fn normalize(mut grants: Vec<Grant>) -> Vec<Grant> {
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     grants
