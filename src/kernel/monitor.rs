@@ -53,7 +53,8 @@ fn subscribed(bus: mnl::Bus, groups: u32) -> Result<mnl::Socket> {
 }
 
 fn fd(sock: &mnl::Socket) -> i32 {
-    // SAFETY: the socket is open for the lifetime of the Monitor.
+    // SAFETY: `sock` is borrowed, so its mnl_socket is live for the call, which only
+    // reads the descriptor out of it.
     unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) }
 }
 

@@ -47,7 +47,8 @@ impl Snapshot {
             .filter_map(|(o, _)| match o {
                 Obj::Rule(r) => {
                     let mut c: Option<(u64, u64)> = None;
-                    // SAFETY: live rule; the callback only reads.
+                    // SAFETY: live rule; the callback reads its expressions and writes
+                    // only `c`, which outlives the call.
                     unsafe {
                         sys::nftnl_expr_foreach(
                             r.as_ptr(),
