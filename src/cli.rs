@@ -22,10 +22,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME|PATH")]
     pub netns: Option<String>,
 
+    /// The verb to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The verbs. Each variant's doc comment is its `--help` text.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Publish a loopback service on an interface for the allowed source networks.
@@ -75,6 +77,7 @@ impl Command {
     }
 }
 
+/// Arguments of `loopgate completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for.
@@ -82,14 +85,21 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// `--proto` as typed: one protocol, or `both` for one grant per protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtoArg {
+    // The variants' docs are written as `#[doc = concat!(..)]`, which clap does not read:
+    // a `///` line here would become a per-value help text and change `--help`.
+    #[doc = concat!("TCP only.")]
     Tcp,
+    #[doc = concat!("UDP only.")]
     Udp,
+    #[doc = concat!("TCP and UDP (`expose`: one grant per protocol and port).")]
     Both,
 }
 
 impl ProtoArg {
+    /// The spelling [`crate::input::parse_proto`] takes: `tcp`, `udp` or `both`.
     pub fn as_str(self) -> &'static str {
         match self {
             ProtoArg::Tcp => "tcp",
@@ -99,6 +109,7 @@ impl ProtoArg {
     }
 }
 
+/// Arguments of `loopgate expose`; validated into grants by [`crate::input::validate`].
 #[derive(Debug, Args)]
 pub struct ExposeArgs {
     /// The interface the allowed clients are behind, e.g. docker0, cni0, br-1234.
@@ -144,6 +155,7 @@ pub struct ExposeArgs {
     pub persist: bool,
 }
 
+/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is required.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["port", "name", "all"])))]
 pub struct RevokeArgs {
@@ -179,6 +191,7 @@ pub struct RevokeArgs {
     pub persist: bool,
 }
 
+/// Output formats of `loopgate audit`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditFormat {
     /// Readable text.
@@ -189,6 +202,7 @@ pub enum AuditFormat {
     Prometheus,
 }
 
+/// Arguments of `loopgate audit`.
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Same as `--format json`.
@@ -205,6 +219,7 @@ pub struct AuditArgs {
     pub deep: bool,
 }
 
+/// Arguments of `loopgate apply`.
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     /// Policy file (YAML; see rules/ for examples), or a directory whose *.yaml files are
@@ -217,11 +232,14 @@ pub struct ApplyArgs {
     pub dry_run: bool,
 
     /// Leave out grants on interfaces that do not exist yet instead of refusing the
-    /// policy (what the boot unit uses; `loopgate watch` adds them when they appear).
+    /// policy (what the boot unit uses). A left-out grant is not recorded (one recorded
+    /// before is revoked), so `loopgate watch` never adds it: run apply again once the
+    /// interface exists (`systemctl reload loopgate`).
     #[arg(long)]
     pub skip_missing: bool,
 }
 
+/// Arguments of `loopgate plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     /// Policy file (YAML; see rules/ for examples), or a directory of them.

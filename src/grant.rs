@@ -23,7 +23,9 @@ pub fn loopback() -> Ipv4Network {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
+    /// TCP, IP protocol 6.
     Tcp,
+    /// UDP, IP protocol 17.
     Udp,
 }
 
@@ -36,6 +38,8 @@ impl Proto {
         }
     }
 
+    /// The lowercase name, `tcp` or `udp`, as policy files, the state file and messages
+    /// spell it.
     pub fn name(self) -> &'static str {
         match self {
             Proto::Tcp => "tcp",
@@ -53,11 +57,22 @@ impl fmt::Display for Proto {
 /// One published port: `listen:port/proto` on `iface`, DNATed to `to`, for `allow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The label `revoke --name` matches: given by the user (1-64 characters of
+    /// `[A-Za-z0-9_.-]`) or [`Grant::default_name`]. Not unique: the grants of one
+    /// multi-port or `proto: both` request share it.
     pub name: String,
+    /// The interface the allowed clients are behind, matched by name (`iifname`) in the
+    /// kernel; never `lo`, `all` or `default`, at most 15 bytes.
     pub iface: String,
+    /// The transport protocol published.
     pub proto: Proto,
+    /// The address clients connect to: an IPv4 address the interface had when the grant
+    /// was validated (its primary one unless `--listen` / `listen:` chose another).
     pub listen: Ipv4Addr,
+    /// The port clients connect to, 1-65535.
     pub port: u16,
+    /// Where the DNAT sends accepted flows: an address in 127.0.0.0/8 (default
+    /// 127.0.0.1) and a port (default: `port`).
     pub to: SocketAddrV4,
     /// Allowed source networks as given (validated, host bits clear); merged only when
     /// the set is built.
@@ -72,13 +87,18 @@ pub struct Grant {
 /// grants behind each are two publications, not one.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GrantKey {
+    /// As [`Grant::iface`].
     pub iface: String,
+    /// As [`Grant::listen`].
     pub listen: Ipv4Addr,
+    /// As [`Grant::proto`].
     pub proto: Proto,
+    /// As [`Grant::port`].
     pub port: u16,
 }
 
 impl Grant {
+    /// The publication this grant makes: interface, listen address, protocol, port.
     pub fn key(&self) -> GrantKey {
         GrantKey {
             iface: self.iface.clone(),
@@ -167,7 +187,9 @@ impl fmt::Display for Grant {
     }
 }
 
-/// Sorts grants into the canonical order and checks they do not conflict.
+/// Sorts grants into the canonical order of [`Grant::sort_key`] (interface, listen
+/// address, protocol, port), so two lists of the same grants compare equal. Checks
+/// nothing: conflicts are refused earlier, by [`crate::input::check_conflicts`].
 pub fn normalize(mut grants: Vec<Grant>) -> Vec<Grant> {
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     grants

@@ -27,12 +27,20 @@ pub trait Interfaces {
 /// One grant request as the user wrote it, on the command line or in a policy file.
 #[derive(Debug, Clone, Default)]
 pub struct GrantRequest {
+    /// `--name` / `name:`; `None` for the default name ([`Grant::default_name`]).
     pub name: Option<String>,
+    /// The interface, checked by [`parse_iface`]; it must exist on the host.
     pub iface: String,
+    /// `--allow` values: IPv4 CIDRs or addresses, each possibly comma-separated; at
+    /// least one is required.
     pub allow: Vec<String>,
+    /// `--port` values, each possibly comma-separated; at least one is required.
     pub ports: Vec<String>,
+    /// `tcp`, `udp` or `both`; `None` means `tcp`.
     pub proto: Option<String>,
+    /// `ADDR[:PORT]` in 127.0.0.0/8; `None` means 127.0.0.1 and the published port.
     pub to: Option<String>,
+    /// An IPv4 address of the interface; `None` means its primary address.
     pub listen: Option<String>,
 }
 

@@ -15,29 +15,45 @@ use std::path::{Path, PathBuf};
 /// Policy files larger than this are refused before parsing.
 const MAX_POLICY_BYTES: u64 = 64 << 20;
 
+/// One policy file as parsed (YAML, `grants:` at the top, no other key), not yet
+/// validated: [`grants`] and [`grants_of`] turn it into [`Grant`]s.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// The entries in file order; a missing key is an empty list (which
+    /// `apply` takes as "revoke everything").
     #[serde(default)]
     pub grants: Vec<Entry>,
 }
 
+/// One entry of `grants:`, as the user wrote it; the keys mirror `expose`'s options and
+/// are validated by the same code ([`input::validate`]). Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    /// Grant name (`--name`); absent for the default name.
     pub name: Option<String>,
+    /// The interface the clients are behind (the `IFACE` of `expose`).
     pub interface: String,
+    /// Allowed source networks (`--allow`): IPv4 CIDRs or addresses.
     pub allow: OneOrMany<String>,
+    /// Ports to publish (`--port`). Read as `u64` so that a number above 65535 gets
+    /// the "1 to 65535" message of validation instead of a YAML type error.
     pub port: OneOrMany<u64>,
+    /// `tcp` (when absent), `udp` or `both` (`--proto`).
     pub proto: Option<String>,
+    /// Loopback target `ADDR[:PORT]` (`--to`).
     pub to: Option<String>,
+    /// Address clients connect to (`--listen`).
     pub listen: Option<String>,
 }
 
 /// A scalar or a list of scalars, as YAML users write both.
 #[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
+    /// `key: value`.
     One(T),
+    /// `key: [a, b]` or a block list.
     Many(Vec<T>),
 }
 

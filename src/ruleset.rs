@@ -21,7 +21,9 @@ pub const TABLE: &str = "loopgate";
 /// loopgate's whole table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
+    /// The allowed-source sets (`allow_N`, `allow_N_hosts`), one per distinct allow list.
     pub sets: Vec<AddrSet>,
+    /// The dispatch maps (`raw_ifaces`, `nat_grants`, ...) the base chains look up.
     pub maps: Vec<VerdictMap>,
     /// Base chains first (the entry points), then the chains the maps jump to.
     pub chains: Vec<Chain>,
@@ -31,25 +33,33 @@ pub struct Ruleset {
 /// of single addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddrSet {
+    /// The set's name in the table, referred to as `@name` by [`Match::SaddrInSet`].
     pub name: String,
     /// Single addresses only, kept in a hash set: half the elements of an interval set
     /// (no end elements) and far cheaper for the kernel to insert.
     pub hosts: bool,
+    /// The members as sorted, disjoint inclusive ranges (see [`crate::cidr`]); every
+    /// range is a single address when `hosts` is set.
     pub ranges: Vec<Range>,
 }
 
 /// A map from a concatenated packet key to `jump <chain>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictMap {
+    /// The map's name in the table, referred to as `@name` by [`Verdict::Vmap`].
     pub name: String,
+    /// The fields of the lookup key, concatenated in this order.
     pub key: Vec<KeyField>,
+    /// The entries; a key absent from them falls through to the next rule.
     pub elements: Vec<MapElement>,
 }
 
 /// One entry of a [`VerdictMap`]: packets whose key equals `key` jump to `jump`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapElement {
+    /// One value per field of the map's key, in the same order.
     pub key: Vec<KeyValue>,
+    /// The name of a regular chain of the table.
     pub jump: String,
 }
 
@@ -71,51 +81,79 @@ pub enum KeyField {
 /// A value of one [`KeyField`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum KeyValue {
+    /// For `iifname` / `oifname`: an exact interface name (at most 15 bytes).
     Name(String),
+    /// For `ip daddr`.
     Addr(Ipv4Addr),
+    /// For `meta l4proto`.
     Proto(Proto),
+    /// For `th dport`, in host order (encoded big-endian).
     Port(u16),
 }
 
+/// The type of a base chain (nft's `type filter` / `type nat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainKind {
+    /// `type filter`: accepts and drops.
     Filter,
+    /// `type nat`: sees the first packet of each flow only; where the DNAT happens.
     Nat,
 }
 
+/// The netfilter hook a base chain is attached to (IPv4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    /// Every packet arriving on an interface, before routing.
     Prerouting,
+    /// Packets routed to this host, after prerouting.
     Input,
+    /// Every packet leaving through an interface, after routing.
     Postrouting,
 }
 
 /// Where a base chain is attached. Its policy is always accept: loopgate only takes away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attachment {
+    /// The chain type.
     pub kind: ChainKind,
+    /// The hook it runs at.
     pub hook: Hook,
+    /// Order among chains on the same hook, lower first (nft's numbers: raw -300,
+    /// dstnat -100, filter 0, srcnat 100; see [`crate::plan::PRIORITY_RAW`] and its
+    /// siblings).
     pub priority: i32,
 }
 
 /// A chain: a base chain when `attach` is set, else a regular chain reached by `jump`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
+    /// The chain's name in the table, e.g. `raw_prerouting`, `input_if0`, `nat_g3`.
     pub name: String,
+    /// The hook for a base chain; `None` for a chain only reached by a map's jump.
     pub attach: Option<Attachment>,
+    /// The rules, evaluated in order.
     pub rules: Vec<Rule>,
 }
 
+/// One rule: when every match holds, the verdict applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// The conditions, all of which must hold (none: every packet).
     pub matches: Vec<Match>,
+    /// What happens to a matching packet.
     pub verdict: Verdict,
+    /// Text kept with the rule in the kernel (nft `comment`), e.g. `grant docker0-tcp-3306`
+    /// or `br0 guard: no spoofed loopback source`: what `audit`'s counters are labelled
+    /// with and how the read-back table is compared. Cut to 127 bytes in the kernel.
     pub comment: String,
 }
 
+/// A conntrack direction, as matched by `ct direction`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtDir {
+    /// Packets in the direction of the flow's first packet.
     Original,
+    /// Packets answering them.
     Reply,
 }
 
@@ -148,20 +186,28 @@ pub enum Match {
     CtOriginalProtoDst(Proto, u16),
 }
 
+/// What a rule does with a packet that matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    /// `accept`: the packet leaves this base chain; base chains that come later on the
+    /// same hook (of any table) still judge it.
     Accept,
+    /// `drop`: the packet is discarded.
     Drop,
+    /// `dnat to ADDR:PORT`: rewrite the destination (the loopback target of a grant).
     Dnat(SocketAddrV4),
     /// `KEY vmap @map`: jump to the chain the packet's key maps to; fall through when
     /// the key is not in the map.
     Vmap {
+        /// The fields the lookup key is built from, in order.
         key: Vec<KeyField>,
+        /// The name of a [`VerdictMap`] of the table.
         map: String,
     },
 }
 
 impl ChainKind {
+    /// The nft spelling: `filter` or `nat`.
     pub fn name(self) -> &'static str {
         match self {
             ChainKind::Filter => "filter",
@@ -171,6 +217,7 @@ impl ChainKind {
 }
 
 impl Hook {
+    /// The nft spelling: `prerouting`, `input` or `postrouting`.
     pub fn name(self) -> &'static str {
         match self {
             Hook::Prerouting => "prerouting",
@@ -399,14 +446,17 @@ impl Ruleset {
         writeln!(out, "}}")
     }
 
+    /// The number of rules over all chains.
     pub fn rule_count(&self) -> usize {
         self.chains.iter().map(|c| c.rules.len()).sum()
     }
 
+    /// The chain called `name`, if the table has one.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
         self.chains.iter().find(|c| c.name == name)
     }
 
+    /// The verdict map called `name`, if the table has one.
     pub fn map(&self, name: &str) -> Option<&VerdictMap> {
         self.maps.iter().find(|m| m.name == name)
     }

@@ -36,9 +36,13 @@ pub struct Original {
     pub value: i32,
 }
 
+/// The state file of one network namespace (`state.json`, JSON): what loopgate has
+/// committed there and what it must restore. Read and written only through [`Store`],
+/// under its lock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct State {
+    /// The file format, [`STATE_VERSION`] when written.
     pub version: u32,
     /// The committed grants.
     pub grants: Vec<Grant>,
@@ -303,6 +307,12 @@ impl Store {
         }
     }
 
+    /// Reads the state; an empty [`State`] when there is no file yet. A version-1 file
+    /// is upgraded in memory (see `StateV1::upgrade`: originals are matched to
+    /// today's ifindexes and taken as 0).
+    ///
+    /// Errors: the file cannot be read, is not valid JSON of a known version (the
+    /// message says to inspect or remove it), or has a version this build does not know.
     pub fn load(&self) -> Result<State> {
         match self.read_raw()? {
             None => Ok(State {
@@ -336,6 +346,9 @@ impl Store {
         }
     }
 
+    /// Replaces the state file with `state`, atomically (see [`Store::write_raw`]).
+    ///
+    /// Errors: the directory cannot be written (full disk, read-only /run).
     pub fn save(&self, state: &State) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(state).context("serialising state")?;
         self.write_raw(Some(&bytes))

@@ -27,7 +27,9 @@ pub struct SysctlChange {
     /// The device the change was computed for: the write is refused if the name now
     /// denotes another one.
     pub ifindex: u32,
+    /// The value read from the kernel when the change was computed.
     pub from: i32,
+    /// The value to write: 0 to close, the recorded original or 1 to open.
     pub to: i32,
 }
 
@@ -44,16 +46,22 @@ impl fmt::Display for SysctlChange {
 /// A device loopgate recorded under one name that now carries another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Renamed {
+    /// The name in loopgate's record (the one its guard matches).
     pub was: String,
+    /// The name the kernel reports for that ifindex now.
     pub now: String,
+    /// The device's ifindex, the same in both.
     pub ifindex: u32,
 }
 
 /// Everything a command would change, computed without changing anything.
 #[derive(Debug)]
 pub struct Change {
+    /// The state the change starts from, as loaded from the state file.
     pub old: State,
+    /// The target grants, in canonical order ([`crate::grant::normalize`]).
     pub grants: Vec<Grant>,
+    /// The planned table for `grants`; `None` when there are none (the table goes).
     pub ruleset: Option<Ruleset>,
     /// The planned table's image (encoded once per command).
     pub want: Option<nft::TableImage>,

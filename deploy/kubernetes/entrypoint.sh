@@ -1,7 +1,8 @@
 #!/bin/sh
 # Container entry point of the loopgate DaemonSet (host network namespace).
 #  1. applies the policy mounted from the ConfigMap (grants on interfaces that do not
-#     exist yet are skipped and added by watch when they appear);
+#     exist yet are skipped and not recorded: watch does not add them when they appear,
+#     only the next apply does, i.e. a restart of this container);
 #  2. exports `loopgate audit --format prometheus` to node_exporter's textfile collector
 #     every $LOOPGATE_AUDIT_INTERVAL seconds, if $LOOPGATE_TEXTFILE_DIR is set;
 #  3. runs `loopgate watch` in the foreground; SIGTERM stops it and leaves the policy.

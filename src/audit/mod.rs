@@ -24,25 +24,42 @@ use serde::Serialize;
 /// 2: route_localnet values are the kernel's signed integers, `null` when unreadable.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// How serious a [`Finding`] is; ordered `Info < Warning < Critical`, so the worst of a
+/// report is its maximum. Serialized in lowercase (`"info"`, `"warning"`, `"critical"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
+    /// Nothing to act on: a managed interface is guarded as planned (`guarded`).
     Info,
+    /// Needs attention but opens nothing by itself (a dormant grant, an interrupted
+    /// transaction, `default` open); makes `audit` exit 1.
     Warning,
+    /// Loopback services may be reachable from a neighbour right now (an open interface
+    /// without loopgate's guard, `all` open, a tampered table); makes `audit` exit 1.
     Critical,
 }
 
+/// One thing audit concluded, as shown in the text report and in the JSON `findings` list.
 #[derive(Debug, Serialize)]
 pub struct Finding {
+    /// How serious it is; decides `audit`'s exit code.
     pub severity: Severity,
+    /// Stable machine-readable kind, one of `unguarded`, `all-open`, `default-open`,
+    /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
+    /// `grant-inactive`, `interface-renamed`, `interface-missing`, `guarded`.
     pub code: &'static str,
+    /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
+    /// One line for a person: what is wrong and what to do.
     pub message: String,
 }
 
+/// What audit saw on one interface (every IPv4 conf directory except `all`, `default`
+/// and `lo`), managed by loopgate or not.
 #[derive(Debug, Serialize)]
 pub struct InterfaceReport {
+    /// The interface name as the kernel lists it under /proc/sys/net/ipv4/conf.
     pub name: String,
     /// The interface's own route_localnet as the kernel stores it (a signed `int`);
     /// `null` when it could not be read (see `error`).
@@ -53,44 +70,68 @@ pub struct InterfaceReport {
     /// Why route_localnet could not be read, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when the recorded state holds at least one grant on this interface name.
     pub managed: bool,
+    /// True when managed and the recorded original value is 0, i.e. route_localnet is on
+    /// because loopgate turned it on.
     pub set_by_loopgate: bool,
     /// route_localnet of this device before loopgate changed it, when recorded for this
     /// very device instance (ifindex).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub original: Option<i32>,
+    /// True when managed and loopgate's table matches what the recorded grants require.
     pub guarded: bool,
+    /// The recorded grants on this interface (from the state file).
     pub grants: Vec<Grant>,
+    /// Loopback listeners a neighbour on this interface can reach: none when closed, only
+    /// the granted targets when guarded, every 127.0.0.0/8 listener when open and unguarded.
     pub exposed_sockets: Vec<Listener>,
 }
 
+/// How loopgate's table (`table ip loopgate`) compares with what the recorded grants
+/// require.
 #[derive(Debug, Serialize)]
 pub struct TableReport {
+    /// True when the kernel has the table.
     pub present: bool,
+    /// True when the recorded grants require a table (there is at least one grant).
     pub expected: bool,
+    /// True when present and expected agree and the table read back equals the planned one
+    /// (or both are absent).
     pub matches_expected: bool,
+    /// What differs, one line each, at most 20 entries from the comparison; empty when it
+    /// matches.
     pub differences: Vec<String>,
     /// False when the set elements were not read back because the nftables generation
     /// has not moved since loopgate wrote them (`--deep` reads them anyway).
     pub elements_read_back: bool,
 }
 
+/// The whole result of [`assess`]: what `audit` prints as text, JSON (`--format json`,
+/// versioned by [`SCHEMA_VERSION`]) or Prometheus metrics.
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Always [`SCHEMA_VERSION`].
     pub schema_version: u32,
     /// `conf.all.route_localnet`; `null` when unreadable.
     pub all_route_localnet: Option<i32>,
     /// `conf.default.route_localnet`; `null` when unreadable.
     pub default_route_localnet: Option<i32>,
+    /// Every interface with an IPv4 conf directory except `all`, `default` and `lo`,
+    /// sorted by name.
     pub interfaces: Vec<InterfaceReport>,
+    /// loopgate's table against the recorded grants.
     pub table: TableReport,
+    /// True when the state file holds a pending (interrupted) transaction.
     pub interrupted_transaction: bool,
+    /// Every finding, worst first.
     pub findings: Vec<Finding>,
     /// Packets and bytes each rule of loopgate's table has matched.
     pub counters: Vec<RuleCounter>,
 }
 
 impl Report {
+    /// The most serious finding's severity; `None` when there are no findings.
     pub fn worst(&self) -> Option<Severity> {
         self.findings.iter().map(|f| f.severity).max()
     }

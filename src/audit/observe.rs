@@ -26,6 +26,7 @@ pub struct Observed {
     pub elements_vouched: bool,
     /// Sockets listening on 127.0.0.0/8.
     pub loopback_listeners: Vec<Listener>,
+    /// What each rule of loopgate's table has matched (empty when there is no table).
     pub counters: Vec<RuleCounter>,
 }
 

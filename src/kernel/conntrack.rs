@@ -25,11 +25,18 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 /// The original-direction tuple of a conntrack entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
+    /// Source address of the flow's first packet (the client).
     pub src: Ipv4Addr,
+    /// Destination of the first packet, before NAT: a grant's listen address, or a
+    /// 127.0.0.0/8 address for a flow that reached loopback directly.
     pub dst: Ipv4Addr,
+    /// IP protocol number (6 TCP, 17 UDP).
     pub proto: u8,
+    /// Source port, host byte order.
     pub sport: u16,
+    /// Destination port before NAT, host byte order.
     pub dport: u16,
+    /// Conntrack zone (`CTA_ZONE`); 0 when the entry has none. Needed to delete it.
     pub zone: u16,
 }
 

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// loopgate's table as the fake holds it: its image and the interfaces it guards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FakeTable {
+    /// What reading the table back gives.
     pub image: TableImage,
     /// Interfaces present in all three guard maps (raw, input, postrouting): the ones
     /// a packet from cannot reach 127/8 unchecked. Empty for a broken table.
@@ -71,34 +72,48 @@ impl FakeTable {
 pub struct Moment {
     /// What was done, e.g. `write br0=1`, `apply`, `restore`.
     pub what: String,
+    /// Every device after it, by ifindex.
     pub devices: BTreeMap<u32, Device>,
+    /// loopgate's table after it; `None` when absent.
     pub table: Option<FakeTable>,
 }
 
 /// The fake's state; public so tests can arrange and inspect it.
 #[derive(Debug, Clone, Default)]
 pub struct FakeState {
+    /// The network devices, by ifindex, each with its name and route_localnet.
     pub devices: BTreeMap<u32, Device>,
+    /// `conf.all.route_localnet`.
     pub all: i32,
+    /// `conf.default.route_localnet`.
     pub default: i32,
+    /// loopgate's table; `None` when absent.
     pub table: Option<FakeTable>,
+    /// The nftables generation, bumped by every apply and restore.
     pub generation: u32,
+    /// The conntrack entries.
     pub flows: Vec<Flow>,
+    /// The listening sockets `listeners()` reports.
     pub listeners: Vec<Listener>,
+    /// The names of the operations that fail (see the module doc).
     pub fail: BTreeSet<String>,
+    /// One [`Moment`] per mutation, oldest first.
     pub history: Vec<Moment>,
 }
 
 /// An in-memory [`Kernel`].
 #[derive(Debug, Default)]
 pub struct Fake {
+    /// Everything the fake holds; a `RefCell` because [`Kernel`] takes `&self`.
     pub state: RefCell<FakeState>,
 }
 
 /// A snapshot of the fake's table.
 #[derive(Debug, Clone)]
 pub struct FakeSnapshot {
+    /// The table as it was read.
     pub table: Option<FakeTable>,
+    /// The generation it was read at.
     pub generation: u32,
 }
 
@@ -302,6 +317,7 @@ impl Kernel for Fake {
 
 /// A state directory for one test, removed on drop.
 pub struct TempStore {
+    /// The store over the temporary directory.
     pub store: crate::state::Store,
     dir: std::path::PathBuf,
 }
@@ -313,6 +329,7 @@ impl Default for TempStore {
 }
 
 impl TempStore {
+    /// A fresh, empty state directory under the system's temporary directory.
     pub fn new() -> TempStore {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(

@@ -28,6 +28,7 @@ impl HostInterfaces {
         Ok(HostInterfaces { addrs })
     }
 
+    /// Every interface name, sorted, including ones without an IPv4 address.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.addrs.keys()
     }
@@ -48,11 +49,17 @@ impl Interfaces for HostInterfaces {
     }
 }
 
-/// A socket bound on the host, from /proc/net/{tcp,udp}.
+/// An IPv4 socket waiting for clients in the current network namespace: a TCP socket in
+/// LISTEN or an unconnected (bound) UDP socket. Read by [`listeners`] from the kernel's
+/// socket table through sock_diag (`inet_diag`), or from /proc/net/tcp and
+/// /proc/net/udp where the diag modules are missing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Listener {
+    /// TCP or UDP.
     pub proto: Proto,
+    /// The local address it is bound to; 0.0.0.0 for every address.
     pub addr: Ipv4Addr,
+    /// The local port, host byte order.
     pub port: u16,
 }
 
@@ -60,7 +67,10 @@ pub struct Listener {
 ///
 /// Asks the kernel through sock_diag, which filters by state itself: a busy host can
 /// have tens of thousands of connections in /proc/net/tcp and only a few listeners.
-/// Falls back to /proc where the diag modules are missing.
+/// Falls back to /proc/net/{tcp,udp} when the dump fails (the diag modules are missing,
+/// for one). Sorted by protocol, address and port, without duplicates.
+///
+/// Errors: both the dump and the /proc file failed for one protocol.
 pub fn listeners() -> Result<Vec<Listener>> {
     let mut out = Vec::new();
     for (proto, file, state) in [

@@ -53,7 +53,8 @@ fn subscribed(bus: mnl::Bus, groups: u32) -> Result<mnl::Socket> {
 }
 
 fn fd(sock: &mnl::Socket) -> i32 {
-    // SAFETY: the socket is open for the lifetime of the Monitor.
+    // SAFETY: `sock` is borrowed, so its mnl_socket is live for the call, which only
+    // reads the descriptor out of it.
     unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) }
 }
 
@@ -101,6 +102,9 @@ pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec
 }
 
 impl Monitor {
+    /// Subscribes to link events (rtnetlink `RTMGRP_LINK`) and nf_tables events.
+    ///
+    /// Errors: a netlink socket cannot be opened or bound to the groups.
     pub fn new() -> Result<Monitor> {
         Ok(Monitor {
             sockets: vec![

@@ -20,6 +20,8 @@ const NLMSG_HDRLEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 /// Receive buffer: dumps come back in datagrams of up to this size.
 const RECV_BUF: usize = 1 << 20;
 
+/// A netlink socket of one bus (netfilter, sock_diag, ...), with a 1 MiB receive
+/// buffer and the sequence numbers that tie each reply to its request.
 pub struct NlSocket {
     sock: mnl::Socket,
     bus: mnl::Bus,
@@ -119,6 +121,7 @@ fn collect(header: &libc::nlmsghdr, into: &mut Collected) -> libc::c_int {
 
 /// One reply message from the kernel.
 pub struct Reply<'a> {
+    /// The message's header, copied out (type, flags, sequence number, port id).
     pub header: libc::nlmsghdr,
     /// The bytes of the whole message, header included.
     pub bytes: &'a [u8],
@@ -268,6 +271,7 @@ impl NlSocket {
         Ok(())
     }
 
+    /// The port id the kernel assigned this socket at bind; replies carry it.
     pub fn portid(&self) -> u32 {
         self.sock.portid()
     }

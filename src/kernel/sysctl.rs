@@ -77,8 +77,12 @@ pub fn name_of(ifindex: u32) -> Option<String> {
 /// One network device as loopgate saw it: its ifindex, current name and route_localnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
+    /// The kernel's interface index (if_nametoindex); what tells one instance of a name
+    /// from the next after a delete and re-create.
     pub ifindex: u32,
+    /// The name the device had when it was read (at most 15 bytes).
     pub name: String,
+    /// Its route_localnet as the kernel stores it (any non-zero value is open).
     pub route_localnet: i32,
 }
 

@@ -7,6 +7,12 @@ use crate::input::{self, GrantRequest};
 use crate::kernel::host::HostInterfaces;
 use anyhow::Result;
 
+/// Runs `expose`: validates the request into grants, merges them into the committed
+/// ones (same key: the new allow list and name replace the old) and converges.
+///
+/// Errors: invalid arguments, a missing interface, a port already published to another
+/// target (exit 2, nothing changed); a kernel failure, after rolling back (exit 3); with
+/// `--persist`, a policy that could not be written after the change (exit 4).
 pub fn run(args: &ExposeArgs) -> Result<()> {
     let req = GrantRequest {
         name: args.name.clone(),

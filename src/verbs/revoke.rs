@@ -7,6 +7,12 @@ use crate::grant::Grant;
 use crate::input;
 use anyhow::Result;
 
+/// Runs `revoke`: removes the grants matching the interface and `--port`/`--proto`,
+/// `--name` or `--all`, and converges to the rest. Matching nothing is not an error: it
+/// says so and still converges to the committed grants.
+///
+/// Errors: invalid arguments, or no interface without `--all` (exit 2); a kernel
+/// failure, after rolling back (exit 3); with `--persist`, as for `expose`.
 pub fn run(args: &RevokeArgs) -> Result<()> {
     // The interface may already be gone (dockerd re-created it): only its name is checked.
     let iface = args.iface.as_deref().map(input::parse_iface).transpose()?;

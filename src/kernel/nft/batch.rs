@@ -89,7 +89,8 @@ impl BatchWriter {
     /// kernel applies it only if the nftables generation is still that one (else it
     /// answers ERESTART and changes nothing).
     fn new(generation: Option<u32>, first_seq: u32) -> Self {
-        // SAFETY: plain allocation; begin message written into the first page.
+        // SAFETY: a plain allocation with libnftnl's own page and message sizes; NULL is
+        // handled by `alloc`.
         let batch = alloc(unsafe {
             sys::nftnl_batch_alloc(nftnl::default_batch_page_size(), nftnl::nft_nlmsg_maxsize())
         });

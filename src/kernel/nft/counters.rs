@@ -24,9 +24,14 @@ unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) ->
 /// What one rule of loopgate's table has matched so far.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleCounter {
+    /// The chain the rule is in, e.g. `raw_if0` or `nat_g2`.
     pub chain: String,
+    /// The rule's comment ([`crate::ruleset::Rule::comment`]), which names the grant
+    /// or the guard it belongs to.
     pub rule: String,
+    /// Packets matched since the rule was created (a table rewrite starts at 0).
     pub packets: u64,
+    /// Bytes of those packets, IP headers included.
     pub bytes: u64,
 }
 
@@ -42,7 +47,8 @@ impl Snapshot {
             .filter_map(|(o, _)| match o {
                 Obj::Rule(r) => {
                     let mut c: Option<(u64, u64)> = None;
-                    // SAFETY: live rule; the callback only reads.
+                    // SAFETY: live rule; the callback reads its expressions and writes
+                    // only `c`, which outlives the call.
                     unsafe {
                         sys::nftnl_expr_foreach(
                             r.as_ptr(),

@@ -22,6 +22,7 @@ const BLOCK_BYTES: usize = 16 * 1024;
 /// Elements of one set, in messages of bounded size.
 #[derive(Debug, Clone)]
 pub struct ElemBlock {
+    /// The name of the set or map the elements belong to.
     pub set: String,
     /// The batch-local id of the set, so elements can follow a set created in the same
     /// batch.
@@ -133,7 +134,11 @@ pub fn map_blocks(map: &VerdictMap, set_id: u32) -> Vec<ElemBlock> {
 /// One element reduced to what identifies it, for comparing tables.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Elem {
+    /// The key's bytes as the kernel stores them (`NFTA_DATA_VALUE` of
+    /// `NFTA_SET_ELEM_KEY`): network byte order, each field padded to 4 bytes.
     pub key: Vec<u8>,
+    /// `NFTA_SET_ELEM_FLAGS`, e.g. `NFT_SET_ELEM_INTERVAL_END` (1) on the element that
+    /// closes an interval; 0 when absent.
     pub flags: u32,
     /// `jump chain` for a verdict map, the data in hex for a data map, else empty.
     pub data: String,

@@ -29,7 +29,8 @@ struct ExprWriter {
 impl ExprWriter {
     fn expr(&mut self, kind: &str, attrs: &[(u32, Attr)]) {
         // SAFETY: the expression is handed to the rule, which frees it; data pointers
-        // are valid for the given lengths and libnftnl copies them.
+        // are valid for the given lengths (at most 16 bytes, an interface name, where
+        // libnftnl's data registers hold 64) and libnftnl copies them.
         unsafe {
             let e = alloc(sys::nftnl_expr_alloc(cstr(kind).as_ptr())).as_ptr();
             for (attr, value) in attrs {

@@ -21,7 +21,10 @@ use std::io;
 /// walks its interval tree from the start again for every 32 KiB of output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Vouch {
+    /// The generation the kernel reported right after loopgate's commit.
     pub generation: u32,
+    /// The FNV-1a digest of the elements that commit wrote
+    /// ([`elements::digest_blocks`](super::elements::digest_blocks)).
     pub elements: u64,
 }
 

@@ -24,9 +24,16 @@ pub struct TableImage {
     /// The table object: its flags (a dormant table hooks none of its chains) and
     /// userdata.
     pub table: String,
+    /// One line per chain (name; type, hook, priority and policy of a base chain; any
+    /// flags, device or userdata), sorted.
     pub chains: Vec<String>,
+    /// One line per set or map (flags, key and data types and lengths, timeouts, size,
+    /// userdata), sorted.
     pub sets: Vec<String>,
+    /// One line per rule in table order: `chain: [expr ...] comment "..."`, with counter
+    /// values left out.
     pub rules: Vec<String>,
+    /// The set and map elements, listed or as a digest.
     pub elements: Elements,
 }
 
@@ -41,7 +48,12 @@ pub enum Elements {
     Vouched(u64),
     /// Planned: the encoded elements and their digest. Compared by digest with a
     /// vouched table, element by element with one read back.
-    Planned { digest: u64, blocks: Vec<ElemBlock> },
+    Planned {
+        /// The digest of `blocks`, as a [`Vouch`](super::Vouch) would record it.
+        digest: u64,
+        /// The elements as loopgate encodes them, per set.
+        blocks: Vec<ElemBlock>,
+    },
 }
 
 impl Elements {

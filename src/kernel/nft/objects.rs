@@ -49,11 +49,18 @@ pub(super) fn alloc<T>(p: *mut T) -> NonNull<T> {
     NonNull::new(p).unwrap_or_else(|| std::process::abort())
 }
 
+/// Copies a C string into a `String` ("" for NULL).
+///
+/// Not marked `unsafe`, but `p` must be NULL or a NUL-terminated string that stays
+/// valid during the call: every caller passes what a libnftnl getter of a live object
+/// returned, or a buffer libnftnl just printed into.
 pub(super) fn get_str(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }
-    // SAFETY: libnftnl returns NUL-terminated strings owned by the object.
+    // SAFETY: `p` is non-null (checked above); that it is NUL-terminated and live is
+    // the callers' part (see the doc comment): libnftnl's getters return strings the
+    // object owns.
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
@@ -293,7 +300,9 @@ impl<K: Kind> Owned<K> {
         let claimed = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
         assert!(claimed as usize <= bytes, "a row holds its whole message");
         // SAFETY: `row` is aligned storage holding the complete message its header
-        // describes (checked above); the object is live and ours.
+        // describes (checked above); libnftnl also reads the 4-byte nfgenmsg after the
+        // header, which every nf_tables message the kernel sends carries (that is not
+        // checked here); the object is live and ours.
         unsafe { K::parse(row.as_ptr().cast(), self.0.as_ptr()) >= 0 }
     }
 

@@ -35,6 +35,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// True when loopgate's table existed when the snapshot was read.
     pub fn present(&self) -> bool {
         self.objects.is_some()
     }
