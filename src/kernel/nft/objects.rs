@@ -51,16 +51,15 @@ pub(super) fn alloc<T>(p: *mut T) -> NonNull<T> {
 
 /// Copies a C string into a `String` ("" for NULL).
 ///
-/// Not marked `unsafe`, but `p` must be NULL or a NUL-terminated string that stays
-/// valid during the call: every caller passes what a libnftnl getter of a live object
-/// returned, or a buffer libnftnl just printed into.
-pub(super) fn get_str(p: *const c_char) -> String {
+/// # Safety
+/// `p` must be NULL or a NUL-terminated string that stays valid during the call: what a
+/// libnftnl getter of a live object returned, or a buffer libnftnl just printed into.
+pub(super) unsafe fn get_str(p: *const c_char) -> String {
     if p.is_null() {
         return String::new();
     }
-    // SAFETY: `p` is non-null (checked above); that it is NUL-terminated and live is
-    // the callers' part (see the doc comment): libnftnl's getters return strings the
-    // object owns.
+    // SAFETY: `p` is non-null (checked above), NUL-terminated and live (the caller's
+    // contract, see # Safety).
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
@@ -101,8 +100,13 @@ pub(super) fn rule_comment(r: NonNull<sys::nftnl_rule>) -> String {
 }
 
 pub(super) fn rule_chain(r: NonNull<sys::nftnl_rule>) -> String {
-    // SAFETY: live rule; the string is owned by it.
-    get_str(unsafe { sys::nftnl_rule_get_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16) })
+    // SAFETY: live rule; the string it returns is owned by it and copied at once.
+    unsafe {
+        get_str(sys::nftnl_rule_get_str(
+            r.as_ptr(),
+            sys::NFTNL_RULE_CHAIN as u16,
+        ))
+    }
 }
 
 /// One type of libnftnl object (table, set, chain, rule): its libnftnl functions and
@@ -299,10 +303,14 @@ impl<K: Kind> Owned<K> {
         let head = row[0].to_ne_bytes();
         let claimed = u32::from_ne_bytes([head[0], head[1], head[2], head[3]]);
         assert!(claimed as usize <= bytes, "a row holds its whole message");
+        // libnftnl also reads the 4-byte nfgenmsg after the header.
+        assert!(
+            claimed as usize >= std::mem::size_of::<libc::nlmsghdr>() + 4,
+            "a row holds the nfgenmsg libnftnl reads"
+        );
         // SAFETY: `row` is aligned storage holding the complete message its header
-        // describes (checked above); libnftnl also reads the 4-byte nfgenmsg after the
-        // header, which every nf_tables message the kernel sends carries (that is not
-        // checked here); the object is live and ours.
+        // describes, header and nfgenmsg included (both checked above); the object is
+        // live and ours.
         unsafe { K::parse(row.as_ptr().cast(), self.0.as_ptr()) >= 0 }
     }
 
@@ -319,7 +327,7 @@ impl<K: Kind> Owned<K> {
     pub(super) fn get_str(&self, attr: u32) -> String {
         // SAFETY: the object is live; the string it returns is owned by it and copied
         // by get_str before anything can change it.
-        get_str(unsafe { K::get_str(self.0.as_ptr(), attr as u16) })
+        unsafe { get_str(K::get_str(self.0.as_ptr(), attr as u16)) }
     }
 
     /// A u32 attribute (0 when unset).
