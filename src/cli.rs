@@ -49,17 +49,20 @@ pub enum Command {
     /// loopback sockets each open interface exposes. Exit 0 when nothing is a warning or
     /// worse, 1 otherwise.
     Audit(AuditArgs),
-    /// Make the host match a policy file exactly (grants not in the file are revoked).
+    /// Make the host match a policy (grants the policy no longer lists are revoked;
+    /// grants made with `expose` stay; a grant whose interface is missing is pending).
     Apply(ApplyArgs),
     /// Show what `apply FILE` would change, without changing anything.
     Plan(PlanArgs),
-    /// Keep the recorded grants in force: repair loopgate's table and route_localnet
-    /// within a second when something else changes them (runs until SIGTERM).
+    /// Keep what was asked for in force while interfaces come and go (runs until
+    /// SIGTERM).
     ///
-    /// Restores a deleted or edited table, sets route_localnet again on a re-created
-    /// interface only after its guard is verified in the kernel, and turns route_localnet
-    /// off on an interface whose guard cannot be restored. One log line per repair.
-    Watch,
+    /// Serves pending grants and interface patterns (`br-*`) as matching interfaces
+    /// appear, guard first; follows a changed policy directory (`--policy`); closes
+    /// managed interfaces the moment another process touches loopgate's table, restores
+    /// the table and reopens them; sets route_localnet again on a re-created interface
+    /// only after its guard is verified in the kernel. One log line per repair.
+    Watch(WatchArgs),
     /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
@@ -231,12 +234,21 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Leave out grants on interfaces that do not exist yet instead of refusing the
-    /// policy (what the boot unit uses). A left-out grant is not recorded (one recorded
-    /// before is revoked), so `loopgate watch` never adds it: run apply again once the
-    /// interface exists (`systemctl reload loopgate`).
+    /// Accepted for compatibility and implied: a grant whose interface does not exist
+    /// yet is recorded as pending (never refused, never revoked for that) and served
+    /// when the interface appears, by `loopgate watch` or the next command.
     #[arg(long)]
     pub skip_missing: bool,
+}
+
+/// Arguments of `loopgate watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Also follow this policy file or directory (such as /etc/loopgate): when its
+    /// files change, watch applies them as `apply` would; grants made with `expose`
+    /// stay. Without it, watch keeps what the last command asked for.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Arguments of `loopgate plan`.
@@ -246,7 +258,7 @@ pub struct PlanArgs {
     #[arg(value_name = "FILE|DIR")]
     pub file: PathBuf,
 
-    /// As for apply: leave out grants on interfaces that do not exist yet.
+    /// As for apply: accepted and implied (missing interfaces are pending).
     #[arg(long)]
     pub skip_missing: bool,
 }

@@ -169,12 +169,31 @@ pub fn parse_name(text: &str) -> Result<String> {
     Ok(text.to_string())
 }
 
-/// Validates one request into one grant per (protocol, port).
-pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>> {
-    let iface = parse_iface(&req.iface)?;
-    let Some(addresses) = host.ipv4_addresses(&iface) else {
-        bad_input!("interface {iface:?} does not exist");
-    };
+/// The parts of a request that do not depend on the host, checked.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    /// The grant name asked for, checked by [`parse_name`].
+    pub name: Option<String>,
+    /// Allowed source networks, at least one.
+    pub allow: Vec<Ipv4Network>,
+    /// Published ports, at least one.
+    pub ports: Vec<u16>,
+    /// Protocols (one, or tcp and udp for `both`).
+    pub protos: Vec<Proto>,
+    /// Target address in 127.0.0.0/8.
+    pub to_addr: Ipv4Addr,
+    /// Target port; `None`: the published port.
+    pub to_port: Option<u16>,
+    /// Explicit listen address; `None`: the interface's primary address.
+    pub listen: Option<Ipv4Addr>,
+}
+
+/// Checks everything in `req` that does not depend on the host; `iface` (already
+/// checked) only names the interface in messages.
+///
+/// Errors (bad input, naming the value): no or invalid allowed networks, ports,
+/// protocol, target, listen address or name.
+pub fn parse_parts(req: &GrantRequest, iface: &str) -> Result<Parts> {
     if req.allow.is_empty() {
         bad_input!("no allowed source networks for {iface:?}: give at least one --allow CIDR");
     }
@@ -209,11 +228,41 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
             ports.len()
         );
     }
-    let listen = match &req.listen {
-        Some(text) => {
-            let addr = parse_ipv4("listen address", text)?;
+    let listen = req
+        .listen
+        .as_deref()
+        .map(|t| parse_ipv4("listen address", t))
+        .transpose()?;
+    let name = req.name.as_deref().map(parse_name).transpose()?;
+    Ok(Parts {
+        name,
+        allow,
+        ports,
+        protos,
+        to_addr,
+        to_port,
+        listen,
+    })
+}
+
+/// Validates one request into one grant per (protocol, port), for an interface that
+/// must exist now (a name, not a pattern).
+///
+/// Errors (bad input, naming the value): as [`parse_parts`]; the interface does not
+/// exist or has no IPv4 address; the listen address is not one of the interface's.
+pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>> {
+    let iface = parse_iface(&req.iface)?;
+    let Some(addresses) = host.ipv4_addresses(&iface) else {
+        bad_input!("interface {iface:?} does not exist");
+    };
+    let parts = parse_parts(req, &iface)?;
+    let listen = match parts.listen {
+        Some(addr) => {
             if !addresses.contains(&addr) {
-                bad_input!("listen address {text:?} is not an address of interface {iface:?}");
+                bad_input!(
+                    "listen address {:?} is not an address of interface {iface:?}",
+                    req.listen.as_deref().unwrap_or_default()
+                );
             }
             addr
         }
@@ -222,23 +271,23 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
             None => bad_input!("interface {iface:?} has no IPv4 address; give --listen"),
         },
     };
-    let name = req.name.as_deref().map(parse_name).transpose()?;
     // Default names carry the listen address unless it is the primary one, so two
     // default-named grants never share a name (the key is unique; the name follows it).
     let secondary = (addresses.first() != Some(&listen)).then_some(listen);
     let mut grants = Vec::new();
-    for &proto in &protos {
-        for &port in &ports {
+    for &proto in &parts.protos {
+        for &port in &parts.ports {
             grants.push(Grant {
-                name: name
+                name: parts
+                    .name
                     .clone()
                     .unwrap_or_else(|| Grant::default_name(&iface, secondary, proto, port)),
                 iface: iface.clone(),
                 proto,
                 listen,
                 port,
-                to: SocketAddrV4::new(to_addr, to_port.unwrap_or(port)),
-                allow: allow.clone(),
+                to: SocketAddrV4::new(parts.to_addr, parts.to_port.unwrap_or(port)),
+                allow: parts.allow.clone(),
             });
         }
     }

@@ -22,6 +22,7 @@ pub mod policy;
 #[cfg(test)]
 mod properties;
 pub mod ruleset;
+pub mod spec;
 pub mod state;
 pub mod txn;
 pub mod verbs;
@@ -64,7 +65,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
         Command::Audit(a) => verbs::audit::run(a),
         Command::Apply(a) => verbs::apply::run_apply(a).map(|_| error::EXIT_OK),
         Command::Plan(a) => verbs::apply::run_plan(a).map(|_| error::EXIT_OK),
-        Command::Watch => verbs::watch::run().map(|_| error::EXIT_OK),
+        Command::Watch(a) => verbs::watch::run(a).map(|_| error::EXIT_OK),
         Command::Completions(_) | Command::Man => Ok(error::EXIT_OK),
     }
 }

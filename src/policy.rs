@@ -329,6 +329,51 @@ pub fn grants_of(
     Ok((out, warnings))
 }
 
+/// The specs of every entry of `sources` (source [`crate::spec::Source::Policy`]), for
+/// `apply`, `plan` and `watch --policy`. An entry whose interface is a name that exists
+/// now is also validated against it (its listen address must be one of the
+/// interface's), so a typo is refused; a name that does not exist now, or a pattern,
+/// is kept as a pending spec.
+///
+/// Errors (bad input, naming the file and entry): an invalid entry.
+pub fn specs_of(
+    sources: &[(String, Policy)],
+    host: &dyn Interfaces,
+) -> Result<Vec<crate::spec::Spec>> {
+    let mut out = Vec::new();
+    for (origin, policy) in sources {
+        for (i, e) in policy.grants.iter().enumerate() {
+            let req = GrantRequest {
+                name: e.name.clone(),
+                iface: e.interface.clone(),
+                allow: e.allow.to_vec(),
+                ports: e.port.to_vec().iter().map(u64::to_string).collect(),
+                proto: e.proto.clone(),
+                to: e.to.clone(),
+                listen: e.listen.clone(),
+            };
+            let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+            let wrap = |err: anyhow::Error| {
+                let text = format!("grant {label}: {err:#}");
+                anyhow::Error::new(crate::error::BadInput(if sources.len() > 1 {
+                    format!("{origin}: {text}")
+                } else {
+                    text
+                }))
+            };
+            let specs =
+                crate::spec::from_request(&req, crate::spec::Source::Policy).map_err(wrap)?;
+            if !crate::spec::is_pattern(&e.interface) && host.ipv4_addresses(&e.interface).is_some()
+            {
+                input::validate(&req, host).map_err(wrap)?;
+            }
+            out.extend(specs);
+        }
+    }
+    crate::spec::check_conflicts(&out)?;
+    Ok(out)
+}
+
 /// Validates every entry into grants and checks them against each other.
 pub fn grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
     let grants = entries_to_grants(policy, host)?;

@@ -63,12 +63,29 @@ pub struct State {
     /// choose.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub writers: Vec<u32>,
+    /// What was asked for (command line and policy), interfaces as names or patterns:
+    /// the desired state that `grants` resolves from whenever interfaces change. A spec
+    /// that serves no interface now is pending, not gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specs: Vec<crate::spec::Spec>,
 }
 
 /// How many writer pids [`State::writers`] keeps.
 pub const WRITERS_KEPT: usize = 8;
 
 impl State {
+    /// A state written before specs existed: each committed grant stands for itself,
+    /// pinned to its interface and listen address.
+    fn derive_specs(&mut self) {
+        if self.specs.is_empty() {
+            self.specs = self
+                .grants
+                .iter()
+                .map(|g| crate::spec::Spec::of_grant(g, crate::spec::Source::Cli))
+                .collect();
+        }
+    }
+
     /// `writers` with this process added (newest last, oldest dropped).
     pub fn writers_with_me(&self) -> Vec<u32> {
         let me = std::process::id();
@@ -134,6 +151,7 @@ impl StateV1 {
             pending: self.pending,
             vouch: self.vouch,
             writers: Vec::new(),
+            specs: Vec::new(),
         }
     }
 }
@@ -332,10 +350,17 @@ impl Store {
                 }
                 let Version { version } = serde_json::from_slice(&bytes).with_context(corrupt)?;
                 match version {
-                    STATE_VERSION => serde_json::from_slice(&bytes).with_context(corrupt),
+                    STATE_VERSION => {
+                        let mut state: State =
+                            serde_json::from_slice(&bytes).with_context(corrupt)?;
+                        state.derive_specs();
+                        Ok(state)
+                    }
                     1 => {
                         let v1: StateV1 = serde_json::from_slice(&bytes).with_context(corrupt)?;
-                        Ok(v1.upgrade(crate::kernel::sysctl::ifindex_of))
+                        let mut state = v1.upgrade(crate::kernel::sysctl::ifindex_of);
+                        state.derive_specs();
+                        Ok(state)
                     }
                     other => anyhow::bail!(
                         "state file {} has version {other}, expected {STATE_VERSION}",

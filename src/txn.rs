@@ -84,6 +84,9 @@ pub struct Change {
     pub renamed: Vec<Renamed>,
     /// Every device this change involves, as read: the fail-closed path closes them.
     pub devices: BTreeMap<u32, Device>,
+    /// The specs recorded once the change commits (see [`Change::with_specs`]); the
+    /// recorded ones unless the command changes what is asked for.
+    pub specs: Vec<crate::spec::Spec>,
 }
 
 /// The names and ifindexes whose devices a change from `old` to `grants` depends on.
@@ -231,6 +234,7 @@ impl Change {
             }
         }
         Change {
+            specs: old.specs.clone(),
             old,
             grants,
             ruleset,
@@ -254,6 +258,13 @@ impl Change {
             && self.old.pending.is_none()
             && self.old.grants == self.grants
             && self.old.originals == self.originals
+            && self.old.specs == self.specs
+    }
+
+    /// The same change, recording `specs` as what is asked for from now on.
+    pub fn with_specs(mut self, specs: Vec<crate::spec::Spec>) -> Change {
+        self.specs = specs;
+        self
     }
 
     /// Grants that exist now and not after, or whose allowed sources changed.
@@ -326,6 +337,12 @@ impl Change {
         }
         if self.old.pending.is_some() {
             out.push("finish an interrupted transaction".to_string());
+        }
+        if out.is_empty() && self.specs != self.old.specs {
+            out.push(format!(
+                "record what is asked for ({} published port(s) requested; no grant changes now)",
+                self.specs.len()
+            ));
         }
         out
     }
@@ -477,6 +494,7 @@ fn run_steps<K: Kernel>(
             pending: Some(change.grants.clone()),
             vouch: change.old.vouch,
             writers: change.old.writers_with_me(),
+            specs: change.old.specs.clone(),
         })
     })?;
 
@@ -524,6 +542,7 @@ fn run_steps<K: Kernel>(
             pending: None,
             vouch,
             writers: change.old.writers_with_me(),
+            specs: change.specs.clone(),
         })
     })?;
     Ok(Outcome {
@@ -686,6 +705,7 @@ mod tests {
             pending: None,
             vouch: None,
             writers: vec![],
+            specs: vec![],
         }
     }
 

@@ -1,17 +1,18 @@
 #!/bin/sh
 # Container entry point of the loopgate DaemonSet (host network namespace).
-#  1. applies the policy mounted from the ConfigMap (grants on interfaces that do not
-#     exist yet are skipped and not recorded: watch does not add them when they appear,
-#     only the next apply does, i.e. a restart of this container);
+#  1. applies the policy mounted from the ConfigMap (a grant on an interface that does
+#     not exist yet, such as cni0 before the first pod, is pending: watch serves it
+#     when the interface appears);
 #  2. exports `loopgate audit --format prometheus` to node_exporter's textfile collector
 #     every $LOOPGATE_AUDIT_INTERVAL seconds, if $LOOPGATE_TEXTFILE_DIR is set;
-#  3. runs `loopgate watch` in the foreground; SIGTERM stops it and leaves the policy.
+#  3. runs `loopgate watch --policy` in the foreground, following the ConfigMap;
+#     SIGTERM stops it and leaves the policy.
 set -eu
 : "${LOOPGATE_POLICY_DIR:=/etc/loopgate}"
 : "${LOOPGATE_AUDIT_INTERVAL:=30}"
 LOOPGATE=${LOOPGATE:-loopgate}
 
-$LOOPGATE apply --skip-missing "$LOOPGATE_POLICY_DIR"
+$LOOPGATE apply "$LOOPGATE_POLICY_DIR"
 
 if [ -n "${LOOPGATE_TEXTFILE_DIR:-}" ]; then
   (
@@ -26,7 +27,7 @@ if [ -n "${LOOPGATE_TEXTFILE_DIR:-}" ]; then
   trap 'kill "$exporter" 2>/dev/null; kill -TERM "$watch" 2>/dev/null' TERM INT
 fi
 
-$LOOPGATE watch &
+$LOOPGATE watch --policy "$LOOPGATE_POLICY_DIR" &
 watch=$!
 trap 'kill -TERM "$watch" 2>/dev/null; [ -n "${exporter:-}" ] && kill "$exporter" 2>/dev/null' TERM INT
 wait "$watch" || true

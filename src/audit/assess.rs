@@ -212,15 +212,16 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             ),
         });
     }
-    for iface in crate::plan::interfaces(&state.grants) {
-        if !interfaces.iter().any(|i| i.name == iface) {
-            findings.push(Finding {
-                severity: Severity::Warning,
-                code: "interface-missing",
-                interface: Some(iface.clone()),
-                message: format!("{iface} has grants but does not exist now; they apply again when it returns and loopgate re-applies"),
-            });
-        }
+    for p in &observed.pending {
+        findings.push(Finding {
+            severity: Severity::Info,
+            code: "pending",
+            interface: Some(p.interface.clone()),
+            message: format!(
+                "{} on {} is pending: {}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)",
+                p.spec, p.interface, p.reason
+            ),
+        });
     }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 

@@ -24,6 +24,8 @@ pub struct Observed {
     pub table: Option<TableImage>,
     /// True when the table's elements were vouched for instead of read back.
     pub elements_vouched: bool,
+    /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
+    pub pending: Vec<crate::spec::Pending>,
     /// Sockets listening on 127.0.0.0/8.
     pub loopback_listeners: Vec<Listener>,
     /// What each rule of loopgate's table has matched (empty when there is no table).
@@ -33,6 +35,7 @@ pub struct Observed {
 /// Reads what [`assess`](super::assess) judges, through `kernel`.
 pub fn observe<K: Kernel>(
     kernel: &K,
+    host: &dyn crate::spec::Host,
     state: &State,
     expected: Option<&TableImage>,
     deep: bool,
@@ -57,7 +60,9 @@ pub fn observe<K: Kernel>(
         .into_iter()
         .filter(|l| loopback().contains(l.addr))
         .collect();
+    let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
     Ok(Observed {
+        pending,
         sysctls,
         ifindexes,
         recorded_names,
@@ -88,7 +93,7 @@ mod over_the_fake {
             version: STATE_VERSION,
             ..Default::default()
         };
-        let observed = observe(&kernel, &state, None, false).unwrap();
+        let observed = observe(&kernel, &kernel, &state, None, false).unwrap();
         let report = assess(&observed, &state, None);
         let br1 = report.interfaces.iter().find(|i| i.name == "br1").unwrap();
         assert_eq!(
@@ -118,7 +123,7 @@ mod over_the_fake {
             &crate::plan::ruleset(&[g]).unwrap(),
         ));
         let report = assess(
-            &observe(&kernel, &state, None, false).unwrap(),
+            &observe(&kernel, &kernel, &state, None, false).unwrap(),
             &state,
             None,
         );

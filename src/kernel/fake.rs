@@ -99,6 +99,8 @@ pub struct FakeState {
     pub fail: BTreeSet<String>,
     /// One [`Moment`] per mutation, oldest first.
     pub history: Vec<Moment>,
+    /// IPv4 addresses per device name, for spec resolution (default 192.0.2.1).
+    pub addresses: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
 }
 
 /// An in-memory [`Kernel`].
@@ -345,5 +347,31 @@ impl TempStore {
 impl Drop for TempStore {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The fake's devices as a host for resolving specs: every device has the addresses
+/// in [`FakeState::addresses`], or 192.0.2.1 when none are set for it.
+impl crate::input::Interfaces for Fake {
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<std::net::Ipv4Addr>> {
+        let s = self.state.borrow();
+        s.devices.values().find(|d| d.name == name)?;
+        Some(
+            s.addresses
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| vec![std::net::Ipv4Addr::new(192, 0, 2, 1)]),
+        )
+    }
+}
+
+impl crate::spec::Host for Fake {
+    fn interface_names(&self) -> Vec<String> {
+        self.state
+            .borrow()
+            .devices
+            .values()
+            .map(|d| d.name.clone())
+            .collect()
     }
 }

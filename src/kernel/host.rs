@@ -8,27 +8,38 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
 
-/// The interfaces of the current network namespace, read once through getifaddrs(3).
+/// The interfaces of the current network namespace with their IPv4 addresses, read
+/// once: names from if_nameindex(3), addresses from an rtnetlink `RTM_GETADDR` dump
+/// keyed by ifindex. Not getifaddrs(3): it reports an address carrying a label
+/// (`ip addr add ... label br0:1`) under the label, as if `br0:1` were a device.
 pub struct HostInterfaces {
     addrs: BTreeMap<String, Vec<Ipv4Addr>>,
 }
 
 impl HostInterfaces {
-    /// Lists every interface and its IPv4 addresses (getifaddrs(3), through `nix`).
+    /// Lists every interface and its IPv4 addresses, primary ones first.
     ///
     /// Errors: the kernel refused the listing.
     pub fn read() -> Result<Self> {
-        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> = BTreeMap::new();
-        for ifa in nix::ifaddrs::getifaddrs().context("listing interfaces")? {
-            let entry = addrs.entry(ifa.interface_name).or_default();
-            if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-                entry.push(sin.ip());
+        let names: BTreeMap<u32, String> = nix::net::if_::if_nameindex()
+            .context("listing interfaces")?
+            .iter()
+            .map(|i| (i.index(), i.name().to_string_lossy().into_owned()))
+            .collect();
+        let mut addrs: BTreeMap<String, Vec<Ipv4Addr>> =
+            names.values().map(|n| (n.clone(), Vec::new())).collect();
+        // (ifindex, secondary, address), in the kernel's order.
+        let mut found = ipv4_addresses().context("listing IPv4 addresses")?;
+        found.sort_by_key(|(index, secondary, _)| (*index, *secondary));
+        for (index, _, addr) in found {
+            if let Some(name) = names.get(&index) {
+                addrs.entry(name.clone()).or_default().push(addr);
             }
         }
         Ok(HostInterfaces { addrs })
     }
 
-    /// Every interface name, sorted, including ones without an IPv4 address.
+    /// Every interface name.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.addrs.keys()
     }
@@ -37,6 +48,59 @@ impl HostInterfaces {
 /// True when the interface exists, even without addresses (if_nametoindex).
 fn exists(name: &str) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+impl crate::spec::Host for HostInterfaces {
+    fn interface_names(&self) -> Vec<String> {
+        self.addrs.keys().cloned().collect()
+    }
+}
+
+/// Every IPv4 address of the namespace as (ifindex, secondary, address), from an
+/// `RTM_GETADDR` dump. The kernel keeps a device's primary addresses before its
+/// secondary ones (`IFA_F_SECONDARY`); the stable sort by that flag keeps their order.
+fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr)>> {
+    const RTM_GETADDR: u16 = 22;
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    const IFA_F_SECONDARY: u8 = 0x01;
+    const IFADDRMSG_LEN: usize = 8;
+    let mut sock = super::netlink::NlSocket::open(mnl::Bus::Route)?;
+    // nlmsghdr, then struct ifaddrmsg { family, prefixlen, flags, scope, index }.
+    let mut req = vec![0u8; 16 + IFADDRMSG_LEN];
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&RTM_GETADDR.to_ne_bytes());
+    req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    let mut out = Vec::new();
+    for msg in sock.dump(&req)? {
+        let Some(head) = msg.get(16..16 + IFADDRMSG_LEN) else {
+            continue;
+        };
+        if head[0] != libc::AF_INET as u8 {
+            continue;
+        }
+        let secondary = head[2] & IFA_F_SECONDARY != 0;
+        let index = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
+        let (mut local, mut address) = (None, None);
+        for (ty, value) in super::netlink::attrs(&msg[16 + IFADDRMSG_LEN..]) {
+            let Ok(octets) = <[u8; 4]>::try_from(value) else {
+                continue;
+            };
+            match ty {
+                IFA_LOCAL => local = Some(Ipv4Addr::from(octets)),
+                IFA_ADDRESS => address = Some(Ipv4Addr::from(octets)),
+                _ => {}
+            }
+        }
+        // IFA_LOCAL is the host's own address; IFA_ADDRESS is the peer's on
+        // point-to-point links and equal to it elsewhere.
+        if let Some(addr) = local.or(address) {
+            out.push((index, secondary, addr));
+        }
+    }
+    Ok(out)
 }
 
 impl Interfaces for HostInterfaces {

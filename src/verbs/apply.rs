@@ -1,43 +1,72 @@
-//! `loopgate apply` and `loopgate plan`: the declarative form. The file is the whole
-//! truth for this namespace; grants missing from it are revoked.
+//! `loopgate apply` and `loopgate plan`: the declarative form. The policy (a file or a
+//! directory of files) is the whole truth for the grants it manages: what it no longer
+//! lists is revoked. Grants made with `expose` (without `--persist`) are not the
+//! policy's and stay until revoked. A grant whose interface is missing is pending, never
+//! revoked for that: it is served when the interface appears.
 
 use super::{converge, open_store, Mode};
 use crate::cli::{ApplyArgs, PlanArgs};
 use crate::kernel::host::HostInterfaces;
 use crate::policy;
+use crate::spec::{self, Source};
 use anyhow::Result;
 use std::path::Path;
 
-fn run_file(file: &Path, skip_missing: bool, mode: Mode) -> Result<()> {
+/// The specs a policy at `file` asks for, together with the command-line specs of
+/// `old`, and what they resolve to now.
+pub fn desired(
+    file: &Path,
+    old: &crate::state::State,
+    host: &HostInterfaces,
+) -> Result<(Vec<spec::Spec>, spec::Resolved)> {
     let sources = policy::load_all(file)?;
-    let exclusive = mode == Mode::Apply;
-    let (store, old) = open_store(exclusive)?;
-    let (grants, warnings) = policy::grants_of(&sources, &HostInterfaces::read()?, skip_missing)?;
-    for w in warnings {
-        eprintln!("loopgate: warning: {w}");
+    let mut specs: Vec<spec::Spec> = old
+        .specs
+        .iter()
+        .filter(|s| s.source == Source::Cli)
+        .cloned()
+        .collect();
+    spec::merge(&mut specs, policy::specs_of(&sources, host)?);
+    let resolved = spec::resolve_keeping(&specs, host, &old.grants);
+    if let Some(p) = resolved
+        .pending
+        .iter()
+        .find(|p| p.reason.contains("already published"))
+    {
+        crate::bad_input!("{}: {}", p.spec, p.reason);
     }
-    converge(store, old, grants, mode)
+    crate::input::check_conflicts(&resolved.grants)?;
+    Ok((specs, resolved))
 }
 
-/// Runs `apply`: validates the policy file or directory against the host's interfaces
-/// and converges to exactly its grants (or, with `--dry-run`, prints what that would
-/// do).
-///
-/// Errors: an unreadable or invalid policy, an interface that does not exist (without
-/// `--skip-missing`), conflicting grants (all exit 2, nothing changed); a kernel
-/// failure, after rolling back (exit 3).
+fn run_file(file: &Path, mode: Mode) -> Result<()> {
+    let exclusive = mode == Mode::Apply;
+    let (store, old) = open_store(exclusive)?;
+    let host = HostInterfaces::read()?;
+    let (specs, resolved) = desired(file, &old, &host)?;
+    for p in &resolved.pending {
+        match mode {
+            Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
+            _ => eprintln!(
+                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
+                p.spec, p.interface, p.reason
+            ),
+        }
+    }
+    converge(store, old, resolved.grants, specs, mode)
+}
+
+/// Runs `apply` (or its dry run).
 pub fn run_apply(args: &ApplyArgs) -> Result<()> {
     let mode = if args.dry_run {
         Mode::DryRun
     } else {
         Mode::Apply
     };
-    run_file(&args.file, args.skip_missing, mode)
+    run_file(&args.file, mode)
 }
 
-/// Runs `plan`: as `apply --dry-run`, but prints only the changes, not the table.
-/// Takes the state lock shared, so it waits for a running `apply` instead of showing a
-/// half-made change. Errors: as for [`run_apply`], short of changing anything.
+/// Runs `plan`.
 pub fn run_plan(args: &PlanArgs) -> Result<()> {
-    run_file(&args.file, args.skip_missing, Mode::Plan)
+    run_file(&args.file, Mode::Plan)
 }

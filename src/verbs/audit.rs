@@ -13,7 +13,8 @@ use anyhow::Result;
 pub fn run(args: &AuditArgs) -> Result<i32> {
     let (store, state) = open_store(false)?;
     let expected = crate::plan::ruleset(&state.grants).map(|r| nft::planned_image(&r));
-    let observed = audit::observe(&System, &state, expected.as_ref(), args.deep)?;
+    let host = crate::kernel::host::HostInterfaces::read()?;
+    let observed = audit::observe(&System, &host, &state, expected.as_ref(), args.deep)?;
     // Released before printing: `audit | less` must not hold up watch's repairs.
     drop(store);
     let report = audit::assess(&observed, &state, expected.as_ref());

@@ -1,18 +1,21 @@
-//! `loopgate expose`: add or update grants, keeping every other grant as it is.
+//! `loopgate expose`: add or update published ports, keeping every other one as it is.
+//!
+//! What is asked for is recorded as specs (the interface may be a glob pattern); the
+//! specs are resolved against the interfaces that exist now into the grants the engine
+//! installs. An exact interface name must exist now (a typo is refused); a pattern that
+//! matches nothing yet is recorded as pending and served when a match appears (while
+//! `loopgate watch` runs, or at the next command).
 
 use super::open_store;
 use crate::bad_input;
 use crate::cli::ExposeArgs;
 use crate::input::{self, GrantRequest};
 use crate::kernel::host::HostInterfaces;
+use crate::spec::{self, Source};
 use anyhow::Result;
 
-/// Runs `expose`: validates the request into grants, merges them into the committed
-/// ones (same key: the new allow list and name replace the old) and converges.
-///
-/// Errors: invalid arguments, a missing interface, a port already published to another
-/// target (exit 2, nothing changed); a kernel failure, after rolling back (exit 3); with
-/// `--persist`, a policy that could not be written after the change (exit 4).
+/// Runs `expose`. Errors: bad input (exit 2, nothing changed) or a failed, rolled-back
+/// transaction (exit 3); see `loopgate --help`.
 pub fn run(args: &ExposeArgs) -> Result<()> {
     let req = GrantRequest {
         name: args.name.clone(),
@@ -24,27 +27,73 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         listen: args.listen.clone(),
     };
     // Validate syntax before privileges, so bad input gets its own message.
-    input::parse_iface(&req.iface)?;
+    let source = if args.persist {
+        Source::Policy
+    } else {
+        Source::Cli
+    };
+    let requested = spec::from_request(&req, source)?;
+    if args.persist && spec::is_pattern(&args.iface) {
+        bad_input!(
+            "--persist records concrete grants; write the pattern {:?} into a policy file in the policy directory instead",
+            args.iface
+        );
+    }
     let (store, old) = open_store(true)?;
-    let requested = input::validate(&req, &HostInterfaces::read()?)?;
-    input::check_conflicts(&requested)?;
-
-    let mut grants = old.grants.clone();
-    for new in requested {
-        match grants.iter_mut().find(|g| g.key() == new.key()) {
-            Some(existing) if existing.to != new.to => bad_input!(
-                "{}:{}/{} is already published to {} (grant {}); revoke it before publishing it to {}",
-                new.listen,
-                new.port,
-                new.proto,
-                existing.to,
-                existing.name,
-                new.to
-            ),
-            Some(existing) => *existing = new,
-            None => grants.push(new),
+    let host = HostInterfaces::read()?;
+    if !spec::is_pattern(&req.iface) {
+        // A name must exist now, with the listen address on it: typos are refused.
+        input::validate(&req, &host)?;
+    }
+    let mut specs = old.specs.clone();
+    for new in &requested {
+        if let Some(existing) = specs.iter().find(|s| s.key() == new.key()) {
+            if existing.to != new.to {
+                bad_input!(
+                    "{} is already published to {}; revoke it before publishing it to {}",
+                    existing.label(),
+                    existing.to,
+                    new.to
+                );
+            }
         }
     }
-    input::check_conflicts(&grants)?;
-    super::change(store, old, grants, args.dry_run, args.persist)
+    // A spec that pins the address another one resolves to now (or the reverse) is
+    // the same publication: the new one replaces it rather than doubling it.
+    let now = |s: &spec::Spec| spec::resolve(std::slice::from_ref(s), &host).grants;
+    for new in &requested {
+        let same: Vec<_> = now(new).iter().map(|g| g.key()).collect();
+        specs.retain(|s| {
+            s.key() == new.key()
+                || s.interface != new.interface
+                || s.to != new.to
+                || now(s).iter().all(|g| !same.contains(&g.key()))
+        });
+    }
+    spec::merge(&mut specs, requested.clone());
+    let resolved = spec::resolve_keeping(&specs, &host, &old.grants);
+    if let Some(p) = resolved
+        .pending
+        .iter()
+        .find(|p| p.reason.contains("already published"))
+    {
+        bad_input!("{}: {}", p.spec, p.reason);
+    }
+    input::check_conflicts(&resolved.grants)?;
+    for p in &resolved.pending {
+        if requested.iter().any(|r| r.label() == p.spec) {
+            eprintln!(
+                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
+                p.spec, p.interface, p.reason
+            );
+        }
+    }
+    super::change(
+        store,
+        old,
+        resolved.grants,
+        specs,
+        args.dry_run,
+        args.persist,
+    )
 }

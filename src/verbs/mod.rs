@@ -66,8 +66,15 @@ pub fn remember_intact(
 /// Moves the host to `grants` (or shows what that would do). The state lock (`store`)
 /// is released before anything is printed: a reader that stops reading its pipe must
 /// not hold up `watch` or other commands.
-pub fn converge(store: Store, old: State, grants: Vec<Grant>, mode: Mode) -> Result<()> {
+pub fn converge(
+    store: Store,
+    old: State,
+    grants: Vec<Grant>,
+    specs: Vec<crate::spec::Spec>,
+    mode: Mode,
+) -> Result<()> {
     let (change, snapshot) = observe_and_compute(&System, old, grants)?;
+    let change = change.with_specs(specs);
 
     if !change.grants.is_empty() {
         match sysctl::read("all") {
@@ -157,6 +164,7 @@ pub fn change(
     store: Store,
     old: State,
     grants: Vec<Grant>,
+    specs: Vec<crate::spec::Spec>,
     dry_run: bool,
     persist_it: bool,
 ) -> Result<()> {
@@ -169,7 +177,7 @@ pub fn change(
         )?),
         false => None,
     };
-    converge(store, old, grants, mode)?;
+    converge(store, old, grants, specs, mode)?;
     if let Some(target) = target {
         let file = target.file();
         for w in target.commit()? {

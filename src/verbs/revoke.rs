@@ -1,21 +1,26 @@
-//! `loopgate revoke`: withdraw grants by port, by name, or all of them.
+//! `loopgate revoke`: withdraw published ports by port, by name, or all of them.
+//!
+//! Works on what was asked for (specs): `revoke br-* --port 5432` withdraws a pattern
+//! from every interface it serves; an interface that is gone can still be revoked.
 
 use super::open_store;
 use crate::bad_input;
 use crate::cli::RevokeArgs;
 use crate::grant::Grant;
 use crate::input;
+use crate::kernel::host::HostInterfaces;
+use crate::spec::{self, Spec};
 use anyhow::Result;
 
-/// Runs `revoke`: removes the grants matching the interface and `--port`/`--proto`,
-/// `--name` or `--all`, and converges to the rest. Matching nothing is not an error: it
-/// says so and still converges to the committed grants.
-///
-/// Errors: invalid arguments, or no interface without `--all` (exit 2); a kernel
-/// failure, after rolling back (exit 3); with `--persist`, as for `expose`.
+/// Runs `revoke`. Errors: bad input (exit 2) or a failed, rolled-back transaction
+/// (exit 3).
 pub fn run(args: &RevokeArgs) -> Result<()> {
     // The interface may already be gone (dockerd re-created it): only its name is checked.
-    let iface = args.iface.as_deref().map(input::parse_iface).transpose()?;
+    let iface = args
+        .iface
+        .as_deref()
+        .map(spec::parse_interface)
+        .transpose()?;
     if iface.is_none() && !args.all {
         bad_input!("revoke without an interface needs --all (revokes everything loopgate did in this namespace)");
     }
@@ -32,15 +37,41 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     let name = args.name.as_deref().map(input::parse_name).transpose()?;
 
     let (store, old) = open_store(true)?;
-    let revoked = |g: &Grant| {
-        iface.as_ref().is_none_or(|i| &g.iface == i)
-            && (args.all
-                || (!ports.is_empty() && ports.contains(&g.port) && protos.contains(&g.proto))
-                || name.as_ref().is_some_and(|n| &g.name == n))
+    let host = HostInterfaces::read()?;
+    // The names a spec's grants have now (default names depend on the interface).
+    let names_of = |s: &Spec| -> Vec<String> {
+        let mut names: Vec<String> = spec::resolve(std::slice::from_ref(s), &host)
+            .grants
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        names.push(
+            s.name
+                .clone()
+                .unwrap_or_else(|| Grant::default_name(&s.interface, None, s.proto, s.port)),
+        );
+        names
     };
-    let keep: Vec<Grant> = old.grants.iter().filter(|g| !revoked(g)).cloned().collect();
-    if keep.len() == old.grants.len() && old.pending.is_none() {
-        crate::outln!("no grant matched; nothing revoked");
+    let revoked = |s: &Spec| {
+        iface.as_ref().is_none_or(|i| &s.interface == i)
+            && (args.all
+                || (!ports.is_empty() && ports.contains(&s.port) && protos.contains(&s.proto))
+                || name.as_ref().is_some_and(|n| names_of(s).contains(n)))
+    };
+    let keep: Vec<Spec> = old.specs.iter().filter(|s| !revoked(s)).cloned().collect();
+    if keep.len() == old.specs.len() && old.pending.is_none() {
+        match iface
+            .as_ref()
+            .and_then(|i| old.specs.iter().find(|s| s.is_pattern() && s.matches(i)))
+        {
+            Some(p) => crate::outln!(
+                "no grant matched; nothing revoked ({} is served by the pattern {:?}: revoke that)",
+                iface.as_deref().unwrap_or_default(),
+                p.interface
+            ),
+            None => crate::outln!("no grant matched; nothing revoked"),
+        }
     }
-    super::change(store, old, keep, args.dry_run, args.persist)
+    let grants = spec::resolve_keeping(&keep, &host, &old.grants).grants;
+    super::change(store, old, grants, keep, args.dry_run, args.persist)
 }

@@ -11,9 +11,11 @@
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
 use super::{observe_and_compute, remember_intact};
+use crate::kernel::host::HostInterfaces;
 use crate::kernel::monitor::Monitor;
 use crate::kernel::seam::{Kernel, System};
 use crate::kernel::sysctl;
+use crate::spec::{self, Source, Spec};
 use crate::state::{State, Store};
 use crate::txn;
 use anyhow::Result;
@@ -33,7 +35,7 @@ const TICK: Duration = Duration::from_millis(250);
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs until SIGTERM or SIGINT. Errors: the netlink subscriptions cannot be made.
-pub fn run() -> Result<()> {
+pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
@@ -41,9 +43,20 @@ pub fn run() -> Result<()> {
     let mut monitor = Monitor::new()?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
+    let mut policy = args.policy.clone().map(PolicyFollower::new);
+    let mut all_open = false;
     let mut first = true;
     while !STOP.load(Ordering::SeqCst) {
-        if let Err(e) = repair(&mut known) {
+        // conf.all ORs into every interface: no guard of loopgate's can narrow it.
+        match crate::kernel::sysctl::read("all") {
+            Ok(v) if sysctl::is_open(v) && !all_open => {
+                all_open = true;
+                eprintln!("loopgate watch: net.ipv4.conf.all.route_localnet is now {v}: every interface routes 127.0.0.0/8, whatever loopgate guards; `loopgate audit` reports it (all-open)");
+            }
+            Ok(v) if !sysctl::is_open(v) => all_open = false,
+            _ => {}
+        }
+        if let Err(e) = repair(&mut known, policy.as_mut()) {
             eprintln!(
                 "loopgate watch: repair failed: {}",
                 crate::error::one_line(&e)
@@ -142,7 +155,12 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
 /// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
 /// state without the lock, and the managed interfaces are closed if it is not intact.
-pub fn repair(known: &mut Option<State>) -> Result<()> {
+pub fn repair(known: &mut Option<State>, policy: Option<&mut PolicyFollower>) -> Result<()> {
+    let host = HostInterfaces::read()?;
+    let policy_specs = match policy {
+        Some(p) => p.specs(&host),
+        None => None,
+    };
     let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
         let Some(state) = known.as_ref() else {
             return Ok(());
@@ -160,7 +178,7 @@ pub fn repair(known: &mut Option<State>) -> Result<()> {
         return Ok(());
     };
     *known = Some(store.load()?);
-    let (lines, result) = repair_with(&System, &store);
+    let (lines, result) = repair_with(&System, &store, &host, policy_specs.as_deref());
     for line in lines {
         eprintln!("loopgate watch: {line}");
     }
@@ -170,18 +188,54 @@ pub fn repair(known: &mut Option<State>) -> Result<()> {
     result
 }
 
-/// One convergence towards the committed grants of `store`; returns the log lines and
-/// the outcome (an error after the transaction rolled back and failed closed).
-pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result<()>) {
+/// What watch converges to: the command-line specs of `state` with the policy's specs
+/// (`policy_specs` when watch follows a policy, else those recorded in `state`),
+/// resolved against `host` now.
+pub fn desired(
+    state: &State,
+    policy_specs: Option<&[Spec]>,
+    host: &dyn spec::Host,
+) -> (Vec<Spec>, spec::Resolved) {
+    let specs: Vec<Spec> = match policy_specs {
+        None => state.specs.clone(),
+        Some(policy) => {
+            let mut specs: Vec<Spec> = state
+                .specs
+                .iter()
+                .filter(|s| s.source == Source::Cli)
+                .cloned()
+                .collect();
+            spec::merge(&mut specs, policy.to_vec());
+            specs
+        }
+    };
+    let resolved = spec::resolve_keeping(&specs, host, &state.grants);
+    (specs, resolved)
+}
+
+/// One convergence towards what is asked for (see [`desired`]); returns the log lines
+/// and the outcome (an error after the transaction rolled back and failed closed).
+pub fn repair_with<K: Kernel>(
+    kernel: &K,
+    store: &Store,
+    host: &dyn spec::Host,
+    policy_specs: Option<&[Spec]>,
+) -> (Vec<String>, Result<()>) {
     let started = Instant::now();
     let state = match store.load() {
         Ok(s) => s,
         Err(e) => return (vec![], Err(e)),
     };
-    if state.grants.is_empty() && state.originals.is_empty() && state.pending.is_none() {
+    let (specs, resolved) = desired(&state, policy_specs, host);
+    if state.grants.is_empty()
+        && state.originals.is_empty()
+        && state.pending.is_none()
+        && resolved.grants.is_empty()
+        && specs == state.specs
+    {
         return (vec![], Ok(()));
     }
-    let target = state.grants.clone();
+    let target = resolved.grants;
     let (change, snapshot) = match observe_and_compute(kernel, state, target) {
         Ok(c) => c,
         Err(e) => {
@@ -201,6 +255,7 @@ pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result
             };
         }
     };
+    let change = change.with_specs(specs);
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
@@ -228,6 +283,79 @@ pub fn repair_with<K: Kernel>(kernel: &K, store: &Store) -> (Vec<String>, Result
             (lines, Ok(()))
         }
         Err(e) => (lines, Err(e)),
+    }
+}
+
+/// Follows a policy file or directory: reloads it when its files change (names, sizes,
+/// modification times), keeps the last good specs when a change does not parse.
+pub struct PolicyFollower {
+    path: std::path::PathBuf,
+    seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
+    specs: Option<Vec<Spec>>,
+}
+
+impl PolicyFollower {
+    /// Follows `path` (read at the first call to [`PolicyFollower::specs`]).
+    pub fn new(path: std::path::PathBuf) -> PolicyFollower {
+        PolicyFollower {
+            path,
+            seen: None,
+            specs: None,
+        }
+    }
+
+    /// What the files look like now: one (name, size, mtime) per policy file.
+    fn fingerprint(&self) -> Vec<(String, u64, std::time::SystemTime)> {
+        let meta = |p: &std::path::Path| {
+            std::fs::metadata(p).ok().map(|m| {
+                (
+                    p.display().to_string(),
+                    m.len(),
+                    m.modified().unwrap_or(std::time::UNIX_EPOCH),
+                )
+            })
+        };
+        match std::fs::read_dir(&self.path) {
+            Ok(dir) => {
+                let mut v: Vec<_> = dir
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                    .filter_map(|p| meta(&p))
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => meta(&self.path).into_iter().collect(),
+        }
+    }
+
+    /// The policy's specs, reloaded when the files changed; `None` until it first
+    /// loads (the state's recorded policy specs stand in meanwhile).
+    pub fn specs(&mut self, host: &HostInterfaces) -> Option<Vec<Spec>> {
+        let now = self.fingerprint();
+        if self.seen.as_ref() != Some(&now) {
+            self.seen = Some(now);
+            match crate::policy::load_all(&self.path)
+                .and_then(|sources| crate::policy::specs_of(&sources, host))
+            {
+                Ok(specs) => {
+                    if self.specs.is_some() {
+                        eprintln!(
+                            "loopgate watch: {} changed; applying it",
+                            self.path.display()
+                        );
+                    }
+                    self.specs = Some(specs);
+                }
+                Err(e) => eprintln!(
+                    "loopgate watch: {} does not load, keeping what it said before: {}",
+                    self.path.display(),
+                    crate::error::one_line(&e)
+                ),
+            }
+        }
+        self.specs.clone()
     }
 }
 
@@ -334,7 +462,7 @@ mod tests {
         ] {
             let (kernel, store) = converged(&[(5, "br0", 0)], g.clone());
             kernel.state.borrow_mut().table = broken.clone();
-            let (lines, result) = repair_with(&kernel, &store.store);
+            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
             result.unwrap();
             assert_eq!(
                 steps(&kernel),
@@ -346,7 +474,7 @@ mod tests {
                 .any(|l| l.contains("closed route_localnet on [br0] first")));
             // Converged: the next pass does nothing.
             kernel.state.borrow_mut().history.clear();
-            let (lines, result) = repair_with(&kernel, &store.store);
+            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
             result.unwrap();
             assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
         }
@@ -376,9 +504,10 @@ mod tests {
             pending: Some(pending),
             vouch: None,
             writers: vec![],
+            specs: vec![],
         };
         store.store.save(&state).unwrap();
-        let (lines, result) = repair_with(&kernel, &store.store);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
         result.unwrap();
         assert_eq!(steps(&kernel), ["write br1=0", "apply"], "{lines:?}");
         assert!(lines
@@ -405,7 +534,7 @@ mod tests {
                 },
             );
         }
-        let (lines, result) = repair_with(&kernel, &store.store);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
         result.unwrap();
         assert_eq!(steps(&kernel), ["write br9=0", "write br0=1"], "{lines:?}");
         assert!(
@@ -430,7 +559,7 @@ mod tests {
     fn a_guard_that_cannot_be_read_is_not_trusted() {
         let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
         kernel.fail("read");
-        let (lines, result) = repair_with(&kernel, &store.store);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
         assert!(result.is_err());
         assert_eq!(steps(&kernel), ["write br0=0"], "{lines:?}");
     }

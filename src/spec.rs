@@ -1,0 +1,517 @@
+//! What the user asked for, kept apart from what is in force now.
+//!
+//! A [`Spec`] is one published port as requested: its interface may be a name or a
+//! glob pattern (`br-*`, `veth*`), its listen address may be left to "the interface's
+//! primary address". Interfaces come and go (dockerd, compose, CNI, libvirt re-create
+//! them), so loopgate keeps the specs (in the state file and in policy files) and
+//! [`resolve`]s them against the interfaces that exist at each moment into concrete
+//! [`Grant`]s, which the engine installs. A spec with no interface to serve now is
+//! *pending*: kept, reported, and served as soon as a matching interface appears.
+
+use crate::bad_input;
+use crate::grant::{Grant, GrantKey, Proto};
+use crate::input::{self, GrantRequest, Interfaces};
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Where a spec came from: what may replace or remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// `loopgate expose` without `--persist`: stays until `revoke`, across `apply`.
+    Cli,
+    /// A policy file (`apply`, `watch --policy`, `expose --persist`): replaced whole
+    /// each time the policy is applied.
+    Policy,
+}
+
+/// One requested publication: `listen:port/proto` on every interface `interface`
+/// names or matches, DNATed to `to`, for `allow`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// What may replace or remove it.
+    pub source: Source,
+    /// The grant name asked for (`--name`); `None`: each grant gets its default name
+    /// ([`Grant::default_name`]) from the interface it resolves on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// An interface name, or a glob pattern over names (`*`, `?`, `[...]`; see
+    /// [`is_pattern`]). `lo`, `all` and `default` never match.
+    pub interface: String,
+    /// The transport protocol.
+    pub proto: Proto,
+    /// The published port, host byte order.
+    pub port: u16,
+    /// The loopback target, in 127.0.0.0/8.
+    pub to: SocketAddrV4,
+    /// The address clients connect to; `None`: the primary IPv4 address of each
+    /// interface it resolves on, looked up again every time it resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<Ipv4Addr>,
+    /// Allowed source networks, validated (host bits clear, no 127/8, not /0).
+    pub allow: Vec<Ipv4Network>,
+}
+
+/// What identifies a spec: a second spec with the same key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SpecKey {
+    /// The interface name or pattern, as written.
+    pub interface: String,
+    /// The explicit listen address, if any.
+    pub listen: Option<Ipv4Addr>,
+    /// Protocol.
+    pub proto: Proto,
+    /// Published port.
+    pub port: u16,
+}
+
+impl Spec {
+    /// This spec's key.
+    pub fn key(&self) -> SpecKey {
+        SpecKey {
+            interface: self.interface.clone(),
+            listen: self.listen,
+            proto: self.proto,
+            port: self.port,
+        }
+    }
+
+    /// The spec that stands for one concrete grant (its interface and listen address
+    /// pinned): how state written before specs existed is carried over.
+    pub fn of_grant(g: &Grant, source: Source) -> Spec {
+        Spec {
+            source,
+            name: Some(g.name.clone()),
+            interface: g.iface.clone(),
+            proto: g.proto,
+            port: g.port,
+            to: g.to,
+            listen: Some(g.listen),
+            allow: g.allow.clone(),
+        }
+    }
+
+    /// True when the interface is a pattern, not a name.
+    pub fn is_pattern(&self) -> bool {
+        is_pattern(&self.interface)
+    }
+
+    /// True when this spec applies to the interface called `iface`.
+    pub fn matches(&self, iface: &str) -> bool {
+        if matches!(iface, "lo" | "all" | "default") {
+            return false;
+        }
+        if self.is_pattern() {
+            glob::Pattern::new(&self.interface).is_ok_and(|p| p.matches(iface))
+        } else {
+            self.interface == iface
+        }
+    }
+
+    /// How people refer to it: its name, or `IFACE proto/port`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(n) => format!("{n} ({} {}/{})", self.interface, self.proto, self.port),
+            None => format!("{} {}/{}", self.interface, self.proto, self.port),
+        }
+    }
+}
+
+/// True when `text` is a glob pattern (contains `*`, `?` or `[`) rather than a name.
+/// Linux allows these characters in names; an interface literally called `br*` cannot
+/// be named exactly, which no runtime does.
+pub fn is_pattern(text: &str) -> bool {
+    text.contains(['*', '?', '['])
+}
+
+/// Checks an `IFACE` argument or `interface:` value: a valid interface name, or a
+/// valid glob pattern (same character rules, at most 15 bytes).
+///
+/// Errors (bad input): as [`input::parse_iface`], or a pattern glob cannot parse.
+pub fn parse_interface(text: &str) -> Result<String> {
+    if !is_pattern(text) {
+        return input::parse_iface(text);
+    }
+    // The same character rules as a name, with the pattern characters allowed.
+    let plain: String = text
+        .chars()
+        .map(|c| {
+            if matches!(c, '*' | '?' | '[' | ']' | '!') {
+                'x'
+            } else {
+                c
+            }
+        })
+        .collect();
+    input::parse_iface(&plain).map_err(|_| {
+        anyhow::Error::new(crate::error::BadInput(format!(
+            "interface pattern {text:?} is not valid: at most 15 bytes, no '/', ':' or whitespace"
+        )))
+    })?;
+    if let Err(e) = glob::Pattern::new(text) {
+        bad_input!("interface pattern {text:?} is not valid: {}", e.msg);
+    }
+    Ok(text.to_string())
+}
+
+/// Turns one request (command line or policy entry) into specs, one per (protocol,
+/// port). Checks everything that does not depend on the host's interfaces.
+///
+/// Errors (bad input, naming the value): as [`input::validate`].
+pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
+    let interface = parse_interface(&req.iface)?;
+    let parts = input::parse_parts(req, &interface)?;
+    let mut out = Vec::new();
+    for &proto in &parts.protos {
+        for &port in &parts.ports {
+            out.push(Spec {
+                source,
+                name: parts.name.clone(),
+                interface: interface.clone(),
+                proto,
+                port,
+                to: SocketAddrV4::new(parts.to_addr, parts.to_port.unwrap_or(port)),
+                listen: parts.listen,
+                allow: parts.allow.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A spec, or part of one, that serves no interface now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pending {
+    /// The spec's label ([`Spec::label`]).
+    pub spec: String,
+    /// The interface (name, or pattern when nothing matches).
+    pub interface: String,
+    /// Why it is not served, in words.
+    pub reason: String,
+}
+
+/// Specs resolved against the interfaces of one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The concrete grants to install, in spec order.
+    pub grants: Vec<Grant>,
+    /// What cannot be served now.
+    pub pending: Vec<Pending>,
+}
+
+/// What resolution needs to know of the host: names and IPv4 addresses.
+pub trait Host: Interfaces {
+    /// Every interface name of the namespace.
+    fn interface_names(&self) -> Vec<String>;
+}
+
+/// Resolves `specs` against `host`: each spec on each interface it names or matches
+/// now, with its listen address (explicit, or the interface's primary one, looked up
+/// now). Pure apart from `host`. A spec whose interface is missing, whose pattern
+/// matches nothing, whose interface has no IPv4 address, or whose explicit listen
+/// address is not on the interface, is [`Pending`].
+///
+/// A spec naming one interface (not a pattern) that is missing now keeps the grant it
+/// had in `previous` (the committed grants), or one built from its pinned listen
+/// address: a runtime that deletes and re-creates its bridge finds the guard already in
+/// place for the new copy, which may come up open (`conf.default.route_localnet`). A
+/// pattern's grants go with their interfaces (veth devices come and go by thousands).
+///
+/// When two specs would publish the same address, protocol and port on one interface
+/// to different targets, the first one wins and the other is pending (`expose` and
+/// `apply` refuse such specs up front; this only happens when a new interface matches
+/// two patterns).
+pub fn resolve_keeping(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved {
+    resolve_with(specs, host, previous)
+}
+
+/// [`resolve_keeping`] without committed grants to keep.
+pub fn resolve(specs: &[Spec], host: &dyn Host) -> Resolved {
+    resolve_with(specs, host, &[])
+}
+
+fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved {
+    let names = host.interface_names();
+    let mut out = Resolved::default();
+    let mut seen: BTreeMap<GrantKey, (SocketAddrV4, String)> = BTreeMap::new();
+    for spec in specs {
+        let ifaces: Vec<&String> = if spec.is_pattern() {
+            names.iter().filter(|n| spec.matches(n)).collect()
+        } else {
+            names.iter().filter(|n| **n == spec.interface).collect()
+        };
+        if ifaces.is_empty() && !spec.is_pattern() {
+            // Keep the guard for a missing interface: the committed grant of this spec,
+            // or one from its pinned address.
+            let prev = previous.iter().find(|g| {
+                g.iface == spec.interface
+                    && g.proto == spec.proto
+                    && g.port == spec.port
+                    && spec.listen.is_none_or(|l| l == g.listen)
+            });
+            let kept = match (prev, spec.listen) {
+                (Some(p), _) => Some((p.listen, p.name.clone())),
+                (None, Some(listen)) => Some((
+                    listen,
+                    Grant::default_name(&spec.interface, None, spec.proto, spec.port),
+                )),
+                (None, None) => None,
+            }
+            .map(|(listen, default_name)| Grant {
+                name: spec.name.clone().unwrap_or(default_name),
+                iface: spec.interface.clone(),
+                proto: spec.proto,
+                listen,
+                port: spec.port,
+                to: spec.to,
+                allow: spec.allow.clone(),
+            });
+            out.pending.push(Pending {
+                spec: spec.label(),
+                interface: spec.interface.clone(),
+                reason: match kept {
+                    Some(_) => "the interface does not exist now; its guard stays in place".into(),
+                    None => "the interface does not exist now".into(),
+                },
+            });
+            if let Some(g) = kept {
+                if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
+                    e.insert((g.to, spec.label()));
+                    out.grants.push(g);
+                }
+            }
+            continue;
+        }
+        if ifaces.is_empty() {
+            out.pending.push(Pending {
+                spec: spec.label(),
+                interface: spec.interface.clone(),
+                reason: match spec.is_pattern() {
+                    true => "no interface matches the pattern now".into(),
+                    false => "the interface does not exist now".into(),
+                },
+            });
+            continue;
+        }
+        for iface in ifaces {
+            let addresses = host.ipv4_addresses(iface).unwrap_or_default();
+            let listen = match spec.listen {
+                Some(a) if addresses.contains(&a) => a,
+                Some(a) => {
+                    out.pending.push(Pending {
+                        spec: spec.label(),
+                        interface: iface.clone(),
+                        reason: format!("{a} is not an address of {iface} now"),
+                    });
+                    continue;
+                }
+                None => match addresses.first() {
+                    Some(a) => *a,
+                    None => {
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: iface.clone(),
+                            reason: format!("{iface} has no IPv4 address now"),
+                        });
+                        continue;
+                    }
+                },
+            };
+            let secondary = (addresses.first() != Some(&listen)).then_some(listen);
+            let grant = Grant {
+                name: spec.name.clone().unwrap_or_else(|| {
+                    Grant::default_name(iface, secondary, spec.proto, spec.port)
+                }),
+                iface: iface.clone(),
+                proto: spec.proto,
+                listen,
+                port: spec.port,
+                to: spec.to,
+                allow: spec.allow.clone(),
+            };
+            match seen.get(&grant.key()) {
+                Some((to, _)) if *to == grant.to => {
+                    // The same publication twice (two patterns): once is enough.
+                }
+                Some((_, first)) => out.pending.push(Pending {
+                    spec: spec.label(),
+                    interface: iface.clone(),
+                    reason: format!(
+                        "{listen}:{}/{} on {iface} is already published by {first}",
+                        spec.port, spec.proto
+                    ),
+                }),
+                None => {
+                    seen.insert(grant.key(), (grant.to, spec.label()));
+                    out.grants.push(grant);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Refuses two specs with the same key (the same interface or pattern, listen
+/// address, protocol and port) in one policy: to two targets, or twice.
+///
+/// Errors (bad input): names the publication and both targets or names.
+pub fn check_conflicts(specs: &[Spec]) -> Result<()> {
+    let mut seen: BTreeMap<SpecKey, &Spec> = BTreeMap::new();
+    for s in specs {
+        if let Some(other) = seen.insert(s.key(), s) {
+            let at = match s.listen {
+                Some(l) => format!("{l}:{}/{} on {}", s.port, s.proto, s.interface),
+                None => format!("{} {}/{}", s.interface, s.proto, s.port),
+            };
+            if other.to != s.to {
+                bad_input!(
+                    "{at} is published to both {} and {}; keep one target per published port",
+                    other.to,
+                    s.to
+                );
+            }
+            bad_input!(
+                "{at} is published twice ({} and {})",
+                other.label(),
+                s.label()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Adds `new` to `specs`, replacing specs with the same key.
+pub fn merge(specs: &mut Vec<Spec>, new: Vec<Spec>) {
+    for n in new {
+        match specs.iter_mut().find(|s| s.key() == n.key()) {
+            Some(s) => *s = n,
+            None => specs.push(n),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct FakeHost(Vec<(&'static str, Vec<Ipv4Addr>)>);
+
+    impl Interfaces for FakeHost {
+        fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+            self.0
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a.clone())
+        }
+    }
+
+    impl Host for FakeHost {
+        fn interface_names(&self) -> Vec<String> {
+            self.0.iter().map(|(n, _)| n.to_string()).collect()
+        }
+    }
+
+    fn req(iface: &str, port: &str, listen: Option<&str>) -> GrantRequest {
+        GrantRequest {
+            iface: iface.into(),
+            allow: vec!["192.0.2.0/24".into()],
+            ports: vec![port.into()],
+            listen: listen.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn a(text: &str) -> Ipv4Addr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_pattern_expands_to_each_matching_interface_with_its_own_primary_address() {
+        let host = FakeHost(vec![
+            ("lo", vec![a("127.0.0.1")]),
+            ("br-aaa", vec![a("192.0.2.1"), a("192.0.2.2")]),
+            ("br-bbb", vec![a("198.51.100.1")]),
+            ("docker0", vec![a("203.0.113.1")]),
+            ("br-none", vec![]),
+        ]);
+        let specs = from_request(&req("br-*", "5432", None), Source::Cli).unwrap();
+        let r = resolve(&specs, &host);
+        let got: Vec<(String, Ipv4Addr, String)> = r
+            .grants
+            .iter()
+            .map(|g| (g.iface.clone(), g.listen, g.name.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("br-aaa".into(), a("192.0.2.1"), "br-aaa-tcp-5432".into()),
+                ("br-bbb".into(), a("198.51.100.1"), "br-bbb-tcp-5432".into()),
+            ]
+        );
+        assert_eq!(r.pending.len(), 1);
+        assert!(
+            r.pending[0].reason.contains("no IPv4 address"),
+            "{:?}",
+            r.pending
+        );
+        // `*` never takes lo.
+        let all = from_request(&req("*", "5432", None), Source::Cli).unwrap();
+        assert!(resolve(&all, &host).grants.iter().all(|g| g.iface != "lo"));
+    }
+
+    #[test]
+    fn a_missing_interface_or_address_is_pending_not_an_error() {
+        let host = FakeHost(vec![("br0", vec![a("192.0.2.1")])]);
+        let mut specs = from_request(&req("br9", "80", None), Source::Policy).unwrap();
+        specs.extend(from_request(&req("br0", "81", Some("192.0.2.7")), Source::Policy).unwrap());
+        specs.extend(from_request(&req("cali*", "82", None), Source::Policy).unwrap());
+        let r = resolve(&specs, &host);
+        assert!(r.grants.is_empty());
+        let reasons: Vec<&str> = r.pending.iter().map(|p| p.reason.as_str()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "the interface does not exist now",
+                "192.0.2.7 is not an address of br0 now",
+                "no interface matches the pattern now"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_listen_address_is_looked_up_again_each_time() {
+        let specs = from_request(&req("br0", "80", None), Source::Cli).unwrap();
+        let before = resolve(&specs, &FakeHost(vec![("br0", vec![a("192.0.2.1")])]));
+        let after = resolve(&specs, &FakeHost(vec![("br0", vec![a("198.51.100.1")])]));
+        assert_eq!(before.grants[0].listen, a("192.0.2.1"));
+        assert_eq!(after.grants[0].listen, a("198.51.100.1"));
+    }
+
+    #[test]
+    fn two_patterns_publishing_one_port_to_two_targets_keep_the_first() {
+        let host = FakeHost(vec![("br-x", vec![a("192.0.2.1")])]);
+        let mut one = req("br-*", "80", None);
+        one.to = Some("127.0.0.1:8080".into());
+        let mut two = req("br-?", "80", None);
+        two.to = Some("127.0.0.2:8080".into());
+        let mut specs = from_request(&one, Source::Cli).unwrap();
+        specs.extend(from_request(&two, Source::Cli).unwrap());
+        let r = resolve(&specs, &host);
+        assert_eq!(r.grants.len(), 1);
+        assert_eq!(r.grants[0].to, "127.0.0.1:8080".parse().unwrap());
+        assert!(r.pending[0].reason.contains("already published"));
+    }
+
+    #[test]
+    fn patterns_are_checked_like_names() {
+        assert!(parse_interface("br-*").is_ok());
+        assert!(parse_interface("veth[0-9]*").is_ok());
+        for bad in ["br/*", "a*:b", "br-[", "*********************"] {
+            assert!(parse_interface(bad).is_err(), "{bad}");
+        }
+    }
+}
