@@ -386,10 +386,23 @@ fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
             closed.join(", ")
         ));
     }
-    if !change.table_matches {
+    if !change.table_matches && change.guard_lost {
         out.push(format!(
             "table ip loopgate was missing or altered; restored in {took_ms} ms (read back as planned)"
         ));
+    } else if !change.table_matches {
+        out.push(format!(
+            "table ip loopgate now serves {} grant(s) (what is asked for, on the interfaces that exist); in place in {took_ms} ms, read back as planned",
+            change.grants.len()
+        ));
+    }
+    for line in change.describe() {
+        if line.starts_with("add grant")
+            || line.starts_with("remove grant")
+            || line.starts_with("change grant")
+        {
+            out.push(line);
+        }
     }
     for s in &change.raise {
         if change.guard_lost {

@@ -166,7 +166,8 @@ fn the_daemonset_entry_point_applies_exports_and_watches() {
     std::fs::create_dir_all(&textfile).unwrap();
     std::fs::write(
         policy.join("policy.yaml"),
-        format!("grants:\n  - interface: br0\n    allow: [{ALLOWED}]\n    port: 3306\n"),
+        // As the shipped DaemonSet: a grant on cni0, which appears with the first pod.
+        format!("grants:\n  - interface: br0\n    allow: [{ALLOWED}]\n    port: 3306\n  - interface: cni0\n    allow: 198.51.100.0/24\n    port: 3307\n"),
     )
     .unwrap();
     let entry =
@@ -205,6 +206,26 @@ fn the_daemonset_entry_point_applies_exports_and_watches() {
     lab.host.exec(&["nft", "flush", "ruleset"]);
     time_until(|| table_image(&lab.host).as_ref() == Some(&want))
         .expect("watch restored the table");
+    // cni0 appears late (the first pod): watch serves its grant, guard first.
+    let pod = lab.add_bridge_with_client(
+        "cni0",
+        "198.51.100.1".parse().unwrap(),
+        "198.51.100.10".parse().unwrap(),
+    );
+    time_until(|| {
+        tcp_request(&pod, sa("198.51.100.1".parse().unwrap(), 3307)).as_deref() == Some("tcp:3307")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "cni0's grant served: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(
+        lab.host.sysctl("net.ipv4.conf.cni0.route_localnet"),
+        "1",
+        "opened by watch"
+    );
     // SIGTERM (as the kubelet sends) ends it; the policy stays.
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
