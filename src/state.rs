@@ -258,6 +258,21 @@ impl Store {
         }
     }
 
+    /// The identity of the current namespace's state file as it stands (inode, size,
+    /// modification time): it changes with every save, which replaces the file by a
+    /// rename. `None` when there is none. `watch` compares it between wake-ups.
+    pub fn file_stamp() -> Option<(u64, u64, std::time::SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let cookie = crate::kernel::netns::cookie().ok()?;
+        let m = fs::metadata(
+            base_dir()
+                .join(format!("netns-{cookie}"))
+                .join("state.json"),
+        )
+        .ok()?;
+        Some((m.ino(), m.len(), m.modified().ok()?))
+    }
+
     /// Reads the current namespace's state without taking the lock. The file is only
     /// ever replaced by a rename, so this sees one whole version, though possibly one
     /// a running transaction is about to replace. `None` when there is none.

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 /// once: names from if_nameindex(3), addresses from an rtnetlink `RTM_GETADDR` dump
 /// keyed by ifindex. Not getifaddrs(3): it reports an address carrying a label
 /// (`ip addr add ... label br0:1`) under the label, as if `br0:1` were a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInterfaces {
     addrs: BTreeMap<String, Vec<Ipv4Addr>>,
 }

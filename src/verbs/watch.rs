@@ -45,6 +45,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut known: Option<State> = None;
     let mut policy = args.policy.clone().map(PolicyFollower::new);
     let mut all_open = false;
+    let mut quiet: Option<Stamp> = None;
     let mut first = true;
     while !STOP.load(Ordering::SeqCst) {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
@@ -56,7 +57,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             Ok(v) if !sysctl::is_open(v) => all_open = false,
             _ => {}
         }
-        if let Err(e) = repair(&mut known, policy.as_mut()) {
+        if let Err(e) = repair(&mut known, policy.as_mut(), &mut quiet) {
             eprintln!(
                 "loopgate watch: repair failed: {}",
                 crate::error::one_line(&e)
@@ -155,12 +156,26 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
 /// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
 /// state without the lock, and the managed interfaces are closed if it is not intact.
-pub fn repair(known: &mut Option<State>, policy: Option<&mut PolicyFollower>) -> Result<()> {
+pub fn repair(
+    known: &mut Option<State>,
+    policy: Option<&mut PolicyFollower>,
+    quiet: &mut Option<Stamp>,
+) -> Result<()> {
     let host = HostInterfaces::read()?;
-    let policy_specs = match policy {
-        Some(p) => p.specs(&host),
+    let (policy_specs, policy_seen) = match policy {
+        Some(p) => (p.specs(&host), p.seen.clone()),
+        None => (None, None),
+    };
+    // Nothing moved since a pass that found nothing to do: nothing to do again. This
+    // is what an idle host costs: one generation request, a stat, the interface list
+    // and the managed devices' sysctls.
+    let stamp = match known.as_ref() {
+        Some(state) => Stamp::now(state, &host, policy_seen).ok(),
         None => None,
     };
+    if stamp.is_some() && stamp == *quiet {
+        return Ok(());
+    }
     let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
         let Some(state) = known.as_ref() else {
             return Ok(());
@@ -179,6 +194,12 @@ pub fn repair(known: &mut Option<State>, policy: Option<&mut PolicyFollower>) ->
     };
     *known = Some(store.load()?);
     let (lines, result) = repair_with(&System, &store, &host, policy_specs.as_deref());
+    // Quiet from here on only if this pass changed nothing (a pass that changed
+    // something moved the generation; the next one checks it).
+    *quiet = match (&result, lines.is_empty()) {
+        (Ok(()), true) => stamp,
+        _ => None,
+    };
     for line in lines {
         eprintln!("loopgate watch: {line}");
     }
@@ -186,6 +207,36 @@ pub fn repair(known: &mut Option<State>, policy: Option<&mut PolicyFollower>) ->
         *known = Some(state);
     }
     result
+}
+
+/// What one wake-up sees of everything a pass depends on, cheaply. Two equal stamps
+/// mean nothing that could change the outcome of a pass moved in between: no commit
+/// to any nftables table, no save of the state, no interface or address change, no
+/// route_localnet change on a device loopgate manages, no change to the policy files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stamp {
+    generation: u32,
+    state: Option<(u64, u64, std::time::SystemTime)>,
+    host: HostInterfaces,
+    devices: std::collections::BTreeMap<u32, crate::kernel::sysctl::Device>,
+    policy: Option<Vec<(String, u64, std::time::SystemTime)>>,
+}
+
+impl Stamp {
+    /// Reads the stamp now; `state` names the devices to read.
+    pub fn now(
+        state: &State,
+        host: &HostInterfaces,
+        policy: Option<Vec<(String, u64, std::time::SystemTime)>>,
+    ) -> Result<Stamp> {
+        Ok(Stamp {
+            generation: crate::kernel::nft::current_generation()?,
+            state: Store::file_stamp(),
+            host: host.clone(),
+            devices: txn::observe_devices(&System, state, &state.grants)?,
+            policy,
+        })
+    }
 }
 
 /// What watch converges to: the command-line specs of `state` with the policy's specs
@@ -290,7 +341,8 @@ pub fn repair_with<K: Kernel>(
 /// modification times), keeps the last good specs when a change does not parse.
 pub struct PolicyFollower {
     path: std::path::PathBuf,
-    seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
+    /// The files as last read (name, size, mtime).
+    pub seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
     specs: Option<Vec<Spec>>,
 }
 

@@ -29,6 +29,15 @@ pub struct Vouch {
 }
 
 /// The nftables generation of the current namespace.
+/// The nftables generation of the current namespace: a counter the kernel bumps on
+/// every committed change to any table. One small request; `watch` reads it on every
+/// wake-up to tell "nothing changed" without reading the table.
+///
+/// Errors: the netlink request failed.
+pub fn current_generation() -> Result<u32> {
+    generation(&mut NlSocket::netfilter()?)
+}
+
 pub(super) fn generation(sock: &mut NlSocket) -> Result<u32> {
     let req = request(libc::NFT_MSG_GETGEN as u16, libc::NLM_F_ACK as u16, |_| {});
     let replies = sock.dump(&req).context("reading the nftables generation")?;

@@ -32,6 +32,6 @@ pub use batch::{features, probe};
 pub use counters::RuleCounter;
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
-pub use generation::{apply, Vouch};
+pub use generation::{apply, current_generation, Vouch};
 pub use image::{planned_image, Elements, TableImage};
 pub use readback::{snapshot, Snapshot};
