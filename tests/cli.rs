@@ -26,6 +26,8 @@ mod corpus;
 mod crash;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
+#[path = "cli/owned_table.rs"]
+mod owned_table;
 #[path = "cli/rollback.rs"]
 mod rollback;
 #[path = "cli/sysctl_values.rs"]
