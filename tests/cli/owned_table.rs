@@ -189,6 +189,29 @@ fn an_owned_table_withstands_flush_delete_and_dormant_from_others_and_outlives_i
         ok,
         "flush ruleset skips the owned table without an error: {out}"
     );
+    // As nftables.service loads its file on restart and reload: `flush ruleset` first.
+    let conf = lab.policy(
+        "nftables.conf",
+        "flush ruleset\ntable inet filter {\n chain input { type filter hook input priority 0; policy accept; }\n}\n",
+    );
+    let (ok, out) = nft(&lab.host, &["-f", &conf]);
+    assert!(ok, "{out}");
+    let tables = nft(&lab.host, &["list", "tables"]).1;
+    assert!(
+        tables.contains("table inet filter") && tables.contains("table ip loopgate"),
+        "{tables}"
+    );
+    // A file that names loopgate's table fails as a whole (EPERM), changing nothing.
+    let saved = lab.policy(
+        "saved.nft",
+        "flush ruleset\ntable ip loopgate {\n chain x { }\n}\n",
+    );
+    let (ok, out) = nft(&lab.host, &["-f", &saved]);
+    println!("nft -f naming table ip loopgate while owned: ok={ok} {out:?}");
+    assert!(!ok && out.contains("Operation not permitted"), "{out}");
+    assert!(nft(&lab.host, &["list", "tables"])
+        .1
+        .contains("table inet filter"));
     let attempts: &[(&str, &[&str])] = &[
         ("delete table", &["delete", "table", "ip", "loopgate"]),
         (
