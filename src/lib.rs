@@ -5,7 +5,8 @@
 //! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
 //! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
 //! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands;
-//! [`persist`] records a change in the persistent policy.
+//! [`persist`] records a change in the persistent policy; [`rpc`] runs a command line
+//! in the running `watch`.
 
 pub mod audit;
 pub mod cidr;
@@ -21,6 +22,7 @@ pub mod plan;
 pub mod policy;
 #[cfg(test)]
 mod properties;
+pub mod rpc;
 pub mod ruleset;
 pub mod spec;
 pub mod state;

@@ -26,6 +26,8 @@ mod corpus;
 mod crash;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
+#[path = "cli/owned_table.rs"]
+mod owned_table;
 #[path = "cli/reconcile.rs"]
 mod reconcile;
 #[path = "cli/rollback.rs"]

@@ -200,13 +200,35 @@ impl NlSocket {
     /// Opens a netlink socket on `bus` in the caller's network namespace.
     pub fn open(bus: mnl::Bus) -> Result<Self> {
         let sock = mnl::Socket::new(bus).context("opening a netlink socket")?;
-        Ok(NlSocket {
+        let s = NlSocket {
             sock,
             bus,
             buf: vec![0u64; RECV_BUF / 8],
             seq: 0,
             sized: None,
-        })
+        };
+        s.close_on_exec()?;
+        Ok(s)
+    }
+
+    /// Marks the socket close-on-exec (libmnl opens it without `SOCK_CLOEXEC`). A
+    /// socket that owns a table must close when loopgate exits: inherited by a child
+    /// it would keep the table owned, and locked against loopgate, after loopgate exits.
+    fn close_on_exec(&self) -> Result<()> {
+        // SAFETY: valid fd; F_GETFD/F_SETFD only read and set its descriptor flags.
+        let rc = unsafe {
+            let flags = libc::fcntl(self.fd(), libc::F_GETFD);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(self.fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC)
+            }
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error())
+                .context("marking a netlink socket close-on-exec");
+        }
+        Ok(())
     }
 
     /// A sequence number no earlier request on this socket carried, never 0: a reply
@@ -229,6 +251,7 @@ impl NlSocket {
     /// had queued, such as the rest of an abandoned dump, is gone with it.
     fn reopen(&mut self) -> Result<()> {
         self.sock = mnl::Socket::new(self.bus).context("opening a netlink socket")?;
+        self.close_on_exec()?;
         if let Some(bytes) = self.sized {
             self.size_buffers(bytes)?;
         }

@@ -68,7 +68,7 @@ pub(super) unsafe fn append_attrs(nlh: *mut libc::nlmsghdr, attrs: &[u8]) {
 }
 
 /// One batch being written: libnftnl's paged buffer plus a label per sequence number.
-struct BatchWriter {
+pub(super) struct BatchWriter {
     batch: NonNull<sys::nftnl_batch>,
     /// The batch-begin message's number: errors about the whole batch (a stale
     /// generation's ERESTART) answer it.
@@ -88,7 +88,7 @@ impl BatchWriter {
     /// A batch whose messages are numbered from `first_seq`; with `generation`, the
     /// kernel applies it only if the nftables generation is still that one (else it
     /// answers ERESTART and changes nothing).
-    fn new(generation: Option<u32>, first_seq: u32) -> Self {
+    pub(super) fn new(generation: Option<u32>, first_seq: u32) -> Self {
         // SAFETY: a plain allocation with libnftnl's own page and message sizes; NULL is
         // handled by `alloc`.
         let batch = alloc(unsafe {
@@ -126,19 +126,26 @@ impl BatchWriter {
         self.seq = self.seq.wrapping_add(1).max(1);
     }
 
-    fn add(&mut self, obj: &Obj, delete: bool, label: &str) {
+    /// Adds one message: `obj` created, or with `delete` deleted. A deleted rule that
+    /// names only its table deletes every rule of the table (`nft flush table`);
+    /// deleting elements is not supported (a deleted set takes its elements with it).
+    pub(super) fn add(&mut self, obj: &Obj, delete: bool, label: &str) {
         let ack = libc::NLM_F_ACK as u16;
         let create = libc::NLM_F_CREATE as u16;
         let (ty, flags) = match (obj, delete) {
             (Obj::Table(_), false) => (libc::NFT_MSG_NEWTABLE, create | ack),
             (Obj::Table(_), true) => (libc::NFT_MSG_DELTABLE, ack),
-            (Obj::Chain(_), _) => (libc::NFT_MSG_NEWCHAIN, create | ack),
-            (Obj::Set(_), _) => (libc::NFT_MSG_NEWSET, create | ack),
-            (Obj::Elems(_), _) => (libc::NFT_MSG_NEWSETELEM, create | ack),
-            (Obj::Rule(_), _) => (
+            (Obj::Chain(_), false) => (libc::NFT_MSG_NEWCHAIN, create | ack),
+            (Obj::Chain(_), true) => (libc::NFT_MSG_DELCHAIN, ack),
+            (Obj::Set(_), false) => (libc::NFT_MSG_NEWSET, create | ack),
+            (Obj::Set(_), true) => (libc::NFT_MSG_DELSET, ack),
+            (Obj::Elems(_), false) => (libc::NFT_MSG_NEWSETELEM, create | ack),
+            (Obj::Elems(_), true) => unreachable!("elements are deleted with their set"),
+            (Obj::Rule(_), false) => (
                 libc::NFT_MSG_NEWRULE,
                 create | libc::NLM_F_APPEND as u16 | ack,
             ),
+            (Obj::Rule(_), true) => (libc::NFT_MSG_DELRULE, ack),
         };
         // SAFETY: the batch buffer has room for one maximal message (nft_nlmsg_maxsize),
         // and each object pointer is live.
@@ -163,7 +170,7 @@ impl BatchWriter {
     /// With `Send::ValidateOnly` the batch-end message is left out: the kernel then
     /// checks every message (loading modules, resolving expression types) and aborts
     /// the whole batch, which is how `nft -c` checks a ruleset.
-    fn commit(mut self, sock: &mut NlSocket, mode: Send) -> Result<()> {
+    pub(super) fn commit(mut self, sock: &mut NlSocket, mode: Send) -> Result<()> {
         if mode == Send::Commit {
             // SAFETY: room for the end message is guaranteed as for any message.
             unsafe {
@@ -277,34 +284,40 @@ pub(super) fn replace_table(
         }
     }
     if poison {
-        let chain = new_chain(&Chain {
-            name: "poison".to_string(),
-            attach: Some(Attachment {
-                kind: ChainKind::Filter,
-                hook: Hook::Input,
-                priority: 0,
-            }),
-            rules: vec![],
-        });
-        let rule = new_rule(
-            "poison",
-            &Rule {
-                matches: vec![Match::SaddrInSet("no_such_set".into())],
-                verdict: Verdict::Drop,
-                comment: "injected failure".into(),
-            },
-        );
         if objects.is_none() {
             w.add(&new_table(), false, "table ip loopgate (poison)");
         }
-        w.add(&chain, false, "chain poison");
-        w.add(
-            &rule,
-            false,
-            "injected failure rule (needs a set that does not exist)",
-        );
+        append_poison(&mut w);
     }
     w.commit(sock, mode)
+}
+
+/// Appends a chain and a rule referring to a set that does not exist, so the kernel
+/// refuses the batch: the `ruleset-batch` test hook, proving a batch is all-or-nothing.
+pub(super) fn append_poison(w: &mut BatchWriter) {
+    let chain = new_chain(&Chain {
+        name: "poison".to_string(),
+        attach: Some(Attachment {
+            kind: ChainKind::Filter,
+            hook: Hook::Input,
+            priority: 0,
+        }),
+        rules: vec![],
+    });
+    let rule = new_rule(
+        "poison",
+        &Rule {
+            matches: vec![Match::SaddrInSet("no_such_set".into())],
+            verdict: Verdict::Drop,
+            comment: "injected failure".into(),
+        },
+    );
+    w.add(&chain, false, "chain poison");
+    w.add(
+        &rule,
+        false,
+        "injected failure rule (needs a set that does not exist)",
+    );
 }
 
 /// Checks, before anything changes, that the kernel supports everything the planned

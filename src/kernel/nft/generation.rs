@@ -52,7 +52,8 @@ pub(super) fn generation(sock: &mut NlSocket) -> Result<u32> {
         .context("the kernel did not report the nftables generation")
 }
 
-fn is_restart(e: &anyhow::Error) -> bool {
+/// Whether the kernel refused a batch because the generation it was bound to moved.
+pub(super) fn is_restart(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<io::Error>()
             .is_some_and(|e| e.raw_os_error() == Some(libc::ERESTART))

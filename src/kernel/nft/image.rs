@@ -193,22 +193,76 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The table object as compared: everything that decides whether its chains see
-/// packets. A dormant table unregisters every base chain: the guard is off, while the
-/// chains and rules read back unchanged.
-pub(super) fn table_text(t: NonNull<sys::nftnl_table>) -> String {
-    // SAFETY: live table; get_data's pointer is owned by it.
-    let (flags, udata) = unsafe {
-        let t = t.as_ptr();
-        (
-            sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16),
-            data_of(|len| sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, len)),
-        )
-    };
-    table_description(flags, udata.as_deref())
+/// Who holds loopgate's table, as its flags and the owner the kernel reports say
+/// (`NFT_TABLE_F_OWNER`, `NFT_TABLE_F_PERSIST`, `NFTA_TABLE_OWNER`; Linux 6.9+ for
+/// persist). Only the holder may change an owned table, and `nft flush ruleset` from
+/// anyone else skips it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Holder {
+    /// No owner flag and no persist flag: the table as [`apply`](super::apply) writes
+    /// it; anyone with CAP_NET_ADMIN may change, flush or delete it.
+    Nobody,
+    /// `flags persist` without an owner: left behind by an owner whose socket closed.
+    /// Anyone may change, flush or delete it; any process may adopt it.
+    Orphaned,
+    /// `flags owner` held by the netlink socket with this port id (with or without
+    /// `persist`; loopgate's own [`Owner`](super::Owner) always sets both).
+    Socket(u32),
 }
 
-fn table_description(flags: u32, udata: Option<&[u8]>) -> String {
+impl Holder {
+    /// The holder that a table's flags and reported owner port id describe.
+    pub fn of(flags: u32, owner: Option<u32>) -> Holder {
+        if flags & NFT_TABLE_F_OWNER != 0 {
+            // The kernel reports the port id with every owned table; 0 is no socket's.
+            Holder::Socket(owner.unwrap_or(0))
+        } else if flags & NFT_TABLE_F_PERSIST != 0 {
+            Holder::Orphaned
+        } else {
+            Holder::Nobody
+        }
+    }
+
+    /// The ownership flags a table with this holder carries.
+    fn flags(self) -> u32 {
+        match self {
+            Holder::Nobody => 0,
+            Holder::Orphaned => NFT_TABLE_F_PERSIST,
+            Holder::Socket(_) => NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST,
+        }
+    }
+}
+
+/// The table's flags and the owner port id the kernel reported, if any.
+pub(super) fn table_flags(t: NonNull<sys::nftnl_table>) -> (u32, Option<u32>) {
+    // SAFETY: live table; the getters only read it.
+    unsafe {
+        let t = t.as_ptr();
+        let owner = sys::nftnl_table_is_set(t, sys::NFTNL_TABLE_OWNER as u16)
+            .then(|| sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_OWNER as u16));
+        (
+            sys::nftnl_table_get_u32(t, sys::NFTNL_TABLE_FLAGS as u16),
+            owner,
+        )
+    }
+}
+
+/// The table object as compared: everything that decides whether its chains see
+/// packets, and who may change them. A dormant table unregisters every base chain: the
+/// guard is off, while the chains and rules read back unchanged. An owned table names
+/// its owner's port id, so a table owned by another process never compares equal to
+/// one loopgate's [`Owner`](super::Owner) holds.
+pub(super) fn table_text(t: NonNull<sys::nftnl_table>) -> String {
+    let (flags, owner) = table_flags(t);
+    // SAFETY: live table; get_data's pointer is owned by it.
+    let udata = unsafe {
+        let t = t.as_ptr();
+        data_of(|len| sys::nftnl_table_get_data(t, sys::NFTNL_TABLE_USERDATA as u16, len))
+    };
+    table_description(flags, owner, udata.as_deref())
+}
+
+fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> String {
     let mut text = format!(
         "table ip {TABLE} flags {}",
         flag_names(
@@ -220,6 +274,9 @@ fn table_description(flags: u32, udata: Option<&[u8]>) -> String {
             ],
         )
     );
+    if let (Some(port), true) = (owner, flags & NFT_TABLE_F_OWNER != 0) {
+        text += &format!(" owner port {port}");
+    }
     if let Some(u) = udata {
         text += &format!(" userdata {}", hex(u));
     }
@@ -422,14 +479,40 @@ impl TableObjects {
     }
 }
 
-/// The canonical image of a planned table, for comparison with [`Snapshot::image`].
+/// The canonical image of a planned table, for comparison with [`Snapshot::image`]:
+/// the table as [`apply`](super::apply) writes it, without flags.
 pub fn planned_image(ruleset: &Ruleset) -> TableImage {
-    let objs = encode(ruleset);
+    planned_image_held(Some(ruleset), Holder::Nobody)
+}
+
+/// The canonical image of a planned table held by `holder`: with
+/// [`Holder::Socket`] the flags and owner an [`Owner`](super::Owner) with that port id
+/// ([`Owner::portid`](super::Owner::portid)) gives the table, with
+/// [`Holder::Orphaned`] the `persist` flag it leaves behind when it exits. Without a
+/// ruleset: the empty table an `Owner` keeps when there is nothing to install.
+///
+/// Only the ownership flags are expected; a dormant flag or another owner's port id
+/// still differs.
+pub fn planned_image_held(ruleset: Option<&Ruleset>, holder: Holder) -> TableImage {
+    let empty = Ruleset {
+        sets: vec![],
+        maps: vec![],
+        chains: vec![],
+    };
+    let objs = encode(ruleset.unwrap_or(&empty));
     let elements = Elements::Planned {
         digest: objs.elements_digest(),
         blocks: objs.element_blocks().cloned().collect(),
     };
-    objs.image_with(elements)
+    let mut image = objs.image_with(elements);
+    if holder != Holder::Nobody {
+        let owner = match holder {
+            Holder::Socket(port) => Some(port),
+            _ => None,
+        };
+        image.table = table_description(holder.flags(), owner, None);
+    }
+    image
 }
 
 #[cfg(test)]
@@ -460,20 +543,26 @@ mod tests {
     #[test]
     fn table_flags_are_named_and_unknown_bits_kept() {
         assert_eq!(
-            table_description(0, None),
+            table_description(0, None, None),
             "table ip loopgate flags none",
             "what loopgate writes"
         );
         assert_eq!(
-            table_description(NFT_TABLE_F_DORMANT, None),
+            table_description(NFT_TABLE_F_DORMANT, None, None),
             "table ip loopgate flags dormant"
         );
         assert_eq!(
             table_description(
                 NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST | 0x40,
+                Some(77),
                 Some(b"\x00\x01")
             ),
-            "table ip loopgate flags owner,persist,0x40 userdata 0001"
+            "table ip loopgate flags owner,persist,0x40 owner port 77 userdata 0001"
+        );
+        // A port id without the owner flag is not an owner.
+        assert_eq!(
+            table_description(NFT_TABLE_F_PERSIST, Some(77), None),
+            "table ip loopgate flags persist"
         );
     }
 
@@ -487,13 +576,61 @@ mod tests {
         let planned = objs.image();
         assert_eq!(planned.table, "table ip loopgate flags none");
         let mut dormant = planned.clone();
-        dormant.table = table_description(NFT_TABLE_F_DORMANT, None);
+        dormant.table = table_description(NFT_TABLE_F_DORMANT, None, None);
         assert_ne!(dormant, planned);
         // Listed first, so a limit never cuts it off behind other differences.
         dormant.chains.push("extra regular".into());
         let diffs = dormant.differences(&planned, 1);
         assert_eq!(diffs.len(), 1);
         assert!(diffs[0].contains("flags dormant"), "{diffs:?}");
+    }
+
+    #[test]
+    fn the_holder_is_read_from_the_flags_and_the_reported_owner() {
+        let (owner, persist) = (NFT_TABLE_F_OWNER, NFT_TABLE_F_PERSIST);
+        assert_eq!(Holder::of(0, None), Holder::Nobody);
+        assert_eq!(Holder::of(NFT_TABLE_F_DORMANT, None), Holder::Nobody);
+        assert_eq!(Holder::of(persist, None), Holder::Orphaned);
+        assert_eq!(Holder::of(owner | persist, Some(9)), Holder::Socket(9));
+        // Owned without persist (nft's `flags owner`) is owned all the same.
+        assert_eq!(Holder::of(owner, Some(9)), Holder::Socket(9));
+    }
+
+    #[test]
+    fn an_owned_plan_expects_its_own_owner_and_nothing_else() {
+        let rs = Ruleset {
+            sets: vec![],
+            maps: vec![],
+            chains: vec![base("raw_prerouting")],
+        };
+        let plain = planned_image(&rs);
+        let mine = planned_image_held(Some(&rs), Holder::Socket(7));
+        assert_eq!(
+            mine.table,
+            "table ip loopgate flags owner,persist owner port 7"
+        );
+        assert_eq!((&mine.chains, &mine.rules), (&plain.chains, &plain.rules));
+        assert_eq!(mine.elements, plain.elements);
+        // Another socket's ownership, a dormant owned table, an orphan or a plain
+        // table: all differ, and the difference names the table first.
+        let theirs = planned_image_held(Some(&rs), Holder::Socket(8));
+        let mut dormant = mine.clone();
+        dormant.table = table_description(
+            NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST | NFT_TABLE_F_DORMANT,
+            Some(7),
+            None,
+        );
+        let orphan = planned_image_held(Some(&rs), Holder::Orphaned);
+        assert_eq!(orphan.table, "table ip loopgate flags persist");
+        for other in [&theirs, &dormant, &orphan, &plain] {
+            assert_ne!(other, &mine);
+            let diffs = other.differences(&mine, 1);
+            assert!(diffs[0].starts_with("table altered"), "{diffs:?}");
+        }
+        // No ruleset: an empty owned table.
+        let empty = planned_image_held(None, Holder::Socket(7));
+        assert_eq!(empty.table, mine.table);
+        assert!(empty.chains.is_empty() && empty.sets.is_empty() && empty.rules.is_empty());
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! writing set elements as raw attributes; `batch` sends objects as one batch;
 //! `generation` binds a commit to the nftables generation and records the [`Vouch`];
 //! `readback` reads the table back into a [`Snapshot`]; `image` reduces planned and
-//! read tables to a comparable [`TableImage`]; `counters` reads what each rule matched.
+//! read tables to a comparable [`TableImage`]; `counters` reads what each rule matched;
+//! `owner` holds the table through a socket that owns it ([`Owner`], Linux 6.9+), so
+//! no other process can flush or change it, changing its contents without ever
+//! deleting it.
 //!
 //! [`Ruleset`]: crate::ruleset::Ruleset
 
@@ -26,6 +29,7 @@ mod expr;
 mod generation;
 mod image;
 mod objects;
+mod owner;
 mod readback;
 
 pub use batch::{features, probe};
@@ -33,5 +37,6 @@ pub use counters::RuleCounter;
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use generation::{apply, current_generation, Vouch};
-pub use image::{planned_image, Elements, TableImage};
+pub use image::{planned_image, planned_image_held, Elements, Holder, TableImage};
+pub use owner::{probe_owner_support, Owner};
 pub use readback::{snapshot, Snapshot};

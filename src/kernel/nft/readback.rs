@@ -9,7 +9,7 @@ use super::batch::{replace_table, FlushFirst, Send};
 use super::elements::{self, ElemBlock};
 use super::encode::{new_table, set_header, TableObjects};
 use super::generation::{generation, Vouch};
-use super::image::{table_text, Elements, TableImage};
+use super::image::{table_flags, table_text, Elements, Holder, TableImage};
 use super::objects::{Kind, Obj, Owned};
 use crate::kernel::netlink::NlSocket;
 use crate::ruleset::TABLE;
@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub(super) objects: Option<TableObjects>,
     /// The table object as the kernel described it (flags and all), for the image.
     pub(super) table: Option<String>,
+    /// Who held the table when it was read.
+    pub(super) holder: Option<Holder>,
     /// The nftables generation read before the table was.
     generation: u32,
     /// Set when the elements were not read back but vouched for (their digest).
@@ -40,9 +42,19 @@ impl Snapshot {
         self.objects.is_some()
     }
 
+    /// Who held the table when it was read ([`Holder`]); `None` when it was absent.
+    pub fn holder(&self) -> Option<Holder> {
+        self.holder
+    }
+
     /// Puts the table back as it was when the snapshot was taken (without owner flags,
     /// which would tie it to this process's socket; see `restorable_table`). The
     /// snapshot is one state of the table: [`snapshot`] never returns a torn read.
+    ///
+    /// This deletes and re-creates the table, from a socket of its own: while another
+    /// socket owns the table (an [`Owner`](super::Owner), in this process or another)
+    /// the kernel refuses it with EPERM and nothing changes. The owner restores with
+    /// [`Owner::restore`](super::Owner::restore), which keeps the table owned.
     pub fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
         replace_table(
@@ -178,7 +190,7 @@ pub(super) fn table_exists(sock: &mut NlSocket) -> Result<bool> {
 }
 
 /// Looks up loopgate's table alone (a get, not a dump of every table).
-fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_table>>> {
+pub(super) fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_table>>> {
     let key = Owned::<sys::nftnl_table>::naming_table();
     let req = request(
         libc::NFT_MSG_GETTABLE as u16,
@@ -242,7 +254,7 @@ fn restorable_table(read: &Owned<sys::nftnl_table>) -> Obj {
 /// ruleset of someone else's is neither serialised nor parsed), chain dumps may not be
 /// filtered, so every object is also checked here for table and family. Attributes
 /// the kernel assigns ([`Kind::ASSIGNED`]) are dropped: a restore must not send them.
-fn read_objects<K: Kind>(
+pub(super) fn read_objects<K: Kind>(
     sock: &mut NlSocket,
     messages: &mut usize,
 ) -> Result<Vec<(Owned<K>, String)>> {
@@ -280,6 +292,7 @@ fn read_table(
         return Ok(Snapshot {
             objects: None,
             table: None,
+            holder: None,
             generation,
             vouched: None,
             messages,
@@ -288,6 +301,7 @@ fn read_table(
     };
     messages += 1;
     let table_text = table_text(read.ptr());
+    let (flags, owner) = table_flags(read.ptr());
     let mut objs = vec![(restorable_table(&read), format!("table ip {TABLE}"))];
     drop(read);
 
@@ -357,6 +371,7 @@ fn read_table(
     Ok(Snapshot {
         objects: Some(TableObjects { objs }),
         table: Some(table_text),
+        holder: Some(Holder::of(flags, owner)),
         generation,
         vouched,
         messages,
