@@ -249,6 +249,14 @@ pub struct WatchArgs {
     /// stay. Without it, watch keeps what the last command asked for.
     #[arg(long, value_name = "FILE|DIR")]
     pub policy: Option<PathBuf>,
+
+    /// Do not hold loopgate's table with the kernel's owner flag (Linux 6.9+). While
+    /// watch holds it, no other process can flush, switch off or edit it, and an
+    /// `nft -f` file that names `table ip loopgate` fails as a whole; with this flag,
+    /// watch protects the table by repair only (it closes the interfaces the moment
+    /// another process changes the table, restores it and reopens them).
+    #[arg(long)]
+    pub no_hold: bool,
 }
 
 /// Arguments of `loopgate plan`.
@@ -261,4 +269,18 @@ pub struct PlanArgs {
     /// As for apply: accepted and implied (missing interfaces are pending).
     #[arg(long)]
     pub skip_missing: bool,
+}
+
+/// The verb of `cli` in a word, for log lines.
+pub fn describe_command(cli: &Cli) -> &'static str {
+    match cli.command {
+        Command::Expose(_) => "expose",
+        Command::Revoke(_) => "revoke",
+        Command::Audit(_) => "audit",
+        Command::Apply(_) => "apply",
+        Command::Plan(_) => "plan",
+        Command::Watch(_) => "watch",
+        Command::Completions(_) => "completions",
+        Command::Man => "man",
+    }
 }

@@ -61,6 +61,15 @@ pub fn run(cli: &Cli) -> Result<i32> {
     if let Some(ns) = &cli.netns {
         kernel::netns::enter(ns)?;
     }
+    if let Some(code) = verbs::watch::forward(cli)? {
+        return Ok(code);
+    }
+    run_verb(cli)
+}
+
+/// Runs the verb of `cli` in the current namespace, with no forwarding: what `run`
+/// ends with, and what `loopgate watch` runs for a client.
+pub fn run_verb(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Expose(a) => verbs::expose::run(a).map(|_| error::EXIT_OK),
         Command::Revoke(a) => verbs::revoke::run(a).map(|_| error::EXIT_OK),

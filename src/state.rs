@@ -131,7 +131,7 @@ impl StateV1 {
             .into_iter()
             .filter_map(|(iface, value)| {
                 if value != 0 {
-                    eprintln!(
+                    crate::errln!(
                         "loopgate: warning: state file version 1 recorded route_localnet={value} for {iface} without telling device copies apart; it is treated as 0, so revoking {iface} closes it"
                     );
                 }
@@ -216,6 +216,15 @@ enum Lock {
 pub struct Store {
     dir: PathBuf,
     _lock: File,
+}
+
+/// The state directory of the current network namespace (`<base>/netns-<cookie>`),
+/// where the state file, its lock and a running watch's socket live.
+///
+/// Errors: the namespace cookie cannot be read (Linux older than 5.14).
+pub fn namespace_dir() -> Result<PathBuf> {
+    let cookie = crate::kernel::netns::cookie()?;
+    Ok(base_dir().join(format!("netns-{cookie}")))
 }
 
 fn base_dir() -> PathBuf {

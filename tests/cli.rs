@@ -24,6 +24,8 @@ mod concurrency;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/held_by_watch.rs"]
+mod held_by_watch;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]

@@ -236,6 +236,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             matches_expected: table_ok,
             differences,
             elements_read_back: !observed.elements_vouched,
+            protection: observed.protection.clone(),
         },
         interrupted_transaction: state.pending.is_some(),
         findings,

@@ -105,6 +105,10 @@ pub struct TableReport {
     /// False when the set elements were not read back because the nftables generation
     /// has not moved since loopgate wrote them (`--deep` reads them anyway).
     pub elements_read_back: bool,
+    /// `owned by watch (pid N)` while a running `loopgate watch` holds the table with
+    /// the kernel's owner flag (no other process can flush, switch off or edit it),
+    /// else `not owned` (protected by watch's repair, if it runs, or not at all).
+    pub protection: String,
 }
 
 /// The whole result of [`assess`]: what `audit` prints as text, JSON (`--format json`,

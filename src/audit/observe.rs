@@ -24,6 +24,9 @@ pub struct Observed {
     pub table: Option<TableImage>,
     /// True when the table's elements were vouched for instead of read back.
     pub elements_vouched: bool,
+    /// Which protection keeps other processes off loopgate's table: `owned by watch
+    /// (pid N)` while a running watch holds it, else `not owned`.
+    pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
     /// Sockets listening on 127.0.0.0/8.
@@ -61,7 +64,16 @@ pub fn observe<K: Kernel>(
         .filter(|l| loopback().contains(l.addr))
         .collect();
     let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
+    let protection = match (
+        crate::verbs::watch::running(),
+        crate::kernel::seam::holding(),
+    ) {
+        (Some((pid, port)), _) if port != 0 => format!("owned by watch (pid {pid})"),
+        (_, true) => "owned by watch".to_string(),
+        _ => "not owned".to_string(),
+    };
     Ok(Observed {
+        protection,
         pending,
         sysctls,
         ifindexes,

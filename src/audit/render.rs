@@ -37,6 +37,9 @@ fn print_text(r: &Report) {
             (_, false) => "NOT as loopgate generated it",
         }
     );
+    if r.table.present {
+        crate::outln!("table protection: {}", r.table.protection);
+    }
     for i in &r.interfaces {
         let state = match (i.effective, i.guarded) {
             (_, _) if i.error.is_some() => "UNREADABLE, counted as OPEN",

@@ -34,6 +34,8 @@ pub struct Wake {
     /// process's pid, `None` when the kernel did not say or events were lost (assume
     /// the worst).
     pub table_batches: Vec<Option<u32>>,
+    /// The extra fd given to [`Monitor::wait_with`] is readable.
+    pub extra: bool,
 }
 
 /// Two subscribed netlink sockets.
@@ -120,12 +122,20 @@ impl Monitor {
     /// interrupts the wait. An overflowing nftables queue (ENOBUFS: events were lost)
     /// counts as a batch of unknown origin: watch must assume the worst.
     pub fn wait(&mut self, timeout: Duration) -> Wake {
+        self.wait_with(timeout, None)
+    }
+
+    /// As [`Monitor::wait`], also waking when `extra` (a listening socket) is readable;
+    /// [`Wake::extra`] says so.
+    pub fn wait_with(&mut self, timeout: Duration, extra: Option<i32>) -> Wake {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use nix::sys::socket::{recv, MsgFlags};
         use std::os::fd::BorrowedFd;
-        let raw: Vec<i32> = self.sockets.iter().map(fd).collect();
-        // SAFETY: each fd belongs to a socket in `self.sockets`, which outlives these
-        // borrows (they end with this function).
+        let mut raw: Vec<i32> = self.sockets.iter().map(fd).collect();
+        raw.extend(extra);
+        // SAFETY: each fd belongs to a socket in `self.sockets`, or is the caller's
+        // `extra`, open for the call; all outlive these borrows (they end with this
+        // function).
         let borrowed: Vec<BorrowedFd<'_>> = raw
             .iter()
             .map(|&f| unsafe { BorrowedFd::borrow_raw(f) })
@@ -144,8 +154,14 @@ impl Monitor {
             return wake; // timeout, or a signal interrupted the wait
         }
         wake.events = true;
+        if extra.is_some() {
+            wake.extra = fds
+                .last()
+                .and_then(|f| f.revents())
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        }
         let table = crate::ruleset::TABLE.as_bytes();
-        for (i, &f) in raw.iter().enumerate() {
+        for (i, &f) in raw.iter().take(self.sockets.len()).enumerate() {
             let nft = i == 1;
             loop {
                 match recv(f, &mut self.buf, MsgFlags::MSG_DONTWAIT) {

@@ -105,6 +105,25 @@ pub trait Kernel {
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize>;
 }
 
+thread_local! {
+    /// The [`nft::Owner`] `watch` holds loopgate's table with, when it does: every
+    /// change to the table must then go through its socket (the kernel refuses any
+    /// other with EPERM). Thread-local because an owner is tied to its socket and not
+    /// `Send`; watch and the commands it runs for clients share its one thread.
+    static HELD: std::cell::RefCell<Option<nft::Owner>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's table changes go through `owner` from now on (watch, after
+/// adopting the table).
+pub fn hold(owner: nft::Owner) {
+    HELD.with(|h| *h.borrow_mut() = Some(owner));
+}
+
+/// True while this thread holds loopgate's table (see [`hold`]).
+pub fn holding() -> bool {
+    HELD.with(|h| h.borrow().is_some())
+}
+
 /// The real kernel of the caller's network namespace.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct System;
@@ -141,14 +160,26 @@ impl Kernel for System {
     }
 
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
-        nft::apply(ruleset)
+        HELD.with(|h| match h.borrow_mut().as_mut() {
+            Some(owner) => owner.apply(ruleset),
+            None => nft::apply(ruleset),
+        })
     }
 
     fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {
-        snapshot.restore()
+        HELD.with(|h| match h.borrow_mut().as_mut() {
+            Some(owner) => owner.restore(snapshot),
+            None => snapshot.restore(),
+        })
     }
 
     fn probe(&self, ruleset: &Ruleset) -> Result<()> {
+        // While watch holds the table, the kernel refuses a validate-only batch naming
+        // it from any other socket; the owner's own batch is then the check (a refused
+        // batch changes nothing and the transaction rolls back).
+        if holding() {
+            return Ok(());
+        }
         // Once per boot for each feature (the test hook always probes): the probe makes
         // the next real batch wait for an RCU grace period.
         let needs = nft::features(ruleset);

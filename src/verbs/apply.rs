@@ -47,10 +47,12 @@ fn run_file(file: &Path, mode: Mode) -> Result<()> {
     for p in &resolved.pending {
         match mode {
             Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
-            _ => eprintln!(
+            _ => {
+                crate::errln!(
                 "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
                 p.spec, p.interface, p.reason
-            ),
+            )
+            }
         }
     }
     converge(store, old, resolved.grants, specs, mode)

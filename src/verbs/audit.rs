@@ -14,6 +14,10 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     let (store, state) = open_store(false)?;
     let expected = crate::plan::ruleset(&state.grants).map(|r| nft::planned_image(&r));
     let host = crate::kernel::host::HostInterfaces::read()?;
+    // A table the running watch holds is loopgate's own, not a tampered one.
+    if let Some((_, port)) = super::watch::running() {
+        nft::sanction_owner(port);
+    }
     let observed = audit::observe(&System, &host, &state, expected.as_ref(), args.deep)?;
     // Released before printing: `audit | less` must not hold up watch's repairs.
     drop(store);

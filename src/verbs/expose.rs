@@ -82,9 +82,11 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     input::check_conflicts(&resolved.grants)?;
     for p in &resolved.pending {
         if requested.iter().any(|r| r.label() == p.spec) {
-            eprintln!(
+            crate::errln!(
                 "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
-                p.spec, p.interface, p.reason
+                p.spec,
+                p.interface,
+                p.reason
             );
         }
     }

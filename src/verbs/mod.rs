@@ -78,11 +78,11 @@ pub fn converge(
 
     if !change.grants.is_empty() {
         match sysctl::read("all") {
-            Ok(v) if sysctl::is_open(v) => eprintln!(
+            Ok(v) if sysctl::is_open(v) => crate::errln!(
                 "loopgate: warning: net.ipv4.conf.all.route_localnet is {v}: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
             ),
             Ok(_) => {}
-            Err(e) => eprintln!(
+            Err(e) => crate::errln!(
                 "loopgate: warning: cannot tell whether every interface is open to 127.0.0.0/8: {}",
                 crate::error::one_line(&e)
             ),
@@ -126,7 +126,7 @@ pub fn converge(
                 crate::outln!("{line}");
             }
             for w in &outcome.warnings {
-                eprintln!("loopgate: warning: {w}");
+                crate::errln!("loopgate: warning: {w}");
             }
             if outcome.connections_cut > 0 {
                 crate::outln!(
@@ -146,7 +146,7 @@ fn warn_unserved(change: &Change) {
     };
     for g in &change.grants {
         if !host::is_listening(&listeners, g.proto, *g.to.ip(), g.to.port()) {
-            eprintln!(
+            crate::errln!(
                 "loopgate: warning: nothing listens on {}/{} yet; grant {} is in place and will work once it does",
                 g.to, g.proto, g.name
             );
@@ -181,7 +181,7 @@ pub fn change(
     if let Some(target) = target {
         let file = target.file();
         for w in target.commit()? {
-            eprintln!("loopgate: warning: {w}");
+            crate::errln!("loopgate: warning: {w}");
         }
         crate::outln!("persisted to {}", file.display());
     }

@@ -19,6 +19,7 @@ use crate::spec::{self, Source, Spec};
 use crate::state::{State, Store};
 use crate::txn;
 use anyhow::Result;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,17 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut monitor = Monitor::new()?;
+    let held = match args.no_hold {
+        true => {
+            eprintln!("loopgate watch: not holding table ip loopgate (--no-hold); protecting it by repair only");
+            None
+        }
+        false => hold_table(),
+    };
+    let dir = crate::state::namespace_dir()?;
+    std::fs::create_dir_all(&dir)?;
+    let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
+    write_presence(&dir, held)?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
     let mut policy = args.policy.clone().map(PolicyFollower::new);
@@ -67,7 +79,17 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             // After the first pass, so "started" means "subscribed and converged once".
             eprintln!("loopgate watch: started");
         }
-        let wake = monitor.wait(TICK);
+        let wake = monitor.wait_with(TICK, Some(server.as_raw_fd()));
+        if wake.extra {
+            if let Err(e) = server.accept_one(serve) {
+                eprintln!(
+                    "loopgate watch: a client's command failed: {}",
+                    crate::error::one_line(&e)
+                );
+            }
+            // Its transaction may have changed what is asked for.
+            quiet = None;
+        }
         if !wake.table_batches.is_empty() {
             if let Err(e) = close_if_foreign(&wake.table_batches, &mut known) {
                 eprintln!(
@@ -77,8 +99,182 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             }
         }
     }
+    let _ = std::fs::remove_file(dir.join(PRESENCE));
     eprintln!("loopgate watch: stopped; the policy stays in place");
     Ok(())
+}
+
+/// The socket, in the namespace's state directory, over which a running watch runs
+/// `expose`, `revoke` and `apply` for clients (see [`forward`]).
+const SOCKET: &str = "watch.sock";
+/// The file that tells other loopgate commands that a watch runs: `pid owner-port`.
+const PRESENCE: &str = "watch.owner";
+
+/// Adopts loopgate's table with the owner flag where the kernel has it (Linux 6.9+):
+/// while watch runs, `nft flush ruleset` skips the table and every other process gets
+/// EPERM changing it. Returns the owner's port id; `None` on older kernels (the table
+/// is then protected by repair only: watch closes the interfaces the moment another
+/// process changes it, restores it and reopens them).
+fn hold_table() -> Option<u32> {
+    match crate::kernel::nft::probe_owner_support() {
+        Ok(true) => match crate::kernel::nft::Owner::adopt() {
+            Ok(owner) => {
+                let port = owner.portid();
+                crate::kernel::nft::sanction_owner(port);
+                crate::kernel::seam::hold(owner);
+                eprintln!("loopgate watch: holds table ip loopgate (owner flag): no other process can flush, switch off or edit it while watch runs");
+                Some(port)
+            }
+            Err(e) => {
+                eprintln!(
+                    "loopgate watch: cannot hold table ip loopgate ({}); protecting it by repair only",
+                    crate::error::one_line(&e)
+                );
+                None
+            }
+        },
+        Ok(false) => {
+            eprintln!("loopgate watch: this kernel cannot hold a table (NFT_TABLE_F_OWNER with PERSIST needs Linux 6.9); protecting it by repair only");
+            None
+        }
+        Err(e) => {
+            eprintln!(
+                "loopgate watch: cannot tell whether the kernel can hold a table ({}); protecting it by repair only",
+                crate::error::one_line(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Writes the presence file: `pid owner-port` (port 0 when the table is not held).
+fn write_presence(dir: &std::path::Path, held: Option<u32>) -> Result<()> {
+    let text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
+    std::fs::write(dir.join(PRESENCE), text)?;
+    Ok(())
+}
+
+/// The running watch of the current namespace, if one runs: (pid, owner port id, 0
+/// when it does not hold the table). Used by `audit` to name the protection in force.
+pub fn running() -> Option<(u32, u32)> {
+    let text = std::fs::read_to_string(crate::state::namespace_dir().ok()?.join(PRESENCE)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let port: u32 = words.next()?.parse().ok()?;
+    // Alive? (signal 0 checks existence and permission only.)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).ok()?;
+    Some((pid, port))
+}
+
+/// Environment variables a forwarded command needs from its caller, passed as leading
+/// `env:NAME=VALUE` words.
+const FORWARDED_ENV: &[&str] = &["LOOPGATE_CONFIG_DIR"];
+
+/// When a watch runs in this namespace, runs a changing command (`expose`, `revoke`,
+/// `apply`) through it, so that the transaction goes through the socket that holds the
+/// table; prints what it printed and returns its exit code. `None`: no watch runs (or
+/// the command only reads), run it here.
+///
+/// Errors: the watch did not answer in time (exit 3).
+pub fn forward(cli: &crate::cli::Cli) -> Result<Option<i32>> {
+    use crate::cli::Command;
+    let changes = match &cli.command {
+        Command::Expose(a) => !a.dry_run,
+        Command::Revoke(a) => !a.dry_run,
+        Command::Apply(a) => !a.dry_run,
+        _ => false,
+    };
+    if !changes || crate::kernel::seam::holding() {
+        return Ok(None);
+    }
+    let path = crate::state::namespace_dir()?.join(SOCKET);
+    if !path.exists() {
+        return Ok(None);
+    }
+    // The command line as given, less --netns (watch already runs in that namespace).
+    let mut args: Vec<String> = FORWARDED_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("env:{k}={v}")))
+        .collect();
+    let mut given = std::env::args().skip(1);
+    while let Some(a) = given.next() {
+        if a == "--netns" {
+            given.next();
+        } else if !a.starts_with("--netns=") {
+            args.push(a);
+        }
+    }
+    let Some(reply) = crate::rpc::call(&path, &args, Duration::from_secs(300))? else {
+        return Ok(None);
+    };
+    crate::out!("{}", reply.stdout);
+    crate::output::write_err(format_args!("{}", reply.stderr));
+    Ok(Some(reply.code))
+}
+
+/// Runs one client's command in this process, with its output captured.
+fn serve(words: Vec<String>) -> crate::rpc::Reply {
+    use crate::cli::Command;
+    use clap::Parser;
+    let (env, args): (Vec<String>, Vec<String>) =
+        words.into_iter().partition(|w| w.starts_with("env:"));
+    let cli = match crate::cli::Cli::try_parse_from(
+        std::iter::once("loopgate".to_string()).chain(args),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return crate::rpc::Reply::failure(
+                crate::error::EXIT_BAD_INPUT,
+                &format!(
+                    "loopgate: error: {}",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            )
+        }
+    };
+    if !matches!(
+        cli.command,
+        Command::Expose(_) | Command::Revoke(_) | Command::Apply(_)
+    ) {
+        return crate::rpc::Reply::failure(
+            crate::error::EXIT_BAD_INPUT,
+            "loopgate: error: watch runs only expose, revoke and apply for clients",
+        );
+    }
+    let saved: Vec<(String, Option<String>)> = env
+        .iter()
+        .filter_map(|w| w.strip_prefix("env:")?.split_once('='))
+        .filter(|(k, _)| FORWARDED_ENV.contains(k))
+        .map(|(k, v)| {
+            let old = std::env::var(k).ok();
+            // watch is single-threaded: no other thread reads the environment meanwhile.
+            std::env::set_var(k, v);
+            (k.to_string(), old)
+        })
+        .collect();
+    let (result, stdout, mut stderr) = crate::output::capture(|| crate::run_verb(&cli));
+    for (k, old) in saved {
+        match old {
+            Some(v) => std::env::set_var(&k, v),
+            None => std::env::remove_var(&k),
+        }
+    }
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            stderr += &format!("loopgate: error: {}\n", crate::error::one_line(&e));
+            crate::error::exit_code_for(&e)
+        }
+    };
+    eprintln!(
+        "loopgate watch: ran `{}` for a client: exit {code}",
+        crate::cli::describe_command(&cli)
+    );
+    crate::rpc::Reply {
+        stdout,
+        stderr,
+        code,
+    }
 }
 
 /// True when one of `batches` (committing pids, `None` = unknown) was not loopgate's:

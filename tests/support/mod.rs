@@ -82,6 +82,15 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// Runs a command inside the namespace and returns its output, success or not.
+    pub fn exec_status(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip netns exec")
+    }
+
     pub fn ip(&self, args: &str) {
         let mut full = vec!["-n", &self.name];
         full.extend(args.split_whitespace());
@@ -694,11 +703,24 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Starts watch and returns once its first pass is done (it logs "started").
+    /// Starts watch protecting the table by repair only (`--no-hold`): the path every
+    /// kernel has, and the one the tamper tests exercise. Returns once its first pass is
+    /// done (it logs "started").
     pub fn start(lab: &Lab) -> Watch {
+        Watch::start_with(lab, &["--no-hold"])
+    }
+
+    /// Starts watch holding the table with the owner flag where the kernel has it.
+    pub fn start_holding(lab: &Lab) -> Watch {
+        Watch::start_with(lab, &[])
+    }
+
+    /// Starts watch with extra arguments.
+    pub fn start_with(lab: &Lab, extra: &[&str]) -> Watch {
         let log = lab.state_dir.join("watch.log");
         let child = Command::new(BIN)
             .args(["--netns", &lab.host.name, "watch"])
+            .args(extra)
             .env("LOOPGATE_STATE_DIR", &lab.state_dir)
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::process::Stdio::null())

@@ -431,18 +431,71 @@ fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
 impl Snapshot {
     /// A canonical description for comparison with a planned table.
     pub fn image(&self) -> Option<TableImage> {
-        self.objects.as_ref().map(|o| {
+        let image = self.objects.as_ref().map(|o| {
             let mut image = match self.vouched {
                 Some(d) => o.image_with(Elements::Vouched(d)),
                 None => o.image(),
             };
-            // As read, not as a restore would write it (which drops owner flags).
+            // As read, not as a restore would write it (which drops owner flags),
+            // except loopgate's own protection (see `sanction_owner`), which is no
+            // difference from the plan.
             if let Some(table) = &self.table {
                 image.table = table.clone();
+                if let Some(holder) = self.holder {
+                    if sanctioned(holder) && *table == holder_description(holder) {
+                        image.table = table_description(0, None, None);
+                    }
+                }
             }
             image
-        })
+        });
+        // loopgate's own empty held table (all grants revoked while watch holds the
+        // name) is what "no table" means for the plan.
+        match image {
+            Some(i)
+                if i.chains.is_empty()
+                    && i.sets.is_empty()
+                    && i.rules.is_empty()
+                    && i.table == table_description(0, None, None)
+                    && self.holder.is_some_and(|h| h != Holder::Nobody) =>
+            {
+                None
+            }
+            other => other,
+        }
     }
+}
+
+/// The owner port id of loopgate's own `watch`, whose ownership of the table is not a
+/// difference from the plan; 0 when none is known.
+static SANCTIONED_OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Declares `port` (the netlink port id of a running `loopgate watch`'s
+/// [`Owner`](super::Owner)) as loopgate's own: a table it owns, with nothing else
+/// different, compares equal to the plan. An orphaned table (persist, no owner: left by
+/// a watch that stopped) always does. Any other owner, or any other flag (dormant),
+/// stays a difference.
+pub fn sanction_owner(port: u32) {
+    SANCTIONED_OWNER.store(port, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn sanctioned(holder: Holder) -> bool {
+    match holder {
+        Holder::Nobody => false,
+        Holder::Orphaned => true,
+        Holder::Socket(p) => {
+            p != 0 && p == SANCTIONED_OWNER.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+}
+
+/// The table line of a table with `holder` and nothing else set.
+fn holder_description(holder: Holder) -> String {
+    let owner = match holder {
+        Holder::Socket(port) => Some(port),
+        _ => None,
+    };
+    table_description(holder.flags(), owner, None)
 }
 
 impl TableObjects {

@@ -37,6 +37,6 @@ pub use counters::RuleCounter;
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use generation::{apply, current_generation, Vouch};
-pub use image::{planned_image, planned_image_held, Elements, Holder, TableImage};
+pub use image::{planned_image, planned_image_held, sanction_owner, Elements, Holder, TableImage};
 pub use owner::{probe_owner_support, Owner};
 pub use readback::{snapshot, Snapshot};
