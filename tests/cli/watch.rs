@@ -212,19 +212,20 @@ fn the_daemonset_entry_point_applies_exports_and_watches() {
         "198.51.100.1".parse().unwrap(),
         "198.51.100.10".parse().unwrap(),
     );
-    time_until(|| {
-        tcp_request(&pod, sa("198.51.100.1".parse().unwrap(), 3307)).as_deref() == Some("tcp:3307")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "cni0's grant served: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    // route_localnet is raised last, after the guard and DNAT read back.
+    time_until(|| lab.host.sysctl("net.ipv4.conf.cni0.route_localnet") == "1").unwrap_or_else(
+        || {
+            panic!(
+                "cni0 opened by watch: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        },
+    );
     assert_eq!(
-        lab.host.sysctl("net.ipv4.conf.cni0.route_localnet"),
-        "1",
-        "opened by watch"
+        tcp_request(&pod, sa("198.51.100.1".parse().unwrap(), 3307)).as_deref(),
+        Some("tcp:3307"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     // SIGTERM (as the kubelet sends) ends it; the policy stays.
     // SAFETY: signalling our own child process.
