@@ -20,6 +20,8 @@ mod audit;
 mod cli_surface;
 #[path = "cli/concurrency.rs"]
 mod concurrency;
+#[path = "cli/conntrack.rs"]
+mod conntrack;
 #[path = "cli/corpus.rs"]
 mod corpus;
 #[path = "cli/crash.rs"]
