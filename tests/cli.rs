@@ -26,6 +26,8 @@ mod conntrack;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/litter.rs"]
+mod litter;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
 #[path = "cli/rollback.rs"]

@@ -75,8 +75,7 @@ fn a_udp_flow_that_was_trying_before_the_grant_reaches_the_service_after_expose(
 
     // Control: a DNAT rule for the same publication alone (by hand, nothing cut)
     // serves a new flow and not the stale one: the entry is what stands between.
-    lab.host
-        .set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
     lab.host.exec(&[
         "nft",
         &format!("add rule ip other pre ip daddr {HOST_ADDR} udp dport 5353 dnat to {LO}:5353"),
@@ -88,10 +87,12 @@ fn a_udp_flow_that_was_trying_before_the_grant_reaches_the_service_after_expose(
     );
     let cut_nothing = send_burst(&stale, published, 10, &services);
     println!("stale flow under a DNAT rule, nothing cut: {cut_nothing} of 10 datagrams");
-    assert_eq!(cut_nothing, 0, "control: the stale entry keeps the flow un-NATed");
+    assert_eq!(
+        cut_nothing, 0,
+        "control: the stale entry keeps the flow un-NATed"
+    );
     lab.host.exec(&["nft", "flush chain ip other pre"]);
-    lab.host
-        .set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
     assert_eq!(send_burst(&stale, published, 3, &services), 0);
 
     // The grant: loopgate deletes the stale entry, and the same socket's next datagram
