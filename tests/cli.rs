@@ -20,12 +20,16 @@ mod audit;
 mod cli_surface;
 #[path = "cli/concurrency.rs"]
 mod concurrency;
+#[path = "cli/conntrack.rs"]
+mod conntrack;
 #[path = "cli/corpus.rs"]
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
 #[path = "cli/held_by_watch.rs"]
 mod held_by_watch;
+#[path = "cli/litter.rs"]
+mod litter;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]

@@ -1,0 +1,73 @@
+//! Topic: no litter. The state of a network namespace that no longer exists is removed
+//! by the next command; the state of every namespace that still exists stays.
+
+use super::*;
+
+/// The `netns-*` directories in `dir`.
+fn state_dirs(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("netns-"))
+        .collect()
+}
+
+/// Runs `loopgate audit` in `ns` with the lab's state directory (its exit code says
+/// what audit found in an empty namespace, which does not matter here).
+fn audit_in(lab: &Lab, ns: &Netns) {
+    let out = std::process::Command::new(BIN)
+        .args(["--netns", &ns.name, "audit"])
+        .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+        .env_remove("LOOPGATE_FAILPOINT")
+        .output()
+        .expect("running loopgate");
+    assert!(
+        matches!(out.status.code(), Some(0..=2)),
+        "audit in {}: {}",
+        ns.name,
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_state_of_deleted_namespaces_is_swept_by_the_next_command_and_the_living_keep_theirs() {
+    let lab = Lab::new();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let host_dirs = state_dirs(&lab.state_dir);
+    assert_eq!(host_dirs.len(), 1, "{host_dirs:?}");
+
+    let living: Vec<Netns> = (0..3).map(|_| Netns::new("live")).collect();
+    for ns in &living {
+        audit_in(&lab, ns);
+    }
+    let kept = state_dirs(&lab.state_dir);
+    assert_eq!(kept.len(), 4, "{kept:?}");
+
+    let short_lived: Vec<Netns> = (0..20).map(|_| Netns::new("brief")).collect();
+    for ns in &short_lived {
+        audit_in(&lab, ns);
+    }
+    let all = state_dirs(&lab.state_dir);
+    assert_eq!(all.len(), 24, "one directory per namespace: {all:?}");
+    drop(short_lived); // `ip netns del` each
+
+    // One more command, in the host namespace.
+    lab.ok(&["audit"]);
+    let left = state_dirs(&lab.state_dir);
+    println!(
+        "state directories: {} before the namespaces went, {} after one command",
+        all.len(),
+        left.len()
+    );
+    assert_eq!(left, kept, "the 20 gone, the 4 living kept");
+    // The host's grant and its originals are intact.
+    let state = std::fs::read_to_string(
+        lab.state_dir
+            .join(host_dirs.first().unwrap())
+            .join("state.json"),
+    )
+    .unwrap();
+    assert!(state.contains("\"port\": 3306"), "{state}");
+    drop(living);
+}
