@@ -155,7 +155,10 @@ pub fn network_text(n: &Ipv4Network) -> String {
     out
 }
 
-fn serialize_networks<S: serde::Serializer>(nets: &[Ipv4Network], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_networks<S: serde::Serializer>(
+    nets: &[Ipv4Network],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_seq(nets.iter().map(network_text))
 }
 

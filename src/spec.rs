@@ -53,6 +53,7 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<Ipv4Addr>,
     /// Allowed source networks, validated (host bits clear, no 127/8, not /0).
+    #[serde(serialize_with = "crate::grant::serialize_networks")]
     pub allow: Vec<Ipv4Network>,
 }
 

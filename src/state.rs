@@ -430,7 +430,7 @@ impl Store {
     ///
     /// Errors: the directory cannot be written (full disk, read-only /run).
     pub fn save(&self, state: &State) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(state).context("serialising state")?;
+        let bytes = serde_json::to_vec(state).context("serialising state")?;
         self.write_raw(Some(&bytes))
     }
 

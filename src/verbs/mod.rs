@@ -36,7 +36,13 @@ pub fn observe_and_compute<K: Kernel>(
     let recorded = crate::plan::ruleset(&old.grants).map(|r| nft::planned_image(&r));
     let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let devices = txn::observe_devices(kernel, &old, &grants)?;
-    let change = Change::compute(old, grants, &devices, snapshot.image().as_ref());
+    let change = Change::compute_with(
+        old,
+        grants,
+        &devices,
+        snapshot.image().as_ref(),
+        Some(recorded.as_ref()),
+    );
     Ok((change, snapshot))
 }
 

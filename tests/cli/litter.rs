@@ -68,6 +68,6 @@ fn the_state_of_deleted_namespaces_is_swept_by_the_next_command_and_the_living_k
             .join("state.json"),
     )
     .unwrap();
-    assert!(state.contains("\"port\": 3306"), "{state}");
+    assert!(state.contains("\"port\":3306"), "{state}");
     drop(living);
 }
