@@ -46,7 +46,7 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable machine-readable kind, one of `unguarded`, `all-open`, `default-open`,
     /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
-    /// `grant-inactive`, `interface-renamed`, `interface-missing`, `guarded`.
+    /// `grant-inactive`, `interface-renamed`, `pending`, `guarded`.
     pub code: &'static str,
     /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]
