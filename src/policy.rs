@@ -330,15 +330,19 @@ pub fn grants_of(
 }
 
 /// The specs of every entry of `sources` (source [`crate::spec::Source::Policy`]), for
-/// `apply`, `plan` and `watch --policy`. An entry whose interface is a name that exists
-/// now is also validated against it (its listen address must be one of the
-/// interface's), so a typo is refused; a name that does not exist now, or a pattern,
-/// is kept as a pending spec.
+/// `apply`, `plan` and `watch --policy`. With `strict` (a person running `apply` or
+/// `plan`), an entry whose interface is a name that exists now with an IPv4 address is
+/// also validated against it (its listen address must be one of the interface's), so a
+/// typo is refused. Otherwise (watch following the policy), and for a name that does
+/// not exist now, an interface without an address yet, or a pattern, what the host
+/// does not have now is left to resolution, which reports it as pending: a moment's
+/// state of the host must never keep a changed policy from taking effect.
 ///
 /// Errors (bad input, naming the file and entry): an invalid entry.
 pub fn specs_of(
     sources: &[(String, Policy)],
     host: &dyn Interfaces,
+    strict: bool,
 ) -> Result<Vec<crate::spec::Spec>> {
     let mut out = Vec::new();
     for (origin, policy) in sources {
@@ -363,7 +367,11 @@ pub fn specs_of(
             };
             let specs =
                 crate::spec::from_request(&req, crate::spec::Source::Policy).map_err(wrap)?;
-            if !crate::spec::is_pattern(&e.interface) && host.ipv4_addresses(&e.interface).is_some()
+            if strict
+                && !crate::spec::is_pattern(&e.interface)
+                && host
+                    .ipv4_addresses(&e.interface)
+                    .is_some_and(|a| !a.is_empty())
             {
                 input::validate(&req, host).map_err(wrap)?;
             }

@@ -14,7 +14,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -29,9 +29,13 @@ pub const VERSION: u32 = 1;
 /// output of 100,000 allowed networks fits.
 const MAX_MESSAGE: u64 = 64 << 20;
 
-/// How long the server waits for a connected client to send its request: a stuck
-/// client must not stall the loop that serves it.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the server waits, in all, for a connected client to send its request: a
+/// stuck or trickling client must not stall the loop that serves it (watch's repairs
+/// run on that loop). A command line is one write.
+const REQUEST_DEADLINE: Duration = Duration::from_millis(200);
+
+/// How long the server may take to write a reply the client does not read.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a command run by the server printed, and its exit code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +63,9 @@ impl Reply {
 struct Request {
     version: u32,
     args: Vec<String>,
+    /// Environment variables of the client the command depends on (name, value).
+    #[serde(default)]
+    env: Vec<(String, String)>,
 }
 
 /// The uid of the process at the other end of a connected unix socket.
@@ -135,7 +142,10 @@ impl Server {
     /// refusal (exit code 2) and `handler` is not called; so does a request of another
     /// protocol version (exit code 3). An error concerns that one connection only; the
     /// server stays usable.
-    pub fn accept_one(&self, handler: impl FnOnce(Vec<String>) -> Reply) -> Result<bool> {
+    pub fn accept_one(
+        &self,
+        handler: impl FnOnce(Vec<String>, Vec<(String, String)>) -> Reply,
+    ) -> Result<bool> {
         let stream = match self.listener.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -147,11 +157,13 @@ impl Server {
 }
 
 /// Answers one connection.
-fn serve(stream: UnixStream, handler: impl FnOnce(Vec<String>) -> Reply) -> Result<()> {
+fn serve(
+    stream: UnixStream,
+    handler: impl FnOnce(Vec<String>, Vec<(String, String)>) -> Reply,
+) -> Result<()> {
     // Accepted sockets do not inherit O_NONBLOCK on Linux; the timeouts bound the wait.
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
     let uid = peer_uid(&stream)?;
     // Read in full whoever sent it: closing a unix stream with unread data resets
     // it, and the peer would never see the reply.
@@ -160,7 +172,7 @@ fn serve(stream: UnixStream, handler: impl FnOnce(Vec<String>) -> Reply) -> Resu
         0 => {
             let req: Request = serde_json::from_slice(&line).context("parsing the request")?;
             if req.version == VERSION {
-                handler(req.args)
+                handler(req.args, req.env)
             } else {
                 Reply::failure(
                     crate::error::EXIT_SYSTEM,
@@ -184,13 +196,31 @@ fn serve(stream: UnixStream, handler: impl FnOnce(Vec<String>) -> Reply) -> Resu
     Ok(())
 }
 
-/// The request line, up to its newline (or the end), bounded.
+/// The request line, up to its newline (or the end), bounded in size and, in all, in
+/// time ([`REQUEST_DEADLINE`]).
 fn read_line(stream: &UnixStream) -> Result<Vec<u8>> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut line = Vec::new();
-    BufReader::new(stream.take(MAX_MESSAGE))
-        .read_until(b'\n', &mut line)
-        .context("reading the request")?;
-    Ok(line)
+    let mut buf = [0u8; 64 << 10];
+    loop {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .context("the client did not send its request in time")?;
+        stream.set_read_timeout(Some(left))?;
+        let n = match (&*stream).read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading the request"),
+        };
+        line.extend_from_slice(&buf[..n]);
+        if n == 0 || line.contains(&b'\n') {
+            return Ok(line);
+        }
+        if line.len() as u64 > MAX_MESSAGE {
+            bail!("the request is larger than {MAX_MESSAGE} bytes");
+        }
+    }
 }
 
 impl AsFd for Server {
@@ -222,6 +252,16 @@ impl Drop for Server {
 /// itself. A server that is not root, or does not answer in time, is an error: the
 /// command was not run, or may still be running there.
 pub fn call(path: &Path, args: &[String], timeout: Duration) -> Result<Option<Reply>> {
+    call_with_env(path, args, &[], timeout)
+}
+
+/// As [`call`], with environment variables (name, value) the command depends on.
+pub fn call_with_env(
+    path: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> Result<Option<Reply>> {
     let deadline = Instant::now() + timeout;
     let stream = match UnixStream::connect(path) {
         Ok(s) => s,
@@ -254,6 +294,7 @@ pub fn call(path: &Path, args: &[String], timeout: Duration) -> Result<Option<Re
     let mut line = serde_json::to_vec(&Request {
         version: VERSION,
         args: args.to_vec(),
+        env: env.to_vec(),
     })?;
     line.push(b'\n');
     (&stream).write_all(&line).context("sending the command")?;
@@ -312,7 +353,7 @@ mod tests {
                 nix::poll::PollFlags::POLLIN,
             )];
             nix::poll::poll(&mut fds, 100u16).unwrap();
-            let served = server.accept_one(|a| {
+            let served = server.accept_one(|a, _| {
                 seen.push(a.clone());
                 Reply {
                     stdout: format!("ran {}\n", a.join(" ")),
@@ -340,7 +381,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         // Nothing waiting: returns at once.
-        assert!(!server.accept_one(|_| unreachable!()).unwrap());
+        assert!(!server.accept_one(|_, _| unreachable!()).unwrap());
 
         let client = std::thread::spawn({
             let path = path.clone();
@@ -496,7 +537,7 @@ mod tests {
         });
         let text = format!("{:#}", denied.expect_err("a non-root client"));
         assert!(text.contains("ermission denied"), "{text}");
-        assert!(!server.accept_one(|_| unreachable!()).unwrap());
+        assert!(!server.accept_one(|_, _| unreachable!()).unwrap());
 
         // The file opened up by mistake: SO_PEERCRED still keeps the peer out.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();

@@ -689,7 +689,7 @@ fn live_namespaces() -> Result<std::collections::HashSet<String>> {
         }
         for fd in list(&proc.join("fd")) {
             if let Ok(Some(target)) = link(&fd.path()) {
-                if target.starts_with("net:[") {
+                if target.starts_with("net:[") || target.starts_with("mnt:[") {
                     live.insert(target);
                 }
             }
@@ -702,6 +702,15 @@ fn live_namespaces() -> Result<std::collections::HashSet<String>> {
         }
     }
     read_mounts(own_mounts, &mut live)?;
+    // A mount namespace kept alive only by a bind mount or an open file, with no process
+    // in it, may hold nsfs mounts of network namespaces that no mountinfo shows: the
+    // answer would be incomplete, and unknown means keep.
+    if let Some(unread) = live
+        .iter()
+        .find(|l| l.starts_with("mnt:[") && !mount_namespaces.contains(*l))
+    {
+        anyhow::bail!("the mount namespace {unread} has no process whose mounts can be read");
+    }
     Ok(live)
 }
 

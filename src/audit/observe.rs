@@ -64,12 +64,16 @@ pub fn observe<K: Kernel>(
         .filter(|l| loopback().contains(l.addr))
         .collect();
     let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
-    let protection = match (
-        crate::verbs::watch::running(),
-        crate::kernel::seam::holding(),
-    ) {
-        (Some((pid, port)), _) if port != 0 => format!("owned by watch (pid {pid})"),
-        (_, true) => "owned by watch".to_string(),
+    // From who the kernel says holds the table, checked against the running watch:
+    // a stale or forged presence file cannot make audit claim a protection.
+    use crate::kernel::nft::Holder;
+    let protection = match (snapshot.holder(), crate::verbs::watch::running()) {
+        (Some(Holder::Socket(p)), Some((pid, port))) if p == port => {
+            format!("owned by watch (pid {pid})")
+        }
+        (Some(Holder::Socket(p)), _) => {
+            format!("owned by another process (netlink port {p}), not by a running loopgate watch")
+        }
         _ => "not owned".to_string(),
     };
     Ok(Observed {

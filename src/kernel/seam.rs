@@ -33,6 +33,10 @@ pub trait TableSnapshot {
     fn counters(&self) -> Vec<nft::RuleCounter> {
         Vec::new()
     }
+    /// Who holds the table, as the kernel reported it; `None` when absent or unknown.
+    fn holder(&self) -> Option<nft::Holder> {
+        None
+    }
 }
 
 impl TableSnapshot for nft::Snapshot {
@@ -47,6 +51,9 @@ impl TableSnapshot for nft::Snapshot {
     }
     fn counters(&self) -> Vec<nft::RuleCounter> {
         nft::Snapshot::counters(self)
+    }
+    fn holder(&self) -> Option<nft::Holder> {
+        nft::Snapshot::holder(self)
     }
 }
 

@@ -26,7 +26,7 @@ pub fn desired(
         .filter(|s| s.source == Source::Cli)
         .cloned()
         .collect();
-    spec::merge(&mut specs, policy::specs_of(&sources, host)?);
+    spec::merge(&mut specs, policy::specs_of(&sources, host, true)?);
     let resolved = spec::resolve_keeping(&specs, host, &old.grants);
     if let Some(p) = resolved
         .pending

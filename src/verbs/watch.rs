@@ -166,8 +166,8 @@ pub fn running() -> Option<(u32, u32)> {
     Some((pid, port))
 }
 
-/// Environment variables a forwarded command needs from its caller, passed as leading
-/// `env:NAME=VALUE` words.
+/// Environment variables a forwarded command takes from its caller (sent beside the
+/// arguments; unset in watch for a caller that has none).
 const FORWARDED_ENV: &[&str] = &["LOOPGATE_CONFIG_DIR"];
 
 /// When a watch runs in this namespace, runs a changing command (`expose`, `revoke`,
@@ -191,20 +191,65 @@ pub fn forward(cli: &crate::cli::Cli) -> Result<Option<i32>> {
     if !path.exists() {
         return Ok(None);
     }
-    // The command line as given, less --netns (watch already runs in that namespace).
-    let mut args: Vec<String> = FORWARDED_ENV
+    let env: Vec<(String, String)> = FORWARDED_ENV
         .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| format!("env:{k}={v}")))
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
+    // A policy path means what it means here: made absolute, and a pipe or another
+    // process's descriptor (`apply /dev/stdin`) read here into a file watch can read.
+    let mut copied: Option<std::path::PathBuf> = None;
+    let policy = match &cli.command {
+        Command::Apply(a) => Some(a.file.clone()),
+        _ => None,
+    };
+    let policy_for_watch = match &policy {
+        None => None,
+        Some(p) => {
+            let meta = std::fs::metadata(p);
+            if meta.as_ref().is_ok_and(|m| m.is_file() || m.is_dir())
+                && !p.starts_with("/proc")
+                && !p.starts_with("/dev")
+            {
+                Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+            } else {
+                let text = std::fs::read(p).map_err(|e| {
+                    anyhow::Error::new(crate::error::BadInput(format!(
+                        "cannot read policy {}: {}",
+                        p.display(),
+                        crate::error::plain_io(&e)
+                    )))
+                })?;
+                let tmp = crate::state::namespace_dir()?
+                    .join(format!("client-{}.yaml", std::process::id()));
+                std::fs::write(&tmp, text)?;
+                copied = Some(tmp.clone());
+                Some(tmp)
+            }
+        }
+    };
+    // The command line as given, less --netns (watch already runs in that namespace),
+    // with the policy path as watch must read it.
+    let mut args: Vec<String> = Vec::new();
     let mut given = std::env::args().skip(1);
     while let Some(a) = given.next() {
         if a == "--netns" {
             given.next();
-        } else if !a.starts_with("--netns=") {
+        } else if a.starts_with("--netns=") {
+        } else if let (Some(p), Some(w)) = (&policy, &policy_for_watch) {
+            if std::path::Path::new(&a) == p.as_path() {
+                args.push(w.display().to_string());
+            } else {
+                args.push(a);
+            }
+        } else {
             args.push(a);
         }
     }
-    let Some(reply) = crate::rpc::call(&path, &args, Duration::from_secs(300))? else {
+    let reply = crate::rpc::call_with_env(&path, &args, &env, Duration::from_secs(300));
+    if let Some(tmp) = copied {
+        let _ = std::fs::remove_file(tmp);
+    }
+    let Some(reply) = reply? else {
         return Ok(None);
     };
     crate::out!("{}", reply.stdout);
@@ -213,11 +258,9 @@ pub fn forward(cli: &crate::cli::Cli) -> Result<Option<i32>> {
 }
 
 /// Runs one client's command in this process, with its output captured.
-fn serve(words: Vec<String>) -> crate::rpc::Reply {
+fn serve(args: Vec<String>, env: Vec<(String, String)>) -> crate::rpc::Reply {
     use crate::cli::Command;
     use clap::Parser;
-    let (env, args): (Vec<String>, Vec<String>) =
-        words.into_iter().partition(|w| w.starts_with("env:"));
     let cli = match crate::cli::Cli::try_parse_from(
         std::iter::once("loopgate".to_string()).chain(args),
     ) {
@@ -241,14 +284,17 @@ fn serve(words: Vec<String>) -> crate::rpc::Reply {
             "loopgate: error: watch runs only expose, revoke and apply for clients",
         );
     }
-    let saved: Vec<(String, Option<String>)> = env
+    // The client's values, and none where the client has none: watch's own must not
+    // leak into a client's command. watch is single-threaded: no other thread reads
+    // the environment meanwhile.
+    let saved: Vec<(String, Option<String>)> = FORWARDED_ENV
         .iter()
-        .filter_map(|w| w.strip_prefix("env:")?.split_once('='))
-        .filter(|(k, _)| FORWARDED_ENV.contains(k))
-        .map(|(k, v)| {
+        .map(|k| {
             let old = std::env::var(k).ok();
-            // watch is single-threaded: no other thread reads the environment meanwhile.
-            std::env::set_var(k, v);
+            match env.iter().find(|(n, _)| n == k) {
+                Some((_, v)) => std::env::set_var(k, v),
+                None => std::env::remove_var(k),
+            }
             (k.to_string(), old)
         })
         .collect();
@@ -540,6 +586,8 @@ pub struct PolicyFollower {
     /// The files as last read (name, size, mtime).
     pub seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
     specs: Option<Vec<Spec>>,
+    /// The interfaces when the last load failed, if it did.
+    failed_on: Option<HostInterfaces>,
 }
 
 impl PolicyFollower {
@@ -549,6 +597,7 @@ impl PolicyFollower {
             path,
             seen: None,
             specs: None,
+            failed_on: None,
         }
     }
 
@@ -582,10 +631,13 @@ impl PolicyFollower {
     /// loads (the state's recorded policy specs stand in meanwhile).
     pub fn specs(&mut self, host: &HostInterfaces) -> Option<Vec<Spec>> {
         let now = self.fingerprint();
-        if self.seen.as_ref() != Some(&now) {
+        // After a load that failed, the host changing is reason enough to try again.
+        let retry = self.failed_on.as_ref().is_some_and(|h| h != host);
+        if self.seen.as_ref() != Some(&now) || retry {
             self.seen = Some(now);
+            self.failed_on = None;
             match crate::policy::load_all(&self.path)
-                .and_then(|sources| crate::policy::specs_of(&sources, host))
+                .and_then(|sources| crate::policy::specs_of(&sources, host, false))
             {
                 Ok(specs) => {
                     if self.specs.is_some() {
@@ -596,11 +648,14 @@ impl PolicyFollower {
                     }
                     self.specs = Some(specs);
                 }
-                Err(e) => eprintln!(
-                    "loopgate watch: {} does not load, keeping what it said before: {}",
-                    self.path.display(),
-                    crate::error::one_line(&e)
-                ),
+                Err(e) => {
+                    self.failed_on = Some(host.clone());
+                    eprintln!(
+                        "loopgate watch: {} does not load, keeping what it said before: {}",
+                        self.path.display(),
+                        crate::error::one_line(&e)
+                    )
+                }
             }
         }
         self.specs.clone()

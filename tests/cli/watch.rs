@@ -201,7 +201,12 @@ fn the_daemonset_entry_point_applies_exports_and_watches() {
         Some("tcp:3306")
     );
     assert_eq!(tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306)), None);
-    // watch runs: a flush is repaired.
+    // watch runs (and holds the table where the kernel can): a flush is skipped or
+    // repaired.
+    time_until(|| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("loopgate watch: started"))
+    })
+    .expect("watch started");
     let want = table_image(&lab.host).unwrap();
     lab.host.exec(&["nft", "flush", "ruleset"]);
     time_until(|| table_image(&lab.host).as_ref() == Some(&want))
