@@ -63,6 +63,12 @@ pub enum Command {
     /// the table and reopens them; sets route_localnet again on a re-created interface
     /// only after its guard is verified in the kernel. One log line per repair.
     Watch(WatchArgs),
+    /// Guard interfaces another tool opened (route_localnet=1 by Docker, netavark,
+    /// kube-proxy, a CNI plugin): add loopgate's guard chains without publishing
+    /// anything and without touching their route_localnet. IFACE may be a pattern.
+    Guard(GuardArgs),
+    /// Remove a guard added with `loopgate guard` (same IFACE or --all-interfaces).
+    Unguard(GuardArgs),
     /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
@@ -241,6 +247,23 @@ pub struct ApplyArgs {
     pub skip_missing: bool,
 }
 
+/// Arguments of `loopgate guard` and `loopgate unguard`.
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    /// The interface, or a glob pattern such as 'br-*' or 'cali*' (quote it).
+    #[arg(value_name = "IFACE|PATTERN")]
+    pub iface: Option<String>,
+
+    /// Every interface (`lo` excepted): for hosts where net.ipv4.conf.all.route_localnet
+    /// is 1 (kube-proxy sets it), which opens every interface at once.
+    #[arg(long)]
+    pub all_interfaces: bool,
+
+    /// Print what would change and the resulting table; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// Arguments of `loopgate watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -280,6 +303,8 @@ pub fn describe_command(cli: &Cli) -> &'static str {
         Command::Apply(_) => "apply",
         Command::Plan(_) => "plan",
         Command::Watch(_) => "watch",
+        Command::Guard(_) => "guard",
+        Command::Unguard(_) => "unguard",
         Command::Completions(_) => "completions",
         Command::Man => "man",
     }

@@ -24,6 +24,10 @@ pub struct Policy {
     /// `apply` takes as "revoke everything").
     #[serde(default)]
     pub grants: Vec<Entry>,
+    /// `guard: [IFACE|PATTERN, ...]`: interfaces another tool opened, to guard without
+    /// publishing anything (as `loopgate guard`).
+    #[serde(default)]
+    pub guard: Vec<String>,
 }
 
 /// One entry of `grants:`, as the user wrote it; the keys mirror `expose`'s options and
@@ -154,7 +158,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Policy> {
     let (text, mut lists) = lift_long_lists(text);
     let mut policy = match serde_yaml::from_str::<Option<Policy>>(&text) {
         Ok(Some(p)) => p,
-        Ok(None) => Policy { grants: vec![] },
+        Ok(None) => Policy {
+            grants: vec![],
+            guard: vec![],
+        },
         Err(e) => bad_input!("{origin}: {}", e.to_string().replace('\n', " ")),
     };
     if !lists.is_empty() {
@@ -300,6 +307,7 @@ pub fn grants_of(
     let mut warnings = Vec::new();
     for (origin, policy) in sources {
         let present = Policy {
+            guard: policy.guard.clone(),
             grants: policy
                 .grants
                 .iter()
@@ -379,6 +387,28 @@ pub fn specs_of(
         }
     }
     crate::spec::check_conflicts(&out)?;
+    Ok(out)
+}
+
+/// The `guard:` entries of every file of `sources` (source
+/// [`crate::spec::Source::Policy`]), checked as interface names or patterns.
+///
+/// Errors (bad input, naming the file): an invalid name or pattern.
+pub fn guards_of(sources: &[(String, Policy)]) -> Result<Vec<crate::spec::GuardSpec>> {
+    let mut out = Vec::new();
+    for (origin, policy) in sources {
+        for g in &policy.guard {
+            let interface = crate::spec::parse_interface(g).map_err(|e| {
+                anyhow::Error::new(crate::error::BadInput(format!("{origin}: guard: {e:#}")))
+            })?;
+            out.push(crate::spec::GuardSpec {
+                source: crate::spec::Source::Policy,
+                interface,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
     Ok(out)
 }
 

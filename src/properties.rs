@@ -171,7 +171,7 @@ proptest! {
         prop_assert_eq!(applied.raise.len(), before.len());
         prop_assert!(applied.lower.is_empty());
         // What the kernel and the state file hold after that change committed:
-        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![] };
+        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![], guards: vec![], guarded: vec![] };
         let sysctls = devices(1);
         let kernel = applied.ruleset.as_ref().map(nft::planned_image);
         let again = Change::compute(state, gs, &sysctls, kernel.as_ref());

@@ -385,6 +385,47 @@ pub fn check_conflicts(specs: &[Spec]) -> Result<()> {
     Ok(())
 }
 
+/// An interface to guard without publishing anything on it (`loopgate guard`): its
+/// route_localnet belongs to another tool (Docker, netavark, kube-proxy, a CNI plugin),
+/// which opened it; loopgate adds the guard chains so that nothing reaches 127.0.0.0/8
+/// through it except what that tool forwards (replies of flows the host opened).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSpec {
+    /// What may replace or remove it.
+    pub source: Source,
+    /// An interface name or a glob pattern (`*` for every interface but `lo`).
+    pub interface: String,
+}
+
+/// The interfaces `guards` name or match now, sorted: a pattern's matches among
+/// `host`'s interfaces (never `lo`), and a name even while it does not exist (the
+/// guard is a name match; a re-created device finds it in place).
+pub fn resolve_guards(guards: &[GuardSpec], host: &dyn Host) -> Vec<String> {
+    let names = host.interface_names();
+    let mut out: Vec<String> = Vec::new();
+    for g in guards {
+        if is_pattern(&g.interface) {
+            let probe = Spec {
+                source: g.source,
+                name: None,
+                interface: g.interface.clone(),
+                proto: Proto::Tcp,
+                port: 1,
+                to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+                listen: None,
+                allow: vec![],
+            };
+            out.extend(names.iter().filter(|n| probe.matches(n)).cloned());
+        } else {
+            out.push(g.interface.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Adds `new` to `specs`, replacing specs with the same key.
 pub fn merge(specs: &mut Vec<Spec>, new: Vec<Spec>) {
     for n in new {

@@ -68,6 +68,13 @@ pub struct State {
     /// that serves no interface now is pending, not gone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub specs: Vec<crate::spec::Spec>,
+    /// Interfaces (names or patterns) to guard without publishing anything
+    /// (`loopgate guard`): another tool opened them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<crate::spec::GuardSpec>,
+    /// The interfaces those resolve to, as committed with the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guarded: Vec<String>,
 }
 
 /// How many writer pids [`State::writers`] keeps.
@@ -152,6 +159,8 @@ impl StateV1 {
             vouch: self.vouch,
             writers: Vec::new(),
             specs: Vec::new(),
+            guards: Vec::new(),
+            guarded: Vec::new(),
         }
     }
 }

@@ -87,6 +87,10 @@ pub struct Change {
     /// The specs recorded once the change commits (see [`Change::with_specs`]); the
     /// recorded ones unless the command changes what is asked for.
     pub specs: Vec<crate::spec::Spec>,
+    /// Interfaces guarded without grants once the change commits.
+    pub guarded: Vec<String>,
+    /// What `loopgate guard` asked for, recorded at commit.
+    pub guards: Vec<crate::spec::GuardSpec>,
 }
 
 /// The names and ifindexes whose devices a change from `old` to `grants` depends on.
@@ -131,8 +135,23 @@ impl Change {
         kernel_table: Option<&nft::TableImage>,
         recorded: Option<Option<&nft::TableImage>>,
     ) -> Change {
+        let guarded = old.guarded.clone();
+        Change::compute_guarding(old, grants, guarded, devices, kernel_table, recorded)
+    }
+
+    /// As [`Change::compute_with`], also guarding the interfaces in `guarded`, which
+    /// publish nothing and whose route_localnet loopgate never writes (`loopgate
+    /// guard`).
+    pub fn compute_guarding(
+        old: State,
+        grants: Vec<Grant>,
+        guarded: Vec<String>,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+        recorded: Option<Option<&nft::TableImage>>,
+    ) -> Change {
         let grants = crate::grant::normalize(grants);
-        let ruleset = plan::ruleset(&grants);
+        let ruleset = plan::ruleset_with(&grants, &guarded);
         let want = ruleset.as_ref().map(nft::planned_image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
@@ -143,12 +162,14 @@ impl Change {
             // The tables the host may rightly hold: the committed plan, or the plan of
             // an interrupted transaction (it may have got as far as the table).
             let plan_of = |gs: &[Grant]| {
-                if crate::grant::normalize(gs.to_vec()) == grants {
+                if crate::grant::normalize(gs.to_vec()) == grants && old.guarded == guarded {
                     want.clone()
                 } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
                     r.cloned()
                 } else {
-                    plan::ruleset(gs).as_ref().map(nft::planned_image)
+                    plan::ruleset_with(gs, &old.guarded)
+                        .as_ref()
+                        .map(nft::planned_image)
                 }
             };
             let mut rightful = vec![plan_of(&old.grants)];
@@ -250,6 +271,8 @@ impl Change {
         }
         Change {
             specs: old.specs.clone(),
+            guards: old.guards.clone(),
+            guarded,
             old,
             grants,
             ruleset,
@@ -274,6 +297,14 @@ impl Change {
             && self.old.grants == self.grants
             && self.old.originals == self.originals
             && self.old.specs == self.specs
+            && self.old.guards == self.guards
+            && self.old.guarded == self.guarded
+    }
+
+    /// The same change, recording `guards` as what `loopgate guard` asks for.
+    pub fn with_guards(mut self, guards: Vec<crate::spec::GuardSpec>) -> Change {
+        self.guards = guards;
+        self
     }
 
     /// The same change, recording `specs` as what is asked for from now on.
@@ -311,6 +342,23 @@ impl Change {
             if !self.grants.iter().any(|g| g.key() == o.key()) {
                 out.push(format!("remove grant {o}"));
             }
+        }
+        for g in self
+            .guarded
+            .iter()
+            .filter(|g| !self.old.guarded.contains(g))
+        {
+            out.push(format!(
+                "guard {g} (no grant; its route_localnet belongs to the tool that set it)"
+            ));
+        }
+        for g in self
+            .old
+            .guarded
+            .iter()
+            .filter(|g| !self.guarded.contains(g))
+        {
+            out.push(format!("stop guarding {g}"));
         }
         for r in &self.renamed {
             out.push(format!(
@@ -353,7 +401,7 @@ impl Change {
         if self.old.pending.is_some() {
             out.push("finish an interrupted transaction".to_string());
         }
-        if out.is_empty() && self.specs != self.old.specs {
+        if out.is_empty() && (self.specs != self.old.specs || self.guards != self.old.guards) {
             out.push(format!(
                 "record what is asked for ({} published port(s) requested; no grant changes now)",
                 self.specs.len()
@@ -510,6 +558,8 @@ fn run_steps<K: Kernel>(
             vouch: change.old.vouch,
             writers: change.old.writers_with_me(),
             specs: change.old.specs.clone(),
+            guards: change.old.guards.clone(),
+            guarded: change.old.guarded.clone(),
         })
     })?;
 
@@ -558,6 +608,8 @@ fn run_steps<K: Kernel>(
             vouch,
             writers: change.old.writers_with_me(),
             specs: change.specs.clone(),
+            guards: change.guards.clone(),
+            guarded: change.guarded.clone(),
         })
     })?;
     Ok(Outcome {
@@ -861,6 +913,8 @@ mod tests {
             vouch: None,
             writers: vec![],
             specs: vec![],
+            guards: vec![],
+            guarded: vec![],
         }
     }
 

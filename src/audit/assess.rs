@@ -124,7 +124,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 true
             }
         };
-        let guarded = managed && table_ok;
+        // Guarded without grants (`loopgate guard`): another tool opened it.
+        let guard_only = !managed && state.guarded.contains(name);
+        let guarded = (managed || guard_only) && table_ok;
         let exposed: Vec<Listener> = if !open {
             vec![]
         } else if guarded {
@@ -146,7 +148,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 code: "unguarded",
                 interface: Some(name.clone()),
                 message: format!(
-                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8)",
+                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8); to guard it without changing its route_localnet: loopgate guard {name}",
                     describe_value(value, all),
                     exposed.len()
                 ),
@@ -158,7 +160,16 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 interface: Some(name.clone()),
                 message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate apply` or repeat the expose"),
             });
-        } else if guarded {
+        } else if guarded && guard_only && open {
+            findings.push(Finding {
+                severity: Severity::Info,
+                code: "guarded",
+                interface: Some(name.clone()),
+                message: format!(
+                    "{name} is guarded (opened by another tool): nothing reaches loopback through it but replies of flows the host opened"
+                ),
+            });
+        } else if guarded && !guard_only {
             findings.push(Finding {
                 severity: Severity::Info,
                 code: "guarded",
@@ -337,6 +348,34 @@ mod tests {
         let c = codes(&assess(&o, &empty(), None));
         assert!(c.contains(&("sysctl-unreadable", Severity::Critical, Some("all".into()))));
         assert!(c.contains(&("unguarded", Severity::Critical, Some("br1".into()))));
+    }
+
+    #[test]
+    fn an_interface_guarded_for_another_tool_is_guarded_and_an_unguarded_one_names_the_remedy() {
+        let o = observed(&[
+            ("all", Ok(0)),
+            ("default", Ok(0)),
+            ("br1", Ok(1)),
+            ("br2", Ok(1)),
+        ]);
+        let mut state = empty();
+        state.guarded = vec!["br1".into()];
+        // The table is as planned (no image expected here means table_ok when absent
+        // and none expected; give both as absent).
+        let r = assess(&o, &state, None);
+        let c = codes(&r);
+        assert!(
+            c.contains(&("guarded", Severity::Info, Some("br1".into()))),
+            "{c:?}"
+        );
+        assert!(
+            c.contains(&("unguarded", Severity::Critical, Some("br2".into()))),
+            "{c:?}"
+        );
+        let f = r.findings.iter().find(|f| f.code == "unguarded").unwrap();
+        assert!(f.message.contains("loopgate guard br2"), "{}", f.message);
+        let br1 = r.interfaces.iter().find(|i| i.name == "br1").unwrap();
+        assert!(br1.guarded && br1.grants.is_empty());
     }
 
     #[test]

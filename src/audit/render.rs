@@ -44,6 +44,7 @@ fn print_text(r: &Report) {
         let state = match (i.effective, i.guarded) {
             (_, _) if i.error.is_some() => "UNREADABLE, counted as OPEN",
             (0, _) => "closed",
+            (_, true) if i.grants.is_empty() => "open, guarded (opened by another tool)",
             (_, true) => "open, guarded",
             _ => "OPEN, UNGUARDED",
         };

@@ -27,9 +27,10 @@ pub(super) struct Guards {
 }
 
 impl Guards {
-    /// Plans the guard of every interface `grants` (in canonical order, so sorted by
-    /// interface) publish on; interface N is the N-th distinct one.
-    pub fn plan(grants: &[&Grant]) -> Guards {
+    /// Plans the guard of every interface `grants` publish on and of every interface
+    /// in `guarded` (guard only, no grant); interface N is the N-th distinct one in
+    /// name order.
+    pub fn plan(grants: &[&Grant], guarded: &[String]) -> Guards {
         let mut guards = Guards {
             // map raw_ifaces { type ifname : verdict; elements = { "br0" : jump raw_if0 } }
             raw: iface_map(MAP_RAW_IFACES, KeyField::IifName),
@@ -39,7 +40,12 @@ impl Guards {
             post: iface_map(MAP_POST_IFACES, KeyField::OifName),
             chains: Vec::new(),
         };
-        let mut ifaces: Vec<&str> = grants.iter().map(|g| g.iface.as_str()).collect();
+        let mut ifaces: Vec<&str> = grants
+            .iter()
+            .map(|g| g.iface.as_str())
+            .chain(guarded.iter().map(String::as_str))
+            .collect();
+        ifaces.sort();
         ifaces.dedup();
         for (i, iface) in ifaces.into_iter().enumerate() {
             let (raw, input, post) = (raw(i, iface), input(i, iface), post(i, iface));

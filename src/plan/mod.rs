@@ -65,7 +65,14 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
 /// (the table is then removed). The result does not depend on the order of `grants`.
 /// See the module documentation for the shape.
 pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
-    if grants.is_empty() {
+    ruleset_with(grants, &[])
+}
+
+/// As [`ruleset`], also guarding the interfaces in `guarded` that publish nothing
+/// (`loopgate guard`: another tool opened them; loopgate adds the guard chains, no
+/// grant). `None` when there is nothing to guard.
+pub fn ruleset_with(grants: &[Grant], guarded: &[String]) -> Option<Ruleset> {
+    if grants.is_empty() && guarded.is_empty() {
         return None;
     }
     // Canonical order first: set, chain and map element numbers follow it, so the same
@@ -74,7 +81,7 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
 
     let allow = allow::AllowSets::plan(&grants);
-    let guards = guards::Guards::plan(&grants);
+    let guards = guards::Guards::plan(&grants, guarded);
     let nat = nat::plan(&grants, &allow.names_of);
     let targets = targets::plan(&grants, &allow.names_of);
 

@@ -4,7 +4,7 @@
 //! policy's and stay until revoked. A grant whose interface is missing is pending, never
 //! revoked for that: it is served when the interface appears.
 
-use super::{converge, open_store, Mode};
+use super::{open_store, Mode};
 use crate::cli::{ApplyArgs, PlanArgs};
 use crate::kernel::host::HostInterfaces;
 use crate::policy;
@@ -18,8 +18,17 @@ pub fn desired(
     file: &Path,
     old: &crate::state::State,
     host: &HostInterfaces,
-) -> Result<(Vec<spec::Spec>, spec::Resolved)> {
+) -> Result<(Vec<spec::Spec>, spec::Resolved, Vec<spec::GuardSpec>)> {
     let sources = policy::load_all(file)?;
+    let mut guards: Vec<spec::GuardSpec> = old
+        .guards
+        .iter()
+        .filter(|g| g.source == Source::Cli)
+        .cloned()
+        .collect();
+    guards.extend(policy::guards_of(&sources)?);
+    guards.sort();
+    guards.dedup();
     let mut specs: Vec<spec::Spec> = old
         .specs
         .iter()
@@ -36,14 +45,14 @@ pub fn desired(
         crate::bad_input!("{}: {}", p.spec, p.reason);
     }
     crate::input::check_conflicts(&resolved.grants)?;
-    Ok((specs, resolved))
+    Ok((specs, resolved, guards))
 }
 
 fn run_file(file: &Path, mode: Mode) -> Result<()> {
     let exclusive = mode == Mode::Apply;
     let (store, old) = open_store(exclusive)?;
     let host = HostInterfaces::read()?;
-    let (specs, resolved) = desired(file, &old, &host)?;
+    let (specs, resolved, guards) = desired(file, &old, &host)?;
     for p in &resolved.pending {
         match mode {
             Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
@@ -55,7 +64,7 @@ fn run_file(file: &Path, mode: Mode) -> Result<()> {
             }
         }
     }
-    converge(store, old, resolved.grants, specs, mode)
+    super::converge_guarding(store, old, resolved.grants, specs, guards, mode)
 }
 
 /// Runs `apply` (or its dry run).

@@ -12,7 +12,8 @@ use anyhow::Result;
 /// Runs `audit`; returns 1 when there is a warning or critical finding, else 0.
 pub fn run(args: &AuditArgs) -> Result<i32> {
     let (store, state) = open_store(false)?;
-    let expected = crate::plan::ruleset(&state.grants).map(|r| nft::planned_image(&r));
+    let expected =
+        crate::plan::ruleset_with(&state.grants, &state.guarded).map(|r| nft::planned_image(&r));
     let host = crate::kernel::host::HostInterfaces::read()?;
     // A table the running watch holds is loopgate's own, not a tampered one.
     if let Some((_, port)) = super::watch::running() {

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod audit;
 pub mod expose;
+pub mod guard;
 pub mod revoke;
 pub mod watch;
 
@@ -33,12 +34,26 @@ pub fn observe_and_compute<K: Kernel>(
     old: State,
     grants: Vec<Grant>,
 ) -> Result<(Change, K::Snapshot)> {
-    let recorded = crate::plan::ruleset(&old.grants).map(|r| nft::planned_image(&r));
+    let guarded = old.guarded.clone();
+    observe_and_compute_guarding(kernel, old, grants, guarded)
+}
+
+/// As [`observe_and_compute`], also guarding `guarded` (interfaces `loopgate guard`
+/// protects without grants).
+pub fn observe_and_compute_guarding<K: Kernel>(
+    kernel: &K,
+    old: State,
+    grants: Vec<Grant>,
+    guarded: Vec<String>,
+) -> Result<(Change, K::Snapshot)> {
+    let recorded =
+        crate::plan::ruleset_with(&old.grants, &old.guarded).map(|r| nft::planned_image(&r));
     let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let devices = txn::observe_devices(kernel, &old, &grants)?;
-    let change = Change::compute_with(
+    let change = Change::compute_guarding(
         old,
         grants,
+        guarded,
         &devices,
         snapshot.image().as_ref(),
         Some(recorded.as_ref()),
@@ -79,8 +94,23 @@ pub fn converge(
     specs: Vec<crate::spec::Spec>,
     mode: Mode,
 ) -> Result<()> {
-    let (change, snapshot) = observe_and_compute(&System, old, grants)?;
-    let change = change.with_specs(specs);
+    let guards = old.guards.clone();
+    converge_guarding(store, old, grants, specs, guards, mode)
+}
+
+/// As [`converge`], with `guards` as what `loopgate guard` asks for from now on
+/// (resolved against the interfaces that exist now).
+pub fn converge_guarding(
+    store: Store,
+    old: State,
+    grants: Vec<Grant>,
+    specs: Vec<crate::spec::Spec>,
+    guards: Vec<crate::spec::GuardSpec>,
+    mode: Mode,
+) -> Result<()> {
+    let guarded = crate::spec::resolve_guards(&guards, &host::HostInterfaces::read()?);
+    let (change, snapshot) = observe_and_compute_guarding(&System, old, grants, guarded)?;
+    let change = change.with_specs(specs).with_guards(guards);
 
     if !change.grants.is_empty() {
         match sysctl::read("all") {

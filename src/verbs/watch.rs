@@ -10,7 +10,7 @@
 //! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
-use super::{observe_and_compute, remember_intact};
+use super::{observe_and_compute, observe_and_compute_guarding, remember_intact};
 use crate::kernel::host::HostInterfaces;
 use crate::kernel::monitor::Monitor;
 use crate::kernel::seam::{Kernel, System};
@@ -182,6 +182,7 @@ pub fn forward(cli: &crate::cli::Cli) -> Result<Option<i32>> {
         Command::Expose(a) => !a.dry_run,
         Command::Revoke(a) => !a.dry_run,
         Command::Apply(a) => !a.dry_run,
+        Command::Guard(a) | Command::Unguard(a) => !a.dry_run,
         _ => false,
     };
     if !changes || crate::kernel::seam::holding() {
@@ -404,9 +405,9 @@ pub fn repair(
     quiet: &mut Option<Stamp>,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
-    let (policy_specs, policy_seen) = match policy {
-        Some(p) => (p.specs(&host), p.seen.clone()),
-        None => (None, None),
+    let (policy_specs, policy_guards, policy_seen) = match policy {
+        Some(p) => (p.specs(&host), p.guards.clone(), p.seen.clone()),
+        None => (None, None, None),
     };
     // Nothing moved since a pass that found nothing to do: nothing to do again. This
     // is what an idle host costs: one generation request, a stat, the interface list
@@ -435,7 +436,13 @@ pub fn repair(
         return Ok(());
     };
     *known = Some(store.load()?);
-    let (lines, result) = repair_with(&System, &store, &host, policy_specs.as_deref());
+    let (lines, result) = repair_with(
+        &System,
+        &store,
+        &host,
+        policy_specs.as_deref(),
+        policy_guards.as_deref(),
+    );
     // Quiet from here on only if this pass changed nothing (a pass that changed
     // something moved the generation; the next one checks it).
     *quiet = match (&result, lines.is_empty()) {
@@ -513,6 +520,7 @@ pub fn repair_with<K: Kernel>(
     store: &Store,
     host: &dyn spec::Host,
     policy_specs: Option<&[Spec]>,
+    policy_guards: Option<&[spec::GuardSpec]>,
 ) -> (Vec<String>, Result<()>) {
     let started = Instant::now();
     let state = match store.load() {
@@ -525,11 +533,30 @@ pub fn repair_with<K: Kernel>(
         && state.pending.is_none()
         && resolved.grants.is_empty()
         && specs == state.specs
+        && state.guards.is_empty()
+        && state.guarded.is_empty()
+        && policy_guards.is_none_or(|g| g.is_empty())
     {
         return (vec![], Ok(()));
     }
     let target = resolved.grants;
-    let (change, snapshot) = match observe_and_compute(kernel, state, target) {
+    let guards: Vec<spec::GuardSpec> = match policy_guards {
+        None => state.guards.clone(),
+        Some(policy) => {
+            let mut g: Vec<spec::GuardSpec> = state
+                .guards
+                .iter()
+                .filter(|g| g.source == Source::Cli)
+                .cloned()
+                .chain(policy.iter().cloned())
+                .collect();
+            g.sort();
+            g.dedup();
+            g
+        }
+    };
+    let guarded = spec::resolve_guards(&guards, host);
+    let (change, snapshot) = match observe_and_compute_guarding(kernel, state, target, guarded) {
         Ok(c) => c,
         Err(e) => {
             // The guard cannot be verified: watch never leaves an interface open on
@@ -548,7 +575,7 @@ pub fn repair_with<K: Kernel>(
             };
         }
     };
-    let change = change.with_specs(specs);
+    let change = change.with_specs(specs).with_guards(guards);
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
@@ -586,6 +613,8 @@ pub struct PolicyFollower {
     /// The files as last read (name, size, mtime).
     pub seen: Option<Vec<(String, u64, std::time::SystemTime)>>,
     specs: Option<Vec<Spec>>,
+    /// The policy's `guard:` entries, as last loaded.
+    guards: Option<Vec<spec::GuardSpec>>,
     /// The interfaces when the last load failed, if it did.
     failed_on: Option<HostInterfaces>,
 }
@@ -597,6 +626,7 @@ impl PolicyFollower {
             path,
             seen: None,
             specs: None,
+            guards: None,
             failed_on: None,
         }
     }
@@ -636,10 +666,14 @@ impl PolicyFollower {
         if self.seen.as_ref() != Some(&now) || retry {
             self.seen = Some(now);
             self.failed_on = None;
-            match crate::policy::load_all(&self.path)
-                .and_then(|sources| crate::policy::specs_of(&sources, host, false))
-            {
-                Ok(specs) => {
+            match crate::policy::load_all(&self.path).and_then(|sources| {
+                Ok((
+                    crate::policy::specs_of(&sources, host, false)?,
+                    crate::policy::guards_of(&sources)?,
+                ))
+            }) {
+                Ok((specs, guards)) => {
+                    self.guards = Some(guards);
                     if self.specs.is_some() {
                         eprintln!(
                             "loopgate watch: {} changed; applying it",
@@ -778,7 +812,7 @@ mod tests {
         ] {
             let (kernel, store) = converged(&[(5, "br0", 0)], g.clone());
             kernel.state.borrow_mut().table = broken.clone();
-            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
+            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
             result.unwrap();
             assert_eq!(
                 steps(&kernel),
@@ -790,7 +824,7 @@ mod tests {
                 .any(|l| l.contains("closed route_localnet on [br0] first")));
             // Converged: the next pass does nothing.
             kernel.state.borrow_mut().history.clear();
-            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
+            let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
             result.unwrap();
             assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
         }
@@ -821,9 +855,11 @@ mod tests {
             vouch: None,
             writers: vec![],
             specs: vec![],
+            guards: vec![],
+            guarded: vec![],
         };
         store.store.save(&state).unwrap();
-        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
         result.unwrap();
         assert_eq!(steps(&kernel), ["write br1=0", "apply"], "{lines:?}");
         assert!(lines
@@ -850,7 +886,7 @@ mod tests {
                 },
             );
         }
-        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
         result.unwrap();
         assert_eq!(steps(&kernel), ["write br9=0", "write br0=1"], "{lines:?}");
         assert!(
@@ -875,7 +911,7 @@ mod tests {
     fn a_guard_that_cannot_be_read_is_not_trusted() {
         let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
         kernel.fail("read");
-        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
         assert!(result.is_err());
         assert_eq!(steps(&kernel), ["write br0=0"], "{lines:?}");
     }
