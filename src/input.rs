@@ -22,7 +22,23 @@ const IPV6_REFUSAL: &str =
 pub trait Interfaces {
     /// The interface's IPv4 addresses, primary first; `None` when it does not exist.
     fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>>;
+
+    /// True when some interface of the host has `addr`: a listen address need not be
+    /// the ingress interface's own (Docker's host-gateway is docker0's address, reached
+    /// from a user-defined network's bridge).
+    fn owns(&self, _addr: Ipv4Addr) -> bool {
+        false
+    }
+
+    /// The address Docker gives `host.docker.internal` (`host-gateway`): the daemon's
+    /// `host-gateway-ip`, else docker0's primary address; `None` when neither exists.
+    fn host_gateway(&self) -> Option<Ipv4Addr> {
+        None
+    }
 }
+
+/// What `--listen host-gateway` (policy `listen: host-gateway`) is written as.
+pub const HOST_GATEWAY: &str = "host-gateway";
 
 /// One grant request as the user wrote it, on the command line or in a policy file.
 #[derive(Debug, Clone, Default)]
@@ -184,8 +200,12 @@ pub struct Parts {
     pub to_addr: Ipv4Addr,
     /// Target port; `None`: the published port.
     pub to_port: Option<u16>,
-    /// Explicit listen address; `None`: the interface's primary address.
+    /// Explicit listen address; `None`: the interface's primary address (or the
+    /// host-gateway address, with `host_gateway`).
     pub listen: Option<Ipv4Addr>,
+    /// `--listen host-gateway`: the address Docker gives `host.docker.internal`,
+    /// looked up whenever the grant is resolved.
+    pub host_gateway: bool,
 }
 
 /// Checks everything in `req` that does not depend on the host; `iface` (already
@@ -228,11 +248,17 @@ pub fn parse_parts(req: &GrantRequest, iface: &str) -> Result<Parts> {
             ports.len()
         );
     }
-    let listen = req
-        .listen
-        .as_deref()
-        .map(|t| parse_ipv4("listen address", t))
-        .transpose()?;
+    let host_gateway = req.listen.as_deref() == Some(HOST_GATEWAY);
+    let listen = match req.listen.as_deref() {
+        None | Some(HOST_GATEWAY) => None,
+        Some(t) => {
+            let addr = parse_ipv4("listen address", t)?;
+            if loopback().contains(addr) {
+                bad_input!("listen address {t:?} is in 127.0.0.0/8; clients connect to an address of the host they can route to");
+            }
+            Some(addr)
+        }
+    };
     let name = req.name.as_deref().map(parse_name).transpose()?;
     Ok(Parts {
         name,
@@ -242,6 +268,7 @@ pub fn parse_parts(req: &GrantRequest, iface: &str) -> Result<Parts> {
         to_addr,
         to_port,
         listen,
+        host_gateway,
     })
 }
 
@@ -258,14 +285,18 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
     let parts = parse_parts(req, &iface)?;
     let listen = match parts.listen {
         Some(addr) => {
-            if !addresses.contains(&addr) {
+            if !addresses.contains(&addr) && !host.owns(addr) {
                 bad_input!(
-                    "listen address {:?} is not an address of interface {iface:?}",
+                    "listen address {:?} is not an address of this host",
                     req.listen.as_deref().unwrap_or_default()
                 );
             }
             addr
         }
+        None if parts.host_gateway => match host.host_gateway() {
+            Some(a) => a,
+            None => bad_input!("--listen host-gateway: there is no docker0 (and no host-gateway-ip in /etc/docker/daemon.json) to take the address from"),
+        },
         None => match addresses.first() {
             Some(a) => *a,
             None => bad_input!("interface {iface:?} has no IPv4 address; give --listen"),

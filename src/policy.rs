@@ -375,7 +375,11 @@ pub fn specs_of(
             };
             let specs =
                 crate::spec::from_request(&req, crate::spec::Source::Policy).map_err(wrap)?;
+            // host-gateway without docker0 yet (dockerd not started): pending.
+            let gateway_missing = e.listen.as_deref() == Some(input::HOST_GATEWAY)
+                && host.host_gateway().is_none();
             if strict
+                && !gateway_missing
                 && !crate::spec::is_pattern(&e.interface)
                 && host
                     .ipv4_addresses(&e.interface)

@@ -52,6 +52,10 @@ pub struct Spec {
     /// interface it resolves on, looked up again every time it resolves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<Ipv4Addr>,
+    /// `--listen host-gateway`: the listen address is the one Docker gives
+    /// `host.docker.internal`, looked up whenever the spec resolves.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub host_gateway: bool,
     /// Allowed source networks, validated (host bits clear, no 127/8, not /0).
     #[serde(serialize_with = "crate::grant::serialize_networks")]
     pub allow: Vec<Ipv4Network>,
@@ -64,6 +68,8 @@ pub struct SpecKey {
     pub interface: String,
     /// The explicit listen address, if any.
     pub listen: Option<Ipv4Addr>,
+    /// Whether the listen address is host-gateway's.
+    pub host_gateway: bool,
     /// Protocol.
     pub proto: Proto,
     /// Published port.
@@ -76,6 +82,7 @@ impl Spec {
         SpecKey {
             interface: self.interface.clone(),
             listen: self.listen,
+            host_gateway: self.host_gateway,
             proto: self.proto,
             port: self.port,
         }
@@ -92,6 +99,7 @@ impl Spec {
             port: g.port,
             to: g.to,
             listen: Some(g.listen),
+            host_gateway: false,
             allow: g.allow.clone(),
         }
     }
@@ -177,6 +185,7 @@ pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
                 port,
                 to: SocketAddrV4::new(parts.to_addr, parts.to_port.unwrap_or(port)),
                 listen: parts.listen,
+                host_gateway: parts.host_gateway,
                 allow: parts.allow.clone(),
             });
         }
@@ -301,7 +310,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
         for iface in ifaces {
             let addresses = host.ipv4_addresses(iface).unwrap_or_default();
             let listen = match spec.listen {
-                Some(a) if addresses.contains(&a) => a,
+                Some(a) if addresses.contains(&a) || host.owns(a) => a,
                 Some(a) => {
                     out.pending.push(Pending {
                         spec: spec.label(),
@@ -310,6 +319,17 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     });
                     continue;
                 }
+                None if spec.host_gateway => match host.host_gateway() {
+                    Some(a) => a,
+                    None => {
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: iface.clone(),
+                            reason: "host-gateway has no address now (no docker0)".into(),
+                        });
+                        continue;
+                    }
+                },
                 None => match addresses.first() {
                     Some(a) => *a,
                     None => {
@@ -414,6 +434,7 @@ pub fn resolve_guards(guards: &[GuardSpec], host: &dyn Host) -> Vec<String> {
                 port: 1,
                 to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
                 listen: None,
+                host_gateway: false,
                 allow: vec![],
             };
             out.extend(names.iter().filter(|n| probe.matches(n)).cloned());

@@ -32,6 +32,8 @@ mod crash;
 mod guard;
 #[path = "cli/held_by_watch.rs"]
 mod held_by_watch;
+#[path = "cli/host_gateway.rs"]
+mod host_gateway;
 #[path = "cli/litter.rs"]
 mod litter;
 #[path = "cli/output_and_persist.rs"]

@@ -105,6 +105,19 @@ fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr)>> {
 }
 
 impl Interfaces for HostInterfaces {
+    fn owns(&self, addr: Ipv4Addr) -> bool {
+        self.addrs.values().any(|a| a.contains(&addr))
+    }
+
+    fn host_gateway(&self) -> Option<Ipv4Addr> {
+        // dockerd's own setting first, as Docker resolves host-gateway.
+        let configured = std::fs::read_to_string("/etc/docker/daemon.json")
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("host-gateway-ip")?.as_str()?.parse().ok());
+        configured.or_else(|| self.addrs.get("docker0")?.first().copied())
+    }
+
     fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
         match self.addrs.get(name) {
             Some(a) => Some(a.clone()),
