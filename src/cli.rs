@@ -121,12 +121,24 @@ impl ProtoArg {
 /// Arguments of `loopgate expose`; validated into grants by [`crate::input::validate`].
 #[derive(Debug, Args)]
 pub struct ExposeArgs {
-    /// The interface the allowed clients are behind, e.g. docker0, cni0, br-1234.
-    #[arg(value_name = "IFACE")]
-    pub iface: String,
+    /// The interface the allowed clients are behind, e.g. docker0, cni0, br-1234, or a
+    /// pattern such as 'br-*' (quoted).
+    #[arg(value_name = "IFACE", required_unless_present_any = ["docker_network", "podman_network"], conflicts_with_all = ["docker_network", "podman_network"])]
+    pub iface: Option<String>,
+
+    /// A Docker network by name instead of IFACE (e.g. myproj_default): its bridge,
+    /// subnets (the default --allow) and gateway (the default --listen) are asked of
+    /// `docker network inspect` each time; `compose down/up` is followed by itself.
+    #[arg(long, value_name = "NETWORK", conflicts_with = "podman_network")]
+    pub docker_network: Option<String>,
+
+    /// A Podman network by name instead of IFACE (as --docker-network, with `podman`).
+    #[arg(long, value_name = "NETWORK")]
+    pub podman_network: Option<String>,
 
     /// Source network allowed in (IPv4 CIDR or address). Repeat or comma-separate.
-    #[arg(long, value_name = "CIDR", required = true)]
+    /// Default with --docker-network/--podman-network: the network's subnets.
+    #[arg(long, value_name = "CIDR", required_unless_present_any = ["docker_network", "podman_network"])]
     pub allow: Vec<String>,
 
     /// Port to publish (1-65535). Repeat or comma-separate for several.
@@ -142,9 +154,11 @@ pub struct ExposeArgs {
     #[arg(long, value_name = "ADDR[:PORT]")]
     pub to: Option<String>,
 
-    /// Address clients connect to; must be an address of IFACE. Default: the
-    /// interface's primary IPv4 address.
-    #[arg(long, value_name = "ADDR")]
+    /// Address clients connect to: an IPv4 address of this host (IFACE still decides
+    /// who may use it), or `host-gateway` (what Docker gives host.docker.internal:
+    /// docker0's address). Default: IFACE's primary IPv4 address, or the network's
+    /// gateway with --docker-network/--podman-network.
+    #[arg(long, value_name = "ADDR|host-gateway")]
     pub listen: Option<String>,
 
     /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306, or
@@ -170,8 +184,16 @@ pub struct ExposeArgs {
 pub struct RevokeArgs {
     /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
     /// everything loopgate did in this namespace.
-    #[arg(value_name = "IFACE")]
+    #[arg(value_name = "IFACE", conflicts_with_all = ["docker_network", "podman_network"])]
     pub iface: Option<String>,
+
+    /// Revoke grants made with --docker-network NETWORK.
+    #[arg(long, value_name = "NETWORK", conflicts_with = "podman_network")]
+    pub docker_network: Option<String>,
+
+    /// Revoke grants made with --podman-network NETWORK.
+    #[arg(long, value_name = "NETWORK")]
+    pub podman_network: Option<String>,
 
     /// Revoke the grants publishing this port (repeat or comma-separate).
     #[arg(long, value_name = "PORT")]

@@ -56,8 +56,13 @@ pub struct GrantRequest {
     pub proto: Option<String>,
     /// `ADDR[:PORT]` in 127.0.0.0/8; `None` means 127.0.0.1 and the published port.
     pub to: Option<String>,
-    /// An IPv4 address of the interface; `None` means its primary address.
+    /// An IPv4 address of the host, or `host-gateway`; `None` means the interface's
+    /// primary address (a runtime network's gateway with `network`).
     pub listen: Option<String>,
+    /// A container runtime's network by name (`--docker-network`, `docker_network:`),
+    /// instead of an interface: its bridge, subnets (the default `allow`) and gateway
+    /// (the default listen address) are asked of the runtime when the grant resolves.
+    pub network: Option<(crate::kernel::runtime::Runtime, String)>,
 }
 
 /// Checks an interface name the way the kernel would, and refuses the names loopgate
@@ -214,7 +219,7 @@ pub struct Parts {
 /// Errors (bad input, naming the value): no or invalid allowed networks, ports,
 /// protocol, target, listen address or name.
 pub fn parse_parts(req: &GrantRequest, iface: &str) -> Result<Parts> {
-    if req.allow.is_empty() {
+    if req.allow.is_empty() && req.network.is_none() {
         bad_input!("no allowed source networks for {iface:?}: give at least one --allow CIDR");
     }
     let allow = req
@@ -224,7 +229,7 @@ pub fn parse_parts(req: &GrantRequest, iface: &str) -> Result<Parts> {
         .filter(|a| !a.trim().is_empty())
         .map(parse_cidr)
         .collect::<Result<Vec<_>>>()?;
-    if allow.is_empty() {
+    if allow.is_empty() && req.network.is_none() {
         bad_input!("no allowed source networks for {iface:?}: give at least one --allow CIDR");
     }
     let ports = req

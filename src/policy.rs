@@ -37,9 +37,19 @@ pub struct Policy {
 pub struct Entry {
     /// Grant name (`--name`); absent for the default name.
     pub name: Option<String>,
-    /// The interface the clients are behind (the `IFACE` of `expose`).
+    /// The interface the clients are behind (the `IFACE` of `expose`), or a pattern;
+    /// empty when a runtime network is named instead.
+    #[serde(default)]
     pub interface: String,
-    /// Allowed source networks (`--allow`): IPv4 CIDRs or addresses.
+    /// A Docker network by name instead of an interface (`--docker-network`).
+    #[serde(default)]
+    pub docker_network: Option<String>,
+    /// A Podman network by name instead of an interface (`--podman-network`).
+    #[serde(default)]
+    pub podman_network: Option<String>,
+    /// Allowed source networks (`--allow`): IPv4 CIDRs or addresses; with a runtime
+    /// network, absent means the network's own subnets.
+    #[serde(default)]
     pub allow: OneOrMany<String>,
     /// Ports to publish (`--port`). Read as `u64` so that a number above 65535 gets
     /// the "1 to 65535" message of validation instead of a YAML type error.
@@ -59,6 +69,12 @@ pub enum OneOrMany<T> {
     One(T),
     /// `key: [a, b]` or a block list.
     Many(Vec<T>),
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
 }
 
 /// By hand rather than `#[serde(untagged)]`: untagged buffers the whole value and then
@@ -355,6 +371,13 @@ pub fn specs_of(
     let mut out = Vec::new();
     for (origin, policy) in sources {
         for (i, e) in policy.grants.iter().enumerate() {
+            use crate::kernel::runtime::Runtime;
+            let network = match (&e.docker_network, &e.podman_network) {
+                (Some(n), None) => Some((Runtime::Docker, n.clone())),
+                (None, Some(n)) => Some((Runtime::Podman, n.clone())),
+                (None, None) => None,
+                (Some(_), Some(_)) => None, // refused below
+            };
             let req = GrantRequest {
                 name: e.name.clone(),
                 iface: e.interface.clone(),
@@ -363,6 +386,7 @@ pub fn specs_of(
                 proto: e.proto.clone(),
                 to: e.to.clone(),
                 listen: e.listen.clone(),
+                network: network.clone(),
             };
             let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let wrap = |err: anyhow::Error| {
@@ -373,13 +397,22 @@ pub fn specs_of(
                     text
                 }))
             };
+            let named = usize::from(!e.interface.is_empty())
+                + usize::from(e.docker_network.is_some())
+                + usize::from(e.podman_network.is_some());
+            if named != 1 {
+                return Err(wrap(anyhow::Error::new(crate::error::BadInput(
+                    "give exactly one of interface, docker_network and podman_network".into(),
+                ))));
+            }
             let specs =
                 crate::spec::from_request(&req, crate::spec::Source::Policy).map_err(wrap)?;
             // host-gateway without docker0 yet (dockerd not started): pending.
-            let gateway_missing = e.listen.as_deref() == Some(input::HOST_GATEWAY)
-                && host.host_gateway().is_none();
+            let gateway_missing =
+                e.listen.as_deref() == Some(input::HOST_GATEWAY) && host.host_gateway().is_none();
             if strict
                 && !gateway_missing
+                && network.is_none()
                 && !crate::spec::is_pattern(&e.interface)
                 && host
                     .ipv4_addresses(&e.interface)
@@ -434,6 +467,7 @@ fn entries_to_grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant
             proto: e.proto.clone(),
             to: e.to.clone(),
             listen: e.listen.clone(),
+            network: None,
         };
         let grants = input::validate(&req, host).map_err(|err| {
             let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));

@@ -28,6 +28,16 @@ pub enum Source {
     Policy,
 }
 
+/// A container runtime's network, named instead of an interface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSelector {
+    /// Whose network.
+    pub runtime: crate::kernel::runtime::Runtime,
+    /// Its name, as `docker network ls` / `podman network ls` show it.
+    pub name: String,
+}
+
 /// One requested publication: `listen:port/proto` on every interface `interface`
 /// names or matches, DNATed to `to`, for `allow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,8 +50,12 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// An interface name, or a glob pattern over names (`*`, `?`, `[...]`; see
-    /// [`is_pattern`]). `lo`, `all` and `default` never match.
+    /// [`is_pattern`]). `lo`, `all` and `default` never match. Empty with `network`.
     pub interface: String,
+    /// A runtime's network instead of an interface: resolved to its bridge, subnets
+    /// and gateway (see [`crate::kernel::runtime`]) each time the spec resolves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSelector>,
     /// The transport protocol.
     pub proto: Proto,
     /// The published port, host byte order.
@@ -66,6 +80,8 @@ pub struct Spec {
 pub struct SpecKey {
     /// The interface name or pattern, as written.
     pub interface: String,
+    /// The runtime network, if one is named instead.
+    pub network: Option<NetworkSelector>,
     /// The explicit listen address, if any.
     pub listen: Option<Ipv4Addr>,
     /// Whether the listen address is host-gateway's.
@@ -81,6 +97,7 @@ impl Spec {
     pub fn key(&self) -> SpecKey {
         SpecKey {
             interface: self.interface.clone(),
+            network: self.network.clone(),
             listen: self.listen,
             host_gateway: self.host_gateway,
             proto: self.proto,
@@ -95,6 +112,7 @@ impl Spec {
             source,
             name: Some(g.name.clone()),
             interface: g.iface.clone(),
+            network: None,
             proto: g.proto,
             port: g.port,
             to: g.to,
@@ -106,7 +124,7 @@ impl Spec {
 
     /// True when the interface is a pattern, not a name.
     pub fn is_pattern(&self) -> bool {
-        is_pattern(&self.interface)
+        self.network.is_none() && is_pattern(&self.interface)
     }
 
     /// True when this spec applies to the interface called `iface`.
@@ -114,7 +132,9 @@ impl Spec {
         if matches!(iface, "lo" | "all" | "default") {
             return false;
         }
-        if self.is_pattern() {
+        if self.network.is_some() {
+            false
+        } else if self.is_pattern() {
             glob::Pattern::new(&self.interface).is_ok_and(|p| p.matches(iface))
         } else {
             self.interface == iface
@@ -123,9 +143,13 @@ impl Spec {
 
     /// How people refer to it: its name, or `IFACE proto/port`.
     pub fn label(&self) -> String {
+        let on = match &self.network {
+            Some(n) => format!("{} network {}", n.runtime.cli(), n.name),
+            None => self.interface.clone(),
+        };
         match &self.name {
-            Some(n) => format!("{n} ({} {}/{})", self.interface, self.proto, self.port),
-            None => format!("{} {}/{}", self.interface, self.proto, self.port),
+            Some(n) => format!("{n} ({on} {}/{})", self.proto, self.port),
+            None => format!("{on} {}/{}", self.proto, self.port),
         }
     }
 }
@@ -172,8 +196,26 @@ pub fn parse_interface(text: &str) -> Result<String> {
 ///
 /// Errors (bad input, naming the value): as [`input::validate`].
 pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
-    let interface = parse_interface(&req.iface)?;
-    let parts = input::parse_parts(req, &interface)?;
+    let (interface, network) = match &req.network {
+        Some((runtime, name)) => {
+            if name.is_empty() || name.len() > 255 || name.contains(['/', '\0']) {
+                bad_input!("invalid {} network name {name:?}", runtime.cli());
+            }
+            (
+                String::new(),
+                Some(NetworkSelector {
+                    runtime: *runtime,
+                    name: name.clone(),
+                }),
+            )
+        }
+        None => (parse_interface(&req.iface)?, None),
+    };
+    let shown = match &network {
+        Some(n) => format!("{} network {}", n.runtime.cli(), n.name),
+        None => interface.clone(),
+    };
+    let parts = input::parse_parts(req, &shown)?;
     let mut out = Vec::new();
     for &proto in &parts.protos {
         for &port in &parts.ports {
@@ -181,6 +223,7 @@ pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
                 source,
                 name: parts.name.clone(),
                 interface: interface.clone(),
+                network: network.clone(),
                 proto,
                 port,
                 to: SocketAddrV4::new(parts.to_addr, parts.to_port.unwrap_or(port)),
@@ -217,6 +260,16 @@ pub struct Resolved {
 pub trait Host: Interfaces {
     /// Every interface name of the namespace.
     fn interface_names(&self) -> Vec<String>;
+
+    /// What a runtime says of its network `name` (see
+    /// [`crate::kernel::runtime::inspect`]); none known by default.
+    fn runtime_network(
+        &self,
+        _runtime: crate::kernel::runtime::Runtime,
+        _name: &str,
+    ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
+        Ok(None)
+    }
 }
 
 /// Resolves `specs` against `host`: each spec on each interface it names or matches
@@ -249,7 +302,50 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
     let mut out = Resolved::default();
     let mut seen: BTreeMap<GrantKey, (SocketAddrV4, String)> = BTreeMap::new();
     for spec in specs {
-        let ifaces: Vec<&String> = if spec.is_pattern() {
+        // A runtime's network: ask the runtime where it is now.
+        let net = match &spec.network {
+            None => None,
+            Some(sel) => match host.runtime_network(sel.runtime, &sel.name) {
+                Ok(Some(net)) => Some(net),
+                Ok(None) => {
+                    out.pending.push(Pending {
+                        spec: spec.label(),
+                        interface: String::new(),
+                        reason: format!(
+                            "{} network {} does not exist now",
+                            sel.runtime.cli(),
+                            sel.name
+                        ),
+                    });
+                    continue;
+                }
+                Err(why) => {
+                    out.pending.push(Pending {
+                        spec: spec.label(),
+                        interface: String::new(),
+                        reason: why,
+                    });
+                    continue;
+                }
+            },
+        };
+        let allow = match &net {
+            Some(n) if spec.allow.is_empty() => n.subnets.clone(),
+            _ => spec.allow.clone(),
+        };
+        if let Some(n) = &net {
+            if !names.contains(&n.bridge) {
+                out.pending.push(Pending {
+                    spec: spec.label(),
+                    interface: n.bridge.clone(),
+                    reason: format!("its bridge {} does not exist now", n.bridge),
+                });
+                continue;
+            }
+        }
+        let ifaces: Vec<&String> = if let Some(n) = &net {
+            names.iter().filter(|x| **x == n.bridge).collect()
+        } else if spec.is_pattern() {
             names.iter().filter(|n| spec.matches(n)).collect()
         } else {
             names.iter().filter(|n| **n == spec.interface).collect()
@@ -319,6 +415,15 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     });
                     continue;
                 }
+                None if net
+                    .as_ref()
+                    .and_then(|n| n.gateway)
+                    .is_some_and(|g| addresses.contains(&g) || host.owns(g)) =>
+                {
+                    net.as_ref()
+                        .and_then(|n| n.gateway)
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+                }
                 None if spec.host_gateway => match host.host_gateway() {
                     Some(a) => a,
                     None => {
@@ -352,7 +457,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                 listen,
                 port: spec.port,
                 to: spec.to,
-                allow: spec.allow.clone(),
+                allow: allow.clone(),
             };
             match seen.get(&grant.key()) {
                 Some((to, _)) if *to == grant.to => {
@@ -430,6 +535,7 @@ pub fn resolve_guards(guards: &[GuardSpec], host: &dyn Host) -> Vec<String> {
                 source: g.source,
                 name: None,
                 interface: g.interface.clone(),
+                network: None,
                 proto: Proto::Tcp,
                 port: 1,
                 to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
@@ -475,6 +581,67 @@ mod tests {
     impl Host for FakeHost {
         fn interface_names(&self) -> Vec<String> {
             self.0.iter().map(|(n, _)| n.to_string()).collect()
+        }
+
+        fn runtime_network(
+            &self,
+            runtime: crate::kernel::runtime::Runtime,
+            name: &str,
+        ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
+            match (runtime, name) {
+                (crate::kernel::runtime::Runtime::Docker, "myproj_default") => {
+                    Ok(Some(crate::kernel::runtime::RuntimeNet {
+                        bridge: "br-0123456789ab".into(),
+                        subnets: vec!["203.0.113.32/27".parse().unwrap()],
+                        gateway: Some(a("203.0.113.33")),
+                    }))
+                }
+                (_, "mv") => Err("docker network mv uses the \"macvlan\" driver".into()),
+                _ => Ok(None),
+            }
+        }
+    }
+
+    #[test]
+    fn a_runtime_network_resolves_to_its_bridge_subnets_and_gateway_or_is_pending() {
+        use crate::kernel::runtime::Runtime;
+        let mut by_name = GrantRequest {
+            ports: vec!["5432".into()],
+            network: Some((Runtime::Docker, "myproj_default".into())),
+            ..Default::default()
+        };
+        let specs = from_request(&by_name, Source::Cli).unwrap();
+        // The bridge is not there yet (compose down): pending.
+        let r = resolve(
+            &specs,
+            &FakeHost(vec![("docker0", vec![a("198.51.100.1")])]),
+        );
+        assert!(r.grants.is_empty());
+        assert!(
+            r.pending[0].reason.contains("br-0123456789ab"),
+            "{:?}",
+            r.pending
+        );
+        let host = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
+        let r = resolve(&specs, &host);
+        let g = &r.grants[0];
+        assert_eq!(
+            (g.iface.as_str(), g.listen),
+            ("br-0123456789ab", a("203.0.113.33"))
+        );
+        assert_eq!(g.allow, vec!["203.0.113.32/27".parse().unwrap()]);
+        // An explicit allow list narrows it; a missing network or a refused one is pending.
+        by_name.allow = vec!["203.0.113.34".into()];
+        let r = resolve(&from_request(&by_name, Source::Cli).unwrap(), &host);
+        assert_eq!(r.grants[0].allow, vec!["203.0.113.34/32".parse().unwrap()]);
+        for (name, says) in [("gone", "does not exist now"), ("mv", "macvlan")] {
+            by_name.network = Some((Runtime::Docker, name.into()));
+            let r = resolve(&from_request(&by_name, Source::Cli).unwrap(), &host);
+            assert!(
+                r.grants.is_empty() && r.pending[0].reason.contains(says),
+                "{:?}",
+                r.pending
+            );
         }
     }
 

@@ -55,6 +55,14 @@ impl crate::spec::Host for HostInterfaces {
     fn interface_names(&self) -> Vec<String> {
         self.addrs.keys().cloned().collect()
     }
+
+    fn runtime_network(
+        &self,
+        runtime: super::runtime::Runtime,
+        name: &str,
+    ) -> Result<Option<super::runtime::RuntimeNet>, String> {
+        super::runtime::inspect(runtime, name)
+    }
 }
 
 /// Every IPv4 address of the namespace as (ifindex, secondary, address), from an

@@ -10,5 +10,6 @@ pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod runtime;
 pub mod seam;
 pub mod sysctl;

@@ -17,14 +17,21 @@ use anyhow::Result;
 /// Runs `expose`. Errors: bad input (exit 2, nothing changed) or a failed, rolled-back
 /// transaction (exit 3); see `loopgate --help`.
 pub fn run(args: &ExposeArgs) -> Result<()> {
+    use crate::kernel::runtime::Runtime;
+    let network = match (&args.docker_network, &args.podman_network) {
+        (Some(n), _) => Some((Runtime::Docker, n.clone())),
+        (None, Some(n)) => Some((Runtime::Podman, n.clone())),
+        (None, None) => None,
+    };
     let req = GrantRequest {
         name: args.name.clone(),
-        iface: args.iface.clone(),
+        iface: args.iface.clone().unwrap_or_default(),
         allow: args.allow.clone(),
         ports: args.port.clone(),
         proto: Some(args.proto.as_str().to_string()),
         to: args.to.clone(),
         listen: args.listen.clone(),
+        network: network.clone(),
     };
     // Validate syntax before privileges, so bad input gets its own message.
     let source = if args.persist {
@@ -33,17 +40,27 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         Source::Cli
     };
     let requested = spec::from_request(&req, source)?;
-    if args.persist && spec::is_pattern(&args.iface) {
+    if args.persist && (spec::is_pattern(&req.iface) || network.is_some()) {
         bad_input!(
-            "--persist records concrete grants; write the pattern {:?} into a policy file in the policy directory instead",
-            args.iface
+            "--persist records concrete grants; write {:?} into a policy file in the policy directory instead",
+            args.iface.clone().or(args.docker_network.clone()).or(args.podman_network.clone()).unwrap_or_default()
         );
     }
     let (store, old) = open_store(true)?;
     let host = HostInterfaces::read()?;
-    if !spec::is_pattern(&req.iface) {
+    match &network {
+        // The runtime must answer: a missing CLI, another driver or an IPv6-only
+        // network is refused now; a network that does not exist yet is pending.
+        Some((runtime, name)) => {
+            if let Err(why) = crate::kernel::runtime::inspect(*runtime, name) {
+                bad_input!("{why}");
+            }
+        }
         // A name must exist now, with the listen address on it: typos are refused.
-        input::validate(&req, &host)?;
+        None if !spec::is_pattern(&req.iface) => {
+            input::validate(&req, &host)?;
+        }
+        None => {}
     }
     let mut specs = old.specs.clone();
     for new in &requested {

@@ -21,7 +21,11 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         .as_deref()
         .map(spec::parse_interface)
         .transpose()?;
-    if iface.is_none() && !args.all {
+    if iface.is_none()
+        && !args.all
+        && args.docker_network.is_none()
+        && args.podman_network.is_none()
+    {
         bad_input!("revoke without an interface needs --all (revokes everything loopgate did in this namespace)");
     }
     let ports = args
@@ -52,11 +56,21 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         );
         names
     };
+    use crate::kernel::runtime::Runtime;
+    let network = match (&args.docker_network, &args.podman_network) {
+        (Some(n), _) => Some((Runtime::Docker, n.clone())),
+        (None, Some(n)) => Some((Runtime::Podman, n.clone())),
+        (None, None) => None,
+    };
     let revoked = |s: &Spec| {
-        iface.as_ref().is_none_or(|i| &s.interface == i)
-            && (args.all
-                || (!ports.is_empty() && ports.contains(&s.port) && protos.contains(&s.proto))
-                || name.as_ref().is_some_and(|n| names_of(s).contains(n)))
+        let on = match (&network, &s.network) {
+            (Some((r, n)), Some(sel)) => sel.runtime == *r && &sel.name == n,
+            (Some(_), None) => false,
+            (None, _) => iface.as_ref().is_none_or(|i| &s.interface == i),
+        };
+        on && (args.all
+            || (!ports.is_empty() && ports.contains(&s.port) && protos.contains(&s.proto))
+            || name.as_ref().is_some_and(|n| names_of(s).contains(n)))
     };
     let keep: Vec<Spec> = old.specs.iter().filter(|s| !revoked(s)).cloned().collect();
     if keep.len() == old.specs.len() && old.pending.is_none() {
