@@ -63,6 +63,17 @@ pub enum Command {
     /// the table and reopens them; sets route_localnet again on a re-created interface
     /// only after its guard is verified in the kernel. One log line per repair.
     Watch(WatchArgs),
+    /// Follow packets through the firewall: every table and chain they pass, and where
+    /// they are accepted, DNATed or dropped.
+    ///
+    /// Example: `loopgate trace docker0 --port 3306 --count 1`, then connect from a
+    /// container; prints, for each packet, each step, and ends with a line such as
+    /// "dropped by table inet filter, chain input: policy drop". While it runs, packets
+    /// arriving on IFACE (to PORT) carry nftables' trace flag, set by a rule in a table
+    /// of its own, `ip loopgate_trace`, which is removed when trace ends (after COUNT
+    /// packets, after --timeout, on Ctrl-C, or on failure). Nothing else is changed.
+    /// Exit 0 when at least one packet was traced, 1 when none was seen.
+    Trace(TraceArgs),
     /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
@@ -259,6 +270,27 @@ pub struct WatchArgs {
     pub no_hold: bool,
 }
 
+/// Arguments of `loopgate trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The interface the packets arrive on, e.g. docker0, or a prefix ending in `*`
+    /// (`br-*`).
+    #[arg(value_name = "IFACE")]
+    pub iface: String,
+
+    /// Only packets to this destination port (TCP, UDP): the published port of a grant.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Stop after this many packets. Default: run until --timeout or Ctrl-C.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Stop after this many seconds. Default: run until --count packets or Ctrl-C.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+}
+
 /// Arguments of `loopgate plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -280,6 +312,7 @@ pub fn describe_command(cli: &Cli) -> &'static str {
         Command::Apply(_) => "apply",
         Command::Plan(_) => "plan",
         Command::Watch(_) => "watch",
+        Command::Trace(_) => "trace",
         Command::Completions(_) => "completions",
         Command::Man => "man",
     }

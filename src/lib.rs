@@ -77,6 +77,7 @@ pub fn run_verb(cli: &Cli) -> Result<i32> {
         Command::Apply(a) => verbs::apply::run_apply(a).map(|_| error::EXIT_OK),
         Command::Plan(a) => verbs::apply::run_plan(a).map(|_| error::EXIT_OK),
         Command::Watch(a) => verbs::watch::run(a).map(|_| error::EXIT_OK),
+        Command::Trace(a) => verbs::trace::run(a),
         Command::Completions(_) | Command::Man => Ok(error::EXIT_OK),
     }
 }

@@ -12,3 +12,4 @@ pub mod netns;
 pub mod nft;
 pub mod seam;
 pub mod sysctl;
+pub mod trace;

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod audit;
 pub mod expose;
 pub mod revoke;
+pub mod trace;
 pub mod watch;
 
 use crate::grant::Grant;
