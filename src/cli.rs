@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
 /// they were.
 ///
-/// Exit codes: 0 success; 1 audit found problems; 2 bad input or usage (nothing was
+/// Exit codes: 0 success; 1 audit found problems, or trace saw no packet; 2 bad input or usage (nothing was
 /// changed); 3 the system refused or failed (what was done was rolled back); 4 the
 /// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
@@ -70,7 +70,7 @@ pub enum Command {
     /// container; prints, for each packet, each step, and ends with a line such as
     /// "dropped by table inet filter, chain input: policy drop". While it runs, packets
     /// arriving on IFACE (to PORT) carry nftables' trace flag, set by a rule in a table
-    /// of its own, `ip loopgate_trace`, which is removed when trace ends (after COUNT
+    /// of its own, `ip loopgate_trace`, which is removed when trace ends (after --count
     /// packets, after --timeout, on Ctrl-C, or on failure). Nothing else is changed.
     /// Exit 0 when at least one packet was traced, 1 when none was seen.
     Trace(TraceArgs),
