@@ -174,3 +174,34 @@ fn a_killed_trace_leaves_no_table_where_the_kernel_has_owned_tables() {
         "the owned trace table outlived its process"
     );
 }
+
+#[test]
+fn trace_beside_a_holding_watch_changes_nothing_watch_guards() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let watch = Watch::start_holding(&lab);
+    let before = loopgate_table(&lab);
+    let log_before = watch.log();
+    let mut trace = Trace::start(
+        &lab,
+        &["br0", "--port", "3306", "--count", "1", "--timeout", "10"],
+    );
+    // The flow works while traced, and the trace follows it to loopgate's accept.
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+    let (code, out) = trace.wait();
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {}", trace.stderr());
+    assert!(out.contains("accept (DNAT)"), "{out}");
+    assert!(
+        out.lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("accepted: DNATed by table ip loopgate"),
+        "{out}"
+    );
+    assert!(!trace_table_exists(&lab));
+    assert_eq!(loopgate_table(&lab), before);
+    assert_eq!(watch.log(), log_before, "watch saw nothing to repair");
+}
