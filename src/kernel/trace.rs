@@ -415,7 +415,8 @@ pub(crate) mod tests {
             ..Step::default()
         });
         let mut other = policy.clone();
-        other[4] = 15; // NFT_MSG_NEWGEN
+        let newgen = (NFNL_SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWGEN as u16;
+        other[4..6].copy_from_slice(&newgen.to_ne_bytes());
         let datagram = [policy.clone(), other, policy].concat();
         let events = parse_datagram(&datagram);
         assert_eq!(events.len(), 2);
