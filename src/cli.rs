@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
 /// they were.
 ///
-/// Exit codes: 0 success; 1 audit found problems; 2 bad input or usage (nothing was
+/// Exit codes: 0 success; 1 audit found problems, or trace saw no packet; 2 bad input or usage (nothing was
 /// changed); 3 the system refused or failed (what was done was rolled back); 4 the
 /// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
@@ -69,6 +69,17 @@ pub enum Command {
     Guard(GuardArgs),
     /// Remove a guard added with `loopgate guard` (same IFACE or --all-interfaces).
     Unguard(GuardArgs),
+    /// Follow packets through the firewall: every table and chain they pass, and where
+    /// they are accepted, DNATed or dropped.
+    ///
+    /// Example: `loopgate trace docker0 --port 3306 --count 1`, then connect from a
+    /// container; prints, for each packet, each step, and ends with a line such as
+    /// "dropped by table inet filter, chain input: policy drop". While it runs, packets
+    /// arriving on IFACE (to PORT) carry nftables' trace flag, set by a rule in a table
+    /// of its own, `ip loopgate_trace`, which is removed when trace ends (after --count
+    /// packets, after --timeout, on Ctrl-C, or on failure). Nothing else is changed.
+    /// Exit 0 when at least one packet was traced, 1 when none was seen.
+    Trace(TraceArgs),
     /// Print a shell completion script, e.g. `loopgate completions bash > /etc/bash_completion.d/loopgate`.
     Completions(CompletionsArgs),
     /// Print the manual page in roff format, e.g. `loopgate man > loopgate.1`.
@@ -304,6 +315,27 @@ pub struct WatchArgs {
     pub no_hold: bool,
 }
 
+/// Arguments of `loopgate trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The interface the packets arrive on, e.g. docker0, or a prefix ending in `*`
+    /// (`br-*`).
+    #[arg(value_name = "IFACE")]
+    pub iface: String,
+
+    /// Only packets to this destination port (TCP, UDP): the published port of a grant.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<String>,
+
+    /// Stop after this many packets. Default: run until --timeout or Ctrl-C.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+
+    /// Stop after this many seconds. Default: run until --count packets or Ctrl-C.
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: Option<u64>,
+}
+
 /// Arguments of `loopgate plan`.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -327,6 +359,7 @@ pub fn describe_command(cli: &Cli) -> &'static str {
         Command::Watch(_) => "watch",
         Command::Guard(_) => "guard",
         Command::Unguard(_) => "unguard",
+        Command::Trace(_) => "trace",
         Command::Completions(_) => "completions",
         Command::Man => "man",
     }

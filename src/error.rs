@@ -13,6 +13,8 @@ use std::fmt;
 pub const EXIT_OK: i32 = 0;
 /// Exit code: `audit` found a warning or a critical problem.
 pub const EXIT_FINDINGS: i32 = 1;
+/// Exit code: `trace` stopped (timeout or Ctrl-C) without seeing a packet.
+pub const EXIT_NO_PACKET: i32 = 1;
 /// Exit code: bad input or usage; nothing was changed.
 pub const EXIT_BAD_INPUT: i32 = 2;
 /// Exit code: the system refused or failed; what had been done was rolled back.

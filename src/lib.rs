@@ -79,6 +79,7 @@ pub fn run_verb(cli: &Cli) -> Result<i32> {
         Command::Watch(a) => verbs::watch::run(a).map(|_| error::EXIT_OK),
         Command::Guard(a) => verbs::guard::run_guard(a).map(|_| error::EXIT_OK),
         Command::Unguard(a) => verbs::guard::run_unguard(a).map(|_| error::EXIT_OK),
+        Command::Trace(a) => verbs::trace::run(a),
         Command::Completions(_) | Command::Man => Ok(error::EXIT_OK),
     }
 }

@@ -48,6 +48,8 @@ mod rollback;
 mod sysctl_values;
 #[path = "cli/table_tamper.rs"]
 mod table_tamper;
+#[path = "cli/trace.rs"]
+mod trace;
 #[path = "cli/traffic.rs"]
 mod traffic;
 #[path = "cli/watch.rs"]

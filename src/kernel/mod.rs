@@ -13,3 +13,4 @@ pub mod nft;
 pub mod runtime;
 pub mod seam;
 pub mod sysctl;
+pub mod trace;

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod expose;
 pub mod guard;
 pub mod revoke;
+pub mod trace;
 pub mod watch;
 
 use crate::grant::Grant;

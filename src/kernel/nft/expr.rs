@@ -341,3 +341,51 @@ fn set_comment(rule: NonNull<sys::nftnl_rule>, comment: &str) {
         sys::nftnl_udata_buf_free(buf.as_ptr());
     }
 }
+
+/// The one rule of `loopgate trace`'s own table: `iifname IFACE [th dport PORT] meta
+/// nftrace set 1`, in table `table`, chain `chain`. `iface` ending in `*` matches every
+/// interface whose name starts with what precedes it, as nft's `iifname "br-*"` does.
+pub(super) fn new_trace_rule(
+    table: &str,
+    chain: &str,
+    iface: &str,
+    port: Option<u16>,
+    comment: &str,
+) -> Obj {
+    // SAFETY: fresh allocation; strings are copied by libnftnl.
+    let p = unsafe {
+        let p = alloc(sys::nftnl_rule_alloc());
+        let r = p.as_ptr();
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, cstr(table).as_ptr());
+        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, cstr(chain).as_ptr());
+        sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, NFPROTO_IPV4 as u32);
+        p
+    };
+    let mut w = ExprWriter { rule: p };
+    match iface.strip_suffix('*') {
+        // A prefix: compare only its bytes, no NUL padding.
+        Some(prefix) => {
+            w.meta(META_IIFNAME);
+            w.cmp(CMP_EQ, prefix.as_bytes());
+        }
+        None => w.add_match(&Match::IifName(iface.to_string())),
+    }
+    if let Some(port) = port {
+        // `th dport`: the 16 bits at offset 2 of the transport header (TCP, UDP, SCTP).
+        w.payload(PAYLOAD_TRANSPORT, 2, 2);
+        w.cmp(CMP_EQ, &port.to_be_bytes());
+    }
+    w.immediate(REG_1, &[1]);
+    w.expr(
+        "meta",
+        &[
+            (
+                sys::NFTNL_EXPR_META_KEY,
+                Attr::U32(libc::NFT_META_NFTRACE as u32),
+            ),
+            (sys::NFTNL_EXPR_META_SREG, Attr::U32(REG_1)),
+        ],
+    );
+    set_comment(p, comment);
+    Obj::Rule(p)
+}

@@ -16,7 +16,7 @@
 //! read tables to a comparable [`TableImage`]; `counters` reads what each rule matched;
 //! `owner` holds the table through a socket that owns it ([`Owner`], Linux 6.9+), so
 //! no other process can flush or change it, changing its contents without ever
-//! deleting it.
+//! deleting it. `trace` holds `loopgate trace`'s own table, `ip loopgate_trace`.
 //!
 //! [`Ruleset`]: crate::ruleset::Ruleset
 
@@ -31,6 +31,7 @@ mod image;
 mod objects;
 mod owner;
 mod readback;
+pub mod trace;
 
 pub use batch::{features, probe};
 pub use counters::RuleCounter;
