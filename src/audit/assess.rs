@@ -132,7 +132,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 .iter()
                 .filter(|l| {
                     grants.iter().any(|g| {
-                        g.proto == l.proto && g.to.port() == l.port && (*g.to.ip() == l.addr)
+                        g.proto == l.proto
+                            && g.to.port() == l.port
+                            && (*g.to.ip() == l.addr || l.addr.is_unspecified())
                     })
                 })
                 .cloned()
@@ -146,7 +148,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 code: "unguarded",
                 interface: Some(name.clone()),
                 message: format!(
-                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8)",
+                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8 or 0.0.0.0)",
                     describe_value(value, all),
                     exposed.len()
                 ),
@@ -223,6 +225,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             ),
         });
     }
+    let blocked = super::reachability::judge(observed, state, &mut findings);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {
@@ -241,6 +244,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         interrupted_transaction: state.pending.is_some(),
         findings,
         counters: observed.counters.clone(),
+        blocked,
     }
 }
 
