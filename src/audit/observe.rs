@@ -36,8 +36,8 @@ pub struct Observed {
     pub counters: Vec<RuleCounter>,
     /// Every IPv4 address of the namespace with its interface and prefix length.
     pub addresses: Vec<IfAddr>,
-    /// The route to each address [`reachability::probes`](super::reachability::probes)
-    /// picks from the grants' allowed networks.
+    /// The route to each address audit samples from the grants' allowed networks
+    /// (a few addresses of each, see the `reachability` module).
     pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
 }
 
