@@ -40,6 +40,8 @@ mod litter;
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]
 mod owned_table;
+#[path = "cli/reachability.rs"]
+mod reachability;
 #[path = "cli/reconcile.rs"]
 mod reconcile;
 #[path = "cli/rollback.rs"]

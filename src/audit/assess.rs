@@ -134,7 +134,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 .iter()
                 .filter(|l| {
                     grants.iter().any(|g| {
-                        g.proto == l.proto && g.to.port() == l.port && (*g.to.ip() == l.addr)
+                        g.proto == l.proto
+                            && g.to.port() == l.port
+                            && (*g.to.ip() == l.addr || l.addr.is_unspecified())
                     })
                 })
                 .cloned()
@@ -148,7 +150,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 code: "unguarded",
                 interface: Some(name.clone()),
                 message: format!(
-                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8); to guard it without changing its route_localnet: loopgate guard {name}",
+                    "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8 or 0.0.0.0); to guard it without changing its route_localnet: loopgate guard {name}",
                     describe_value(value, all),
                     exposed.len()
                 ),
@@ -234,6 +236,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             ),
         });
     }
+    let blocked = super::reachability::judge(observed, state, &mut findings);
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {
@@ -252,6 +255,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         interrupted_transaction: state.pending.is_some(),
         findings,
         counters: observed.counters.clone(),
+        blocked,
     }
 }
 

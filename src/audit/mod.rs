@@ -10,6 +10,7 @@
 
 mod assess;
 mod observe;
+mod reachability;
 pub mod render;
 
 pub use assess::assess;
@@ -46,7 +47,9 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable machine-readable kind, one of `unguarded`, `all-open`, `default-open`,
     /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
-    /// `grant-inactive`, `interface-renamed`, `pending`, `guarded`.
+    /// `grant-inactive`, `interface-renamed`, `not-listening`,
+    /// `listener-bound-to-device`, `reply-route`, `allow-route`,
+    /// `listen-address-gone`, `pending`, `blocked`, `guarded`.
     pub code: &'static str,
     /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,7 +87,8 @@ pub struct InterfaceReport {
     /// The recorded grants on this interface (from the state file).
     pub grants: Vec<Grant>,
     /// Loopback listeners a neighbour on this interface can reach: none when closed, only
-    /// the granted targets when guarded, every 127.0.0.0/8 listener when open and unguarded.
+    /// the granted targets when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
+    /// open and unguarded.
     pub exposed_sockets: Vec<Listener>,
 }
 
@@ -132,6 +136,25 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Packets and bytes each rule of loopgate's table has matched.
     pub counters: Vec<RuleCounter>,
+    /// What the guard's drop rules have stopped, per interface and kind, since
+    /// loopgate last wrote its table (from `counters`).
+    pub blocked: Vec<Blocked>,
+}
+
+/// What one kind of guard drop rule of one interface has stopped since loopgate last
+/// wrote its table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Blocked {
+    /// The guarded interface.
+    pub interface: String,
+    /// `direct-to-loopback` (addressed to 127.0.0.0/8), `spoofed-loopback-source`
+    /// (arriving from 127.0.0.0/8), `leaked-loopback-source` (leaving with a 127.0.0.0/8
+    /// source) or `input-drop` (to loopback, not through a published port).
+    pub kind: &'static str,
+    /// Packets dropped.
+    pub packets: u64,
+    /// Bytes of those packets.
+    pub bytes: u64,
 }
 
 impl Report {

@@ -2,7 +2,7 @@
 //! judgement can be tested over the fake kernel.
 
 use crate::input::loopback;
-use crate::kernel::host::Listener;
+use crate::kernel::host::{IfAddr, Listener, RouteLookup};
 use crate::kernel::nft::{RuleCounter, TableImage};
 use crate::kernel::seam::{Kernel, TableSnapshot};
 use crate::kernel::sysctl::Reading;
@@ -29,10 +29,16 @@ pub struct Observed {
     pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
-    /// Sockets listening on 127.0.0.0/8.
+    /// Sockets listening on 127.0.0.0/8 or on 0.0.0.0 (which answers as 127.0.0.1
+    /// too), with the device each is bound to, if any.
     pub loopback_listeners: Vec<Listener>,
     /// What each rule of loopgate's table has matched (empty when there is no table).
     pub counters: Vec<RuleCounter>,
+    /// Every IPv4 address of the namespace with its interface and prefix length.
+    pub addresses: Vec<IfAddr>,
+    /// The route to each address audit samples from the grants' allowed networks
+    /// (a few addresses of each, see the `reachability` module).
+    pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
 }
 
 /// Reads what [`assess`](super::assess) judges, through `kernel`.
@@ -61,7 +67,12 @@ pub fn observe<K: Kernel>(
     let loopback_listeners = kernel
         .listeners()?
         .into_iter()
-        .filter(|l| loopback().contains(l.addr))
+        .filter(|l| loopback().contains(l.addr) || l.addr.is_unspecified())
+        .collect();
+    let addresses = kernel.addresses()?;
+    let routes = kernel
+        .routes(&super::reachability::probes(&state.grants))?
+        .into_iter()
         .collect();
     let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
     // From who the kernel says holds the table, checked against the running watch:
@@ -86,6 +97,8 @@ pub fn observe<K: Kernel>(
         elements_vouched: snapshot.vouched(),
         loopback_listeners,
         counters: snapshot.counters(),
+        addresses,
+        routes,
     })
 }
 
@@ -104,6 +117,7 @@ mod over_the_fake {
             proto: crate::grant::Proto::Tcp,
             addr: std::net::Ipv4Addr::LOCALHOST,
             port: 6379,
+            device: None,
         }];
         let state = State {
             version: STATE_VERSION,

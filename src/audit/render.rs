@@ -194,5 +194,23 @@ pub fn prometheus(r: &Report) -> String {
         "Bytes matched by each rule of table ip loopgate.",
         series(|v| v.1),
     );
+    family(
+        "blocked_packets_total",
+        "counter",
+        "Packets the guard of each interface dropped, by kind (direct-to-loopback, spoofed-loopback-source, leaked-loopback-source, input-drop), since loopgate last wrote its table.",
+        r.blocked
+            .iter()
+            .map(|b| {
+                (
+                    format!(
+                        "{{interface=\"{}\",kind=\"{}\"}}",
+                        label(&b.interface),
+                        b.kind
+                    ),
+                    b.packets.to_string(),
+                )
+            })
+            .collect(),
+    );
     out
 }

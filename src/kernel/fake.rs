@@ -9,7 +9,7 @@
 //! takes, including the steps of a rollback.
 
 use super::conntrack::Flow;
-use super::host::Listener;
+use super::host::{IfAddr, Listener, RouteLookup};
 use super::nft::{planned_image, TableImage, Vouch};
 use super::seam::{Kernel, TableSnapshot};
 use super::sysctl::{Device, Reading};
@@ -101,6 +101,9 @@ pub struct FakeState {
     pub history: Vec<Moment>,
     /// IPv4 addresses per device name, for spec resolution (default 192.0.2.1).
     pub addresses: BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    /// The routing table `routes()` looks up, longest prefix first wins; a destination
+    /// no entry covers is unroutable.
+    pub routes: Vec<(ipnetwork::Ipv4Network, RouteLookup)>,
 }
 
 /// An in-memory [`Kernel`].
@@ -314,6 +317,47 @@ impl Kernel for Fake {
         };
         self.record(format!("delete {n} flows"));
         Ok(n)
+    }
+
+    /// Each device's addresses as for spec resolution, all with prefix length 24.
+    fn addresses(&self) -> Result<Vec<IfAddr>> {
+        use crate::input::Interfaces;
+        let names: Vec<String> = crate::spec::Host::interface_names(self);
+        Ok(names
+            .into_iter()
+            .flat_map(|iface| {
+                self.ipv4_addresses(&iface)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |addr| IfAddr {
+                        iface: iface.clone(),
+                        addr,
+                        prefix: 24,
+                    })
+            })
+            .collect())
+    }
+
+    fn routes(
+        &self,
+        dsts: &[std::net::Ipv4Addr],
+    ) -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>> {
+        let s = self.state.borrow();
+        Ok(dsts
+            .iter()
+            .map(|&d| {
+                let best = s
+                    .routes
+                    .iter()
+                    .filter(|(net, _)| net.contains(d))
+                    .max_by_key(|(net, _)| net.prefix());
+                let found = best.map_or_else(
+                    || RouteLookup::Unroutable("no route".into()),
+                    |(_, r)| r.clone(),
+                );
+                (d, found)
+            })
+            .collect())
     }
 }
 

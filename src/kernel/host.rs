@@ -31,8 +31,8 @@ impl HostInterfaces {
             names.values().map(|n| (n.clone(), Vec::new())).collect();
         // (ifindex, secondary, address), in the kernel's order.
         let mut found = ipv4_addresses().context("listing IPv4 addresses")?;
-        found.sort_by_key(|(index, secondary, _)| (*index, *secondary));
-        for (index, _, addr) in found {
+        found.sort_by_key(|(index, secondary, _, _)| (*index, *secondary));
+        for (index, _, addr, _) in found {
             if let Some(name) = names.get(&index) {
                 addrs.entry(name.clone()).or_default().push(addr);
             }
@@ -65,10 +65,11 @@ impl crate::spec::Host for HostInterfaces {
     }
 }
 
-/// Every IPv4 address of the namespace as (ifindex, secondary, address), from an
-/// `RTM_GETADDR` dump. The kernel keeps a device's primary addresses before its
-/// secondary ones (`IFA_F_SECONDARY`); the stable sort by that flag keeps their order.
-fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr)>> {
+/// Every IPv4 address of the namespace as (ifindex, secondary, address, prefix length),
+/// from an `RTM_GETADDR` dump. The kernel keeps a device's primary addresses before
+/// its secondary ones (`IFA_F_SECONDARY`); the stable sort by that flag keeps their
+/// order.
+fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr, u8)>> {
     const RTM_GETADDR: u16 = 22;
     const IFA_ADDRESS: u16 = 1;
     const IFA_LOCAL: u16 = 2;
@@ -90,6 +91,7 @@ fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr)>> {
         if head[0] != libc::AF_INET as u8 {
             continue;
         }
+        let prefix = head[1];
         let secondary = head[2] & IFA_F_SECONDARY != 0;
         let index = u32::from_ne_bytes([head[4], head[5], head[6], head[7]]);
         let (mut local, mut address) = (None, None);
@@ -106,7 +108,7 @@ fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr)>> {
         // IFA_LOCAL is the host's own address; IFA_ADDRESS is the peer's on
         // point-to-point links and equal to it elsewhere.
         if let Some(addr) = local.or(address) {
-            out.push((index, secondary, addr));
+            out.push((index, secondary, addr, prefix));
         }
     }
     Ok(out)
@@ -147,6 +149,11 @@ pub struct Listener {
     pub addr: Ipv4Addr,
     /// The local port, host byte order.
     pub port: u16,
+    /// The device the socket is bound to (`SO_BINDTODEVICE`, or an address with a
+    /// `%dev` scope such as systemd-resolved's `127.0.0.53%lo`), as sock_diag reports
+    /// it; `None` when unbound or unknown (the /proc fallback cannot tell).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// TCP sockets in LISTEN and bound UDP sockets, IPv4 only.
@@ -200,7 +207,23 @@ fn diag_listeners(proto: Proto, state: u32) -> Result<Vec<Listener>> {
         };
         let port = u16::from_be_bytes([body[4], body[5]]);
         let addr = Ipv4Addr::new(body[8], body[9], body[10], body[11]);
-        out.push(Listener { proto, addr, port });
+        // sockid continues { be32 dst[4]; u32 if; u32 cookie[2] }: `if` is the bound
+        // device (sk_bound_dev_if), 0 when unbound.
+        let device = msg
+            .get(16 + 40..16 + 44)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .filter(|&i| i != 0)
+            .map(|i| {
+                nix::net::if_::if_indextoname(i)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| format!("ifindex {i}"))
+            });
+        out.push(Listener {
+            proto,
+            addr,
+            port,
+            device,
+        });
     }
     Ok(out)
 }
@@ -228,8 +251,119 @@ fn proc_listeners(proto: Proto, file: &str) -> Result<Vec<Listener>> {
         if wanted {
             // /proc prints the network-order address as a native-endian u32.
             let addr = Ipv4Addr::from(addr.to_ne_bytes());
-            out.push(Listener { proto, addr, port });
+            out.push(Listener {
+                proto,
+                addr,
+                port,
+                device: None,
+            });
         }
+    }
+    Ok(out)
+}
+
+/// One IPv4 address of an interface with its prefix length, as `ip -4 addr` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    /// The interface's name.
+    pub iface: String,
+    /// The host's own address (`IFA_LOCAL`).
+    pub addr: Ipv4Addr,
+    /// The prefix length: the on-link network is `addr/prefix`.
+    pub prefix: u8,
+}
+
+/// Every IPv4 address of the current network namespace with its interface and prefix.
+///
+/// Errors: the kernel refused the listing.
+pub fn addresses() -> Result<Vec<IfAddr>> {
+    let mut out = Vec::new();
+    for (index, _, addr, prefix) in ipv4_addresses().context("listing IPv4 addresses")? {
+        if let Ok(name) = nix::net::if_::if_indextoname(index) {
+            out.push(IfAddr {
+                iface: name.to_string_lossy().into_owned(),
+                addr,
+                prefix,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Where the host sends a packet to one destination, as `ip route get DST` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteLookup {
+    /// Out through this interface (a unicast route).
+    Out(String),
+    /// The destination is the host itself, or a broadcast or multicast address: not a
+    /// place a reply goes to through one interface.
+    Local,
+    /// No usable route (the kernel answered with this reason: unreachable, prohibited,
+    /// blackhole, no route at all).
+    Unroutable(String),
+}
+
+/// Looks up the route to each of `dsts` with `RTM_GETROUTE` (a get with a destination,
+/// as `ip route get` does, policy rules included), over one rtnetlink socket.
+///
+/// Errors: the socket could not be opened, or a lookup failed for another reason than
+/// the route itself.
+pub fn routes(dsts: &[Ipv4Addr]) -> Result<Vec<(Ipv4Addr, RouteLookup)>> {
+    const RTM_GETROUTE: u16 = 26;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTN_UNICAST: u8 = 1;
+    const RTMSG_LEN: usize = 12;
+    if dsts.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut sock = super::netlink::NlSocket::open(mnl::Bus::Route)?;
+    let mut out = Vec::with_capacity(dsts.len());
+    for &dst in dsts {
+        // nlmsghdr, struct rtmsg { family, dst_len, src_len, tos, table, protocol,
+        // scope, type, u32 flags }, then RTA_DST. NLM_F_ACK: the answer ends with an ACK.
+        let mut req = vec![0u8; 16 + RTMSG_LEN];
+        req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+        req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        req[16] = libc::AF_INET as u8;
+        req[17] = 32;
+        super::netlink::put_attr(&mut req, RTA_DST, &dst.octets());
+        let len = req.len() as u32;
+        req[0..4].copy_from_slice(&len.to_ne_bytes());
+        let lookup = match sock.dump(&req) {
+            Ok(msgs) => {
+                let mut found = RouteLookup::Unroutable("no answer".into());
+                for msg in msgs {
+                    let Some(head) = msg.get(16..16 + RTMSG_LEN) else {
+                        continue;
+                    };
+                    if head[7] != RTN_UNICAST {
+                        found = RouteLookup::Local;
+                        continue;
+                    }
+                    let oif = super::netlink::attrs(&msg[16 + RTMSG_LEN..])
+                        .find(|(ty, v)| *ty == RTA_OIF && v.len() == 4)
+                        .map(|(_, v)| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+                    found = match oif.map(nix::net::if_::if_indextoname) {
+                        Some(Ok(name)) => RouteLookup::Out(name.to_string_lossy().into_owned()),
+                        Some(Err(_)) | None => {
+                            RouteLookup::Unroutable("no output interface".into())
+                        }
+                    };
+                }
+                found
+            }
+            Err(e) => match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.raw_os_error())
+            {
+                Some(code) => {
+                    RouteLookup::Unroutable(std::io::Error::from_raw_os_error(code).to_string())
+                }
+                None => return Err(e.context(format!("looking up the route to {dst}"))),
+            },
+        };
+        out.push((dst, lookup));
     }
     Ok(out)
 }

@@ -11,7 +11,7 @@
 //! and watch's decisions are then tested in milliseconds without root.
 
 use super::conntrack::Flow;
-use super::host::Listener;
+use super::host::{IfAddr, Listener, RouteLookup};
 use super::nft::{self, TableImage, Vouch};
 use super::sysctl::{self, Device, Reading};
 use crate::ruleset::Ruleset;
@@ -110,6 +110,13 @@ pub trait Kernel {
 
     /// Deletes `flows`; returns how many were deleted.
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize>;
+
+    /// Every IPv4 address with its interface and prefix length.
+    fn addresses(&self) -> Result<Vec<IfAddr>>;
+
+    /// The route to each of `dsts`, as `ip route get` finds it.
+    fn routes(&self, dsts: &[std::net::Ipv4Addr])
+        -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>>;
 }
 
 thread_local! {
@@ -211,5 +218,16 @@ impl Kernel for System {
 
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize> {
         super::conntrack::delete(flows)
+    }
+
+    fn addresses(&self) -> Result<Vec<IfAddr>> {
+        super::host::addresses()
+    }
+
+    fn routes(
+        &self,
+        dsts: &[std::net::Ipv4Addr],
+    ) -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>> {
+        super::host::routes(dsts)
     }
 }

@@ -14,6 +14,19 @@ use super::{
 use crate::grant::{loopback, Grant};
 use crate::ruleset::{Chain, CtDir, KeyField, KeyValue, MapElement, Match, Verdict, VerdictMap};
 
+/// The guard's drop rules, by what ends their comment (`IFACE guard: WHAT`), with the
+/// kind `audit` reports their counters under (`blocked`).
+pub(crate) const GUARD_DROPS: [(&str, &str); 4] = [
+    (DIRECT, "direct-to-loopback"),
+    (SPOOFED, "spoofed-loopback-source"),
+    (LEAKED, "leaked-loopback-source"),
+    (INPUT_DROP, "input-drop"),
+];
+const DIRECT: &str = "no direct route to loopback";
+const SPOOFED: &str = "no spoofed loopback source";
+const LEAKED: &str = "no loopback source leaves";
+const INPUT_DROP: &str = "loopback only through published ports";
+
 /// The three per-interface dispatch maps and the guard chains they jump to.
 pub(super) struct Guards {
     /// `iifname vmap @raw_ifaces`: interface -> `raw_ifN`.
@@ -69,13 +82,13 @@ fn raw(i: usize, iface: &str) -> Chain {
             rule(
                 vec![Match::DaddrIn(loopback())],
                 Verdict::Drop,
-                format!("{iface} guard: no direct route to loopback"),
+                format!("{iface} guard: {DIRECT}"),
             ),
             // ip saddr 127.0.0.0/8 counter drop
             rule(
                 vec![Match::SaddrIn(loopback())],
                 Verdict::Drop,
-                format!("{iface} guard: no spoofed loopback source"),
+                format!("{iface} guard: {SPOOFED}"),
             ),
         ],
     }
@@ -107,7 +120,7 @@ fn input(i: usize, iface: &str) -> Chain {
             rule(
                 vec![],
                 Verdict::Drop,
-                format!("{iface} guard: loopback only through published ports"),
+                format!("{iface} guard: {INPUT_DROP}"),
             ),
         ],
     }
@@ -124,7 +137,7 @@ fn post(i: usize, iface: &str) -> Chain {
         rules: vec![rule(
             vec![Match::SaddrIn(loopback())],
             Verdict::Drop,
-            format!("{iface} guard: no loopback source leaves"),
+            format!("{iface} guard: {LEAKED}"),
         )],
     }
 }

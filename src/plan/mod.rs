@@ -23,6 +23,7 @@
 
 mod allow;
 mod guards;
+pub(crate) use guards::GUARD_DROPS;
 mod hooks;
 mod nat;
 mod render;
