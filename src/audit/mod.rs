@@ -9,6 +9,7 @@
 //! critical.
 
 mod assess;
+pub mod firewall;
 mod observe;
 pub mod render;
 
@@ -46,7 +47,8 @@ pub struct Finding {
     pub severity: Severity,
     /// Stable machine-readable kind, one of `unguarded`, `all-open`, `default-open`,
     /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
-    /// `grant-inactive`, `interface-renamed`, `pending`, `guarded`.
+    /// `grant-inactive`, `interface-renamed`, `pending`, `guarded`, and the firewall
+    /// findings `firewall-drops`, `firewall-may-drop`, `notrack`, `iptables-legacy`.
     pub code: &'static str,
     /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,8 @@ pub struct Observed {
     pub loopback_listeners: Vec<Listener>,
     /// What each rule of loopgate's table has matched (empty when there is no table).
     pub counters: Vec<RuleCounter>,
+    /// Every other firewall's chains, for the firewall findings (see [`super::firewall`]).
+    pub firewall: super::firewall::Foreign,
 }
 
 /// Reads what [`assess`](super::assess) judges, through `kernel`.
@@ -86,6 +88,10 @@ pub fn observe<K: Kernel>(
         elements_vouched: snapshot.vouched(),
         loopback_listeners,
         counters: snapshot.counters(),
+        firewall: match state.grants.is_empty() {
+            true => Default::default(),
+            false => kernel.foreign_firewall(),
+        },
     })
 }
 

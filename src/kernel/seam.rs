@@ -110,6 +110,13 @@ pub trait Kernel {
 
     /// Deletes `flows`; returns how many were deleted.
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize>;
+
+    /// Every other firewall's chains (other nft tables, iptables-legacy), for audit's
+    /// firewall findings; what cannot be read is noted in it, never an error. None by
+    /// default: the fake kernel has no other firewall.
+    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
+        Default::default()
+    }
 }
 
 thread_local! {
@@ -211,5 +218,9 @@ impl Kernel for System {
 
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize> {
         super::conntrack::delete(flows)
+    }
+
+    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
+        crate::audit::firewall::read()
     }
 }
