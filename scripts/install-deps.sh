@@ -3,7 +3,7 @@
 # test and demo loopgate. Sourced by scripts/test.sh and scripts/demo.sh; safe to rerun.
 set -euo pipefail
 
-need_pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 procps util-linux socat python3 python3-prometheus-client python3-venv)
+need_pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 procps util-linux socat python3 python3-prometheus-client python3-venv iptables)
 missing=()
 for p in "${need_pkgs[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -28,6 +28,8 @@ mod conntrack;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/firewall.rs"]
+mod firewall;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]

@@ -237,6 +237,12 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         });
     }
     let blocked = super::reachability::judge(observed, state, &mut findings);
+    // Another firewall that stops a grant's flow (see `firewall`).
+    findings.extend(super::firewall::findings(
+        &observed.firewall,
+        &state.grants,
+        &observed.ifindexes,
+    ));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {

@@ -9,6 +9,7 @@
 //! critical.
 
 mod assess;
+pub mod firewall;
 mod observe;
 mod reachability;
 pub mod render;
@@ -49,7 +50,8 @@ pub struct Finding {
     /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
     /// `grant-inactive`, `interface-renamed`, `not-listening`,
     /// `listener-bound-to-device`, `reply-route`, `allow-route`,
-    /// `listen-address-gone`, `pending`, `blocked`, `guarded`.
+    /// `listen-address-gone`, `pending`, `blocked`, `guarded`, and the firewall
+    /// findings `firewall-drops`, `firewall-may-drop`, `notrack`, `iptables-legacy`.
     pub code: &'static str,
     /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -39,6 +39,8 @@ pub struct Observed {
     /// The route to each address audit samples from the grants' allowed networks
     /// (a few addresses of each, see the `reachability` module).
     pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
+    /// Every other firewall's chains, for the firewall findings (see [`super::firewall`]).
+    pub firewall: super::firewall::Foreign,
 }
 
 /// Reads what [`assess`](super::assess) judges, through `kernel`.
@@ -99,6 +101,10 @@ pub fn observe<K: Kernel>(
         counters: snapshot.counters(),
         addresses,
         routes,
+        firewall: match state.grants.is_empty() {
+            true => Default::default(),
+            false => kernel.foreign_firewall(),
+        },
     })
 }
 

@@ -6,6 +6,7 @@ pub mod conntrack;
 #[cfg(test)]
 pub mod fake;
 pub mod host;
+pub mod legacy;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;

@@ -117,6 +117,13 @@ pub trait Kernel {
     /// The route to each of `dsts`, as `ip route get` finds it.
     fn routes(&self, dsts: &[std::net::Ipv4Addr])
         -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>>;
+
+    /// Every other firewall's chains (other nft tables, iptables-legacy), for audit's
+    /// firewall findings; what cannot be read is noted in it, never an error. None by
+    /// default: the fake kernel has no other firewall.
+    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
+        Default::default()
+    }
 }
 
 thread_local! {
@@ -229,5 +236,9 @@ impl Kernel for System {
         dsts: &[std::net::Ipv4Addr],
     ) -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>> {
         super::host::routes(dsts)
+    }
+
+    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
+        crate::audit::firewall::read()
     }
 }

@@ -127,6 +127,7 @@ pub fn converge_guarding(
     }
     if mode == Mode::Apply {
         warn_unserved(&change);
+        warn_firewall(&change);
     }
 
     if change.is_noop() {
@@ -188,6 +189,23 @@ fn warn_unserved(change: &Change) {
                 g.to, g.proto, g.name
             );
         }
+    }
+}
+
+/// Warns about grants another firewall stops (a foreign drop or notrack): the grant is
+/// installed all the same, but the client would time out.
+fn warn_firewall(change: &Change) {
+    if change.grants.is_empty() {
+        return;
+    }
+    let ifindexes = change
+        .grants
+        .iter()
+        .filter_map(|g| sysctl::ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
+        .collect();
+    let foreign = System.foreign_firewall();
+    for w in crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes) {
+        crate::errln!("loopgate: warning: {w}");
     }
 }
 

@@ -94,13 +94,24 @@ impl Snapshot {
 /// The buffer a request is built in.
 const REQUEST_BYTES: usize = 4096;
 
-/// A request message; [`NlSocket::dump`] gives it its sequence number.
+/// A request message about loopgate's family (`ip`); [`NlSocket::dump`] gives it its
+/// sequence number.
 pub(super) fn request(ty: u16, flags: u16, payload: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+    request_in(NFPROTO_IPV4, ty, flags, payload)
+}
+
+/// A request message about `family` (`NFPROTO_UNSPEC`: every family).
+pub(super) fn request_in(
+    family: u16,
+    ty: u16,
+    flags: u16,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Vec<u8> {
     let mut buf = vec![0u8; REQUEST_BYTES];
     // SAFETY: the buffer is large enough for a header plus a small request payload:
     // every caller writes names and numbers only, a few dozen bytes.
     let len = unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, NFPROTO_IPV4, flags, 0);
+        let nlh = sys::nftnl_nlmsg_build_hdr(buf.as_mut_ptr().cast(), ty, family, flags, 0);
         payload(nlh);
         (*nlh).nlmsg_len as usize
     };
@@ -129,8 +140,17 @@ fn dump_rows(
     ty: i32,
     payload: impl FnOnce(*mut libc::nlmsghdr),
 ) -> Result<Vec<Vec<u64>>> {
+    dump_rows_in(sock, NFPROTO_IPV4, ty, payload)
+}
+
+fn dump_rows_in(
+    sock: &mut NlSocket,
+    family: u16,
+    ty: i32,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Result<Vec<Vec<u64>>> {
     let flags = (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
-    let req = request(ty as u16, flags, payload);
+    let req = request_in(family, ty as u16, flags, payload);
     Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
 }
 
@@ -258,11 +278,30 @@ pub(super) fn read_objects<K: Kind>(
     sock: &mut NlSocket,
     messages: &mut usize,
 ) -> Result<Vec<(Owned<K>, String)>> {
-    let filter = Owned::<K>::naming_table();
-    // SAFETY: the payload is a name, far below the 4 KiB request buffer.
-    let rows = dump_rows(sock, K::GET, |nlh| unsafe { filter.build_payload(nlh) })?;
+    let rows = dump_objects::<K>(sock, NFPROTO_IPV4, Some(TABLE))?;
     *messages += rows.len();
     Ok(rows.iter().filter_map(|row| ours(row)).collect())
+}
+
+/// The raw rows of one dump of objects of kind `K` in `family` (`NFPROTO_UNSPEC`:
+/// every family), filtered by the kernel to `table` when one is named: what
+/// [`read_objects`] reads loopgate's table with, and audit every other table.
+pub(super) fn dump_objects<K: Kind>(
+    sock: &mut NlSocket,
+    family: u16,
+    table: Option<&str>,
+) -> Result<Vec<Vec<u64>>> {
+    let filter = table.map(|t| {
+        let o = Owned::<K>::new();
+        o.set_str(K::TABLE, t);
+        o
+    });
+    dump_rows_in(sock, family, K::GET, |nlh| {
+        if let Some(filter) = &filter {
+            // SAFETY: the payload is a name, far below the 4 KiB request buffer.
+            unsafe { filter.build_payload(nlh) }
+        }
+    })
 }
 
 /// One dumped object of kind `K`, with its label, if it is in loopgate's table; the

@@ -1,0 +1,235 @@
+//! Reading every other table's chains and rules (families `ip` and `inet`, the ones
+//! that see IPv4) into audit's plain model ([`crate::audit::firewall::Foreign`]), with
+//! the same dump reader loopgate reads its own table with, unfiltered: two dumps,
+//! chains and rules. loopgate's own table is left out. Each rule's expressions are
+//! decoded into what the evaluator models; anything else is kept by name as unknown.
+
+use super::abi::*;
+use super::objects::{get_str, Owned};
+use super::readback::dump_objects;
+use crate::audit::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule};
+use crate::kernel::netlink::NlSocket;
+use crate::ruleset::TABLE;
+use anyhow::Result;
+use nftnl::nftnl_sys as sys;
+use std::collections::HashMap;
+use std::os::raw::{c_int, c_void};
+
+/// `table ip loopgate`'s own objects are not foreign.
+fn foreign(family: u32, table: &str) -> bool {
+    !(family == u32::from(NFPROTO_IPV4) && table == TABLE)
+}
+
+/// How a message names a table of `family`: `ip filter`, `inet fw`; `None` for a
+/// family that does not see IPv4 at the IP hooks.
+fn family_name(family: u32) -> Option<&'static str> {
+    match family {
+        f if f == libc::NFPROTO_IPV4 as u32 => Some("ip"),
+        f if f == libc::NFPROTO_INET as u32 => Some("inet"),
+        _ => None,
+    }
+}
+
+/// Every chain, with its rules, of the `ip` and `inet` tables other than loopgate's.
+pub fn foreign_chains() -> Result<Vec<Chain>> {
+    let mut sock = NlSocket::netfilter()?;
+    sock.size_buffers(8 << 20)?;
+    let unspec = libc::NFPROTO_UNSPEC as u16;
+    let mut chains: Vec<Chain> = Vec::new();
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    for row in dump_objects::<sys::nftnl_chain>(&mut sock, unspec, None)? {
+        let c = Owned::<sys::nftnl_chain>::new();
+        if !c.parse(&row) {
+            continue;
+        }
+        let family = c.get_u32(sys::NFTNL_CHAIN_FAMILY);
+        let table = c.get_str(sys::NFTNL_CHAIN_TABLE);
+        let Some(fam) = family_name(family).filter(|_| foreign(family, &table)) else {
+            continue;
+        };
+        let table = format!("{fam} {table}");
+        let name = c.get_str(sys::NFTNL_CHAIN_NAME);
+        let base = base_of(&c);
+        index.insert((table.clone(), name.clone()), chains.len());
+        chains.push(Chain {
+            table,
+            name,
+            base,
+            rules: Vec::new(),
+        });
+    }
+    for row in dump_objects::<sys::nftnl_rule>(&mut sock, unspec, None)? {
+        let r = Owned::<sys::nftnl_rule>::new();
+        if !r.parse(&row) {
+            continue;
+        }
+        let family = r.get_u32(sys::NFTNL_RULE_FAMILY);
+        let table = r.get_str(sys::NFTNL_RULE_TABLE);
+        let Some(fam) = family_name(family).filter(|_| foreign(family, &table)) else {
+            continue;
+        };
+        let key = (format!("{fam} {table}"), r.get_str(sys::NFTNL_RULE_CHAIN));
+        // A rule of a chain added after the chain dump: seen at the next audit.
+        let Some(&i) = index.get(&key) else { continue };
+        // SAFETY: live rule.
+        let handle =
+            unsafe { sys::nftnl_rule_get_u64(r.ptr().as_ptr(), sys::NFTNL_RULE_HANDLE as u16) };
+        chains[i].rules.push(Rule {
+            handle,
+            exprs: exprs_of(&r),
+        });
+    }
+    Ok(chains)
+}
+
+/// The hook, priority, policy and type of a base chain; `None` for a regular chain
+/// or a hook that is not one of IPv4's five.
+fn base_of(c: &Owned<sys::nftnl_chain>) -> Option<BaseHook> {
+    let p = c.ptr().as_ptr();
+    // SAFETY: live chain; the getters read its attributes.
+    unsafe {
+        if !sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16) {
+            return None;
+        }
+        Some(BaseHook {
+            hook: Hook::from_number(c.get_u32(sys::NFTNL_CHAIN_HOOKNUM))?,
+            priority: sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
+            policy_drop: sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_POLICY as u16)
+                && c.get_u32(sys::NFTNL_CHAIN_POLICY) == NF_DROP,
+            nat: c.get_str(sys::NFTNL_CHAIN_TYPE) == "nat",
+        })
+    }
+}
+
+/// The rule's expressions, decoded.
+fn exprs_of(r: &Owned<sys::nftnl_rule>) -> Vec<Expr> {
+    let mut out: Vec<Expr> = Vec::new();
+    // SAFETY: live rule; the callback only reads each expression and pushes to `out`,
+    // which outlives the call.
+    unsafe {
+        sys::nftnl_expr_foreach(
+            r.ptr().as_ptr(),
+            Some(decode_expr),
+            (&mut out as *mut Vec<Expr>).cast(),
+        );
+    }
+    out
+}
+
+unsafe extern "C" fn decode_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
+    // SAFETY: `data` is the &mut Vec<Expr> passed by `exprs_of`; `e` is live during the
+    // callback.
+    unsafe {
+        let out = &mut *data.cast::<Vec<Expr>>();
+        out.push(decode(e));
+    }
+    0
+}
+
+/// One expression as the evaluator models it.
+///
+/// # Safety
+/// `e` must be a live expression.
+unsafe fn decode(e: *mut sys::nftnl_expr) -> Expr {
+    // SAFETY: `e` is live (the caller's contract); getters copy out what they return,
+    // `nftnl_expr_get` returns data owned by `e` valid for the length it writes.
+    unsafe {
+        let is = |a: u32| sys::nftnl_expr_is_set(e, a as u16);
+        let u32_of = |a: u32| sys::nftnl_expr_get_u32(e, a as u16);
+        let str_of = |a: u32| get_str(sys::nftnl_expr_get_str(e, a as u16));
+        let bytes = |a: u32| {
+            let mut len = 0u32;
+            let p = sys::nftnl_expr_get(e, a as u16, &mut len);
+            if p.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(p.cast::<u8>(), len as usize).to_vec()
+            }
+        };
+        let name = str_of(sys::NFTNL_EXPR_NAME);
+        match name.as_str() {
+            "meta" if is(sys::NFTNL_EXPR_META_DREG) => Expr::Meta {
+                key: u32_of(sys::NFTNL_EXPR_META_KEY),
+                dreg: u32_of(sys::NFTNL_EXPR_META_DREG),
+            },
+            "payload" if is(sys::NFTNL_EXPR_PAYLOAD_DREG) => Expr::Payload {
+                base: u32_of(sys::NFTNL_EXPR_PAYLOAD_BASE),
+                offset: u32_of(sys::NFTNL_EXPR_PAYLOAD_OFFSET),
+                len: u32_of(sys::NFTNL_EXPR_PAYLOAD_LEN),
+                dreg: u32_of(sys::NFTNL_EXPR_PAYLOAD_DREG),
+            },
+            "ct" if is(sys::NFTNL_EXPR_CT_DREG) => Expr::Ct {
+                key: u32_of(sys::NFTNL_EXPR_CT_KEY),
+                dir: is(sys::NFTNL_EXPR_CT_DIR)
+                    .then(|| sys::nftnl_expr_get_u8(e, sys::NFTNL_EXPR_CT_DIR as u16)),
+                dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
+            },
+            "meta" | "payload" | "ct" | "counter" | "log" | "dynset" | "last" => {
+                Expr::Statement(name)
+            }
+            "immediate" if is(sys::NFTNL_EXPR_IMM_VERDICT) => {
+                let chain = || str_of(sys::NFTNL_EXPR_IMM_CHAIN);
+                match u32_of(sys::NFTNL_EXPR_IMM_VERDICT) as i32 {
+                    0 => Expr::Verdict(Jump::Drop),
+                    1 => Expr::Verdict(Jump::Accept),
+                    -1 => Expr::Verdict(Jump::Continue),
+                    -3 => Expr::Verdict(Jump::Jump(chain())),
+                    -4 => Expr::Verdict(Jump::Goto(chain())),
+                    -5 => Expr::Verdict(Jump::Return),
+                    v => Expr::Unknown(format!("verdict {v}")),
+                }
+            }
+            "immediate" => Expr::Load {
+                dreg: u32_of(sys::NFTNL_EXPR_IMM_DREG),
+                data: bytes(sys::NFTNL_EXPR_IMM_DATA),
+            },
+            "bitwise"
+                if !is(sys::NFTNL_EXPR_BITWISE_OP) || u32_of(sys::NFTNL_EXPR_BITWISE_OP) == 0 =>
+            {
+                Expr::Bitwise {
+                    sreg: u32_of(sys::NFTNL_EXPR_BITWISE_SREG),
+                    dreg: u32_of(sys::NFTNL_EXPR_BITWISE_DREG),
+                    mask: bytes(sys::NFTNL_EXPR_BITWISE_MASK),
+                    xor: bytes(sys::NFTNL_EXPR_BITWISE_XOR),
+                }
+            }
+            "cmp" => Expr::Cmp {
+                sreg: u32_of(sys::NFTNL_EXPR_CMP_SREG),
+                op: u32_of(sys::NFTNL_EXPR_CMP_OP),
+                data: bytes(sys::NFTNL_EXPR_CMP_DATA),
+            },
+            "range" => Expr::Range {
+                sreg: u32_of(sys::NFTNL_EXPR_RANGE_SREG),
+                op: u32_of(sys::NFTNL_EXPR_RANGE_OP),
+                from: bytes(sys::NFTNL_EXPR_RANGE_FROM_DATA),
+                to: bytes(sys::NFTNL_EXPR_RANGE_TO_DATA),
+            },
+            "lookup" => {
+                let set = str_of(sys::NFTNL_EXPR_LOOKUP_SET);
+                match is(sys::NFTNL_EXPR_LOOKUP_DREG).then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)) {
+                    None => Expr::Lookup {
+                        set,
+                        verdict_map: false,
+                    },
+                    Some(REG_VERDICT) => Expr::Lookup {
+                        set,
+                        verdict_map: true,
+                    },
+                    Some(_) => Expr::Unknown(format!("map lookup in @{set}")),
+                }
+            }
+            "reject" => Expr::Reject,
+            "notrack" => Expr::Notrack,
+            "target" => match str_of(sys::NFTNL_EXPR_TG_NAME).as_str() {
+                "REJECT" => Expr::Reject,
+                "NOTRACK" => Expr::Notrack,
+                t @ ("LOG" | "NFLOG" | "MARK" | "CONNMARK" | "TRACE" | "TCPMSS") => {
+                    Expr::Statement(format!("target {t}"))
+                }
+                t => Expr::Unknown(format!("target {t}")),
+            },
+            "match" => Expr::Unknown(format!("match {}", str_of(sys::NFTNL_EXPR_MT_NAME))),
+            _ => Expr::Unknown(name),
+        }
+    }
+}
