@@ -42,6 +42,8 @@ mod owned_table;
 mod reconcile;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/runtimes.rs"]
+mod runtimes;
 #[path = "cli/sysctl_values.rs"]
 mod sysctl_values;
 #[path = "cli/table_tamper.rs"]
