@@ -135,6 +135,18 @@ fn dockerd_default_bridge_answers_from_the_lab_host() {
         format!("tcp:8080 from {bb}"),
         "{out:?}"
     );
+    // Docker's default capabilities include CAP_NET_RAW: the image's python can open
+    // the AF_PACKET socket a CVE-2020-8558 probe needs.
+    let out = docker.exec(
+        "web",
+        &[
+            "python3",
+            "-c",
+            "import socket; s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); \
+             s.bind(('eth0', 0)); print(s.getsockname()[0])",
+        ],
+    );
+    assert_eq!(stdout(&out).trim(), "eth0", "{out:?}");
 
     drop(docker);
     drop(lab);
@@ -205,6 +217,40 @@ fn dockerd_user_network_gets_a_br_bridge() {
     before.assert_unchanged();
 }
 
+/// `Dockerd::restart`: dockerd deletes docker0 and creates it again (a new interface
+/// index, route_localnet back at 0), and a container with a restart policy answers
+/// again at its address.
+#[test]
+fn dockerd_restart_recreates_docker0() {
+    let before = RootSnapshot::take();
+    let lab = Lab::new();
+    let mut docker = Dockerd::start(&lab.host, DockerdOpts::default());
+    docker.run_with(
+        "web",
+        &["--restart", "always"],
+        &["lab-serve", "tcp", "8080"],
+    );
+    let ip = docker.container_ip("web", "bridge");
+    assert!(answer(&lab.host, sa(ip, 8080)).is_some());
+    let index = || stdout(&lab.host.exec(&["cat", "/sys/class/net/docker0/ifindex"]));
+    let first = index();
+    lab.host
+        .set_sysctl("net.ipv4.conf.docker0.route_localnet", "1");
+    let t = Instant::now();
+    docker.restart();
+    runtimes::report("dockerd restart", t.elapsed());
+    assert_ne!(index(), first, "docker0 was not re-created");
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.docker0.route_localnet"), "0");
+    let ip = docker.container_ip("web", "bridge");
+    assert_eq!(
+        answer(&lab.host, sa(ip, 8080)).as_deref(),
+        Some("tcp:8080 from 198.51.100.1")
+    );
+    drop(docker);
+    drop(lab);
+    before.assert_unchanged();
+}
+
 /// (c) Rootful podman with netavark: a container on a user network with a port
 /// mapping answers through the mapping (from the lab host and from a client on br0)
 /// and directly; netavark set route_localnet=1 on its bridge.
@@ -240,6 +286,19 @@ fn podman_port_mapping_answers() {
         "1",
         "netavark sets route_localnet=1 on a bridge with a port mapping"
     );
+    // netavark deletes the bridge with its last container and creates it again.
+    let t = Instant::now();
+    podman.podman_ok(&["stop", "web"]);
+    runtimes::report("podman stop", t.elapsed());
+    assert!(
+        lab.host
+            .exec_status(&["ip", "link", "show", &bridge])
+            .status
+            .code()
+            != Some(0)
+    );
+    podman.podman_ok(&["start", "web"]);
+    assert!(answer(&lab.container, sa(HOST_ADDR, 8080)).is_some());
     // The default network is on its own subnet.
     podman.run("plain", None, &["sleep", "600"]);
     let plain = podman.container_ip("plain", "podman");

@@ -378,6 +378,7 @@ impl Dockerd {
             DOCKER_CLI,
             "/usr/bin/containerd",
             "/usr/bin/tini",
+            "/usr/bin/docker-init",
             "/usr/sbin/runc",
         ]);
         let name = unique("dock");
@@ -494,7 +495,8 @@ impl Dockerd {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// `docker run -d --name NAME [--network NETWORK] IMAGE CMD...`; the container ID.
+    /// `docker run -d --init --name NAME [--network NETWORK] IMAGE CMD...`; the
+    /// container ID.
     #[track_caller]
     pub fn run(&self, name: &str, network: Option<&str>, cmd: &[&str]) -> String {
         let mut flags = Vec::new();
@@ -504,10 +506,13 @@ impl Dockerd {
         self.run_with(name, &flags, cmd)
     }
 
-    /// `docker run -d --name NAME FLAGS... IMAGE CMD...`; the container ID.
+    /// `docker run -d --init --name NAME FLAGS... IMAGE CMD...`; the container ID.
+    /// `--init` (docker-init, i.e. tini) makes CMD stop on SIGTERM: without it a
+    /// PID 1 that ignores SIGTERM holds every `docker stop` and dockerd shutdown for
+    /// the full 10 s stop timeout.
     #[track_caller]
     pub fn run_with(&self, name: &str, flags: &[&str], cmd: &[&str]) -> String {
-        let mut args = vec!["run", "-d", "--name", name];
+        let mut args = vec!["run", "-d", "--init", "--name", name];
         args.extend_from_slice(flags);
         args.push(IMAGE);
         args.extend_from_slice(cmd);
@@ -572,7 +577,10 @@ impl Drop for Dockerd {
     fn drop(&mut self) {
         if let Some(mut s) = self.sandbox.take() {
             if std::thread::panicking() {
-                eprintln!("dockerd log ({}):\n{}", self.ns, s.log());
+                let log = format!("{}{}", self.old_logs, s.log());
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+                eprintln!("dockerd log ({}), last lines:\n{tail}", self.ns);
             }
             s.kill();
         }
@@ -602,6 +610,7 @@ impl Podman {
             "/usr/bin/conmon",
             "/usr/sbin/runc",
             "/usr/bin/tini",
+            "/usr/bin/tini-static",
         ]);
         let name = unique("pod");
         let dir = temp_dir(&name);
@@ -616,6 +625,8 @@ impl Podman {
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
 netns = "bridge"
 log_driver = "k8s-file"
+init = true
+init_path = "/usr/bin/tini-static"
 
 [network]
 network_backend = "netavark"
@@ -629,6 +640,7 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 events_logfile_path = "{d}/events.log"
 runtime = "runc"
+stop_timeout = 2
 tmp_dir = "{d}/tmp"
 volume_path = "{d}/volumes"
 static_dir = "{d}/storage/libpod"
@@ -813,10 +825,11 @@ pub fn lab_image() -> &'static Path {
 }
 
 /// Bumped whenever the recipe below changes, so a cached tar is not reused.
-const IMAGE_RECIPE_VERSION: u64 = 1;
+const IMAGE_RECIPE_VERSION: u64 = 2;
 
 const LAB_SERVE: &str = r#"#!/usr/bin/python3
-import socket, sys
+import signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 proto, port = sys.argv[1], int(sys.argv[2])
 kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
 s = socket.socket(socket.AF_INET, kind)
