@@ -176,6 +176,15 @@ fn dockerd_user_network_gets_a_br_bridge() {
         "{bridge} lacks {gateway}"
     );
 
+    // A client outside the sandbox (as loopgate will be) with DOCKER_HOST alone. The
+    // docker on PATH may be a newer CLI than Debian's; both speak to dockerd 20.10.
+    let out = std::process::Command::new("docker")
+        .args(["network", "inspect", "--format", "{{.Id}}", "lgnet"])
+        .envs(docker.client_env())
+        .env("DOCKER_CONFIG", docker.dir.join("cli"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).trim(), id, "{out:?}");
     docker.run_with(
         "app",
         &[
@@ -285,6 +294,24 @@ fn podman_port_mapping_answers() {
             .sysctl(&format!("net.ipv4.conf.{bridge}.route_localnet")),
         "1",
         "netavark sets route_localnet=1 on a bridge with a port mapping"
+    );
+    // Another program run through `Podman::command` (as loopgate will be) calls
+    // podman with the instance's configuration alone.
+    let out = podman
+        .command("/usr/bin/podman")
+        .args([
+            "network",
+            "inspect",
+            "--format",
+            "{{.NetworkInterface}} {{range .Subnets}}{{.Subnet}} {{.Gateway}}{{end}}",
+            "lgpod",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{bridge} 203.0.113.128/27 203.0.113.129"),
+        "{out:?}"
     );
     // netavark deletes the bridge with its last container and creates it again.
     let t = Instant::now();

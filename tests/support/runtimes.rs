@@ -469,6 +469,15 @@ impl Dockerd {
         format!("{}{now}", self.old_logs)
     }
 
+    /// The environment a client outside the sandbox (e.g. loopgate run by
+    /// `Lab::loopgate_env`) needs to reach this daemon: `DOCKER_HOST=unix://<sock>`.
+    pub fn client_env(&self) -> Vec<(String, String)> {
+        vec![(
+            "DOCKER_HOST".to_string(),
+            format!("unix://{}", self.sock.display()),
+        )]
+    }
+
     /// Runs the docker CLI against this daemon, inside the lab namespace; any outcome.
     pub fn docker(&self, args: &[&str]) -> Output {
         Command::new("timeout")
@@ -672,26 +681,37 @@ static_dir = "{d}/storage/libpod"
         p
     }
 
-    /// Runs `podman` inside the holder's namespaces with the private configuration;
-    /// any outcome.
-    pub fn podman(&self, args: &[&str]) -> Output {
+    /// A command that runs `program` inside the holder's mount, network and PID
+    /// namespaces with this instance's containers.conf and storage.conf in its
+    /// environment: how a test runs loopgate when loopgate calls podman. Never run
+    /// podman, or a program that calls it, outside the holder: podman bind-mounts its
+    /// storage and creates /run/containers in whatever mount namespace it runs in, which
+    /// would be the machine's. Bounded by `timeout` like every command here.
+    pub fn command(&self, program: &str) -> Command {
         let init = self.holder.as_ref().expect("holder").init_pid;
-        Command::new("timeout")
-            .args(["-k", "5", &CMD_TIMEOUT_SECS.to_string()])
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-k", "5", &CMD_TIMEOUT_SECS.to_string()])
             .args(["nsenter", "-t", &init.to_string(), "-m", "-n", "-p"])
-            .arg("/usr/bin/podman")
-            .arg("--root")
-            .arg(self.dir.join("storage"))
-            .arg("--runroot")
-            .arg(self.dir.join("runroot"))
-            .args(args)
+            .arg(program)
             .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
             .env("CONTAINERS_STORAGE_CONF", self.dir.join("storage.conf"))
             .env("HOME", self.dir.join("home"))
             .env("TMPDIR", self.dir.join("tmp"))
             .env_remove("CONTAINER_HOST")
             .env_remove("XDG_RUNTIME_DIR")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `podman` inside the holder's namespaces with the private configuration;
+    /// any outcome.
+    pub fn podman(&self, args: &[&str]) -> Output {
+        self.command("/usr/bin/podman")
+            .arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(args)
             .output()
             .expect("running podman")
     }
@@ -1042,6 +1062,9 @@ pub struct RootSnapshot {
     pub routes: String,
     pub sysctls: String,
     pub files: String,
+    /// The machine's mount table, without the /run/netns entries that labs add and
+    /// remove all the time.
+    pub mounts: String,
 }
 
 impl RootSnapshot {
@@ -1087,7 +1110,14 @@ impl RootSnapshot {
         ] {
             files.push_str(&format!("{f}: {}\n", Path::new(f).exists()));
         }
+        let mounts = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains(" /run/netns"))
+            .map(|l| format!("{l}\n"))
+            .collect();
         RootSnapshot {
+            mounts,
             ruleset: cmd("nft", &["-s", "list", "ruleset"]),
             links: cmd("ip", &["-o", "link", "show"]),
             addrs: cmd("ip", &["-o", "addr", "show"]),
@@ -1108,6 +1138,7 @@ impl RootSnapshot {
             ("routes", &self.routes, &now.routes),
             ("sysctls", &self.sysctls, &now.sysctls),
             ("files", &self.files, &now.files),
+            ("mounts", &self.mounts, &now.mounts),
         ] {
             assert_eq!(
                 before, after,
