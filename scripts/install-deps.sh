@@ -4,6 +4,13 @@
 set -euo pipefail
 
 need_pkgs=(libnftnl-dev libmnl-dev pkg-config nftables iproute2 procps util-linux socat python3 python3-prometheus-client python3-venv iptables)
+# Real container runtimes for the tests of tests/cli/runtimes.rs (they run them only inside
+# network namespaces the tests create). netavark is named because --no-install-recommends
+# would otherwise satisfy podman's network stack with containernetworking-plugins (CNI);
+# aardvark-dns serves the DNS of podman's user-defined networks. Rootful only: no uidmap,
+# slirp4netns or fuse-overlayfs. Installing starts nothing: there is no systemd here and
+# policy-rc.d refuses invoke-rc.d.
+need_pkgs+=(docker.io podman netavark aardvark-dns busybox-static)
 missing=()
 for p in "${need_pkgs[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)

@@ -48,6 +48,8 @@ mod reachability;
 mod reconcile;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/runtimes.rs"]
+mod runtimes;
 #[path = "cli/sysctl_values.rs"]
 mod sysctl_values;
 #[path = "cli/table_tamper.rs"]

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod runtimes;
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
