@@ -85,9 +85,60 @@ impl loopgate::input::Interfaces for ExampleHost {
             "cni0" => Ipv4Addr::new(10, 244, 1, 1),
             "br0" => HOST_ADDR,
             "br1" => Ipv4Addr::new(198, 51, 100, 1),
+            "br-0123456789ab" => Ipv4Addr::new(172, 19, 0, 1),
             _ => return None,
         };
         Some(vec![addr])
+    }
+
+    fn owns(&self, addr: Ipv4Addr) -> bool {
+        [
+            "docker0",
+            "br-apps",
+            "cni0",
+            "br0",
+            "br1",
+            "br-0123456789ab",
+        ]
+        .iter()
+        .any(|n| {
+            loopgate::input::Interfaces::ipv4_addresses(self, n).is_some_and(|a| a.contains(&addr))
+        })
+    }
+
+    fn host_gateway(&self) -> Option<Ipv4Addr> {
+        Some(Ipv4Addr::new(172, 17, 0, 1))
+    }
+}
+
+/// The examples' compose network: what `docker network inspect myproj_default` says.
+impl loopgate::spec::Host for ExampleHost {
+    fn interface_names(&self) -> Vec<String> {
+        [
+            "docker0",
+            "br-apps",
+            "cni0",
+            "br0",
+            "br1",
+            "br-0123456789ab",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn runtime_network(
+        &self,
+        _runtime: loopgate::kernel::runtime::Runtime,
+        name: &str,
+    ) -> Result<Option<loopgate::kernel::runtime::RuntimeNet>, String> {
+        Ok(
+            (name == "myproj_default").then(|| loopgate::kernel::runtime::RuntimeNet {
+                bridge: "br-0123456789ab".into(),
+                subnets: vec!["172.19.0.0/16".parse().unwrap()],
+                gateway: Some(Ipv4Addr::new(172, 19, 0, 1)),
+            }),
+        )
     }
 }
 

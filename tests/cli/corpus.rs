@@ -158,10 +158,18 @@ fn every_example_policy_parses_plans_and_is_valid_nft() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let policy =
-            loopgate::policy::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        let grants = loopgate::policy::grants(&policy, &ExampleHost)
+        let sources = loopgate::policy::load_all(&path)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let specs = loopgate::policy::specs_of(&sources, &ExampleHost, true)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let resolved = loopgate::spec::resolve(&specs, &ExampleHost);
+        assert!(
+            resolved.pending.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            resolved.pending
+        );
+        let grants = resolved.grants;
         assert!(!grants.is_empty(), "{}", path.display());
         let ruleset = loopgate::plan::ruleset(&grants).expect("a table");
         for g in &grants {
@@ -173,7 +181,7 @@ fn every_example_policy_parses_plans_and_is_valid_nft() {
         checked += 1;
     }
     assert!(
-        checked >= 4,
-        "expected the four example policies, found {checked}"
+        checked >= 5,
+        "expected the five example policies, found {checked}"
     );
 }
