@@ -52,3 +52,67 @@ fn a_runtime_network_whose_bridge_is_lo_is_not_published_on_lo() {
         stderr(&out)
     );
 }
+
+fn expose_3306(lab: &Lab) {
+    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+fn grant_works(lab: &Lab) -> bool {
+    tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref() == Some("tcp:3306")
+}
+
+fn nft_script(lab: &Lab, script: &str) {
+    let out = lab.host.exec(&["nft", script]);
+    assert!(out.status.success(), "nft {script}: {}", stderr(&out));
+}
+
+/// A foreign firewall drops the grant's flow at a hook audit does not read; audit
+/// must not exit 0 ("all is well") while the client times out.
+fn foreign_drop_outside_ip_hooks(script: &[&str]) {
+    let (lab, _services) = lab_with_services();
+    expose_3306(&lab);
+    assert!(grant_works(&lab), "control: the grant works before the firewall");
+    lab.assert_audit(0, &[]);
+    for s in script {
+        nft_script(&lab, s);
+    }
+    assert!(!grant_works(&lab), "control: the foreign drop stops the client");
+    let (code, report) = lab.audit();
+    assert_ne!(
+        code,
+        Some(0),
+        "audit says all is well while {script:?} drops the grant's flow:\n{report}"
+    );
+}
+
+/// `inet` tables have an ingress hook (NF_INET_INGRESS, hook number 5) since Linux
+/// 5.10: `Hook::from_number(5)` is None, so the chain is read as a regular chain that
+/// nothing reaches.
+#[test]
+fn an_inet_ingress_policy_drop_is_not_reported() {
+    foreign_drop_outside_ip_hooks(&[
+        "add table inet fw",
+        "add chain inet fw ing { type filter hook ingress device br0 priority 0; policy drop; }",
+    ]);
+}
+
+/// A `netdev` table's ingress chain on a port of the grant's bridge: not read at all.
+#[test]
+fn a_netdev_ingress_drop_is_not_reported() {
+    foreign_drop_outside_ip_hooks(&[
+        "add table netdev fw",
+        "add chain netdev fw ing { type filter hook ingress device vc priority 0; policy accept; }",
+        "add rule netdev fw ing ip daddr 192.0.2.1 tcp dport 3306 drop",
+    ]);
+}
+
+/// A `bridge` table's input chain (frames a bridge port passes up to the host): not
+/// read at all.
+#[test]
+fn a_bridge_family_input_policy_drop_is_not_reported() {
+    foreign_drop_outside_ip_hooks(&[
+        "add table bridge fw",
+        "add chain bridge fw in { type filter hook input priority 0; policy drop; }",
+    ]);
+}
