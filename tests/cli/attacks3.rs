@@ -116,3 +116,29 @@ fn a_bridge_family_input_policy_drop_is_not_reported() {
         "add chain bridge fw in { type filter hook input priority 0; policy drop; }",
     ]);
 }
+
+/// An expression the evaluator does not model (here `fib`) loads a register; the
+/// evaluator does not mark that register unknown, so the compare that follows is made
+/// against what an earlier load (iifname) left there, found false, and the drop rule
+/// is judged "does not match": audit says all is well.
+#[test]
+fn an_unmodelled_load_is_compared_with_a_stale_register() {
+    foreign_drop_outside_ip_hooks(&[
+        "add table inet fw",
+        "add chain inet fw pre { type filter hook prerouting priority 0; policy accept; }",
+        "add rule inet fw pre iifname \"br0\" fib daddr type local tcp dport 3306 drop",
+    ]);
+}
+
+/// A `dynset` with an embedded expression (`meter`/`add @set { ip saddr limit ... }`)
+/// is a match, not a statement: past the limit the rule does not match and the
+/// policy drop decides. The evaluator reads it as an unconditional accept.
+#[test]
+fn a_rate_limited_accept_is_read_as_an_accept() {
+    foreign_drop_outside_ip_hooks(&[
+        "add table inet fw",
+        "add set inet fw seen { type ipv4_addr; flags dynamic; }",
+        "add chain inet fw in { type filter hook input priority 0; policy drop; }",
+        "add rule inet fw in iifname \"br0\" add @seen { ip saddr limit rate 1/hour burst 1 packets } accept",
+    ]);
+}
