@@ -142,3 +142,29 @@ fn a_rate_limited_accept_is_read_as_an_accept() {
         "add rule inet fw in iifname \"br0\" add @seen { ip saddr limit rate 1/hour burst 1 packets } accept",
     ]);
 }
+
+/// iptables `-g CHAIN` (goto, IPT_F_GOTO in the entry's flags) is read as `-j`: when
+/// the chain gone to falls off its end, the kernel applies the base chain's policy
+/// (DROP), but the evaluator continues with the next rule of INPUT (ACCEPT).
+#[test]
+fn an_iptables_legacy_goto_is_read_as_a_jump() {
+    let (lab, _services) = lab_with_services();
+    expose_3306(&lab);
+    assert!(grant_works(&lab), "control");
+    lab.assert_audit(0, &[]);
+    for args in [
+        &["-N", "LG"][..],
+        &["-A", "LG", "-s", "203.0.113.0/24", "-j", "ACCEPT"],
+        &["-A", "INPUT", "-i", "br0", "-g", "LG"],
+        &["-A", "INPUT", "-i", "br0", "-j", "ACCEPT"],
+        &["-P", "INPUT", "DROP"],
+    ] {
+        let mut cmd = vec!["iptables-legacy"];
+        cmd.extend_from_slice(args);
+        let out = lab.host.exec(&cmd);
+        assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+    }
+    assert!(!grant_works(&lab), "control: the goto ends in INPUT's policy drop");
+    let (code, report) = lab.audit();
+    assert_ne!(code, Some(0), "audit says all is well:\n{report}");
+}
