@@ -168,3 +168,29 @@ fn an_iptables_legacy_goto_is_read_as_a_jump() {
     let (code, report) = lab.audit();
     assert_ne!(code, Some(0), "audit says all is well:\n{report}");
 }
+
+/// The subnets a runtime reports become the grant's allowed sources without the
+/// checks `--allow` gets (`parse_cidr`: not the whole Internet, not 127/8, no host
+/// bits): a network described as 0.0.0.0/0 publishes to every source.
+#[test]
+fn runtime_subnets_skip_the_allow_checks() {
+    let (lab, _services) = lab_with_services();
+    let refused = lab.loopgate(&["expose", "br0", "--allow", "0.0.0.0/0", "--port", "3306"]);
+    assert_eq!(refused.status.code(), Some(2), "control: --allow 0.0.0.0/0 is refused");
+    let path = fake_docker(
+        &lab,
+        r#"[{"Name":"wide","Id":"0123456789abcdef","Driver":"bridge","Options":{"com.docker.network.bridge.name":"br0"},"IPAM":{"Config":[{"Subnet":"192.0.2.77/0","Gateway":"192.0.2.1"}]}}]"#,
+    );
+    let out = lab.loopgate_env(
+        &["expose", "--docker-network", "wide", "--port", "3306"],
+        &[("PATH", &path)],
+    );
+    let table = stdout(&lab.host.exec(&["nft", "list", "table", "ip", "loopgate"]));
+    let neighbour = tcp_request(&lab.neighbour, sa(HOST_ADDR, 3306));
+    assert!(
+        !table.contains("0.0.0.0/0") && neighbour.is_none(),
+        "expose exit {:?} {}; neighbour got {neighbour:?}\n{table}",
+        out.status.code(),
+        stderr(&out)
+    );
+}
