@@ -142,63 +142,81 @@ fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
 /// number of samples and the unguarded moments seen (interface, value).
 struct Sampler {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+    thread: Option<std::thread::JoinHandle<(u32, Vec<String>)>>,
 }
 
 impl Sampler {
     fn start(host: &Netns, watched: fn(&str) -> bool) -> Sampler {
         let stop = Arc::new(AtomicBool::new(false));
-        let host = host.handle();
+        let path = format!("/run/netns/{}", host.name);
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let guarded = |host: &Netns| -> String {
-                let out = std::process::Command::new("ip")
-                    .args(["netns", "exec", &host.name, "nft", "list", "map", "ip"])
-                    .args(["loopgate", "raw_ifaces"])
+            // This thread stays in the lab's host namespace: its reads of /proc/sys/net
+            // and the `nft` it spawns are that namespace's, without `ip netns exec`.
+            let file = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: valid fd; setns only changes this thread's namespace.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            let guarded = || -> String {
+                let out = std::process::Command::new("nft")
+                    .args(["list", "map", "ip", "loopgate", "raw_ifaces"])
                     .output()
                     .unwrap();
                 String::from_utf8_lossy(&out.stdout).into_owned()
             };
             let (mut samples, mut bad) = (0u32, Vec::new());
-            let deadline = Instant::now() + Duration::from_secs(120);
+            let started = Instant::now();
+            let deadline = started + Duration::from_secs(120);
             while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let before = guarded(&host);
-                let open: BTreeMap<String, String> = host.enter(move || {
-                    let mut open = BTreeMap::new();
-                    if let Ok(dirs) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
-                        for d in dirs.flatten() {
-                            let name = d.file_name().to_string_lossy().into_owned();
-                            if !watched(&name) {
-                                continue;
-                            }
-                            let v = std::fs::read_to_string(d.path().join("route_localnet"))
-                                .unwrap_or_default();
-                            let v = v.trim();
-                            if !v.is_empty() && v != "0" {
-                                open.insert(name, v.to_string());
-                            }
+                let before = guarded();
+                let mut open = BTreeMap::new();
+                if let Ok(dirs) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
+                    for d in dirs.flatten() {
+                        let name = d.file_name().to_string_lossy().into_owned();
+                        if !watched(&name) {
+                            continue;
+                        }
+                        let v = std::fs::read_to_string(d.path().join("route_localnet"))
+                            .unwrap_or_default();
+                        let v = v.trim();
+                        if !v.is_empty() && v != "0" {
+                            open.insert(name, v.to_string());
                         }
                     }
-                    open
-                });
-                let after = guarded(&host);
+                }
+                let after = guarded();
                 samples += 1;
                 for (name, v) in open {
                     let quoted = format!("\"{name}\"");
                     if !before.contains(&quoted) && !after.contains(&quoted) {
-                        bad.push(format!("{name}={v}"));
+                        bad.push(format!("{name}={v} at {:?}", started.elapsed()));
                     }
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                // With the two `nft` runs, one sample every 5-10 ms.
+                std::thread::sleep(Duration::from_millis(2));
             }
             (samples, bad)
         });
-        Sampler { stop, thread }
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    fn finish(self) -> (u32, Vec<String>) {
+    fn finish(mut self) -> (u32, Vec<String>) {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("sampler")
+        self.thread.take().unwrap().join().expect("sampler")
+    }
+}
+
+impl Drop for Sampler {
+    /// Stops the sampling also when the test fails before `finish`.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -410,6 +428,8 @@ fn docker_networks_by_name_follow_rm_create_and_dockerd_restart_guard_first() {
     docker.run_with(
         "c1b",
         &[
+            "--restart",
+            "always",
             "--network",
             "lgnet",
             "--add-host",
@@ -577,9 +597,10 @@ fn docker_hairpin_and_raw_frames_with_userland_proxy_off() {
     assert!(!guarded_ifaces(&lab).contains("\"docker0\""));
     assert_eq!(hairpin(), via_docker0, "the hairpin, after revoke");
     let audit = lg(&lab, &docker, &["audit"]);
-    println!("audit after revoke:\n{}", stdout(&audit));
+    assert_eq!(audit.status.code(), Some(1), "{}", stdout(&audit));
     assert!(
-        stdout(&audit).contains("docker0"),
+        stdout(&audit).contains("docker0: route_localnet=1 effective=1 OPEN, UNGUARDED")
+            && stdout(&audit).contains("[unguarded]"),
         "audit reports docker0 open without guard:\n{}",
         stdout(&audit)
     );
@@ -674,6 +695,12 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
             != Some(0),
         "netavark deleted {bridge}"
     );
+    // While the bridge is gone the grant still stands (pending): its guard should stay,
+    // as it does for a grant on a named interface ("its guard stays in place"), so
+    // that netavark's re-created bridge, which netavark opens itself, is guarded from
+    // its first moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let guard_kept_while_gone = guarded_ifaces(&lab).contains(&format!("\"{bridge}\""));
     podman.run_with(
         "web2",
         &["--network", "lgpod", "-p", "8080:8080"],
@@ -691,13 +718,39 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
          after the container started; {n} samples, unguarded: {bad:?}"
     );
     assert!(n > 20, "too few samples: {n}");
+    // Checked at the end, so that revoke below is exercised too: failures found here
+    // are product bugs (see the messages).
+    let mut failures = Vec::new();
+    if !bad.is_empty() || !guard_kept_while_gone {
+        failures.push(format!(
+            "{bridge} was open (netavark's 1) without loopgate's guard while the grant \
+             stood: {bad:?}; guard kept while the bridge was gone: {guard_kept_while_gone} \
+             (a grant on a named interface keeps it)"
+        ));
+    }
+    assert!(mapping(), "the port mapping after re-creation");
+    // SIGTERM reaches watch through `timeout` and `nsenter` (which then end by the
+    // signal themselves): watch's own word is its log.
+    watch.stop();
     assert!(
-        bad.is_empty(),
-        "open without guard: {bad:?}\n{}",
+        watch.log().contains("loopgate watch: stopped"),
+        "{}",
         watch.log()
     );
-    assert!(mapping(), "the port mapping after re-creation");
-    assert_eq!(watch.stop(), Some(0), "{}", watch.log());
+    // No other process touched loopgate's table: watch, running in the holder's PID
+    // namespace, must recognise its own commits.
+    if watch
+        .log()
+        .contains("another process changed table ip loopgate")
+    {
+        failures.push(
+            "watch took its own commits for another process's and closed the bridge \
+             (NFTA_GEN_PROC_PID is the pid in the initial PID namespace, loopgate compares \
+             it with its pid in its own PID namespace)"
+                .into(),
+        );
+    }
+    let watch_log = watch.log();
     runtimes::report("7. netavark re-creates the bridge with watch", t.elapsed());
 
     // revoke: netavark's 1 stays on the same device instance; the guard goes.
@@ -718,8 +771,11 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     assert!(mapping(), "the port mapping after revoke");
     let audit = lg_pod(&lab, &podman, &["audit"]);
     println!("audit after revoke:\n{}", stdout(&audit));
+    assert_eq!(audit.status.code(), Some(1), "{}", stdout(&audit));
     assert!(
-        stdout(&audit).contains(&bridge),
+        stdout(&audit).contains(&format!(
+            "{bridge}: route_localnet=1 effective=1 OPEN, UNGUARDED"
+        )),
         "audit reports {bridge} open without guard:\n{}",
         stdout(&audit)
     );
@@ -728,4 +784,9 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     drop(podman);
     drop(lab);
     before.assert_unchanged();
+    assert!(
+        failures.is_empty(),
+        "{}\nwatch's log:\n{watch_log}",
+        failures.join("\n")
+    );
 }
