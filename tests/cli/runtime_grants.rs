@@ -729,11 +729,11 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
         ));
     }
     assert!(mapping(), "the port mapping after re-creation");
-    // SIGTERM reaches watch through `timeout` and `nsenter` (which then end by the
-    // signal themselves): watch's own word is its log.
+    // SIGTERM reaches watch through `timeout` (its process group), which may exit
+    // before watch does: watch's own word is its log.
     watch.stop();
     assert!(
-        watch.log().contains("loopgate watch: stopped"),
+        time_until(|| watch.log().contains("loopgate watch: stopped")).is_some(),
         "{}",
         watch.log()
     );
