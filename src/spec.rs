@@ -415,10 +415,11 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     });
                     continue;
                 }
-                None if net
-                    .as_ref()
-                    .and_then(|n| n.gateway)
-                    .is_some_and(|g| addresses.contains(&g) || host.owns(g)) =>
+                None if !spec.host_gateway
+                    && net
+                        .as_ref()
+                        .and_then(|n| n.gateway)
+                        .is_some_and(|g| addresses.contains(&g) || host.owns(g)) =>
                 {
                     net.as_ref()
                         .and_then(|n| n.gateway)

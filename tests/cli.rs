@@ -50,6 +50,8 @@ mod reachability;
 mod reconcile;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/runtime_grants.rs"]
+mod runtime_grants;
 #[path = "cli/runtimes.rs"]
 mod runtimes;
 #[path = "cli/sysctl_values.rs"]

@@ -719,11 +719,26 @@ impl Watch {
 
     /// Starts watch with extra arguments.
     pub fn start_with(lab: &Lab, extra: &[&str]) -> Watch {
-        let log = lab.state_dir.join("watch.log");
-        let child = Command::new(BIN)
-            .args(["--netns", &lab.host.name, "watch"])
+        Watch::start_env(lab, extra, &[])
+    }
+
+    /// Starts watch with extra arguments and environment (e.g. `DOCKER_HOST`, so the
+    /// `docker` it runs reaches a lab's dockerd).
+    pub fn start_env(lab: &Lab, extra: &[&str], env: &[(String, String)]) -> Watch {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--netns", &lab.host.name, "watch"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        Watch::spawn(lab, cmd)
+    }
+
+    /// Starts `cmd`, a prepared `loopgate ... watch` (e.g. from `Podman::command`, which
+    /// runs it inside the podman holder's namespaces), with the lab's state directory.
+    pub fn spawn(lab: &Lab, mut cmd: Command) -> Watch {
+        let log = lab.state_dir.join("watch.log");
+        let child = cmd
             .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+            .env_remove("LOOPGATE_FAILPOINT")
             .stderr(std::fs::File::create(&log).unwrap())
             .stdout(std::process::Stdio::null())
             .spawn()
