@@ -14,10 +14,10 @@ mod support;
 // Topic modules; kept under tests/cli/ so Cargo does not build each as its own binary.
 #[path = "cli/attacks.rs"]
 mod attacks;
-#[path = "cli/attacks3.rs"]
-mod attacks3;
 #[path = "cli/attacks2.rs"]
 mod attacks2;
+#[path = "cli/attacks3.rs"]
+mod attacks3;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/cli_surface.rs"]

@@ -209,6 +209,9 @@ pub struct Foreign {
     /// Why something could not be read (a legacy table unreadable): reported as
     /// "may drop".
     pub unreadable: Vec<String>,
+    /// Base chains that can drop but are not evaluated (ingress, netdev, bridge):
+    /// `(table, chain, why)`, reported as "may drop".
+    pub unjudged: Vec<(String, String, String)>,
 }
 
 /// What a foreign firewall does with a grant's flow.
@@ -742,6 +745,9 @@ fn run_rule(
             Expr::Statement(_) => {}
             Expr::Unknown(name) => {
                 words.push(say(&|| name.clone()));
+                // It may have loaded any register (fib, rt, socket, hash, a map's
+                // data): nothing read before it can be trusted after it.
+                regs = Regs::new();
                 if matches!(
                     name.as_str(),
                     "queue" | "nat" | "redir" | "fwd" | "tproxy" | "synproxy" | "dup"
@@ -1082,6 +1088,14 @@ pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
     if let Some(m) = maybe {
         return m;
     }
+    if let Some((table, chain, why)) = ruleset.unjudged.first() {
+        return Verdict::MayDrop {
+            table: table.clone(),
+            chain: chain.clone(),
+            why: why.clone(),
+            stop: None,
+        };
+    }
     if let Some(why) = ruleset.unreadable.first() {
         return Verdict::MayDrop {
             table: "iptables-legacy".into(),
@@ -1100,7 +1114,10 @@ pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
 pub fn read() -> Foreign {
     let mut foreign = Foreign::default();
     match crate::kernel::nft::foreign_chains() {
-        Ok(chains) => foreign.chains = chains,
+        Ok((chains, unjudged)) => {
+            foreign.chains = chains;
+            foreign.unjudged = unjudged;
+        }
         Err(e) => foreign.unreadable.push(format!(
             "the other nftables tables could not be read: {}",
             crate::error::one_line(&e)

@@ -310,7 +310,9 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
                 v if v >= 0 && v as usize == e.offset + e.next_offset => {
                     Expr::Verdict(Jump::Continue)
                 }
+                // IPT_F_GOTO (0x02 of the entry's flags): `-g`, no return here.
                 v if v >= 0 => match chain_at(v as usize) {
+                    Some(c) if b[82] & 0x02 != 0 => Expr::Verdict(Jump::Goto(c)),
                     Some(c) => Expr::Verdict(Jump::Jump(c)),
                     None => Expr::Unknown(format!("jump to offset {v}")),
                 },

@@ -54,8 +54,12 @@ pub type Refusal = String;
 /// exist (yet), `Err` (one line) when its CLI is missing or fails otherwise, or the
 /// network is not a bridge network or has no IPv4 subnet.
 pub fn inspect(runtime: Runtime, name: &str) -> Result<Option<RuntimeNet>, Refusal> {
+    if name.starts_with('-') {
+        return Err(format!("invalid {} network name {name:?}", runtime.cli()));
+    }
     let out = Command::new(runtime.cli())
-        .args(["network", "inspect", name])
+        // `--`: a name is never read as an option of the runtime's CLI.
+        .args(["network", "inspect", "--", name])
         .output()
         .map_err(|e| {
             format!(
@@ -140,14 +144,37 @@ pub fn parse(runtime: Runtime, name: &str, json: &[u8]) -> Result<Option<Runtime
     if bridge.is_empty() {
         return Err(format!("{} network {name} names no bridge", runtime.cli()));
     }
+    // What the runtime says is checked as if the user had typed it: a bridge called
+    // `lo` (or a pattern) would put the guard on the host's own loopback, and a subnet
+    // of 0.0.0.0/0 or inside 127/8 would widen who gets in.
+    if crate::spec::is_pattern(&bridge) {
+        return Err(format!(
+            "{} network {name} names the bridge {bridge:?}, which is not an interface name",
+            runtime.cli()
+        ));
+    }
+    crate::input::parse_iface(&bridge).map_err(|e| {
+        format!(
+            "{} network {name} names the bridge {bridge:?}, which loopgate will not use: {e:#}",
+            runtime.cli()
+        )
+    })?;
     let mut subnets = Vec::new();
     let mut gateway = None;
     for (subnet, gw) in pairs {
-        if let Some(n) = subnet.and_then(|s| s.parse::<Ipv4Network>().ok()) {
-            subnets.push(n);
-            if gateway.is_none() {
-                gateway = gw.and_then(|g| g.parse().ok());
-            }
+        let Some(text) = subnet else { continue };
+        if text.contains(':') {
+            continue; // IPv6: route_localnet is IPv4 only
+        }
+        let n = crate::input::parse_cidr(&text).map_err(|e| {
+            format!(
+                "{} network {name} has the subnet {text:?}, which loopgate will not allow in: {e:#}",
+                runtime.cli()
+            )
+        })?;
+        subnets.push(n);
+        if gateway.is_none() {
+            gateway = gw.and_then(|g| g.parse().ok());
         }
     }
     if subnets.is_empty() {

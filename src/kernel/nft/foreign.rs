@@ -30,13 +30,21 @@ fn family_name(family: u32) -> Option<&'static str> {
     }
 }
 
-/// Every chain, with its rules, of the `ip` and `inet` tables other than loopgate's.
-pub fn foreign_chains() -> Result<Vec<Chain>> {
+/// A base chain audit does not evaluate but that can drop: `(table, chain, why)`.
+pub type Unjudged = (String, String, String);
+
+/// Every chain, with its rules, of the `ip` and `inet` tables other than loopgate's;
+/// and the base chains that can drop but are not evaluated (an `ingress` hook, a
+/// `netdev` or `bridge` table: they see the grant's packets before, or beside, the IP
+/// hooks), with a policy drop or a drop/reject rule.
+pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
     let mut sock = NlSocket::netfilter()?;
     sock.size_buffers(8 << 20)?;
     let unspec = libc::NFPROTO_UNSPEC as u16;
     let mut chains: Vec<Chain> = Vec::new();
     let mut index: HashMap<(String, String), usize> = HashMap::new();
+    // Base chains not evaluated: (family, table, chain) -> (description, can drop).
+    let mut other: HashMap<(u32, String, String), (String, bool)> = HashMap::new();
     for row in dump_objects::<sys::nftnl_chain>(&mut sock, unspec, None)? {
         let c = Owned::<sys::nftnl_chain>::new();
         if !c.parse(&row) {
@@ -44,6 +52,25 @@ pub fn foreign_chains() -> Result<Vec<Chain>> {
         }
         let family = c.get_u32(sys::NFTNL_CHAIN_FAMILY);
         let table = c.get_str(sys::NFTNL_CHAIN_TABLE);
+        // SAFETY: live chain; the getter only reads it.
+        let is_base =
+            unsafe { sys::nftnl_chain_is_set(c.ptr().as_ptr(), sys::NFTNL_CHAIN_HOOKNUM as u16) };
+        let unevaluated_family =
+            family == libc::NFPROTO_NETDEV as u32 || family == libc::NFPROTO_BRIDGE as u32;
+        let unevaluated_hook = family_name(family).is_some() && is_base && base_of(&c).is_none();
+        if is_base && (unevaluated_family || unevaluated_hook) {
+            let fam = match family {
+                f if f == libc::NFPROTO_NETDEV as u32 => "netdev",
+                f if f == libc::NFPROTO_BRIDGE as u32 => "bridge",
+                f => family_name(f).unwrap_or("?"),
+            };
+            let policy_drop = c.get_u32(sys::NFTNL_CHAIN_POLICY) == NF_DROP;
+            other.insert(
+                (family, table.clone(), c.get_str(sys::NFTNL_CHAIN_NAME)),
+                (format!("{fam} {table}"), policy_drop),
+            );
+            continue;
+        }
         let Some(fam) = family_name(family).filter(|_| foreign(family, &table)) else {
             continue;
         };
@@ -65,6 +92,14 @@ pub fn foreign_chains() -> Result<Vec<Chain>> {
         }
         let family = r.get_u32(sys::NFTNL_RULE_FAMILY);
         let table = r.get_str(sys::NFTNL_RULE_TABLE);
+        if let Some((_, can_drop)) =
+            other.get_mut(&(family, table.clone(), r.get_str(sys::NFTNL_RULE_CHAIN)))
+        {
+            *can_drop |= exprs_of(&r)
+                .iter()
+                .any(|e| matches!(e, Expr::Verdict(Jump::Drop) | Expr::Reject));
+            continue;
+        }
         let Some(fam) = family_name(family).filter(|_| foreign(family, &table)) else {
             continue;
         };
@@ -79,7 +114,18 @@ pub fn foreign_chains() -> Result<Vec<Chain>> {
             exprs: exprs_of(&r),
         });
     }
-    Ok(chains)
+    let mut unjudged: Vec<Unjudged> = other
+        .into_iter()
+        .filter(|(_, (_, can_drop))| *can_drop)
+        .map(|((_, _, chain), (table, _))| {
+            let why = format!(
+                "chain {chain} of table {table} sees packets before or beside the IP hooks (ingress, netdev or bridge) and can drop; audit does not evaluate it"
+            );
+            (table, chain, why)
+        })
+        .collect();
+    unjudged.sort();
+    Ok((chains, unjudged))
 }
 
 /// The hook, priority, policy and type of a base chain; `None` for a regular chain
@@ -164,9 +210,10 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Expr {
                     .then(|| sys::nftnl_expr_get_u8(e, sys::NFTNL_EXPR_CT_DIR as u16)),
                 dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
             },
-            "meta" | "payload" | "ct" | "counter" | "log" | "dynset" | "last" => {
-                Expr::Statement(name)
-            }
+            // A dynset ends the rule when its add fails or its embedded limit, quota or
+            // connlimit does: not a plain statement.
+            "dynset" => Expr::Unknown(name),
+            "meta" | "payload" | "ct" | "counter" | "log" | "last" => Expr::Statement(name),
             "immediate" if is(sys::NFTNL_EXPR_IMM_VERDICT) => {
                 let chain = || str_of(sys::NFTNL_EXPR_IMM_CHAIN);
                 match u32_of(sys::NFTNL_EXPR_IMM_VERDICT) as i32 {
