@@ -308,23 +308,16 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
             Some(sel) => match host.runtime_network(sel.runtime, &sel.name) {
                 Ok(Some(net)) => Some(net),
                 Ok(None) => {
-                    out.pending.push(Pending {
-                        spec: spec.label(),
-                        interface: String::new(),
-                        reason: format!(
-                            "{} network {} does not exist now",
-                            sel.runtime.cli(),
-                            sel.name
-                        ),
-                    });
+                    let why = format!(
+                        "{} network {} does not exist now",
+                        sel.runtime.cli(),
+                        sel.name
+                    );
+                    keep_network_guard(spec, previous, &names, None, why, &mut seen, &mut out);
                     continue;
                 }
                 Err(why) => {
-                    out.pending.push(Pending {
-                        spec: spec.label(),
-                        interface: String::new(),
-                        reason: why,
-                    });
+                    keep_network_guard(spec, previous, &names, None, why, &mut seen, &mut out);
                     continue;
                 }
             },
@@ -335,11 +328,16 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
         };
         if let Some(n) = &net {
             if !names.contains(&n.bridge) {
-                out.pending.push(Pending {
-                    spec: spec.label(),
-                    interface: n.bridge.clone(),
-                    reason: format!("its bridge {} does not exist now", n.bridge),
-                });
+                let why = format!("its bridge {} does not exist now", n.bridge);
+                keep_network_guard(
+                    spec,
+                    previous,
+                    &names,
+                    Some(&n.bridge),
+                    why,
+                    &mut seen,
+                    &mut out,
+                );
                 continue;
             }
         }
@@ -480,6 +478,51 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
         }
     }
     out
+}
+
+/// A runtime network's spec that cannot resolve now (the network or its bridge is
+/// gone, or the runtime did not answer) keeps the committed grants it made whose
+/// interface is missing now: netavark and dockerd delete and re-create a bridge under
+/// the same name, and the new device must find its guard already in place rather than
+/// wait for the next resolve. A kept grant on a missing device publishes nothing; one
+/// whose device exists now is not kept (the network no longer vouches for it).
+///
+/// `bridge`: the bridge the runtime reports now, when it reports one; only grants on
+/// it are kept then. Pushes one [`Pending`] with `why` either way.
+fn keep_network_guard(
+    spec: &Spec,
+    previous: &[Grant],
+    names: &[String],
+    bridge: Option<&String>,
+    why: String,
+    seen: &mut BTreeMap<GrantKey, (SocketAddrV4, String)>,
+    out: &mut Resolved,
+) {
+    let mut kept = 0;
+    for g in previous.iter().filter(|g| {
+        g.proto == spec.proto
+            && g.port == spec.port
+            && g.to == spec.to
+            && !names.contains(&g.iface)
+            && bridge.is_none_or(|b| *b == g.iface)
+            && spec.name.as_ref().is_none_or(|n| *n == g.name)
+            && (spec.allow.is_empty() || spec.allow == g.allow)
+            && spec.listen.is_none_or(|l| l == g.listen)
+    }) {
+        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
+            e.insert((g.to, spec.label()));
+            out.grants.push(g.clone());
+            kept += 1;
+        }
+    }
+    out.pending.push(Pending {
+        spec: spec.label(),
+        interface: bridge.cloned().unwrap_or_default(),
+        reason: match kept {
+            0 => why,
+            _ => format!("{why}; its guard stays in place"),
+        },
+    });
 }
 
 /// Refuses two specs with the same key (the same interface or pattern, listen
@@ -643,6 +686,46 @@ mod tests {
                 "{:?}",
                 r.pending
             );
+        }
+    }
+
+    #[test]
+    fn a_runtime_network_that_cannot_resolve_keeps_its_guard_only_on_a_missing_bridge() {
+        use crate::kernel::runtime::Runtime;
+        let request = GrantRequest {
+            ports: vec!["5432".into()],
+            network: Some((Runtime::Docker, "myproj_default".into())),
+            ..Default::default()
+        };
+        let specs = from_request(&request, Source::Cli).unwrap();
+        let up = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
+        let committed = resolve(&specs, &up).grants;
+        assert_eq!(committed.len(), 1);
+        // The bridge is being re-created: the guard stays for the new copy.
+        let down = FakeHost(vec![("docker0", vec![a("198.51.100.1")])]);
+        let r = resolve_keeping(&specs, &down, &committed);
+        assert_eq!(r.grants, committed);
+        assert!(
+            r.pending[0].reason.contains("guard stays"),
+            "{:?}",
+            r.pending
+        );
+        // The network is gone, or the runtime does not answer: the same.
+        for name in ["gone", "mv"] {
+            let other = GrantRequest {
+                network: Some((Runtime::Docker, name.into())),
+                ..request.clone()
+            };
+            let specs = from_request(&other, Source::Cli).unwrap();
+            let r = resolve_keeping(&specs, &down, &committed);
+            assert_eq!(r.grants, committed, "{name}");
+            // But a device of that name that exists now is not vouched for any more.
+            let r = resolve_keeping(&specs, &up, &committed);
+            assert!(r.grants.is_empty(), "{name}: {:?}", r.grants);
+            // Nor is a grant of another port or target.
+            let mut moved = committed.clone();
+            moved[0].port = 5433;
+            assert!(resolve_keeping(&specs, &down, &moved).grants.is_empty());
         }
     }
 

@@ -5,11 +5,13 @@
 //! One kind is read closely: a batch that touched loopgate's table (`nft flush
 //! ruleset`, `delete table`, `flags dormant`, an edited chain, or loopgate's own
 //! replace). The kernel sends one notification per object it changed, then
-//! `NFT_MSG_NEWGEN` with the committing process's pid, which the monitor reports so
-//! watch can tell another process's commit from loopgate's own the moment it lands,
-//! before any read-back: reading the table right after a large commit can take the
-//! kernel 10 ms, while a neighbour floods 127.0.0.1. The pid, not the process name:
-//! any process can call itself `loopgate`.
+//! `NFT_MSG_NEWGEN` with the committing process's pid and the new generation, which
+//! the monitor reports so watch can tell another process's commit from loopgate's own
+//! the moment it lands, before any read-back: reading the table right after a large
+//! commit can take the kernel 10 ms, while a neighbour floods 127.0.0.1. The pid and
+//! the generation, not the process name: any process can call itself `loopgate`. The
+//! generation is what identifies loopgate's own commits inside a PID namespace, where
+//! the kernel reports a pid (of the initial namespace) the process does not know.
 
 use super::netlink::attrs;
 use anyhow::{Context, Result};
@@ -21,6 +23,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWGEN: u16 = 15;
 /// Attribute 1 of table, chain, rule, set and set-element messages: the table's name.
 const NFTA_TABLE_NAME_ATTR: u16 = 1;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_GEN_PROC_PID: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
@@ -30,12 +33,22 @@ const NFGENMSG_LEN: usize = 4;
 pub struct Wake {
     /// Any event arrived (or the socket overflowed): look again.
     pub events: bool,
-    /// One entry per committed batch that changed loopgate's table: the committing
-    /// process's pid, `None` when the kernel did not say or events were lost (assume
-    /// the worst).
-    pub table_batches: Vec<Option<u32>>,
+    /// One entry per committed batch that changed loopgate's table.
+    pub table_batches: Vec<Batch>,
     /// The extra fd given to [`Monitor::wait_with`] is readable.
     pub extra: bool,
+}
+
+/// One committed batch that changed loopgate's table, as its `NFT_MSG_NEWGEN` told.
+/// Both fields are `None` when the kernel did not say or events were lost (assume the
+/// worst).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Batch {
+    /// The committing process's pid, in the initial PID namespace (the kernel's
+    /// `task_pid_nr`).
+    pub pid: Option<u32>,
+    /// The nftables generation the commit created.
+    pub generation: Option<u32>,
 }
 
 /// Two subscribed netlink sockets.
@@ -61,9 +74,9 @@ fn fd(sock: &mnl::Socket) -> i32 {
 }
 
 /// Reads nftables notifications in one datagram. `touched` carries "an object of
-/// `table` changed in the batch being read" across datagrams; returns the committing
-/// pid of each batch that touched it and ended in this datagram.
-pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec<Option<u32>> {
+/// `table` changed in the batch being read" across datagrams; returns each batch that
+/// touched it and ended in this datagram.
+pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec<Batch> {
     let mut batches = Vec::new();
     let mut rest = datagram;
     while rest.len() >= NLMSG_HDRLEN {
@@ -72,7 +85,7 @@ pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec
         if len < NLMSG_HDRLEN || len > rest.len() {
             // Truncated: assume the worst of the batch being read.
             if std::mem::take(touched) {
-                batches.push(None);
+                batches.push(Batch::default());
             }
             return batches;
         }
@@ -81,11 +94,16 @@ pub fn scan_nft_events(datagram: &[u8], table: &[u8], touched: &mut bool) -> Vec
             let family = msg.get(NLMSG_HDRLEN).copied();
             let body = msg.get(NLMSG_HDRLEN + NFGENMSG_LEN..).unwrap_or_default();
             if ty & 0xff == NFT_MSG_NEWGEN {
-                let pid = attrs(body)
-                    .find(|(t, _)| *t == NFTA_GEN_PROC_PID)
-                    .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)));
+                let u32_attr = |ty: u16| {
+                    attrs(body)
+                        .find(|(t, _)| *t == ty)
+                        .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+                };
                 if std::mem::take(touched) {
-                    batches.push(pid);
+                    batches.push(Batch {
+                        pid: u32_attr(NFTA_GEN_PROC_PID),
+                        generation: u32_attr(NFTA_GEN_ID),
+                    });
                 }
             } else if family == Some(libc::NFPROTO_IPV4 as u8)
                 && attrs(body).any(|(t, v)| {
@@ -176,7 +194,9 @@ impl Monitor {
                         }
                     }
                     // Events were dropped: assume the worst of what was lost.
-                    Err(nix::errno::Errno::ENOBUFS) if nft => wake.table_batches.push(None),
+                    Err(nix::errno::Errno::ENOBUFS) if nft => {
+                        wake.table_batches.push(Batch::default())
+                    }
                     Err(nix::errno::Errno::ENOBUFS) => {}
                     Err(_) => break,
                 }
@@ -221,7 +241,7 @@ mod tests {
         let other_table = msg(2, ip, &[(1, b"filter\0")]);
         let inet_same_name = msg(2, 1, &[(1, b"loopgate\0")]);
         for (batch, want) in [
-            (vec![del_table.clone()], vec![Some(4242)]),
+            (vec![del_table.clone()], vec![batch(4242)]),
             (vec![other_table], vec![]),
             (vec![inet_same_name], vec![]),
         ] {
@@ -237,13 +257,20 @@ mod tests {
         assert!(touched);
         assert_eq!(
             scan_nft_events(&gen(7), b"loopgate", &mut touched),
-            vec![Some(7)]
+            vec![batch(7)]
         );
         // A truncated datagram while a batch is open: unknown origin.
         let mut touched = true;
         assert_eq!(
             scan_nft_events(&del_table[..20], b"loopgate", &mut touched),
-            vec![None]
+            vec![Batch::default()]
         );
+    }
+
+    fn batch(pid: u32) -> Batch {
+        Batch {
+            pid: Some(pid),
+            generation: Some(7),
+        }
     }
 }

@@ -12,7 +12,7 @@
 
 use super::{observe_and_compute, observe_and_compute_guarding, remember_intact};
 use crate::kernel::host::HostInterfaces;
-use crate::kernel::monitor::Monitor;
+use crate::kernel::monitor::{Batch, Monitor};
 use crate::kernel::seam::{Kernel, System};
 use crate::kernel::sysctl;
 use crate::spec::{self, Source, Spec};
@@ -324,13 +324,23 @@ fn serve(args: Vec<String>, env: Vec<(String, String)>) -> crate::rpc::Reply {
     }
 }
 
-/// True when one of `batches` (committing pids, `None` = unknown) was not loopgate's:
-/// neither this process nor a loopgate run recorded in `state`'s writers.
-pub fn foreign(batches: &[Option<u32>], state: Option<&State>) -> bool {
+/// True when one of `batches` was not loopgate's: its generation is not one this
+/// process's own commits created ([`committed_by_this_process`]), and its pid is
+/// neither this process's nor one of a loopgate run recorded in `state`'s writers. A
+/// batch the kernel did not describe is foreign.
+///
+/// In a PID namespace the kernel's pid is one of the initial namespace and matches
+/// nothing here: watch's own commits are still known by their generation, while
+/// another loopgate run's commit counts as foreign (watch closes, then repairs: the
+/// safe way to be wrong).
+///
+/// [`committed_by_this_process`]: crate::kernel::nft::committed_by_this_process
+pub fn foreign(batches: &[Batch], state: Option<&State>, own: impl Fn(u32) -> bool) -> bool {
     let me = std::process::id();
-    batches.iter().any(|pid| match pid {
-        None => true,
-        Some(p) => *p != me && !state.is_some_and(|s| s.writers.contains(p)),
+    !batches.iter().all(|b| {
+        b.generation.is_some_and(&own)
+            || b.pid
+                .is_some_and(|p| p == me || state.is_some_and(|s| s.writers.contains(&p)))
     })
 }
 
@@ -346,11 +356,15 @@ pub fn foreign(batches: &[Option<u32>], state: Option<&State>) -> bool {
 /// replaces it whole), or the last one watch read. Closing needs no journal: each
 /// device closed here has its original recorded, from which the repair reopens it once
 /// the guard is back.
-fn close_if_foreign(batches: &[Option<u32>], known: &mut Option<State>) -> Result<()> {
+fn close_if_foreign(batches: &[Batch], known: &mut Option<State>) -> Result<()> {
     if let Ok(Some(now)) = Store::peek() {
         *known = Some(now);
     }
-    if !foreign(batches, known.as_ref()) {
+    if !foreign(
+        batches,
+        known.as_ref(),
+        crate::kernel::nft::committed_by_this_process,
+    ) {
         return Ok(());
     }
     let Some(state) = known.as_ref() else {
@@ -773,6 +787,24 @@ mod tests {
     use crate::kernel::nft;
     use crate::state::{Original, State, STATE_VERSION};
     use std::net::{Ipv4Addr, SocketAddrV4};
+
+    #[test]
+    fn a_batch_is_loopgates_by_its_generation_or_its_pid_and_unknown_ones_are_foreign() {
+        let me = std::process::id();
+        let state = State {
+            writers: vec![4242],
+            ..State::default()
+        };
+        let own = |g: u32| g == 7;
+        let b = |pid: Option<u32>, generation: Option<u32>| Batch { pid, generation };
+        let foreign = |batches: &[Batch]| super::foreign(batches, Some(&state), own);
+        // Inside a PID namespace the kernel's pid is meaningless; the generation decides.
+        assert!(!foreign(&[b(Some(900_001), Some(7))]));
+        assert!(foreign(&[b(Some(900_001), Some(8))]));
+        assert!(!foreign(&[b(Some(me), Some(8)), b(Some(4242), None)]));
+        assert!(foreign(&[b(Some(me), Some(7)), b(None, None)]));
+        assert!(!super::foreign(&[], None, own));
+    }
 
     fn grant(iface: &str, port: u16) -> Grant {
         Grant {

@@ -70,6 +70,8 @@ pub(super) unsafe fn append_attrs(nlh: *mut libc::nlmsghdr, attrs: &[u8]) {
 /// One batch being written: libnftnl's paged buffer plus a label per sequence number.
 pub(super) struct BatchWriter {
     batch: NonNull<sys::nftnl_batch>,
+    /// The generation the batch is bound to, if any.
+    generation: Option<u32>,
     /// The batch-begin message's number: errors about the whole batch (a stale
     /// generation's ERESTART) answer it.
     begin_seq: u32,
@@ -96,6 +98,7 @@ impl BatchWriter {
         });
         let mut w = BatchWriter {
             batch,
+            generation,
             begin_seq: first_seq,
             seq: first_seq,
             labels: Vec::new(),
@@ -238,6 +241,10 @@ impl BatchWriter {
                     "this kernel cannot load {label}: a netfilter feature loopgate needs is missing"
                 )),
             });
+        }
+        if let (Send::Commit, Some(g)) = (mode, self.generation) {
+            // No message refused: the bound batch committed, creating the next generation.
+            super::generation::record_own_commit(g);
         }
         if mode == Send::Commit && acks < self.labels.len() {
             anyhow::bail!(

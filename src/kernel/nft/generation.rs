@@ -28,7 +28,6 @@ pub struct Vouch {
     pub elements: u64,
 }
 
-/// The nftables generation of the current namespace.
 /// The nftables generation of the current namespace: a counter the kernel bumps on
 /// every committed change to any table. One small request; `watch` reads it on every
 /// wake-up to tell "nothing changed" without reading the table.
@@ -36,6 +35,41 @@ pub struct Vouch {
 /// Errors: the netlink request failed.
 pub fn current_generation() -> Result<u32> {
     generation(&mut NlSocket::netfilter()?)
+}
+
+/// The generations this process's own commits created, newest last (a bounded window:
+/// `watch` only asks about the batches of its latest wake-up).
+static OWN_COMMITS: std::sync::Mutex<std::collections::VecDeque<u32>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const OWN_COMMITS_KEPT: usize = 256;
+
+/// The generation that follows `before` (the kernel skips 0 on wrap-around).
+pub(super) fn next_generation(before: u32) -> u32 {
+    match before.wrapping_add(1) {
+        0 => 1,
+        g => g,
+    }
+}
+
+/// Records that this process's batch, bound to generation `before`, committed: the
+/// kernel refuses a bound batch unless nothing committed since, so the generation it
+/// created is exactly the next one.
+pub(super) fn record_own_commit(before: u32) {
+    let mut own = OWN_COMMITS.lock().unwrap_or_else(|e| e.into_inner());
+    if own.len() == OWN_COMMITS_KEPT {
+        own.pop_front();
+    }
+    own.push_back(next_generation(before));
+}
+
+/// True when `generation` was created by a generation-bound commit of this process
+/// (one of its last 256). How `watch` knows its own commits from the monitor's
+/// `NFT_MSG_NEWGEN` when the pid there means nothing to it (a PID namespace).
+pub fn committed_by_this_process(generation: u32) -> bool {
+    OWN_COMMITS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&generation)
 }
 
 pub(super) fn generation(sock: &mut NlSocket) -> Result<u32> {
@@ -87,10 +121,7 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
             Some(before),
         ) {
             Ok(()) => {
-                let after = match before.wrapping_add(1) {
-                    0 => 1, // the kernel skips 0
-                    g => g,
-                };
+                let after = next_generation(before);
                 return Ok(objects.as_ref().map(|o| Vouch {
                     generation: after,
                     elements: o.elements_digest(),
@@ -100,5 +131,24 @@ pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
             Err(e) if is_restart(&e) && attempts < 5 => attempts += 1,
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_own_commit_is_known_by_the_generation_it_created() {
+        record_own_commit(u32::MAX - 1);
+        assert!(committed_by_this_process(u32::MAX));
+        record_own_commit(u32::MAX);
+        assert!(committed_by_this_process(1), "the kernel skips 0");
+        assert!(!committed_by_this_process(0));
+        for g in 0..OWN_COMMITS_KEPT as u32 {
+            record_own_commit(1000 + g);
+        }
+        assert!(!committed_by_this_process(u32::MAX), "a bounded window");
+        assert!(committed_by_this_process(1000 + OWN_COMMITS_KEPT as u32));
     }
 }

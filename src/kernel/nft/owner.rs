@@ -292,12 +292,7 @@ impl Owner {
                 append_poison(&mut w);
             }
             match w.commit(&mut self.sock, Send::Commit) {
-                Ok(()) => {
-                    return Ok(match before.wrapping_add(1) {
-                        0 => 1, // the kernel skips 0
-                        g => g,
-                    });
-                }
+                Ok(()) => return Ok(super::generation::next_generation(before)),
                 Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
                 Err(e) => return Err(e),
             }
