@@ -406,11 +406,10 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
             let listen = match spec.listen {
                 Some(a) if addresses.contains(&a) || host.owns(a) => a,
                 Some(a) => {
-                    out.pending.push(Pending {
-                        spec: spec.label(),
-                        interface: iface.clone(),
-                        reason: format!("{a} is not an address of {iface} now"),
-                    });
+                    let why = format!("{a} is not an address of {iface} now");
+                    keep_while_unaddressed(
+                        spec, iface, &addresses, previous, why, &mut seen, &mut out,
+                    );
                     continue;
                 }
                 None if !spec.host_gateway
@@ -437,11 +436,10 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                 None => match addresses.first() {
                     Some(a) => *a,
                     None => {
-                        out.pending.push(Pending {
-                            spec: spec.label(),
-                            interface: iface.clone(),
-                            reason: format!("{iface} has no IPv4 address now"),
-                        });
+                        let why = format!("{iface} has no IPv4 address now");
+                        keep_while_unaddressed(
+                            spec, iface, &addresses, previous, why, &mut seen, &mut out,
+                        );
                         continue;
                     }
                 },
@@ -521,6 +519,50 @@ fn keep_network_guard(
         reason: match kept {
             0 => why,
             _ => format!("{why}; its guard stays in place"),
+        },
+    });
+}
+
+/// A spec whose interface exists but has no IPv4 address at all keeps the committed
+/// grant it made there: a runtime creates a bridge, sets it up (netavark with
+/// route_localnet=1 already) and only then adds its address, and in between the guard
+/// must not go. Nothing is kept once the interface has some other address: then the
+/// address was changed, not not-yet-added. Pushes one [`Pending`] with `why` either way.
+fn keep_while_unaddressed(
+    spec: &Spec,
+    iface: &str,
+    addresses: &[Ipv4Addr],
+    previous: &[Grant],
+    why: String,
+    seen: &mut BTreeMap<GrantKey, (SocketAddrV4, String)>,
+    out: &mut Resolved,
+) {
+    let kept = addresses.is_empty()
+        && previous
+            .iter()
+            .filter(|g| {
+                g.iface == iface
+                    && g.proto == spec.proto
+                    && g.port == spec.port
+                    && g.to == spec.to
+                    && spec.name.as_ref().is_none_or(|n| *n == g.name)
+                    && (spec.allow.is_empty() || spec.allow == g.allow)
+                    && spec.listen.is_none_or(|l| l == g.listen)
+            })
+            .fold(false, |kept, g| match seen.entry(g.key()) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert((g.to, spec.label()));
+                    out.grants.push(g.clone());
+                    true
+                }
+                _ => kept,
+            });
+    out.pending.push(Pending {
+        spec: spec.label(),
+        interface: iface.to_string(),
+        reason: match kept {
+            true => format!("{why}; its guard stays in place"),
+            false => why,
         },
     });
 }
@@ -727,6 +769,33 @@ mod tests {
             moved[0].port = 5433;
             assert!(resolve_keeping(&specs, &down, &moved).grants.is_empty());
         }
+    }
+
+    #[test]
+    fn an_interface_without_any_address_yet_keeps_its_guard() {
+        let specs = from_request(&req("podman1", "3306", None), Source::Cli).unwrap();
+        let up = FakeHost(vec![("podman1", vec![a("192.0.2.1")])]);
+        let committed = resolve(&specs, &up).grants;
+        // Re-created, up, not addressed yet: the guard stays.
+        let bare = FakeHost(vec![("podman1", vec![])]);
+        let r = resolve_keeping(&specs, &bare, &committed);
+        assert_eq!(r.grants, committed);
+        assert!(
+            r.pending[0].reason.contains("guard stays"),
+            "{:?}",
+            r.pending
+        );
+        // Without committed grants, or once readdressed elsewhere: nothing is kept.
+        assert!(resolve(&specs, &bare).grants.is_empty());
+        let moved = FakeHost(vec![("podman1", vec![a("198.51.100.1")])]);
+        let pinned = from_request(&req("podman1", "3306", Some("192.0.2.1")), Source::Cli).unwrap();
+        assert!(resolve_keeping(&pinned, &moved, &committed)
+            .grants
+            .is_empty());
+        assert_eq!(
+            resolve_keeping(&pinned, &bare, &committed).grants,
+            committed
+        );
     }
 
     fn req(iface: &str, port: &str, listen: Option<&str>) -> GrantRequest {

@@ -699,8 +699,12 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     // as it does for a grant on a named interface ("its guard stays in place"), so
     // that netavark's re-created bridge, which netavark opens itself, is guarded from
     // its first moment.
-    std::thread::sleep(Duration::from_millis(500));
-    let guard_kept_while_gone = guarded_ifaces(&lab).contains(&format!("\"{bridge}\""));
+    // Watched for half a second (watch reacts to the deletion within milliseconds):
+    // the guard must be there at every look, not merely at the last one.
+    let guard_kept_while_gone = (0..25).all(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        guarded_ifaces(&lab).contains(&format!("\"{bridge}\""))
+    });
     podman.run_with(
         "web2",
         &["--network", "lgpod", "-p", "8080:8080"],
