@@ -50,6 +50,8 @@ mod reachability;
 mod reconcile;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/runtime_errors.rs"]
+mod runtime_errors;
 #[path = "cli/runtime_grants.rs"]
 mod runtime_grants;
 #[path = "cli/runtimes.rs"]

@@ -5,23 +5,6 @@
 
 use super::*;
 
-use std::os::unix::fs::PermissionsExt;
-
-/// Writes a fake `docker` CLI into the lab's state dir that prints `json` for
-/// `network inspect`; returns a PATH with it first.
-fn fake_docker(lab: &Lab, json: &str) -> String {
-    let dir = lab.state_dir.join("fakebin");
-    std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("docker");
-    std::fs::write(&script, format!("#!/bin/sh\ncat <<'JSON'\n{json}\nJSON\n")).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 /// A runtime network whose bridge is `lo` (podman `--interface-name lo`, or a Docker
 /// `com.docker.network.bridge.name=lo` option) must not make loopgate guard or
 /// publish on the loopback itself: `expose lo` is refused as bad input, and the guard
@@ -29,8 +12,8 @@ fn fake_docker(lab: &Lab, json: &str) -> String {
 #[test]
 fn a_runtime_network_whose_bridge_is_lo_is_not_published_on_lo() {
     let (lab, _services) = lab_with_services();
-    let path = fake_docker(
-        &lab,
+    let path = lab.fake_cli(
+        "docker",
         r#"[{"Name":"evil","Id":"0123456789abcdef","Driver":"bridge","Options":{"com.docker.network.bridge.name":"lo"},"IPAM":{"Config":[{"Subnet":"192.0.2.0/25","Gateway":"192.0.2.1"}]}}]"#,
     );
     assert_eq!(
@@ -193,8 +176,8 @@ fn runtime_subnets_get_the_allow_checks() {
         Some(2),
         "control: --allow 0.0.0.0/0 is refused"
     );
-    let path = fake_docker(
-        &lab,
+    let path = lab.fake_cli(
+        "docker",
         r#"[{"Name":"wide","Id":"0123456789abcdef","Driver":"bridge","Options":{"com.docker.network.bridge.name":"br0"},"IPAM":{"Config":[{"Subnet":"192.0.2.77/0","Gateway":"192.0.2.1"}]}}]"#,
     );
     let out = lab.loopgate_env(

@@ -544,6 +544,24 @@ impl Lab {
         text
     }
 
+    /// Writes a fake runtime CLI called `name` into the lab's state dir that prints
+    /// `json` (a `network inspect` answer) whatever it is asked; returns a PATH with it
+    /// first. For the runtime's answers loopgate must refuse; the real runtimes are in
+    /// `support::runtimes`.
+    pub fn fake_cli(&self, name: &str, json: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.state_dir.join("fakebin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join(name);
+        std::fs::write(&script, format!("#!/bin/sh\ncat <<'JSON'\n{json}\nJSON\n")).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "{}:{}",
+            dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
     /// Everything that must not change on a failed or refused command: the whole
     /// ruleset, every route_localnet of the host namespace, and loopgate's state file.
     ///
