@@ -313,11 +313,19 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         sel.runtime.cli(),
                         sel.name
                     );
-                    keep_network_guard(spec, previous, &names, None, why, &mut seen, &mut out);
+                    out.pending.push(Pending {
+                        spec: spec.label(),
+                        interface: String::new(),
+                        reason: why,
+                    });
                     continue;
                 }
                 Err(why) => {
-                    keep_network_guard(spec, previous, &names, None, why, &mut seen, &mut out);
+                    out.pending.push(Pending {
+                        spec: spec.label(),
+                        interface: String::new(),
+                        reason: why,
+                    });
                     continue;
                 }
             },
@@ -329,11 +337,13 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
         if let Some(n) = &net {
             if !names.contains(&n.bridge) {
                 let why = format!("its bridge {} does not exist now", n.bridge);
-                keep_network_guard(
+                let n = (n, allow.as_slice(), host.host_gateway());
+                keep_guard(
                     spec,
+                    &n.0.bridge,
+                    Some(n),
+                    &[],
                     previous,
-                    &names,
-                    Some(&n.bridge),
                     why,
                     &mut seen,
                     &mut out,
@@ -407,8 +417,11 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                 Some(a) if addresses.contains(&a) || host.owns(a) => a,
                 Some(a) => {
                     let why = format!("{a} is not an address of {iface} now");
-                    keep_while_unaddressed(
-                        spec, iface, &addresses, previous, why, &mut seen, &mut out,
+                    let n = net
+                        .as_ref()
+                        .map(|n| (n, allow.as_slice(), host.host_gateway()));
+                    keep_guard(
+                        spec, iface, n, &addresses, previous, why, &mut seen, &mut out,
                     );
                     continue;
                 }
@@ -437,8 +450,11 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     Some(a) => *a,
                     None => {
                         let why = format!("{iface} has no IPv4 address now");
-                        keep_while_unaddressed(
-                            spec, iface, &addresses, previous, why, &mut seen, &mut out,
+                        let n = net
+                            .as_ref()
+                            .map(|n| (n, allow.as_slice(), host.host_gateway()));
+                        keep_guard(
+                            spec, iface, n, &addresses, previous, why, &mut seen, &mut out,
                         );
                         continue;
                     }
@@ -478,91 +494,87 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
     out
 }
 
-/// A runtime network's spec that cannot resolve now (the network or its bridge is
-/// gone, or the runtime did not answer) keeps the committed grants it made whose
-/// interface is missing now: netavark and dockerd delete and re-create a bridge under
-/// the same name, and the new device must find its guard already in place rather than
-/// wait for the next resolve. A kept grant on a missing device publishes nothing; one
-/// whose device exists now is not kept (the network no longer vouches for it).
+/// The guard a spec keeps on `iface` while the interface is missing or has no IPv4
+/// address at all, so that a device re-created under the same name finds its guard in
+/// place: netavark deletes its bridge with the last container, and brings the new one
+/// up with route_localnet=1 before it adds the address. A kept grant on a missing
+/// device publishes nothing.
 ///
-/// `bridge`: the bridge the runtime reports now, when it reports one; only grants on
-/// it are kept then. Pushes one [`Pending`] with `why` either way.
-fn keep_network_guard(
-    spec: &Spec,
-    previous: &[Grant],
-    names: &[String],
-    bridge: Option<&String>,
-    why: String,
-    seen: &mut BTreeMap<GrantKey, (SocketAddrV4, String)>,
-    out: &mut Resolved,
-) {
-    let mut kept = 0;
-    for g in previous.iter().filter(|g| {
-        g.proto == spec.proto
-            && g.port == spec.port
-            && g.to == spec.to
-            && !names.contains(&g.iface)
-            && bridge.is_none_or(|b| *b == g.iface)
-            && spec.name.as_ref().is_none_or(|n| *n == g.name)
-            && (spec.allow.is_empty() || spec.allow == g.allow)
-            && spec.listen.is_none_or(|l| l == g.listen)
-    }) {
-        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
-            e.insert((g.to, spec.label()));
-            out.grants.push(g.clone());
-            kept += 1;
-        }
-    }
-    out.pending.push(Pending {
-        spec: spec.label(),
-        interface: bridge.cloned().unwrap_or_default(),
-        reason: match kept {
-            0 => why,
-            _ => format!("{why}; its guard stays in place"),
-        },
-    });
-}
-
-/// A spec whose interface exists but has no IPv4 address at all keeps the committed
-/// grant it made there: a runtime creates a bridge, sets it up (netavark with
-/// route_localnet=1 already) and only then adds its address, and in between the guard
-/// must not go. Nothing is kept once the interface has some other address: then the
-/// address was changed, not not-yet-added. Pushes one [`Pending`] with `why` either way.
-fn keep_while_unaddressed(
+/// - A runtime network's spec (`net`: what the runtime reports now) keeps the grant it
+///   would make on the network's bridge now: the runtime's current subnets (or the
+///   spec's allow list) and its gateway (or the spec's listen address), never what an
+///   earlier grant allowed.
+/// - Any other spec keeps the committed grant in `previous` on that interface with the
+///   same protocol, port, target, name, allow list and listen address: the very grant
+///   it made, not one another spec made.
+///
+/// Nothing is kept once the interface has some address (then the address was
+/// changed, not not-yet-added). Pushes one [`Pending`] with `why` either way.
+#[allow(clippy::too_many_arguments)]
+fn keep_guard(
     spec: &Spec,
     iface: &str,
+    net: Option<(
+        &crate::kernel::runtime::RuntimeNet,
+        &[Ipv4Network],
+        Option<Ipv4Addr>,
+    )>,
     addresses: &[Ipv4Addr],
     previous: &[Grant],
     why: String,
     seen: &mut BTreeMap<GrantKey, (SocketAddrV4, String)>,
     out: &mut Resolved,
 ) {
-    let kept = addresses.is_empty()
-        && previous
+    let kept: Option<Grant> = match net {
+        _ if !addresses.is_empty() => None,
+        Some((n, allow, host_gateway)) => spec
+            .listen
+            .or(if spec.host_gateway {
+                host_gateway
+            } else {
+                n.gateway
+            })
+            .map(|listen| Grant {
+                name: spec
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| Grant::default_name(iface, None, spec.proto, spec.port)),
+                iface: iface.to_string(),
+                proto: spec.proto,
+                listen,
+                port: spec.port,
+                to: spec.to,
+                allow: allow.to_vec(),
+            }),
+        None => previous
             .iter()
-            .filter(|g| {
+            .find(|g| {
                 g.iface == iface
                     && g.proto == spec.proto
                     && g.port == spec.port
                     && g.to == spec.to
                     && spec.name.as_ref().is_none_or(|n| *n == g.name)
-                    && (spec.allow.is_empty() || spec.allow == g.allow)
+                    && spec.allow == g.allow
                     && spec.listen.is_none_or(|l| l == g.listen)
             })
-            .fold(false, |kept, g| match seen.entry(g.key()) {
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert((g.to, spec.label()));
-                    out.grants.push(g.clone());
-                    true
-                }
-                _ => kept,
-            });
+            .cloned(),
+    };
+    let kept = kept.filter(|g| match seen.entry(g.key()) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert((g.to, spec.label()));
+            true
+        }
+        _ => false,
+    });
     out.pending.push(Pending {
         spec: spec.label(),
         interface: iface.to_string(),
         reason: match kept {
-            true => format!("{why}; its guard stays in place"),
-            false => why,
+            Some(g) => {
+                out.grants.push(g);
+                format!("{why}; its guard stays in place")
+            }
+            None => why,
         },
     });
 }
@@ -697,12 +709,13 @@ mod tests {
             ..Default::default()
         };
         let specs = from_request(&by_name, Source::Cli).unwrap();
-        // The bridge is not there yet (compose down): pending.
+        // The bridge is not there yet: pending, with its guard ready for it.
         let r = resolve(
             &specs,
             &FakeHost(vec![("docker0", vec![a("198.51.100.1")])]),
         );
-        assert!(r.grants.is_empty());
+        assert_eq!(r.grants.len(), 1);
+        assert_eq!(r.grants[0].iface, "br-0123456789ab");
         assert!(
             r.pending[0].reason.contains("br-0123456789ab"),
             "{:?}",
@@ -732,7 +745,7 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_network_that_cannot_resolve_keeps_its_guard_only_on_a_missing_bridge() {
+    fn a_runtime_networks_missing_bridge_keeps_the_guard_the_network_asks_for_now() {
         use crate::kernel::runtime::Runtime;
         let request = GrantRequest {
             ports: vec!["5432".into()],
@@ -741,33 +754,39 @@ mod tests {
         };
         let specs = from_request(&request, Source::Cli).unwrap();
         let up = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
-        let committed = resolve(&specs, &up).grants;
-        assert_eq!(committed.len(), 1);
-        // The bridge is being re-created: the guard stays for the new copy.
+        let now = resolve(&specs, &up).grants;
+        assert_eq!(now.len(), 1);
+        // The bridge is being re-created (or not addressed yet): the guard stays, as
+        // the runtime describes the network now, whatever was committed before.
+        let mut stale = now.clone();
+        stale[0].allow = vec!["198.51.100.0/24".parse().unwrap()];
+        for host in [
+            FakeHost(vec![("docker0", vec![a("198.51.100.1")])]),
+            FakeHost(vec![("br-0123456789ab", vec![])]),
+        ] {
+            for previous in [&[][..], &stale[..]] {
+                let r = resolve_keeping(&specs, &host, previous);
+                assert_eq!(r.grants, now);
+                assert!(
+                    r.pending[0].reason.contains("guard stays"),
+                    "{:?}",
+                    r.pending
+                );
+            }
+        }
+        // A network that is gone, or a runtime that does not answer, vouches for
+        // nothing: no committed grant is adopted (it may be one the user revoked).
         let down = FakeHost(vec![("docker0", vec![a("198.51.100.1")])]);
-        let r = resolve_keeping(&specs, &down, &committed);
-        assert_eq!(r.grants, committed);
-        assert!(
-            r.pending[0].reason.contains("guard stays"),
-            "{:?}",
-            r.pending
-        );
-        // The network is gone, or the runtime does not answer: the same.
         for name in ["gone", "mv"] {
             let other = GrantRequest {
                 network: Some((Runtime::Docker, name.into())),
                 ..request.clone()
             };
             let specs = from_request(&other, Source::Cli).unwrap();
-            let r = resolve_keeping(&specs, &down, &committed);
-            assert_eq!(r.grants, committed, "{name}");
-            // But a device of that name that exists now is not vouched for any more.
-            let r = resolve_keeping(&specs, &up, &committed);
-            assert!(r.grants.is_empty(), "{name}: {:?}", r.grants);
-            // Nor is a grant of another port or target.
-            let mut moved = committed.clone();
-            moved[0].port = 5433;
-            assert!(resolve_keeping(&specs, &down, &moved).grants.is_empty());
+            assert!(
+                resolve_keeping(&specs, &down, &now).grants.is_empty(),
+                "{name}"
+            );
         }
     }
 
@@ -796,6 +815,72 @@ mod tests {
             resolve_keeping(&pinned, &bare, &committed).grants,
             committed
         );
+    }
+
+    #[test]
+    fn an_unresolvable_network_does_not_adopt_a_revoked_grant_of_another_spec() {
+        use crate::kernel::runtime::Runtime;
+        // `expose wg0 --port 5432 --allow 198.51.100.0/24`, committed while wg0 was up.
+        let mut named = req("wg0", "5432", None);
+        named.allow = vec!["198.51.100.0/24".into()];
+        let named = from_request(&named, Source::Cli).unwrap();
+        let committed = resolve(&named, &FakeHost(vec![("wg0", vec![a("192.0.2.1")])])).grants;
+        assert_eq!(committed.len(), 1);
+        // wg0 goes down and the user revokes its spec; what is left is an unrelated
+        // runtime network's spec on the same port, which does not resolve now (network
+        // gone, or the runtime did not answer).
+        for network in ["gone", "mv"] {
+            let left = from_request(
+                &GrantRequest {
+                    ports: vec!["5432".into()],
+                    network: Some((Runtime::Docker, network.into())),
+                    ..Default::default()
+                },
+                Source::Cli,
+            )
+            .unwrap();
+            let r = resolve_keeping(&left, &FakeHost(vec![]), &committed);
+            assert!(
+                r.grants.is_empty(),
+                "{network}: the revoked wg0 grant (allow 198.51.100.0/24) is kept by a \
+                 spec that never made it: {:?}",
+                r.grants
+            );
+        }
+    }
+
+    #[test]
+    fn a_kept_network_grant_does_not_outlive_the_subnets_the_runtime_reports_now() {
+        use crate::kernel::runtime::Runtime;
+        // Committed with an explicit, broader allow list ...
+        let broad = GrantRequest {
+            ports: vec!["5432".into()],
+            allow: vec!["198.51.100.0/24".into()],
+            network: Some((Runtime::Docker, "myproj_default".into())),
+            ..Default::default()
+        };
+        let up = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
+        let committed = resolve(&from_request(&broad, Source::Cli).unwrap(), &up).grants;
+        // ... then narrowed to the network's own subnet (no --allow). The runtime says
+        // the network is 203.0.113.32/27 on br-0123456789ab, which exists, unaddressed.
+        let narrow = from_request(
+            &GrantRequest {
+                allow: vec![],
+                ..broad
+            },
+            Source::Cli,
+        )
+        .unwrap();
+        let bare = FakeHost(vec![("br-0123456789ab", vec![])]);
+        for host in [&bare, &FakeHost(vec![])] {
+            let r = resolve_keeping(&narrow, host, &committed);
+            let subnet: Ipv4Network = "203.0.113.32/27".parse().unwrap();
+            assert!(
+                r.grants.iter().all(|g| g.allow == vec![subnet]),
+                "the withdrawn allow list stays: {:?}",
+                r.grants
+            );
+        }
     }
 
     fn req(iface: &str, port: &str, listen: Option<&str>) -> GrantRequest {

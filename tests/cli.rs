@@ -18,6 +18,8 @@ mod attacks;
 mod attacks2;
 #[path = "cli/attacks3.rs"]
 mod attacks3;
+#[path = "cli/attacks4.rs"]
+mod attacks4;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/cli_surface.rs"]

@@ -549,11 +549,16 @@ impl Lab {
     /// first. For the runtime's answers loopgate must refuse; the real runtimes are in
     /// `support::runtimes`.
     pub fn fake_cli(&self, name: &str, json: &str) -> String {
+        self.fake_cli_script(name, &format!("cat <<'JSON'\n{json}\nJSON\n"))
+    }
+
+    /// As [`Lab::fake_cli`], with `body` as the shell script's body.
+    pub fn fake_cli_script(&self, name: &str, body: &str) -> String {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.state_dir.join("fakebin");
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join(name);
-        std::fs::write(&script, format!("#!/bin/sh\ncat <<'JSON'\n{json}\nJSON\n")).unwrap();
+        std::fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         format!(
             "{}:{}",

@@ -243,8 +243,16 @@ impl BatchWriter {
             });
         }
         if let (Send::Commit, Some(g)) = (mode, self.generation) {
-            // No message refused: the bound batch committed, creating the next generation.
-            super::generation::record_own_commit(g);
+            // No message refused: the bound batch committed. It created the next
+            // generation unless it changed nothing (the kernel does not bump the
+            // generation for an empty commit): record it only when the generation is
+            // that one now. Another commit right after ours makes this one look foreign
+            // to watch, which then closes and repairs: the safe way to be wrong.
+            if super::generation::generation(sock).ok()
+                == Some(super::generation::next_generation(g))
+            {
+                super::generation::record_own_commit(g);
+            }
         }
         if mode == Send::Commit && acks < self.labels.len() {
             anyhow::bail!(
