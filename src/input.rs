@@ -299,6 +299,12 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
             addr
         }
         None if parts.host_gateway => match host.host_gateway() {
+            Some(a) if a.is_loopback() => bad_input!(
+                "--listen host-gateway is {a} (host-gateway-ip in /etc/docker/daemon.json), in 127.0.0.0/8; clients connect to an address of the host they can route to"
+            ),
+            Some(a) if !addresses.contains(&a) && !host.owns(a) => bad_input!(
+                "--listen host-gateway is {a} (host-gateway-ip in /etc/docker/daemon.json), which is not an address of this host"
+            ),
             Some(a) => a,
             None => bad_input!("--listen host-gateway: there is no docker0 (and no host-gateway-ip in /etc/docker/daemon.json) to take the address from"),
         },
@@ -371,6 +377,32 @@ mod tests {
                 _ => None,
             }
         }
+    }
+
+    /// FakeHost, whose daemon.json says `host-gateway-ip` is the given address.
+    struct GatewayAt(Ipv4Addr);
+    impl Interfaces for GatewayAt {
+        fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+            FakeHost.ipv4_addresses(name)
+        }
+        fn host_gateway(&self) -> Option<Ipv4Addr> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn a_host_gateway_ip_in_loopback_or_not_of_this_host_is_refused_by_value() {
+        let mut r = req(&["172.17.0.0/16"], &["3306"]);
+        r.listen = Some(HOST_GATEWAY.into());
+        let e = err(validate(&r, &GatewayAt(Ipv4Addr::new(127, 0, 0, 1))));
+        assert!(e.contains("127.0.0.1") && e.contains("127.0.0.0/8"), "{e}");
+        let e = err(validate(&r, &GatewayAt(Ipv4Addr::new(192, 0, 2, 9))));
+        assert!(
+            e.contains("192.0.2.9") && e.contains("not an address"),
+            "{e}"
+        );
+        let g = validate(&r, &GatewayAt(Ipv4Addr::new(172, 17, 0, 2))).unwrap();
+        assert_eq!(g[0].listen, Ipv4Addr::new(172, 17, 0, 2));
     }
 
     fn req(allow: &[&str], ports: &[&str]) -> GrantRequest {

@@ -436,7 +436,17 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         .unwrap_or(Ipv4Addr::UNSPECIFIED)
                 }
                 None if spec.host_gateway => match host.host_gateway() {
-                    Some(a) => a,
+                    Some(a) if !a.is_loopback() && (addresses.contains(&a) || host.owns(a)) => a,
+                    Some(a) => {
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: iface.clone(),
+                            reason: format!(
+                                "host-gateway is {a} now, which is not a usable address of this host"
+                            ),
+                        });
+                        continue;
+                    }
                     None => {
                         out.pending.push(Pending {
                             spec: spec.label(),
