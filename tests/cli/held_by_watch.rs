@@ -7,38 +7,12 @@ use super::*;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Whether this kernel can hold a table (probed inside a lab namespace).
 fn kernel_can_hold(lab: &Lab) -> bool {
     lab.host
         .enter(|| loopgate::kernel::nft::probe_owner_support().unwrap_or(false))
-}
-
-fn flood(lab: &Lab, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-    let ns = lab.container.handle();
-    std::thread::spawn(move || {
-        ns.enter(move || {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                if s.send_to(b"flood\n", sa(LO, 5354)).is_ok() {
-                    sent.fetch_add(1, Ordering::SeqCst);
-                }
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        })
-    })
-}
-
-fn leaked(services: &Services) -> usize {
-    services
-        .udp_seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(port, from)| *port == 5354 && from.ip() == std::net::IpAddr::V4(CONTAINER_ADDR))
-        .count()
 }
 
 #[test]
@@ -99,7 +73,7 @@ fn while_watch_holds_the_table_no_other_process_opens_a_hole_under_a_flood() {
         Arc::new(AtomicU64::new(0)),
     );
     services.udp_seen.lock().unwrap().clear();
-    let flooding = flood(&lab, stop.clone(), sent.clone());
+    let flooding = flood_loopback(&lab.container, stop.clone(), sent.clone());
     for (what, cmd) in &attacks {
         // Refused (EPERM) or skipped (flush ruleset): either way, never an error of ours.
         let _ = lab.host.exec_status(cmd);
@@ -118,7 +92,7 @@ fn while_watch_holds_the_table_no_other_process_opens_a_hole_under_a_flood() {
     std::thread::sleep(Duration::from_millis(100)); // the flood goes on past the last one
     stop.store(true, Ordering::SeqCst);
     flooding.join().unwrap();
-    let leak = leaked(&services);
+    let leak = leaked_from_container(&services);
     println!(
         "{} attacks on the table (held: {held}) under a flood of {} datagrams to 127.0.0.1: {leak} leaked",
         attacks.len(),

@@ -239,39 +239,6 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
     lab.assert_audit(0, &[]);
 }
 
-/// Sends UDP datagrams from the container straight to 127.0.0.1:5354 (routed via the
-/// host) at a steady pace until `stop`; returns how many were sent.
-fn flood_loopback(
-    lab: &Lab,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-) -> std::thread::JoinHandle<()> {
-    let ns = lab.container.handle();
-    std::thread::spawn(move || {
-        ns.enter(move || {
-            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                if s.send_to(b"flood\n", sa(LO, 5354)).is_ok() {
-                    sent.fetch_add(1, Ordering::SeqCst);
-                }
-                // About 5 datagrams per millisecond.
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        })
-    })
-}
-
-fn leaked(services: &Services) -> usize {
-    services
-        .udp_seen
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(port, from)| *port == 5354 && from.ip() == std::net::IpAddr::V4(CONTAINER_ADDR))
-        .count()
-}
-
 #[test]
 fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
     let (lab, services) = lab_with_services();
@@ -282,8 +249,9 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
-    let flood = flood_loopback(&lab, stop.clone(), sent.clone());
-    time_until(|| leaked(&services) >= 20).expect("control: the flood reaches 127.0.0.1 unguarded");
+    let flood = flood_loopback(&lab.container, stop.clone(), sent.clone());
+    time_until(|| leaked_from_container(&services) >= 20)
+        .expect("control: the flood reaches 127.0.0.1 unguarded");
     stop.store(true, Ordering::SeqCst);
     flood.join().unwrap();
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
@@ -295,7 +263,7 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicU64::new(0)),
     );
-    let flood = flood_loopback(&lab, stop.clone(), sent.clone());
+    let flood = flood_loopback(&lab.container, stop.clone(), sent.clone());
     const FLUSHES: usize = 5;
     for i in 1..=FLUSHES {
         lab.host.exec(&["nft", "flush", "ruleset"]);
@@ -309,7 +277,7 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::SeqCst);
     flood.join().unwrap();
-    let leak = leaked(&services);
+    let leak = leaked_from_container(&services);
     println!(
         "flush ruleset x{FLUSHES} under a flood of {} datagrams to 127.0.0.1: {leak} leaked ({:.1} per flush)",
         sent.load(Ordering::SeqCst),

@@ -290,6 +290,41 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// Sends UDP from `ns` to 127.0.0.1:5354, about 5 datagrams per millisecond, counting
+/// each sent in `sent`, until `stop` is set (or 30 s pass): the flood that measures how
+/// much a moment without the guard leaks.
+pub fn flood_loopback(
+    ns: &Netns,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let ns = ns.handle();
+    std::thread::spawn(move || {
+        ns.enter(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !stop.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                if s.send_to(b"flood\n", sa(LO, 5354)).is_ok() {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    })
+}
+
+/// How many of [`flood_loopback`]'s datagrams from the container reached the service.
+pub fn leaked_from_container(services: &Services) -> usize {
+    services
+        .udp_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(port, from)| *port == 5354 && from.ip() == std::net::IpAddr::V4(CONTAINER_ADDR))
+        .count()
+}
+
 /// Sends one UDP datagram with a forged source address through a raw socket.
 pub fn send_spoofed_udp(ns: &Netns, src: Ipv4Addr, dst: SocketAddrV4, payload: &'static [u8]) {
     flood_udp(ns, src, dst, payload, 1);
