@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench_watch.sh must run as root" >&2; exit 1; }
-. scripts/install-deps.sh
+. scripts/install-deps.sh bench
 
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 if [ $QUICK = 1 ]; then IDLE=5; REACT=2; else IDLE=60; REACT=7; fi

@@ -13,7 +13,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/demo.sh must run as root: it creates network namespaces" >&2
   exit 1
 fi
-. scripts/install-deps.sh
+. scripts/install-deps.sh demo
 cargo build --locked --quiet
 LG="$PWD/target/debug/loopgate"
 

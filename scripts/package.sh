@@ -3,6 +3,7 @@
 # systemd units, completions, man page and an empty /etc/loopgate/loopgate.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/install-deps.sh build
 if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "==> installing cargo-deb"
   cargo install cargo-deb --locked --quiet

@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "scripts/test.sh must run as root: the tests create network namespaces" >&2
   exit 1
 fi
-. scripts/install-deps.sh
+. scripts/install-deps.sh test
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

@@ -40,6 +40,8 @@ mod guard;
 mod held_by_watch;
 #[path = "cli/host_gateway.rs"]
 mod host_gateway;
+#[path = "cli/install_deps.rs"]
+mod install_deps;
 #[path = "cli/litter.rs"]
 mod litter;
 #[path = "cli/output_and_persist.rs"]

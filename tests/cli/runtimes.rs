@@ -9,7 +9,7 @@ use super::*;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::runtimes::{self, Dockerd, DockerdOpts, Podman, RootSnapshot};
+use support::runtimes::{self, podman_cli, Dockerd, DockerdOpts, Podman, RootSnapshot};
 
 /// Asks `to` from inside `ns` until it answers (the container's server may still be
 /// starting) or 10 s pass.
@@ -298,7 +298,7 @@ fn podman_port_mapping_answers() {
     // Another program run through `Podman::command` (as loopgate will be) calls
     // podman with the instance's configuration alone.
     let out = podman
-        .command("/usr/bin/podman")
+        .command(&podman_cli())
         .args([
             "network",
             "inspect",

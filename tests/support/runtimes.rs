@@ -47,8 +47,6 @@ pub const PODMAN_POOL_SIZE: u8 = 27;
 /// The lab image (busybox + python3), imported into every daemon this module starts.
 pub const IMAGE: &str = "loopgate-lab:latest";
 
-/// Debian's docker CLI. Not plain `docker`: a newer CLI may come first on PATH.
-const DOCKER_CLI: &str = "/usr/bin/docker";
 /// Upper bound of any single runtime CLI command (`timeout` kills it after that).
 const CMD_TIMEOUT_SECS: u32 = 60;
 /// How long a daemon may take to answer after it was started.
@@ -56,21 +54,50 @@ const START_TIMEOUT: Duration = Duration::from_secs(40);
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// Fails the test loudly when a runtime is missing: these tests never skip.
-fn require_tools(tools: &[&str]) {
+/// Where a runtime's program is installed: the first of `paths` that exists (Debian's
+/// path first, then where Docker's docker-ce / containerd.io or upstream Podman put it),
+/// else the first `name` on PATH. scripts/install-deps.sh installs Debian's runtimes
+/// only where none is installed, so these tests run whichever the machine has. Fails the
+/// test loudly when there is none: runtime tests never skip, also with CI=true.
+pub fn tool(name: &str, paths: &[&str]) -> String {
+    if let Some(p) = paths.iter().find(|p| Path::new(p).exists()) {
+        return p.to_string();
+    }
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    });
+    match on_path {
+        Some(p) => p.display().to_string(),
+        None => panic!(
+            "container runtime tests need {name} (looked in {paths:?} and on PATH), which is not \
+             installed: run scripts/install-deps.sh test (Debian's docker.io, podman, netavark, \
+             aardvark-dns, tini and busybox-static where no other runtime is installed); these \
+             tests fail rather than skip, also with CI={}",
+            std::env::var("CI").unwrap_or_default()
+        ),
+    }
+}
+
+/// The docker CLI. Debian's first where it is installed: a newer CLI earlier on PATH
+/// (this kind of machine has one in /usr/local/bin) may not speak to an older dockerd.
+fn docker_cli() -> String {
+    tool("docker", &["/usr/bin/docker"])
+}
+
+/// The podman CLI.
+pub fn podman_cli() -> String {
+    tool("podman", &["/usr/bin/podman"])
+}
+
+/// Fails the test loudly when a tool is missing: these tests never skip.
+fn require_tools(tools: &[(&str, &[&str])]) {
     super::require_root();
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| !Path::new(t).exists())
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "container runtime tests need {missing:?}, which are not installed: run \
-         scripts/install-deps.sh (Debian packages docker.io, podman, netavark, aardvark-dns, \
-         busybox-static); these tests fail rather than skip, also with CI={}",
-        std::env::var("CI").unwrap_or_default()
-    );
+    for (name, paths) in tools {
+        tool(name, paths);
+    }
 }
 
 fn unique(tag: &str) -> String {
@@ -374,12 +401,15 @@ impl Dockerd {
     /// Starts dockerd in `host` and waits until `docker info` answers (bounded).
     pub fn start(host: &Netns, opts: DockerdOpts) -> Dockerd {
         require_tools(&[
-            "/usr/sbin/dockerd",
-            DOCKER_CLI,
-            "/usr/bin/containerd",
-            "/usr/bin/tini",
-            "/usr/bin/docker-init",
-            "/usr/sbin/runc",
+            ("dockerd", &["/usr/sbin/dockerd", "/usr/bin/dockerd"]),
+            ("docker", &["/usr/bin/docker"]),
+            ("containerd", &["/usr/bin/containerd"]),
+            ("tini", &["/usr/bin/tini"]),
+            (
+                "docker-init",
+                &["/usr/bin/docker-init", "/usr/libexec/docker/docker-init"],
+            ),
+            ("runc", &["/usr/sbin/runc", "/usr/bin/runc"]),
         ]);
         let name = unique("dock");
         let dir = temp_dir(&name);
@@ -403,7 +433,8 @@ impl Dockerd {
 
     fn launch(&mut self) {
         let dir = &self.dir;
-        let mut cmd: Vec<String> = vec!["/usr/sbin/dockerd".into()];
+        let mut cmd: Vec<String> =
+            vec![tool("dockerd", &["/usr/sbin/dockerd", "/usr/bin/dockerd"])];
         let path = |p: &str| dir.join(p).to_str().unwrap().to_string();
         for (flag, value) in [
             ("--data-root", path("data")),
@@ -484,7 +515,7 @@ impl Dockerd {
             .args(["-k", "5", &CMD_TIMEOUT_SECS.to_string()])
             .arg("nsenter")
             .arg(format!("--net=/run/netns/{}", self.ns))
-            .arg(DOCKER_CLI)
+            .arg(docker_cli())
             .arg("--host")
             .arg(format!("unix://{}", self.sock.display()))
             .args(args)
@@ -613,13 +644,22 @@ impl Podman {
     /// (netavark, cgroupfs, runc, file events) and imports the lab image.
     pub fn start(host: &Netns) -> Podman {
         require_tools(&[
-            "/usr/bin/podman",
-            "/usr/lib/podman/netavark",
-            "/usr/lib/podman/aardvark-dns",
-            "/usr/bin/conmon",
-            "/usr/sbin/runc",
-            "/usr/bin/tini",
-            "/usr/bin/tini-static",
+            ("podman", &["/usr/bin/podman"]),
+            (
+                "netavark",
+                &["/usr/lib/podman/netavark", "/usr/libexec/podman/netavark"],
+            ),
+            (
+                "aardvark-dns",
+                &[
+                    "/usr/lib/podman/aardvark-dns",
+                    "/usr/libexec/podman/aardvark-dns",
+                ],
+            ),
+            ("conmon", &["/usr/bin/conmon", "/usr/libexec/podman/conmon"]),
+            ("runc", &["/usr/sbin/runc", "/usr/bin/runc"]),
+            ("tini", &["/usr/bin/tini"]),
+            ("tini-static", &["/usr/bin/tini-static"]),
         ]);
         let name = unique("pod");
         let dir = temp_dir(&name);
@@ -706,7 +746,7 @@ static_dir = "{d}/storage/libpod"
     /// Runs `podman` inside the holder's namespaces with the private configuration;
     /// any outcome.
     pub fn podman(&self, args: &[&str]) -> Output {
-        self.command("/usr/bin/podman")
+        self.command(&podman_cli())
             .arg("--root")
             .arg(self.dir.join("storage"))
             .arg("--runroot")
@@ -811,7 +851,10 @@ impl Drop for Podman {
 pub fn lab_image() -> &'static Path {
     static IMAGE_TAR: OnceLock<PathBuf> = OnceLock::new();
     IMAGE_TAR.get_or_init(|| {
-        require_tools(&["/bin/busybox", "/usr/bin/python3"]);
+        require_tools(&[
+            ("busybox", &["/bin/busybox"]),
+            ("python3", &["/usr/bin/python3"]),
+        ]);
         let ldd = Command::new("ldd").arg("/bin/busybox").output().unwrap();
         assert!(
             !ldd.status.success(),
