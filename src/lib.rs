@@ -5,8 +5,8 @@
 //! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
 //! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
 //! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands;
-//! [`persist`] records a change in the persistent policy; [`rpc`] runs a command line
-//! in the running `watch`.
+//! [`persist`] records a change in the persistent policy; [`rpc`] borrows the table
+//! from the running `watch`.
 
 pub mod audit;
 pub mod cidr;
@@ -61,14 +61,12 @@ pub fn run(cli: &Cli) -> Result<i32> {
     if let Some(ns) = &cli.netns {
         kernel::netns::enter(ns)?;
     }
-    if let Some(code) = verbs::watch::forward(cli)? {
-        return Ok(code);
-    }
     run_verb(cli)
 }
 
-/// Runs the verb of `cli` in the current namespace, with no forwarding: what `run`
-/// ends with, and what `loopgate watch` runs for a client.
+/// Runs the verb of `cli` in the current namespace. A verb that changes loopgate's
+/// table while a `watch` holds it borrows watch's socket for its transaction (see
+/// [`rpc`]); it runs here, in this process, either way.
 pub fn run_verb(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Expose(a) => verbs::expose::run(a).map(|_| error::EXIT_OK),

@@ -1,71 +1,102 @@
-//! Running a command line in another loopgate process: a root-only unix socket over
-//! which a client sends its arguments and gets back what the command printed and its
-//! exit code. `watch` serves it while it holds loopgate's table (see
-//! [`kernel::nft::Owner`](crate::kernel::nft::Owner)), so `expose`, `revoke` and
-//! `apply` run their transaction through the process that owns the table; with no
-//! server listening the client runs the command itself.
+//! The unix socket over which a running `loopgate watch` lends loopgate's table.
 //!
-//! The protocol is one JSON line each way on one connection: the client sends
-//! `{"version":1,"args":[...]}` and shuts its side down, the server answers
-//! `{"stdout":"...","stderr":"...","code":N}` and closes. The socket file is mode
-//! 0600, and the server also refuses any peer whose `SO_PEERCRED` uid is not 0, so a
-//! file made reachable by mistake still serves root only; the client checks the
-//! server's uid the same way before it sends anything.
+//! While watch runs it holds `table ip loopgate` through the netlink socket that owns
+//! it ([`kernel::nft::Owner`](crate::kernel::nft::Owner)): the kernel refuses every
+//! change from any other socket. A command that changes the table (`expose`, `revoke`,
+//! `apply`, `guard`, `unguard`) therefore borrows that socket for its one transaction:
+//! it connects to `<state dir>/watch.sock`, asks for a lease, receives the owning
+//! socket's descriptor (`SCM_RIGHTS`), runs its own transaction through it exactly as
+//! it would with no watch, and closes the connection, which ends the lease. Watch does
+//! not touch the socket meanwhile; it waits at most [`LEASE_LIMIT`].
+//!
+//! Why lend rather than have watch run a typed request: there is then one path for
+//! every verb, not two. The command parses, validates, resolves runtime networks,
+//! reads and writes its files and prints in its own process, with its own environment
+//! and its own permissions; watch never parses a command line, never opens a path for
+//! a client and captures no output, so no request can make it read or write a file,
+//! and a verb added later needs nothing here. A slow runtime CLI delays only the
+//! command that asked for it: the lease is taken after the command resolved what it
+//! asks for, just before its transaction.
+//!
+//! Protocol, one JSON line each way on one connection: the client sends
+//! `{"version":2,"request":"lease","command":"expose br0 …"}` (the command only for
+//! watch's log); watch answers `{"version":2,"answer":"lent","portid":N,"limit_ms":M}`
+//! with the descriptor attached, `{"version":2,"answer":"not-held"}` (watch does not
+//! hold the table: change it directly), or `{"version":2,"answer":"refused",
+//! "reason":"…"}`.
+//!
+//! Who may borrow: a peer with `CAP_NET_ADMIN` in its effective set, in watch's network
+//! namespace and user namespace, which is what changing the table directly needs. The
+//! peer is read through a pidfd of it (`SO_PEERPIDFD`, or `pidfd_open` on kernels
+//! before 6.5), and the pidfd is checked again after its `/proc` entries were read: a
+//! peer that exited and whose pid was reused meanwhile is refused. The socket file is
+//! mode 0600 in a root-only directory besides. The client checks that the server is
+//! root before it asks, and that the kernel names the lent socket as the table's owner
+//! before it uses it.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The protocol version a client sends; a server of another version refuses the
-/// request (exit code 3) instead of guessing.
-pub const VERSION: u32 = 1;
+/// The protocol version both ends speak; another version is refused, never guessed.
+pub const VERSION: u32 = 2;
 
-/// The largest request or reply read, in bytes: a command line is far smaller, and
-/// output of 100,000 allowed networks fits.
-const MAX_MESSAGE: u64 = 64 << 20;
+/// The largest request read, in bytes: a lease request is a short line.
+const MAX_REQUEST: usize = 4096;
 
 /// How long the server waits, in all, for a connected client to send its request: a
-/// stuck or trickling client must not stall the loop that serves it (watch's repairs
-/// run on that loop). A command line is one write.
+/// stuck or trickling client must not stall the loop that serves it.
 const REQUEST_DEADLINE: Duration = Duration::from_millis(200);
 
-/// How long the server may take to write a reply the client does not read.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long watch lends its table to one command before it takes it back: a
+/// transaction takes milliseconds to a second or two (100,000 allowed networks);
+/// meanwhile watch repairs nothing, so a borrower that hangs must not keep it longer.
+pub const LEASE_LIMIT: Duration = Duration::from_secs(10);
 
-/// What a command run by the server printed, and its exit code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reply {
-    /// Everything the command wrote to standard output.
-    pub stdout: String,
-    /// Everything the command wrote to standard error.
-    pub stderr: String,
-    /// The exit code the command would have exited with (see [`crate::error`]).
-    pub code: i32,
-}
+/// `SO_PEERPIDFD` (Linux 6.5+): a pidfd of the peer of a unix socket.
+const SO_PEERPIDFD: libc::c_int = 77;
 
-impl Reply {
-    /// A reply of a command that failed before it ran: `message` on stderr.
-    pub fn failure(code: i32, message: &str) -> Reply {
-        Reply {
-            stdout: String::new(),
-            stderr: format!("loopgate: {message}\n"),
-            code,
-        }
-    }
+/// `CAP_NET_ADMIN`, the bit in `/proc/PID/status`'s `CapEff`.
+const CAP_NET_ADMIN: u32 = 12;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+enum Request {
+    /// Lend me the table for one transaction; `command` is for watch's log only.
+    Lease { command: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Request {
+#[serde(tag = "answer", rename_all = "kebab-case")]
+enum Answer {
+    /// The owning socket is attached; the lease ends when the client closes the
+    /// connection, or after `limit_ms`.
+    Lent { portid: u32, limit_ms: u64 },
+    /// Watch does not hold the table: the client changes it directly.
+    NotHeld,
+    /// Watch will not lend it, and says why.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
     version: u32,
-    args: Vec<String>,
-    /// Environment variables of the client the command depends on (name, value).
-    #[serde(default)]
-    env: Vec<(String, String)>,
+    #[serde(flatten)]
+    body: T,
+}
+
+fn encode<T: Serialize>(body: T) -> Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&Envelope {
+        version: VERSION,
+        body,
+    })?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// The uid of the process at the other end of a connected unix socket.
@@ -75,11 +106,116 @@ fn peer_uid(stream: &UnixStream) -> Result<u32> {
     Ok(cred.uid())
 }
 
+/// A client that passed the checks, as this process's `/proc` numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its pid in the PID namespace of this process's `/proc`.
+    pub pid: i32,
+}
+
+/// A pidfd of the peer of `stream`.
+fn peer_pidfd(stream: &UnixStream) -> Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid socket; pointer and length of a live c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && fd >= 0 {
+        // SAFETY: the kernel just gave this process a new descriptor it owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    // Before Linux 6.5: a pidfd of the pid SO_PEERCRED names, checked like the other.
+    let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .context("reading the peer's credentials (SO_PEERCRED)")?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("opening a pidfd of the peer");
+    }
+    // SAFETY: as above, a new descriptor this process owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The pid `pidfd` refers to, as this process's `/proc` numbers it; `None` when that
+/// process has exited (the kernel then shows -1) or is not visible from here.
+fn pidfd_pid(pidfd: &OwnedFd) -> Option<i32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
+}
+
+/// The namespace `kind` (`net`, `user`) of `who` (`self`, `thread-self` or a pid), as
+/// (device, inode) of its nsfs file.
+fn namespace(who: &str, kind: &str) -> Result<(u64, u64)> {
+    let path = format!("/proc/{who}/ns/{kind}");
+    let meta = std::fs::metadata(&path).with_context(|| format!("reading {path}"))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Whether `CapEff` in a `/proc/PID/status` text has `CAP_NET_ADMIN`.
+fn has_net_admin(status: &str) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}
+
+/// Checks the peer of `stream`: CAP_NET_ADMIN in its effective set, in this thread's
+/// network namespace and this process's user namespace. `Err(reason)` says, for the
+/// peer and watch's log, why it may not borrow the table.
+fn authenticate(stream: &UnixStream) -> std::result::Result<Peer, String> {
+    let pidfd = peer_pidfd(stream).map_err(|e| crate::error::one_line(&e))?;
+    let Some(pid) = pidfd_pid(&pidfd) else {
+        return Err("the peer exited, or its pid is not visible to loopgate watch".into());
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("reading the peer's status: {}", crate::error::plain_io(&e)))?;
+    let same = |kind: &str, mine: &str| -> std::result::Result<bool, String> {
+        let theirs = namespace(&pid.to_string(), kind).map_err(|e| crate::error::one_line(&e))?;
+        let ours = namespace(mine, kind).map_err(|e| crate::error::one_line(&e))?;
+        Ok(theirs == ours)
+    };
+    let net = same("net", "thread-self")?;
+    let user = same("user", "self")?;
+    // The pid read above was the peer's own only if the peer is still alive now.
+    if pidfd_pid(&pidfd) != Some(pid) {
+        return Err("the peer exited while it was checked".into());
+    }
+    if !user {
+        return Err(format!(
+            "pid {pid} is in another user namespace; only a process in loopgate watch's may change its table"
+        ));
+    }
+    if !net {
+        return Err(format!(
+            "pid {pid} is in another network namespace; it would change another namespace's table"
+        ));
+    }
+    if !has_net_admin(&status) {
+        return Err(format!(
+            "pid {pid} lacks CAP_NET_ADMIN, which changing table ip loopgate needs"
+        ));
+    }
+    Ok(Peer { pid })
+}
+
 /// The listening end: a unix socket at a path the caller chooses (such as
 /// `<state dir>/watch.sock`), non-blocking, to be polled with the caller's other
-/// descriptors ([`AsFd`]) and served one connection at a time with
-/// [`Server::accept_one`]. The socket file is removed on drop, unless another server
-/// has replaced it meanwhile.
+/// descriptors ([`AsFd`]); [`Server::accept`] takes one waiting borrower. The socket
+/// file is removed on drop, unless another server has replaced it meanwhile.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
@@ -136,64 +272,58 @@ impl Server {
         &self.path
     }
 
-    /// Serves one waiting connection, if any, without blocking when there is none
-    /// (`Ok(false)`): reads the request (waiting at most a few seconds for it), runs
-    /// `handler` on its arguments and sends the reply. A peer that is not root gets a
-    /// refusal (exit code 2) and `handler` is not called; so does a request of another
-    /// protocol version (exit code 3). An error concerns that one connection only; the
-    /// server stays usable.
-    pub fn accept_one(
-        &self,
-        handler: impl FnOnce(Vec<String>, Vec<(String, String)>) -> Reply,
-    ) -> Result<bool> {
+    /// Takes one waiting connection, if any, without blocking when there is none
+    /// (`Ok(None)`); reads its request (at most [`MAX_REQUEST`] bytes within
+    /// [`REQUEST_DEADLINE`]) and checks the peer. A peer that may not borrow, a request
+    /// of another protocol version or a malformed one is answered with a refusal here
+    /// and returned as an error naming why (for watch's log); the server stays usable.
+    pub fn accept(&self) -> Result<Option<Borrower>> {
         let stream = match self.listener.accept() {
             Ok((stream, _)) => stream,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
             Err(e) => return Err(e).context("accepting a connection"),
         };
-        serve(stream, handler).map(|()| true)
-    }
-}
-
-/// Answers one connection.
-fn serve(
-    stream: UnixStream,
-    handler: impl FnOnce(Vec<String>, Vec<(String, String)>) -> Reply,
-) -> Result<()> {
-    // Accepted sockets do not inherit O_NONBLOCK on Linux; the timeouts bound the wait.
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    let uid = peer_uid(&stream)?;
-    // Read in full whoever sent it: closing a unix stream with unread data resets
-    // it, and the peer would never see the reply.
-    let line = read_line(&stream)?;
-    let reply = match uid {
-        0 => {
-            let req: Request = serde_json::from_slice(&line).context("parsing the request")?;
-            if req.version == VERSION {
-                handler(req.args, req.env)
-            } else {
-                Reply::failure(
-                    crate::error::EXIT_SYSTEM,
-                    &format!(
-                        "the running loopgate watch speaks protocol {VERSION}, this loopgate {}; restart watch after an upgrade",
-                        req.version
-                    ),
-                )
-            }
+        // Accepted sockets do not inherit O_NONBLOCK on Linux; the timeouts bound waits.
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+        let refuse = |reason: String| -> Result<Option<Borrower>> {
+            let _ = (&stream).write_all(&encode(Answer::Refused {
+                reason: reason.clone(),
+            })?);
+            bail!("refused a client: {reason}")
+        };
+        let peer = match authenticate(&stream) {
+            Ok(p) => p,
+            Err(reason) => return refuse(reason),
+        };
+        let line = match read_line(&stream) {
+            Ok(l) => l,
+            Err(e) => return refuse(crate::error::one_line(&e)),
+        };
+        let version = serde_json::from_slice::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("version").and_then(|v| v.as_u64()));
+        if version != Some(VERSION as u64) {
+            return refuse(match version {
+                Some(v) => format!(
+                    "loopgate watch speaks protocol {VERSION}, this loopgate {v}; restart watch after an upgrade"
+                ),
+                None => "the request is not a loopgate request".to_string(),
+            });
         }
-        uid => Reply::failure(
-            crate::error::EXIT_BAD_INPUT,
-            &format!("loopgate watch takes commands from root only (not uid {uid})"),
-        ),
-    };
-    let mut line = serde_json::to_vec(&reply)?;
-    line.push(b'\n');
-    (&stream)
-        .write_all(&line)
-        .context("sending the reply (the client may have given up waiting)")?;
-    Ok(())
+        match serde_json::from_slice::<Envelope<Request>>(&line) {
+            Ok(Envelope {
+                body: Request::Lease { command },
+                ..
+            }) => Ok(Some(Borrower {
+                stream,
+                peer,
+                command: command.chars().take(200).collect(),
+            })),
+            Err(e) => refuse(format!("malformed request: {e}")),
+        }
+    }
 }
 
 /// The request line, up to its newline (or the end), bounded in size and, in all, in
@@ -201,7 +331,7 @@ fn serve(
 fn read_line(stream: &UnixStream) -> Result<Vec<u8>> {
     let deadline = Instant::now() + REQUEST_DEADLINE;
     let mut line = Vec::new();
-    let mut buf = [0u8; 64 << 10];
+    let mut buf = [0u8; 1024];
     loop {
         let left = deadline
             .checked_duration_since(Instant::now())
@@ -217,8 +347,78 @@ fn read_line(stream: &UnixStream) -> Result<Vec<u8>> {
         if n == 0 || line.contains(&b'\n') {
             return Ok(line);
         }
-        if line.len() as u64 > MAX_MESSAGE {
-            bail!("the request is larger than {MAX_MESSAGE} bytes");
+        if line.len() > MAX_REQUEST {
+            bail!("the request is larger than {MAX_REQUEST} bytes");
+        }
+    }
+}
+
+/// A checked client that asked to borrow the table.
+pub struct Borrower {
+    stream: UnixStream,
+    /// Who asked.
+    pub peer: Peer,
+    /// The command it runs, as it described it (for the log only; at most 200
+    /// characters, not trusted for anything else).
+    pub command: String,
+}
+
+/// How a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The borrower closed the connection after this long.
+    Returned(Duration),
+    /// The borrower still had it after [`LEASE_LIMIT`]; watch took it back.
+    Expired,
+}
+
+impl Borrower {
+    /// Tells the borrower that watch does not hold the table: it changes it directly.
+    pub fn not_held(self) -> Result<()> {
+        (&self.stream)
+            .write_all(&encode(Answer::NotHeld)?)
+            .context("answering a client")
+    }
+
+    /// Sends `fd` (the socket that owns the table, bound to `portid`) and waits until
+    /// the borrower closes the connection, at most `limit`.
+    pub fn lend(self, fd: BorrowedFd<'_>, portid: u32, limit: Duration) -> Result<LeaseEnd> {
+        let start = Instant::now();
+        let line = encode(Answer::Lent {
+            portid,
+            limit_ms: limit.as_millis() as u64,
+        })?;
+        let fds = [fd.as_raw_fd()];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        nix::sys::socket::sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &[IoSlice::new(&line)],
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .context("lending the table's socket")?;
+        // The lease lasts until the borrower closes its end (EOF), however it ends.
+        let mut buf = [0u8; 256];
+        loop {
+            let Some(left) = limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero()) else {
+                return Ok(LeaseEnd::Expired);
+            };
+            self.stream.set_read_timeout(Some(left))?;
+            match (&self.stream).read(&mut buf) {
+                Ok(0) => return Ok(LeaseEnd::Returned(start.elapsed())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(LeaseEnd::Returned(start.elapsed()))
+                }
+                Err(e) => return Err(e).context("waiting for the borrower"),
+            }
         }
     }
 }
@@ -246,90 +446,130 @@ impl Drop for Server {
     }
 }
 
-/// Runs `args` in the server listening at `path` and returns its reply, waiting at
-/// most `timeout` for all of it. `Ok(None)` when no server listens there (no socket
-/// file, or a stale one whose server is gone): the caller then runs the command
-/// itself. A server that is not root, or does not answer in time, is an error: the
-/// command was not run, or may still be running there.
-pub fn call(path: &Path, args: &[String], timeout: Duration) -> Result<Option<Reply>> {
-    call_with_env(path, args, &[], timeout)
+/// The table lent by watch: the owning socket and the connection whose closing ends
+/// the lease (drop this value after the transaction, and after the socket).
+pub struct Lent {
+    /// The socket that owns the table; taken once with [`Lent::take_socket`].
+    socket: Option<OwnedFd>,
+    /// The port id watch says the socket is bound to.
+    pub portid: u32,
+    /// When watch takes the table back whether or not this process is done.
+    pub deadline: Instant,
+    _stream: UnixStream,
 }
 
-/// As [`call`], with environment variables (name, value) the command depends on.
-pub fn call_with_env(
-    path: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    timeout: Duration,
-) -> Result<Option<Reply>> {
-    let deadline = Instant::now() + timeout;
+impl Lent {
+    /// The lent socket (once).
+    pub fn take_socket(&mut self) -> Option<OwnedFd> {
+        self.socket.take()
+    }
+}
+
+/// What [`borrow`] got.
+pub enum Borrowed {
+    /// No watch listens (no socket file, or a stale one): change the table directly.
+    NoServer,
+    /// Watch runs but does not hold the table: change it directly.
+    NotHeld,
+    /// The table's owning socket, for one transaction.
+    Lent(Lent),
+}
+
+/// Asks the watch listening at `path` to lend its table for one transaction of
+/// `command` (a description for its log). Waits at most `timeout` for the answer:
+/// watch serves one borrower at a time, and may be repairing.
+///
+/// Errors: the server is not root, refused (its reason), did not answer in time, or
+/// answered something else; nothing was changed.
+pub fn borrow(path: &Path, command: &str, timeout: Duration) -> Result<Borrowed> {
     let stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ECONNREFUSED)) => {
-            return Ok(None)
+            return Ok(Borrowed::NoServer)
         }
-        Err(e) => {
-            return Err(e).with_context(|| format!("connecting to {}", path.display()));
-        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
     };
     let uid = peer_uid(&stream)?;
     if uid != 0 {
         bail!(
-            "{} is served by uid {uid}, not root; refusing to send it a command",
+            "{} is served by uid {uid}, not root; refusing to borrow the table from it",
             path.display()
         );
     }
-    let left = |what: &str| {
-        deadline
-            .checked_duration_since(Instant::now())
-            .filter(|d| !d.is_zero())
-            .with_context(|| {
-                format!(
-                    "no reply from {} within {timeout:?} ({what})",
-                    path.display()
-                )
-            })
-    };
-    stream.set_write_timeout(Some(left("sending")?))?;
-    let mut line = serde_json::to_vec(&Request {
-        version: VERSION,
-        args: args.to_vec(),
-        env: env.to_vec(),
-    })?;
-    line.push(b'\n');
-    (&stream).write_all(&line).context("sending the command")?;
-    stream.shutdown(std::net::Shutdown::Write)?;
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 64 << 10];
-    loop {
-        stream.set_read_timeout(Some(left("waiting")?))?;
-        match (&stream).read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                left("waiting")?;
+    stream.set_write_timeout(Some(timeout))?;
+    (&stream)
+        .write_all(&encode(Request::Lease {
+            command: command.to_string(),
+        })?)
+        .with_context(|| format!("asking loopgate watch at {}", path.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = Vec::new();
+    let mut socket: Option<OwnedFd> = None;
+    while !line.contains(&b'\n') {
+        let mut buf = [0u8; 1024];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = nix::sys::socket::recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+        );
+        let msg = match msg {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => bail!(
+                "loopgate watch at {} did not lend table ip loopgate within {timeout:?}; nothing was changed",
+                path.display()
+            ),
+            Err(e) => return Err(e).context("reading loopgate watch's answer"),
+        };
+        for c in msg.cmsgs()? {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+                for fd in fds {
+                    // SAFETY: the kernel installed this descriptor in this process for
+                    // this message; nothing else owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                    if socket.is_none() {
+                        socket = Some(owned);
+                    }
+                }
             }
-            Err(e) => return Err(e).context("reading the reply"),
         }
-        if reply.len() as u64 > MAX_MESSAGE {
-            bail!("the reply from {} is too large", path.display());
+        let n = msg.bytes;
+        if n == 0 {
+            bail!(
+                "loopgate watch at {} closed the connection without an answer; nothing was changed",
+                path.display()
+            );
+        }
+        line.extend_from_slice(&buf[..n]);
+        if line.len() > MAX_REQUEST {
+            bail!("loopgate watch's answer is too long");
         }
     }
-    if reply.is_empty() {
+    let answer: Envelope<Answer> = serde_json::from_slice(&line)
+        .with_context(|| format!("reading the answer of loopgate watch at {}", path.display()))?;
+    if answer.version != VERSION {
         bail!(
-            "{} closed the connection without a reply (the command may or may not have run)",
-            path.display()
+            "loopgate watch speaks protocol {}, this loopgate {VERSION}; restart watch after an upgrade",
+            answer.version
         );
     }
-    serde_json::from_slice(&reply)
-        .map(Some)
-        .with_context(|| format!("parsing the reply from {}", path.display()))
+    match answer.body {
+        Answer::NotHeld => Ok(Borrowed::NotHeld),
+        Answer::Refused { reason } => bail!("loopgate watch refused to lend its table: {reason}"),
+        Answer::Lent { portid, limit_ms } => {
+            let socket =
+                socket.context("loopgate watch said it lent its table but sent no socket")?;
+            Ok(Borrowed::Lent(Lent {
+                socket: Some(socket),
+                portid,
+                deadline: Instant::now() + Duration::from_millis(limit_ms),
+                _stream: stream,
+            }))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -337,100 +577,113 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    /// Serves connections until `n` were handled, echoing the arguments.
-    fn serve_n(server: &Server, n: usize) -> Vec<Vec<String>> {
-        let mut seen = Vec::new();
-        let mut handled = 0;
+    /// Serves one borrower with `f`, waiting for it at most 10 s.
+    fn serve_one<T>(server: &Server, f: impl FnOnce(Result<Option<Borrower>>) -> T) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while handled < n {
+        loop {
             assert!(Instant::now() < deadline, "no client came");
             let mut fds = [nix::poll::PollFd::new(
                 server.as_fd(),
                 nix::poll::PollFlags::POLLIN,
             )];
             nix::poll::poll(&mut fds, 100u16).unwrap();
-            let served = server.accept_one(|a, _| {
-                seen.push(a.clone());
-                Reply {
-                    stdout: format!("ran {}\n", a.join(" ")),
-                    stderr: "warning\n".into(),
-                    code: 4,
-                }
-            });
-            match served {
-                Ok(true) => handled += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    handled += 1;
-                    seen.push(vec![format!("error: {e:#}")]);
-                }
+            if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+                return f(server.accept());
             }
         }
-        seen
     }
 
     #[test]
-    fn a_command_line_goes_over_and_its_output_and_code_come_back() {
+    fn a_lease_carries_the_socket_and_ends_when_the_borrower_closes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.sock");
         let server = Server::bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
-        // Nothing waiting: returns at once.
-        assert!(!server.accept_one(|_, _| unreachable!()).unwrap());
+        assert!(server.accept().unwrap().is_none(), "nothing waiting");
 
+        // Any descriptor stands in for the netlink socket here: a pipe's read end,
+        // which the client proves it received by reading what the server wrote.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"owned").unwrap();
         let client = std::thread::spawn({
             let path = path.clone();
             move || {
-                call(
-                    &path,
-                    &args(&["expose", "br0", "--port", "3306"]),
-                    Duration::from_secs(5),
-                )
+                let Borrowed::Lent(mut lent) =
+                    borrow(&path, "expose br0 --port 3306", Duration::from_secs(5)).unwrap()
+                else {
+                    panic!("not lent")
+                };
+                let fd = lent.take_socket().unwrap();
+                let mut got = [0u8; 5];
+                nix::unistd::read(&fd, &mut got).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                (lent.portid, got)
             }
         });
-        let seen = serve_n(&server, 1);
-        assert_eq!(seen, vec![args(&["expose", "br0", "--port", "3306"])]);
-        let reply = client.join().unwrap().unwrap().expect("a server listens");
-        assert_eq!(
-            reply,
-            Reply {
-                stdout: "ran expose br0 --port 3306\n".into(),
-                stderr: "warning\n".into(),
-                code: 4
-            }
+        let end = serve_one(&server, |b| {
+            let b = b.unwrap().expect("a borrower");
+            assert_eq!(b.command, "expose br0 --port 3306");
+            assert_eq!(b.peer.pid, std::process::id() as i32);
+            b.lend(r.as_fd(), 4242, Duration::from_secs(5)).unwrap()
+        });
+        let (portid, got) = client.join().unwrap();
+        assert_eq!((portid, &got), (4242, b"owned"));
+        assert!(
+            matches!(end, LeaseEnd::Returned(d) if d >= Duration::from_millis(50)),
+            "{end:?}"
         );
         drop(server);
         assert!(!path.exists(), "the socket file goes with the server");
     }
 
     #[test]
-    fn no_server_or_a_stale_socket_file_means_run_it_directly() {
+    fn a_borrower_that_keeps_the_table_loses_it_at_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.sock");
-        assert_eq!(
-            call(&path, &args(&["audit"]), Duration::from_secs(1)).unwrap(),
-            None
-        );
+        let server = Server::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel::<()>();
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let lent = borrow(&path, "apply", Duration::from_secs(5)).unwrap();
+                rx.recv().unwrap();
+                drop(lent);
+            }
+        });
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let start = Instant::now();
+        let end = serve_one(&server, |b| {
+            b.unwrap()
+                .unwrap()
+                .lend(r.as_fd(), 1, Duration::from_millis(300))
+                .unwrap()
+        });
+        assert_eq!(end, LeaseEnd::Expired);
+        assert!(start.elapsed() < Duration::from_secs(3));
+        tx.send(()).unwrap();
+        client.join().unwrap();
+    }
+
+    #[test]
+    fn no_server_or_a_stale_socket_file_means_change_it_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("watch.sock");
+        let got = borrow(&path, "audit", Duration::from_secs(1)).unwrap();
+        assert!(matches!(got, Borrowed::NoServer));
         // A server that died without removing its file.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        assert_eq!(
-            call(&path, &args(&["audit"]), Duration::from_secs(1)).unwrap(),
-            None
-        );
-        // And a new server takes the stale file over.
+        let got = borrow(&path, "audit", Duration::from_secs(1)).unwrap();
+        assert!(matches!(got, Borrowed::NoServer));
+        // And a new server takes the stale file over, and says when it holds nothing.
         let server = Server::bind(&path).unwrap();
         let client = std::thread::spawn({
             let path = path.clone();
-            move || call(&path, &args(&["audit"]), Duration::from_secs(5))
+            move || borrow(&path, "revoke", Duration::from_secs(5)).unwrap()
         });
-        serve_n(&server, 1);
-        assert!(client.join().unwrap().unwrap().is_some());
+        serve_one(&server, |b| b.unwrap().unwrap().not_held().unwrap());
+        assert!(matches!(client.join().unwrap(), Borrowed::NotHeld));
     }
 
     #[test]
@@ -440,7 +693,6 @@ mod tests {
         let first = Server::bind(&path).unwrap();
         let err = Server::bind(&path).err().expect("a second server");
         assert!(format!("{err:#}").contains("already serves"), "{err:#}");
-        // The first one's file replaced by someone else's: dropping it leaves that.
         std::fs::remove_file(&path).unwrap();
         let second = Server::bind(&path).unwrap();
         drop(first);
@@ -450,15 +702,15 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_server_is_a_timeout_not_a_reason_to_run_directly() {
+    fn a_slow_server_is_a_timeout_not_a_reason_to_change_it_directly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.sock");
         let _server = Server::bind(&path).unwrap();
-        // Never served: the connection waits in the backlog.
         let start = Instant::now();
-        let err = call(&path, &args(&["audit"]), Duration::from_millis(300))
-            .expect_err("no reply in time");
-        assert!(format!("{err:#}").contains("no reply"), "{err:#}");
+        let err = borrow(&path, "audit", Duration::from_millis(300))
+            .err()
+            .expect("no answer in time");
+        assert!(format!("{err:#}").contains("did not lend"), "{err:#}");
         assert!(start.elapsed() < Duration::from_secs(3));
     }
 
@@ -478,87 +730,98 @@ mod tests {
                 out
             })
         };
-        let garbage = send(b"not json\n");
-        let seen = serve_n(&server, 1);
-        assert!(
-            seen[0][0].starts_with("error: parsing the request"),
-            "{seen:?}"
-        );
-        assert_eq!(garbage.join().unwrap(), "");
-        let future = send(b"{\"version\":99,\"args\":[\"audit\"]}\n");
-        let seen = serve_n(&server, 1);
-        assert!(seen.is_empty(), "the handler ran: {seen:?}");
-        let reply: Reply = serde_json::from_str(&future.join().unwrap()).unwrap();
-        assert_eq!(reply.code, crate::error::EXIT_SYSTEM);
-        assert!(reply.stderr.contains("protocol 1"), "{}", reply.stderr);
-        // Still serving.
+        for (bytes, says) in [
+            (&b"not json\n"[..], "not a loopgate request"),
+            (
+                &b"{\"version\":1,\"args\":[\"revoke\",\"br0\"]}\n"[..],
+                "protocol 2, this loopgate 1",
+            ),
+            (
+                &b"{\"version\":2,\"request\":\"run\",\"args\":[]}\n"[..],
+                "malformed request",
+            ),
+        ] {
+            let client = send(bytes);
+            let err = serve_one(&server, |b| b.err().expect("refused"));
+            assert!(format!("{err:#}").contains(says), "{err:#}");
+            let answer = client.join().unwrap();
+            assert!(
+                answer.contains("\"refused\"") && answer.contains(says),
+                "{answer}"
+            );
+        }
         let client = std::thread::spawn({
             let path = path.clone();
-            move || call(&path, &args(&["audit"]), Duration::from_secs(5))
+            move || borrow(&path, "guard br1", Duration::from_secs(5)).unwrap()
         });
-        serve_n(&server, 1);
-        assert_eq!(client.join().unwrap().unwrap().unwrap().code, 4);
-    }
-
-    /// Runs `f` on a thread whose credentials are uid/gid 65534: setresuid(2) as a raw
-    /// system call changes only the calling thread (glibc's wrapper would change every
-    /// thread of the test process). The thread ends with its credentials.
-    fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Group first: without root, the uid could no longer change it.
-            for call in [libc::SYS_setresgid, libc::SYS_setresuid] {
-                // SAFETY: a system call on this thread's own credentials, with integer
-                // arguments only.
-                let rc = unsafe { libc::syscall(call, 65534, 65534, 65534) };
-                assert_eq!(rc, 0, "dropping to nobody: {}", io::Error::last_os_error());
-            }
-            tx.send(f()).unwrap();
-        });
-        rx.recv().unwrap()
+        serve_one(&server, |b| b.unwrap().unwrap().not_held().unwrap());
+        assert!(matches!(client.join().unwrap(), Borrowed::NotHeld));
     }
 
     #[test]
-    fn only_root_may_connect_and_a_non_root_peer_is_refused_anyway() {
+    fn capabilities_are_read_from_capeff() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000001000\n";
+        assert!(has_net_admin(status));
+        assert!(!has_net_admin("CapEff:\t000001ffffffefff\n"));
+        assert!(!has_net_admin("CapPrm:\t0000000000001000\n"));
+    }
+
+    #[test]
+    fn a_root_peer_without_cap_net_admin_is_refused() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            // Needs root to bind as root and to drop to another uid.
-            eprintln!("rpc: skipped the peer credential test: not running as root");
-            return;
-        }
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the peer checks need root (scripts/test.sh runs the tests as root)"
+        );
         let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("watch.sock");
         let server = Server::bind(&path).unwrap();
-        // Mode 0600: connecting is refused by the file system.
-        let denied = as_nobody({
-            let path = path.clone();
-            move || call(&path, &args(&["revoke", "br0"]), Duration::from_secs(2))
-        });
-        let text = format!("{:#}", denied.expect_err("a non-root client"));
-        assert!(text.contains("ermission denied"), "{text}");
-        assert!(!server.accept_one(|_, _| unreachable!()).unwrap());
-
-        // The file opened up by mistake: SO_PEERCRED still keeps the peer out.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // Control: the same request with the capabilities gets the table.
         let client = std::thread::spawn({
             let path = path.clone();
             move || {
-                as_nobody(move || {
-                    let mut s = UnixStream::connect(&path).unwrap();
-                    let req = b"{\"version\":1,\"args\":[\"revoke\",\"br0\"]}\n";
-                    s.write_all(req).unwrap();
-                    s.shutdown(std::net::Shutdown::Write).unwrap();
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).unwrap();
-                    out
-                })
+                matches!(
+                    borrow(&path, "expose", Duration::from_secs(5)),
+                    Ok(Borrowed::NotHeld)
+                )
             }
         });
-        let seen = serve_n(&server, 1);
-        assert!(seen.is_empty(), "the handler ran for uid 65534: {seen:?}");
-        let reply: Reply = serde_json::from_str(&client.join().unwrap()).unwrap();
-        assert_eq!(reply.code, crate::error::EXIT_BAD_INPUT);
-        assert!(reply.stderr.contains("root only"), "{}", reply.stderr);
+        serve_one(&server, |b| b.unwrap().unwrap().not_held().unwrap());
+        assert!(client.join().unwrap());
+        // A uid-0 process without CAP_NET_ADMIN (dropped from its bounding set, so
+        // exec as root does not give it back): this test binary, run by setpriv.
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                std::process::Command::new("setpriv")
+                    .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
+                    .arg(std::env::current_exe().unwrap())
+                    .args(["--exact", "rpc::tests::borrow_from_env", "--nocapture"])
+                    .env("LOOPGATE_RPC_TEST_SOCKET", &path)
+                    .output()
+                    .unwrap()
+            }
+        });
+        let err = serve_one(&server, |b| b.err().expect("refused"));
+        assert!(
+            format!("{err:#}").contains("lacks CAP_NET_ADMIN"),
+            "{err:#}"
+        );
+        let out = client.join().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("refused to lend its table"), "{text}");
+    }
+
+    /// Helper of [`a_root_peer_without_cap_net_admin_is_refused`], run as a child: a
+    /// capability-less process asks to borrow. Does nothing when run on its own.
+    #[test]
+    fn borrow_from_env() {
+        if let Some(path) = std::env::var_os("LOOPGATE_RPC_TEST_SOCKET") {
+            match borrow(Path::new(&path), "expose", Duration::from_secs(5)) {
+                Ok(_) => println!("lent"),
+                Err(e) => println!("{e:#}"),
+            }
+        }
     }
 }

@@ -23,13 +23,24 @@ const RECV_BUF: usize = 1 << 20;
 /// A netlink socket of one bus (netfilter, sock_diag, ...), with a 1 MiB receive
 /// buffer and the sequence numbers that tie each reply to its request.
 pub struct NlSocket {
-    sock: mnl::Socket,
+    sock: Handle,
     bus: mnl::Bus,
     buf: Vec<u64>,
     /// The sequence number of the last request sent; never 0 (the kernel's "unset").
     seq: u32,
     /// The buffer size last asked for, so a reopened socket gets it too.
     sized: Option<usize>,
+}
+
+/// The socket itself: opened here through libmnl, or lent by another loopgate process.
+enum Handle {
+    Mnl(mnl::Socket),
+    /// A socket received from `loopgate watch` (SCM_RIGHTS), which owns loopgate's
+    /// table; `portid` is the port id it is bound to, read with getsockname(2).
+    Lent {
+        fd: std::os::fd::OwnedFd,
+        portid: u32,
+    },
 }
 
 /// The kernel set this flag on a dump message when the dumped objects changed while
@@ -201,7 +212,7 @@ impl NlSocket {
     pub fn open(bus: mnl::Bus) -> Result<Self> {
         let sock = mnl::Socket::new(bus).context("opening a netlink socket")?;
         let s = NlSocket {
-            sock,
+            sock: Handle::Mnl(sock),
             bus,
             buf: vec![0u64; RECV_BUF / 8],
             seq: 0,
@@ -250,7 +261,7 @@ impl NlSocket {
     /// Replaces the socket with a fresh one (a new port id): whatever the old one still
     /// had queued, such as the rest of an abandoned dump, is gone with it.
     fn reopen(&mut self) -> Result<()> {
-        self.sock = mnl::Socket::new(self.bus).context("opening a netlink socket")?;
+        self.sock = Handle::Mnl(mnl::Socket::new(self.bus).context("opening a netlink socket")?);
         self.close_on_exec()?;
         if let Some(bytes) = self.sized {
             self.size_buffers(bytes)?;
@@ -266,8 +277,75 @@ impl NlSocket {
     }
 
     fn fd(&self) -> i32 {
-        // SAFETY: the mnl socket is open for the lifetime of `self`.
-        unsafe { mnl::mnl_sys::mnl_socket_get_fd(self.sock.as_raw_socket()) }
+        match &self.sock {
+            // SAFETY: the mnl socket is open for the lifetime of `self`.
+            Handle::Mnl(s) => unsafe { mnl::mnl_sys::mnl_socket_get_fd(s.as_raw_socket()) },
+            Handle::Lent { fd, .. } => std::os::fd::AsRawFd::as_raw_fd(fd),
+        }
+    }
+
+    /// The socket's descriptor, to lend it to another process (SCM_RIGHTS).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: `fd()` is open for as long as `self` lives, which bounds the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }
+    }
+
+    /// Takes a netfilter netlink socket another process lent this one (`watch` lends
+    /// the socket that owns loopgate's table). Errors: `fd` is not a bound
+    /// `NETLINK_NETFILTER` socket.
+    pub fn from_lent(fd: std::os::fd::OwnedFd) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: sockaddr_nl is plain data; getsockname fills at most `len` bytes of it.
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: valid fd, pointer and length of a live sockaddr_nl.
+        let rc = unsafe {
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_nl).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error()).context("reading the lent socket's address");
+        }
+        let mut proto: libc::c_int = 0;
+        let mut plen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: valid fd, pointer and length of a live c_int.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PROTOCOL,
+                (&mut proto as *mut libc::c_int).cast(),
+                &mut plen,
+            )
+        };
+        if rc < 0
+            || addr.nl_family != libc::AF_NETLINK as libc::sa_family_t
+            || proto != libc::NETLINK_NETFILTER
+            || addr.nl_pid == 0
+        {
+            anyhow::bail!("the lent descriptor is not a bound netfilter netlink socket");
+        }
+        let s = NlSocket {
+            sock: Handle::Lent {
+                fd,
+                portid: addr.nl_pid,
+            },
+            bus: mnl::Bus::Netfilter,
+            buf: vec![0u64; RECV_BUF / 8],
+            seq: 0,
+            sized: None,
+        };
+        s.close_on_exec()?;
+        Ok(s)
+    }
+
+    /// Drops every reply still queued on the socket: what a borrower of a lent socket
+    /// left unread must not be taken for the answer to the owner's next request.
+    pub fn settle(&mut self) -> Result<()> {
+        self.discard_queued()
     }
 
     /// Raises both socket buffers so a large batch fits in one datagram and all its ACKs
@@ -296,7 +374,10 @@ impl NlSocket {
 
     /// The port id the kernel assigned this socket at bind; replies carry it.
     pub fn portid(&self) -> u32 {
-        self.sock.portid()
+        match &self.sock {
+            Handle::Mnl(s) => s.portid(),
+            Handle::Lent { portid, .. } => *portid,
+        }
     }
 
     /// Sends all `pages` as ONE datagram (scatter-gather), so the kernel sees one batch.

@@ -127,17 +127,55 @@ pub trait Kernel {
 }
 
 thread_local! {
-    /// The [`nft::Owner`] `watch` holds loopgate's table with, when it does: every
-    /// change to the table must then go through its socket (the kernel refuses any
-    /// other with EPERM). Thread-local because an owner is tied to its socket and not
-    /// `Send`; watch and the commands it runs for clients share its one thread.
-    static HELD: std::cell::RefCell<Option<nft::Owner>> = const { std::cell::RefCell::new(None) };
+    /// The [`nft::Owner`] loopgate's table is held with, when it is: `watch`'s own, or
+    /// the one a command borrowed from watch for its transaction (see [`crate::rpc`]).
+    /// Every change to the table must then go through its socket (the kernel refuses
+    /// any other with EPERM). Thread-local because an owner is tied to its socket and
+    /// not `Send`. The instant is when a borrowed one must no longer be used.
+    static HELD: std::cell::RefCell<Option<(nft::Owner, Option<std::time::Instant>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Makes this thread's table changes go through `owner` from now on (watch, after
 /// adopting the table).
 pub fn hold(owner: nft::Owner) {
-    HELD.with(|h| *h.borrow_mut() = Some(owner));
+    HELD.with(|h| *h.borrow_mut() = Some((owner, None)));
+}
+
+/// Makes this thread's table changes go through `owner`, which `watch` lent until
+/// `deadline`: a change after it is refused rather than sent through a socket watch
+/// uses again.
+pub fn hold_borrowed(owner: nft::Owner, deadline: std::time::Instant) {
+    HELD.with(|h| *h.borrow_mut() = Some((owner, Some(deadline))));
+}
+
+/// Ends [`hold`] / [`hold_borrowed`]: returns the owner (dropping a borrowed one closes
+/// this process's copy of the socket).
+pub fn release() -> Option<nft::Owner> {
+    HELD.with(|h| h.borrow_mut().take().map(|(o, _)| o))
+}
+
+/// Runs `f` with this thread's owner, if it holds the table (watch lending it, or
+/// settling its socket after a lease).
+pub fn with_held<T>(f: impl FnOnce(Option<&mut nft::Owner>) -> T) -> T {
+    HELD.with(|h| f(h.borrow_mut().as_mut().map(|(o, _)| o)))
+}
+
+/// The owner to change the table through, unless a borrowed one's lease ran out.
+fn through_owner<T>(
+    f: impl FnOnce(&mut nft::Owner) -> Result<T>,
+    otherwise: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some((_, Some(deadline))) if std::time::Instant::now() >= *deadline => {
+            anyhow::bail!(
+                "the lease of table ip loopgate from loopgate watch ran out ({} s); watch uses its socket again",
+                crate::rpc::LEASE_LIMIT.as_secs()
+            )
+        }
+        Some((owner, _)) => f(owner),
+        None => otherwise(),
+    })
 }
 
 /// True while this thread holds loopgate's table (see [`hold`]).
@@ -181,17 +219,11 @@ impl Kernel for System {
     }
 
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
-        HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(owner) => owner.apply(ruleset),
-            None => nft::apply(ruleset),
-        })
+        through_owner(|owner| owner.apply(ruleset), || nft::apply(ruleset))
     }
 
     fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {
-        HELD.with(|h| match h.borrow_mut().as_mut() {
-            Some(owner) => owner.restore(snapshot),
-            None => snapshot.restore(),
-        })
+        through_owner(|owner| owner.restore(snapshot), || snapshot.restore())
     }
 
     fn probe(&self, ruleset: &Ruleset) -> Result<()> {

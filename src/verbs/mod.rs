@@ -109,6 +109,18 @@ pub fn converge_guarding(
     guards: Vec<crate::spec::GuardSpec>,
     mode: Mode,
 ) -> Result<()> {
+    // While a watch holds the table, the transaction goes through the socket that owns
+    // it, borrowed until this function returns; a plan or dry run only reads, and
+    // knows that ownership as loopgate's own.
+    let _lease = match mode {
+        Mode::Apply => borrow_table()?,
+        Mode::Plan | Mode::DryRun => {
+            if let Some((_, port)) = watch::running().filter(|(_, port)| *port != 0) {
+                nft::sanction_owner(port);
+            }
+            TableLease(None)
+        }
+    };
     let guarded = crate::spec::resolve_guards(&guards, &host::HostInterfaces::read()?);
     let (change, snapshot) = observe_and_compute_guarding(&System, old, grants, guarded)?;
     let change = change.with_specs(specs).with_guards(guards);
@@ -173,6 +185,53 @@ pub fn converge_guarding(
                 );
             }
             Ok(())
+        }
+    }
+}
+
+/// The table borrowed from a running `watch` for one transaction; given back on drop
+/// (this process's copy of the socket closed first, then the connection, which tells
+/// watch the lease ended).
+pub struct TableLease(Option<crate::rpc::Lent>);
+
+impl Drop for TableLease {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            drop(crate::kernel::seam::release());
+            nft::sanction_owner(0);
+        }
+    }
+}
+
+/// How long a command waits for a running watch to lend its table: watch serves one
+/// borrower at a time, each for at most [`crate::rpc::LEASE_LIMIT`].
+const BORROW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When a `watch` runs in this namespace and holds loopgate's table, borrows the
+/// socket that owns it, so that this command's transaction (the same one it runs with
+/// no watch) goes through it. No watch, or one that does not hold the table: nothing
+/// to borrow, the command changes the table directly.
+///
+/// Errors (nothing changed): watch refused (the reason: a peer without CAP_NET_ADMIN,
+/// another protocol version), did not answer within 30 s, or lent a socket that does
+/// not own the table.
+pub fn borrow_table() -> Result<TableLease> {
+    if crate::kernel::seam::holding() {
+        // watch itself, converging through its own socket.
+        return Ok(TableLease(None));
+    }
+    let path = crate::state::namespace_dir()?.join(watch::SOCKET);
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    match crate::rpc::borrow(&path, &command.join(" "), BORROW_WAIT)? {
+        crate::rpc::Borrowed::NoServer | crate::rpc::Borrowed::NotHeld => Ok(TableLease(None)),
+        crate::rpc::Borrowed::Lent(mut lent) => {
+            let socket = lent
+                .take_socket()
+                .expect("a lent table comes with its socket");
+            let owner = nft::Owner::borrowed(socket)?;
+            nft::sanction_owner(owner.portid());
+            crate::kernel::seam::hold_borrowed(owner, lent.deadline);
+            Ok(TableLease(Some(lent)))
         }
     }
 }

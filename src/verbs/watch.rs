@@ -81,13 +81,8 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         }
         let wake = monitor.wait_with(TICK, Some(server.as_raw_fd()));
         if wake.extra {
-            if let Err(e) = server.accept_one(serve) {
-                eprintln!(
-                    "loopgate watch: a client's command failed: {}",
-                    crate::error::one_line(&e)
-                );
-            }
-            // Its transaction may have changed what is asked for.
+            lend(&server);
+            // The borrower's transaction may have changed what is asked for.
             quiet = None;
         }
         if !wake.table_batches.is_empty() {
@@ -104,9 +99,59 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The socket, in the namespace's state directory, over which a running watch runs
-/// `expose`, `revoke` and `apply` for clients (see [`forward`]).
-const SOCKET: &str = "watch.sock";
+/// The socket, in the namespace's state directory, over which a running watch lends
+/// its table to a command that changes it (see [`crate::rpc`]).
+pub const SOCKET: &str = "watch.sock";
+/// Serves one command waiting to borrow the table, if any: lends the owning socket
+/// (or says the table is not held) and waits until the command is done with it, at
+/// most [`crate::rpc::LEASE_LIMIT`]. The commits made meanwhile are recorded as
+/// watch's own: no other socket can change a held table, so none of them is foreign.
+fn lend(server: &crate::rpc::Server) {
+    let borrower = match server.accept() {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("loopgate watch: {}", crate::error::one_line(&e));
+            return;
+        }
+    };
+    let (pid, command) = (
+        borrower.peer.pid,
+        borrower.command.escape_debug().to_string(),
+    );
+    let before = crate::kernel::nft::current_generation().ok();
+    let lent = crate::kernel::seam::with_held(|owner| match owner {
+        None => borrower.not_held().map(|()| None),
+        Some(o) => borrower
+            .lend(o.lendable(), o.portid(), crate::rpc::LEASE_LIMIT)
+            .map(Some),
+    });
+    if let Err(e) = crate::kernel::seam::with_held(|o| o.map_or(Ok(()), |o| o.settle())) {
+        eprintln!(
+            "loopgate watch: clearing the table's socket after a lease: {}",
+            crate::error::one_line(&e)
+        );
+    }
+    if let (Some(before), Ok(after)) = (before, crate::kernel::nft::current_generation()) {
+        crate::kernel::nft::record_lent_commits(before, after);
+    }
+    match lent {
+        Ok(None) => {}
+        Ok(Some(crate::rpc::LeaseEnd::Returned(took))) => eprintln!(
+            "loopgate watch: lent table ip loopgate to pid {pid} (`{command}`) for {} ms",
+            took.as_millis()
+        ),
+        Ok(Some(crate::rpc::LeaseEnd::Expired)) => eprintln!(
+            "loopgate watch: pid {pid} (`{command}`) kept table ip loopgate past {} s; watch took it back",
+            crate::rpc::LEASE_LIMIT.as_secs()
+        ),
+        Err(e) => eprintln!(
+            "loopgate watch: lending table ip loopgate to pid {pid}: {}",
+            crate::error::one_line(&e)
+        ),
+    }
+}
+
 /// The file that tells other loopgate commands that a watch runs: `pid owner-port`.
 const PRESENCE: &str = "watch.owner";
 
@@ -164,164 +209,6 @@ pub fn running() -> Option<(u32, u32)> {
     // Alive? (signal 0 checks existence and permission only.)
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).ok()?;
     Some((pid, port))
-}
-
-/// Environment variables a forwarded command takes from its caller (sent beside the
-/// arguments; unset in watch for a caller that has none).
-const FORWARDED_ENV: &[&str] = &["LOOPGATE_CONFIG_DIR"];
-
-/// When a watch runs in this namespace, runs a changing command (`expose`, `revoke`,
-/// `apply`) through it, so that the transaction goes through the socket that holds the
-/// table; prints what it printed and returns its exit code. `None`: no watch runs (or
-/// the command only reads), run it here.
-///
-/// Errors: the watch did not answer in time (exit 3).
-pub fn forward(cli: &crate::cli::Cli) -> Result<Option<i32>> {
-    use crate::cli::Command;
-    let changes = match &cli.command {
-        Command::Expose(a) => !a.dry_run,
-        Command::Revoke(a) => !a.dry_run,
-        Command::Apply(a) => !a.dry_run,
-        Command::Guard(a) | Command::Unguard(a) => !a.dry_run,
-        _ => false,
-    };
-    if !changes || crate::kernel::seam::holding() {
-        return Ok(None);
-    }
-    let path = crate::state::namespace_dir()?.join(SOCKET);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let env: Vec<(String, String)> = FORWARDED_ENV
-        .iter()
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-        .collect();
-    // A policy path means what it means here: made absolute, and a pipe or another
-    // process's descriptor (`apply /dev/stdin`) read here into a file watch can read.
-    let mut copied: Option<std::path::PathBuf> = None;
-    let policy = match &cli.command {
-        Command::Apply(a) => Some(a.file.clone()),
-        _ => None,
-    };
-    let policy_for_watch = match &policy {
-        None => None,
-        Some(p) => {
-            let meta = std::fs::metadata(p);
-            if meta.as_ref().is_ok_and(|m| m.is_file() || m.is_dir())
-                && !p.starts_with("/proc")
-                && !p.starts_with("/dev")
-            {
-                Some(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
-            } else {
-                let text = std::fs::read(p).map_err(|e| {
-                    anyhow::Error::new(crate::error::BadInput(format!(
-                        "cannot read policy {}: {}",
-                        p.display(),
-                        crate::error::plain_io(&e)
-                    )))
-                })?;
-                let tmp = crate::state::namespace_dir()?
-                    .join(format!("client-{}.yaml", std::process::id()));
-                std::fs::write(&tmp, text)?;
-                copied = Some(tmp.clone());
-                Some(tmp)
-            }
-        }
-    };
-    // The command line as given, less --netns (watch already runs in that namespace),
-    // with the policy path as watch must read it.
-    let mut args: Vec<String> = Vec::new();
-    let mut given = std::env::args().skip(1);
-    while let Some(a) = given.next() {
-        if a == "--netns" {
-            given.next();
-        } else if a.starts_with("--netns=") {
-        } else if let (Some(p), Some(w)) = (&policy, &policy_for_watch) {
-            if std::path::Path::new(&a) == p.as_path() {
-                args.push(w.display().to_string());
-            } else {
-                args.push(a);
-            }
-        } else {
-            args.push(a);
-        }
-    }
-    let reply = crate::rpc::call_with_env(&path, &args, &env, Duration::from_secs(300));
-    if let Some(tmp) = copied {
-        let _ = std::fs::remove_file(tmp);
-    }
-    let Some(reply) = reply? else {
-        return Ok(None);
-    };
-    crate::out!("{}", reply.stdout);
-    crate::output::write_err(format_args!("{}", reply.stderr));
-    Ok(Some(reply.code))
-}
-
-/// Runs one client's command in this process, with its output captured.
-fn serve(args: Vec<String>, env: Vec<(String, String)>) -> crate::rpc::Reply {
-    use crate::cli::Command;
-    use clap::Parser;
-    let cli = match crate::cli::Cli::try_parse_from(
-        std::iter::once("loopgate".to_string()).chain(args),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            return crate::rpc::Reply::failure(
-                crate::error::EXIT_BAD_INPUT,
-                &format!(
-                    "loopgate: error: {}",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
-            )
-        }
-    };
-    if !matches!(
-        cli.command,
-        Command::Expose(_) | Command::Revoke(_) | Command::Apply(_)
-    ) {
-        return crate::rpc::Reply::failure(
-            crate::error::EXIT_BAD_INPUT,
-            "loopgate: error: watch runs only expose, revoke and apply for clients",
-        );
-    }
-    // The client's values, and none where the client has none: watch's own must not
-    // leak into a client's command. watch is single-threaded: no other thread reads
-    // the environment meanwhile.
-    let saved: Vec<(String, Option<String>)> = FORWARDED_ENV
-        .iter()
-        .map(|k| {
-            let old = std::env::var(k).ok();
-            match env.iter().find(|(n, _)| n == k) {
-                Some((_, v)) => std::env::set_var(k, v),
-                None => std::env::remove_var(k),
-            }
-            (k.to_string(), old)
-        })
-        .collect();
-    let (result, stdout, mut stderr) = crate::output::capture(|| crate::run_verb(&cli));
-    for (k, old) in saved {
-        match old {
-            Some(v) => std::env::set_var(&k, v),
-            None => std::env::remove_var(&k),
-        }
-    }
-    let code = match result {
-        Ok(code) => code,
-        Err(e) => {
-            stderr += &format!("loopgate: error: {}\n", crate::error::one_line(&e));
-            crate::error::exit_code_for(&e)
-        }
-    };
-    eprintln!(
-        "loopgate watch: ran `{}` for a client: exit {code}",
-        crate::cli::describe_command(&cli)
-    );
-    crate::rpc::Reply {
-        stdout,
-        stderr,
-        code,
-    }
 }
 
 /// True when one of `batches` was not loopgate's: its generation is not one this

@@ -62,6 +62,25 @@ pub(super) fn record_own_commit(before: u32) {
     own.push_back(next_generation(before));
 }
 
+/// Records the generations after `before` up to and including `through` as this
+/// process's own: the commits a borrower of the owning socket made while `watch` lent
+/// it (no other socket can change a held table, so every one of them touching the
+/// table was made through the lent socket). At most the last 256 are kept.
+pub fn record_lent_commits(before: u32, through: u32) {
+    let mut g = before;
+    for _ in 0..OWN_COMMITS_KEPT {
+        if g == through {
+            break;
+        }
+        g = next_generation(g);
+        let mut own = OWN_COMMITS.lock().unwrap_or_else(|e| e.into_inner());
+        if own.len() == OWN_COMMITS_KEPT {
+            own.pop_front();
+        }
+        own.push_back(g);
+    }
+}
+
 /// True when `generation` was created by a generation-bound commit of this process
 /// (one of its last 256). How `watch` knows its own commits from the monitor's
 /// `NFT_MSG_NEWGEN` when the pid there means nothing to it (a PID namespace).

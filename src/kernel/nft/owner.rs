@@ -324,3 +324,36 @@ fn named_chain(read: &Owned<sys::nftnl_chain>) -> Obj {
     chain.set_str(sys::NFTNL_CHAIN_NAME, &read.get_str(sys::NFTNL_CHAIN_NAME));
     chain.into_obj()
 }
+
+/// Lending the table: `watch` holds it for as long as it runs, and a command that
+/// changes it while watch runs (`expose`, `guard`, ...) borrows the owning socket for
+/// its one transaction instead of asking watch to run the command (see [`crate::rpc`]).
+/// While the socket is lent, watch does not use it.
+impl Owner {
+    /// The owning socket's descriptor, for watch to lend.
+    pub fn lendable(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    /// Drops every reply a borrower left queued on the owning socket, so that the
+    /// owner's next batch reads only its own acknowledgements. Run after each lease.
+    pub fn settle(&mut self) -> Result<()> {
+        self.sock.settle()
+    }
+
+    /// The table held through a socket `watch` lent this process (received over its
+    /// unix socket). Errors: the socket is not the one the kernel names as the
+    /// table's owner (a watch that lost the table, or something that is not watch).
+    pub fn borrowed(fd: std::os::fd::OwnedFd) -> Result<Owner> {
+        let mut owner = Owner {
+            sock: NlSocket::from_lent(fd)?,
+            reads: NlSocket::netfilter()?,
+        };
+        match owner.holder()? {
+            Some(Holder::Socket(port)) if port == owner.portid() => Ok(owner),
+            other => Err(anyhow!(
+                "the socket loopgate watch lent does not hold table ip {TABLE} (holder: {other:?})"
+            )),
+        }
+    }
+}
