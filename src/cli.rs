@@ -238,7 +238,7 @@ pub struct RevokeArgs {
 pub enum AuditFormat {
     /// Readable text.
     Text,
-    /// A JSON document with a schema version (described in README.md).
+    /// A JSON document with a schema version (described in docs/audit-json.md).
     Json,
     /// Prometheus text format, for node_exporter's textfile collector.
     Prometheus,

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod policy;
 #[cfg(test)]
 mod properties;
+pub mod reference;
 pub mod rpc;
 pub mod ruleset;
 pub mod spec;
@@ -41,8 +42,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
             return Ok(error::EXIT_OK);
         }
         Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            man_page(&mut std::io::stdout().lock())?;
             return Ok(error::EXIT_OK);
         }
         _ => {}
@@ -63,6 +63,43 @@ pub fn run(cli: &Cli) -> Result<i32> {
     }
     run_verb(cli)
 }
+
+/// Writes the manual page (roff): clap_mangen's sections from the command line, each
+/// verb's full `--help`, then the reference sections of [`reference::man_sections`].
+pub fn man_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    // Narrower than a terminal: the man page indents the help text by 7 columns.
+    let mut cmd = <Cli as clap::CommandFactory>::command().term_width(72);
+    // Built once so each verb's usage line says `loopgate VERB`, as a user types it.
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    // Not clap_mangen's SUBCOMMANDS section: it points at one page per verb
+    // (loopgate-expose(1)), which is not shipped. Each verb's help is written here, in
+    // one page.
+    writeln!(w, ".SH COMMANDS")?;
+    for sub in cmd.get_subcommands_mut() {
+        if sub.get_name() == "help" {
+            continue;
+        }
+        writeln!(w, ".SS \"loopgate {}\"\n.nf", sub.get_name())?;
+        for line in sub.render_long_help().to_string().lines() {
+            let line = line.replace('\\', "\\e").replace('-', "\\-");
+            if line.starts_with(['.', '\'']) {
+                writeln!(w, "\\&{line}")?;
+            } else {
+                writeln!(w, "{line}")?;
+            }
+        }
+        writeln!(w, ".fi")?;
+    }
+    w.write_all(reference::man_sections().as_bytes())?;
+    man.render_version_section(w)
+}
+
 
 /// Runs the verb of `cli` in the current namespace. A verb that changes loopgate's
 /// table while a `watch` holds it borrows watch's socket for its transaction (see

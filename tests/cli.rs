@@ -32,6 +32,8 @@ mod conntrack;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/docs.rs"]
+mod docs;
 #[path = "cli/firewall.rs"]
 mod firewall;
 #[path = "cli/guard.rs"]

@@ -1,7 +1,9 @@
 //! The judgement: a pure function from what the kernel showed and what loopgate
 //! recorded to findings. Every finding code has a table-driven unit test here.
 
-use super::{Finding, InterfaceReport, Observed, Report, Severity, TableReport, SCHEMA_VERSION};
+use super::{
+    Code, Finding, InterfaceReport, Observed, Report, Severity, TableReport, SCHEMA_VERSION,
+};
 use crate::grant::Grant;
 use crate::kernel::host::Listener;
 use crate::kernel::nft::TableImage;
@@ -31,9 +33,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     let table_ok = differences.is_empty();
     if !table_ok {
         let (severity, code) = if expected.is_some() {
-            (Severity::Critical, "table-tampered")
+            (Severity::Critical, Code::TableTampered)
         } else {
-            (Severity::Warning, "table-unexpected")
+            (Severity::Warning, Code::TableUnexpected)
         };
         findings.push(Finding {
             severity,
@@ -48,7 +50,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     if state.pending.is_some() {
         findings.push(Finding {
             severity: Severity::Warning,
-            code: "interrupted",
+            code: Code::Interrupted,
             interface: None,
             message: "a loopgate transaction was interrupted; the next expose, revoke or apply repairs it".into(),
         });
@@ -56,7 +58,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     let unreadable = |name: &str, why: &str, severity: Severity, findings: &mut Vec<Finding>| {
         findings.push(Finding {
             severity,
-            code: "sysctl-unreadable",
+            code: Code::SysctlUnreadable,
             interface: Some(name.to_string()),
             message: format!(
                 "net.ipv4.conf.{name}.route_localnet cannot be read ({why}): whether it is open cannot be told, so it is counted as open"
@@ -80,7 +82,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         if sysctl::is_open(*v) {
             findings.push(Finding {
                 severity: Severity::Critical,
-                code: "all-open",
+                code: Code::AllOpen,
                 interface: None,
                 message: format!("net.ipv4.conf.all.route_localnet={v}: every interface routes 127.0.0.0/8, and no per-interface setting can narrow it"),
             });
@@ -90,7 +92,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     match default {
         Some(Ok(v)) if sysctl::is_open(*v) => findings.push(Finding {
             severity: Severity::Warning,
-            code: "default-open",
+            code: Code::DefaultOpen,
             interface: None,
             message: format!("net.ipv4.conf.default.route_localnet={v}: new interfaces start with loopback routing enabled"),
         }),
@@ -147,7 +149,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         if open && !guarded {
             findings.push(Finding {
                 severity: Severity::Critical,
-                code: "unguarded",
+                code: Code::Unguarded,
                 interface: Some(name.clone()),
                 message: format!(
                     "route_localnet is effectively on for {name} ({}) without loopgate's guard: any neighbour on that link can reach every loopback service ({} socket(s) listening on 127.0.0.0/8 or 0.0.0.0); to guard it without changing its route_localnet: loopgate guard {name}",
@@ -158,14 +160,14 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         } else if managed && !open {
             findings.push(Finding {
                 severity: Severity::Warning,
-                code: "grant-inactive",
+                code: Code::GrantInactive,
                 interface: Some(name.clone()),
                 message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate apply` or repeat the expose"),
             });
         } else if guarded && guard_only && open {
             findings.push(Finding {
                 severity: Severity::Info,
-                code: "guarded",
+                code: Code::Guarded,
                 interface: Some(name.clone()),
                 message: format!(
                     "{name} is guarded (opened by another tool): nothing reaches loopback through it but replies of flows the host opened"
@@ -174,7 +176,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         } else if guarded && !guard_only {
             findings.push(Finding {
                 severity: Severity::Info,
-                code: "guarded",
+                code: Code::Guarded,
                 interface: Some(name.clone()),
                 message: format!(
                     "{name} is open to loopback only through {} published port(s)",
@@ -213,7 +215,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             } else {
                 Severity::Warning
             },
-            code: "interface-renamed",
+            code: Code::InterfaceRenamed,
             interface: Some(now.clone()),
             message: format!(
                 "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now} (renamed, or another device with its index){}; loopgate's guard matches the name {}: run `loopgate watch` or `loopgate apply`, which close it if loopgate had opened it",
@@ -228,7 +230,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     for p in &observed.pending {
         findings.push(Finding {
             severity: Severity::Info,
-            code: "pending",
+            code: Code::Pending,
             interface: Some(p.interface.clone()),
             message: format!(
                 "{} on {} is pending: {}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)",
@@ -298,7 +300,7 @@ mod tests {
     fn codes(r: &Report) -> Vec<(&'static str, Severity, Option<String>)> {
         r.findings
             .iter()
-            .map(|f| (f.code, f.severity, f.interface.clone()))
+            .map(|f| (f.code.as_str(), f.severity, f.interface.clone()))
             .collect()
     }
 

@@ -20,7 +20,7 @@
 //! - the replies (ct state established, direction reply) at output and postrouting,
 //!   leaving through the grant's interface.
 
-use super::{Finding, Severity};
+use super::{Code, Finding, Severity};
 use crate::grant::Grant;
 use ipnetwork::Ipv4Network;
 use std::collections::HashMap;
@@ -1225,11 +1225,11 @@ pub fn findings(
                 };
                 let (code, what) = match stop {
                     Stop::Notrack => (
-                        "notrack",
+                        Code::Notrack,
                         "marks it untracked before conntrack, so loopgate's DNAT never happens and the client gets no answer",
                     ),
                     _ => (
-                        "firewall-drops",
+                        Code::FirewallDrops,
                         "drops it: loopgate's accept cannot override another table's drop, and the client times out",
                     ),
                 };
@@ -1252,9 +1252,9 @@ pub fn findings(
             } => Finding {
                 severity: Severity::Warning,
                 code: if stop == Some(Stop::Notrack) {
-                    "notrack"
+                    Code::Notrack
                 } else {
-                    "firewall-may-drop"
+                    Code::FirewallMayDrop
                 },
                 interface: Some(g.iface.clone()),
                 message: format!(
@@ -1285,7 +1285,7 @@ pub fn findings(
             });
         out.push(Finding {
             severity: Severity::Info,
-            code: "iptables-legacy",
+            code: Code::IptablesLegacy,
             interface: None,
             message: format!(
                 "iptables-legacy tables are loaded: {} ({input}); nft does not list them, audit read them through the legacy interface",
@@ -1871,7 +1871,7 @@ mod tests {
             &ix,
         );
         assert_eq!(
-            (f[0].code, f[0].severity),
+            (f[0].code.as_str(), f[0].severity),
             ("firewall-drops", Severity::Warning)
         );
         let m = &f[0].message;

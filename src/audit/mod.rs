@@ -41,18 +41,104 @@ pub enum Severity {
     Critical,
 }
 
+/// Defines [`Code`] and [`Code::ALL`] from one list, so no code can exist without being
+/// in `ALL`, and through `ALL` in the reference tables (`crate::reference`), the man page
+/// and the docs that are tested against them.
+macro_rules! finding_codes {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// The stable, machine-readable kind of a [`Finding`]: `code` in the JSON
+        /// document, `[code]` in the text report. Each is documented, with its severity
+        /// and remedy, in [`crate::reference::finding`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Code {
+            /// Every code audit can emit, in the order the reference lists them.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)+];
+
+            /// The code as shown to users and scripts, e.g. `unguarded`.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+finding_codes! {
+    /// route_localnet is effectively on without loopgate's guard.
+    Unguarded => "unguarded",
+    /// `conf.all.route_localnet` is non-zero.
+    AllOpen => "all-open",
+    /// `conf.default.route_localnet` is non-zero.
+    DefaultOpen => "default-open",
+    /// loopgate's table differs from what its grants require.
+    TableTampered => "table-tampered",
+    /// A table named `ip loopgate` exists without grants.
+    TableUnexpected => "table-unexpected",
+    /// A route_localnet value cannot be read.
+    SysctlUnreadable => "sysctl-unreadable",
+    /// A managed device carries another name now.
+    InterfaceRenamed => "interface-renamed",
+    /// An interface with grants has route_localnet 0.
+    GrantInactive => "grant-inactive",
+    /// A transaction was killed between its steps.
+    Interrupted => "interrupted",
+    /// Nothing listens on a grant's target.
+    NotListening => "not-listening",
+    /// The target socket is bound to another device.
+    ListenerBoundToDevice => "listener-bound-to-device",
+    /// Replies to an allowed network leave through another interface.
+    ReplyRoute => "reply-route",
+    /// An allowed network is routed through another interface.
+    AllowRoute => "allow-route",
+    /// No interface has the grant's listen address any more.
+    ListenAddressGone => "listen-address-gone",
+    /// Another table drops the grant's flow.
+    FirewallDrops => "firewall-drops",
+    /// Another table may drop the grant's flow.
+    FirewallMayDrop => "firewall-may-drop",
+    /// A `notrack` rule keeps loopgate's DNAT from happening.
+    Notrack => "notrack",
+    /// iptables-legacy tables are loaded.
+    IptablesLegacy => "iptables-legacy",
+    /// Asked for, but not served now.
+    Pending => "pending",
+    /// What the guards dropped.
+    Blocked => "blocked",
+    /// The interface is open only through loopgate's guard.
+    Guarded => "guarded",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Lets tests and callers compare with the documented spelling: `f.code == "blocked"`.
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One thing audit concluded, as shown in the text report and in the JSON `findings` list.
 #[derive(Debug, Serialize)]
 pub struct Finding {
     /// How serious it is; decides `audit`'s exit code.
     pub severity: Severity,
-    /// Stable machine-readable kind, one of `unguarded`, `all-open`, `default-open`,
-    /// `sysctl-unreadable`, `table-tampered`, `table-unexpected`, `interrupted`,
-    /// `grant-inactive`, `interface-renamed`, `not-listening`,
-    /// `listener-bound-to-device`, `reply-route`, `allow-route`,
-    /// `listen-address-gone`, `pending`, `blocked`, `guarded`, and the firewall
-    /// findings `firewall-drops`, `firewall-may-drop`, `notrack`, `iptables-legacy`.
-    pub code: &'static str,
+    /// Stable machine-readable kind (see [`Code`]); serialized as its kebab-case name.
+    pub code: Code,
     /// The interface it is about (its current name); `None` for host-wide findings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,

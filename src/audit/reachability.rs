@@ -3,7 +3,7 @@
 //! the routes there and back) and the guard's drop counters. Pure, like
 //! [`assess`](super::assess), which calls [`judge`].
 
-use super::{Blocked, Finding, Observed, Severity};
+use super::{Blocked, Code, Finding, Observed, Severity};
 use crate::grant::Grant;
 use crate::kernel::host::RouteLookup;
 use crate::state::State;
@@ -84,7 +84,7 @@ fn target(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
     if candidates.is_empty() {
         findings.push(Finding {
             severity: Severity::Warning,
-            code: "not-listening",
+            code: Code::NotListening,
             interface: Some(g.iface.clone()),
             message: format!(
                 "nothing listens on {to}, the target of grant {} on {}: its clients are refused; start the service or correct --to",
@@ -106,7 +106,7 @@ fn target(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
         let devices: Vec<&str> = devices.into_iter().collect();
         findings.push(Finding {
             severity: Severity::Warning,
-            code: "listener-bound-to-device",
+            code: Code::ListenerBoundToDevice,
             interface: Some(g.iface.clone()),
             message: format!(
                 "the socket on {to}, the target of grant {} on {}, is bound to device {} (SO_BINDTODEVICE, or an address like 127.0.0.53%lo): it ignores packets arriving on {}, so the grant cannot work; point --to at a socket that is not bound to a device (systemd-resolved: 127.0.0.54, or a DNSStubListenerExtra= address)",
@@ -134,7 +134,7 @@ fn listen_address(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
         .collect();
     findings.push(Finding {
         severity: Severity::Warning,
-        code: "listen-address-gone",
+        code: Code::ListenAddressGone,
         interface: Some(g.iface.clone()),
         message: format!(
             "grant {} publishes on {}:{}/{}, but no interface of the host has {} now ({} has {}; re-created with another address?): its DNAT stays in place and serves nobody; run `loopgate apply` or `loopgate watch` (a defaulted address follows the interface; a pinned --listen must be revoked and exposed anew)",
@@ -161,7 +161,7 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
         })
     };
     // code -> (network, sample, interface it leaves through)
-    let mut wrong: BTreeMap<&'static str, Vec<(Ipv4Network, Ipv4Addr, &str)>> = BTreeMap::new();
+    let mut wrong: BTreeMap<Code, Vec<(Ipv4Network, Ipv4Addr, &str)>> = BTreeMap::new();
     for net in g.allow.iter().take(MAX_NETWORKS) {
         let away = samples(*net)
             .into_iter()
@@ -171,9 +171,9 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
             });
         if let Some((sample, dev)) = away {
             let code = if on_link(sample) {
-                "reply-route"
+                Code::ReplyRoute
             } else {
-                "allow-route"
+                Code::AllowRoute
             };
             wrong.entry(code).or_default().push((*net, sample, dev));
         }
@@ -189,7 +189,7 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
             n => format!(" and {n} more"),
         };
         let message = match code {
-            "reply-route" => format!(
+            Code::ReplyRoute => format!(
                 "replies of grant {} on {} to {}{more} leave through another interface than {}: clients on {}'s link get no answer (asymmetric routing; the kernel refuses a loopback source there); remove or correct that route",
                 g.name, g.iface, named.join(", "), g.iface, g.iface
             ),
@@ -246,7 +246,7 @@ fn blocked(observed: &Observed, findings: &mut Vec<Finding>) -> Vec<Blocked> {
             .collect();
         findings.push(Finding {
             severity: Severity::Info,
-            code: "blocked",
+            code: Code::Blocked,
             interface: Some(iface.to_string()),
             message: format!(
                 "the guard of {iface} dropped {total} packet(s) since loopgate last wrote its table: {}",
@@ -346,9 +346,9 @@ mod tests {
                     "allow-route",
                     "blocked",
                 ]
-                .contains(&f.code)
+                .contains(&f.code.as_str())
             })
-            .map(|f| (f.code, f.severity))
+            .map(|f| (f.code.as_str(), f.severity))
             .collect()
     }
 

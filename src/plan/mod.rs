@@ -9,7 +9,7 @@
 //! independently.
 //! Why each rule sits on the hook it does is said where it is built: `hooks` (the raw
 //! guard runs before conntrack, the postrouting guard after source NAT) and `guards`;
-//! README.md, "What it installs", has the whole table at a glance.
+//! docs/behaviour.md, "What it installs", has the whole table at a glance.
 //!
 //! Shape (each lookup is one hash step, so a packet's cost does not grow with the
 //! number of interfaces, grants or allowed networks):
