@@ -339,7 +339,7 @@ pub const FILES: &[FileDoc] = &[
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/watch.sock",
-        meaning: "a running watch's root-only socket: while watch runs, expose, revoke, apply, guard and unguard run through it (watch holds the table)",
+        meaning: "a running watch's root-only socket: while watch holds the table, expose, revoke, apply, guard and unguard borrow the socket that owns it for their transaction (callers need CAP_NET_ADMIN in watch's network and user namespace)",
     },
     FileDoc {
         path: "/run/loopgate/kernel-features",
