@@ -72,6 +72,8 @@ mod trace;
 mod traffic;
 #[path = "cli/watch.rs"]
 mod watch;
+#[path = "cli/watch_matrix.rs"]
+mod watch_matrix;
 
 use std::net::Ipv4Addr;
 use support::*;
