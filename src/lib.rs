@@ -100,7 +100,6 @@ pub fn man_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
     man.render_version_section(w)
 }
 
-
 /// Runs the verb of `cli` in the current namespace. A verb that changes loopgate's
 /// table while a `watch` holds it borrows watch's socket for its transaction (see
 /// [`rpc`]); it runs here, in this process, either way.

@@ -293,13 +293,15 @@ impl Server {
             })?);
             bail!("refused a client: {reason}")
         };
-        let peer = match authenticate(&stream) {
-            Ok(p) => p,
-            Err(reason) => return refuse(reason),
-        };
+        // The request first (bounded), so that a refusal reaches a peer that is still
+        // sending; the peer is checked through its pidfd, whatever it did meanwhile.
         let line = match read_line(&stream) {
             Ok(l) => l,
             Err(e) => return refuse(crate::error::one_line(&e)),
+        };
+        let peer = match authenticate(&stream) {
+            Ok(p) => p,
+            Err(reason) => return refuse(reason),
         };
         let version = serde_json::from_slice::<serde_json::Value>(&line)
             .ok()

@@ -222,8 +222,9 @@ pub fn borrow_table() -> Result<TableLease> {
     }
     let path = crate::state::namespace_dir()?.join(watch::SOCKET);
     let command: Vec<String> = std::env::args().skip(1).collect();
-    match crate::rpc::borrow(&path, &command.join(" "), BORROW_WAIT)? {
-        crate::rpc::Borrowed::NoServer | crate::rpc::Borrowed::NotHeld => Ok(TableLease(None)),
+    let why = match crate::rpc::borrow(&path, &command.join(" "), BORROW_WAIT)? {
+        crate::rpc::Borrowed::NoServer => format!("nothing answers at {}", path.display()),
+        crate::rpc::Borrowed::NotHeld => "the watch there says it does not hold it".to_string(),
         crate::rpc::Borrowed::Lent(mut lent) => {
             let socket = lent
                 .take_socket()
@@ -231,9 +232,21 @@ pub fn borrow_table() -> Result<TableLease> {
             let owner = nft::Owner::borrowed(socket)?;
             nft::sanction_owner(owner.portid());
             crate::kernel::seam::hold_borrowed(owner, lent.deadline);
-            Ok(TableLease(Some(lent)))
+            return Ok(TableLease(Some(lent)));
         }
+    };
+    // Nothing lent: the table must then be nobody's, or the kernel refuses the change
+    // half way (EPERM) and the undo with it. Say so now, with nothing changed.
+    if let Some(nft::Holder::Socket(port)) = nft::table_holder()? {
+        let who = match watch::running() {
+            Some((pid, p)) if p == port => format!("loopgate watch (pid {pid})"),
+            _ => format!("another process's netlink socket (port id {port})"),
+        };
+        anyhow::bail!(
+            "table ip loopgate is held by {who}, and {why}; nothing was changed: restart loopgate watch (systemctl restart loopgate-watch.service) and try again"
+        );
     }
+    Ok(TableLease(None))
 }
 
 /// Warns about grants whose target has no listener yet: allowed, but probably a typo.

@@ -221,7 +221,10 @@ fn the_remedy_audit_prints_works_through_a_holding_watch() {
     let report = lab.assert_audit(1, &["loopgate guard br1"]);
     let out = lab.loopgate(&["guard", "br1"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{report}", stderr(&out));
-    assert_eq!(tcp_request(&br1_client, sa(Ipv4Addr::LOCALHOST, 3306)), None);
+    assert_eq!(
+        tcp_request(&br1_client, sa(Ipv4Addr::LOCALHOST, 3306)),
+        None
+    );
     lab.assert_audit(0, &[]);
 }
 
@@ -284,7 +287,11 @@ fn only_cap_net_admin_in_watchs_namespaces_borrows_the_table() {
         "{answer} {}",
         stderr(&own_netns)
     );
-    assert_eq!(lab.fingerprint(), before, "a refused borrower changed nothing");
+    assert_eq!(
+        lab.fingerprint(),
+        before,
+        "a refused borrower changed nothing"
+    );
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
@@ -295,10 +302,80 @@ fn only_cap_net_admin_in_watchs_namespaces_borrows_the_table() {
         .args(["netns", "exec", &lab.host.name, "python3", "-c", &ask])
         .output()
         .unwrap();
-    assert!(stdout(&capable).contains("\"lent\""), "{}", stdout(&capable));
+    assert!(
+        stdout(&capable).contains("\"lent\""),
+        "{}",
+        stdout(&capable)
+    );
     assert!(
         time_until(|| watch.log().contains("lent table ip loopgate to pid")).is_some(),
         "{}",
         watch.log()
+    );
+}
+
+/// A plan or a dry run while watch holds the table reads the table owned by watch's
+/// socket: that ownership is loopgate's own, not a change someone made. They said the
+/// table had been tampered with.
+#[test]
+fn plans_and_dry_runs_under_a_holding_watch_see_nothing_to_do() {
+    let (lab, _services) = lab_with_services();
+    let policy = lab.policy(
+        "p.yaml",
+        &format!("grants:\n  - interface: br0\n    allow: {ALLOWED}\n    port: 3306\n"),
+    );
+    lab.ok(&["apply", &policy]);
+    let _watch = Watch::start_holding(&lab);
+    for args in [
+        vec!["plan", policy.as_str()],
+        vec!["apply", policy.as_str(), "--dry-run"],
+    ] {
+        let out = lab.loopgate(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            stdout(&out),
+            "nothing to do: the host already matches\n",
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A watch holds the table but its socket does not answer (the file was removed): a
+/// changing command says who holds the table and what to do, in one line, exit 3, with
+/// nothing changed, instead of failing half way and reporting an incomplete rollback.
+/// The remedy it names (restart watch) then lets the same command through.
+#[test]
+fn a_held_table_whose_watch_does_not_answer_is_named_with_the_remedy() {
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let mut watch = Watch::start_holding(&lab);
+    let sock = std::fs::read_dir(&lab.state_dir)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("watch.sock"))
+        .find(|p| p.exists())
+        .expect("watch.sock");
+    std::fs::remove_file(&sock).unwrap();
+    let before = lab.fingerprint();
+    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("held by loopgate watch (pid {})", watch.pid()))
+            && err.contains("restart loopgate watch")
+            && err.contains("nothing was changed")
+            && !err.contains("ROLLBACK"),
+        "{err}"
+    );
+    assert_eq!(lab.fingerprint(), before);
+    // The remedy: restart watch (what `systemctl restart` does), then the same command.
+    watch.stop();
+    let _watch = Watch::start_holding(&lab);
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3307)).as_deref(),
+        Some("tcp:3307")
     );
 }

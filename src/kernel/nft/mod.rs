@@ -44,4 +44,4 @@ pub use generation::{
 };
 pub use image::{planned_image, planned_image_held, sanction_owner, Elements, Holder, TableImage};
 pub use owner::{probe_owner_support, Owner};
-pub use readback::{snapshot, Snapshot};
+pub use readback::{snapshot, table_holder, Snapshot};
