@@ -62,6 +62,8 @@ mod runtime_errors;
 mod runtime_grants;
 #[path = "cli/runtimes.rs"]
 mod runtimes;
+#[path = "cli/stall.rs"]
+mod stall;
 #[path = "cli/sysctl_values.rs"]
 mod sysctl_values;
 #[path = "cli/table_tamper.rs"]

@@ -35,8 +35,9 @@ pub struct Wake {
     pub events: bool,
     /// One entry per committed batch that changed loopgate's table.
     pub table_batches: Vec<Batch>,
-    /// The extra fd given to [`Monitor::wait_with`] is readable.
-    pub extra: bool,
+    /// Which of the extra fds given to [`Monitor::wait_with`] are readable, in the
+    /// order given (empty when the wait timed out).
+    pub extra: Vec<bool>,
 }
 
 /// One committed batch that changed loopgate's table, as its `NFT_MSG_NEWGEN` told.
@@ -140,17 +141,17 @@ impl Monitor {
     /// interrupts the wait. An overflowing nftables queue (ENOBUFS: events were lost)
     /// counts as a batch of unknown origin: watch must assume the worst.
     pub fn wait(&mut self, timeout: Duration) -> Wake {
-        self.wait_with(timeout, None)
+        self.wait_with(timeout, &[])
     }
 
-    /// As [`Monitor::wait`], also waking when `extra` (a listening socket) is readable;
-    /// [`Wake::extra`] says so.
-    pub fn wait_with(&mut self, timeout: Duration, extra: Option<i32>) -> Wake {
+    /// As [`Monitor::wait`], also waking when one of `extra` (a listening socket, a
+    /// pipe) is readable; [`Wake::extra`] says which, in the same order.
+    pub fn wait_with(&mut self, timeout: Duration, extra: &[i32]) -> Wake {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use nix::sys::socket::{recv, MsgFlags};
         use std::os::fd::BorrowedFd;
         let mut raw: Vec<i32> = self.sockets.iter().map(fd).collect();
-        raw.extend(extra);
+        raw.extend_from_slice(extra);
         // SAFETY: each fd belongs to a socket in `self.sockets`, or is the caller's
         // `extra`, open for the call; all outlive these borrows (they end with this
         // function).
@@ -172,12 +173,10 @@ impl Monitor {
             return wake; // timeout, or a signal interrupted the wait
         }
         wake.events = true;
-        if extra.is_some() {
-            wake.extra = fds
-                .last()
-                .and_then(|f| f.revents())
-                .is_some_and(|r| r.contains(PollFlags::POLLIN));
-        }
+        wake.extra = fds[self.sockets.len()..]
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+            .collect();
         let table = crate::ruleset::TABLE.as_bytes();
         for (i, &f) in raw.iter().take(self.sockets.len()).enumerate() {
             let nft = i == 1;

@@ -9,11 +9,27 @@
 //! `CONTAINER_HOST` / podman's configuration as the user's own commands do, and needs
 //! no HTTP client in loopgate. The JSON it prints is parsed here; only the fields named
 //! below are read.
+//!
+//! A runtime CLI can hang (a stuck dockerd, a remote `DOCKER_HOST`), so every call is
+//! bounded ([`INSPECT_TIMEOUT`]: the CLI's process group is killed after it), and
+//! `watch` asks through a [`RuntimeCache`], whose worker thread asks the runtimes while
+//! watch's loop goes on with the last answers: closing interfaces, guarding a new one
+//! and the fast path after a foreign commit never wait for a runtime.
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::process::Command;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+/// How long a runtime's CLI may take to answer one `network inspect` before it is
+/// killed and the answer counts as a failure: a healthy dockerd answers in tens of
+/// milliseconds.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A container runtime loopgate can ask about networks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -57,18 +73,22 @@ pub fn inspect(runtime: Runtime, name: &str) -> Result<Option<RuntimeNet>, Refus
     if name.starts_with('-') {
         return Err(format!("invalid {} network name {name:?}", runtime.cli()));
     }
-    let out = Command::new(runtime.cli())
-        // `--`: a name is never read as an option of the runtime's CLI.
-        .args(["network", "inspect", "--", name])
-        .output()
-        .map_err(|e| {
-            format!(
-                "cannot run `{} network inspect` ({}): is {} installed?",
-                runtime.cli(),
-                crate::error::plain_io(&e),
-                runtime.cli()
-            )
-        })?;
+    let mut cmd = Command::new(runtime.cli());
+    // `--`: a name is never read as an option of the runtime's CLI.
+    cmd.args(["network", "inspect", "--", name]);
+    let out = run_bounded(cmd, INSPECT_TIMEOUT).map_err(|e| match e {
+        Bounded::Spawn(e) => format!(
+            "cannot run `{} network inspect` ({}): is {} installed?",
+            runtime.cli(),
+            crate::error::plain_io(&e),
+            runtime.cli()
+        ),
+        Bounded::TimedOut => format!(
+            "`{} network inspect {name}` did not answer within {} s (killed)",
+            runtime.cli(),
+            INSPECT_TIMEOUT.as_secs()
+        ),
+    })?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         let lower = stderr.to_lowercase();
@@ -85,6 +105,184 @@ pub fn inspect(runtime: Runtime, name: &str) -> Result<Option<RuntimeNet>, Refus
         ));
     }
     parse(runtime, name, &out.stdout)
+}
+
+/// Why [`run_bounded`] has no output.
+enum Bounded {
+    /// The program could not be started.
+    Spawn(std::io::Error),
+    /// It did not exit in time; its process group was killed.
+    TimedOut,
+}
+
+/// Runs `cmd` (stdin from /dev/null, stdout and stderr read in full) in a process group
+/// of its own, and kills that group when it has not exited within `limit`: a CLI that
+/// hangs, or leaves a child holding its pipes, cannot hold up the caller longer.
+fn run_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::Output, Bounded> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(Bounded::Spawn)?;
+    let pgid = child.id() as i32;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    // SAFETY: pidfd_open takes a pid and flags, returns a new descriptor or -1; the
+    // child is not reaped before the wait below, so the pid is still its own.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pgid, 0) };
+    let exited = if pidfd >= 0 {
+        // SAFETY: a new descriptor this process owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&pidfd),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let millis = limit.as_millis().min(i32::MAX as u128) as i32;
+        let timeout =
+            nix::poll::PollTimeout::try_from(millis).unwrap_or(nix::poll::PollTimeout::MAX);
+        loop {
+            match nix::poll::poll(&mut fds, timeout) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(n) => break n > 0,
+                Err(_) => break false,
+            }
+        }
+    } else {
+        // No pidfd (Linux < 5.3): wait without a bound, as before.
+        true
+    };
+    if !exited {
+        // SAFETY: kill(2) of the process group this function created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait();
+        let _ = (out.join(), err.join());
+        return Err(Bounded::TimedOut);
+    }
+    let status = child.wait().map_err(Bounded::Spawn)?;
+    // The CLI exited; a child it left behind may still hold the pipes.
+    // SAFETY: kill(2) of the process group this function created; ESRCH when empty.
+    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    Ok(std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// What a runtime said of one network (see [`inspect`]).
+pub type Answer = Result<Option<RuntimeNet>, Refusal>;
+
+type Key = (Runtime, String);
+
+#[derive(Default)]
+struct Known {
+    answers: HashMap<Key, Answer>,
+    asking: HashSet<Key>,
+}
+
+/// Runtime answers for `watch`, asked by a worker thread. A lookup returns the last
+/// answer at once and never waits for a runtime, except the first time a network is
+/// looked up (then it asks on the caller's thread, bounded by [`INSPECT_TIMEOUT`]: with
+/// no answer yet, a grant cannot be resolved at all). [`RuntimeCache::refresh`] asks
+/// again about every network in the background; an answer that differs from the last
+/// one makes [`RuntimeCache::wake_fd`] readable, so watch runs a pass with it.
+pub struct RuntimeCache {
+    known: Arc<Mutex<Known>>,
+    jobs: mpsc::Sender<Key>,
+    wake: OwnedFd,
+}
+
+impl RuntimeCache {
+    /// Starts the worker thread. Errors: no pipe could be made.
+    pub fn start() -> anyhow::Result<RuntimeCache> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 fills the two-element array with new descriptors or fails.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let (wake, signal) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let known: Arc<Mutex<Known>> = Arc::default();
+        let (jobs, rx) = mpsc::channel::<Key>();
+        let shared = Arc::clone(&known);
+        std::thread::spawn(move || {
+            for key in rx {
+                let answer = inspect(key.0, &key.1);
+                let mut k = shared.lock().unwrap_or_else(|e| e.into_inner());
+                k.asking.remove(&key);
+                if k.answers.get(&key) != Some(&answer) {
+                    k.answers.insert(key, answer);
+                    // Full pipe: a wake-up is pending anyway.
+                    let _ = nix::unistd::write(&signal, b"x");
+                }
+            }
+        });
+        Ok(RuntimeCache { known, jobs, wake })
+    }
+
+    /// The descriptor to poll: readable when an answer changed since [`Self::woken`].
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// Empties the wake-up pipe; true when an answer had changed.
+    pub fn woken(&self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut any = false;
+        while matches!(nix::unistd::read(&self.wake, &mut buf), Ok(n) if n > 0) {
+            any = true;
+        }
+        any
+    }
+
+    /// The last answer about `name` (see the type's documentation).
+    pub fn lookup(&self, runtime: Runtime, name: &str) -> Answer {
+        let key = (runtime, name.to_string());
+        if let Some(a) = self.lock().answers.get(&key) {
+            return a.clone();
+        }
+        let answer = inspect(runtime, name);
+        self.lock().answers.insert(key, answer.clone());
+        answer
+    }
+
+    /// Asks again about every network looked up so far, in the background.
+    pub fn refresh(&self) {
+        let mut k = self.lock();
+        let keys: Vec<Key> = k.answers.keys().cloned().collect();
+        for key in keys {
+            if k.asking.insert(key.clone()) {
+                let _ = self.jobs.send(key);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Parses `network inspect` output (a JSON array with one network).
@@ -193,6 +391,38 @@ pub fn parse(runtime: Runtime, name: &str, json: &[u8]) -> Result<Option<Runtime
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    #[test]
+    fn a_hung_cli_is_killed_at_the_bound_and_its_output_read_otherwise() {
+        let start = std::time::Instant::now();
+        let hung = run_bounded(sh("sleep 30"), Duration::from_millis(300));
+        assert!(matches!(hung, Err(Bounded::TimedOut)));
+        // A CLI that exits but leaves a child holding its pipes returns too.
+        let out = run_bounded(sh("sleep 30 & echo answered"), Duration::from_secs(10))
+            .ok()
+            .expect("exited");
+        assert_eq!(out.stdout, b"answered\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            start.elapsed()
+        );
+        // More than a pipe holds is read in full.
+        let big = run_bounded(sh("head -c 300000 /dev/zero"), Duration::from_secs(10))
+            .ok()
+            .expect("exited");
+        assert_eq!(big.stdout.len(), 300_000);
+        assert!(matches!(
+            run_bounded(Command::new("/nonexistent/docker"), Duration::from_secs(1)),
+            Err(Bounded::Spawn(_))
+        ));
+    }
 
     #[test]
     fn a_compose_network_is_its_br_bridge_with_its_subnet_and_gateway() {

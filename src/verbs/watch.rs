@@ -52,6 +52,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let dir = crate::state::namespace_dir()?;
     std::fs::create_dir_all(&dir)?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
+    let runtimes = crate::kernel::runtime::RuntimeCache::start()?;
     write_presence(&dir, held)?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
@@ -69,7 +70,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             Ok(v) if !sysctl::is_open(v) => all_open = false,
             _ => {}
         }
-        if let Err(e) = repair(&mut known, policy.as_mut(), &mut quiet) {
+        if let Err(e) = repair(&mut known, policy.as_mut(), &mut quiet, &runtimes) {
             eprintln!(
                 "loopgate watch: repair failed: {}",
                 crate::error::one_line(&e)
@@ -79,8 +80,12 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             // After the first pass, so "started" means "subscribed and converged once".
             eprintln!("loopgate watch: started");
         }
-        let wake = monitor.wait_with(TICK, Some(server.as_raw_fd()));
-        if wake.extra {
+        let wake = monitor.wait_with(TICK, &[server.as_raw_fd(), runtimes.wake_fd()]);
+        if wake.extra.get(1).copied().unwrap_or(false) && runtimes.woken() {
+            // A runtime's network moved (compose down/up): resolve it again now.
+            quiet = None;
+        }
+        if wake.extra.first().copied().unwrap_or(false) {
             lend(&server);
             // The borrower's transaction may have changed what is asked for.
             quiet = None;
@@ -304,6 +309,7 @@ pub fn repair(
     known: &mut Option<State>,
     policy: Option<&mut PolicyFollower>,
     quiet: &mut Option<Stamp>,
+    runtimes: &crate::kernel::runtime::RuntimeCache,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
     let (policy_specs, policy_guards, policy_seen) = match policy {
@@ -320,6 +326,13 @@ pub fn repair(
     if stamp.is_some() && stamp == *quiet {
         return Ok(());
     }
+    // Something moved: the runtimes are asked again in the background, and this pass
+    // goes on with their last answers (a changed answer wakes the next one).
+    runtimes.refresh();
+    let host_now = CachedRuntimes {
+        host: &host,
+        runtimes,
+    };
     let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
         let Some(state) = known.as_ref() else {
             return Ok(());
@@ -340,7 +353,7 @@ pub fn repair(
     let (lines, result) = repair_with(
         &System,
         &store,
-        &host,
+        &host_now,
         policy_specs.as_deref(),
         policy_guards.as_deref(),
     );
@@ -357,6 +370,42 @@ pub fn repair(
         *known = Some(state);
     }
     result
+}
+
+/// The host as a pass of watch sees it: the interfaces read for the pass, and the
+/// runtimes' networks as the [`RuntimeCache`](crate::kernel::runtime::RuntimeCache)
+/// last heard of them, so that no runtime call runs on the loop that guards.
+struct CachedRuntimes<'a> {
+    host: &'a HostInterfaces,
+    runtimes: &'a crate::kernel::runtime::RuntimeCache,
+}
+
+impl crate::input::Interfaces for CachedRuntimes<'_> {
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<std::net::Ipv4Addr>> {
+        self.host.ipv4_addresses(name)
+    }
+
+    fn owns(&self, addr: std::net::Ipv4Addr) -> bool {
+        self.host.owns(addr)
+    }
+
+    fn host_gateway(&self) -> Option<std::net::Ipv4Addr> {
+        self.host.host_gateway()
+    }
+}
+
+impl spec::Host for CachedRuntimes<'_> {
+    fn interface_names(&self) -> Vec<String> {
+        self.host.interface_names()
+    }
+
+    fn runtime_network(
+        &self,
+        runtime: crate::kernel::runtime::Runtime,
+        name: &str,
+    ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
+        self.runtimes.lookup(runtime, name)
+    }
 }
 
 /// What one wake-up sees of everything a pass depends on, cheaply. Two equal stamps
