@@ -676,6 +676,62 @@ mod tests {
         assert!(parse("surprise: 1", "p.yaml").is_err());
     }
 
+    /// The nesting check reads quotes as the parser does: an escaped quote, or a quote
+    /// inside a plain scalar, once made the rest of the file look quoted to it, and a
+    /// deep flow collection after it went to the parser (quadratic: 120 KB took 19 s).
+    #[test]
+    fn nesting_hidden_behind_quotes_is_refused() {
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        for prefix in [
+            "a: \"\\\"\"\n",    // a: "\""
+            "a: it's\n",        // a quote inside a plain scalar
+            "a: 'it''s'\n",     // a doubled single quote
+            "a: \"x#\" # \"\n", // a quote in a comment
+        ] {
+            let text = format!("{prefix}grants: {deep}\n");
+            let e = format!("{:#}", parse(&text, "q.yaml").unwrap_err());
+            assert!(
+                e.contains("q.yaml: nests deeper than 32 levels (line 2)"),
+                "{prefix:?}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // Block nesting counts too.
+        let block = format!("grants:\n  - {}x\n", "- ".repeat(40));
+        assert!(format!("{:#}", parse(&block, "b.yaml").unwrap_err()).contains("deeper than 32"));
+    }
+
+    /// Parsing hostile input grows linearly: four times the input may take about four
+    /// times as long, not sixteen. Compared with itself, not with a clock's absolute
+    /// figure; the small allowance covers timer noise when both runs are instant.
+    #[test]
+    fn hostile_input_parses_in_linear_time() {
+        let hostile = |bytes: usize| format!("a: \"\\\"\"\ngrants: {}", "[".repeat(bytes));
+        let time = |text: &str| {
+            (0..3)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    let _ = parse(text, "t.yaml");
+                    start.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let (small, large) = (hostile(30_000), hostile(120_000));
+        let (t1, t4) = (time(&small), time(&large));
+        assert!(
+            t4 < t1 * 8 + std::time::Duration::from_millis(20),
+            "30 KB: {t1:?}, 120 KB: {t4:?}"
+        );
+        // The long-list fast path is linear too: many unterminated `allow: [` lists.
+        let lists = |n: usize| format!("grants: []\n#{}", "allow: [1.2.3.4, ".repeat(n));
+        let (t1, t4) = (time(&lists(5_000)), time(&lists(20_000)));
+        assert!(
+            t4 < t1 * 8 + std::time::Duration::from_millis(20),
+            "5,000 lists: {t1:?}, 20,000: {t4:?}"
+        );
+    }
+
     /// The lifting fast path must read exactly what the YAML parser reads, and leave
     /// later errors on the same line.
     #[test]

@@ -32,6 +32,8 @@ mod conntrack;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/files.rs"]
+mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
 #[path = "cli/guard.rs"]
