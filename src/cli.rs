@@ -273,6 +273,13 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Apply a policy with no grants and no guards even though grants or guards of a
+    /// policy are in force now, revoking them all. Without it such an apply is refused
+    /// (exit 2), because an empty policy is more often a mistake (a truncated file, an
+    /// emptied pipe) than a wish to close everything.
+    #[arg(long)]
+    pub allow_empty: bool,
+
     /// Accepted for compatibility and implied: a grant whose interface does not exist
     /// yet is recorded as pending (never refused, never revoked for that) and served
     /// when the interface appears, by `loopgate watch` or the next command.

@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod cli;
 pub mod error;
 pub mod failpoint;
+pub mod files;
 pub mod grant;
 pub mod input;
 pub mod kernel;

@@ -20,7 +20,7 @@ use crate::policy::{self, Policy, PERSIST_FILE};
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The lock file in the policy directory; `apply` reads `*.yaml` only, so it is inert.
@@ -53,18 +53,29 @@ impl Target {
     /// grants after the change. Every error is [`BadInput`]: nothing has changed yet.
     pub fn prepare(dir: &Path, grants: &[Grant], host: &dyn Interfaces) -> Result<Target> {
         let shown = dir.display().to_string();
-        fs::create_dir_all(dir).map_err(|e| {
-            refuse(format!(
-                "cannot create policy directory {shown:?}: {}",
-                plain_io(&e)
-            ))
-        })?;
+        // 0755 whatever the umask (root writes, everyone may read what is published),
+        // and refused if someone else could write it: `apply` would refuse it at boot.
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .and_then(|_| fs::set_permissions(dir, fs::Permissions::from_mode(0o755)))
+                .map_err(|e| {
+                    refuse(format!(
+                        "cannot create policy directory {shown:?}: {}",
+                        plain_io(&e)
+                    ))
+                })?;
+        }
+        policy::check_trusted_dir(dir).map_err(|e| refuse(format!("{e:#}")))?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| {
                 refuse(format!(

@@ -12,8 +12,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Policy files larger than this are refused before parsing.
-const MAX_POLICY_BYTES: u64 = 64 << 20;
+/// Policy input larger than this is refused: 8 times the largest policy loopgate is
+/// measured with (1,000 grants and 100,000 networks, about 2 MB), small enough that
+/// reading it as root costs well under a second now that parsing is linear.
+pub const MAX_POLICY_BYTES: u64 = 16 << 20;
 
 /// One policy file as parsed (YAML, `grants:` at the top, no other key), not yet
 /// validated: [`grants`] and [`grants_of`] turn it into [`Grant`]s.
@@ -131,41 +133,86 @@ impl<T: Clone> OneOrMany<T> {
     }
 }
 
-/// Deepest nesting a policy may use; a real one needs four levels.
+/// Deepest nesting a policy may use (block and flow collections together); a real
+/// one needs four.
 const MAX_DEPTH: usize = 32;
 
-/// Refuses absurdly nested documents before the YAML parser sees them: the parser's
-/// work grows much faster than the input with nesting depth, so a small hostile file
-/// could otherwise keep loopgate busy for minutes.
+/// Refuses absurdly nested documents before the YAML parser builds them: libyaml's
+/// scanner does work proportional to the flow nesting depth for every token (its
+/// simple-key stack), so a deep `[[[[...` makes parsing quadratic (120 KB took 19 s).
+///
+/// The depth is counted on the tokens of libyaml's own scanner, the one serde_yaml
+/// parses with, so quotes, escapes (`"\""`), comments and plain scalars with quotes
+/// in them (`it's`) are read exactly as the parser reads them: an earlier character-
+/// level count could be fooled into believing the rest of a file was quoted. The scan
+/// stops at the first token deeper than [`MAX_DEPTH`], so its own work per token is
+/// bounded and the whole check is linear in the input. A document the scanner
+/// rejects is left to the parser, which then reports the same error (having seen
+/// nothing deeper than the limit before it).
 fn check_nesting(text: &str, origin: &str) -> Result<()> {
-    let (mut depth, mut max) = (0usize, 0usize);
-    let mut quote: Option<char> = None;
-    for (line_no, line) in text.lines().enumerate() {
-        let indent = line.len() - line.trim_start_matches([' ', '-']).len();
-        if indent > MAX_DEPTH * 8 {
-            bad_input!("{origin}: line {} is indented {indent} columns; a loopgate policy nests at most {MAX_DEPTH} levels", line_no + 1);
-        }
-        let mut comment = false;
-        for c in line.chars() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, _) if comment => {}
-                (None, '#') => comment = true,
-                (None, '"' | '\'') => quote = Some(c),
-                (None, '[' | '{') => {
-                    depth += 1;
-                    max = max.max(depth);
-                }
-                (None, ']' | '}') => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-        if max > MAX_DEPTH {
-            bad_input!("{origin}: nests deeper than {MAX_DEPTH} levels (line {}); a loopgate policy needs four", line_no + 1);
+    use std::mem::MaybeUninit;
+    use unsafe_libyaml as unsafe_y;
+    struct Scanner(Box<MaybeUninit<unsafe_y::yaml_parser_t>>);
+    impl Drop for Scanner {
+        fn drop(&mut self) {
+            // SAFETY: only ever built after yaml_parser_initialize succeeded on it.
+            unsafe { unsafe_y::yaml_parser_delete(self.0.as_mut_ptr()) }
         }
     }
-    Ok(())
+    let mut scanner = Scanner(Box::new(MaybeUninit::zeroed()));
+    // SAFETY: the parser is boxed (it must not move once initialised) and lives in
+    // `scanner`, which deletes it on drop; initialise fails only without memory, and
+    // then the parser is all zeroes, which yaml_parser_delete accepts.
+    if unsafe { unsafe_y::yaml_parser_initialize(scanner.0.as_mut_ptr()) }.fail {
+        anyhow::bail!("out of memory reading {origin}");
+    }
+    // SAFETY: `text` is borrowed for the whole call and `scanner` is dropped before
+    // it returns, so the input outlives every read; the scanner reads at most
+    // `text.len()` bytes of it.
+    unsafe {
+        unsafe_y::yaml_parser_set_input_string(
+            scanner.0.as_mut_ptr(),
+            text.as_ptr(),
+            text.len() as _,
+        )
+    };
+    let mut depth = 0usize;
+    loop {
+        let mut token = MaybeUninit::<unsafe_y::yaml_token_t>::zeroed();
+        // SAFETY: the parser was initialised above; `token` is written by the scan
+        // when it succeeds and deleted below in that case only.
+        let scanned =
+            unsafe { unsafe_y::yaml_parser_scan(scanner.0.as_mut_ptr(), token.as_mut_ptr()) };
+        if scanned.fail {
+            return Ok(()); // the parser reports it, with its position
+        }
+        // SAFETY: a successful scan initialised the token.
+        let (kind, line) = unsafe {
+            let t = &*token.as_ptr();
+            (t.type_, t.start_mark.line)
+        };
+        // SAFETY: the token came from a successful scan and is deleted once.
+        unsafe { unsafe_y::yaml_token_delete(token.as_mut_ptr()) };
+        match kind {
+            unsafe_y::YAML_STREAM_END_TOKEN | unsafe_y::YAML_NO_TOKEN => return Ok(()),
+            unsafe_y::YAML_FLOW_SEQUENCE_START_TOKEN
+            | unsafe_y::YAML_FLOW_MAPPING_START_TOKEN
+            | unsafe_y::YAML_BLOCK_SEQUENCE_START_TOKEN
+            | unsafe_y::YAML_BLOCK_MAPPING_START_TOKEN => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    bad_input!(
+                        "{origin}: nests deeper than {MAX_DEPTH} levels (line {}); a loopgate policy needs four",
+                        line + 1
+                    );
+                }
+            }
+            unsafe_y::YAML_FLOW_SEQUENCE_END_TOKEN
+            | unsafe_y::YAML_FLOW_MAPPING_END_TOKEN
+            | unsafe_y::YAML_BLOCK_END_TOKEN => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
 }
 
 /// Parses policy text; errors name the file position serde_yaml reports.
@@ -223,7 +270,18 @@ fn lift_long_lists(text: &str) -> (std::borrow::Cow<'_, str>, Vec<Vec<String>>) 
         let Some(inner) = body.strip_prefix('[') else {
             continue;
         };
-        let Some(end) = inner.find(']') else { continue };
+        // One pass that stops at the first byte a plain list cannot hold (at the
+        // latest the `a` of a later `allow:`), so no byte is looked at by more than
+        // two lists: linear however the file is made.
+        let Some(end) = inner
+            .bytes()
+            .position(|b| !(b.is_ascii_digit() || b".,/ \t\r\n".contains(&b)))
+        else {
+            break; // no `]` anywhere after: nothing later can be lifted either
+        };
+        if inner.as_bytes()[end] != b']' {
+            continue;
+        }
         let items: Vec<&str> = inner[..end]
             .split(',')
             .map(|i| i.trim_matches([' ', '\t', '\n', '\r']))
@@ -246,27 +304,107 @@ fn lift_long_lists(text: &str) -> (std::borrow::Cow<'_, str>, Vec<Vec<String>>) 
     (out.into(), lists)
 }
 
-/// Reads and parses a policy file.
+/// Reads and parses a policy file (see [`read_trusted`] for what is refused).
 pub fn load(path: &Path) -> Result<Policy> {
+    let (origin, text) = read_trusted(path)?;
+    parse(&text, &origin)
+}
+
+/// Reads a policy file as root may: at most [`MAX_POLICY_BYTES`], UTF-8, and only what
+/// nobody but root could have written. Returns the name to report it by and the text.
+///
+/// The file is opened (following links, as sshd and sudo do) and checked through the
+/// open descriptor: a regular file or a named pipe, wherever it is reached from (a
+/// link, `/dev/stdin` redirected from a file, `/proc/self/fd/N`), must be owned by
+/// root and not group- or world-writable, and so must every directory above its real
+/// path, except a root-owned sticky one such as /tmp (see [`crate::files`]). A pipe or
+/// socket that is in no directory (`generate | loopgate apply /dev/stdin`) or a
+/// character device is the caller's own input and is read as it is.
+///
+/// Errors (bad input, one line naming the file): it cannot be opened or read, another
+/// user could have written it (owner and mode named), it is too large, not UTF-8.
+pub fn read_trusted(path: &Path) -> Result<(String, String)> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
     let origin = path.display().to_string();
-    let meta = match std::fs::metadata(path) {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e)),
+    };
+    let meta = match file.metadata() {
         Ok(m) => m,
         Err(e) => bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e)),
     };
-    if meta.len() > MAX_POLICY_BYTES {
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        bad_input!("policy file {origin:?} is a directory");
+    }
+    if kind.is_file() || kind.is_fifo() || kind.is_block_device() {
+        match crate::files::path_of(&file) {
+            Some(real) => {
+                let shown = if real == path {
+                    "policy file".to_string()
+                } else {
+                    format!("policy file {origin:?}, that is")
+                };
+                if let Some(why) = crate::files::untrusted(&shown, &real, &meta, false) {
+                    bad_input!("{why}");
+                }
+                if let Err(why) =
+                    crate::files::check_ancestors(&format!("policy file {origin:?}"), &real)
+                {
+                    bad_input!("{why}");
+                }
+            }
+            // A deleted or unnamed file: nobody can say who else holds it open.
+            None if kind.is_file() => {
+                bad_input!(
+                    "policy file {origin:?} has no path in any directory (deleted?); refusing it"
+                )
+            }
+            None => {}
+        }
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(MAX_POLICY_BYTES + 1).read_to_end(&mut bytes) {
+        bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e));
+    }
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
         bad_input!(
             "policy file {origin:?} is larger than {} MiB",
             MAX_POLICY_BYTES >> 20
         );
     }
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) => bad_input!("cannot read policy file {origin:?}: {}", plain_io(&e)),
-    };
     let Ok(text) = String::from_utf8(bytes) else {
         bad_input!("policy file {origin:?} is not UTF-8");
     };
-    parse(&text, &origin)
+    Ok((origin, text))
+}
+
+/// Checks a policy directory itself, as [`read_trusted`] checks a file: owned by root,
+/// not group- or world-writable (sticky or not: anyone could add a file there), and
+/// nobody else able to change a directory above it.
+///
+/// Errors (bad input, one line naming it): as said.
+pub fn check_trusted_dir(path: &Path) -> Result<()> {
+    let origin = path.display().to_string();
+    let dir = match std::fs::File::open(path) {
+        Ok(d) => d,
+        Err(e) => bad_input!("cannot read policy directory {origin:?}: {}", plain_io(&e)),
+    };
+    let meta = match dir.metadata() {
+        Ok(m) => m,
+        Err(e) => bad_input!("cannot read policy directory {origin:?}: {}", plain_io(&e)),
+    };
+    let real = crate::files::path_of(&dir).unwrap_or_else(|| path.to_path_buf());
+    if let Some(why) = crate::files::untrusted("policy directory", &real, &meta, false) {
+        bad_input!("{why}");
+    }
+    if let Err(why) = crate::files::check_ancestors(&format!("policy directory {origin:?}"), &real)
+    {
+        bad_input!("{why}");
+    }
+    Ok(())
 }
 
 /// The file `--persist` writes in the policy directory; the other files are the admin's.
@@ -285,6 +423,7 @@ pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
     if !path.is_dir() {
         return Ok(vec![(path.display().to_string(), load(path)?)]);
     }
+    check_trusted_dir(path)?;
     let entries = match std::fs::read_dir(path) {
         Ok(e) => e,
         Err(e) => bad_input!(
@@ -535,6 +674,62 @@ mod tests {
         let quoted = "grants: []\n# [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\nx: '[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[['\n";
         assert!(!format!("{:#}", parse(quoted, "q.yaml").unwrap_err()).contains("deeper"));
         assert!(parse("surprise: 1", "p.yaml").is_err());
+    }
+
+    /// The nesting check reads quotes as the parser does: an escaped quote, or a quote
+    /// inside a plain scalar, once made the rest of the file look quoted to it, and a
+    /// deep flow collection after it went to the parser (quadratic: 120 KB took 19 s).
+    #[test]
+    fn nesting_hidden_behind_quotes_is_refused() {
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        for prefix in [
+            "a: \"\\\"\"\n",    // a: "\""
+            "a: it's\n",        // a quote inside a plain scalar
+            "a: 'it''s'\n",     // a doubled single quote
+            "a: \"x#\" # \"\n", // a quote in a comment
+        ] {
+            let text = format!("{prefix}grants: {deep}\n");
+            let e = format!("{:#}", parse(&text, "q.yaml").unwrap_err());
+            assert!(
+                e.contains("q.yaml: nests deeper than 32 levels (line 2)"),
+                "{prefix:?}: {e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // Block nesting counts too.
+        let block = format!("grants:\n  - {}x\n", "- ".repeat(40));
+        assert!(format!("{:#}", parse(&block, "b.yaml").unwrap_err()).contains("deeper than 32"));
+    }
+
+    /// Parsing hostile input grows linearly: four times the input may take about four
+    /// times as long, not sixteen. Compared with itself, not with a clock's absolute
+    /// figure; the small allowance covers timer noise when both runs are instant.
+    #[test]
+    fn hostile_input_parses_in_linear_time() {
+        let hostile = |bytes: usize| format!("a: \"\\\"\"\ngrants: {}", "[".repeat(bytes));
+        let time = |text: &str| {
+            (0..3)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    let _ = parse(text, "t.yaml");
+                    start.elapsed()
+                })
+                .min()
+                .unwrap()
+        };
+        let (small, large) = (hostile(30_000), hostile(120_000));
+        let (t1, t4) = (time(&small), time(&large));
+        assert!(
+            t4 < t1 * 8 + std::time::Duration::from_millis(20),
+            "30 KB: {t1:?}, 120 KB: {t4:?}"
+        );
+        // The long-list fast path is linear too: many unterminated `allow: [` lists.
+        let lists = |n: usize| format!("grants: []\n#{}", "allow: [1.2.3.4, ".repeat(n));
+        let (t1, t4) = (time(&lists(5_000)), time(&lists(20_000)));
+        assert!(
+            t4 < t1 * 8 + std::time::Duration::from_millis(20),
+            "5,000 lists: {t1:?}, 20,000: {t4:?}"
+        );
     }
 
     /// The lifting fast path must read exactly what the YAML parser reads, and leave

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// Version of the state file. 2: originals are recorded per device instance (ifindex);
@@ -172,8 +172,17 @@ impl StateV1 {
 pub struct KnownFeatures;
 
 impl KnownFeatures {
-    fn path() -> PathBuf {
-        base_dir().join("kernel-features")
+    const FILE: &'static str = "kernel-features";
+
+    fn read() -> Option<String> {
+        let dir = crate::files::PrivateDir::ensure(&base_dir(), true).ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut dir.open(Self::FILE, libc::O_RDONLY, 0).ok()?,
+            &mut text,
+        )
+        .ok()?;
+        Some(text)
     }
 
     fn boot_id() -> Option<String> {
@@ -184,7 +193,7 @@ impl KnownFeatures {
 
     /// True when every one of `needs` was probed successfully since this boot.
     pub fn cover(needs: &std::collections::BTreeSet<String>) -> bool {
-        let (Some(boot), Ok(text)) = (Self::boot_id(), fs::read_to_string(Self::path())) else {
+        let (Some(boot), Some(text)) = (Self::boot_id(), Self::read()) else {
             return false;
         };
         let mut lines = text.lines();
@@ -197,19 +206,17 @@ impl KnownFeatures {
     /// Records `needs` as probed; best effort (a failure only means probing again).
     pub fn remember(needs: &std::collections::BTreeSet<String>) {
         let Some(boot) = Self::boot_id() else { return };
-        let mut all: std::collections::BTreeSet<String> = match fs::read_to_string(Self::path()) {
-            Ok(text) if text.lines().next() == Some(boot.as_str()) => {
+        let mut all: std::collections::BTreeSet<String> = match Self::read() {
+            Some(text) if text.lines().next() == Some(boot.as_str()) => {
                 text.lines().skip(1).map(str::to_string).collect()
             }
             _ => Default::default(),
         };
         all.extend(needs.iter().cloned());
         let body: String = std::iter::once(boot).chain(all).map(|l| l + "\n").collect();
-        let tmp = Self::path().with_extension(format!("tmp{}", std::process::id()));
-        if fs::create_dir_all(base_dir()).is_ok() && fs::write(&tmp, body).is_ok() {
-            let _ = fs::rename(&tmp, Self::path());
+        if let Ok(dir) = crate::files::PrivateDir::ensure(&base_dir(), true) {
+            let _ = dir.replace(Self::FILE, body.as_bytes(), 0o600);
         }
-        let _ = fs::remove_file(&tmp);
     }
 }
 
@@ -223,17 +230,29 @@ enum Lock {
 
 /// The locked state directory of the current network namespace.
 pub struct Store {
-    dir: PathBuf,
+    dir: crate::files::PrivateDir,
     _lock: File,
 }
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
 /// where the state file, its lock and a running watch's socket live.
 ///
-/// Errors: the namespace cookie cannot be read (Linux older than 5.14).
+/// The directory exists when this returns: it and the base directory are created
+/// 0700 whatever the umask, and both are checked to be directories (not links) that
+/// only root can write, as are the directories above the base (see [`crate::files`]).
+///
+/// Errors: the namespace cookie cannot be read (Linux older than 5.14); a directory
+/// cannot be created, or another user could change it (one line naming it).
 pub fn namespace_dir() -> Result<PathBuf> {
+    Ok(private_namespace_dir()?.path().to_path_buf())
+}
+
+/// As [`namespace_dir`], holding the checked directory open.
+fn private_namespace_dir() -> Result<crate::files::PrivateDir> {
     let cookie = crate::kernel::netns::cookie()?;
-    Ok(base_dir().join(format!("netns-{cookie}")))
+    let base = base_dir();
+    crate::files::PrivateDir::ensure(&base, true)?;
+    crate::files::PrivateDir::ensure(&base.join(format!("netns-{cookie}")), false)
 }
 
 fn base_dir() -> PathBuf {
@@ -282,7 +301,7 @@ impl Store {
     pub fn file_stamp() -> Option<(u64, u64, std::time::SystemTime)> {
         use std::os::unix::fs::MetadataExt;
         let cookie = crate::kernel::netns::cookie().ok()?;
-        let m = fs::metadata(
+        let m = fs::symlink_metadata(
             base_dir()
                 .join(format!("netns-{cookie}"))
                 .join("state.json"),
@@ -295,24 +314,20 @@ impl Store {
     /// ever replaced by a rename, so this sees one whole version, though possibly one
     /// a running transaction is about to replace. `None` when there is none.
     pub fn peek() -> Result<Option<State>> {
-        let cookie = crate::kernel::netns::cookie()?;
-        let path = base_dir()
-            .join(format!("netns-{cookie}"))
-            .join("state.json");
-        match fs::read(&path) {
-            Ok(bytes) => {
+        let dir = private_namespace_dir()?;
+        let path = dir.path().join(STATE_FILE);
+        match read_in(&dir, STATE_FILE)? {
+            Some(bytes) => {
                 Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
                     format!("state file {} is corrupt", path.display())
                 })?))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+            None => Ok(None),
         }
     }
 
     fn open_with(op: Lock) -> Result<Option<Store>> {
-        let cookie = crate::kernel::netns::cookie()?;
-        let store = Self::open_dir(base_dir().join(format!("netns-{cookie}")), op)?;
+        let store = Self::lock_dir(private_namespace_dir()?, op)?;
         if let Some(store) = &store {
             store.record_namespace();
         }
@@ -324,8 +339,7 @@ impl Store {
     /// `/proc/thread-self/ns/net` reads) unless it is there already. Best effort: a
     /// directory without it is never swept, which is the safe side.
     fn record_namespace(&self) {
-        let path = self.dir.join(NAMESPACE_FILE);
-        if path.exists() {
+        if fs::symlink_metadata(self.dir.path().join(NAMESPACE_FILE)).is_ok() {
             return;
         }
         let Ok(link) = fs::read_link("/proc/thread-self/ns/net") else {
@@ -338,30 +352,24 @@ impl Store {
                 std::os::unix::fs::MetadataExt::ino(&m)
             ));
         }
-        let tmp = self
-            .dir
-            .join(format!("{NAMESPACE_FILE}.tmp{}", std::process::id()));
-        if fs::write(&tmp, body).is_err() || fs::rename(&tmp, &path).is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
+        let _ = self.dir.replace(NAMESPACE_FILE, body.as_bytes(), 0o600);
     }
 
     /// Opens and exclusively locks a state directory at `dir` (created if missing):
     /// for unit tests of the engine, which keep their state in a temporary directory.
     pub fn open_at(dir: PathBuf) -> Result<Store> {
-        Self::open_dir(dir, Lock::Exclusive).map(|s| s.expect("a blocking lock is always taken"))
+        let dir = crate::files::PrivateDir::ensure(&dir, true)?;
+        Self::lock_dir(dir, Lock::Exclusive).map(|s| s.expect("a blocking lock is always taken"))
     }
 
-    fn open_dir(dir: PathBuf, op: Lock) -> Result<Option<Store>> {
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("creating state directory {}", dir.display()))?;
-        let lock_path = dir.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
+    /// Takes the lock of a checked state directory. The lock file is opened in it by
+    /// descriptor and never through a link: root must not create or write another
+    /// file that someone aimed the name at.
+    fn lock_dir(dir: crate::files::PrivateDir, op: Lock) -> Result<Option<Store>> {
+        let lock_path = dir.path().join(LOCK_FILE);
+        let lock = dir
+            .open(LOCK_FILE, libc::O_WRONLY | libc::O_CREAT, 0o600)
+            .map_err(|e| link_refused(&lock_path, e))?;
         // flock(2) through std: released when the file is closed with the Store.
         let locked = match op {
             Lock::Exclusive => lock.lock(),
@@ -377,16 +385,14 @@ impl Store {
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.join("state.json")
+        self.dir.path().join(STATE_FILE)
     }
 
     /// The state file's bytes, `None` when there is none yet.
+    ///
+    /// Errors: the file cannot be read, or is a symbolic link (never followed).
     pub fn read_raw(&self) -> Result<Option<Vec<u8>>> {
-        match fs::read(self.path()) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path().display())),
-        }
+        read_in(&self.dir, STATE_FILE)
     }
 
     /// Reads the state; an empty [`State`] when there is no file yet. A version-1 file
@@ -446,27 +452,54 @@ impl Store {
     /// Atomically replaces the state file with `bytes`, or removes it for `None`.
     pub fn write_raw(&self, bytes: Option<&[u8]>) -> Result<()> {
         let Some(bytes) = bytes else {
-            return match fs::remove_file(self.path()) {
+            return match self.dir.remove(STATE_FILE) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     Err(e).context("removing the state file")
                 }
                 _ => Ok(()),
             };
         };
-        // A unique temporary file in the same directory (removed if anything fails
-        // before the rename), written and synced, then renamed over the state file.
-        let mut tmp = tempfile::Builder::new()
-            .prefix("state.json.")
-            .suffix(".tmp")
-            .tempfile_in(&self.dir)
-            .with_context(|| format!("writing in {}", self.dir.display()))?;
-        tmp.write_all(bytes)
-            .and_then(|_| tmp.as_file().sync_all())
-            .with_context(|| format!("writing {}", tmp.path().display()))?;
-        tmp.persist(self.path())
-            .map_err(|e| e.error)
-            .with_context(|| format!("replacing {}", self.path().display()))?;
-        Ok(())
+        // A new temporary file in the same directory (exclusive, no link followed,
+        // removed if anything fails before the rename), written and synced, then
+        // renamed over the state file; a link planted there is replaced, not followed.
+        self.dir
+            .replace(STATE_FILE, bytes, 0o600)
+            .with_context(|| format!("replacing {}", self.path().display()))
+    }
+}
+
+/// The state file in each namespace's state directory.
+const STATE_FILE: &str = "state.json";
+/// The lock file beside it, `flock`ed by every command.
+const LOCK_FILE: &str = "lock";
+
+/// `file` of `dir`, `None` when it does not exist.
+///
+/// Errors: the file cannot be read, or is a symbolic link (one line naming it).
+fn read_in(dir: &crate::files::PrivateDir, file: &str) -> Result<Option<Vec<u8>>> {
+    let path = dir.path().join(file);
+    match dir.open(file, libc::O_RDONLY, 0) {
+        Ok(mut f) => {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok(Some(bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(link_refused(&path, e)),
+    }
+}
+
+/// The error for opening `path` in a state directory, one line; a symbolic link
+/// there is named as such (someone planted it: loopgate never makes one).
+fn link_refused(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    if crate::files::is_link_error(&e) {
+        anyhow::anyhow!(
+            "{:?} is a symbolic link; loopgate never follows a link in its state directory: remove it",
+            path.display().to_string()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("opening {}", path.display()))
     }
 }
 
@@ -588,7 +621,11 @@ fn sweep_in(
 /// Removes `dir` under its own lock, taken without waiting; false when another process
 /// holds the lock, there is no lock file, or anything fails.
 fn remove_unused(dir: &std::path::Path) -> bool {
-    let Ok(lock) = OpenOptions::new().write(true).open(dir.join("lock")) else {
+    let Ok(lock) = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(LOCK_FILE))
+    else {
         return false;
     };
     if lock.try_lock().is_err() {

@@ -34,6 +34,8 @@ mod corpus;
 mod crash;
 #[path = "cli/docs.rs"]
 mod docs;
+#[path = "cli/files.rs"]
+mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
 #[path = "cli/guard.rs"]

@@ -20,13 +20,43 @@ pub fn desired(
     host: &HostInterfaces,
 ) -> Result<(Vec<spec::Spec>, spec::Resolved, Vec<spec::GuardSpec>)> {
     let sources = policy::load_all(file)?;
+    desired_of(&sources, old, host)
+}
+
+/// What an empty policy would take away: the policy's grants (specs) and guards now
+/// recorded in `old`; `None` when `sources` hold a grant or a guard, or nothing of a
+/// policy is in force. A policy that empties itself by accident (a truncated file, a
+/// pipe that was drained before loopgate read it) must not revoke every grant.
+pub fn emptied(sources: &[(String, policy::Policy)], old: &crate::state::State) -> Option<String> {
+    let empty = sources
+        .iter()
+        .all(|(_, p)| p.grants.is_empty() && p.guard.is_empty());
+    let grants = old
+        .specs
+        .iter()
+        .filter(|s| s.source == Source::Policy)
+        .count();
+    let guards = old
+        .guards
+        .iter()
+        .filter(|g| g.source == Source::Policy)
+        .count();
+    (empty && grants + guards > 0)
+        .then(|| format!("{grants} grant(s) and {guards} guard(s) from a policy are in force"))
+}
+
+fn desired_of(
+    sources: &[(String, policy::Policy)],
+    old: &crate::state::State,
+    host: &HostInterfaces,
+) -> Result<(Vec<spec::Spec>, spec::Resolved, Vec<spec::GuardSpec>)> {
     let mut guards: Vec<spec::GuardSpec> = old
         .guards
         .iter()
         .filter(|g| g.source == Source::Cli)
         .cloned()
         .collect();
-    guards.extend(policy::guards_of(&sources)?);
+    guards.extend(policy::guards_of(sources)?);
     guards.sort();
     guards.dedup();
     let mut specs: Vec<spec::Spec> = old
@@ -35,7 +65,7 @@ pub fn desired(
         .filter(|s| s.source == Source::Cli)
         .cloned()
         .collect();
-    spec::merge(&mut specs, policy::specs_of(&sources, host, true)?);
+    spec::merge(&mut specs, policy::specs_of(sources, host, true)?);
     let resolved = spec::resolve_keeping(&specs, host, &old.grants);
     if let Some(p) = resolved
         .pending
@@ -48,11 +78,27 @@ pub fn desired(
     Ok((specs, resolved, guards))
 }
 
-fn run_file(file: &Path, mode: Mode) -> Result<()> {
+fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
     let exclusive = mode == Mode::Apply;
     let (store, old) = open_store(exclusive)?;
     let host = HostInterfaces::read()?;
-    let (specs, resolved, guards) = desired(file, &old, &host)?;
+    let sources = policy::load_all(file)?;
+    if let Some(what) = emptied(&sources, &old) {
+        let why = format!(
+            "policy {} has no grants and no guards, but {what}: applying it would revoke them all",
+            file.display()
+        );
+        match (mode, allow_empty) {
+            (_, true) => {}
+            (Mode::Plan, false) => {
+                crate::outln!("# apply refuses this without --allow-empty: {why}")
+            }
+            (_, false) => crate::bad_input!(
+                "{why}; nothing was changed (to revoke them, run again with --allow-empty)"
+            ),
+        }
+    }
+    let (specs, resolved, guards) = desired_of(&sources, &old, &host)?;
     for p in &resolved.pending {
         match mode {
             Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
@@ -74,10 +120,10 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
     } else {
         Mode::Apply
     };
-    run_file(&args.file, mode)
+    run_file(&args.file, mode, args.allow_empty)
 }
 
 /// Runs `plan`.
 pub fn run_plan(args: &PlanArgs) -> Result<()> {
-    run_file(&args.file, Mode::Plan)
+    run_file(&args.file, Mode::Plan, false)
 }

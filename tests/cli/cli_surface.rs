@@ -71,7 +71,7 @@ fn dry_run_and_plan_print_the_change_and_change_nothing() {
     assert!(lab.ok(&["plan", policy]).contains("nothing to do"));
     // apply revokes what the file no longer lists.
     std::fs::write(lab.state_dir.join("p.yaml"), "grants: []\n").unwrap();
-    lab.ok(&["apply", policy]);
+    lab.ok(&["apply", "--allow-empty", policy]);
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
     assert_eq!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)), None);
 }

@@ -66,8 +66,8 @@ fn bad_input_corpus(dir: &std::path::Path) -> Vec<BadCase> {
     };
     // A file over the size limit is refused before parsing.
     let mut huge = b"grants: []\n".to_vec();
-    huge.resize(65 << 20, b'#');
-    generated("huge.yaml", huge, "larger than 64 MiB");
+    huge.resize(17 << 20, b'#');
+    generated("huge.yaml", huge, "larger than 16 MiB");
     // Deep nesting hits the parser's recursion limit, not the stack.
     generated(
         "deep.yaml",
