@@ -276,17 +276,27 @@ mod tests {
         }
     }
 
+    /// Helper of the test below, run as a child process: umask is process-wide, and
+    /// this test binary's other tests create directories meanwhile.
+    #[test]
+    fn ensure_under_umask_zero() {
+        if let Some(dir) = std::env::var_os("LOOPGATE_FILES_TEST_DIR") {
+            // SAFETY: umask has no preconditions; this child process runs this test only.
+            unsafe { libc::umask(0) };
+            PrivateDir::ensure(std::path::Path::new(&dir), true).unwrap();
+        }
+    }
+
     #[test]
     fn a_private_dir_is_0700_whatever_the_umask_and_never_a_link() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("a/b");
-        // SAFETY: umask has no preconditions; the old mask is put back below. Other
-        // unit tests in this process creating files meanwhile get a looser mask only.
-        let old = unsafe { libc::umask(0) };
-        let made = PrivateDir::ensure(&dir, true);
-        // SAFETY: as above.
-        unsafe { libc::umask(old) };
-        made.unwrap();
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "files::tests::ensure_under_umask_zero"])
+            .env("LOOPGATE_FILES_TEST_DIR", &dir)
+            .output()
+            .unwrap();
+        assert!(child.status.success(), "{child:?}");
         for d in [base.path().join("a"), dir.clone()] {
             assert_eq!(
                 std::fs::metadata(&d).unwrap().mode() & 0o7777,
