@@ -163,7 +163,7 @@ proptest! {
         let devices = |value: i32| -> BTreeMap<u32, Device> {
             plan::interfaces(&gs).into_iter().enumerate().map(|(i, name)| {
                 let ifindex = i as u32 + 2;
-                (ifindex, Device { ifindex, name, route_localnet: value })
+                (ifindex, Device { ifindex, name, route_localnet: value, ready: true })
             }).collect()
         };
         let before = devices(0);

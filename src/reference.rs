@@ -294,7 +294,7 @@ pub struct EnvDoc {
 pub const ENV_VARS: &[EnvDoc] = &[
     EnvDoc {
         name: "LOOPGATE_CONFIG_DIR",
-        meaning: "the persistent policy directory `--persist` writes `loopgate.yaml` into (default /etc/loopgate); a command run through a running watch takes the caller's value. The systemd units name /etc/loopgate themselves",
+        meaning: "the persistent policy directory `--persist` writes `loopgate.yaml` into (default /etc/loopgate). The systemd units name /etc/loopgate themselves",
     },
     EnvDoc {
         name: "LOOPGATE_STATE_DIR",

@@ -270,6 +270,15 @@ pub trait Host: Interfaces {
     ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
         Ok(None)
     }
+
+    /// Runtime bridges that were re-created since the runtime last described them, as
+    /// the [`runtime_network`](Host::runtime_network) answers given so far saw them:
+    /// their grants stand and guard them, but they are not opened until the runtime
+    /// describes them again. None by default: a host that asks the runtime each time
+    /// always has its latest word.
+    fn unsettled(&self) -> std::collections::BTreeSet<String> {
+        std::collections::BTreeSet::new()
+    }
 }
 
 /// Resolves `specs` against `host`: each spec on each interface it names or matches

@@ -220,6 +220,12 @@ impl Change {
             };
             let rec = match originals.iter().find(|o| o.ifindex == dev.ifindex) {
                 Some(rec) => rec.clone(),
+                // Not opened yet and not ready (no IPv4 address yet, or a runtime's
+                // bridge the runtime has not described since it was re-created):
+                // guarded, its grant stays in the table, but left as it is, so that the
+                // value recorded when it is opened is what its owner set up (see
+                // `Device::ready`).
+                None if !dev.ready => continue,
                 None => {
                     // First seen, or a new copy of the device: its own value is the
                     // original, whatever an earlier copy had.
@@ -892,6 +898,7 @@ mod tests {
                 ifindex,
                 name: name.into(),
                 route_localnet: value,
+                ready: true,
             },
         )
     }
@@ -945,6 +952,37 @@ mod tests {
         let revoke = Change::compute(after, vec![], &devices, table_of(&g).as_ref());
         assert_eq!(writes(&revoke.lower), vec![("br0".into(), 9, 1, 0)]);
         assert!(revoke.originals.is_empty());
+    }
+
+    /// netavark re-creates its bridge, sets its own route_localnet=1, then addresses
+    /// it. Seen before the address, the bridge is guarded but not opened; once
+    /// addressed, the runtime's 1 is what is recorded, and revoke leaves it.
+    #[test]
+    fn a_device_first_seen_without_an_address_is_guarded_not_opened() {
+        let g = vec![grant("br0", 8080)];
+        let bare = |value| {
+            let (i, mut d) = dev(9, "br0", value);
+            d.ready = false;
+            BTreeMap::from([(i, d)])
+        };
+        let early = Change::compute(state(vec![], vec![]), g.clone(), &bare(0), None);
+        assert!(early.raise.is_empty() && early.lower.is_empty());
+        assert!(early.originals.is_empty());
+        assert!(early.ruleset.is_some(), "its guard is in the table");
+        // The runtime opened it, then addressed it.
+        let after = state(g.clone(), vec![]);
+        let devices = BTreeMap::from([dev(9, "br0", 1)]);
+        let later = Change::compute(after, g.clone(), &devices, table_of(&g).as_ref());
+        assert!(later.raise.is_empty());
+        assert_eq!(later.originals, vec![rec("br0", 9, 1)]);
+        let old = state(g.clone(), later.originals.clone());
+        let revoke = Change::compute(old, vec![], &devices, table_of(&g).as_ref());
+        assert!(revoke.lower.is_empty() && revoke.raise.is_empty());
+        // A device loopgate opened that loses its address stays open and recorded.
+        let old = state(g.clone(), vec![rec("br0", 9, 0)]);
+        let kept = Change::compute(old, g.clone(), &bare(1), table_of(&g).as_ref());
+        assert!(kept.lower.is_empty() && kept.raise.is_empty());
+        assert_eq!(kept.originals, vec![rec("br0", 9, 0)]);
     }
 
     #[test]

@@ -147,6 +147,7 @@ impl Fake {
                         ifindex,
                         name: name.to_string(),
                         route_localnet: value,
+                        ready: true,
                     },
                 )
             })

@@ -65,6 +65,17 @@ impl crate::spec::Host for HostInterfaces {
     }
 }
 
+/// The ifindexes of the devices that have at least one IPv4 address now.
+///
+/// Errors: the kernel refused the address dump.
+pub fn addressed_ifindexes() -> Result<std::collections::BTreeSet<u32>> {
+    Ok(ipv4_addresses()
+        .context("listing IPv4 addresses")?
+        .into_iter()
+        .map(|(index, ..)| index)
+        .collect())
+}
+
 /// Every IPv4 address of the namespace as (ifindex, secondary, address, prefix length),
 /// from an `RTM_GETADDR` dump. The kernel keeps a device's primary addresses before
 /// its secondary ones (`IFA_F_SECONDARY`); the stable sort by that flag keeps their

@@ -196,10 +196,23 @@ pub type Answer = Result<Option<RuntimeNet>, Refusal>;
 
 type Key = (Runtime, String);
 
+/// An answer, with the ifindex its bridge had right after the runtime gave it.
+type Heard = (Answer, Option<u32>);
+
 #[derive(Default)]
 struct Known {
-    answers: HashMap<Key, Answer>,
+    answers: HashMap<Key, Heard>,
     asking: HashSet<Key>,
+}
+
+/// Asks the runtime, and notes which device instance its bridge is right after.
+fn hear(runtime: Runtime, name: &str) -> Heard {
+    let answer = inspect(runtime, name);
+    let ifindex = match &answer {
+        Ok(Some(net)) => super::sysctl::ifindex_of(&net.bridge),
+        _ => None,
+    };
+    (answer, ifindex)
 }
 
 /// Runtime answers for `watch`, asked by a worker thread. A lookup returns the last
@@ -230,11 +243,11 @@ impl RuntimeCache {
         let shared = Arc::clone(&known);
         std::thread::spawn(move || {
             for key in rx {
-                let answer = inspect(key.0, &key.1);
+                let heard = hear(key.0, &key.1);
                 let mut k = shared.lock().unwrap_or_else(|e| e.into_inner());
                 k.asking.remove(&key);
-                if k.answers.get(&key) != Some(&answer) {
-                    k.answers.insert(key, answer);
+                if k.answers.get(&key) != Some(&heard) {
+                    k.answers.insert(key, heard);
                     // Full pipe: a wake-up is pending anyway.
                     let _ = nix::unistd::write(&signal, b"x");
                 }
@@ -258,15 +271,17 @@ impl RuntimeCache {
         any
     }
 
-    /// The last answer about `name` (see the type's documentation).
-    pub fn lookup(&self, runtime: Runtime, name: &str) -> Answer {
+    /// The last answer about `name` (see the type's documentation), and the ifindex
+    /// its bridge had when the runtime gave it: a bridge whose ifindex is another one
+    /// now was re-created since, and the runtime has not described it yet.
+    pub fn lookup(&self, runtime: Runtime, name: &str) -> (Answer, Option<u32>) {
         let key = (runtime, name.to_string());
         if let Some(a) = self.lock().answers.get(&key) {
             return a.clone();
         }
-        let answer = inspect(runtime, name);
-        self.lock().answers.insert(key, answer.clone());
-        answer
+        let heard = hear(runtime, name);
+        self.lock().answers.insert(key, heard.clone());
+        heard
     }
 
     /// Asks again about every network looked up so far, in the background.

@@ -84,6 +84,14 @@ pub struct Device {
     pub name: String,
     /// Its route_localnet as the kernel stores it (any non-zero value is open).
     pub route_localnet: i32,
+    /// Whether the engine may open it for the first time now: it has an IPv4 address
+    /// (read by [`devices`]) and, in `watch`, is not a runtime's bridge re-created since
+    /// the runtime last described it. Until then a device loopgate has not opened
+    /// before is guarded but left as it is: the runtime sets up a new bridge (netavark
+    /// sets its own route_localnet=1) while loopgate may already see it, and the value
+    /// loopgate records to restore on revoke must be the runtime's, not the moment
+    /// before.
+    pub ready: bool,
 }
 
 /// The devices of the current namespace a change depends on, keyed by ifindex: those
@@ -108,11 +116,18 @@ pub fn devices(
             out.insert(d.ifindex, d);
         }
     }
+    if !out.is_empty() {
+        let addressed = super::host::addressed_ifindexes()?;
+        for d in out.values_mut() {
+            d.ready = addressed.contains(&d.ifindex);
+        }
+    }
     Ok(out)
 }
 
 /// The device now called `name`, with its route_localnet; `None` when there is none.
-pub fn device(name: &str) -> Result<Option<Device>> {
+/// (`ready` is left false; [`devices`] fills it in.)
+fn device(name: &str) -> Result<Option<Device>> {
     for _ in 0..5 {
         let Some(before) = ifindex_of(name) else {
             return Ok(None);
@@ -128,6 +143,7 @@ pub fn device(name: &str) -> Result<Option<Device>> {
                 ifindex: before,
                 name: name.to_string(),
                 route_localnet: value,
+                ready: false,
             }));
         }
     }

@@ -47,10 +47,29 @@ pub fn observe_and_compute_guarding<K: Kernel>(
     grants: Vec<Grant>,
     guarded: Vec<String>,
 ) -> Result<(Change, K::Snapshot)> {
+    observe_and_compute_holding_back(kernel, old, grants, guarded, &Default::default())
+}
+
+/// As [`observe_and_compute_guarding`], not opening any of `held_back` (device names)
+/// that loopgate has not opened before: `watch` holds back a runtime's bridge that was
+/// re-created since the runtime last described it (see
+/// [`Device::ready`](crate::kernel::sysctl::Device::ready)).
+pub fn observe_and_compute_holding_back<K: Kernel>(
+    kernel: &K,
+    old: State,
+    grants: Vec<Grant>,
+    guarded: Vec<String>,
+    held_back: &std::collections::BTreeSet<String>,
+) -> Result<(Change, K::Snapshot)> {
     let recorded =
         crate::plan::ruleset_with(&old.grants, &old.guarded).map(|r| nft::planned_image(&r));
     let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
-    let devices = txn::observe_devices(kernel, &old, &grants)?;
+    let mut devices = txn::observe_devices(kernel, &old, &grants)?;
+    for d in devices.values_mut() {
+        if held_back.contains(&d.name) {
+            d.ready = false;
+        }
+    }
     let change = Change::compute_guarding(
         old,
         grants,

@@ -10,7 +10,7 @@
 //! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
-use super::{observe_and_compute, observe_and_compute_guarding, remember_intact};
+use super::{observe_and_compute, observe_and_compute_holding_back, remember_intact};
 use crate::kernel::host::HostInterfaces;
 use crate::kernel::monitor::{Batch, Monitor};
 use crate::kernel::seam::{Kernel, System};
@@ -332,6 +332,7 @@ pub fn repair(
     let host_now = CachedRuntimes {
         host: &host,
         runtimes,
+        unsettled: Default::default(),
     };
     let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
         let Some(state) = known.as_ref() else {
@@ -378,6 +379,9 @@ pub fn repair(
 struct CachedRuntimes<'a> {
     host: &'a HostInterfaces,
     runtimes: &'a crate::kernel::runtime::RuntimeCache,
+    /// Bridges re-created since their runtime last described them (see
+    /// [`spec::Host::unsettled`]).
+    unsettled: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl crate::input::Interfaces for CachedRuntimes<'_> {
@@ -404,7 +408,18 @@ impl spec::Host for CachedRuntimes<'_> {
         runtime: crate::kernel::runtime::Runtime,
         name: &str,
     ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
-        self.runtimes.lookup(runtime, name)
+        let (answer, heard_at) = self.runtimes.lookup(runtime, name);
+        if let Ok(Some(net)) = &answer {
+            let now = crate::kernel::sysctl::ifindex_of(&net.bridge);
+            if now.is_some() && now != heard_at {
+                self.unsettled.borrow_mut().insert(net.bridge.clone());
+            }
+        }
+        answer
+    }
+
+    fn unsettled(&self) -> std::collections::BTreeSet<String> {
+        self.unsettled.borrow().clone()
     }
 }
 
@@ -506,25 +521,27 @@ pub fn repair_with<K: Kernel>(
         }
     };
     let guarded = spec::resolve_guards(&guards, host);
-    let (change, snapshot) = match observe_and_compute_guarding(kernel, state, target, guarded) {
-        Ok(c) => c,
-        Err(e) => {
-            // The guard cannot be verified: watch never leaves an interface open on
-            // trust. The next wake-up tries again and reopens once it reads back.
-            let e = e.context("cannot read the host to verify the guard");
-            let closed = store.load().and_then(|state| close_managed(kernel, &state));
-            return match closed {
-                Ok(lines) => (
-                    lines
-                        .into_iter()
-                        .map(|l| format!("the guard cannot be verified; {l}"))
-                        .collect(),
-                    Err(e),
-                ),
-                Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
-            };
-        }
-    };
+    let held_back = host.unsettled();
+    let (change, snapshot) =
+        match observe_and_compute_holding_back(kernel, state, target, guarded, &held_back) {
+            Ok(c) => c,
+            Err(e) => {
+                // The guard cannot be verified: watch never leaves an interface open on
+                // trust. The next wake-up tries again and reopens once it reads back.
+                let e = e.context("cannot read the host to verify the guard");
+                let closed = store.load().and_then(|state| close_managed(kernel, &state));
+                return match closed {
+                    Ok(lines) => (
+                        lines
+                            .into_iter()
+                            .map(|l| format!("the guard cannot be verified; {l}"))
+                            .collect(),
+                        Err(e),
+                    ),
+                    Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
+                };
+            }
+        };
     let change = change.with_specs(specs).with_guards(guards);
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
@@ -851,6 +868,7 @@ mod tests {
                     ifindex: 8,
                     name: "br0".into(),
                     route_localnet: 0,
+                    ready: true,
                 },
             );
         }

@@ -236,3 +236,25 @@ fn relative_links_resolve() {
         }
     }
 }
+
+/// `loopgate --help` lists the exit statuses too (in prose): every one of the
+/// reference's values is there, and no other.
+#[test]
+fn the_top_level_help_names_every_exit_status() {
+    let out = std::process::Command::new(super::support::BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap().replace('\n', " ");
+    let codes = help
+        .split("Exit codes:")
+        .nth(1)
+        .expect("--help has an 'Exit codes:' paragraph");
+    let codes = codes.split("Commands:").next().unwrap();
+    let listed: Vec<i32> = codes
+        .split(';')
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+        .collect();
+    let documented: Vec<i32> = reference::EXIT_CODES.iter().map(|e| e.value).collect();
+    assert_eq!(listed, documented, "--help: {codes}");
+}
