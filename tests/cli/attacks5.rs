@@ -233,6 +233,7 @@ fn attack5_a_runtime_cli_leaving_a_child_in_another_session_is_still_bounded() {
     let escaped = lab.state_dir.join("escaped.pid");
     let (code, took) = expose_lgnet(&lab, &path, Some(&escaped));
     kill_escaped(&escaped);
+    eprintln!("escaping CLI: exit {code:?} after {took:?}");
     assert!(
         took < Duration::from_secs(8),
         "`docker network inspect` exited at once, yet expose took {took:?} (exit {code:?}): \
