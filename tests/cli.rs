@@ -20,6 +20,8 @@ mod attacks2;
 mod attacks3;
 #[path = "cli/attacks4.rs"]
 mod attacks4;
+#[path = "cli/attacks5.rs"]
+mod attacks5;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/cli_surface.rs"]

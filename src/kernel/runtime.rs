@@ -128,14 +128,20 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::Output
         .spawn()
         .map_err(Bounded::Spawn)?;
     let pgid = child.id() as i32;
+    let deadline = std::time::Instant::now() + limit;
+    // Each pipe is read to its end on a thread that hands the bytes over a channel: a
+    // child the CLI left in a session of its own (out of reach of the group kill) may
+    // hold a pipe open for ever, and the wait for its end must be bounded too.
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             if let Some(mut p) = pipe {
                 let _ = p.read_to_end(&mut buf);
             }
-            buf
-        })
+            let _ = tx.send(buf);
+        });
+        rx
     };
     let out = reader(
         child
@@ -177,18 +183,26 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::Output
         // SAFETY: kill(2) of the process group this function created.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = child.wait();
-        let _ = (out.join(), err.join());
         return Err(Bounded::TimedOut);
     }
     let status = child.wait().map_err(Bounded::Spawn)?;
     // The CLI exited; a child it left behind may still hold the pipes.
     // SAFETY: kill(2) of the process group this function created; ESRCH when empty.
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    Ok(std::process::Output {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
+    // Its output ends when every holder of the pipes is gone, within the same bound
+    // (a moment more, for a CLI that exited right at it).
+    let ended = |rx: mpsc::Receiver<Vec<u8>>| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        rx.recv_timeout(left.max(Duration::from_millis(100)))
+    };
+    match (ended(out), ended(err)) {
+        (Ok(stdout), Ok(stderr)) => Ok(std::process::Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        _ => Err(Bounded::TimedOut),
+    }
 }
 
 /// What a runtime said of one network (see [`inspect`]).

@@ -131,7 +131,7 @@ pub fn converge_guarding(
     // While a watch holds the table, the transaction goes through the socket that owns
     // it, borrowed until this function returns; a plan or dry run only reads, and
     // knows that ownership as loopgate's own.
-    let _lease = match mode {
+    let lease = match mode {
         Mode::Apply => borrow_table()?,
         Mode::Plan | Mode::DryRun => {
             if let Some((_, port)) = watch::running().filter(|(_, port)| *port != 0) {
@@ -166,6 +166,9 @@ pub fn converge_guarding(
             remember_intact(&store, &change, &snapshot)?;
         }
         drop(store);
+        // Given back before printing: a stdout that blocks (^S, a stalled ssh session)
+        // must not keep watch from repairing for the lease's whole limit.
+        drop(lease);
         crate::outln!("nothing to do: the host already matches");
         return Ok(());
     }
@@ -189,8 +192,11 @@ pub fn converge_guarding(
         }
         Mode::Apply => {
             let lines = change.describe();
-            let outcome = txn::execute(&System, &store, &change, &snapshot)?;
+            let outcome = txn::execute(&System, &store, &change, &snapshot);
             drop(store);
+            // Given back before printing (see above), and on failure too.
+            drop(lease);
+            let outcome = outcome?;
             for line in lines {
                 crate::outln!("{line}");
             }
