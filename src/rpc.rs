@@ -33,6 +33,13 @@
 //! mode 0600 in a root-only directory besides. The client checks that the server is
 //! root before it asks, and that the kernel names the lent socket as the table's owner
 //! before it uses it.
+//!
+//! The limit of lending: a descriptor sent cannot be taken back. loopgate closes its
+//! copy when its transaction ends, but a borrower that keeps its copy keeps the table
+//! owned after watch stops, until it exits; `audit` then reports the table owned by
+//! another process (critical) and a new watch cannot hold it. Only a process with
+//! CAP_NET_ADMIN in watch's namespaces can borrow, and such a process can change the
+//! host's network in any case (tests/cli/attacks5.rs shows the report).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -144,37 +144,48 @@ pub fn converge_guarding(
     let (change, snapshot) = observe_and_compute_guarding(&System, old, grants, guarded)?;
     let change = change.with_specs(specs).with_guards(guards);
 
+    // Printed once the table is given back: a stderr or stdout that blocks (^S, a
+    // stalled ssh session) must not keep watch from repairing for the lease's limit.
+    let mut warnings: Vec<String> = Vec::new();
     if !change.grants.is_empty() {
         match sysctl::read("all") {
-            Ok(v) if sysctl::is_open(v) => crate::errln!(
-                "loopgate: warning: net.ipv4.conf.all.route_localnet is {v}: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
-            ),
+            Ok(v) if sysctl::is_open(v) => warnings.push(format!(
+                "net.ipv4.conf.all.route_localnet is {v}: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
+            )),
             Ok(_) => {}
-            Err(e) => crate::errln!(
-                "loopgate: warning: cannot tell whether every interface is open to 127.0.0.0/8: {}",
+            Err(e) => warnings.push(format!(
+                "cannot tell whether every interface is open to 127.0.0.0/8: {}",
                 crate::error::one_line(&e)
-            ),
+            )),
         }
     }
     if mode == Mode::Apply {
-        warn_unserved(&change);
-        warn_firewall(&change);
+        warnings.extend(unserved(&change));
+        warnings.extend(firewall_warnings(&change));
     }
+    let warn = |warnings: Vec<String>| {
+        for w in warnings {
+            crate::errln!("loopgate: warning: {w}");
+        }
+    };
 
     if change.is_noop() {
-        if mode == Mode::Apply {
-            remember_intact(&store, &change, &snapshot)?;
-        }
+        let remembered = match mode {
+            Mode::Apply => remember_intact(&store, &change, &snapshot),
+            _ => Ok(()),
+        };
         drop(store);
-        // Given back before printing: a stdout that blocks (^S, a stalled ssh session)
-        // must not keep watch from repairing for the lease's whole limit.
         drop(lease);
+        warn(warnings);
+        remembered?;
         crate::outln!("nothing to do: the host already matches");
         return Ok(());
     }
     match mode {
         Mode::Plan | Mode::DryRun => {
             drop(store);
+            drop(lease);
+            warn(warnings);
             let header = if mode == Mode::Plan {
                 "plan"
             } else {
@@ -196,6 +207,7 @@ pub fn converge_guarding(
             drop(store);
             // Given back before printing (see above), and on failure too.
             drop(lease);
+            warn(warnings);
             let outcome = outcome?;
             for line in lines {
                 crate::outln!("{line}");
@@ -274,26 +286,29 @@ pub fn borrow_table() -> Result<TableLease> {
     Ok(TableLease(None))
 }
 
-/// Warns about grants whose target has no listener yet: allowed, but probably a typo.
-fn warn_unserved(change: &Change) {
+/// Grants whose target has no listener yet: allowed, but probably a typo.
+fn unserved(change: &Change) -> Vec<String> {
     let Ok(listeners) = host::listeners() else {
-        return;
+        return vec![];
     };
-    for g in &change.grants {
-        if !host::is_listening(&listeners, g.proto, *g.to.ip(), g.to.port()) {
-            crate::errln!(
-                "loopgate: warning: nothing listens on {}/{} yet; grant {} is in place and will work once it does",
+    change
+        .grants
+        .iter()
+        .filter(|g| !host::is_listening(&listeners, g.proto, *g.to.ip(), g.to.port()))
+        .map(|g| {
+            format!(
+                "nothing listens on {}/{} yet; grant {} is in place and will work once it does",
                 g.to, g.proto, g.name
-            );
-        }
-    }
+            )
+        })
+        .collect()
 }
 
-/// Warns about grants another firewall stops (a foreign drop or notrack): the grant is
-/// installed all the same, but the client would time out.
-fn warn_firewall(change: &Change) {
+/// Grants another firewall stops (a foreign drop or notrack): the grant is installed
+/// all the same, but the client would time out.
+fn firewall_warnings(change: &Change) -> Vec<String> {
     if change.grants.is_empty() {
-        return;
+        return vec![];
     }
     let ifindexes = change
         .grants
@@ -301,9 +316,7 @@ fn warn_firewall(change: &Change) {
         .filter_map(|g| sysctl::ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
         .collect();
     let foreign = System.foreign_firewall();
-    for w in crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes) {
-        crate::errln!("loopgate: warning: {w}");
-    }
+    crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes)
 }
 
 /// What `expose` and `revoke` end with: move to `grants` (or only show it), recording
