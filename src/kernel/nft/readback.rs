@@ -209,7 +209,6 @@ pub(super) fn table_exists(sock: &mut NlSocket) -> Result<bool> {
     Ok(get_table(sock)?.is_some())
 }
 
-/// Looks up loopgate's table alone (a get, not a dump of every table).
 /// Who holds loopgate's table now, read with one request; `None` when there is no
 /// table. How a command tells, before it changes anything, that another process's
 /// socket owns the table (a watch that did not lend it).
@@ -221,6 +220,7 @@ pub fn table_holder() -> Result<Option<Holder>> {
     }))
 }
 
+/// Looks up loopgate's table alone (a get, not a dump of every table).
 pub(super) fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_table>>> {
     let key = Owned::<sys::nftnl_table>::naming_table();
     let req = request(
