@@ -807,6 +807,11 @@ impl Watch {
         watch
     }
 
+    /// The watch process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything watch has written to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
