@@ -100,6 +100,8 @@ pub struct InterfaceReport {
 pub struct TableReport {
     /// True when the kernel has the table.
     pub present: bool,
+    /// True when the table is present and holds nothing (no chain, set or rule).
+    pub empty: bool,
     /// True when the recorded grants require a table (there is at least one grant).
     pub expected: bool,
     /// True when present and expected agree and the table read back equals the planned one

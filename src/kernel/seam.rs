@@ -140,6 +140,12 @@ pub fn hold(owner: nft::Owner) {
     HELD.with(|h| *h.borrow_mut() = Some(owner));
 }
 
+/// Hands back the owner [`hold`] was given, if any: this thread's table changes go
+/// through ordinary sockets again (watch, as it stops).
+pub fn release() -> Option<nft::Owner> {
+    HELD.with(|h| h.borrow_mut().take())
+}
+
 /// True while this thread holds loopgate's table (see [`hold`]).
 pub fn holding() -> bool {
     HELD.with(|h| h.borrow().is_some())

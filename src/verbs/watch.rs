@@ -111,6 +111,19 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             }
         }
     }
+    if let Some(mut owner) = crate::kernel::seam::release() {
+        // Leave no table without grants or guards: an empty orphan guards nothing.
+        match owner.delete_if_empty() {
+            Ok(true) => eprintln!(
+                "loopgate watch: table ip loopgate held nothing; deleted it as watch stops"
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "loopgate watch: could not delete the empty table ip loopgate: {}",
+                crate::error::one_line(&e)
+            ),
+        }
+    }
     let _ = std::fs::remove_file(dir.join(PRESENCE));
     eprintln!("loopgate watch: stopped; the policy stays in place");
     Ok(())

@@ -281,3 +281,199 @@ fn writeln_skip(why: &str) -> std::io::Result<()> {
     use std::io::Write;
     writeln!(std::io::stderr(), "hold_lifecycle: SKIPPED: {why}")
 }
+
+#[test]
+fn a_watch_that_stops_with_nothing_to_protect_leaves_no_table_and_a_loadable_ruleset() {
+    let lab = Lab::new();
+    // Started with no grants, and stopped after a grant came and went through it.
+    for grant in [false, true] {
+        let mut watch = Watch::start_holding(&lab);
+        if grant {
+            lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+            lab.ok(&["revoke", "br0", "--port", "3306"]);
+        }
+        assert_eq!(watch.stop(), Some(0), "{}", watch.log());
+        let ruleset = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
+        assert!(
+            !ruleset.contains("table ip loopgate"),
+            "grant {grant}: {ruleset}\n{}",
+            watch.log()
+        );
+        let check = lab.host.exec_status(&[
+            "sh",
+            "-c",
+            "nft list ruleset > /tmp/lgt-saved.$$ && nft -c -f /tmp/lgt-saved.$$; rc=$?; rm -f /tmp/lgt-saved.$$; exit $rc",
+        ]);
+        assert!(check.status.success(), "{}", stderr(&check));
+    }
+    // Control: a watch that stops while a grant stands leaves its table (the guard).
+    let mut watch = Watch::start_holding(&lab);
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    watch.stop();
+    assert!(stdout(&lab.host.exec(&["nft", "list", "ruleset"])).contains("table ip loopgate"));
+}
+
+/// The command lines of `key` (ExecStart, ExecReload, ExecStop) of a unit and its
+/// drop-ins, in order, as systemd reads them: an empty assignment clears the list.
+fn exec_lines(files: &[&str], key: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in text.lines() {
+            if let Some(v) = line.strip_prefix(&format!("{key}=")) {
+                match v.trim() {
+                    "" => lines.clear(),
+                    v => lines.push(v.to_string()),
+                }
+            }
+        }
+    }
+    lines
+}
+
+const NFT_UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/systemd/nftables.service"
+);
+const DROP_IN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/systemd/nftables.service.d/loopgate.conf"
+);
+const APPLY_UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/systemd/loopgate.service"
+);
+const WATCH_UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/deploy/systemd/loopgate-watch.service"
+);
+
+#[test]
+fn nftables_restart_and_reload_as_the_units_run_them_keep_both_firewalls() {
+    let (lab, _services) = lab_with_services();
+    if !kernel_can_hold(&lab) {
+        let _ = writeln_skip("the hold needs Linux 6.9");
+        return;
+    }
+    Lab::route_loopback_via_host(&lab.neighbour);
+    let policy_dir = lab.state_dir.join("etc-loopgate");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(
+        policy_dir.join("db.yaml"),
+        format!("grants:\n  - interface: br0\n    allow: {ALLOWED}\n    port: 3306\n"),
+    )
+    .unwrap();
+    let conf = lab.state_dir.join("nftables.conf");
+    let conf_s = conf.display().to_string();
+    let local = |line: &str| {
+        line.replace("/etc/nftables.conf", &conf_s)
+            .replace("/etc/loopgate", &policy_dir.display().to_string())
+            .replace("/usr/bin/loopgate", BIN)
+    };
+    // Runs one unit command line in the lab's host namespace, as root would.
+    let run_line = |line: &str| -> bool {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.host.name, "sh", "-c", &local(line)])
+            .env("LOOPGATE_STATE_DIR", &lab.state_dir)
+            .env_remove("LOOPGATE_FAILPOINT")
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    for line in exec_lines(&[APPLY_UNIT], "ExecStart") {
+        assert!(run_line(&line), "{line}");
+    }
+    let watch_line = local(&exec_lines(&[WATCH_UNIT], "ExecStart")[0]);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &lab.host.name])
+        .args(watch_line.split_whitespace());
+    let watch = Watch::spawn(&lab, cmd);
+    assert!(
+        watch.log().contains("holds table ip loopgate"),
+        "{}",
+        watch.log()
+    );
+    // The bad case: the user's own firewall saved with `nft list ruleset`, which
+    // includes loopgate's held table.
+    lab.host.exec(&[
+        "nft",
+        "add table inet userfw { chain input { type filter hook input priority 0; policy accept; }; }",
+    ]);
+    let saved = stdout(&lab.host.exec(&["nft", "list", "ruleset"]));
+    assert!(saved.contains("table ip loopgate") && saved.contains("table inet userfw"));
+    std::fs::write(
+        &conf,
+        format!("#!/usr/sbin/nft -f\nflush ruleset\n\n{saved}"),
+    )
+    .unwrap();
+    let user_table =
+        || stdout(&lab.host.exec(&["nft", "list", "tables"])).contains("table inet userfw");
+    let guarded = || {
+        let allowed =
+            tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref() == Some("tcp:3306");
+        let before = passive_opens(&lab.host);
+        fire_tcp(&lab.neighbour, sa(LO, 3307));
+        allowed && passive_opens(&lab.host) == before
+    };
+    let env = [("LOOPGATE_NFTABLES_CONF", conf_s.as_str())];
+    // Control: Debian's unit as shipped; restart = ExecStop then ExecStart.
+    for line in exec_lines(&[NFT_UNIT], "ExecStop") {
+        run_line(&line);
+    }
+    let loaded = exec_lines(&[NFT_UNIT], "ExecStart")
+        .iter()
+        .all(|l| run_line(l));
+    assert!(
+        !loaded && !user_table(),
+        "the host lost its own firewall without the drop-in"
+    );
+    // With loopgate's drop-in: `systemctl restart nftables` (nftables stops, then
+    // starts; loopgate.service, PartOf it, is restarted after it; watch keeps running),
+    // then `systemctl reload nftables` (loopgate.service reloads after it).
+    let restart: Vec<String> = [
+        exec_lines(&[NFT_UNIT, DROP_IN], "ExecStop"),
+        exec_lines(&[NFT_UNIT, DROP_IN], "ExecStart"),
+        exec_lines(&[APPLY_UNIT], "ExecStart"),
+    ]
+    .concat();
+    let reload: Vec<String> = [
+        exec_lines(&[NFT_UNIT, DROP_IN], "ExecReload"),
+        exec_lines(&[APPLY_UNIT], "ExecReload"),
+    ]
+    .concat();
+    for (what, lines) in [("restart", restart), ("reload", reload)] {
+        for line in &lines {
+            assert!(run_line(line), "{what}: {line}: {}", watch.log());
+        }
+        assert!(user_table(), "{what}: the user's table is loaded");
+        assert!(guarded(), "{what}: {}", watch.log());
+        let report = lab.loopgate_env(&["audit"], &env);
+        assert!(
+            stdout(&report).contains("CRITICAL [nftables-conf-names-table]"),
+            "{what}: {}",
+            stdout(&report)
+        );
+    }
+    // The remedy audit prints makes the finding go away.
+    let report = stdout(&lab.loopgate_env(&["audit"], &env));
+    let remedy = report
+        .lines()
+        .find(|l| l.contains("[nftables-conf-names-table]"))
+        .and_then(|l| l.split("take it out of the file: ").nth(1))
+        .expect("a remedy")
+        .to_string();
+    assert!(run_line(&remedy), "{remedy}");
+    assert!(!stdout(&lab.loopgate_env(&["audit"], &env)).contains("nftables-conf-names-table"));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("table inet userfw") && !text.contains("table ip loopgate"));
+    // Control for the guard: without watch and loopgate's table, the neighbour's SYN
+    // to 127.0.0.1 is accepted.
+    drop(watch);
+    lab.host.exec(&["nft", "flush", "ruleset"]);
+    let before = passive_opens(&lab.host);
+    fire_tcp(&lab.neighbour, sa(LO, 3307));
+    assert!(
+        passive_opens(&lab.host) > before,
+        "the attack works without the guard"
+    );
+}

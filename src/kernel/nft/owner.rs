@@ -280,6 +280,41 @@ impl Owner {
     }
 }
 
+impl Owner {
+    /// Deletes the table if it holds nothing (no chain, set or rule), in one batch
+    /// bound to the generation it was read at, through the owning socket: a watch that
+    /// stops with nothing to protect leaves no empty orphan behind (which guards
+    /// nothing, and which nft 1.0.6 prints as `flags ` in a file it cannot load).
+    /// Returns whether it deleted it; a table with contents is left as it is, held
+    /// until this value drops. Errors: the kernel refused (the table stays).
+    pub fn delete_if_empty(&mut self) -> Result<bool> {
+        let mut restarts = 0;
+        loop {
+            let before = generation(&mut self.reads)?;
+            match self.holder()? {
+                None => return Ok(false),
+                Some(Holder::Socket(port)) if port == self.portid() => {}
+                Some(_) => return Ok(false),
+            }
+            let mut messages = 0;
+            let sets = read_objects::<sys::nftnl_set>(&mut self.reads, &mut messages)?;
+            let chains = read_objects::<sys::nftnl_chain>(&mut self.reads, &mut messages)?;
+            if !sets.is_empty() || !chains.is_empty() {
+                return Ok(false);
+            }
+            // Deleted alone, never re-created in the same batch (see the module
+            // documentation): nothing of the owner's is needed afterwards.
+            let mut w = BatchWriter::new(Some(before), self.sock.next_seq());
+            w.add(&new_table(), true, "table ip loopgate (delete, empty)");
+            match w.commit(&mut self.sock, Send::Commit) {
+                Ok(()) => return Ok(true),
+                Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Everything of `objects` but its table object, in batch order.
 fn add_contents(w: &mut BatchWriter, objects: &TableObjects) {
     for (obj, label) in &objects.objs {
