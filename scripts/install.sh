@@ -13,6 +13,7 @@ root="$DESTDIR"
 install -D -m 0755 "$bin" "$root$PREFIX/bin/loopgate"
 install -D -m 0644 deploy/systemd/loopgate.service "$root/lib/systemd/system/loopgate.service"
 install -D -m 0644 deploy/systemd/loopgate-watch.service "$root/lib/systemd/system/loopgate-watch.service"
+install -D -m 0644 deploy/systemd/nftables.service.d/loopgate.conf "$root/lib/systemd/system/nftables.service.d/loopgate.conf"
 mkdir -p "$root$PREFIX/share/bash-completion/completions" "$root$PREFIX/share/zsh/vendor-completions" \
   "$root$PREFIX/share/fish/vendor_completions.d" "$root$PREFIX/share/man/man1"
 "$bin" completions bash > "$root$PREFIX/share/bash-completion/completions/loopgate"

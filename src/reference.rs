@@ -54,6 +54,16 @@ pub fn finding(code: Code) -> FindingDoc {
             "a table named `ip loopgate` exists but loopgate has no grants here",
             "remove it, or find what made it",
         ),
+        Code::TableEmpty => (
+            "warning",
+            "an empty `table ip loopgate` nobody holds (a watch that was killed left it): it guards nothing, and nft 1.0.6 prints its flags so that `nft list ruleset` output does not load",
+            "`nft delete table ip loopgate`",
+        ),
+        Code::NftablesConfNamesTable => (
+            "critical while watch holds the table, else warning",
+            "the nftables configuration (/etc/nftables.conf, or LOOPGATE_NFTABLES_CONF) names `table ip loopgate`, as `nft list ruleset >` saves it: while watch holds the table, loading the file fails as a whole and an nftables restart leaves the host without its own firewall",
+            "take the table out of the file: `sed -i '/^table ip loopgate /,/^}/d' /etc/nftables.conf`; install the loopgate drop-in for nftables.service",
+        ),
         Code::SysctlUnreadable => (
             "critical (warning for `default`)",
             "a route_localnet value cannot be read; it is counted as open",
@@ -293,6 +303,10 @@ pub struct EnvDoc {
 /// Every environment variable loopgate reads.
 pub const ENV_VARS: &[EnvDoc] = &[
     EnvDoc {
+        name: "LOOPGATE_NFTABLES_CONF",
+        meaning: "the nftables configuration `audit` checks for `table ip loopgate` (default /etc/nftables.conf, what Debian's nftables.service loads)",
+    },
+    EnvDoc {
         name: "LOOPGATE_CONFIG_DIR",
         meaning: "the persistent policy directory `--persist` writes `loopgate.yaml` into (default /etc/loopgate). The systemd units name /etc/loopgate themselves",
     },
@@ -342,6 +356,10 @@ pub const FILES: &[FileDoc] = &[
         meaning: "a running watch's root-only socket: while watch holds the table, expose, revoke, apply, guard and unguard borrow the socket that owns it for their transaction (callers need CAP_NET_ADMIN in watch's network and user namespace)",
     },
     FileDoc {
+        path: "/run/loopgate/netns-<cookie>/watch.lock",
+        meaning: "locked by the one watch of a network namespace for its whole life; holds its pid (a second watch exits 2 naming it)",
+    },
+    FileDoc {
         path: "/run/loopgate/kernel-features",
         meaning: "the kernel features checked once per boot",
     },
@@ -352,6 +370,14 @@ pub const FILES: &[FileDoc] = &[
     FileDoc {
         path: "/lib/systemd/system/loopgate-watch.service",
         meaning: "runs `loopgate watch --policy /etc/loopgate`",
+    },
+    FileDoc {
+        path: "/lib/systemd/system/nftables.service.d/loopgate.conf",
+        meaning: "makes nftables.service load /etc/nftables.conf without any `table ip loopgate` block in it, so a saved ruleset cannot fail as a whole against the table watch holds",
+    },
+    FileDoc {
+        path: "/etc/nftables.conf",
+        meaning: "read by `audit` (or LOOPGATE_NFTABLES_CONF), which reports it when it names `table ip loopgate`",
     },
     FileDoc {
         path: "/etc/docker/daemon.json",

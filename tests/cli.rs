@@ -44,6 +44,8 @@ mod firewall;
 mod guard;
 #[path = "cli/held_by_watch.rs"]
 mod held_by_watch;
+#[path = "cli/hold_lifecycle.rs"]
+mod hold_lifecycle;
 #[path = "cli/host_gateway.rs"]
 mod host_gateway;
 #[path = "cli/install_deps.rs"]

@@ -238,6 +238,37 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             ),
         });
     }
+    let held_by_watch = observed.protection.starts_with("owned by watch");
+    if observed.empty_table && !held_by_watch {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: Code::TableEmpty,
+            interface: None,
+            message: format!(
+                "an empty table ip {} is in place (left by a watch that stopped or was killed): it guards nothing, and nft 1.0.6 prints its flags as `flags `, which makes `nft list ruleset` output unloadable; remove it: nft delete table ip {}",
+                crate::ruleset::TABLE,
+                crate::ruleset::TABLE
+            ),
+        });
+    }
+    if let Some(path) = &observed.nftables_conf_names_table {
+        findings.push(Finding {
+            severity: match held_by_watch {
+                true => Severity::Critical,
+                false => Severity::Warning,
+            },
+            code: Code::NftablesConfNamesTable,
+            interface: None,
+            message: format!(
+                "{path} names table ip {t} (saved with `nft list ruleset`?): {why}; loopgate keeps its own table, so take it out of the file: sed -i '/^table ip {t} /,/^}}/d' {path}",
+                t = crate::ruleset::TABLE,
+                why = match held_by_watch {
+                    true => "while watch holds that table, loading the file fails as a whole (EPERM), and `systemctl restart nftables` (flush, then load) leaves the host without its own firewall unless the loopgate drop-in for nftables.service is installed",
+                    false => "once a watch holds that table, loading the file fails as a whole (EPERM); a saved owned table does not load at all",
+                }
+            ),
+        });
+    }
     let blocked = super::reachability::judge(observed, state, &mut findings);
     // Another firewall that stops a grant's flow (see `firewall`).
     findings.extend(super::firewall::findings(
@@ -253,7 +284,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         default_route_localnet: default.and_then(|r| r.as_ref().ok().copied()),
         interfaces,
         table: TableReport {
-            present: observed.table.is_some(),
+            present: observed.table.is_some() || observed.empty_table,
+            empty: observed.empty_table,
             expected: expected.is_some(),
             matches_expected: table_ok,
             differences,

@@ -79,6 +79,10 @@ finding_codes! {
     TableTampered => "table-tampered",
     /// A table named `ip loopgate` exists without grants.
     TableUnexpected => "table-unexpected",
+    /// An empty table `ip loopgate` nobody holds (left by a watch that was killed).
+    TableEmpty => "table-empty",
+    /// The nftables configuration file names `table ip loopgate`.
+    NftablesConfNamesTable => "nftables-conf-names-table",
     /// A route_localnet value cannot be read.
     SysctlUnreadable => "sysctl-unreadable",
     /// A managed device carries another name now.
@@ -186,6 +190,8 @@ pub struct InterfaceReport {
 pub struct TableReport {
     /// True when the kernel has the table.
     pub present: bool,
+    /// True when the table is present and holds nothing (no chain, set or rule).
+    pub empty: bool,
     /// True when the recorded grants require a table (there is at least one grant).
     pub expected: bool,
     /// True when present and expected agree and the table read back equals the planned one

@@ -22,6 +22,12 @@ pub struct Observed {
     pub recorded_names: BTreeMap<u32, Option<String>>,
     /// loopgate's table as read, `None` when absent.
     pub table: Option<TableImage>,
+    /// True when the table exists but holds nothing (no chain, set or rule): what a
+    /// watch that held the name leaves (`table` is then `None`, as for no table).
+    pub empty_table: bool,
+    /// The nftables configuration file (`/etc/nftables.conf`, or
+    /// `$LOOPGATE_NFTABLES_CONF`) when it names `table ip loopgate`.
+    pub nftables_conf_names_table: Option<String>,
     /// True when the table's elements were vouched for instead of read back.
     pub elements_vouched: bool,
     /// Which protection keeps other processes off loopgate's table: `owned by watch
@@ -41,6 +47,28 @@ pub struct Observed {
     pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
     /// Every other firewall's chains, for the firewall findings (see [`super::firewall`]).
     pub firewall: super::firewall::Foreign,
+}
+
+/// The nftables configuration file nftables.service loads; `LOOPGATE_NFTABLES_CONF`
+/// names another (tests, or a distribution that keeps it elsewhere).
+pub fn nftables_conf() -> std::path::PathBuf {
+    std::env::var_os("LOOPGATE_NFTABLES_CONF")
+        .map(Into::into)
+        .unwrap_or_else(|| "/etc/nftables.conf".into())
+}
+
+/// [`nftables_conf`]'s path when the file has a line that starts `table ip loopgate`
+/// (as `nft list ruleset > /etc/nftables.conf` writes it); `None` otherwise, or when
+/// it cannot be read (no nftables.service configuration: nothing to warn about).
+fn nftables_conf_naming_table() -> Option<String> {
+    let path = nftables_conf();
+    let text = std::fs::read_to_string(&path).ok()?;
+    text.lines()
+        .any(|l| {
+            let words: Vec<&str> = l.split_whitespace().take(3).collect();
+            words == ["table", "ip", crate::ruleset::TABLE]
+        })
+        .then(|| path.display().to_string())
 }
 
 /// Reads what [`assess`](super::assess) judges, through `kernel`.
@@ -96,6 +124,8 @@ pub fn observe<K: Kernel>(
         ifindexes,
         recorded_names,
         table: snapshot.image(),
+        empty_table: snapshot.image().is_none() && snapshot.holder().is_some(),
+        nftables_conf_names_table: nftables_conf_naming_table(),
         elements_vouched: snapshot.vouched(),
         loopback_listeners,
         counters: snapshot.counters(),

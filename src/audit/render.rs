@@ -30,6 +30,7 @@ fn print_text(r: &Report) {
         "table ip loopgate: {}",
         match (r.table.present, r.table.matches_expected) {
             (false, true) => "absent (no grants)",
+            (true, _) if r.table.empty => "present, EMPTY (guards nothing)",
             (true, true) if r.table.elements_read_back => "present, as loopgate generated it",
             (true, true) => {
                 "present, as loopgate generated it (set elements vouched for by the unchanged nftables generation; --deep reads them back)"

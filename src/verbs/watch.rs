@@ -37,17 +37,19 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs until SIGTERM or SIGINT. Errors: the netlink subscriptions cannot be made.
 pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
+    // Before anything else: a second watch must not adopt, bind or repair at all.
+    let _instance = lock_instance()?;
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
     let mut monitor = Monitor::new()?;
-    let held = match args.no_hold {
+    let mut held = match args.no_hold {
         true => {
             eprintln!("loopgate watch: not holding table ip loopgate (--no-hold); protecting it by repair only");
             None
         }
-        false => hold_table(),
+        false => hold_table(false),
     };
     let dir = crate::state::namespace_dir()?;
     std::fs::create_dir_all(&dir)?;
@@ -60,6 +62,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut all_open = false;
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
+    let mut failing: Option<Failing> = None;
     while !STOP.load(Ordering::SeqCst) {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
         match crate::kernel::sysctl::read("all") {
@@ -70,11 +73,20 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             Ok(v) if !sysctl::is_open(v) => all_open = false,
             _ => {}
         }
-        if let Err(e) = repair(&mut known, policy.as_mut(), &mut quiet, &runtimes) {
-            eprintln!(
-                "loopgate watch: repair failed: {}",
-                crate::error::one_line(&e)
-            );
+        if failing.as_ref().is_none_or(|f| Instant::now() >= f.next) {
+            if !args.no_hold && held.is_none() && failing.is_some() {
+                // Not held, and repairs fail: another process may hold the table (an
+                // orphan by now?). Only then, and at the back-off's pace: the probe
+                // costs the next batch an RCU grace period. Quiet: why it is not held
+                // was said at start.
+                held = hold_table(true);
+                if held.is_some() {
+                    write_presence(&dir, held)?;
+                }
+            }
+            let mut lines = Vec::new();
+            let result = repair(&mut known, policy.as_mut(), &mut quiet, &runtimes, &mut lines);
+            failing = Failing::after(failing.take(), result, lines);
         }
         if std::mem::take(&mut first) {
             // After the first pass, so "started" means "subscribed and converged once".
@@ -99,10 +111,79 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             }
         }
     }
+    if let Some(mut owner) = crate::kernel::seam::release() {
+        // Leave no table without grants or guards: an empty orphan guards nothing.
+        match owner.delete_if_empty() {
+            Ok(true) => eprintln!(
+                "loopgate watch: table ip loopgate held nothing; deleted it as watch stops"
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "loopgate watch: could not delete the empty table ip loopgate: {}",
+                crate::error::one_line(&e)
+            ),
+        }
+    }
     let _ = std::fs::remove_file(dir.join(PRESENCE));
     eprintln!("loopgate watch: stopped; the policy stays in place");
     Ok(())
 }
+
+/// The file whose lock makes a watch the only one of its network namespace; it holds
+/// the pid of the watch that has it.
+const LOCK: &str = "watch.lock";
+
+/// Locks this namespace's [`LOCK`] file for as long as the returned file lives (the
+/// process's life: the kernel drops an flock when its holder exits, however it exits)
+/// and writes this process's pid into it.
+///
+/// Errors: another watch holds it (a [`BadInput`](crate::error::BadInput), exit 2,
+/// naming that watch's pid); the state directory or the file cannot be made.
+fn lock_instance() -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = crate::state::namespace_dir()?;
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(anyhow::anyhow!("cannot lock {}: {}", path.display(), err));
+        }
+        // The holder writes its pid right after locking: give it a moment (bounded).
+        let mut pid = String::new();
+        for _ in 0..20 {
+            pid.clear();
+            file.seek(std::io::SeekFrom::Start(0))?;
+            file.read_to_string(&mut pid)?;
+            if !pid.trim().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = match pid.trim() {
+            "" => "pid not written yet".to_string(),
+            p => format!("pid {p}"),
+        };
+        return Err(anyhow::Error::new(crate::error::BadInput(format!(
+            "another loopgate watch runs in this network namespace ({pid}); one watch per namespace"
+        ))));
+    }
+    file.set_len(0)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
+    Ok(file)
+}
+
 
 /// The socket, in the namespace's state directory, over which a running watch lends
 /// its table to a command that changes it (see [`crate::rpc`]).
@@ -164,8 +245,9 @@ const PRESENCE: &str = "watch.owner";
 /// while watch runs, `nft flush ruleset` skips the table and every other process gets
 /// EPERM changing it. Returns the owner's port id; `None` on older kernels (the table
 /// is then protected by repair only: watch closes the interfaces the moment another
-/// process changes it, restores it and reopens them).
-fn hold_table() -> Option<u32> {
+/// process changes it, restores it and reopens them). `quiet`: a retry, which says only
+/// that it succeeded.
+fn hold_table(quiet: bool) -> Option<u32> {
     match crate::kernel::nft::probe_owner_support() {
         Ok(true) => match crate::kernel::nft::Owner::adopt() {
             Ok(owner) => {
@@ -175,6 +257,7 @@ fn hold_table() -> Option<u32> {
                 eprintln!("loopgate watch: holds table ip loopgate (owner flag): no other process can flush, switch off or edit it while watch runs");
                 Some(port)
             }
+            Err(_) if quiet => None,
             Err(e) => {
                 eprintln!(
                     "loopgate watch: cannot hold table ip loopgate ({}); protecting it by repair only",
@@ -183,16 +266,89 @@ fn hold_table() -> Option<u32> {
                 None
             }
         },
+        Ok(false) if quiet => None,
         Ok(false) => {
             eprintln!("loopgate watch: this kernel cannot hold a table (NFT_TABLE_F_OWNER with PERSIST needs Linux 6.9); protecting it by repair only");
             None
         }
+        Err(_) if quiet => None,
         Err(e) => {
             eprintln!(
                 "loopgate watch: cannot tell whether the kernel can hold a table ({}); protecting it by repair only",
                 crate::error::one_line(&e)
             );
             None
+        }
+    }
+}
+
+/// The first wait after a failed repair; it doubles with each failure that follows.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts at a repair that keeps failing: what a
+/// persistent failure costs (a pass is a few milliseconds of CPU) against how late a
+/// repair comes once its cause is gone.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A repair that keeps failing: its error as last logged, how often it repeated since,
+/// and when the next attempt is due. A failed repair leaves the managed interfaces
+/// closed (the transaction fails closed), so waiting longer costs only the grant.
+struct Failing {
+    error: String,
+    repeats: u32,
+    delay: Duration,
+    next: Instant,
+}
+
+impl Failing {
+    /// The state after one pass that ended with `result` and logged `lines`, given the
+    /// state before it. Logs one line per change of error (with how often the last
+    /// one repeated) and one when a repair succeeds again; the lines of a pass that
+    /// failed as the one before are not logged again.
+    fn after(before: Option<Failing>, result: Result<()>, lines: Vec<String>) -> Option<Failing> {
+        let error = match result {
+            Ok(()) => {
+                for line in lines {
+                    eprintln!("loopgate watch: {line}");
+                }
+                if let Some(f) = before {
+                    eprintln!(
+                        "loopgate watch: repaired after {} failed attempt(s) ({})",
+                        f.repeats + 1,
+                        f.error
+                    );
+                }
+                return None;
+            }
+            Err(e) => crate::error::one_line(&e),
+        };
+        match before {
+            Some(mut f) if f.error == error => {
+                f.repeats += 1;
+                f.delay = (f.delay * 2).min(BACKOFF_MAX);
+                f.next = Instant::now() + f.delay;
+                Some(f)
+            }
+            before => {
+                if let Some(f) = before.filter(|f| f.repeats > 0) {
+                    eprintln!(
+                        "loopgate watch: the previous error repeated {} more time(s)",
+                        f.repeats
+                    );
+                }
+                for line in lines {
+                    eprintln!("loopgate watch: {line}");
+                }
+                eprintln!(
+                    "loopgate watch: repair failed: {error} (retrying with back-off up to {} s; logged again when the error changes)",
+                    BACKOFF_MAX.as_secs()
+                );
+                Some(Failing {
+                    error,
+                    repeats: 0,
+                    delay: BACKOFF_FIRST,
+                    next: Instant::now() + BACKOFF_FIRST,
+                })
+            }
         }
     }
 }
@@ -305,11 +461,13 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
 /// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
 /// state without the lock, and the managed interfaces are closed if it is not intact.
+/// What the pass did is appended to `log`, one line each, for the caller to print.
 pub fn repair(
     known: &mut Option<State>,
     policy: Option<&mut PolicyFollower>,
     quiet: &mut Option<Stamp>,
     runtimes: &crate::kernel::runtime::RuntimeCache,
+    log: &mut Vec<String>,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
     let (policy_specs, policy_guards, policy_seen) = match policy {
@@ -364,9 +522,7 @@ pub fn repair(
         (Ok(()), true) => stamp,
         _ => None,
     };
-    for line in lines {
-        eprintln!("loopgate watch: {line}");
-    }
+    log.extend(lines);
     if let Ok(state) = store.load() {
         *known = Some(state);
     }

@@ -15,6 +15,12 @@
 //! - The owner itself must never delete its table: a table created again in the same
 //!   batch would be a new one, and the flags of an existing one cannot be added back.
 //!   So a change empties the table (rules, sets, chains) and fills it again in one batch.
+//! - Nor can the owner change any other flag of a table it owns: NEWTABLE with the owner
+//!   flag is refused (EOPNOTSUPP) for a table that is not an orphan, whatever else it
+//!   changes. So a flag loopgate does not write (`dormant`, set on a plain or orphaned
+//!   table before watch started) is dropped when the table is adopted, never carried
+//!   into the owned table, where it could not be cleared again (issue 17: a watch that
+//!   adopted a dormant table failed every repair with EOPNOTSUPP, for ever).
 //!
 //! Reads need no ownership: the kernel answers gets and dumps of an owned table to any
 //! socket. The owning socket is used for batches only; `NlSocket::dump` may replace its
@@ -93,18 +99,6 @@ fn owned_table(flags: u32) -> Obj {
     table
 }
 
-/// The flags of a table object, without the ownership flags.
-fn other_flags(obj: &Obj) -> u32 {
-    match obj {
-        // SAFETY: live table owned by `obj`.
-        Obj::Table(t) => unsafe {
-            sys::nftnl_table_get_u32(t.as_ptr(), sys::NFTNL_TABLE_FLAGS as u16)
-                & !(NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST)
-        },
-        _ => 0,
-    }
-}
-
 /// Loopgate's table held by a netlink socket of this process: no other process can
 /// change, flush or delete it while this value lives (Linux 6.9+; check with
 /// [`probe_owner_support`] first). Dropping it (or exiting, or being killed) closes the
@@ -124,11 +118,13 @@ impl Owner {
     /// Takes hold of `table ip loopgate`, leaving what it holds as it is:
     /// - absent: creates it empty, owned;
     /// - orphaned (`flags persist`): adopts it (NEWTABLE with the owner flag), the
-    ///   rules untouched by the kernel;
+    ///   rules untouched by the kernel, any other flag (dormant) cleared in the same
+    ///   message;
     /// - plain (no ownership flags, as `apply` writes it): the kernel will not add
     ///   `persist` to an existing table, so it is read back and, in one batch bound to
     ///   the generation it was read at, deleted and created again owned with the same
-    ///   contents (any other flag, such as dormant, is kept);
+    ///   contents and no other flag (a dormant table wakes up: its hooks are loopgate's
+    ///   guard, and the repair that follows replaces whatever else was edited in);
     /// - owned by another socket: an EPERM error, nothing changed.
     ///
     /// Afterwards the table is read back to check that this socket holds it.
@@ -167,12 +163,8 @@ impl Owner {
                     )),
                 )
             }
-            Some((flags, Holder::Orphaned)) => {
-                w.add(
-                    &owned_table(flags & !NFT_TABLE_F_PERSIST),
-                    false,
-                    "table ip loopgate (adopt)",
-                );
+            Some((_, Holder::Orphaned)) => {
+                w.add(&owned_table(0), false, "table ip loopgate (adopt)");
             }
             Some((_, Holder::Nobody)) => {
                 // Read again as one consistent state, and bind the batch to that state.
@@ -181,14 +173,9 @@ impl Owner {
                     // Deleted since: start over.
                     return Err(anyhow!(io::Error::from_raw_os_error(libc::ERESTART)));
                 };
-                let flags = objects.objs.first().map(|(o, _)| other_flags(o));
                 w = BatchWriter::new(Some(snap.generation()), self.sock.next_seq());
                 w.add(&new_table(), true, "table ip loopgate (delete, to own it)");
-                w.add(
-                    &owned_table(flags.unwrap_or(0)),
-                    false,
-                    "table ip loopgate (create, owned)",
-                );
+                w.add(&owned_table(0), false, "table ip loopgate (create, owned)");
                 add_contents(&mut w, objects);
             }
         }
@@ -220,7 +207,7 @@ impl Owner {
     /// The `ruleset-batch` failpoint poisons the batch as it does `apply`'s.
     pub fn apply(&mut self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
         let objects = ruleset.map(encode);
-        let after = self.replace_contents(objects.as_ref(), 0, true)?;
+        let after = self.replace_contents(objects.as_ref(), true)?;
         Ok(objects.as_ref().map(|o| Vouch {
             generation: after,
             elements: o.elements_digest(),
@@ -231,24 +218,17 @@ impl Owner {
     /// socket and without deleting the table: it stays owned. (A snapshot's own
     /// [`Snapshot::restore`] deletes and re-creates the table from a socket of its own,
     /// which the kernel refuses while this owner holds it.) The snapshot's other table
-    /// flags (dormant) are kept; a snapshot of no table leaves the table empty.
+    /// flags (dormant) are not put back: the kernel refuses them on an owned table (see
+    /// the module documentation), and a refused restore would leave the rollback
+    /// half done; a snapshot of no table leaves the table empty.
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let objects = snapshot.objects.as_ref();
-        let flags = objects
-            .and_then(|o| o.objs.first())
-            .map(|(o, _)| other_flags(o))
-            .unwrap_or(0);
-        self.replace_contents(objects, flags, false).map(|_| ())
+        self.replace_contents(snapshot.objects.as_ref(), false)
+            .map(|_| ())
     }
 
     /// The generation-bound batch behind [`Owner::apply`] and [`Owner::restore`]:
     /// returns the generation that follows it.
-    fn replace_contents(
-        &mut self,
-        objects: Option<&TableObjects>,
-        flags: u32,
-        failpoint: bool,
-    ) -> Result<u32> {
+    fn replace_contents(&mut self, objects: Option<&TableObjects>, failpoint: bool) -> Result<u32> {
         let mut restarts = 0;
         loop {
             let before = generation(&mut self.reads)?;
@@ -269,7 +249,7 @@ impl Owner {
             let chains = read_objects::<sys::nftnl_chain>(&mut self.reads, &mut messages)?;
             let mut w = BatchWriter::new(Some(before), self.sock.next_seq());
             // The same flags: a no-op for the kernel, or a create after all.
-            w.add(&owned_table(flags), false, "table ip loopgate (owned)");
+            w.add(&owned_table(0), false, "table ip loopgate (owned)");
             // Rules first (they hold sets and chains), then sets and maps (a verdict
             // map's elements hold chains), then chains: `nft flush table`'s order.
             let all_rules = Owned::<sys::nftnl_rule>::naming_table();
@@ -293,6 +273,41 @@ impl Owner {
             }
             match w.commit(&mut self.sock, Send::Commit) {
                 Ok(()) => return Ok(super::generation::next_generation(before)),
+                Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Owner {
+    /// Deletes the table if it holds nothing (no chain, set or rule), in one batch
+    /// bound to the generation it was read at, through the owning socket: a watch that
+    /// stops with nothing to protect leaves no empty orphan behind (which guards
+    /// nothing, and which nft 1.0.6 prints as `flags ` in a file it cannot load).
+    /// Returns whether it deleted it; a table with contents is left as it is, held
+    /// until this value drops. Errors: the kernel refused (the table stays).
+    pub fn delete_if_empty(&mut self) -> Result<bool> {
+        let mut restarts = 0;
+        loop {
+            let before = generation(&mut self.reads)?;
+            match self.holder()? {
+                None => return Ok(false),
+                Some(Holder::Socket(port)) if port == self.portid() => {}
+                Some(_) => return Ok(false),
+            }
+            let mut messages = 0;
+            let sets = read_objects::<sys::nftnl_set>(&mut self.reads, &mut messages)?;
+            let chains = read_objects::<sys::nftnl_chain>(&mut self.reads, &mut messages)?;
+            if !sets.is_empty() || !chains.is_empty() {
+                return Ok(false);
+            }
+            // Deleted alone, never re-created in the same batch (see the module
+            // documentation): nothing of the owner's is needed afterwards.
+            let mut w = BatchWriter::new(Some(before), self.sock.next_seq());
+            w.add(&new_table(), true, "table ip loopgate (delete, empty)");
+            match w.commit(&mut self.sock, Send::Commit) {
+                Ok(()) => return Ok(true),
                 Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
                 Err(e) => return Err(e),
             }
