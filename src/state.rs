@@ -247,8 +247,9 @@ pub fn namespace_dir() -> Result<PathBuf> {
     Ok(private_namespace_dir()?.path().to_path_buf())
 }
 
-/// As [`namespace_dir`], holding the checked directory open.
-fn private_namespace_dir() -> Result<crate::files::PrivateDir> {
+/// As [`namespace_dir`], holding the checked directory open: for files written in
+/// it relative to that handle, never through a link.
+pub fn private_namespace_dir() -> Result<crate::files::PrivateDir> {
     let cookie = crate::kernel::netns::cookie()?;
     let base = base_dir();
     crate::files::PrivateDir::ensure(&base, true)?;

@@ -52,7 +52,6 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         false => hold_table(false),
     };
     let dir = crate::state::namespace_dir()?;
-    std::fs::create_dir_all(&dir)?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
     let runtimes = crate::kernel::runtime::RuntimeCache::start()?;
     write_presence(&dir, held)?;
@@ -85,7 +84,13 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 }
             }
             let mut lines = Vec::new();
-            let result = repair(&mut known, policy.as_mut(), &mut quiet, &runtimes, &mut lines);
+            let result = repair(
+                &mut known,
+                policy.as_mut(),
+                &mut quiet,
+                &runtimes,
+                &mut lines,
+            );
             failing = Failing::after(failing.take(), result, lines);
         }
         if std::mem::take(&mut first) {
@@ -141,18 +146,11 @@ const LOCK: &str = "watch.lock";
 /// naming that watch's pid); the state directory or the file cannot be made.
 fn lock_instance() -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = crate::state::namespace_dir()?;
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(LOCK);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+    let dir = crate::state::private_namespace_dir()?;
+    let path = dir.path().join(LOCK);
+    // Relative to the checked state directory, never through a link.
+    let mut file = dir
+        .open(LOCK, libc::O_RDWR | libc::O_CREAT, 0o600)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), e))?;
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -183,7 +181,6 @@ fn lock_instance() -> Result<std::fs::File> {
     file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
     Ok(file)
 }
-
 
 /// The socket, in the namespace's state directory, over which a running watch lends
 /// its table to a command that changes it (see [`crate::rpc`]).
@@ -354,9 +351,10 @@ impl Failing {
 }
 
 /// Writes the presence file: `pid owner-port` (port 0 when the table is not held).
-fn write_presence(dir: &std::path::Path, held: Option<u32>) -> Result<()> {
+fn write_presence(_dir: &std::path::Path, held: Option<u32>) -> Result<()> {
     let text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
-    std::fs::write(dir.join(PRESENCE), text)?;
+    // Relative to the checked state directory, replaced whole, never through a link.
+    crate::state::private_namespace_dir()?.replace(PRESENCE, text.as_bytes(), 0o644)?;
     Ok(())
 }
 
