@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/install-deps.sh build
 if ! command -v cargo-deb >/dev/null 2>&1; then
-  echo "==> installing cargo-deb"
+  echo "==> installing cargo-deb from crates.io into ~/.cargo/bin: it builds the .deb"
   cargo install cargo-deb --locked --quiet
 fi
 rm -rf target/debroot
 DESTDIR="$PWD/target/debroot" scripts/install.sh >/dev/null
+# cargo-deb prints the package's path.
 cargo deb --no-build --locked --quiet
-ls target/debian/loopgate_*.deb
