@@ -379,3 +379,54 @@ fn a_held_table_whose_watch_does_not_answer_is_named_with_the_remedy() {
         Some("tcp:3307")
     );
 }
+
+/// A user other than root cannot reach watch.sock (a root-only directory, a 0600
+/// socket); and where an admin opened both up by mistake, watch still refuses the
+/// user, who has no CAP_NET_ADMIN. Nothing changes either way.
+#[test]
+fn a_non_root_user_cannot_borrow_the_table_even_through_an_opened_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let (lab, _services) = lab_with_services();
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let _watch = Watch::start_holding(&lab);
+    let before = lab.fingerprint();
+    let sock = std::fs::read_dir(&lab.state_dir)
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join("watch.sock"))
+        .find(|p| p.exists())
+        .expect("watch.sock");
+    let ask = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\nexcept OSError as e:\n    print('connect:', e.strerror)\n    raise SystemExit\ns.sendall(b'{{\"version\":2,\"request\":\"lease\",\"command\":\"revoke --all\"}}\\n')\nprint(s.recv(4096).decode())",
+        sock.to_str().unwrap()
+    );
+    let as_nobody = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.host.name, "setpriv"])
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["/usr/bin/python3", "-c", &ask])
+            .output()
+            .unwrap();
+        format!("{}{}", stdout(&out), stderr(&out))
+    };
+    let answer = as_nobody();
+    assert!(answer.contains("Permission denied"), "{answer}");
+    // The mistake: every directory on the way and the socket opened to everyone.
+    let mut dirs = vec![];
+    let mut d = sock.parent().unwrap().to_path_buf();
+    while d.starts_with(&lab.state_dir) {
+        dirs.push((d.clone(), std::fs::metadata(&d).unwrap().permissions()));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o711)).unwrap();
+        d = d.parent().unwrap().to_path_buf();
+    }
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let answer = as_nobody();
+    for (d, p) in dirs {
+        std::fs::set_permissions(&d, p).unwrap();
+    }
+    assert!(
+        answer.contains("\"refused\"") && answer.contains("lacks CAP_NET_ADMIN"),
+        "{answer}"
+    );
+    assert_eq!(lab.fingerprint(), before);
+}
