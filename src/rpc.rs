@@ -280,9 +280,10 @@ impl Server {
     }
 
     /// Takes one waiting connection, if any, without blocking when there is none
-    /// (`Ok(None)`); reads its request (at most 4 KiB, within 200 ms) and checks the peer. A peer that may not borrow, a request
-    /// of another protocol version or a malformed one is answered with a refusal here
-    /// and returned as an error naming why (for watch's log); the server stays usable.
+    /// (`Ok(None)`); reads its request (at most 4 KiB, within 200 ms) and checks the
+    /// peer. A peer that may not borrow, a request of another protocol version or a
+    /// malformed one is answered with a refusal here and returned as an error naming
+    /// why (for watch's log); the server stays usable.
     pub fn accept(&self) -> Result<Option<Borrower>> {
         let stream = match self.listener.accept() {
             Ok((stream, _)) => stream,
