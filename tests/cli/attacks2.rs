@@ -141,12 +141,7 @@ fn attack2_a_client_that_trickles_its_request_stalls_watch_and_a_flush_stays_unr
     let (lab, _services) = lab_with_services();
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let watch = Watch::start(&lab);
-    let sock = std::fs::read_dir(&lab.state_dir)
-        .unwrap()
-        .flatten()
-        .map(|d| d.path().join("watch.sock"))
-        .find(|p| p.exists())
-        .expect("watch.sock");
+    let sock = lab.watch_socket();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trickler = std::thread::spawn({
         let stop = stop.clone();

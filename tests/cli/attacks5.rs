@@ -25,16 +25,6 @@ fn table(lab: &Lab) -> String {
     )
 }
 
-/// The path of the lab's `watch.sock` (in `<state dir>/netns-<cookie>/`).
-fn watch_socket(lab: &Lab) -> std::path::PathBuf {
-    std::fs::read_dir(&lab.state_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path().join("watch.sock"))
-        .find(|p| p.exists())
-        .expect("watch.sock")
-}
-
 /// A pipe whose buffer is full: a process writing to its write end blocks, as one
 /// writing to a terminal stopped with ^S (XOFF) or to a stalled `ssh` session does.
 /// Returns (read end, write end).
@@ -254,7 +244,7 @@ fn a_slowloris_on_watch_sock_does_not_stop_repairs() {
     );
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let watch = Watch::start_holding(&lab);
-    let sock = watch_socket(&lab);
+    let sock = lab.watch_socket();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();
@@ -303,7 +293,7 @@ fn attack5_a_kept_lent_socket_is_reported_until_its_keeper_exits() {
     );
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let mut watch = Watch::start_holding(&lab);
-    let sock = watch_socket(&lab);
+    let sock = lab.watch_socket();
     let script = r#"
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX)

@@ -109,6 +109,15 @@ impl Side {
     }
 }
 
+/// A Python program that asks the watch at `sock` to lend its table, as a client of
+/// the protocol would, and prints the answer (or why it could not connect).
+fn lease_request(sock: &std::path::Path) -> String {
+    format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\nexcept OSError as e:\n    print('connect:', e.strerror)\n    raise SystemExit\ns.sendall(b'{{\"version\":2,\"request\":\"lease\",\"command\":\"revoke --all\"}}\\n')\nprint(s.recv(4096).decode())",
+        sock.to_str().unwrap()
+    )
+}
+
 #[test]
 fn every_verb_behaves_the_same_with_and_without_a_holding_watch() {
     let alone = Side::new(false);
@@ -240,18 +249,8 @@ fn only_cap_net_admin_in_watchs_namespaces_borrows_the_table() {
     // A uid-0 process without CAP_NET_ADMIN (dropped from its bounding set, so exec as
     // root cannot give it back). loopgate itself refuses early (it checks the
     // capability before any netlink call), so the client speaks the protocol itself.
-    let sock = std::fs::read_dir(&lab.state_dir)
-        .unwrap()
-        .flatten()
-        .map(|d| d.path().join("watch.sock"))
-        .find(|p| p.exists())
-        .expect("watch.sock");
-    let ask = format!(
-        "import socket; s = socket.socket(socket.AF_UNIX); s.connect({:?}); \
-         s.sendall(b'{{\"version\":2,\"request\":\"lease\",\"command\":\"revoke --all\"}}\\n'); \
-         print(s.recv(4096).decode())",
-        sock.to_str().unwrap()
-    );
+    let sock = lab.watch_socket();
+    let ask = lease_request(&sock);
     let uncapable = Command::new("setpriv")
         .args(["--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"])
         .args(["ip", "netns", "exec", &lab.host.name, "python3", "-c", &ask])
@@ -350,12 +349,7 @@ fn a_held_table_whose_watch_does_not_answer_is_named_with_the_remedy() {
     let (lab, _services) = lab_with_services();
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let mut watch = Watch::start_holding(&lab);
-    let sock = std::fs::read_dir(&lab.state_dir)
-        .unwrap()
-        .flatten()
-        .map(|d| d.path().join("watch.sock"))
-        .find(|p| p.exists())
-        .expect("watch.sock");
+    let sock = lab.watch_socket();
     std::fs::remove_file(&sock).unwrap();
     let before = lab.fingerprint();
     let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3307"]);
@@ -390,16 +384,8 @@ fn a_non_root_user_cannot_borrow_the_table_even_through_an_opened_socket() {
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let _watch = Watch::start_holding(&lab);
     let before = lab.fingerprint();
-    let sock = std::fs::read_dir(&lab.state_dir)
-        .unwrap()
-        .flatten()
-        .map(|d| d.path().join("watch.sock"))
-        .find(|p| p.exists())
-        .expect("watch.sock");
-    let ask = format!(
-        "import socket\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\nexcept OSError as e:\n    print('connect:', e.strerror)\n    raise SystemExit\ns.sendall(b'{{\"version\":2,\"request\":\"lease\",\"command\":\"revoke --all\"}}\\n')\nprint(s.recv(4096).decode())",
-        sock.to_str().unwrap()
-    );
+    let sock = lab.watch_socket();
+    let ask = lease_request(&sock);
     let as_nobody = || {
         let out = Command::new("ip")
             .args(["netns", "exec", &lab.host.name, "setpriv"])

@@ -509,6 +509,16 @@ impl Lab {
         path.to_str().unwrap().to_string()
     }
 
+    /// The running watch's socket (`<state dir>/netns-<cookie>/watch.sock`).
+    pub fn watch_socket(&self) -> PathBuf {
+        std::fs::read_dir(&self.state_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("watch.sock"))
+            .find(|p| p.exists())
+            .expect("watch.sock")
+    }
+
     /// Runs loopgate in the host namespace.
     pub fn loopgate(&self, args: &[&str]) -> Output {
         self.loopgate_env(args, &[])
