@@ -25,11 +25,13 @@ passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/loopgate-test.lo
 failed=$(grep -Eo '[0-9]+ failed' /tmp/loopgate-test.log | awk '{s+=$1} END {print s+0}')
 echo "==> release build has no test hook"
 cargo build --locked --release --quiet
-if LOOPGATE_FAILPOINT=journal target/release/loopgate --help >/dev/null && \
-   grep -q "LOOPGATE_FAILPOINT" target/release/loopgate; then
+# A build with the hook says so in --version (src/cli.rs); the test build is the control.
+if target/release/loopgate --version | grep -q failpoints; then
   echo "the release binary contains the failpoint hook" >&2
   exit 1
 fi
+target/debug/loopgate --version | grep -q failpoints ||
+  { echo "the test build does not report its failpoint hook: the check above proves nothing" >&2; exit 1; }
 echo "==> Kubernetes manifests against the API schema (kubernetes-validate from PyPI)"
 if [ ! -x /tmp/loopgate-kv/bin/kubernetes-validate ]; then
   /usr/bin/python3 -m venv /tmp/loopgate-kv

@@ -3,6 +3,17 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+/// The version `--version` prints; a build with the failure-injection test hook says
+/// so, which is how scripts/test.sh checks that a release build has none.
+#[cfg(feature = "failpoints")]
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (with the failpoints test hook)"
+);
+/// The version `--version` prints.
+#[cfg(not(feature = "failpoints"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Expose a loopback-only service to one subnet behind one interface, safely.
 ///
 /// loopgate turns on net.ipv4.conf.IFACE.route_localnet for exactly one interface and,
@@ -15,7 +26,7 @@ use std::path::PathBuf;
 /// changed); 3 the system refused or failed (what was done was rolled back); 4 the
 /// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
-#[command(name = "loopgate", version, max_term_width = 100)]
+#[command(name = "loopgate", version = VERSION, max_term_width = 100)]
 pub struct Cli {
     /// Act inside this network namespace: a name from `ip netns list`, or a path such as
     /// /proc/PID/ns/net. Default: the namespace loopgate runs in.
