@@ -30,8 +30,7 @@ pub fn check(step: &str) -> anyhow::Result<()> {
 pub fn crash_point(point: &str) {
     #[cfg(feature = "failpoints")]
     if std::env::var("LOOPGATE_CRASH").is_ok_and(|v| v == point) {
-        // SAFETY: sending a signal to ourselves has no memory-safety preconditions.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGKILL);
     }
     #[cfg(not(feature = "failpoints"))]
     let _ = point;

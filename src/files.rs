@@ -13,10 +13,12 @@
 //! a checked directory's descriptor with `O_NOFOLLOW`, so neither a swapped directory
 //! nor a planted link is followed.
 
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use std::ffi::CString;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -24,8 +26,7 @@ use std::path::{Path, PathBuf};
 /// Owners whose files loopgate trusts: root, and the user running loopgate (who could
 /// write the same content anyway; in a user namespace that is the mapped root).
 pub fn trusted_owner(uid: u32) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    uid == 0 || uid == unsafe { libc::geteuid() }
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Why `meta` (of `path`, called `what` in the message) is not to be trusted, as one
@@ -118,23 +119,17 @@ impl PrivateDir {
         }
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| anyhow::anyhow!("{what} {shown:?} contains a NUL byte"))?;
-        // SAFETY: `c` is a valid NUL-terminated string; the returned descriptor, when
-        // not -1, is new and owned by nobody else, so OwnedFd may close it.
-        let raw = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
-                anyhow::bail!("{what} {shown:?} is a symbolic link or not a directory; loopgate never follows one there: remove it");
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::open(c.as_c_str(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(errno) => {
+                let e = io::Error::from(errno);
+                if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
+                    anyhow::bail!("{what} {shown:?} is a symbolic link or not a directory; loopgate never follows one there: remove it");
+                }
+                anyhow::bail!("opening {what} {shown}: {e}");
             }
-            anyhow::bail!("opening {what} {shown}: {e}");
-        }
-        // SAFETY: `raw` is a fresh descriptor from open(2) above, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        };
         let meta = File::from(fd.try_clone()?).metadata()?;
         if let Some(why) = untrusted(what, path, &meta, false) {
             anyhow::bail!("{why}");
@@ -160,49 +155,27 @@ impl PrivateDir {
     /// Errors: the system's; a symbolic link at `name` is `ELOOP`, see [`is_link_error`].
     pub fn open(&self, name: &str, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
         let c = cstr(name)?;
-        // SAFETY: the directory descriptor is open for the life of `self`, `c` is a
-        // valid NUL-terminated string; a returned descriptor is new and ours to own.
-        let raw = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                libc::c_uint::from(mode),
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor from openat(2) above.
-        Ok(unsafe { File::from_raw_fd(raw) })
+        let flags = OFlag::from_bits_retain(flags) | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = nix::fcntl::openat(&self.fd, c.as_c_str(), flags, Mode::from_bits_retain(mode))?;
+        Ok(File::from(fd))
     }
 
     /// Renames `from` to `to`, both in this directory (atomic; a link at `to` is
     /// replaced, never followed).
     pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (f, t) = (cstr(from)?, cstr(to)?);
-        // SAFETY: valid descriptor and NUL-terminated strings, as above.
-        let rc = unsafe {
-            libc::renameat(
-                self.fd.as_raw_fd(),
-                f.as_ptr(),
-                self.fd.as_raw_fd(),
-                t.as_ptr(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nix::fcntl::renameat(&self.fd, f.as_c_str(), &self.fd, t.as_c_str())?;
         Ok(())
     }
 
     /// Removes the file `name` of this directory (a link is removed, not its target).
     pub fn remove(&self, name: &str) -> io::Result<()> {
         let c = cstr(name)?;
-        // SAFETY: valid descriptor and NUL-terminated string, as above.
-        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        nix::unistd::unlinkat(
+            &self.fd,
+            c.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )?;
         Ok(())
     }
 
@@ -281,8 +254,8 @@ mod tests {
     #[test]
     fn ensure_under_umask_zero() {
         if let Some(dir) = std::env::var_os("LOOPGATE_FILES_TEST_DIR") {
-            // SAFETY: umask has no preconditions; this child process runs this test only.
-            unsafe { libc::umask(0) };
+            // This child process runs this test only: umask is process-wide.
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
             PrivateDir::ensure(std::path::Path::new(&dir), true).unwrap();
         }
     }

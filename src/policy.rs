@@ -150,69 +150,30 @@ const MAX_DEPTH: usize = 32;
 /// rejects is left to the parser, which then reports the same error (having seen
 /// nothing deeper than the limit before it).
 fn check_nesting(text: &str, origin: &str) -> Result<()> {
-    use std::mem::MaybeUninit;
-    use unsafe_libyaml as unsafe_y;
-    struct Scanner(Box<MaybeUninit<unsafe_y::yaml_parser_t>>);
-    impl Drop for Scanner {
-        fn drop(&mut self) {
-            // SAFETY: only ever built after yaml_parser_initialize succeeded on it.
-            unsafe { unsafe_y::yaml_parser_delete(self.0.as_mut_ptr()) }
-        }
-    }
-    let mut scanner = Scanner(Box::new(MaybeUninit::zeroed()));
-    // SAFETY: the parser is boxed (it must not move once initialised) and lives in
-    // `scanner`, which deletes it on drop; initialise fails only without memory, and
-    // then the parser is all zeroes, which yaml_parser_delete accepts.
-    if unsafe { unsafe_y::yaml_parser_initialize(scanner.0.as_mut_ptr()) }.fail {
+    use crate::kernel::yaml::{Nesting, Scanner};
+    let Some(scanner) = Scanner::new(text) else {
         anyhow::bail!("out of memory reading {origin}");
-    }
-    // SAFETY: `text` is borrowed for the whole call and `scanner` is dropped before
-    // it returns, so the input outlives every read; the scanner reads at most
-    // `text.len()` bytes of it.
-    unsafe {
-        unsafe_y::yaml_parser_set_input_string(
-            scanner.0.as_mut_ptr(),
-            text.as_ptr(),
-            text.len() as _,
-        )
     };
     let mut depth = 0usize;
-    loop {
-        let mut token = MaybeUninit::<unsafe_y::yaml_token_t>::zeroed();
-        // SAFETY: the parser was initialised above; `token` is written by the scan
-        // when it succeeds and deleted below in that case only.
-        let scanned =
-            unsafe { unsafe_y::yaml_parser_scan(scanner.0.as_mut_ptr(), token.as_mut_ptr()) };
-        if scanned.fail {
-            return Ok(()); // the parser reports it, with its position
-        }
-        // SAFETY: a successful scan initialised the token.
-        let (kind, line) = unsafe {
-            let t = &*token.as_ptr();
-            (t.type_, t.start_mark.line)
-        };
-        // SAFETY: the token came from a successful scan and is deleted once.
-        unsafe { unsafe_y::yaml_token_delete(token.as_mut_ptr()) };
-        match kind {
-            unsafe_y::YAML_STREAM_END_TOKEN | unsafe_y::YAML_NO_TOKEN => return Ok(()),
-            unsafe_y::YAML_FLOW_SEQUENCE_START_TOKEN
-            | unsafe_y::YAML_FLOW_MAPPING_START_TOKEN
-            | unsafe_y::YAML_BLOCK_SEQUENCE_START_TOKEN
-            | unsafe_y::YAML_BLOCK_MAPPING_START_TOKEN => {
+    // A token that does not scan ends the tokens: the parser reports it, with its
+    // position.
+    for token in scanner {
+        match token.nesting {
+            Nesting::End => return Ok(()),
+            Nesting::Open => {
                 depth += 1;
                 if depth > MAX_DEPTH {
                     bad_input!(
                         "{origin}: nests deeper than {MAX_DEPTH} levels (line {}); a loopgate policy needs four",
-                        line + 1
+                        token.line + 1
                     );
                 }
             }
-            unsafe_y::YAML_FLOW_SEQUENCE_END_TOKEN
-            | unsafe_y::YAML_FLOW_MAPPING_END_TOKEN
-            | unsafe_y::YAML_BLOCK_END_TOKEN => depth = depth.saturating_sub(1),
-            _ => {}
+            Nesting::Close => depth = depth.saturating_sub(1),
+            Nesting::Other => {}
         }
     }
+    Ok(())
 }
 
 /// Parses policy text; errors name the file position serde_yaml reports.

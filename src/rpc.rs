@@ -43,8 +43,8 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{self, IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -64,9 +64,6 @@ const REQUEST_DEADLINE: Duration = Duration::from_millis(200);
 /// transaction takes milliseconds to a second or two (100,000 allowed networks);
 /// meanwhile watch repairs nothing, so a borrower that hangs must not keep it longer.
 pub const LEASE_LIMIT: Duration = Duration::from_secs(10);
-
-/// `SO_PEERPIDFD` (Linux 6.5+): a pidfd of the peer of a unix socket.
-const SO_PEERPIDFD: libc::c_int = 77;
 
 /// `CAP_NET_ADMIN`, the bit in `/proc/PID/status`'s `CapEff`.
 const CAP_NET_ADMIN: u32 = 12;
@@ -122,32 +119,13 @@ pub struct Peer {
 
 /// A pidfd of the peer of `stream`.
 fn peer_pidfd(stream: &UnixStream) -> Result<OwnedFd> {
-    let mut fd: libc::c_int = -1;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid socket; pointer and length of a live c_int.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_PEERPIDFD,
-            (&mut fd as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && fd >= 0 {
-        // SAFETY: the kernel just gave this process a new descriptor it owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Ok(fd) = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd) {
+        return Ok(fd);
     }
     // Before Linux 6.5: a pidfd of the pid SO_PEERCRED names, checked like the other.
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .context("reading the peer's credentials (SO_PEERCRED)")?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid(), 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("opening a pidfd of the peer");
-    }
-    // SAFETY: as above, a new descriptor this process owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    crate::kernel::os::pidfd_open(cred.pid()).context("opening a pidfd of the peer")
 }
 
 /// The pid `pidfd` refers to, as this process's `/proc` numbers it; `None` when that
@@ -516,16 +494,8 @@ pub fn borrow(path: &Path, command: &str, timeout: Duration) -> Result<Borrowed>
     let mut socket: Option<OwnedFd> = None;
     while !line.contains(&b'\n') {
         let mut buf = [0u8; 1024];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = nix::sys::socket::recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-        );
-        let msg = match msg {
-            Ok(m) => m,
+        let (n, fds) = match crate::kernel::os::recv_with_fds(&stream, &mut buf) {
+            Ok(got) => got,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(nix::errno::Errno::EAGAIN) => bail!(
                 "loopgate watch at {} did not lend table ip loopgate within {timeout:?}; nothing was changed",
@@ -533,19 +503,11 @@ pub fn borrow(path: &Path, command: &str, timeout: Duration) -> Result<Borrowed>
             ),
             Err(e) => return Err(e).context("reading loopgate watch's answer"),
         };
-        for c in msg.cmsgs()? {
-            if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                for fd in fds {
-                    // SAFETY: the kernel installed this descriptor in this process for
-                    // this message; nothing else owns it.
-                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-                    if socket.is_none() {
-                        socket = Some(owned);
-                    }
-                }
+        for owned in fds {
+            if socket.is_none() {
+                socket = Some(owned);
             }
         }
-        let n = msg.bytes;
         if n == 0 {
             bail!(
                 "loopgate watch at {} closed the connection without an answer; nothing was changed",
@@ -777,8 +739,7 @@ mod tests {
 
     #[test]
     fn a_root_peer_without_cap_net_admin_is_refused() {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = nix::unistd::geteuid().as_raw();
         assert_eq!(
             euid, 0,
             "the peer checks need root (scripts/test.sh runs the tests as root)"

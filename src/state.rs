@@ -902,8 +902,7 @@ mod tests {
             Ok(live) => assert!(live.contains(own.to_str().unwrap())),
             Err(e) => {
                 let pid = fs::read_link("/proc/self/ns/pid").unwrap();
-                // SAFETY: geteuid has no preconditions.
-                let root = unsafe { libc::geteuid() } == 0;
+                let root = nix::unistd::geteuid().is_root();
                 assert!(
                     pid.to_str() != Some(INIT_PID_NS) || !root,
                     "root in the initial pid namespace, yet: {e:#}"

@@ -9,7 +9,7 @@
 use crate::audit::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule, CT_XT_STATE};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 const IPT_SO_GET_INFO: libc::c_int = 64;
 const IPT_SO_GET_ENTRIES: libc::c_int = 65;
@@ -42,13 +42,14 @@ pub fn read_table(table: &str) -> Result<Vec<Chain>> {
     if table.len() >= TABLE_NAME_LEN {
         bail!("table name {table:?} is too long");
     }
-    // SAFETY: a plain socket(2) call; the descriptor is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Raw,
+        SockFlag::empty(),
+        SockProtocol::Raw,
+    )
+    .map_err(std::io::Error::from)?;
     let mut info = [0u8; INFO_LEN];
     info[..table.len()].copy_from_slice(table.as_bytes());
     get(&sock, IPT_SO_GET_INFO, &mut info)?;

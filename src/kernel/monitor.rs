@@ -69,9 +69,7 @@ fn subscribed(bus: mnl::Bus, groups: u32) -> Result<mnl::Socket> {
 }
 
 fn fd(sock: &mnl::Socket) -> i32 {
-    // SAFETY: `sock` is borrowed, so its mnl_socket is live for the call, which only
-    // reads the descriptor out of it.
-    unsafe { mnl::mnl_sys::mnl_socket_get_fd(sock.as_raw_socket()) }
+    std::os::fd::AsRawFd::as_raw_fd(sock)
 }
 
 /// Reads nftables notifications in one datagram. `touched` carries "an object of

@@ -14,7 +14,6 @@
 
 use anyhow::{Context, Result};
 use std::io;
-use std::os::raw::c_void;
 
 const NLMSG_HDRLEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 /// Receive buffer: dumps come back in datagrams of up to this size.
@@ -98,14 +97,49 @@ fn done_error(buf: &[u8]) -> Option<i32> {
         .map(|code| -code)
 }
 
+/// The netlink header at the start of `b`, which holds at least [`NLMSG_HDRLEN`] bytes
+/// (in the byte order of this host, as the kernel writes it; any alignment).
+fn header_of(b: &[u8]) -> libc::nlmsghdr {
+    let u32_at = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let u16_at = |at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+    libc::nlmsghdr {
+        nlmsg_len: u32_at(0),
+        nlmsg_type: u16_at(4),
+        nlmsg_flags: u16_at(6),
+        nlmsg_seq: u32_at(8),
+        nlmsg_pid: u32_at(12),
+    }
+}
+
+/// The bytes of `words` (u64 storage keeps a buffer of netlink messages aligned as
+/// libmnl requires).
+pub(crate) fn as_bytes(words: &[u64]) -> &[u8] {
+    // SAFETY: the slice owns `size_of_val(words)` initialised bytes, u8 has no
+    // alignment needs and every bit pattern is a valid u8; the shared borrow of
+    // `words` bounds the returned one.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
+/// The bytes of `words`, writable (any bytes written are a valid u64 again).
+pub(crate) fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
+    // SAFETY: as in `as_bytes`; the exclusive borrow of `words` is handed on, so no
+    // other view of the storage exists while the returned one does, and every bit
+    // pattern written through it is a valid u64.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            words.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(words),
+        )
+    }
+}
+
 /// The messages in one datagram, as (header, whole message). Stops at a malformed one.
 fn messages(mut rest: &[u8]) -> impl Iterator<Item = (libc::nlmsghdr, &[u8])> {
     std::iter::from_fn(move || {
         if rest.len() < NLMSG_HDRLEN {
             return None;
         }
-        // SAFETY: at least NLMSG_HDRLEN bytes remain; read_unaligned copes with any offset.
-        let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+        let header = header_of(rest);
         let len = header.nlmsg_len as usize;
         if len < NLMSG_HDRLEN || len > rest.len() {
             return None;
@@ -226,19 +260,14 @@ impl NlSocket {
     /// socket that owns a table must close when loopgate exits: inherited by a child
     /// it would keep the table owned, and locked against loopgate, after loopgate exits.
     fn close_on_exec(&self) -> Result<()> {
-        // SAFETY: valid fd; F_GETFD/F_SETFD only read and set its descriptor flags.
-        let rc = unsafe {
-            let flags = libc::fcntl(self.fd(), libc::F_GETFD);
-            if flags < 0 {
-                flags
-            } else {
-                libc::fcntl(self.fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC)
-            }
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error())
-                .context("marking a netlink socket close-on-exec");
-        }
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        fcntl(self.as_fd(), FcntlArg::F_GETFD)
+            .and_then(|flags| {
+                let flags = FdFlag::from_bits_retain(flags) | FdFlag::FD_CLOEXEC;
+                fcntl(self.as_fd(), FcntlArg::F_SETFD(flags))
+            })
+            .map_err(io::Error::from)
+            .context("marking a netlink socket close-on-exec")?;
         Ok(())
     }
 
@@ -278,8 +307,7 @@ impl NlSocket {
 
     fn fd(&self) -> i32 {
         match &self.sock {
-            // SAFETY: the mnl socket is open for the lifetime of `self`.
-            Handle::Mnl(s) => unsafe { mnl::mnl_sys::mnl_socket_get_fd(s.as_raw_socket()) },
+            Handle::Mnl(s) => std::os::fd::AsRawFd::as_raw_fd(s),
             Handle::Lent { fd, .. } => std::os::fd::AsRawFd::as_raw_fd(fd),
         }
     }
@@ -295,20 +323,10 @@ impl NlSocket {
     /// `NETLINK_NETFILTER` socket.
     pub fn from_lent(fd: std::os::fd::OwnedFd) -> Result<Self> {
         use std::os::fd::AsRawFd;
-        // SAFETY: sockaddr_nl is plain data; getsockname fills at most `len` bytes of it.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: valid fd, pointer and length of a live sockaddr_nl.
-        let rc = unsafe {
-            libc::getsockname(
-                fd.as_raw_fd(),
-                (&mut addr as *mut libc::sockaddr_nl).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error()).context("reading the lent socket's address");
-        }
+        let addr =
+            nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd())
+                .map_err(io::Error::from)
+                .context("reading the lent socket's address")?;
         let mut proto: libc::c_int = 0;
         let mut plen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
         // SAFETY: valid fd, pointer and length of a live c_int.
@@ -321,18 +339,12 @@ impl NlSocket {
                 &mut plen,
             )
         };
-        if rc < 0
-            || addr.nl_family != libc::AF_NETLINK as libc::sa_family_t
-            || proto != libc::NETLINK_NETFILTER
-            || addr.nl_pid == 0
-        {
+        let portid = addr.as_netlink_addr().map_or(0, |a| a.pid());
+        if rc < 0 || proto != libc::NETLINK_NETFILTER || portid == 0 {
             anyhow::bail!("the lent descriptor is not a bound netfilter netlink socket");
         }
         let s = NlSocket {
-            sock: Handle::Lent {
-                fd,
-                portid: addr.nl_pid,
-            },
+            sock: Handle::Lent { fd, portid },
             bus: mnl::Bus::Netfilter,
             buf: vec![0u64; RECV_BUF / 8],
             seq: 0,
@@ -352,23 +364,12 @@ impl NlSocket {
     /// fit in the receive queue. `*BUFFORCE` needs CAP_NET_ADMIN, which loopgate has.
     pub fn size_buffers(&mut self, bytes: usize) -> Result<()> {
         self.sized = Some(bytes);
-        let size = bytes.clamp(1 << 20, i32::MAX as usize) as libc::c_int;
-        for opt in [libc::SO_SNDBUFFORCE, libc::SO_RCVBUFFORCE] {
-            // SAFETY: valid fd, pointer to a live c_int with its exact size.
-            let rc = unsafe {
-                libc::setsockopt(
-                    self.fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    (&size as *const libc::c_int).cast::<c_void>(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error())
-                    .context("sizing the netlink socket buffers");
-            }
-        }
+        use nix::sys::socket::{setsockopt, sockopt};
+        let size = bytes.clamp(1 << 20, i32::MAX as usize);
+        setsockopt(&self.as_fd(), sockopt::SndBufForce, &size)
+            .and_then(|()| setsockopt(&self.as_fd(), sockopt::RcvBufForce, &size))
+            .map_err(io::Error::from)
+            .context("sizing the netlink socket buffers")?;
         Ok(())
     }
 
@@ -382,36 +383,24 @@ impl NlSocket {
 
     /// Sends all `pages` as ONE datagram (scatter-gather), so the kernel sees one batch.
     pub fn send_pages(&self, pages: &[&[u8]]) -> Result<()> {
-        let mut iov: Vec<libc::iovec> = pages
-            .iter()
-            .map(|p| libc::iovec {
-                iov_base: p.as_ptr() as *mut c_void,
-                iov_len: p.len(),
-            })
-            .collect();
+        use nix::sys::socket::{sendmsg, MsgFlags, NetlinkAddr};
+        let iov: Vec<io::IoSlice> = pages.iter().map(|p| io::IoSlice::new(p)).collect();
         let total: usize = pages.iter().map(|p| p.len()).sum();
-        // SAFETY: sockaddr_nl is plain data; zeroed means "to the kernel" (pid 0).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast::<c_void>();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        // SAFETY: `msg` points at `addr` and `iov`, which point at the caller's pages;
-        // all live until sendmsg returns.
-        let sent = unsafe { libc::sendmsg(self.fd(), &msg, 0) };
-        if sent < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EMSGSIZE) {
-                anyhow::bail!(
-                    "the kernel refused a {total}-byte netlink batch as too large (EMSGSIZE); split the policy"
-                );
+        // Port id 0: to the kernel.
+        let to = NetlinkAddr::new(0, 0);
+        let sent = match sendmsg(self.fd(), &iov, &[], MsgFlags::empty(), Some(&to)) {
+            Ok(n) => n,
+            Err(errno) => {
+                let err = io::Error::from(errno);
+                if err.raw_os_error() == Some(libc::EMSGSIZE) {
+                    anyhow::bail!(
+                        "the kernel refused a {total}-byte netlink batch as too large (EMSGSIZE); split the policy"
+                    );
+                }
+                return Err(err).context("sending the netlink batch");
             }
-            return Err(err).context("sending the netlink batch");
-        }
-        if sent as usize != total {
+        };
+        if sent != total {
             anyhow::bail!("the kernel took {sent} of {total} batch bytes");
         }
         Ok(())
@@ -429,27 +418,26 @@ impl NlSocket {
         wait: bool,
         mut each: impl FnMut(&Reply) -> Result<()>,
     ) -> Result<bool> {
-        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
-        let fd = self.fd();
-        let bytes: &mut [u8] = {
-            let len = self.buf.len() * 8;
-            // SAFETY: the Vec<u64> owns `len` initialised bytes; u8 has no alignment needs,
-            // and the u64 storage keeps nlmsghdr reads aligned.
-            unsafe { std::slice::from_raw_parts_mut(self.buf.as_mut_ptr().cast::<u8>(), len) }
+        use nix::sys::socket::{recv, MsgFlags};
+        let flags = match wait {
+            true => MsgFlags::empty(),
+            false => MsgFlags::MSG_DONTWAIT,
         };
-        // SAFETY: valid fd and a writable buffer of the given length.
-        let n = unsafe { libc::recv(fd, bytes.as_mut_ptr().cast::<c_void>(), bytes.len(), flags) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if !wait && err.kind() == io::ErrorKind::WouldBlock {
-                return Ok(false);
+        let fd = self.fd();
+        let bytes = as_bytes_mut(&mut self.buf);
+        let n = match recv(fd, bytes, flags) {
+            Ok(n) => n,
+            Err(errno) => {
+                let err = io::Error::from(errno);
+                if !wait && err.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(false);
+                }
+                return Err(err).context("reading a netlink reply");
             }
-            return Err(err).context("reading a netlink reply");
-        }
-        let mut rest = &bytes[..n as usize];
+        };
+        let mut rest = &bytes[..n];
         while rest.len() >= NLMSG_HDRLEN {
-            // SAFETY: at least NLMSG_HDRLEN bytes remain; read_unaligned copes with any offset.
-            let header: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(rest.as_ptr().cast()) };
+            let header = header_of(rest);
             let len = header.nlmsg_len as usize;
             if len < NLMSG_HDRLEN || len > rest.len() {
                 anyhow::bail!("malformed netlink reply (length {len})");
@@ -500,11 +488,8 @@ impl NlSocket {
                 len <= self.buf.len() * 8,
                 "recv returned more than the buffer"
             );
-            // SAFETY: the Vec<u64> owns at least `len` initialised bytes (checked
-            // above), and its u64 storage gives the alignment mnl requires of a
-            // buffer of nlmsghdr.
-            let buf: &[u8] =
-                unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), len) };
+            // The u64 storage gives the alignment mnl requires of a buffer of nlmsghdr.
+            let buf = &as_bytes(&self.buf)[..len];
             match check_datagram(buf, seq, portid, &mut out)? {
                 Step::More => continue,
                 Step::Done => return Ok(Some(out)),
@@ -516,13 +501,13 @@ impl NlSocket {
     /// Reads one datagram into the buffer, waiting for it; returns its length.
     fn recv_raw(&mut self) -> Result<usize> {
         let fd = self.fd();
-        let len = self.buf.len() * 8;
-        // SAFETY: valid fd and a writable buffer of `len` bytes owned by self.buf.
-        let n = unsafe { libc::recv(fd, self.buf.as_mut_ptr().cast::<c_void>(), len, 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error()).context("reading a netlink reply");
-        }
-        Ok(n as usize)
+        nix::sys::socket::recv(
+            fd,
+            as_bytes_mut(&mut self.buf),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .map_err(io::Error::from)
+        .context("reading a netlink reply")
     }
 }
 
@@ -616,15 +601,8 @@ mod tests {
     fn check(parts: &[Vec<u8>]) -> (Result<Step>, usize) {
         let bytes = parts.concat();
         let mut storage = vec![0u64; bytes.len().div_ceil(8)];
-        // SAFETY: storage holds at least bytes.len() bytes.
-        let buf = unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                storage.as_mut_ptr().cast::<u8>(),
-                bytes.len(),
-            );
-            std::slice::from_raw_parts(storage.as_ptr().cast::<u8>(), bytes.len())
-        };
+        as_bytes_mut(&mut storage)[..bytes.len()].copy_from_slice(&bytes);
+        let buf = &as_bytes(&storage)[..bytes.len()];
         let mut out = Vec::new();
         let step = check_datagram(buf, SEQ, PORT, &mut out);
         (step, out.len())

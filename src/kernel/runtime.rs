@@ -20,7 +20,7 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -155,12 +155,8 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::Output
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
-    // SAFETY: pidfd_open takes a pid and flags, returns a new descriptor or -1; the
-    // child is not reaped before the wait below, so the pid is still its own.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pgid, 0) };
-    let exited = if pidfd >= 0 {
-        // SAFETY: a new descriptor this process owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // The child is not reaped before the wait below, so the pid is still its own.
+    let exited = if let Ok(pidfd) = super::os::pidfd_open(pgid) {
         let mut fds = [nix::poll::PollFd::new(
             std::os::fd::AsFd::as_fd(&pidfd),
             nix::poll::PollFlags::POLLIN,
@@ -180,15 +176,16 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> Result<std::process::Output
         true
     };
     if !exited {
-        // SAFETY: kill(2) of the process group this function created.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        // The process group this function created.
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL);
         let _ = child.wait();
         return Err(Bounded::TimedOut);
     }
     let status = child.wait().map_err(Bounded::Spawn)?;
     // The CLI exited; a child it left behind may still hold the pipes.
-    // SAFETY: kill(2) of the process group this function created; ESRCH when empty.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    // The process group this function created; ESRCH when empty.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL);
     // Its output ends when every holder of the pipes is gone, within the same bound
     // (a moment more, for a CLI that exited right at it).
     let ended = |rx: mpsc::Receiver<Vec<u8>>| {
@@ -244,14 +241,9 @@ pub struct RuntimeCache {
 impl RuntimeCache {
     /// Starts the worker thread. Errors: no pipe could be made.
     pub fn start() -> anyhow::Result<RuntimeCache> {
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: pipe2 fills the two-element array with new descriptors or fails.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: both descriptors are new and owned by nothing else.
         let (wake, signal) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(std::io::Error::from)?;
         let known: Arc<Mutex<Known>> = Arc::default();
         let (jobs, rx) = mpsc::channel::<Key>();
         let shared = Arc::clone(&known);

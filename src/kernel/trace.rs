@@ -225,28 +225,25 @@ impl TraceListener {
             sock,
             buf: vec![0u8; 1 << 16],
         };
-        let size: libc::c_int = 8 << 20;
-        // SAFETY: a valid fd and a pointer to a live c_int with its exact size.
-        let rc = unsafe {
-            libc::setsockopt(
-                listener.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("sizing the trace socket's receive buffer");
-        }
+        let size: usize = 8 << 20;
+        nix::sys::socket::setsockopt(
+            &listener.as_fd(),
+            nix::sys::socket::sockopt::RcvBufForce,
+            &size,
+        )
+        .map_err(std::io::Error::from)
+        .context("sizing the trace socket's receive buffer")?;
         Ok(listener)
     }
 
     fn fd(&self) -> i32 {
-        // SAFETY: `self.sock` is open for the lifetime of `self`; the call only reads
-        // the descriptor out of it.
-        unsafe { mnl::mnl_sys::mnl_socket_get_fd(self.sock.as_raw_socket()) }
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock)
+    }
+
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to `self.sock`, open for as long as `self`
+        // lives, which bounds the borrow.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd()) }
     }
 
     /// Waits up to `timeout` for events and reads every queued one. A signal ends the
@@ -255,11 +252,8 @@ impl TraceListener {
     /// Errors: reading the socket failed for another reason than an overflow.
     pub fn wait(&mut self, timeout: Duration) -> Result<Received> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        use std::os::fd::BorrowedFd;
         let fd = self.fd();
-        // SAFETY: `fd` belongs to `self.sock`, open for the whole call.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let mut fds = [PollFd::new(borrowed, PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.as_fd(), PollFlags::POLLIN)];
         let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut got = Received::default();
         match poll(

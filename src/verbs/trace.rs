@@ -22,14 +22,7 @@ use crate::{bad_input, errln, outln};
 use anyhow::Result;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 /// How long the event loop waits at most before it looks at the clock and the flag.
 const POLL: Duration = Duration::from_millis(100);
@@ -442,11 +435,7 @@ pub fn run(args: &TraceArgs) -> Result<i32> {
             filter.iface
         );
     }
-    STOP.store(false, Ordering::SeqCst);
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+    crate::kernel::os::stop_on_term_and_int();
     // Subscribed first, so the first packet's steps are not missed.
     let mut listener = TraceListener::subscribe()?;
     let table = TraceTable::install(&filter)?;
@@ -503,7 +492,7 @@ fn follow(listener: &mut TraceListener, args: &TraceArgs) -> Result<u64> {
     loop {
         let now = Instant::now();
         let over = deadline.is_some_and(|d| now >= d);
-        if over || STOP.load(Ordering::SeqCst) {
+        if over || crate::kernel::os::stop_requested() {
             for p in asm.finish() {
                 print(p, &mut seen);
             }

@@ -20,14 +20,7 @@ use crate::state::{State, Store};
 use crate::txn;
 use anyhow::Result;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
 
 /// Sysctl changes raise no netlink event; this bounds how long one goes unnoticed.
 const TICK: Duration = Duration::from_millis(250);
@@ -39,10 +32,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     // Before anything else: a second watch must not adopt, bind or repair at all.
     let _instance = lock_instance()?;
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
+    crate::kernel::os::stop_on_term_and_int();
     let mut monitor = Monitor::new()?;
     let mut held = match args.no_hold {
         true => {
@@ -62,7 +52,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
     let mut failing: Option<Failing> = None;
-    while !STOP.load(Ordering::SeqCst) {
+    while !crate::kernel::os::stop_requested() {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
         match crate::kernel::sysctl::read("all") {
             Ok(v) if sysctl::is_open(v) && !all_open => {
@@ -144,39 +134,42 @@ const LOCK: &str = "watch.lock";
 ///
 /// Errors: another watch holds it (a [`BadInput`](crate::error::BadInput), exit 2,
 /// naming that watch's pid); the state directory or the file cannot be made.
-fn lock_instance() -> Result<std::fs::File> {
+fn lock_instance() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
     use std::io::{Read, Seek, Write};
     let dir = crate::state::private_namespace_dir()?;
     let path = dir.path().join(LOCK);
     // Relative to the checked state directory, never through a link.
-    let mut file = dir
+    let file = dir
         .open(LOCK, libc::O_RDWR | libc::O_CREAT, 0o600)
         .map_err(|e| anyhow::anyhow!("cannot open {}: {}", path.display(), e))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((_, errno)) if errno != nix::errno::Errno::EWOULDBLOCK => {
+            let err = std::io::Error::from(errno);
             return Err(anyhow::anyhow!("cannot lock {}: {}", path.display(), err));
         }
-        // The holder writes its pid right after locking: give it a moment (bounded).
-        let mut pid = String::new();
-        for _ in 0..20 {
-            pid.clear();
-            file.seek(std::io::SeekFrom::Start(0))?;
-            file.read_to_string(&mut pid)?;
-            if !pid.trim().is_empty() {
-                break;
+        Err((mut file, _)) => {
+            // The holder writes its pid right after locking: give it a moment (bounded).
+            let mut pid = String::new();
+            for _ in 0..20 {
+                pid.clear();
+                file.seek(std::io::SeekFrom::Start(0))?;
+                file.read_to_string(&mut pid)?;
+                if !pid.trim().is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let pid = match pid.trim() {
-            "" => "pid not written yet".to_string(),
-            p => format!("pid {p}"),
-        };
-        return Err(anyhow::Error::new(crate::error::BadInput(format!(
+            let pid = match pid.trim() {
+                "" => "pid not written yet".to_string(),
+                p => format!("pid {p}"),
+            };
+            return Err(anyhow::Error::new(crate::error::BadInput(format!(
             "another loopgate watch runs in this network namespace ({pid}); one watch per namespace"
         ))));
-    }
+        }
+    };
     file.set_len(0)?;
     file.write_all(format!("{}\n", std::process::id()).as_bytes())?;
     Ok(file)

@@ -7,7 +7,7 @@
 use super::abi::*;
 use super::elements::{self, ElemBlock};
 use super::expr::new_rule;
-use super::objects::{alloc, cstr, Obj, Owned};
+use super::objects::{alloc, Obj, Owned};
 use crate::ruleset::{
     AddrSet, Chain, ChainKind, Hook, KeyField, Match, Rule, Ruleset, Verdict, VerdictMap, TABLE,
 };
@@ -20,30 +20,22 @@ pub(super) fn new_table() -> Obj {
 }
 
 pub(super) fn new_chain(c: &Chain) -> Obj {
-    // SAFETY: fresh allocation; strings are copied.
-    unsafe {
-        let p = alloc(sys::nftnl_chain_alloc());
-        let ch = p.as_ptr();
-        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_TABLE as u16, cstr(TABLE).as_ptr());
-        sys::nftnl_chain_set_str(ch, sys::NFTNL_CHAIN_NAME as u16, cstr(&c.name).as_ptr());
-        sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_FAMILY as u16, NFPROTO_IPV4 as u32);
-        if let Some(a) = c.attach {
-            let hook = match a.hook {
-                Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
-                Hook::Input => libc::NF_INET_LOCAL_IN,
-                Hook::Postrouting => libc::NF_INET_POST_ROUTING,
-            } as u32;
-            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_HOOKNUM as u16, hook);
-            sys::nftnl_chain_set_s32(ch, sys::NFTNL_CHAIN_PRIO as u16, a.priority);
-            sys::nftnl_chain_set_str(
-                ch,
-                sys::NFTNL_CHAIN_TYPE as u16,
-                cstr(a.kind.name()).as_ptr(),
-            );
-            sys::nftnl_chain_set_u32(ch, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
-        }
-        Obj::Chain(p)
+    let ch = Owned::<sys::nftnl_chain>::naming_table();
+    ch.set_str(sys::NFTNL_CHAIN_NAME, &c.name);
+    ch.set_u32(sys::NFTNL_CHAIN_FAMILY, NFPROTO_IPV4 as u32);
+    if let Some(a) = c.attach {
+        let hook = match a.hook {
+            Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+            Hook::Input => libc::NF_INET_LOCAL_IN,
+            Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+        } as u32;
+        ch.set_u32(sys::NFTNL_CHAIN_HOOKNUM, hook);
+        // nftnl_chain_set_s32 stores the same 4 bytes as set_u32 of the same bits.
+        ch.set_u32(sys::NFTNL_CHAIN_PRIO, a.priority as u32);
+        ch.set_str(sys::NFTNL_CHAIN_TYPE, a.kind.name());
+        ch.set_u32(sys::NFTNL_CHAIN_POLICY, NF_ACCEPT);
     }
+    ch.into_obj()
 }
 
 pub(super) fn set_header(name: &str, id: u32) -> Owned<sys::nftnl_set> {

@@ -4,7 +4,7 @@
 //! and match shortcuts follow nft exactly for that reason.
 
 use super::abi::*;
-use super::objects::{alloc, cstr, Obj};
+use super::objects::{alloc, cstr, Obj, Owned};
 use crate::ruleset::{CtDir, KeyField, Match, Rule, Verdict, TABLE};
 use nftnl::nftnl_sys as sys;
 use std::ptr::NonNull;
@@ -296,15 +296,8 @@ enum Attr {
 }
 
 pub(super) fn new_rule(chain: &str, rule: &Rule) -> Obj {
-    // SAFETY: fresh allocation; strings and userdata are copied by libnftnl.
-    let p = unsafe {
-        let p = alloc(sys::nftnl_rule_alloc());
-        let r = p.as_ptr();
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, cstr(TABLE).as_ptr());
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, cstr(chain).as_ptr());
-        sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, NFPROTO_IPV4 as u32);
-        p
-    };
+    let r = rule_in(TABLE, chain);
+    let p = r.ptr();
     let mut w = ExprWriter { rule: p };
     for m in &rule.matches {
         w.add_match(m);
@@ -315,7 +308,16 @@ pub(super) fn new_rule(chain: &str, rule: &Rule) -> Obj {
     }
     w.add_verdict(&rule.verdict);
     set_comment(p, &rule.comment);
-    Obj::Rule(p)
+    r.into_obj()
+}
+
+/// A new rule of family ip in `table`, chain `chain`, with no expressions yet.
+fn rule_in(table: &str, chain: &str) -> Owned<sys::nftnl_rule> {
+    let r = Owned::<sys::nftnl_rule>::new();
+    r.set_str(sys::NFTNL_RULE_TABLE, table);
+    r.set_str(sys::NFTNL_RULE_CHAIN, chain);
+    r.set_u32(sys::NFTNL_RULE_FAMILY, NFPROTO_IPV4 as u32);
+    r
 }
 
 fn set_comment(rule: NonNull<sys::nftnl_rule>, comment: &str) {
@@ -352,15 +354,8 @@ pub(super) fn new_trace_rule(
     port: Option<u16>,
     comment: &str,
 ) -> Obj {
-    // SAFETY: fresh allocation; strings are copied by libnftnl.
-    let p = unsafe {
-        let p = alloc(sys::nftnl_rule_alloc());
-        let r = p.as_ptr();
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, cstr(table).as_ptr());
-        sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, cstr(chain).as_ptr());
-        sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, NFPROTO_IPV4 as u32);
-        p
-    };
+    let r = rule_in(table, chain);
+    let p = r.ptr();
     let mut w = ExprWriter { rule: p };
     match iface.strip_suffix('*') {
         // A prefix: compare only its bytes, no NUL padding.
@@ -387,5 +382,5 @@ pub(super) fn new_trace_rule(
         ],
     );
     set_comment(p, comment);
-    Obj::Rule(p)
+    r.into_obj()
 }

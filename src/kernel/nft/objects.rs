@@ -44,8 +44,11 @@ impl Drop for Obj {
     }
 }
 
+/// `p`, which a libnftnl `*_alloc` just returned, as non-null; aborts on NULL.
 pub(super) fn alloc<T>(p: *mut T) -> NonNull<T> {
-    // libnftnl returns NULL only when malloc fails; like std, treat OOM as fatal.
+    // libnftnl returns NULL when malloc fails, and nftnl_expr_alloc also for an
+    // expression name it does not know (loopgate passes only names it knows). Either
+    // way there is no object to use: like std on OOM, stop rather than go on with NULL.
     NonNull::new(p).unwrap_or_else(|| std::process::abort())
 }
 

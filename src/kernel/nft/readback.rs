@@ -127,11 +127,7 @@ pub(super) fn request_in(
 /// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
 fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
-    assert!(std::mem::size_of_val(v.as_slice()) >= bytes.len());
-    // SAFETY: v has at least bytes.len() bytes of storage (checked above).
-    unsafe {
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.as_mut_ptr().cast::<u8>(), bytes.len())
-    };
+    crate::kernel::netlink::as_bytes_mut(&mut v)[..bytes.len()].copy_from_slice(bytes);
     v
 }
 
@@ -157,10 +153,7 @@ fn dump_rows_in(
 /// The attributes of one dumped nf_tables message: what follows its netlink header
 /// and nfgenmsg.
 fn message_attrs(row: &[u64]) -> &[u8] {
-    // SAFETY: `row` is an aligned copy of one complete message; its bytes are plain data.
-    let bytes = unsafe {
-        std::slice::from_raw_parts(row.as_ptr().cast::<u8>(), std::mem::size_of_val(row))
-    };
+    let bytes = crate::kernel::netlink::as_bytes(row);
     let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
     const HEADERS: usize = 16 + 4;
     bytes.get(HEADERS..len.min(bytes.len())).unwrap_or_default()
