@@ -24,6 +24,8 @@ pub mod files;
 pub mod grant;
 pub mod input;
 pub mod kernel;
+#[cfg(test)]
+mod layers;
 pub mod output;
 pub mod persist;
 pub mod plan;
