@@ -13,11 +13,10 @@
 //!
 //! A runtime CLI can hang (a stuck dockerd, a remote `DOCKER_HOST`), so every call is
 //! bounded ([`INSPECT_TIMEOUT`]: the CLI's process group is killed after it, see
-//! [`crate::kernel::process`]), and
-//! `watch` asks through a [`RuntimeCache`], whose worker thread asks the runtimes while
-//! watch's loop goes on with the last answers: closing interfaces, guarding a new one
-//! and the fast path after a foreign commit never wait for a runtime.
-
+//! [`crate::kernel::process`]), and `watch` asks through a [`RuntimeCache`], whose
+//! worker thread asks the runtimes while watch's loop goes on with the last answers:
+//! closing interfaces, guarding a new one and the fast path after a foreign commit
+//! never wait for a runtime.
 //!
 //! The host that specs resolve against ([`crate::spec::Host`]) is the kernel's
 //! [`HostInterfaces`] with the runtimes asked each time: that impl is here.
