@@ -14,28 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 
 // Re-exported: validation, `txn` and `audit` have always reached it here.
 pub use crate::grant::loopback;
+// The host facts validation asks for are the kernel's to define (it answers them).
+pub use crate::kernel::host::Interfaces;
 
 const IPV6_REFUSAL: &str =
     "IPv6 has no route_localnet (the kernel drops ::1 on every non-loopback device), so loopgate cannot publish over IPv6";
-
-/// What validation needs to know about the host's interfaces.
-pub trait Interfaces {
-    /// The interface's IPv4 addresses, primary first; `None` when it does not exist.
-    fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>>;
-
-    /// True when some interface of the host has `addr`: a listen address need not be
-    /// the ingress interface's own (Docker's host-gateway is docker0's address, reached
-    /// from a user-defined network's bridge).
-    fn owns(&self, _addr: Ipv4Addr) -> bool {
-        false
-    }
-
-    /// The address Docker gives `host.docker.internal` (`host-gateway`): the daemon's
-    /// `host-gateway-ip`, else docker0's primary address; `None` when neither exists.
-    fn host_gateway(&self) -> Option<Ipv4Addr> {
-        None
-    }
-}
 
 /// What `--listen host-gateway` (policy `listen: host-gateway`) is written as.
 pub const HOST_GATEWAY: &str = "host-gateway";

@@ -4,9 +4,16 @@
 //!
 //! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
 //! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
-//! applies; [`txn`] orders and undoes the steps; [`verbs`] are the thin commands;
-//! [`persist`] records a change in the persistent policy; [`rpc`] borrows the table
-//! from the running `watch`.
+//! applies; [`runtime`] asks container runtimes about their networks; [`state`] is what
+//! loopgate remembers per namespace; [`txn`] orders and undoes the steps; [`audit`]
+//! judges; [`verbs`] are the thin commands; [`persist`] records a change in the
+//! persistent policy; [`rpc`] borrows the table from the running `watch`.
+//!
+//! Layers, lowest first: `error`, `failpoint`, `cidr`, `files`; `grant`; `ruleset`;
+//! `kernel` (the only module that changes the host, and only through
+//! [`kernel::seam::Kernel`]); then everything that decides. A module names only what is
+//! below it, and no two modules name each other in a cycle: the `layers` unit test
+//! checks both (`cargo test --lib layers`).
 
 pub mod audit;
 pub mod cidr;
@@ -17,6 +24,8 @@ pub mod files;
 pub mod grant;
 pub mod input;
 pub mod kernel;
+#[cfg(test)]
+mod layers;
 pub mod output;
 pub mod persist;
 pub mod plan;
@@ -26,6 +35,7 @@ mod properties;
 pub mod reference;
 pub mod rpc;
 pub mod ruleset;
+pub mod runtime;
 pub mod spec;
 pub mod state;
 pub mod txn;

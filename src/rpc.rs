@@ -60,10 +60,8 @@ const MAX_REQUEST: usize = 4096;
 /// stuck or trickling client must not stall the loop that serves it.
 const REQUEST_DEADLINE: Duration = Duration::from_millis(200);
 
-/// How long watch lends its table to one command before it takes it back: a
-/// transaction takes milliseconds to a second or two (100,000 allowed networks);
-/// meanwhile watch repairs nothing, so a borrower that hangs must not keep it longer.
-pub const LEASE_LIMIT: Duration = Duration::from_secs(10);
+// The kernel's seam enforces it on the borrower's side.
+pub use crate::kernel::seam::LEASE_LIMIT;
 
 /// `CAP_NET_ADMIN`, the bit in `/proc/PID/status`'s `CapEff`.
 const CAP_NET_ADMIN: u32 = 12;

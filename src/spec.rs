@@ -262,7 +262,7 @@ pub trait Host: Interfaces {
     fn interface_names(&self) -> Vec<String>;
 
     /// What a runtime says of its network `name` (see
-    /// [`crate::kernel::runtime::inspect`]); none known by default.
+    /// [`crate::runtime::inspect`]); none known by default.
     fn runtime_network(
         &self,
         _runtime: crate::kernel::runtime::Runtime,

@@ -1,5 +1,7 @@
 //! What loopgate remembers per network namespace: its grants, the route_localnet value
-//! each interface had before loopgate first touched it, and an in-flight transaction.
+//! each interface had before loopgate first touched it, an in-flight transaction, and
+//! whether a `watch` runs there (its presence file). The base directory also keeps the
+//! kernel features probed on this boot ([`known_features`]).
 //!
 //! The kernel alone cannot tell loopgate what to restore on revoke (Docker or Podman may
 //! have set route_localnet=1 themselves), so this survives the process. It lives under
@@ -165,59 +167,42 @@ impl StateV1 {
     }
 }
 
-/// Kernel features loopgate has already seen the kernel accept on this boot, so the
-/// feature probe (a validate-only batch that also makes the next real batch wait for an
-/// RCU grace period) runs once per boot and feature, not on every command. Features are
-/// the kernel's, not a namespace's, so the record sits in the base directory.
-pub struct KnownFeatures;
+/// Where the kernel features probed on this boot are recorded: the base directory
+/// (features are the kernel's, not a namespace's). See [`crate::kernel::features`].
+pub fn known_features() -> crate::kernel::features::KnownFeatures {
+    crate::kernel::features::KnownFeatures::in_dir(base_dir())
+}
 
-impl KnownFeatures {
-    const FILE: &'static str = "kernel-features";
+/// The file of the namespace directory that tells other loopgate commands that a
+/// `watch` runs there: `pid owner-port`.
+const WATCH_PRESENCE: &str = "watch.owner";
 
-    fn read() -> Option<String> {
-        let dir = crate::files::PrivateDir::ensure(&base_dir(), true).ok()?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(
-            &mut dir.open(Self::FILE, libc::O_RDONLY, 0).ok()?,
-            &mut text,
-        )
-        .ok()?;
-        Some(text)
-    }
+/// Records that this process is the namespace's `watch`, holding loopgate's table
+/// through the netlink port `held` (0 when it does not hold it): `pid owner-port`.
+///
+/// Errors: the state directory cannot be reached or the file written.
+pub fn write_watch_presence(held: Option<u32>) -> Result<()> {
+    let text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
+    // Relative to the checked state directory, replaced whole, never through a link.
+    private_namespace_dir()?.replace(WATCH_PRESENCE, text.as_bytes(), 0o644)?;
+    Ok(())
+}
 
-    fn boot_id() -> Option<String> {
-        fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|s| s.trim().to_string())
-    }
+/// Removes the presence file from `dir`, the namespace directory (watch stops).
+pub fn remove_watch_presence(dir: &std::path::Path) {
+    let _ = fs::remove_file(dir.join(WATCH_PRESENCE));
+}
 
-    /// True when every one of `needs` was probed successfully since this boot.
-    pub fn cover(needs: &std::collections::BTreeSet<String>) -> bool {
-        let (Some(boot), Some(text)) = (Self::boot_id(), Self::read()) else {
-            return false;
-        };
-        let mut lines = text.lines();
-        lines.next() == Some(boot.as_str()) && {
-            let known: std::collections::BTreeSet<&str> = lines.collect();
-            needs.iter().all(|n| known.contains(n.as_str()))
-        }
-    }
-
-    /// Records `needs` as probed; best effort (a failure only means probing again).
-    pub fn remember(needs: &std::collections::BTreeSet<String>) {
-        let Some(boot) = Self::boot_id() else { return };
-        let mut all: std::collections::BTreeSet<String> = match Self::read() {
-            Some(text) if text.lines().next() == Some(boot.as_str()) => {
-                text.lines().skip(1).map(str::to_string).collect()
-            }
-            _ => Default::default(),
-        };
-        all.extend(needs.iter().cloned());
-        let body: String = std::iter::once(boot).chain(all).map(|l| l + "\n").collect();
-        if let Ok(dir) = crate::files::PrivateDir::ensure(&base_dir(), true) {
-            let _ = dir.replace(Self::FILE, body.as_bytes(), 0o600);
-        }
-    }
+/// The running watch of the current namespace, if one runs: (pid, owner port id, 0
+/// when it does not hold the table). Used by `audit` to name the protection in force.
+pub fn running_watch() -> Option<(u32, u32)> {
+    let text = fs::read_to_string(namespace_dir().ok()?.join(WATCH_PRESENCE)).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let port: u32 = words.next()?.parse().ok()?;
+    // Alive? (signal 0 checks existence and permission only.)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).ok()?;
+    Some((pid, port))
 }
 
 /// How [`Store`] takes the namespace's lock.

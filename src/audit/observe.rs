@@ -46,7 +46,7 @@ pub struct Observed {
     /// (a few addresses of each, see the `reachability` module).
     pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
     /// Every other firewall's chains, for the firewall findings (see [`super::firewall`]).
-    pub firewall: super::firewall::Foreign,
+    pub firewall: crate::kernel::firewall::Foreign,
 }
 
 /// The nftables configuration file nftables.service loads; `LOOPGATE_NFTABLES_CONF`
@@ -108,7 +108,7 @@ pub fn observe<K: Kernel>(
     // From who the kernel says holds the table, checked against the running watch:
     // a stale or forged presence file cannot make audit claim a protection.
     use crate::kernel::nft::Holder;
-    let protection = match (snapshot.holder(), crate::verbs::watch::running()) {
+    let protection = match (snapshot.holder(), crate::state::running_watch()) {
         (Some(Holder::Socket(p)), Some((pid, port))) if p == port => {
             format!("owned by watch (pid {pid})")
         }

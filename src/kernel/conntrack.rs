@@ -214,7 +214,7 @@ fn delete_message(f: &Flow) -> Vec<u8> {
 }
 
 /// Deletes the given entries; entries that vanished meanwhile are not an error.
-pub fn delete(flows: &[Flow]) -> Result<usize> {
+pub(in crate::kernel) fn delete(flows: &[Flow]) -> Result<usize> {
     if flows.is_empty() {
         return Ok(0);
     }

@@ -2,16 +2,37 @@
 //! on loopback, and whether the caller may change the network at all.
 
 use crate::grant::Proto;
-use crate::input::Interfaces;
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
 
+/// What validation needs to know about the host's interfaces (`crate::input`).
+pub trait Interfaces {
+    /// The interface's IPv4 addresses, primary first; `None` when it does not exist.
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>>;
+
+    /// True when some interface of the host has `addr`: a listen address need not be
+    /// the ingress interface's own (Docker's host-gateway is docker0's address, reached
+    /// from a user-defined network's bridge).
+    fn owns(&self, _addr: Ipv4Addr) -> bool {
+        false
+    }
+
+    /// The address Docker gives `host.docker.internal` (`host-gateway`): the daemon's
+    /// `host-gateway-ip`, else docker0's primary address; `None` when neither exists.
+    fn host_gateway(&self) -> Option<Ipv4Addr> {
+        None
+    }
+}
+
 /// The interfaces of the current network namespace with their IPv4 addresses, read
 /// once: names from if_nameindex(3), addresses from an rtnetlink `RTM_GETADDR` dump
 /// keyed by ifindex. Not getifaddrs(3): it reports an address carrying a label
 /// (`ip addr add ... label br0:1`) under the label, as if `br0:1` were a device.
+///
+/// Specs resolve against it with the container runtimes asked each time: that
+/// `spec::Host` impl is in [`crate::runtime`], the layer that asks them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInterfaces {
     addrs: BTreeMap<String, Vec<Ipv4Addr>>,
@@ -49,20 +70,6 @@ impl HostInterfaces {
 /// True when the interface exists, even without addresses (if_nametoindex).
 fn exists(name: &str) -> bool {
     nix::net::if_::if_nametoindex(name).is_ok()
-}
-
-impl crate::spec::Host for HostInterfaces {
-    fn interface_names(&self) -> Vec<String> {
-        self.addrs.keys().cloned().collect()
-    }
-
-    fn runtime_network(
-        &self,
-        runtime: super::runtime::Runtime,
-        name: &str,
-    ) -> Result<Option<super::runtime::RuntimeNet>, String> {
-        super::runtime::inspect(runtime, name)
-    }
 }
 
 /// The ifindexes of the devices that have at least one IPv4 address now.

@@ -1,12 +1,12 @@
 //! iptables-legacy tables, which nft does not list: which are loaded
 //! (`/proc/net/ip_tables_names`) and their chains, read with the legacy
 //! `IPT_SO_GET_INFO` / `IPT_SO_GET_ENTRIES` getsockopt as `iptables-legacy-save` does,
-//! translated into audit's model ([`crate::audit::firewall`]): the ipt_ip part of each
+//! translated into the plain model of [`super::firewall`]: the ipt_ip part of each
 //! entry (addresses, interfaces, protocol), the `tcp`, `udp`, `state` and `conntrack`
 //! (state only) matches and the standard, REJECT, NOTRACK and CT targets; any other
 //! match or target is kept as unknown.
 
-use crate::audit::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule, CT_XT_STATE};
+use super::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule, CT_XT_STATE};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -1,10 +1,19 @@
 //! Everything that talks to the kernel, behind narrow functions: nf_tables (netlink),
-//! conntrack (netlink), sysctls and socket tables (/proc), interfaces, and namespaces.
-//! The rest of loopgate decides; this layer only observes and applies.
+//! conntrack (netlink), sysctls and socket tables (/proc), interfaces, and namespaces;
+//! the plain model of other firewalls ([`firewall`]), the record of probed features
+//! ([`features`]) and a bounded process runner ([`process`]). The rest of loopgate
+//! decides; this layer only observes and applies, and every change to the host goes
+//! through [`seam::Kernel`] (the raw mutators are private to this module).
+//!
+//! The bottom of loopgate's layers: this module names only `error`, `failpoint`,
+//! `cidr`, `files`, `grant` and `ruleset` above itself, never a module that uses it
+//! (checked by the `layers` unit test).
 
 pub mod conntrack;
 #[cfg(test)]
 pub mod fake;
+pub mod features;
+pub mod firewall;
 pub mod host;
 pub mod legacy;
 pub mod monitor;
@@ -12,6 +21,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod os;
+pub mod process;
 pub mod runtime;
 pub mod seam;
 pub mod sysctl;

@@ -9,6 +9,10 @@
 //! failures, lives in `kernel::fake` for unit tests, as knftables' `Fake` and
 //! Kubernetes' sysctl fake do: rollback ordering, the never-open-without-guard invariant
 //! and watch's decisions are then tested in milliseconds without root.
+//!
+//! The raw mutators (`sysctl::write`, `sysctl::write_device`, `nft::apply`,
+//! `Snapshot::restore`, `conntrack::delete`) are visible only inside `kernel/`: outside
+//! it, a change to the host that does not go through [`Kernel`] does not compile.
 
 use super::conntrack::Flow;
 use super::host::{IfAddr, Listener, RouteLookup};
@@ -121,10 +125,16 @@ pub trait Kernel {
     /// Every other firewall's chains (other nft tables, iptables-legacy), for audit's
     /// firewall findings; what cannot be read is noted in it, never an error. None by
     /// default: the fake kernel has no other firewall.
-    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
+    fn foreign_firewall(&self) -> super::firewall::Foreign {
         Default::default()
     }
 }
+
+/// How long watch lends its table to one command before it takes it back: a
+/// transaction takes milliseconds to a second or two (100,000 allowed networks);
+/// meanwhile watch repairs nothing, so a borrower that hangs must not keep it longer.
+/// The borrower's changes through the lent socket stop at it (see [`hold_borrowed`]).
+pub const LEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 thread_local! {
     /// The [`nft::Owner`] loopgate's table is held with, when it is: `watch`'s own, or
@@ -170,7 +180,7 @@ fn through_owner<T>(
         Some((_, Some(deadline))) if std::time::Instant::now() >= *deadline => {
             anyhow::bail!(
                 "the lease of table ip loopgate from loopgate watch ran out ({} s); watch uses its socket again",
-                crate::rpc::LEASE_LIMIT.as_secs()
+                LEASE_LIMIT.as_secs()
             )
         }
         Some((owner, _)) => f(owner),
@@ -184,8 +194,22 @@ pub fn holding() -> bool {
 }
 
 /// The real kernel of the caller's network namespace.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct System;
+#[derive(Debug, Clone, Default)]
+pub struct System {
+    /// Where the features probed on this boot are recorded; `None`: every
+    /// [`Kernel::probe`] asks the kernel.
+    known_features: Option<super::features::KnownFeatures>,
+}
+
+impl System {
+    /// The real kernel, with the features probed on this boot recorded in `known` (see
+    /// [`super::features`]).
+    pub fn new(known: super::features::KnownFeatures) -> System {
+        System {
+            known_features: Some(known),
+        }
+    }
+}
 
 impl Kernel for System {
     type Snapshot = nft::Snapshot;
@@ -236,9 +260,12 @@ impl Kernel for System {
         // Once per boot for each feature (the test hook always probes): the probe makes
         // the next real batch wait for an RCU grace period.
         let needs = nft::features(ruleset);
-        if crate::failpoint::armed("probe") || !crate::state::KnownFeatures::cover(&needs) {
+        let known = self.known_features.as_ref();
+        if crate::failpoint::armed("probe") || !known.is_some_and(|k| k.cover(&needs)) {
             nft::probe(ruleset)?;
-            crate::state::KnownFeatures::remember(&needs);
+            if let Some(k) = known {
+                k.remember(&needs);
+            }
         }
         Ok(())
     }
@@ -270,7 +297,7 @@ impl Kernel for System {
         super::host::routes(dsts)
     }
 
-    fn foreign_firewall(&self) -> crate::audit::firewall::Foreign {
-        crate::audit::firewall::read()
+    fn foreign_firewall(&self) -> super::firewall::Foreign {
+        super::firewall::read()
     }
 }

@@ -40,7 +40,7 @@ pub fn read(iface: &str) -> Result<i32> {
 
 /// Writes route_localnet of one real interface by name. Prefer [`write_device`], which
 /// checks that the name still denotes the device the change was computed for.
-pub fn write(iface: &str, value: i32) -> Result<()> {
+pub(in crate::kernel) fn write(iface: &str, value: i32) -> Result<()> {
     assert!(
         iface != "all" && iface != "default",
         "loopgate never writes conf.{iface}"
@@ -52,7 +52,7 @@ pub fn write(iface: &str, value: i32) -> Result<()> {
 /// Writes route_localnet of the device `ifindex`, known as `iface`; refuses when the
 /// name now denotes another device (deleted and re-created, or renamed), whose value
 /// loopgate has not read and must not change.
-pub fn write_device(iface: &str, ifindex: u32, value: i32) -> Result<()> {
+pub(in crate::kernel) fn write_device(iface: &str, ifindex: u32, value: i32) -> Result<()> {
     if ifindex_of(iface) != Some(ifindex) {
         anyhow::bail!(
             "{iface} is no longer the device (ifindex {ifindex}) whose route_localnet loopgate read; not writing {value}"

@@ -2,11 +2,11 @@
 //! whether anything needs attention.
 
 use super::open_store;
+use super::system;
 use crate::audit::{self, Severity};
 use crate::cli::{AuditArgs, AuditFormat};
 use crate::error::{EXIT_FINDINGS, EXIT_OK};
 use crate::kernel::nft;
-use crate::kernel::seam::System;
 use anyhow::Result;
 
 /// Runs `audit`; returns 1 when there is a warning or critical finding, else 0.
@@ -16,10 +16,10 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         crate::plan::ruleset_with(&state.grants, &state.guarded).map(|r| nft::planned_image(&r));
     let host = crate::kernel::host::HostInterfaces::read()?;
     // A table the running watch holds is loopgate's own, not a tampered one.
-    if let Some((_, port)) = super::watch::running() {
+    if let Some((_, port)) = crate::state::running_watch() {
         nft::sanction_owner(port);
     }
-    let observed = audit::observe(&System, &host, &state, expected.as_ref(), args.deep)?;
+    let observed = audit::observe(&system(), &host, &state, expected.as_ref(), args.deep)?;
     // Released before printing: `audit | less` must not hold up watch's repairs.
     drop(store);
     let report = audit::assess(&observed, &state, expected.as_ref());

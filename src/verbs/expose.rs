@@ -52,7 +52,7 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         // The runtime must answer: a missing CLI, another driver or an IPv6-only
         // network is refused now; a network that does not exist yet is pending.
         Some((runtime, name)) => {
-            if let Err(why) = crate::kernel::runtime::inspect(*runtime, name) {
+            if let Err(why) = crate::runtime::inspect(*runtime, name) {
                 bad_input!("{why}");
             }
         }

@@ -134,14 +134,14 @@ pub fn converge_guarding(
     let lease = match mode {
         Mode::Apply => borrow_table()?,
         Mode::Plan | Mode::DryRun => {
-            if let Some((_, port)) = watch::running().filter(|(_, port)| *port != 0) {
+            if let Some((_, port)) = crate::state::running_watch().filter(|(_, port)| *port != 0) {
                 nft::sanction_owner(port);
             }
             TableLease(None)
         }
     };
     let guarded = crate::spec::resolve_guards(&guards, &host::HostInterfaces::read()?);
-    let (change, snapshot) = observe_and_compute_guarding(&System, old, grants, guarded)?;
+    let (change, snapshot) = observe_and_compute_guarding(&system(), old, grants, guarded)?;
     let change = change.with_specs(specs).with_guards(guards);
 
     // Printed once the table is given back: a stderr or stdout that blocks (^S, a
@@ -203,7 +203,7 @@ pub fn converge_guarding(
         }
         Mode::Apply => {
             let lines = change.describe();
-            let outcome = txn::execute(&System, &store, &change, &snapshot);
+            let outcome = txn::execute(&system(), &store, &change, &snapshot);
             drop(store);
             // Given back before printing (see above), and on failure too.
             drop(lease);
@@ -275,7 +275,7 @@ pub fn borrow_table() -> Result<TableLease> {
     // Nothing lent: the table must then be nobody's, or the kernel refuses the change
     // half way (EPERM) and the undo with it. Say so now, with nothing changed.
     if let Some(nft::Holder::Socket(port)) = nft::table_holder()? {
-        let who = match watch::running() {
+        let who = match crate::state::running_watch() {
             Some((pid, p)) if p == port => format!("loopgate watch (pid {pid})"),
             _ => format!("another process's netlink socket (port id {port})"),
         };
@@ -315,7 +315,7 @@ fn firewall_warnings(change: &Change) -> Vec<String> {
         .iter()
         .filter_map(|g| sysctl::ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
         .collect();
-    let foreign = System.foreign_firewall();
+    let foreign = system().foreign_firewall();
     crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes)
 }
 
@@ -351,6 +351,12 @@ pub fn change(
         crate::outln!("persisted to {}", file.display());
     }
     Ok(())
+}
+
+/// The real kernel, remembering the features it accepted on this boot in the state
+/// base directory (see [`crate::kernel::features`]).
+pub fn system() -> System {
+    System::new(crate::state::known_features())
 }
 
 /// Takes the namespace's state lock and reads the state.

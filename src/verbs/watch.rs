@@ -10,10 +10,11 @@
 //! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
+use super::system;
 use super::{observe_and_compute, observe_and_compute_holding_back, remember_intact};
 use crate::kernel::host::HostInterfaces;
 use crate::kernel::monitor::{Batch, Monitor};
-use crate::kernel::seam::{Kernel, System};
+use crate::kernel::seam::Kernel;
 use crate::kernel::sysctl;
 use crate::spec::{self, Source, Spec};
 use crate::state::{State, Store};
@@ -43,8 +44,8 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     };
     let dir = crate::state::namespace_dir()?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
-    let runtimes = crate::kernel::runtime::RuntimeCache::start()?;
-    write_presence(&dir, held)?;
+    let runtimes = crate::runtime::RuntimeCache::start()?;
+    crate::state::write_watch_presence(held)?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
     let mut policy = args.policy.clone().map(PolicyFollower::new);
@@ -70,7 +71,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 // was said at start.
                 held = hold_table(true);
                 if held.is_some() {
-                    write_presence(&dir, held)?;
+                    crate::state::write_watch_presence(held)?;
                 }
             }
             let mut lines = Vec::new();
@@ -119,7 +120,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             ),
         }
     }
-    let _ = std::fs::remove_file(dir.join(PRESENCE));
+    crate::state::remove_watch_presence(&dir);
     eprintln!("loopgate watch: stopped; the policy stays in place");
     Ok(())
 }
@@ -227,9 +228,6 @@ fn lend(server: &crate::rpc::Server) {
         ),
     }
 }
-
-/// The file that tells other loopgate commands that a watch runs: `pid owner-port`.
-const PRESENCE: &str = "watch.owner";
 
 /// Adopts loopgate's table with the owner flag where the kernel has it (Linux 6.9+):
 /// while watch runs, `nft flush ruleset` skips the table and every other process gets
@@ -343,26 +341,6 @@ impl Failing {
     }
 }
 
-/// Writes the presence file: `pid owner-port` (port 0 when the table is not held).
-fn write_presence(_dir: &std::path::Path, held: Option<u32>) -> Result<()> {
-    let text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
-    // Relative to the checked state directory, replaced whole, never through a link.
-    crate::state::private_namespace_dir()?.replace(PRESENCE, text.as_bytes(), 0o644)?;
-    Ok(())
-}
-
-/// The running watch of the current namespace, if one runs: (pid, owner port id, 0
-/// when it does not hold the table). Used by `audit` to name the protection in force.
-pub fn running() -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string(crate::state::namespace_dir().ok()?.join(PRESENCE)).ok()?;
-    let mut words = text.split_whitespace();
-    let pid: u32 = words.next()?.parse().ok()?;
-    let port: u32 = words.next()?.parse().ok()?;
-    // Alive? (signal 0 checks existence and permission only.)
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).ok()?;
-    Some((pid, port))
-}
-
 /// True when one of `batches` was not loopgate's: its generation is not one this
 /// process's own commits created ([`committed_by_this_process`]), and its pid is
 /// neither this process's nor one of a loopgate run recorded in `state`'s writers. A
@@ -409,7 +387,7 @@ fn close_if_foreign(batches: &[Batch], known: &mut Option<State>) -> Result<()> 
     let Some(state) = known.as_ref() else {
         return Ok(());
     };
-    for line in close_managed(&System, state)? {
+    for line in close_managed(&system(), state)? {
         eprintln!("loopgate watch: another process changed table ip loopgate; {line}");
     }
     Ok(())
@@ -457,7 +435,7 @@ pub fn repair(
     known: &mut Option<State>,
     policy: Option<&mut PolicyFollower>,
     quiet: &mut Option<Stamp>,
-    runtimes: &crate::kernel::runtime::RuntimeCache,
+    runtimes: &crate::runtime::RuntimeCache,
     log: &mut Vec<String>,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
@@ -488,9 +466,9 @@ pub fn repair(
             return Ok(());
         };
         let target = state.grants.clone();
-        let (change, _) = observe_and_compute(&System, state.clone(), target)?;
+        let (change, _) = observe_and_compute(&system(), state.clone(), target)?;
         if change.guard_lost {
-            for line in close_managed(&System, state)? {
+            for line in close_managed(&system(), state)? {
                 eprintln!(
                     "loopgate watch: the state lock has been held by another process for over {} ms and table ip loopgate is not as loopgate left it; {line}",
                     LOCK_WAIT.as_millis()
@@ -501,7 +479,7 @@ pub fn repair(
     };
     *known = Some(store.load()?);
     let (lines, result) = repair_with(
-        &System,
+        &system(),
         &store,
         &host_now,
         policy_specs.as_deref(),
@@ -521,11 +499,11 @@ pub fn repair(
 }
 
 /// The host as a pass of watch sees it: the interfaces read for the pass, and the
-/// runtimes' networks as the [`RuntimeCache`](crate::kernel::runtime::RuntimeCache)
+/// runtimes' networks as the [`RuntimeCache`](crate::runtime::RuntimeCache)
 /// last heard of them, so that no runtime call runs on the loop that guards.
 struct CachedRuntimes<'a> {
     host: &'a HostInterfaces,
-    runtimes: &'a crate::kernel::runtime::RuntimeCache,
+    runtimes: &'a crate::runtime::RuntimeCache,
     /// Bridges re-created since their runtime last described them (see
     /// [`spec::Host::unsettled`]).
     unsettled: std::cell::RefCell<std::collections::BTreeSet<String>>,
@@ -594,7 +572,7 @@ impl Stamp {
             generation: crate::kernel::nft::current_generation()?,
             state: Store::file_stamp(),
             host: host.clone(),
-            devices: txn::observe_devices(&System, state, &state.grants)?,
+            devices: txn::observe_devices(&system(), state, &state.grants)?,
             policy,
         })
     }

@@ -5,6 +5,7 @@
 
 use super::*;
 use loopgate::kernel::nft::{self, Holder, Owner};
+use loopgate::kernel::seam::{Kernel, System};
 use std::io::Write;
 use std::sync::mpsc;
 
@@ -241,8 +242,10 @@ fn an_owned_table_withstands_flush_delete_and_dormant_from_others_and_outlives_i
     let (apply, restore) = lab.host.enter(move || {
         let snap = nft::snapshot(None).unwrap();
         (
-            nft::apply(Some(&ruleset(&[3306, 3307]))).map(|_| ()),
-            snap.restore(),
+            System::default()
+                .apply_table(Some(&ruleset(&[3306, 3307])))
+                .map(|_| ()),
+            System::default().restore(&snap),
         )
     });
     for (what, r) in [("apply", apply), ("restore", restore)] {

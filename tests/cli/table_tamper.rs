@@ -2,6 +2,7 @@
 
 use super::*;
 use loopgate::kernel::nft;
+use loopgate::kernel::seam::{Kernel, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -193,7 +194,7 @@ fn snapshots_taken_while_others_commit_are_never_torn() {
     let images = [nft::planned_image(&a), nft::planned_image(&b)];
     ns.enter({
         let a = a.clone();
-        move || nft::apply(Some(&a)).map(|_| ()).unwrap()
+        move || System::default().apply_table(Some(&a)).map(|_| ()).unwrap()
     });
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(4);
@@ -204,7 +205,7 @@ fn snapshots_taken_while_others_commit_are_never_torn() {
                 let mut commits = 0;
                 while !stop.load(Ordering::SeqCst) && commits < 2000 {
                     let next = if commits % 2 == 0 { &b } else { &a };
-                    nft::apply(Some(next)).unwrap();
+                    System::default().apply_table(Some(next)).unwrap();
                     commits += 1;
                 }
                 commits
@@ -269,7 +270,12 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
     let ns = Netns::new("foreign");
     let ruleset = ruleset_for(3306, 10);
     let want = nft::planned_image(&ruleset);
-    ns.enter(move || nft::apply(Some(&ruleset)).map(|_| ()).unwrap());
+    ns.enter(move || {
+        System::default()
+            .apply_table(Some(&ruleset))
+            .map(|_| ())
+            .unwrap()
+    });
     let quiet = ns.enter(|| nft::snapshot(None).unwrap().messages_read());
 
     // Someone else's big table, plus look-alikes: the same table name in another

@@ -1,5 +1,5 @@
 //! Reading every other table's chains and rules (families `ip` and `inet`, the ones
-//! that see IPv4) into audit's plain model ([`crate::audit::firewall::Foreign`]), with
+//! that see IPv4) into the plain model of [`crate::kernel::firewall`], with
 //! the same dump reader loopgate reads its own table with, unfiltered: two dumps,
 //! chains and rules. loopgate's own table is left out. Each rule's expressions are
 //! decoded into what the evaluator models; anything else is kept by name as unknown.
@@ -7,7 +7,7 @@
 use super::abi::*;
 use super::objects::{get_str, Owned};
 use super::readback::dump_objects;
-use crate::audit::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule};
+use crate::kernel::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule};
 use crate::kernel::netlink::NlSocket;
 use crate::ruleset::TABLE;
 use anyhow::Result;

@@ -115,7 +115,7 @@ pub(super) fn is_restart(e: &anyhow::Error) -> bool {
 
 /// Installs the planned table (or removes it when there are no grants), atomically.
 /// Returns what vouches for the installed table.
-pub fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
+pub(in crate::kernel) fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
     let mut sock = NlSocket::netfilter()?;
     let objects = ruleset.map(encode);
     let mut attempts = 0;

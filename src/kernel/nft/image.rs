@@ -199,7 +199,7 @@ fn hex(bytes: &[u8]) -> String {
 /// anyone else skips it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Holder {
-    /// No owner flag and no persist flag: the table as [`apply`](super::apply) writes
+    /// No owner flag and no persist flag: the table as `nft::apply` writes
     /// it; anyone with CAP_NET_ADMIN may change, flush or delete it.
     Nobody,
     /// `flags persist` without an owner: left behind by an owner whose socket closed.
@@ -533,7 +533,7 @@ impl TableObjects {
 }
 
 /// The canonical image of a planned table, for comparison with [`Snapshot::image`]:
-/// the table as [`apply`](super::apply) writes it, without flags.
+/// the table as `nft::apply` writes it, without flags.
 pub fn planned_image(ruleset: &Ruleset) -> TableImage {
     planned_image_held(Some(ruleset), Holder::Nobody)
 }

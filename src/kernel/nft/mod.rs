@@ -39,9 +39,8 @@ pub use counters::RuleCounter;
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use foreign::foreign_chains;
-pub use generation::{
-    apply, committed_by_this_process, current_generation, record_lent_commits, Vouch,
-};
+pub(in crate::kernel) use generation::apply;
+pub use generation::{committed_by_this_process, current_generation, record_lent_commits, Vouch};
 pub use image::{planned_image, planned_image_held, sanction_owner, Elements, Holder, TableImage};
 pub use owner::{probe_owner_support, Owner};
 pub use readback::{snapshot, table_holder, Snapshot};

@@ -203,7 +203,7 @@ impl Owner {
     /// table is left empty, still owned (its name stays reserved against lookalikes);
     /// compare it with [`planned_image_held`](super::planned_image_held)`(None, ..)`.
     ///
-    /// Returns what vouches for the installed table, as [`apply`](super::apply) does.
+    /// Returns what vouches for the installed table, as `nft::apply` does.
     /// The `ruleset-batch` failpoint poisons the batch as it does `apply`'s.
     pub fn apply(&mut self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
         let objects = ruleset.map(encode);
@@ -216,7 +216,7 @@ impl Owner {
 
     /// Puts the table's contents back as `snapshot` read them, through the owning
     /// socket and without deleting the table: it stays owned. (A snapshot's own
-    /// [`Snapshot::restore`] deletes and re-creates the table from a socket of its own,
+    /// `Snapshot::restore` deletes and re-creates the table from a socket of its own,
     /// which the kernel refuses while this owner holds it.) The snapshot's other table
     /// flags (dormant) are not put back: the kernel refuses them on an owned table (see
     /// the module documentation), and a refused restore would leave the rollback

@@ -55,7 +55,7 @@ impl Snapshot {
     /// socket owns the table (an [`Owner`](super::Owner), in this process or another)
     /// the kernel refuses it with EPERM and nothing changes. The owner restores with
     /// [`Owner::restore`](super::Owner::restore), which keeps the table owned.
-    pub fn restore(&self) -> Result<()> {
+    pub(in crate::kernel) fn restore(&self) -> Result<()> {
         let mut sock = NlSocket::netfilter()?;
         replace_table(
             &mut sock,
@@ -170,7 +170,7 @@ const SNAPSHOT_TRIES: usize = 5;
 /// a commit by another process between two of them would leave a mix of two states
 /// (chains of one, rules of the other). The nftables generation is read before and
 /// after, and the whole read is repeated while it moves: a snapshot returned is one
-/// state of the table, safe to compare and to [`Snapshot::restore`].
+/// state of the table, safe to compare and to `Snapshot::restore`.
 ///
 /// With `trust` (the vouch recorded at the last commit and the image planned from the
 /// recorded grants): if the nftables generation has not moved since and the plan's
