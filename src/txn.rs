@@ -334,21 +334,27 @@ impl Change {
             .collect()
     }
 
-    /// A human summary of the change, one line per item.
-    pub fn describe(&self) -> Vec<String> {
+    /// The grants this change adds, changes or removes, in that order.
+    pub fn grant_changes(&self) -> Vec<GrantChange<'_>> {
         let mut out = Vec::new();
         for g in &self.grants {
             match self.old.grants.iter().find(|o| o.key() == g.key()) {
-                None => out.push(format!("add grant {g}")),
-                Some(o) if o != g => out.push(format!("change grant {g}")),
+                None => out.push(GrantChange::Add(g)),
+                Some(o) if o != g => out.push(GrantChange::Change(g)),
                 _ => {}
             }
         }
         for o in &self.old.grants {
             if !self.grants.iter().any(|g| g.key() == o.key()) {
-                out.push(format!("remove grant {o}"));
+                out.push(GrantChange::Remove(o));
             }
         }
+        out
+    }
+
+    /// A human summary of the change, one line per item.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.grant_changes().iter().map(|c| c.to_string()).collect();
         for g in self
             .guarded
             .iter()
@@ -414,6 +420,27 @@ impl Change {
             ));
         }
         out
+    }
+}
+
+/// One grant a [`Change`] adds, changes or removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantChange<'a> {
+    /// A grant that is new.
+    Add(&'a Grant),
+    /// A grant whose key stays and whose target or allowed sources change (the new one).
+    Change(&'a Grant),
+    /// A grant that goes.
+    Remove(&'a Grant),
+}
+
+impl fmt::Display for GrantChange<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GrantChange::Add(g) => write!(f, "add grant {g}"),
+            GrantChange::Change(g) => write!(f, "change grant {g}"),
+            GrantChange::Remove(g) => write!(f, "remove grant {g}"),
+        }
     }
 }
 
