@@ -733,6 +733,58 @@ mod tests {
         }
     }
 
+    /// The plan of a two-interface policy, read the way `apply` reads it (specs
+    /// resolved against the host), against the golden file; no root needed. Set
+    /// UPDATE_GOLDEN=1 to accept a deliberate change. `cli_surface` checks as root that
+    /// nft loads the file.
+    #[test]
+    fn the_plan_matches_the_golden_file() {
+        struct Host;
+        impl Interfaces for Host {
+            fn ipv4_addresses(&self, name: &str) -> Option<Vec<std::net::Ipv4Addr>> {
+                match name {
+                    "br0" => Some(vec![[192, 0, 2, 1].into()]),
+                    "br1" => Some(vec![[198, 51, 100, 1].into()]),
+                    _ => None,
+                }
+            }
+        }
+        impl crate::spec::Host for Host {
+            fn interface_names(&self) -> Vec<String> {
+                vec!["br0".into(), "br1".into()]
+            }
+        }
+        let policy = parse(
+            "grants:
+  - name: mysql
+    interface: br0
+    allow: [192.0.2.0/26, 192.0.2.64/26, 203.0.113.7]
+    port: 3306
+  - name: dns
+    interface: br1
+    allow: 198.51.100.0/24
+    port: 53
+    proto: both
+    to: 127.0.0.53
+",
+            "golden",
+        )
+        .unwrap();
+        let specs = specs_of(&[("golden".into(), policy)], &Host, true).unwrap();
+        let resolved = crate::spec::resolve(&specs, &Host);
+        assert!(resolved.pending.is_empty(), "{:?}", resolved.pending);
+        let text = crate::plan::render(crate::plan::ruleset(&resolved.grants).as_ref());
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/two-interfaces.nft");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&golden, &text).unwrap();
+        }
+        assert_eq!(
+            text,
+            std::fs::read_to_string(&golden).unwrap(),
+            "set UPDATE_GOLDEN=1 to accept a deliberate change"
+        );
+    }
+
     #[test]
     fn scalars_and_lists_are_both_accepted() {
         let p = parse(

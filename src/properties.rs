@@ -145,15 +145,29 @@ proptest! {
 
     #[test]
     fn the_plan_is_deterministic(gs in grants(), seed in any::<u64>()) {
-        let mut shuffled = gs.clone();
-        let n = shuffled.len();
+        // `ruleset` sorts the grants first, so shuffling them alone tests that sort
+        // only: the allow lists inside each grant and the guarded interfaces are
+        // shuffled too, and the same input is planned twice (no order from a hash).
         let mut s = seed;
-        for i in (1..n).rev() {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            shuffled.swap(i, (s >> 33) as usize % (i + 1));
+        let mut shuffle = |n: usize| -> Vec<usize> {
+            let mut order: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                order.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            order
+        };
+        let mut shuffled: Vec<Grant> = shuffle(gs.len()).into_iter().map(|i| gs[i].clone()).collect();
+        for g in &mut shuffled {
+            g.allow = shuffle(g.allow.len()).into_iter().map(|i| g.allow[i]).collect();
         }
-        let a = plan::ruleset(&gs).unwrap();
-        let b = plan::ruleset(&shuffled).unwrap();
+        let guarded = vec!["gd0".to_string(), "gd1".to_string(), "gd2".to_string()];
+        let guarded_shuffled: Vec<String> =
+            shuffle(guarded.len()).into_iter().map(|i| guarded[i].clone()).collect();
+        let a = plan::ruleset_with(&gs, &guarded).unwrap();
+        let again = plan::ruleset_with(&gs, &guarded).unwrap();
+        let b = plan::ruleset_with(&shuffled, &guarded_shuffled).unwrap();
+        prop_assert_eq!(a.to_nft(), again.to_nft());
         prop_assert_eq!(a.to_nft(), b.to_nft());
         prop_assert_eq!(nft::planned_image(&a), nft::planned_image(&b));
     }

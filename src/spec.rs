@@ -236,6 +236,23 @@ pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
     Ok(out)
 }
 
+/// Why a spec serves no interface now, as commands decide on it; the words are in
+/// [`Pending::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingKind {
+    /// The interface, runtime network or bridge does not exist now, or no interface
+    /// matches the pattern: served when it appears.
+    Missing,
+    /// The interface has no usable address now (none at all, not the pinned one, or
+    /// host-gateway is unusable): served when it has.
+    Unaddressed,
+    /// The runtime could not be asked about its network.
+    RuntimeUnknown,
+    /// Another spec already publishes the same address, protocol and port on the
+    /// interface to another target: a conflict, which `expose` and `apply` refuse.
+    Conflict,
+}
+
 /// A spec, or part of one, that serves no interface now, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pending {
@@ -245,6 +262,9 @@ pub struct Pending {
     pub interface: String,
     /// Why it is not served, in words.
     pub reason: String,
+    /// Why it is not served, as a value to decide on.
+    #[serde(skip)]
+    pub kind: PendingKind,
 }
 
 /// Specs resolved against the interfaces of one moment.
@@ -326,6 +346,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         spec: spec.label(),
                         interface: String::new(),
                         reason: why,
+                        kind: PendingKind::Missing,
                     });
                     continue;
                 }
@@ -334,6 +355,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         spec: spec.label(),
                         interface: String::new(),
                         reason: why,
+                        kind: PendingKind::RuntimeUnknown,
                     });
                     continue;
                 }
@@ -353,7 +375,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     Some(n),
                     &[],
                     previous,
-                    why,
+                    (PendingKind::Missing, why),
                     &mut seen,
                     &mut out,
                 );
@@ -400,6 +422,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     Some(_) => "the interface does not exist now; its guard stays in place".into(),
                     None => "the interface does not exist now".into(),
                 },
+                kind: PendingKind::Missing,
             });
             if let Some(g) = kept {
                 if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
@@ -417,6 +440,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                     true => "no interface matches the pattern now".into(),
                     false => "the interface does not exist now".into(),
                 },
+                kind: PendingKind::Missing,
             });
             continue;
         }
@@ -430,7 +454,14 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         .as_ref()
                         .map(|n| (n, allow.as_slice(), host.host_gateway()));
                     keep_guard(
-                        spec, iface, n, &addresses, previous, why, &mut seen, &mut out,
+                        spec,
+                        iface,
+                        n,
+                        &addresses,
+                        previous,
+                        (PendingKind::Unaddressed, why),
+                        &mut seen,
+                        &mut out,
                     );
                     continue;
                 }
@@ -453,6 +484,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                             reason: format!(
                                 "host-gateway is {a} now, which is not a usable address of this host"
                             ),
+                            kind: PendingKind::Unaddressed,
                         });
                         continue;
                     }
@@ -461,6 +493,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                             spec: spec.label(),
                             interface: iface.clone(),
                             reason: "host-gateway has no address now (no docker0)".into(),
+                            kind: PendingKind::Unaddressed,
                         });
                         continue;
                     }
@@ -473,7 +506,14 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                             .as_ref()
                             .map(|n| (n, allow.as_slice(), host.host_gateway()));
                         keep_guard(
-                            spec, iface, n, &addresses, previous, why, &mut seen, &mut out,
+                            spec,
+                            iface,
+                            n,
+                            &addresses,
+                            previous,
+                            (PendingKind::Unaddressed, why),
+                            &mut seen,
+                            &mut out,
                         );
                         continue;
                     }
@@ -502,6 +542,7 @@ fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) -> Resolved
                         "{listen}:{}/{} on {iface} is already published by {first}",
                         spec.port, spec.proto
                     ),
+                    kind: PendingKind::Conflict,
                 }),
                 None => {
                     seen.insert(grant.key(), (grant.to, spec.label()));
@@ -540,7 +581,7 @@ fn keep_guard(
     )>,
     addresses: &[Ipv4Addr],
     previous: &[Grant],
-    why: String,
+    (kind, why): (PendingKind, String),
     seen: &mut BTreeMap<GrantKey, (SocketAddrV4, String)>,
     out: &mut Resolved,
 ) {
@@ -595,6 +636,7 @@ fn keep_guard(
             }
             None => why,
         },
+        kind,
     });
 }
 
@@ -990,6 +1032,7 @@ mod tests {
         let r = resolve(&specs, &host);
         assert_eq!(r.grants.len(), 1);
         assert_eq!(r.grants[0].to, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(r.pending[0].kind, PendingKind::Conflict);
         assert!(r.pending[0].reason.contains("already published"));
     }
 

@@ -1,5 +1,5 @@
-//! Fuzzes what loopgate reads from users: the policy parser and validator, and the
-//! argument validators. Whatever the input, loopgate must answer with a value or a
+//! Fuzzes what loopgate reads from users: the policy parser and validator (the path
+//! `apply` takes: specs, then resolution), and the argument validators. Whatever the input, loopgate must answer with a value or a
 //! `BadInput` error, never panic, and every plan it accepts must carry the full guard.
 
 #![no_main]
@@ -18,6 +18,12 @@ impl Interfaces for FuzzHost {
             "bare0" => Some(vec![]),
             _ => None,
         }
+    }
+}
+
+impl loopgate::spec::Host for FuzzHost {
+    fn interface_names(&self) -> Vec<String> {
+        vec!["br0".into(), "br1".into(), "bare0".into()]
     }
 }
 
@@ -47,13 +53,19 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let grants = match loopgate::policy::grants(&policy, &FuzzHost) {
-        Ok(g) => g,
+    // The path `apply` takes: specs checked against the host, then resolved.
+    let specs = match loopgate::policy::specs_of(&[("fuzz".into(), policy)], &FuzzHost, true) {
+        Ok(s) => s,
         Err(e) => {
             assert!(is_bad_input(&e), "validation error is not BadInput: {e:#}");
             return;
         }
     };
+    let grants = loopgate::spec::resolve(&specs, &FuzzHost).grants;
+    if let Err(e) = input::check_conflicts(&grants) {
+        assert!(is_bad_input(&e), "conflict error is not BadInput: {e:#}");
+        return;
+    }
     let Some(ruleset) = loopgate::plan::ruleset(&grants) else {
         assert!(grants.is_empty());
         return;

@@ -446,3 +446,197 @@ mod tests {
         );
     }
 }
+
+/// One case per finding code, over observed facts (no root): a healthy host with one
+/// grant, changed in one way each. Every case must give its code, the healthy host must
+/// not (so the change is what gives it), and a code without a case fails the test.
+#[cfg(test)]
+mod every_code {
+    use super::*;
+    use crate::audit::firewall::{BaseHook, Chain, Expr, Foreign, Hook, Rule};
+    use crate::grant::Proto;
+    use crate::kernel::host::{IfAddr, RouteLookup};
+    use crate::kernel::nft::{planned_image, RuleCounter};
+    use crate::state::{Original, STATE_VERSION};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn grant() -> Grant {
+        Grant {
+            name: "mysql".into(),
+            iface: "br0".into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port: 3306,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3306),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    /// The facts of one case: what was observed, what is recorded, and the table the
+    /// recorded grants require.
+    struct Facts {
+        observed: Observed,
+        state: State,
+        expected: Option<TableImage>,
+    }
+
+    /// br0 open behind its intact guard, its target listening, its address and routes
+    /// where they belong: only `guarded`.
+    fn healthy() -> Facts {
+        let grants = vec![grant()];
+        let expected = crate::plan::ruleset(&grants).map(|r| planned_image(&r));
+        let sample_routes = [1, 2, 126].map(|last| {
+            (
+                Ipv4Addr::new(192, 0, 2, last),
+                RouteLookup::Out("br0".into()),
+            )
+        });
+        Facts {
+            observed: Observed {
+                sysctls: vec![
+                    ("all".into(), Ok(0)),
+                    ("default".into(), Ok(0)),
+                    ("br0".into(), Ok(1)),
+                ],
+                ifindexes: [("br0".to_string(), 5)].into(),
+                recorded_names: [(5, Some("br0".to_string()))].into(),
+                table: expected.clone(),
+                protection: "not owned".into(),
+                loopback_listeners: vec![Listener {
+                    proto: Proto::Tcp,
+                    addr: Ipv4Addr::LOCALHOST,
+                    port: 3306,
+                    device: None,
+                }],
+                addresses: vec![IfAddr {
+                    iface: "br0".into(),
+                    addr: Ipv4Addr::new(192, 0, 2, 1),
+                    prefix: 24,
+                }],
+                routes: sample_routes.into_iter().collect(),
+                ..Default::default()
+            },
+            state: State {
+                version: STATE_VERSION,
+                grants,
+                originals: vec![Original {
+                    iface: "br0".into(),
+                    ifindex: 5,
+                    value: 0,
+                }],
+                ..Default::default()
+            },
+            expected,
+        }
+    }
+
+    fn base_chain(hook: Hook, priority: i32, policy_drop: bool, rules: Vec<Rule>) -> Foreign {
+        Foreign {
+            chains: vec![Chain {
+                table: "inet filter".into(),
+                name: "chain0".into(),
+                base: Some(BaseHook {
+                    hook,
+                    priority,
+                    policy_drop,
+                    nat: false,
+                }),
+                rules,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn case(code: Code) -> Facts {
+        let mut f = healthy();
+        let o = &mut f.observed;
+        let set = |o: &mut Observed, name: &str, r: Reading| {
+            o.sysctls.retain(|(n, _)| n != name);
+            o.sysctls.push((name.into(), r));
+        };
+        match code {
+            Code::Unguarded => {
+                set(o, "br1", Ok(2));
+                o.ifindexes.insert("br1".into(), 6);
+            }
+            Code::AllOpen => set(o, "all", Ok(1)),
+            Code::DefaultOpen => set(o, "default", Ok(1)),
+            Code::TableTampered => o.table = None,
+            Code::TableUnexpected => {
+                f.state.grants.clear();
+                f.expected = None;
+            }
+            Code::TableEmpty => o.empty_table = true,
+            Code::NftablesConfNamesTable => {
+                o.nftables_conf_names_table = Some("/etc/nftables.conf".into())
+            }
+            Code::SysctlUnreadable => set(o, "br0", Err("gone".into())),
+            Code::InterfaceRenamed => {
+                o.recorded_names.insert(5, Some("br9".into()));
+            }
+            Code::GrantInactive => set(o, "br0", Ok(0)),
+            Code::Interrupted => f.state.pending = Some(vec![]),
+            Code::NotListening => o.loopback_listeners.clear(),
+            Code::ListenerBoundToDevice => o.loopback_listeners[0].device = Some("lo".into()),
+            // A sample of the allowed network on br0's link is routed elsewhere.
+            Code::ReplyRoute => {
+                o.routes
+                    .insert(Ipv4Addr::new(192, 0, 2, 2), RouteLookup::Out("eth0".into()));
+            }
+            // The same, off br0's link.
+            Code::AllowRoute => {
+                o.addresses[0].prefix = 32;
+                o.routes
+                    .insert(Ipv4Addr::new(192, 0, 2, 2), RouteLookup::Out("eth0".into()));
+            }
+            Code::ListenAddressGone => o.addresses.clear(),
+            Code::FirewallDrops => o.firewall = base_chain(Hook::Input, 0, true, vec![]),
+            Code::FirewallMayDrop => o.firewall.unreadable = vec!["a legacy table".into()],
+            Code::Notrack => {
+                let notrack = Rule {
+                    handle: 4,
+                    exprs: vec![Expr::Notrack],
+                };
+                o.firewall = base_chain(Hook::Prerouting, -300, false, vec![notrack]);
+            }
+            Code::IptablesLegacy => o.firewall.legacy_tables = vec!["filter".into()],
+            Code::Pending => o.pending.push(crate::spec::Pending {
+                spec: "br1:80".into(),
+                interface: "br1".into(),
+                reason: "the interface does not exist now".into(),
+                kind: crate::spec::PendingKind::Missing,
+            }),
+            Code::Blocked => o.counters.push(RuleCounter {
+                chain: "raw_if0".into(),
+                rule: format!("br0 guard: {}", crate::plan::GUARD_DROPS[0].0),
+                packets: 3,
+                bytes: 180,
+            }),
+            // The healthy host itself.
+            Code::Guarded => {}
+        }
+        f
+    }
+
+    fn codes_of(f: &Facts) -> Vec<Code> {
+        assess(&f.observed, &f.state, f.expected.as_ref())
+            .findings
+            .iter()
+            .map(|f| f.code)
+            .collect()
+    }
+
+    #[test]
+    fn every_finding_code_has_a_case_that_gives_it() {
+        let healthy = codes_of(&healthy());
+        assert_eq!(healthy, vec![Code::Guarded]);
+        for &code in Code::ALL {
+            let got = codes_of(&case(code));
+            assert!(got.contains(&code), "{code}: gave {got:?}");
+            assert!(
+                code == Code::Guarded || !healthy.contains(&code),
+                "{code}: the healthy host gives it too"
+            );
+        }
+    }
+}

@@ -4,13 +4,19 @@
 //! table and the nftables generation, conntrack entries and listeners, and applies every
 //! table batch all-or-nothing, like the real one. Failures are injected by name
 //! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`,
-//! `write:<iface>:<value>`), and every mutation is recorded in [`Fake::history`] with
-//! the facts after it, so a test can check an invariant at every step a transaction
-//! takes, including the steps of a rollback.
+//! `write:<iface>:<value>`, and `apply-reply`: the batch commits but its reply is lost),
+//! and each one that fires is recorded in [`FakeState::fired`], so a test can tell an
+//! injected failure from one that was never reached. Every mutation is recorded in
+//! [`Fake::history`] with the facts after it, so a test can check an invariant at every
+//! step a transaction takes, including the steps of a rollback.
+//!
+//! Reading the table with a [`Vouch`] whose generation is still the current one takes
+//! the vouched path, as the real kernel does: the elements are not read but taken to
+//! be the planned ones (see [`FakeState::reads`]).
 
 use super::conntrack::Flow;
 use super::host::{IfAddr, Listener, RouteLookup};
-use super::nft::{planned_image, TableImage, Vouch};
+use super::nft::{planned_image, Elements, TableImage, Vouch};
 use super::seam::{Kernel, TableSnapshot};
 use super::sysctl::{Device, Reading};
 use crate::ruleset::{KeyValue, Ruleset};
@@ -97,6 +103,10 @@ pub struct FakeState {
     pub listeners: Vec<Listener>,
     /// The names of the operations that fail (see the module doc).
     pub fail: BTreeSet<String>,
+    /// The injected failures that fired, in order (one entry per failed call).
+    pub fired: Vec<String>,
+    /// One entry per table read, true when its elements were vouched for.
+    pub reads: Vec<bool>,
     /// One [`Moment`] per mutation, oldest first.
     pub history: Vec<Moment>,
     /// IPv4 addresses per device name, for spec resolution (default 192.0.2.1).
@@ -120,17 +130,25 @@ pub struct FakeSnapshot {
     pub table: Option<FakeTable>,
     /// The generation it was read at.
     pub generation: u32,
+    /// The digest its elements were vouched for with, when they were not read.
+    pub vouched: Option<u64>,
 }
 
 impl TableSnapshot for FakeSnapshot {
     fn image(&self) -> Option<TableImage> {
-        self.table.as_ref().map(|t| t.image.clone())
+        self.table.as_ref().map(|t| {
+            let mut image = t.image.clone();
+            if let Some(digest) = self.vouched {
+                image.elements = Elements::Vouched(digest);
+            }
+            image
+        })
     }
     fn generation(&self) -> u32 {
         self.generation
     }
     fn vouched(&self) -> bool {
-        false
+        self.vouched.is_some()
     }
 }
 
@@ -171,13 +189,28 @@ impl Fake {
             .map(|d| d.route_localnet)
     }
 
+    /// Replaces the table as another process would, bumping the generation (any
+    /// commit does): `None` deletes it, [`FakeTable::broken`] switches it off or edits it.
+    pub fn tamper(&self, table: Option<FakeTable>) {
+        let mut s = self.state.borrow_mut();
+        s.table = table;
+        s.generation = s.generation.wrapping_add(1).max(1);
+    }
+
+    /// The injected failures that fired so far.
+    pub fn fired(&self) -> Vec<String> {
+        self.state.borrow().fired.clone()
+    }
+
     /// Every recorded moment.
     pub fn history(&self) -> Vec<Moment> {
         self.state.borrow().history.clone()
     }
 
     fn check(&self, what: &str) -> Result<()> {
-        if self.state.borrow().fail.contains(what) {
+        let mut s = self.state.borrow_mut();
+        if s.fail.contains(what) {
+            s.fired.push(what.to_string());
             anyhow::bail!("fake kernel: injected failure at {what}");
         }
         Ok(())
@@ -264,12 +297,25 @@ impl Kernel for Fake {
             .map(|d| d.name.clone())
     }
 
-    fn read_table(&self, _trust: Option<(&Vouch, &TableImage)>) -> Result<FakeSnapshot> {
+    fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<FakeSnapshot> {
         self.check("read")?;
-        let s = self.state.borrow();
+        let mut s = self.state.borrow_mut();
+        // As the real read: elements planned with the vouched digest, at the vouched
+        // generation, are not read back (nothing committed since they were written).
+        let vouched = match (trust, &s.table) {
+            (Some((v, want)), Some(_))
+                if v.generation == s.generation
+                    && matches!(want.elements, Elements::Planned { digest, .. } if digest == v.elements) =>
+            {
+                Some(v.elements)
+            }
+            _ => None,
+        };
+        s.reads.push(vouched.is_some());
         Ok(FakeSnapshot {
             table: s.table.clone(),
             generation: s.generation,
+            vouched,
         })
     }
 
@@ -278,6 +324,8 @@ impl Kernel for Fake {
         let table = ruleset.map(FakeTable::of);
         let elements = table.as_ref().and_then(|t| t.image.elements.digest());
         self.commit(table, "apply");
+        // Committed; the acknowledgement never arrives.
+        self.check("apply-reply")?;
         let generation = self.state.borrow().generation;
         Ok(elements.map(|elements| Vouch {
             generation,

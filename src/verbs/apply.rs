@@ -70,7 +70,7 @@ fn desired_of(
     if let Some(p) = resolved
         .pending
         .iter()
-        .find(|p| p.reason.contains("already published"))
+        .find(|p| p.kind == spec::PendingKind::Conflict)
     {
         crate::bad_input!("{}: {}", p.spec, p.reason);
     }

@@ -92,7 +92,7 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     if let Some(p) = resolved
         .pending
         .iter()
-        .find(|p| p.reason.contains("already published"))
+        .find(|p| p.kind == spec::PendingKind::Conflict)
     {
         bad_input!("{}: {}", p.spec, p.reason);
     }

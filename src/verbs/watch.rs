@@ -825,14 +825,7 @@ fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
             change.grants.len()
         ));
     }
-    for line in change.describe() {
-        if line.starts_with("add grant")
-            || line.starts_with("remove grant")
-            || line.starts_with("change grant")
-        {
-            out.push(line);
-        }
-    }
+    out.extend(change.grant_changes().iter().map(|c| c.to_string()));
     for s in &change.raise {
         if change.guard_lost {
             out.push(format!(
