@@ -453,8 +453,8 @@ mod tests {
 #[cfg(test)]
 mod every_code {
     use super::*;
-    use crate::audit::firewall::{BaseHook, Chain, Expr, Foreign, Hook, Rule};
     use crate::grant::Proto;
+    use crate::kernel::firewall::{BaseHook, Chain, Expr, Foreign, Hook, Rule};
     use crate::kernel::host::{IfAddr, RouteLookup};
     use crate::kernel::nft::{planned_image, RuleCounter};
     use crate::state::{Original, STATE_VERSION};
