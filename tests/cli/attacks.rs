@@ -47,7 +47,7 @@ fn attack_a_device_reusing_a_deleted_bridges_ifindex_is_not_opened() {
     let (lab, _services) = lab_with_services();
     // The runtime's own 1 on br0 (Docker with userland-proxy off), then loopgate.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let old_index = ifindex(&lab.host, "br0");
     // The runtime removes the network.
     lab.host.ip("link del br0");
@@ -174,7 +174,7 @@ fn attack_a_stalled_audit_reader_does_not_stop_watch_from_repairing() {
 fn attack_a_version_1_original_of_an_earlier_copy_is_not_restored() {
     let (lab, _services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert_eq!(rl(&lab, "br0"), "1");
     // What the previous loopgate left: the runtime's 1, recorded on an earlier copy of
     // br0 (this copy started at 0 and was raised to 1 by that loopgate's watch).
@@ -209,7 +209,7 @@ fn attack_a_version_1_original_of_an_earlier_copy_is_not_restored() {
 fn attack_a_flush_by_a_process_named_loopgate_leaks_no_more_than_one_by_nft() {
     let (lab, services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start(&lab);
     let nft = String::from_utf8(run("sh", &["-c", "command -v nft"]).stdout).unwrap();
     let spoof = lab.state_dir.join("loopgate");
@@ -276,7 +276,7 @@ fn attack_an_owned_lookalike_table_fails_closed_and_watch_does_not_log_success()
     use std::io::Write;
     let (lab, _services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let want = table_image(&lab.host).expect("table");
     let watch = Watch::start(&lab);
     let mut owner = std::process::Command::new("ip")

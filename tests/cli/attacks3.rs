@@ -40,7 +40,7 @@ fn a_runtime_network_whose_bridge_is_lo_is_not_published_on_lo() {
 }
 
 fn expose_3306(lab: &Lab) {
-    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.loopgate(&EXPOSE_DEFAULT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 

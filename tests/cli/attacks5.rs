@@ -67,7 +67,7 @@ fn attack5_a_command_blocked_on_its_output_does_not_stall_watch() {
         kernel_can_hold(&lab),
         "these attacks need a kernel that can hold a table (Linux 6.9+)"
     );
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start_holding(&lab);
     Lab::route_loopback_via_host(&lab.neighbour);
     assert_eq!(
@@ -242,7 +242,7 @@ fn a_slowloris_on_watch_sock_does_not_stop_repairs() {
         kernel_can_hold(&lab),
         "these attacks need a kernel that can hold a table (Linux 6.9+)"
     );
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start_holding(&lab);
     let sock = lab.watch_socket();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -291,7 +291,7 @@ fn attack5_a_kept_lent_socket_is_reported_until_its_keeper_exits() {
         kernel_can_hold(&lab),
         "these attacks need a kernel that can hold a table (Linux 6.9+)"
     );
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let mut watch = Watch::start_holding(&lab);
     let sock = lab.watch_socket();
     let script = r#"

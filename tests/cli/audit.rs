@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     lab.assert_audit(0, &[]);
 
     lab.host.exec(&["nft", "delete", "table", "ip", "loopgate"]);
@@ -26,13 +26,13 @@ fn audit_flags_all_one_and_a_deleted_table_and_expose_repairs_it() {
     assert_eq!(report["schema_version"], 2);
 
     // An edited rule counts as tampering too.
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     // expose repairs a deleted table.
     lab.assert_audit(0, &[]);
     lab.host
         .exec(&["nft", "flush", "chain", "ip", "loopgate", "raw_prerouting"]);
     lab.assert_audit(1, &["table-tampered"]);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
 
     lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "1");
     lab.assert_audit(1, &["CRITICAL [all-open]"]);

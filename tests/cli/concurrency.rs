@@ -8,7 +8,7 @@ fn state_of_two_namespaces_stays_separate() {
     let (a, _sa) = lab_with_services();
     // One state directory for both: separation must come from the namespace identity.
     let b = Lab::sharing_state_with(&a);
-    a.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    a.expose_default();
     let out = b.loopgate(&["audit", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["interfaces"]

@@ -9,7 +9,7 @@ use super::*;
 const PORT: u16 = 3306;
 
 fn expose(lab: &Lab) -> String {
-    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.loopgate(&EXPOSE_DEFAULT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     stderr(&out)
 }

@@ -19,7 +19,7 @@ fn kernel_can_hold(lab: &Lab) -> bool {
 fn while_watch_holds_the_table_no_other_process_opens_a_hole_under_a_flood() {
     let (lab, services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let held = kernel_can_hold(&lab);
     let watch = Watch::start_holding(&lab);
     if held {
@@ -130,7 +130,7 @@ fn commands_borrow_the_watchs_table_with_the_same_output_and_exit_codes() {
     let direct = Lab::new();
     let _direct_services = start_services(&direct.host, &[sa(LO, 3306)], &[]);
     let watch = Watch::start_holding(&lab);
-    let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
+    let expose = EXPOSE_DEFAULT;
     for args in [
         &expose[..],
         &expose[..],                                                    // nothing to do

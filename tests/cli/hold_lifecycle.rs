@@ -163,7 +163,7 @@ fn two_watches_started_together_leave_exactly_one_and_the_other_names_it() {
 #[test]
 fn a_table_made_dormant_before_watch_starts_is_repaired_and_watch_does_not_spin() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
@@ -224,7 +224,7 @@ fn a_repair_that_keeps_failing_backs_off_logs_once_and_keeps_the_interface_close
         let _ = writeln_skip("a table held by another process needs Linux 6.9");
         return;
     }
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     // Another process holds the table: every repair of watch's is refused (EPERM).
     let foreign = ForeignOwner::adopt(&lab.host);
     let watch = Watch::start_holding(&lab);
@@ -289,7 +289,7 @@ fn a_watch_that_stops_with_nothing_to_protect_leaves_no_table_and_a_loadable_rul
     for grant in [false, true] {
         let mut watch = Watch::start_holding(&lab);
         if grant {
-            lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+            lab.expose_default();
             lab.ok(&["revoke", "br0", "--port", "3306"]);
         }
         assert_eq!(watch.stop(), Some(0), "{}", watch.log());
@@ -308,7 +308,7 @@ fn a_watch_that_stops_with_nothing_to_protect_leaves_no_table_and_a_loadable_rul
     }
     // Control: a watch that stops while a grant stands leaves its table (the guard).
     let mut watch = Watch::start_holding(&lab);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     watch.stop();
     assert!(stdout(&lab.host.exec(&["nft", "list", "ruleset"])).contains("table ip loopgate"));
 }

@@ -33,7 +33,7 @@ fn audit_in(lab: &Lab, ns: &Netns) {
 #[test]
 fn the_state_of_deleted_namespaces_is_swept_by_the_next_command_and_the_living_keep_theirs() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let host_dirs = state_dirs(&lab.state_dir);
     assert_eq!(host_dirs.len(), 1, "{host_dirs:?}");
 

@@ -68,8 +68,6 @@ fn one_error_line(out: &std::process::Output) -> String {
     errors[0].to_string()
 }
 
-const EXPOSE_3306: [&str; 6] = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
-
 fn with_persist(args: &[&str]) -> Vec<String> {
     args.iter()
         .map(|s| s.to_string())
@@ -92,7 +90,7 @@ fn persist_into_a_directory_without_policy_files_records_the_change() {
             std::fs::create_dir_all(&config.path).unwrap();
             std::fs::write(config.path.join("README"), "not a policy").unwrap();
         }
-        let args = with_persist(&EXPOSE_3306);
+        let args = with_persist(&EXPOSE_DEFAULT);
         let out = lab.loopgate_inside(&strs(&args), &config.env());
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         assert!(stdout(&out).contains("persisted to"), "{}", stdout(&out));
@@ -113,7 +111,7 @@ fn a_persist_target_that_cannot_take_the_change_is_refused_before_anything_chang
     let config = ConfigDir::new("broken");
     std::fs::create_dir_all(&config.path).unwrap();
     let admin = config.path.join("admin.yaml");
-    let args = with_persist(&EXPOSE_3306);
+    let args = with_persist(&EXPOSE_DEFAULT);
     let revoke = ["revoke", "br0", "--port", "3307", "--persist"];
 
     // A broken admin file: the boot unit would refuse the directory, and before this
@@ -183,7 +181,7 @@ fn a_persist_target_that_cannot_take_the_change_is_refused_before_anything_chang
 fn persist_with_netns_is_refused_and_changes_nothing() {
     let (lab, _services) = lab_with_services();
     let config = ConfigDir::new("netns");
-    let expose = with_persist(&EXPOSE_3306);
+    let expose = with_persist(&EXPOSE_DEFAULT);
     for args in [strs(&expose), vec!["revoke", "br0", "--all", "--persist"]] {
         let before = lab.fingerprint();
         // lab.loopgate* adds `--netns <lab host>`.
@@ -198,7 +196,7 @@ fn persist_with_netns_is_refused_and_changes_nothing() {
         assert!(!config.path.exists(), "nothing written for {args:?}");
     }
     // Without --persist, --netns works as ever.
-    lab.ok(&EXPOSE_3306);
+    lab.expose_default();
 }
 
 /// Runs loopgate (with `--netns`) with stdout a pipe whose reader is already gone.
@@ -230,7 +228,7 @@ fn with_closed_stdout(lab: &Lab, args: &[&str]) -> std::process::Output {
 #[test]
 fn a_closed_stdout_ends_output_quietly_with_the_documented_exit_code() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&EXPOSE_3306);
+    lab.expose_default();
     for (args, code) in [
         (vec!["audit"], 0),
         (vec!["audit", "--json"], 0),
@@ -280,7 +278,7 @@ fn a_failed_final_write_says_the_change_is_in_force_with_exit_4() {
     }
     let (lab, _services) = lab_with_services();
     let config = ConfigDir::new("late");
-    let args = with_persist(&EXPOSE_3306);
+    let args = with_persist(&EXPOSE_DEFAULT);
     let out = lab.loopgate_inside(&strs(&args), &config.env());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let recorded = config.persisted().unwrap();
@@ -379,7 +377,7 @@ fn two_listen_addresses_on_one_interface_get_distinct_names_and_revoke_apart() {
     let (lab, _services) = lab_with_services();
     let second = Ipv4Addr::new(192, 0, 2, 2);
     lab.host.ip(&format!("addr add {second}/24 dev br0"));
-    lab.ok(&EXPOSE_3306);
+    lab.expose_default();
     lab.ok(&[
         "expose",
         "br0",

@@ -124,7 +124,7 @@ fn holder(ns: &Netns) -> Option<Holder> {
 fn an_owned_table_withstands_flush_delete_and_dormant_from_others_and_outlives_its_owner() {
     let (lab, _services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let rs = ruleset(&[3306]);
     let want = table_image(&lab.host).expect("table");
     assert_eq!(

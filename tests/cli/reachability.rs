@@ -85,7 +85,7 @@ fn a_target_bound_to_another_device_is_named() {
 #[test]
 fn replies_routed_through_another_interface_are_named() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
@@ -126,7 +126,7 @@ fn an_allowed_network_behind_another_interface_is_named() {
 #[test]
 fn a_listen_address_gone_from_the_interface_is_named() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)).is_some());
     // The bridge now has another address; the grant's DNAT still names the old one.
     lab.host.ip(&format!("addr del {HOST_ADDR}/24 dev br0"));
@@ -273,7 +273,7 @@ fn bridge_ports_under_conf_all_are_real_paths_and_any_address_listeners_are_expo
 #[test]
 fn the_guards_drops_are_reported_as_blocked() {
     let (lab, services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let text = lab.assert_audit(0, &[]);
     assert!(!text.contains("[blocked]"), "{text}");
     Lab::route_loopback_via_host(&lab.neighbour);

@@ -37,10 +37,7 @@ fn assert_rolls_back(lab: &Lab, args: &[&str], failpoint: &str, step_text: &str)
 fn a_kernel_lacking_a_feature_is_refused_before_anything_changes() {
     let (lab, _services) = lab_with_services();
     let before = lab.fingerprint();
-    let out = lab.loopgate_env(
-        &["expose", "br0", "--allow", ALLOWED, "--port", "3306"],
-        &[("LOOPGATE_FAILPOINT", "probe")],
-    );
+    let out = lab.loopgate_env(&EXPOSE_DEFAULT, &[("LOOPGATE_FAILPOINT", "probe")]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
@@ -57,7 +54,7 @@ fn a_kernel_lacking_a_feature_is_refused_before_anything_changes() {
 
     // A passing probe is remembered for this boot, with the features it covered; the
     // next command does not probe again, unless the test hook asks.
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let text = std::fs::read_to_string(&known).unwrap();
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     assert_eq!(text.lines().next(), Some(boot.trim()));
@@ -80,7 +77,7 @@ fn every_failpoint_of_expose_revoke_and_apply_rolls_back() {
         "grants:\n  - interface: br0\n    allow: [192.0.2.0/25]\n    port: [3306, 3307]\n",
     );
     let mut exercised = 0;
-    let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
+    let expose = EXPOSE_DEFAULT;
     let revoke = ["revoke", "br0", "--port", "3306"];
     let apply = ["apply", policy.as_str()];
     // (command, set-up that puts the host in the state the command starts from, the
@@ -128,7 +125,7 @@ fn every_failpoint_of_expose_revoke_and_apply_rolls_back() {
 #[test]
 fn a_failed_revoke_keeps_open_connections_alive() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let mut conn = tcp_connect(&lab.container, sa(HOST_ADDR, 3306));
     for fp in ["sysctl-lower", "after-ruleset", "conntrack", "commit"] {
         assert_rolls_back(
@@ -163,7 +160,7 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
 
     // A table someone edited is put back as it was, edits included, but the interface
     // it no longer guards is not reopened: failing closed beats restoring a hole.
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     lab.host.exec(&[
         "nft",
         "delete",

@@ -10,11 +10,8 @@
 //! namespace is the lab's host, so both ways share the lab's state directory.
 
 use super::*;
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::process::Output;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::runtimes::{self, Dockerd, DockerdOpts, Podman, RootSnapshot, DOCKER0_ADDR};
 
@@ -88,11 +85,14 @@ fn ifindex(lab: &Lab, iface: &str) -> String {
     .to_string()
 }
 
-fn guarded_ifaces(lab: &Lab) -> String {
-    stdout(
-        &lab.host
-            .exec_status(&["nft", "list", "map", "ip", "loopgate", "raw_ifaces"]),
-    )
+/// Whether loopgate guards `iface` (every guard map and chain, as the sampler checks).
+fn guarded(lab: &Lab, iface: &str) -> bool {
+    NftTable::read_or_empty(&lab.host).guard_of(iface).is_ok()
+}
+
+/// Whether any of loopgate's guard maps still names `iface`.
+fn named_in_a_guard_map(lab: &Lab, iface: &str) -> bool {
+    NftTable::read_or_empty(&lab.host).names_in_any_guard_map(iface)
 }
 
 /// The reply a container gets from `lab-req PROTO HOST PORT` (None: no answer in 2 s).
@@ -134,90 +134,6 @@ fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
         std::thread::sleep(Duration::from_millis(50));
     }
     None
-}
-
-/// Samples, every ~5 ms until `stop`, each interface of the host namespace whose name
-/// `watched` accepts: one open (route_localnet != 0) while loopgate's raw guard map
-/// names it neither just before nor just after is an unguarded moment. Returns the
-/// number of samples and the unguarded moments seen (interface, value).
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u32, Vec<String>)>>,
-}
-
-impl Sampler {
-    fn start(host: &Netns, watched: fn(&str) -> bool) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let path = format!("/run/netns/{}", host.name);
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            // This thread stays in the lab's host namespace: its reads of /proc/sys/net
-            // and the `nft` it spawns are that namespace's, without `ip netns exec`.
-            let file = std::fs::File::open(&path).expect("netns file");
-            // SAFETY: valid fd; setns only changes this thread's namespace.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {path}");
-            let guarded = || -> String {
-                let out = std::process::Command::new("nft")
-                    .args(["list", "map", "ip", "loopgate", "raw_ifaces"])
-                    .output()
-                    .unwrap();
-                String::from_utf8_lossy(&out.stdout).into_owned()
-            };
-            let (mut samples, mut bad) = (0u32, Vec::new());
-            let started = Instant::now();
-            let deadline = started + Duration::from_secs(120);
-            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
-                let before = guarded();
-                let mut open = BTreeMap::new();
-                if let Ok(dirs) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
-                    for d in dirs.flatten() {
-                        let name = d.file_name().to_string_lossy().into_owned();
-                        if !watched(&name) {
-                            continue;
-                        }
-                        let v = std::fs::read_to_string(d.path().join("route_localnet"))
-                            .unwrap_or_default();
-                        let v = v.trim();
-                        if !v.is_empty() && v != "0" {
-                            open.insert(name, v.to_string());
-                        }
-                    }
-                }
-                let after = guarded();
-                samples += 1;
-                for (name, v) in open {
-                    let quoted = format!("\"{name}\"");
-                    if !before.contains(&quoted) && !after.contains(&quoted) {
-                        bad.push(format!("{name}={v} at {:?}", started.elapsed()));
-                    }
-                }
-                // With the two `nft` runs, one sample every 5-10 ms.
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (samples, bad)
-        });
-        Sampler {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u32, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().expect("sampler")
-    }
-}
-
-impl Drop for Sampler {
-    /// Stops the sampling also when the test fails before `finish`.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 fn docker_bridges(name: &str) -> bool {
@@ -418,7 +334,7 @@ fn docker_networks_by_name_follow_rm_create_and_dockerd_restart_guard_first() {
     // and no Docker bridge is ever open without loopgate's guard.
     let t = Instant::now();
     let watch = Watch::start_env(&lab, &["--no-hold"], &docker_env(&docker));
-    let sampler = Sampler::start(&lab.host, docker_bridges);
+    let sampler = GuardSampler::start_watching(&lab.host, docker_bridges);
     docker.docker_ok(&["rm", "-f", "c1"]);
     docker.docker_ok(&["network", "rm", "lgnet"]);
     docker.docker_ok(&["network", "create", "lgnet"]);
@@ -443,7 +359,10 @@ fn docker_networks_by_name_follow_rm_create_and_dockerd_restart_guard_first() {
     let back_hg = until_answer(&c1b, "tcp", hgw, 3307, "tcp:3307", Duration::from_secs(10))
         .unwrap_or_else(|| panic!("host-gateway:3307 did not return: {}", watch.log()));
     std::thread::sleep(Duration::from_millis(100));
-    let (n, bad) = sampler.finish();
+    let Sampled {
+        samples: n,
+        violations: bad,
+    } = sampler.finish();
     println!(
         "rm+create: {bridge} -> {bridge2} (gateway {gw} -> {gw2}); access back {back:?} \
          after the container started, host-gateway {back_hg:?} later; {n} samples, \
@@ -464,7 +383,7 @@ fn docker_networks_by_name_follow_rm_create_and_dockerd_restart_guard_first() {
     // serves the grant on the new device, guard first.
     let t = Instant::now();
     let index = ifindex(&lab, "docker0");
-    let sampler = Sampler::start(&lab.host, docker_bridges);
+    let sampler = GuardSampler::start_watching(&lab.host, docker_bridges);
     docker.restart();
     assert_ne!(ifindex(&lab, "docker0"), index, "docker0 was re-created");
     let c0 = |args: &[&str]| docker.exec("c0", args);
@@ -474,7 +393,10 @@ fn docker_networks_by_name_follow_rm_create_and_dockerd_restart_guard_first() {
     let back_net = until_answer(&c1b, "tcp", &gw2, 3306, "tcp:3306", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("lgnet's grant did not return: {}", watch.log()));
     std::thread::sleep(Duration::from_millis(100));
-    let (n, bad) = sampler.finish();
+    let Sampled {
+        samples: n,
+        violations: bad,
+    } = sampler.finish();
     println!(
         "dockerd restart: docker0 {index} -> {}; back {back:?} / {back_net:?} after the \
          restart; {n} samples, unguarded: {bad:?}",
@@ -594,7 +516,7 @@ fn docker_hairpin_and_raw_frames_with_userland_proxy_off() {
         "1",
         "Docker's route_localnet=1 was kept"
     );
-    assert!(!guarded_ifaces(&lab).contains("\"docker0\""));
+    assert!(!named_in_a_guard_map(&lab, "docker0"));
     assert_eq!(hairpin(), via_docker0, "the hairpin, after revoke");
     let audit = lg(&lab, &docker, &["audit"]);
     assert_eq!(audit.status.code(), Some(1), "{}", stdout(&audit));
@@ -674,7 +596,7 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     );
     assert!(out.contains(&format!("{gw}:3306")), "{out}");
     assert_eq!(req(&web, "tcp", &gw, 3306).as_deref(), Some("tcp:3306"));
-    assert!(guarded_ifaces(&lab).contains(&format!("\"{bridge}\"")));
+    assert!(guarded(&lab, &bridge));
     assert!(mapping(), "the port mapping, with the grant");
     runtimes::report("7. podman grant by network name", t.elapsed());
 
@@ -684,7 +606,7 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     let mut watch_cmd = podman.command(BIN);
     watch_cmd.args(["watch", "--no-hold"]);
     let mut watch = Watch::spawn(&lab, watch_cmd);
-    let sampler = Sampler::start(&lab.host, podman_bridges);
+    let sampler = GuardSampler::start_watching(&lab.host, podman_bridges);
     let old_index = ifindex(&lab, &bridge);
     podman.podman_ok(&["stop", "web"]);
     assert!(
@@ -703,7 +625,7 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     // the guard must be there at every look, not merely at the last one.
     let guard_kept_while_gone = (0..25).all(|_| {
         std::thread::sleep(Duration::from_millis(20));
-        guarded_ifaces(&lab).contains(&format!("\"{bridge}\""))
+        guarded(&lab, &bridge)
     });
     podman.run_with(
         "web2",
@@ -716,7 +638,10 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
     let back = until_answer(&web2, "tcp", &gw, 3306, "tcp:3306", Duration::from_secs(20))
         .unwrap_or_else(|| panic!("access did not return: {}", watch.log()));
     std::thread::sleep(Duration::from_millis(100));
-    let (n, bad) = sampler.finish();
+    let Sampled {
+        samples: n,
+        violations: bad,
+    } = sampler.finish();
     println!(
         "netavark re-created {bridge} ({old_index} -> {new_index}); access back {back:?} \
          after the container started; {n} samples, unguarded: {bad:?}"
@@ -770,7 +695,7 @@ fn podman_network_grant_follows_netavark_recreating_the_bridge() {
         "1",
         "netavark's route_localnet=1 was kept"
     );
-    assert!(!guarded_ifaces(&lab).contains(&format!("\"{bridge}\"")));
+    assert!(!named_in_a_guard_map(&lab, &bridge));
     assert_eq!(req(&web2, "tcp", &gw, 3306), None, "revoked");
     assert!(mapping(), "the port mapping after revoke");
     let audit = lg_pod(&lab, &podman, &["audit"]);

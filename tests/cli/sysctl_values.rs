@@ -5,7 +5,7 @@
 use super::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A SYN from the container straight to 127.0.0.1:3307 (routed via the host): true when
 /// the host's loopback listener accepted it.
@@ -68,7 +68,7 @@ fn any_non_zero_route_localnet_is_an_open_interface_for_audit() {
         ],
     );
     // expose warns about any non-zero `all`, and Prometheus shows the real value.
-    let out = lab.loopgate(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.loopgate(&EXPOSE_DEFAULT);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("conf.all.route_localnet is 5"),
@@ -83,7 +83,7 @@ fn any_non_zero_route_localnet_is_an_open_interface_for_audit() {
 fn the_exact_original_value_comes_back_and_a_foreign_value_is_never_overwritten() {
     let (lab, _services) = lab_with_services();
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "3");
-    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.expose_default();
     assert!(
         !out.contains("route_localnet:"),
         "3 is already open: no write: {out}"
@@ -92,7 +92,7 @@ fn the_exact_original_value_comes_back_and_a_foreign_value_is_never_overwritten(
     lab.assert_audit(0, &["br0: route_localnet=3 effective=1 open, guarded"]);
     // Closed by hand: watch-style repair (a repeat expose) reopens it with its own 3.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
-    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.expose_default();
     assert!(out.contains("route_localnet: 0 -> 3"), "{out}");
     lab.ok(&["revoke", "br0", "--port", "3306"]);
     assert_eq!(sysctl_of(&lab, "br0"), "3", "3 stays 3");
@@ -104,11 +104,11 @@ fn revoke_never_restores_an_original_recorded_on_an_earlier_copy_of_the_device()
     Lab::route_loopback_via_host(&lab.container);
     // The runtime's own 1 on the first copy, recorded as the original.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     // dockerd restart: a new copy at 0; expose raises it (0 -> 1).
     recreate_br0(&lab);
     assert_eq!(sysctl_of(&lab, "br0"), "0");
-    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.expose_default();
     assert!(out.contains("route_localnet: 0 -> 1"), "{out}");
     assert!(!loopback_reachable_from_container(&lab), "guarded");
     // Revoke closes what loopgate opened on this copy: no unguarded 1 left behind.
@@ -126,7 +126,7 @@ fn revoke_never_restores_an_original_recorded_on_an_earlier_copy_of_the_device()
     // The reverse: 0 recorded, the runtime re-creates the bridge with its own 1;
     // revoke leaves that 1 alone (Docker's 127.0.0.1 hairpin depends on it).
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     recreate_br0(&lab);
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
     lab.ok(&["revoke", "br0", "--port", "3306"]);
@@ -137,7 +137,7 @@ fn revoke_never_restores_an_original_recorded_on_an_earlier_copy_of_the_device()
 fn a_renamed_managed_interface_is_named_by_audit_and_closed_by_watch() {
     let (lab, _services) = lab_with_services();
     Lab::route_loopback_via_host(&lab.container);
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     lab.host.ip("link set br0 name br9");
     // The guard matches "br0": br9 is open with nothing in front of 127/8.
     assert_eq!(sysctl_of(&lab, "br9"), "1");
@@ -155,36 +155,6 @@ fn a_renamed_managed_interface_is_named_by_audit_and_closed_by_watch() {
     assert!(!text.contains("CRITICAL"), "{code:?} {text}");
 }
 
-/// Samples, every 5 ms, whether `iface` has route_localnet != 0 while loopgate's table
-/// has no guard for it (its name absent from the raw guard map); returns
-/// (samples, unguarded samples) when `stop` is set.
-fn sample_unguarded(
-    host: Netns,
-    iface: &'static str,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(u32, u32)> {
-    std::thread::spawn(move || {
-        let (mut samples, mut unguarded) = (0, 0);
-        let guarded = |host: &Netns| {
-            let t = host.exec(&["nft", "list", "map", "ip", "loopgate", "raw_ifaces"]);
-            stdout(&t).contains(&format!("\"{iface}\""))
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-            let before = guarded(&host);
-            let open = host.sysctl(&format!("net.ipv4.conf.{iface}.route_localnet")) != "0";
-            let after = guarded(&host);
-            samples += 1;
-            if open && !before && !after {
-                unguarded += 1;
-            }
-            // Pacing: one sample every 5 ms.
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        (samples, unguarded)
-    })
-}
-
 #[test]
 fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
     let (lab, _services) = lab_with_services();
@@ -194,7 +164,7 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
         "198.51.100.10".parse().unwrap(),
     );
     Lab::route_loopback_via(&br1_client, "198.51.100.1".parse().unwrap());
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     // expose br1 dies right after raising route_localnet, before committing.
     let out = lab.loopgate_env(
         &[
@@ -209,18 +179,19 @@ fn watch_rolls_back_an_interrupted_expose_and_closes_its_interface_first() {
     );
     assert_eq!(out.status.code(), None, "killed: {}", stderr(&out));
     assert_eq!(sysctl_of(&lab, "br1"), "1");
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_unguarded(lab.host.handle(), "br1", stop.clone());
+    let sampler = GuardSampler::start(&lab.host);
     let watch = Watch::start(&lab);
     time_until(|| sysctl_of(&lab, "br1") == "0")
         .unwrap_or_else(|| panic!("watch closes br1: {}", watch.log()));
     // Kept on purpose: the sampler goes on for 300 ms after br1 is closed, so a reopen
     // without the guard just after it would be caught (proving an absence takes time).
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let (samples, unguarded) = sampler.join().unwrap();
-    println!("interrupted expose: {samples} samples, {unguarded} with br1 open and unguarded");
-    assert_eq!(unguarded, 0, "{}", watch.log());
+    let seen = sampler.finish();
+    println!(
+        "interrupted expose: {} samples, open without guard: {:?}",
+        seen.samples, seen.violations
+    );
+    assert!(seen.violations.is_empty(), "{seen:?}\n{}", watch.log());
     assert!(
         watch
             .log()
@@ -256,7 +227,7 @@ fn flush_ruleset_under_a_flood_leaks_almost_nothing_while_watch_runs() {
     flood.join().unwrap();
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
 
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start(&lab);
     services.udp_seen.lock().unwrap().clear();
     let (stop, sent) = (

@@ -18,7 +18,7 @@ fn loopback_reachable(lab: &Lab) -> bool {
 #[test]
 fn a_dormant_table_is_tampering_audit_says_so_and_watch_wakes_it_within_a_second() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let want = table_image(&lab.host).expect("table");
     Lab::route_loopback_via_host(&lab.container);
     assert!(!loopback_reachable(&lab), "the guard blocks 127.0.0.1:3307");
@@ -137,7 +137,7 @@ fn every_edit_of_the_table_that_changes_what_packets_meet_is_tampering_and_watch
     ];
     for (what, script, opens) in cases {
         let (lab, _services) = lab_with_services();
-        lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+        lab.expose_default();
         let want = table_image(&lab.host).expect("table");
         Lab::route_loopback_via_host(&lab.container);
         let path = lab.state_dir.join("tamper.nft");

@@ -77,7 +77,7 @@ fn trace_table_exists(lab: &Lab) -> bool {
 #[test]
 fn trace_names_the_foreign_chain_that_drops_a_granted_flow_and_leaves_nothing_behind() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     // A typical /etc/nftables.conf: another table whose input policy is drop.
     lab.host.exec(&[
         "nft",
@@ -130,7 +130,7 @@ fn trace_names_the_foreign_chain_that_drops_a_granted_flow_and_leaves_nothing_be
 #[test]
 fn ctrl_c_removes_the_trace_table_and_no_packet_is_exit_1() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let before = loopgate_table(&lab);
     let mut trace = Trace::start(&lab, &["br0", "--port", "3306"]);
     assert!(trace_table_exists(&lab));
@@ -178,7 +178,7 @@ fn a_killed_trace_leaves_no_table_where_the_kernel_has_owned_tables() {
 #[test]
 fn trace_beside_a_holding_watch_changes_nothing_watch_guards() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start_holding(&lab);
     let before = loopgate_table(&lab);
     let log_before = watch.log();

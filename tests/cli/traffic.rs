@@ -54,7 +54,7 @@ fn the_lab_can_detect_an_unguarded_exposure() {
 #[test]
 fn expose_lets_only_the_allowed_subnet_reach_only_the_published_ports() {
     let (lab, services) = lab_with_services();
-    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.expose_default();
     assert!(out.contains("route_localnet: 0 -> 1"), "{out}");
     lab.ok(&[
         "expose", "br0", "--allow", ALLOWED, "--port", "5353", "--proto", "udp",
@@ -149,9 +149,9 @@ fn expose_lets_only_the_allowed_subnet_reach_only_the_published_ports() {
 #[test]
 fn expose_is_idempotent_and_a_new_allow_list_replaces_the_old() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let before = lab.fingerprint();
-    let out = lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let out = lab.expose_default();
     assert!(out.contains("nothing to do"), "{out}");
     assert_eq!(
         lab.fingerprint(),
@@ -182,7 +182,7 @@ fn expose_is_idempotent_and_a_new_allow_list_replaces_the_old() {
 #[test]
 fn revoke_cuts_open_connections_and_restores_original_zero() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let mut conn = tcp_connect(&lab.container, sa(HOST_ADDR, 3306));
     assert_eq!(tcp_ping(&mut conn).as_deref(), Some("tcp:3306"));
     let out = lab.ok(&["revoke", "br0", "--port", "3306"]);
@@ -203,7 +203,7 @@ fn revoke_restores_original_one_and_audit_then_flags_it() {
     let (lab, _services) = lab_with_services();
     // Docker with userland-proxy=false leaves route_localnet=1 on its bridge.
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")
@@ -286,7 +286,7 @@ fn large_allow_lists_span_several_netlink_pages_in_one_batch() {
 #[test]
 fn a_flooding_neighbour_gets_nothing_through_while_allowed_clients_keep_working() {
     let (lab, services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     lab.ok(&[
         "expose", "br0", "--allow", ALLOWED, "--port", "5353", "--proto", "udp",
     ]);
@@ -416,7 +416,7 @@ fn a_vanished_managed_interface_does_not_block_changes_elsewhere() {
         "3307",
     ]);
     lab.host.ip("link del br1"); // as dockerd does with its bridge
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
         Some("tcp:3306")

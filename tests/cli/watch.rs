@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn watch_restores_a_flushed_ruleset_within_a_second() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let want = table_image(&lab.host).expect("table");
     let mut watch = Watch::start(&lab);
     let mut worst = std::time::Duration::ZERO;
@@ -53,32 +53,10 @@ fn watch_restores_a_flushed_ruleset_within_a_second() {
 #[test]
 fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
-    let want = table_image(&lab.host).expect("table");
+    lab.expose_default();
     let watch = Watch::start(&lab);
-    // Sample every 10 ms from inside the namespace: route_localnet of br0 and the table.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (stop2, host, want2) = (stop.clone(), lab.host.handle(), want.clone());
-    let sampler = std::thread::spawn(move || {
-        host.enter(move || {
-            let (mut samples, mut unguarded) = (0, 0);
-            while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
-                // The table is read before and after the sysctl: only if it is wrong on
-                // both sides of a route_localnet=1 reading was the interface open unguarded.
-                let before = loopgate::kernel::nft::snapshot(None).unwrap().image();
-                let open = std::fs::read_to_string("/proc/sys/net/ipv4/conf/br0/route_localnet")
-                    .is_ok_and(|v| v.trim() == "1");
-                let after = loopgate::kernel::nft::snapshot(None).unwrap().image();
-                samples += 1;
-                if open && before.as_ref() != Some(&want2) && after.as_ref() != Some(&want2) {
-                    unguarded += 1;
-                }
-                // Pacing: one sample every 10 ms.
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            (samples, unguarded)
-        })
-    });
+    // Every few ms: no device open (route_localnet != 0) without its whole guard.
+    let sampler = GuardSampler::start(&lab.host);
     // Delete the bridge, and while it is gone the table too (a foreign flush); then bring
     // the bridge back, as dockerd does. The new br0 starts with route_localnet=0.
     // dockerd gives a re-created bridge the same MAC (derived from its address); keeping
@@ -114,10 +92,14 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
     // Kept on purpose: the sampler goes on for 300 ms after the reopen, so a guard that
     // went missing again just after it would be caught (proving an absence takes time).
     std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (samples, unguarded) = sampler.join().unwrap();
-    println!("watch: re-created br0 reopened after {} ms; {samples} samples, {unguarded} with route_localnet=1 and no guard", took.as_millis());
-    assert_eq!(unguarded, 0);
+    let seen = sampler.finish();
+    println!(
+        "watch: re-created br0 reopened after {} ms; {} samples, open without guard: {:?}",
+        took.as_millis(),
+        seen.samples,
+        seen.violations
+    );
+    assert!(seen.violations.is_empty(), "{seen:?}\n{}", watch.log());
     assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     assert_eq!(
         tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
@@ -129,7 +111,7 @@ fn watch_reopens_a_recreated_interface_only_after_its_guard_is_verified() {
 #[test]
 fn watch_restores_route_localnet_changed_by_hand_and_logs_it_once() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start(&lab);
     lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
     let took = time_until(|| lab.host.sysctl("net.ipv4.conf.br0.route_localnet") == "1")

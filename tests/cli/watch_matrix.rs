@@ -122,7 +122,7 @@ fn lease_request(sock: &std::path::Path) -> String {
 fn every_verb_behaves_the_same_with_and_without_a_holding_watch() {
     let alone = Side::new(false);
     let held = Side::new(true);
-    let expose = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
+    let expose = EXPOSE_DEFAULT;
     let steps: Vec<Vec<&str>> = vec![
         expose.to_vec(),
         expose.to_vec(), // nothing to do
@@ -217,7 +217,7 @@ fn every_verb_behaves_the_same_with_and_without_a_holding_watch() {
 #[test]
 fn the_remedy_audit_prints_works_through_a_holding_watch() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let _watch = Watch::start_holding(&lab);
     let br1_client = lab.add_bridge_with_client("br1", BR1_ADDR, BR1_CLIENT);
     Lab::route_loopback_via(&br1_client, BR1_ADDR);
@@ -243,7 +243,7 @@ fn the_remedy_audit_prints_works_through_a_holding_watch() {
 #[test]
 fn only_cap_net_admin_in_watchs_namespaces_borrows_the_table() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let watch = Watch::start_holding(&lab);
     let before = lab.fingerprint();
     // A uid-0 process without CAP_NET_ADMIN (dropped from its bounding set, so exec as
@@ -347,7 +347,7 @@ fn plans_and_dry_runs_under_a_holding_watch_see_nothing_to_do() {
 #[test]
 fn a_held_table_whose_watch_does_not_answer_is_named_with_the_remedy() {
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let mut watch = Watch::start_holding(&lab);
     let sock = lab.watch_socket();
     std::fs::remove_file(&sock).unwrap();
@@ -381,7 +381,7 @@ fn a_held_table_whose_watch_does_not_answer_is_named_with_the_remedy() {
 fn a_non_root_user_cannot_borrow_the_table_even_through_an_opened_socket() {
     use std::os::unix::fs::PermissionsExt;
     let (lab, _services) = lab_with_services();
-    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    lab.expose_default();
     let _watch = Watch::start_holding(&lab);
     let before = lab.fingerprint();
     let sock = lab.watch_socket();

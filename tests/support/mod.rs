@@ -25,6 +25,10 @@ pub const NEIGHBOUR_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 /// Allowed in most tests: the container is inside, the neighbour outside.
 pub const ALLOWED: &str = "192.0.2.0/25";
 pub const TIMEOUT: Duration = Duration::from_millis(1500);
+/// The grant most tests start from: br0's 3306 for the allowed half of the lab. Use
+/// [`Lab::expose_default`] unless the test runs it some other way (a failpoint, an
+/// expected refusal, `--persist`).
+pub const EXPOSE_DEFAULT: [&str; 6] = ["expose", "br0", "--allow", ALLOWED, "--port", "3306"];
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -549,6 +553,7 @@ impl Lab {
     }
 
     /// Runs loopgate and insists on exit 0.
+    #[track_caller]
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.loopgate(args);
         assert_eq!(
@@ -559,6 +564,13 @@ impl Lab {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `loopgate expose br0 --allow ALLOWED --port 3306` ([`EXPOSE_DEFAULT`]), insisting
+    /// on exit 0; returns its stdout.
+    #[track_caller]
+    pub fn expose_default(&self) -> String {
+        self.ok(&EXPOSE_DEFAULT)
     }
 
     /// `loopgate audit` (text report): its exit code and stdout.
@@ -853,4 +865,280 @@ pub fn time_until(cond: impl Fn() -> bool) -> Option<std::time::Duration> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     None
+}
+
+/// The rules a guard's chains must hold, as `nft list` prints them: (dispatch chain,
+/// the rule that sends loopback traffic through a guard map), then per guard map the
+/// drop rules of the chain its element jumps to. Mirrors src/plan/guards.rs and
+/// src/plan/hooks.rs, checked against the kernel's copy of the table.
+const GUARD_DISPATCH: [(&str, &str); 4] = [
+    (
+        "raw_prerouting",
+        "ip daddr 127.0.0.0/8 iifname vmap @raw_ifaces",
+    ),
+    (
+        "raw_prerouting",
+        "ip saddr 127.0.0.0/8 iifname vmap @raw_ifaces",
+    ),
+    ("input", "ip daddr 127.0.0.0/8 iifname vmap @input_ifaces"),
+    (
+        "postrouting",
+        "ip saddr 127.0.0.0/8 oifname vmap @post_ifaces",
+    ),
+];
+
+/// Every guard map and the drop rules its chain must hold (a rule counts when it
+/// starts with the prefix and drops).
+const GUARD_CHAINS: [(&str, &[&str]); 3] = [
+    (
+        "raw_ifaces",
+        &[
+            "ip daddr 127.0.0.0/8 counter",
+            "ip saddr 127.0.0.0/8 counter",
+        ],
+    ),
+    // The input guard's drop is its last rule (replies and granted flows go first).
+    ("input_ifaces", &["counter"]),
+    ("post_ifaces", &["ip saddr 127.0.0.0/8 counter"]),
+];
+
+impl NftTable {
+    /// `nft list table ip loopgate` run in the calling thread's namespace; an empty
+    /// table (nothing guarded) when there is none.
+    fn read_here() -> NftTable {
+        let out = Command::new("nft")
+            .args(["list", "table", "ip", "loopgate"])
+            .output()
+            .expect("running nft");
+        NftTable::parse(&stdout(&out))
+    }
+
+    /// An empty table (nothing guarded) when the namespace has no loopgate table.
+    pub fn read_or_empty(ns: &Netns) -> NftTable {
+        NftTable::parse(&stdout(
+            &ns.exec_status(&["nft", "list", "table", "ip", "loopgate"]),
+        ))
+    }
+
+    /// Whether `iface` is guarded: it is in every guard map (raw_ifaces, input_ifaces,
+    /// post_ifaces), the chain each element jumps to exists and holds its drop rules,
+    /// and the hook chains dispatch to the maps. Err names the first part missing.
+    pub fn guard_of(&self, iface: &str) -> Result<(), String> {
+        for (chain, rule) in GUARD_DISPATCH {
+            let present = self
+                .chains
+                .get(chain)
+                .is_some_and(|rules| rules.iter().any(|r| r.starts_with(rule)));
+            if !present {
+                return Err(format!("chain {chain} lacks `{rule}`"));
+            }
+        }
+        let key = format!("\"{iface}\"");
+        for (map, drops) in GUARD_CHAINS {
+            let Some(rules) = self.via(map, &key) else {
+                return Err(format!("{iface} not in {map} (or its chain is missing)"));
+            };
+            let drops_all = if map == "input_ifaces" {
+                rules
+                    .last()
+                    .is_some_and(|r| r.starts_with(drops[0]) && r.contains(" drop"))
+            } else {
+                drops.iter().all(|prefix| {
+                    rules
+                        .iter()
+                        .any(|r| r.starts_with(prefix) && r.contains(" drop"))
+                })
+            };
+            if !drops_all {
+                return Err(format!("{map} -> {iface}'s chain lacks its drop rules"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `iface` appears in any guard map at all (for "the guard is gone").
+    pub fn names_in_any_guard_map(&self, iface: &str) -> bool {
+        let key = format!("\"{iface}\"");
+        GUARD_CHAINS.iter().any(|(map, _)| {
+            self.maps
+                .get(*map)
+                .is_some_and(|m| m.iter().any(|(k, _)| *k == key))
+        })
+    }
+}
+
+/// The open devices of the calling thread's namespace: name -> route_localnet as the
+/// kernel prints it. Open means non-zero, on the device or on `conf.all` (the kernel
+/// ORs the two); `lo` is left out, `all` and `default` are not devices.
+fn open_devices_here(watched: fn(&str) -> bool) -> std::collections::BTreeMap<String, String> {
+    let read = |dev: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{dev}/route_localnet"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let non_zero = |v: &str| !v.is_empty() && v != "0";
+    let all = read("all");
+    let mut open = std::collections::BTreeMap::new();
+    if let Ok(dirs) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
+        for d in dirs.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if matches!(name.as_str(), "all" | "default" | "lo") || !watched(&name) {
+                continue;
+            }
+            let v = read(&name);
+            if non_zero(&v) || non_zero(&all) {
+                open.insert(name, format!("{v} (all={all})"));
+            }
+        }
+    }
+    open
+}
+
+/// One sample in the calling thread's namespace: the table, every open device, the
+/// table again. A device is a violation when it is open and neither table guards it:
+/// the guard goes in before the device opens and out after it closes, so a guard
+/// present on either side of the reading may be the one that covered it.
+fn unguarded_here(watched: fn(&str) -> bool) -> Vec<String> {
+    let before = NftTable::read_here();
+    let open = open_devices_here(watched);
+    if open.is_empty() {
+        return Vec::new();
+    }
+    let after = NftTable::read_here();
+    open.into_iter()
+        .filter_map(|(dev, v)| {
+            let why = before.guard_of(&dev).err()?;
+            after.guard_of(&dev).err()?;
+            Some(format!("{dev}={v}: {why}"))
+        })
+        .collect()
+}
+
+fn all_devices(_: &str) -> bool {
+    true
+}
+
+/// The product's central invariant, "never open without its guard", checked in one
+/// place: a device of the namespace is open when its route_localnet (or `conf.all`'s)
+/// is non-zero, and guarded when [`NftTable::guard_of`] holds (every guard map names
+/// it, each element's chain exists with its drop rules). [`GuardSampler::check`] looks
+/// once; [`GuardSampler::start`] samples every few ms on a thread until
+/// [`GuardSampler::finish`], which returns every violation seen.
+pub struct GuardSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Sampled>>,
+}
+
+/// What a [`GuardSampler`] saw: the number of samples and each violation
+/// ("DEV=VALUE: what is missing at T").
+#[derive(Debug)]
+pub struct Sampled {
+    pub samples: u32,
+    pub violations: Vec<String>,
+}
+
+impl GuardSampler {
+    /// One look now at every device of `ns`: the violations ("DEV=VALUE: what is
+    /// missing"), empty when the invariant holds.
+    pub fn check(ns: &Netns) -> Vec<String> {
+        ns.enter(|| unguarded_here(all_devices))
+    }
+
+    /// Samples every device of `ns` until [`GuardSampler::finish`] (or 120 s).
+    pub fn start(ns: &Netns) -> GuardSampler {
+        GuardSampler::start_watching(ns, all_devices)
+    }
+
+    /// Samples the devices of `ns` whose name `watched` accepts (a runtime's bridges,
+    /// when others are open on purpose).
+    pub fn start_watching(ns: &Netns, watched: fn(&str) -> bool) -> GuardSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = format!("/run/netns/{}", ns.name);
+        let thread = std::thread::spawn(move || {
+            // The thread stays in the namespace: its reads of /proc/sys/net and the
+            // `nft` it spawns are that namespace's, without `ip netns exec`.
+            let file = std::fs::File::open(&path).expect("netns file");
+            // SAFETY: valid fd; setns only changes this thread's namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}");
+            let started = std::time::Instant::now();
+            let mut seen = Sampled {
+                samples: 0,
+                violations: Vec::new(),
+            };
+            while !flag.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(120) {
+                let at = started.elapsed();
+                for v in unguarded_here(watched) {
+                    seen.violations.push(format!("{v} at {at:?}"));
+                }
+                seen.samples += 1;
+                // With the two `nft` runs, one sample every 5-10 ms.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        });
+        GuardSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the sampling; what it saw.
+    pub fn finish(mut self) -> Sampled {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().unwrap().join().expect("sampler thread")
+    }
+}
+
+impl Drop for GuardSampler {
+    /// Stops the sampling also when the test fails before `finish`.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod guard_sampler_tests {
+    use super::*;
+
+    const GOLDEN: &str = include_str!("../golden/two-interfaces.nft");
+
+    #[test]
+    fn a_full_guard_is_recognised_and_each_missing_part_is_named() {
+        let table = NftTable::parse(GOLDEN);
+        assert_eq!(table.guard_of("br0"), Ok(()));
+        assert_eq!(table.guard_of("br1"), Ok(()));
+        assert!(table.guard_of("br2").is_err(), "not in any map");
+        let broken = |from: &str, to: &str| {
+            assert!(GOLDEN.contains(from), "{from}");
+            NftTable::parse(&GOLDEN.replacen(from, to, 1)).guard_of("br0")
+        };
+        // br0 in the raw map only: not guarded.
+        let err = broken("\"br0\" : jump post_if0,", "").unwrap_err();
+        assert!(err.contains("post_ifaces"), "{err}");
+        let err = broken("\"br0\" : jump input_if0,", "").unwrap_err();
+        assert!(err.contains("input_ifaces"), "{err}");
+        // The element is there but its chain lost a drop rule.
+        let err = broken(
+            "ip saddr 127.0.0.0/8 counter drop comment \"br0 guard: no spoofed",
+            "ip saddr 127.0.0.0/8 counter accept comment \"br0 guard: no spoofed",
+        )
+        .unwrap_err();
+        assert!(err.contains("raw_ifaces"), "{err}");
+        let err = broken(
+            "counter drop comment \"br0 guard: loopback only",
+            "counter accept comment \"br0 guard: loopback only",
+        )
+        .unwrap_err();
+        assert!(err.contains("input_ifaces"), "{err}");
+        // The hook no longer dispatches to the map.
+        let err = broken("oifname vmap @post_ifaces", "oifname vmap @nat_grants").unwrap_err();
+        assert!(err.contains("postrouting"), "{err}");
+        // No table at all.
+        assert!(NftTable::parse("").guard_of("br0").is_err());
+    }
 }
