@@ -12,16 +12,6 @@
 mod support;
 
 // Topic modules; kept under tests/cli/ so Cargo does not build each as its own binary.
-#[path = "cli/attacks.rs"]
-mod attacks;
-#[path = "cli/attacks2.rs"]
-mod attacks2;
-#[path = "cli/attacks3.rs"]
-mod attacks3;
-#[path = "cli/attacks4.rs"]
-mod attacks4;
-#[path = "cli/attacks5.rs"]
-mod attacks5;
 #[path = "cli/audit.rs"]
 mod audit;
 #[path = "cli/cli_surface.rs"]
@@ -34,6 +24,8 @@ mod conntrack;
 mod corpus;
 #[path = "cli/crash.rs"]
 mod crash;
+#[path = "cli/device_identity_and_repair.rs"]
+mod device_identity_and_repair;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/files.rs"]
@@ -50,6 +42,8 @@ mod hold_lifecycle;
 mod host_gateway;
 #[path = "cli/install_deps.rs"]
 mod install_deps;
+#[path = "cli/kept_runtime_grants.rs"]
+mod kept_runtime_grants;
 #[path = "cli/litter.rs"]
 mod litter;
 #[path = "cli/output_and_persist.rs"]
@@ -66,6 +60,8 @@ mod rollback;
 mod runtime_errors;
 #[path = "cli/runtime_grants.rs"]
 mod runtime_grants;
+#[path = "cli/runtime_nets_and_foreign_rules.rs"]
+mod runtime_nets_and_foreign_rules;
 #[path = "cli/runtimes.rs"]
 mod runtimes;
 #[path = "cli/stall.rs"]
@@ -80,8 +76,12 @@ mod trace;
 mod traffic;
 #[path = "cli/watch.rs"]
 mod watch;
+#[path = "cli/watch_forwarding.rs"]
+mod watch_forwarding;
 #[path = "cli/watch_matrix.rs"]
 mod watch_matrix;
+#[path = "cli/watch_socket_and_bounded_cli.rs"]
+mod watch_socket_and_bounded_cli;
 
 use std::net::Ipv4Addr;
 use support::*;

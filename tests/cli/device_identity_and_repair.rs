@@ -1,5 +1,6 @@
-//! Topic: attacks on issue 9's promises (review). Each test states what should hold;
-//! a failing test is a hole.
+//! Topic: device identity (a reused ifindex, an earlier copy's original) and watch's
+//! repairs under a stalled reader, a flush and a lookalike table; attacks on issue 9's
+//! promises (review). Each test states what should hold; a failing test is a hole.
 
 use super::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

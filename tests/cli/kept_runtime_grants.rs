@@ -1,5 +1,5 @@
-//! Review 4 attacks: the "keep the previous grant" logic of runtime networks and
-//! unaddressed interfaces.
+//! Topic: the "keep the previous grant" logic of runtime networks and unaddressed
+//! interfaces; review 4 attacks.
 //!
 //! Each test's comment describes the hole the review found (in the present tense of
 //! the code it was found in); the test asserts the hole is closed.

@@ -1,4 +1,5 @@
-//! Review 3 attacks: guard, runtime networks, host-gateway, audit's firewall findings.
+//! Topic: runtime networks (a bridge named lo, their subnets' allow checks) and how
+//! audit reads foreign firewall rules; review 3 attacks.
 //!
 //! Each test's comment describes the hole the review found (in the present tense of
 //! the code it was found in); the test asserts the hole is closed.

@@ -1,5 +1,5 @@
-//! Review 5 attacks: commands borrowing watch's table over `watch.sock`, and runtime
-//! CLI calls bounded by `run_bounded`.
+//! Topic: commands borrowing watch's table over `watch.sock`, and runtime CLI calls
+//! bounded by `run_bounded`; review 5 attacks.
 //!
 //! Each test's comment describes the hole the review found (in the present tense of
 //! the code it was found in); the test asserts the hole is closed. Tests named

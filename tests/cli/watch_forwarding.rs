@@ -1,5 +1,5 @@
-//! Topic: attacks on issue 11's promises (second review): watch following a policy,
-//! commands forwarded to watch, the socket loop. Each test states what should hold; a
+//! Topic: watch following a policy, commands forwarded to watch, the socket loop:
+//! attacks on issue 11's promises (second review). Each test states what should hold; a
 //! failing test is a hole.
 
 use super::*;
