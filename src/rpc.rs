@@ -39,7 +39,7 @@
 //! owned after watch stops, until it exits; `audit` then reports the table owned by
 //! another process (critical) and a new watch cannot hold it. Only a process with
 //! CAP_NET_ADMIN in watch's namespaces can borrow, and such a process can change the
-//! host's network in any case (tests/cli/attacks5.rs shows the report).
+//! host's network in any case (tests/cli/watch_socket_and_bounded_cli.rs shows the report).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
