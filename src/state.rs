@@ -249,14 +249,17 @@ fn base_dir() -> PathBuf {
 
 impl Store {
     /// Opens the state of the current namespace and locks it: exclusively for commands
-    /// that change the host, shared for read-only ones.
+    /// that change the host, shared for read-only ones. Sweeps stale namespace
+    /// directories on the way (see [`sweep_stale`]).
     pub fn open(exclusive: bool) -> Result<Store> {
-        Self::open_with(if exclusive {
+        let store = Self::open_with(if exclusive {
             Lock::Exclusive
         } else {
             Lock::Shared
         })
-        .map(|s| s.expect("a blocking lock is always taken"))
+        .map(|s| s.expect("a blocking lock is always taken"));
+        let _ = sweep_stale(); // housekeeping: never fails a command (see sweep_stale)
+        store
     }
 
     /// Takes the exclusive lock only if no other loopgate holds the namespace's state
@@ -267,7 +270,8 @@ impl Store {
 
     /// Takes the exclusive lock, waiting at most `limit` (polling every 10 ms); `None`
     /// when another process still holds it then. For `watch`, which must never wait
-    /// forever on a reader stuck behind a full pipe.
+    /// forever on a reader stuck behind a full pipe (and which sweeps on its own
+    /// clock).
     pub fn open_exclusive_within(limit: std::time::Duration) -> Result<Option<Store>> {
         let start = std::time::Instant::now();
         loop {
@@ -317,7 +321,6 @@ impl Store {
         if let Some(store) = &store {
             store.record_namespace();
         }
-        let _ = sweep_stale(); // housekeeping: never fails a command (see sweep_stale)
         Ok(store)
     }
 
@@ -505,9 +508,6 @@ pub const NAMESPACE_FILE: &str = "netns";
 /// At most this many directories are removed by one [`sweep_stale`] call.
 pub const SWEEP_MAX: usize = 64;
 
-/// How long a process waits between two sweeps (`watch` opens its store on every pass).
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The nsfs identity of the initial pid namespace (`PROC_PID_INIT_INO`, fixed by the
 /// kernel): only a process in it sees every process on the machine.
 const INIT_PID_NS: &str = "pid:[4026531836]";
@@ -540,14 +540,6 @@ const INIT_PID_NS: &str = "pid:[4026531836]";
 /// open file or a private mount of a process a security module hides from root. No
 /// loopgate can be started in it by name or by a path this process can open.
 pub fn sweep_stale() -> Result<usize> {
-    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    {
-        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
-            return Ok(0);
-        }
-        *last = Some(std::time::Instant::now());
-    }
     let own = format!("netns-{}", crate::kernel::netns::cookie()?);
     sweep_in(&base_dir(), &own, live_namespaces, SWEEP_MAX)
 }

@@ -3,8 +3,9 @@
 //! It keeps what [`Kernel`] exposes, devices with their route_localnet, loopgate's
 //! table and the nftables generation, conntrack entries and listeners, and applies every
 //! table batch all-or-nothing, like the real one. Failures are injected by name
-//! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`,
-//! `write:<iface>:<value>`, and `apply-reply`: the batch commits but its reply is lost),
+//! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`, `generation`,
+//! `sysctl:<conf>`, `write:<iface>:<value>`, and `apply-reply`: the batch commits but its
+//! reply is lost),
 //! and each one that fires is recorded in [`FakeState::fired`], so a test can tell an
 //! injected failure from one that was never reached. Every mutation is recorded in
 //! [`Fake::history`] with the facts after it, so a test can check an invariant at every
@@ -97,6 +98,9 @@ pub struct FakeState {
     pub table: Option<FakeTable>,
     /// The nftables generation, bumped by every apply and restore.
     pub generation: u32,
+    /// The generations the fake's own applies and restores created (not
+    /// [`Fake::tamper`]'s): what [`Kernel::committed_here`] knows.
+    pub own_commits: Vec<u32>,
     /// The conntrack entries.
     pub flows: Vec<Flow>,
     /// The listening sockets `listeners()` reports.
@@ -231,6 +235,8 @@ impl Fake {
             let mut s = self.state.borrow_mut();
             s.table = table;
             s.generation = s.generation.wrapping_add(1).max(1);
+            let g = s.generation;
+            s.own_commits.push(g);
         }
         self.record(what.to_string());
     }
@@ -279,6 +285,21 @@ impl Kernel for Fake {
         out.push(("default".into(), Ok(s.default)));
         out.sort();
         Ok(out)
+    }
+
+    fn route_localnet(&self, conf: &str) -> Result<i32> {
+        self.check(&format!("sysctl:{conf}"))?;
+        let s = self.state.borrow();
+        match conf {
+            "all" => Ok(s.all),
+            "default" => Ok(s.default),
+            name => s
+                .devices
+                .values()
+                .find(|d| d.name == name)
+                .map(|d| d.route_localnet)
+                .ok_or_else(|| anyhow::anyhow!("no device {name}")),
+        }
     }
 
     fn ifindex_of(&self, name: &str) -> Option<u32> {
@@ -341,6 +362,15 @@ impl Kernel for Fake {
 
     fn probe(&self, _ruleset: &Ruleset) -> Result<()> {
         self.check("probe")
+    }
+
+    fn generation(&self) -> Result<u32> {
+        self.check("generation")?;
+        Ok(self.state.borrow().generation)
+    }
+
+    fn committed_here(&self, generation: u32) -> bool {
+        self.state.borrow().own_commits.contains(&generation)
     }
 
     fn listeners(&self) -> Result<Vec<Listener>> {
@@ -414,7 +444,23 @@ impl Kernel for Fake {
 pub struct TempStore {
     /// The store over the temporary directory.
     pub store: crate::state::Store,
-    dir: std::path::PathBuf,
+    dir: TempDir,
+}
+
+/// A temporary state directory, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Opens the store over the directory again (waiting for its lock).
+    pub fn open(&self) -> crate::state::Store {
+        crate::state::Store::open_at(self.0.clone()).expect("state directory")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Default for TempStore {
@@ -433,13 +479,16 @@ impl TempStore {
             N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         ));
         let store = crate::state::Store::open_at(dir.clone()).expect("state directory");
-        TempStore { store, dir }
+        TempStore {
+            store,
+            dir: TempDir(dir),
+        }
     }
-}
 
-impl Drop for TempStore {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+    /// The store, for a function that takes it (and releases its lock), and the
+    /// directory, to open it again afterwards.
+    pub fn into_parts(self) -> (crate::state::Store, TempDir) {
+        (self.store, self.dir)
     }
 }
 
@@ -466,5 +515,39 @@ impl crate::spec::Host for Fake {
             .values()
             .map(|d| d.name.clone())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_localnet_reads_all_default_and_a_device_and_fails_by_name() {
+        let fake = Fake::with_devices(&[(5, "br0", 1)]);
+        fake.state.borrow_mut().all = 2;
+        assert_eq!(fake.route_localnet("all").unwrap(), 2);
+        assert_eq!(fake.route_localnet("default").unwrap(), 0);
+        assert_eq!(fake.route_localnet("br0").unwrap(), 1);
+        assert!(fake.route_localnet("br9").is_err());
+        fake.fail("sysctl:all");
+        assert!(fake.route_localnet("all").is_err());
+        assert_eq!(fake.fired(), ["sysctl:all"]);
+    }
+
+    #[test]
+    fn own_commits_are_the_fakes_applies_and_restores_not_a_tamper() {
+        let fake = Fake::with_devices(&[(5, "br0", 0)]);
+        fake.apply_table(None).unwrap();
+        let applied = fake.generation().unwrap();
+        assert!(fake.committed_here(applied));
+        let snap = fake.read_table(None).unwrap();
+        fake.tamper(None);
+        let tampered = fake.generation().unwrap();
+        assert!(!fake.committed_here(tampered));
+        fake.restore(&snap).unwrap();
+        assert!(fake.committed_here(fake.generation().unwrap()));
+        fake.fail("generation");
+        assert!(fake.generation().is_err());
     }
 }

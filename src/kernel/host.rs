@@ -33,7 +33,7 @@ pub trait Interfaces {
 ///
 /// Specs resolve against it with the container runtimes asked each time: that
 /// `spec::Host` impl is in [`crate::runtime`], the layer that asks them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostInterfaces {
     addrs: BTreeMap<String, Vec<Ipv4Addr>>,
 }

@@ -82,6 +82,9 @@ pub trait Kernel {
     /// route_localnet of every IPv4 conf directory, `all` and `default` included.
     fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>>;
 
+    /// route_localnet of the IPv4 conf directory `conf` (`all`, `default` or a device).
+    fn route_localnet(&self, conf: &str) -> Result<i32>;
+
     /// The ifindex of the interface called `name`.
     fn ifindex_of(&self, name: &str) -> Option<u32>;
 
@@ -102,6 +105,14 @@ pub trait Kernel {
     /// Refuses, naming the missing feature, a ruleset this kernel cannot take. Changes
     /// nothing.
     fn probe(&self, ruleset: &Ruleset) -> Result<()>;
+
+    /// The nftables generation now: a counter every commit to any table bumps.
+    fn generation(&self) -> Result<u32>;
+
+    /// True when `generation` was created by a commit made through this kernel value
+    /// (one of its last 256), or lent from it: how `watch` tells its own commits from
+    /// another process's.
+    fn committed_here(&self, generation: u32) -> bool;
 
     /// Sockets listening on IPv4 (TCP LISTEN, bound UDP).
     fn listeners(&self) -> Result<Vec<Listener>>;
@@ -133,72 +144,50 @@ pub trait Kernel {
 /// How long watch lends its table to one command before it takes it back: a
 /// transaction takes milliseconds to a second or two (100,000 allowed networks);
 /// meanwhile watch repairs nothing, so a borrower that hangs must not keep it longer.
-/// The borrower's changes through the lent socket stop at it (see [`hold_borrowed`]).
+/// The borrower's changes through the lent socket stop at it (see
+/// [`System::hold_borrowed`]).
 pub const LEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-thread_local! {
-    /// The [`nft::Owner`] loopgate's table is held with, when it is: `watch`'s own, or
-    /// the one a command borrowed from watch for its transaction (see [`crate::rpc`]).
-    /// Every change to the table must then go through its socket (the kernel refuses
-    /// any other with EPERM). Thread-local because an owner is tied to its socket and
-    /// not `Send`. The instant is when a borrowed one must no longer be used.
-    static HELD: std::cell::RefCell<Option<(nft::Owner, Option<std::time::Instant>)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Makes this thread's table changes go through `owner` from now on (watch, after
-/// adopting the table).
-pub fn hold(owner: nft::Owner) {
-    HELD.with(|h| *h.borrow_mut() = Some((owner, None)));
-}
-
-/// Makes this thread's table changes go through `owner`, which `watch` lent until
-/// `deadline`: a change after it is refused rather than sent through a socket watch
-/// uses again.
-pub fn hold_borrowed(owner: nft::Owner, deadline: std::time::Instant) {
-    HELD.with(|h| *h.borrow_mut() = Some((owner, Some(deadline))));
-}
-
-/// Ends [`hold`] / [`hold_borrowed`]: returns the owner (dropping a borrowed one closes
-/// this process's copy of the socket).
-pub fn release() -> Option<nft::Owner> {
-    HELD.with(|h| h.borrow_mut().take().map(|(o, _)| o))
-}
-
-/// Runs `f` with this thread's owner, if it holds the table (watch lending it, or
-/// settling its socket after a lease).
-pub fn with_held<T>(f: impl FnOnce(Option<&mut nft::Owner>) -> T) -> T {
-    HELD.with(|h| f(h.borrow_mut().as_mut().map(|(o, _)| o)))
-}
-
-/// The owner to change the table through, unless a borrowed one's lease ran out.
-fn through_owner<T>(
-    f: impl FnOnce(&mut nft::Owner) -> Result<T>,
-    otherwise: impl FnOnce() -> Result<T>,
-) -> Result<T> {
-    HELD.with(|h| match h.borrow_mut().as_mut() {
-        Some((_, Some(deadline))) if std::time::Instant::now() >= *deadline => {
-            anyhow::bail!(
-                "the lease of table ip loopgate from loopgate watch ran out ({} s); watch uses its socket again",
-                LEASE_LIMIT.as_secs()
-            )
-        }
-        Some((owner, _)) => f(owner),
-        None => otherwise(),
-    })
-}
-
-/// True while this thread holds loopgate's table (see [`hold`]).
-pub fn holding() -> bool {
-    HELD.with(|h| h.borrow().is_some())
+/// The owner loopgate's table is held with, and until when a borrowed one may be used.
+struct Held {
+    /// `watch`'s own, or the one a command borrowed from watch for its transaction (see
+    /// [`crate::rpc`]). Every change to the table must then go through its socket (the
+    /// kernel refuses any other with EPERM).
+    owner: std::cell::RefCell<nft::Owner>,
+    /// When a borrowed owner must no longer be used; `None` for watch's own.
+    deadline: Option<std::time::Instant>,
 }
 
 /// The real kernel of the caller's network namespace.
-#[derive(Debug, Clone, Default)]
+///
+/// Everything that changes how it behaves is in the value, nothing in the process: the
+/// owner the table is held with (changes then go through its socket, and a probe is
+/// left to the owner's own batch), the owner whose hold on the table is loopgate's own
+/// (a table it holds compares equal to the plan), and the generations its own commits
+/// created (how `watch` tells its commits from another process's).
+#[derive(Default)]
 pub struct System {
     /// Where the features probed on this boot are recorded; `None`: every
     /// [`Kernel::probe`] asks the kernel.
     known_features: Option<super::features::KnownFeatures>,
+    /// The owner the table is held with, when it is (see [`System::hold`]).
+    held: Option<Held>,
+    /// The port id of a running watch's owner, loopgate's own though not held here
+    /// (see [`System::sanctioning`]).
+    sanctioned: Option<u32>,
+    /// The generations the commits made through this value created.
+    own: nft::OwnCommits,
+}
+
+impl std::fmt::Debug for System {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("System")
+            .field("known_features", &self.known_features)
+            .field("held", &self.held.as_ref().map(|h| h.deadline))
+            .field("sanctioned", &self.sanctioned)
+            .field("own", &self.own)
+            .finish()
+    }
 }
 
 impl System {
@@ -207,6 +196,112 @@ impl System {
     pub fn new(known: super::features::KnownFeatures) -> System {
         System {
             known_features: Some(known),
+            ..System::default()
+        }
+    }
+
+    /// Declares `port` (the netlink port id of a running `loopgate watch`'s
+    /// [`Owner`](nft::Owner); 0: none) as loopgate's own: a table it holds, with nothing
+    /// else different, reads as the plan (see [`nft::Snapshot::image_sanctioning`]).
+    /// For a plan, a dry run or an audit while watch holds the table.
+    pub fn sanctioning(self, port: u32) -> System {
+        System {
+            sanctioned: Some(port).filter(|p| *p != 0),
+            ..self
+        }
+    }
+
+    /// Makes the table changes made through this value go through `owner` from now on
+    /// (watch, after adopting the table), and its hold loopgate's own.
+    pub fn hold(&mut self, owner: nft::Owner) {
+        self.hold_until(owner, None);
+    }
+
+    /// Makes the table changes made through this value go through `owner`, which
+    /// `watch` lent until `deadline`: a change after it is refused rather than sent
+    /// through a socket watch uses again.
+    pub fn hold_borrowed(&mut self, owner: nft::Owner, deadline: std::time::Instant) {
+        self.hold_until(owner, Some(deadline));
+    }
+
+    fn hold_until(&mut self, mut owner: nft::Owner, deadline: Option<std::time::Instant>) {
+        for g in owner.take_created() {
+            self.own.push(g);
+        }
+        self.held = Some(Held {
+            owner: std::cell::RefCell::new(owner),
+            deadline,
+        });
+    }
+
+    /// Ends [`System::hold`] / [`System::hold_borrowed`]: returns the owner (dropping a
+    /// borrowed one closes this process's copy of the socket).
+    pub fn release(&mut self) -> Option<nft::Owner> {
+        self.held.take().map(|h| h.owner.into_inner())
+    }
+
+    /// Runs `f` with the owner the table is held with, if it is (watch lending it, or
+    /// settling its socket after a lease).
+    pub fn with_held<T>(&self, f: impl FnOnce(Option<&mut nft::Owner>) -> T) -> T {
+        match &self.held {
+            Some(h) => {
+                let mut owner = h.owner.borrow_mut();
+                let out = f(Some(&mut owner));
+                for g in owner.take_created() {
+                    self.own.push(g);
+                }
+                out
+            }
+            None => f(None),
+        }
+    }
+
+    /// True while the table is held through this value (see [`System::hold`]).
+    pub fn holding(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// Records the commits a borrower made through the lent owning socket, the
+    /// generations after `before` through `through`, as this value's own (see
+    /// [`nft::OwnCommits::record_lent`]).
+    pub fn record_lent_commits(&self, before: u32, through: u32) {
+        self.own.record_lent(before, through);
+    }
+
+    /// The port id whose hold on the table is loopgate's own: the owner held here, or
+    /// the one declared by [`System::sanctioning`].
+    fn sanctioned_port(&self) -> Option<u32> {
+        match &self.held {
+            Some(h) => Some(h.owner.borrow().portid()),
+            None => self.sanctioned,
+        }
+    }
+
+    /// The owner to change the table through, unless a borrowed one's lease ran out.
+    fn through_owner<T>(
+        &self,
+        f: impl FnOnce(&mut nft::Owner) -> Result<T>,
+        otherwise: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        match &self.held {
+            Some(Held {
+                deadline: Some(deadline),
+                ..
+            }) if std::time::Instant::now() >= *deadline => {
+                anyhow::bail!(
+                    "the lease of table ip loopgate from loopgate watch ran out ({} s); watch uses its socket again",
+                    LEASE_LIMIT.as_secs()
+                )
+            }
+            Some(h) => {
+                let mut owner = h.owner.borrow_mut();
+                let out = f(&mut owner);
+                for g in owner.take_created() {
+                    self.own.push(g);
+                }
+                out
+            }
+            None => otherwise(),
         }
     }
 }
@@ -230,6 +325,10 @@ impl Kernel for System {
         sysctl::read_all()
     }
 
+    fn route_localnet(&self, conf: &str) -> Result<i32> {
+        sysctl::read(conf)
+    }
+
     fn ifindex_of(&self, name: &str) -> Option<u32> {
         sysctl::ifindex_of(name)
     }
@@ -239,22 +338,25 @@ impl Kernel for System {
     }
 
     fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<nft::Snapshot> {
-        nft::snapshot(trust)
+        nft::snapshot(trust).map(|s| s.sanctioning(self.sanctioned_port()))
     }
 
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
-        through_owner(|owner| owner.apply(ruleset), || nft::apply(ruleset))
+        self.through_owner(
+            |owner| owner.apply(ruleset),
+            || nft::apply(ruleset, &self.own),
+        )
     }
 
     fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {
-        through_owner(|owner| owner.restore(snapshot), || snapshot.restore())
+        self.through_owner(|owner| owner.restore(snapshot), || snapshot.restore())
     }
 
     fn probe(&self, ruleset: &Ruleset) -> Result<()> {
         // While watch holds the table, the kernel refuses a validate-only batch naming
         // it from any other socket; the owner's own batch is then the check (a refused
         // batch changes nothing and the transaction rolls back).
-        if holding() {
+        if self.holding() {
             return Ok(());
         }
         // Once per boot for each feature (the test hook always probes): the probe makes
@@ -268,6 +370,14 @@ impl Kernel for System {
             }
         }
         Ok(())
+    }
+
+    fn generation(&self) -> Result<u32> {
+        nft::current_generation()
+    }
+
+    fn committed_here(&self, generation: u32) -> bool {
+        self.own.contains(generation)
     }
 
     fn listeners(&self) -> Result<Vec<Listener>> {
@@ -299,5 +409,40 @@ impl Kernel for System {
 
     fn foreign_firewall(&self) -> super::firewall::Foreign {
         super::firewall::read()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_holds_nothing_and_sanctions_nobody_unless_told() {
+        let plain = System::default();
+        assert!(!plain.holding());
+        assert_eq!(plain.sanctioned_port(), None);
+        assert!(plain.with_held(|o| o.is_none()));
+        assert_eq!(System::default().sanctioning(0).sanctioned_port(), None);
+        assert_eq!(
+            System::default().sanctioning(4242).sanctioned_port(),
+            Some(4242)
+        );
+    }
+
+    #[test]
+    fn equal_systems_answer_alike_and_one_systems_commits_are_not_anothers() {
+        let watch = System::default();
+        let other = System::default();
+        watch.record_lent_commits(10, 12);
+        assert!(watch.committed_here(11) && watch.committed_here(12));
+        assert!(!watch.committed_here(10) && !watch.committed_here(13));
+        assert!(!other.committed_here(11), "no process-wide record");
+    }
+
+    #[test]
+    fn releasing_what_was_never_held_gives_nothing() {
+        let mut kernel = System::default();
+        assert!(kernel.release().is_none());
+        assert!(!kernel.holding());
     }
 }

@@ -16,10 +16,9 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
         crate::plan::ruleset_with(&state.grants, &state.guarded).map(|r| nft::planned_image(&r));
     let host = crate::kernel::host::HostInterfaces::read()?;
     // A table the running watch holds is loopgate's own, not a tampered one.
-    if let Some((_, port)) = crate::state::running_watch() {
-        nft::sanction_owner(port);
-    }
-    let observed = audit::observe(&system(), &host, &state, expected.as_ref(), args.deep)?;
+    let port = crate::state::running_watch().map_or(0, |(_, port)| port);
+    let kernel = system().sanctioning(port);
+    let observed = audit::observe(&kernel, &host, &state, expected.as_ref(), args.deep)?;
     // Released before printing: `audit | less` must not hold up watch's repairs.
     drop(store);
     let report = audit::assess(&observed, &state, expected.as_ref());

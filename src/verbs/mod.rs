@@ -18,7 +18,7 @@ use crate::txn::{self, Change};
 use anyhow::Result;
 
 /// How a converging command reports.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Change the host.
     Apply,
@@ -129,26 +129,112 @@ pub fn converge_guarding(
     mode: Mode,
 ) -> Result<()> {
     // While a watch holds the table, the transaction goes through the socket that owns
-    // it, borrowed until this function returns; a plan or dry run only reads, and
-    // knows that ownership as loopgate's own.
+    // it, borrowed until the lease drops; a plan or dry run only reads, and knows that
+    // ownership as loopgate's own.
     let lease = match mode {
         Mode::Apply => borrow_table()?,
-        Mode::Plan | Mode::DryRun => {
-            if let Some((_, port)) = crate::state::running_watch().filter(|(_, port)| *port != 0) {
-                nft::sanction_owner(port);
-            }
-            TableLease(None)
-        }
+        Mode::Plan | Mode::DryRun => TableLease::reading(),
     };
-    let guarded = crate::spec::resolve_guards(&guards, &host::HostInterfaces::read()?);
-    let (change, snapshot) = observe_and_compute_guarding(&system(), old, grants, guarded)?;
+    let host = host::HostInterfaces::read()?;
+    let converged = converge_over(
+        lease.kernel(),
+        store,
+        &host,
+        Request {
+            old,
+            grants,
+            specs,
+            guards,
+            mode,
+        },
+    );
+    // Given back before printing (see [`converge_over`]), and on failure too.
+    drop(lease);
+    converged?.print()
+}
+
+/// What a converging command is asked to do: move from `old` to `grants` (their
+/// `specs`), with `guards` as what `loopgate guard` asks for, in `mode`.
+pub struct Request {
+    /// The state as loaded under the lock.
+    pub old: State,
+    /// The grants asked for.
+    pub grants: Vec<Grant>,
+    /// The specs they were resolved from.
+    pub specs: Vec<crate::spec::Spec>,
+    /// What `loopgate guard` asks for from now on.
+    pub guards: Vec<crate::spec::GuardSpec>,
+    /// Change the host, or only show the change.
+    pub mode: Mode,
+}
+
+/// One line of what a converging command prints, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Printed {
+    /// A line on stdout.
+    Line(String),
+    /// Text on stdout, as it is (the rendered table).
+    Text(String),
+    /// A warning on stderr.
+    Warning(String),
+}
+
+/// What a converging command prints once the state lock and the table are given back:
+/// the warnings first, then the outcome (or its error).
+#[derive(Debug)]
+pub struct Converged {
+    /// Printed first, on stderr.
+    pub warnings: Vec<String>,
+    /// Then what the transaction (or the plan) printed, or why it failed.
+    pub outcome: Result<Vec<Printed>>,
+}
+
+impl Converged {
+    /// Prints the warnings and the outcome; returns the outcome's error, if any.
+    pub fn print(self) -> Result<()> {
+        for w in self.warnings {
+            crate::errln!("loopgate: warning: {w}");
+        }
+        for p in self.outcome? {
+            match p {
+                Printed::Line(l) => crate::outln!("{l}"),
+                Printed::Text(t) => crate::out!("{t}"),
+                Printed::Warning(w) => crate::errln!("loopgate: warning: {w}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The converging itself, over any kernel: observes, computes the change and, in
+/// [`Mode::Apply`], runs it (or records that the table was found intact). `host` is
+/// what `guards` resolve against. The state lock (`store`) is released before this
+/// returns, and nothing is printed here: a reader that stops reading its pipe, or a
+/// stderr that blocks (^S, a stalled ssh session), must not hold up `watch` or other
+/// commands, nor keep watch from repairing for a lease's limit.
+///
+/// Errors: the host could not be read (nothing changed). A transaction that fails is
+/// in [`Converged::outcome`], after the warnings.
+pub fn converge_over<K: Kernel>(
+    kernel: &K,
+    store: Store,
+    host: &dyn crate::spec::Host,
+    request: Request,
+) -> Result<Converged> {
+    let Request {
+        old,
+        grants,
+        specs,
+        guards,
+        mode,
+    } = request;
+    let guarded = crate::spec::resolve_guards(&guards, host);
+    let (change, snapshot) = observe_and_compute_guarding(kernel, old, grants, guarded)?;
     let change = change.with_specs(specs).with_guards(guards);
 
-    // Printed once the table is given back: a stderr or stdout that blocks (^S, a
-    // stalled ssh session) must not keep watch from repairing for the lease's limit.
     let mut warnings: Vec<String> = Vec::new();
     if !change.grants.is_empty() {
-        match sysctl::read("all") {
+        match kernel.route_localnet("all") {
             Ok(v) if sysctl::is_open(v) => warnings.push(format!(
                 "net.ipv4.conf.all.route_localnet is {v}: every interface is open to 127.0.0.0/8, not only the ones loopgate guards"
             )),
@@ -160,14 +246,9 @@ pub fn converge_guarding(
         }
     }
     if mode == Mode::Apply {
-        warnings.extend(unserved(&change));
-        warnings.extend(firewall_warnings(&change));
+        warnings.extend(unserved(kernel, &change));
+        warnings.extend(firewall_warnings(kernel, &change));
     }
-    let warn = |warnings: Vec<String>| {
-        for w in warnings {
-            crate::errln!("loopgate: warning: {w}");
-        }
-    };
 
     if change.is_noop() {
         let remembered = match mode {
@@ -175,67 +256,83 @@ pub fn converge_guarding(
             _ => Ok(()),
         };
         drop(store);
-        drop(lease);
-        warn(warnings);
-        remembered?;
-        crate::outln!("nothing to do: the host already matches");
-        return Ok(());
+        let outcome = remembered.map(|()| {
+            vec![Printed::Line(
+                "nothing to do: the host already matches".into(),
+            )]
+        });
+        return Ok(Converged { warnings, outcome });
     }
-    match mode {
+    let outcome = match mode {
         Mode::Plan | Mode::DryRun => {
             drop(store);
-            drop(lease);
-            warn(warnings);
             let header = if mode == Mode::Plan {
                 "plan"
             } else {
                 "dry run, nothing changed"
             };
-            crate::outln!("# {header}:");
+            let mut out = vec![Printed::Line(format!("# {header}:"))];
             for line in change.describe() {
-                crate::outln!("#   {line}");
+                out.push(Printed::Line(format!("#   {line}")));
             }
             if mode == Mode::DryRun {
-                crate::outln!("# resulting table (other tables are never touched):");
-                crate::out!("{}", crate::plan::render(change.ruleset.as_ref()));
+                out.push(Printed::Line(
+                    "# resulting table (other tables are never touched):".into(),
+                ));
+                out.push(Printed::Text(crate::plan::render(change.ruleset.as_ref())));
             }
-            Ok(())
+            Ok(out)
         }
         Mode::Apply => {
             let lines = change.describe();
-            let outcome = txn::execute(&system(), &store, &change, &snapshot);
+            let outcome = txn::execute(kernel, &store, &change, &snapshot);
             drop(store);
-            // Given back before printing (see above), and on failure too.
-            drop(lease);
-            warn(warnings);
-            let outcome = outcome?;
-            for line in lines {
-                crate::outln!("{line}");
-            }
-            for w in &outcome.warnings {
-                crate::errln!("loopgate: warning: {w}");
-            }
-            if outcome.connections_cut > 0 {
-                crate::outln!(
-                    "cut {} tracked connection(s) of revoked grants",
-                    outcome.connections_cut
-                );
-            }
-            Ok(())
+            outcome.map(|outcome| {
+                let mut out: Vec<Printed> = lines.into_iter().map(Printed::Line).collect();
+                out.extend(outcome.warnings.into_iter().map(Printed::Warning));
+                if outcome.connections_cut > 0 {
+                    out.push(Printed::Line(format!(
+                        "cut {} tracked connection(s) of revoked grants",
+                        outcome.connections_cut
+                    )));
+                }
+                out
+            })
         }
+    };
+    Ok(Converged { warnings, outcome })
+}
+
+/// The kernel a converging command works through: the table borrowed from a running
+/// `watch` for one transaction, or no table held at all. A borrowed one is given back
+/// on drop (this process's copy of the socket closed first, then the connection, which
+/// tells watch the lease ended).
+pub struct TableLease {
+    kernel: System,
+    lent: Option<crate::rpc::Lent>,
+}
+
+impl TableLease {
+    /// For a plan, a dry run: nothing borrowed, and the running watch's hold on the
+    /// table (if any) known as loopgate's own.
+    fn reading() -> TableLease {
+        let port = crate::state::running_watch().map_or(0, |(_, port)| port);
+        TableLease {
+            kernel: system().sanctioning(port),
+            lent: None,
+        }
+    }
+
+    /// The kernel to converge through (holding the borrowed owner, if any).
+    pub fn kernel(&self) -> &System {
+        &self.kernel
     }
 }
 
-/// The table borrowed from a running `watch` for one transaction; given back on drop
-/// (this process's copy of the socket closed first, then the connection, which tells
-/// watch the lease ended).
-pub struct TableLease(Option<crate::rpc::Lent>);
-
 impl Drop for TableLease {
     fn drop(&mut self) {
-        if self.0.is_some() {
-            drop(crate::kernel::seam::release());
-            nft::sanction_owner(0);
+        if self.lent.is_some() {
+            drop(self.kernel.release());
         }
     }
 }
@@ -253,10 +350,6 @@ const BORROW_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// another protocol version), did not answer within 30 s, or lent a socket that does
 /// not own the table.
 pub fn borrow_table() -> Result<TableLease> {
-    if crate::kernel::seam::holding() {
-        // watch itself, converging through its own socket.
-        return Ok(TableLease(None));
-    }
     let path = crate::state::namespace_dir()?.join(watch::SOCKET);
     let command: Vec<String> = std::env::args().skip(1).collect();
     let why = match crate::rpc::borrow(&path, &command.join(" "), BORROW_WAIT)? {
@@ -267,9 +360,12 @@ pub fn borrow_table() -> Result<TableLease> {
                 .take_socket()
                 .expect("a lent table comes with its socket");
             let owner = nft::Owner::borrowed(socket)?;
-            nft::sanction_owner(owner.portid());
-            crate::kernel::seam::hold_borrowed(owner, lent.deadline);
-            return Ok(TableLease(Some(lent)));
+            let mut kernel = system();
+            kernel.hold_borrowed(owner, lent.deadline);
+            return Ok(TableLease {
+                kernel,
+                lent: Some(lent),
+            });
         }
     };
     // Nothing lent: the table must then be nobody's, or the kernel refuses the change
@@ -283,12 +379,15 @@ pub fn borrow_table() -> Result<TableLease> {
             "table ip loopgate is held by {who}, and {why}; nothing was changed: restart loopgate watch (systemctl restart loopgate-watch.service) and try again"
         );
     }
-    Ok(TableLease(None))
+    Ok(TableLease {
+        kernel: system(),
+        lent: None,
+    })
 }
 
 /// Grants whose target has no listener yet: allowed, but probably a typo.
-fn unserved(change: &Change) -> Vec<String> {
-    let Ok(listeners) = host::listeners() else {
+fn unserved(kernel: &impl Kernel, change: &Change) -> Vec<String> {
+    let Ok(listeners) = kernel.listeners() else {
         return vec![];
     };
     change
@@ -306,16 +405,16 @@ fn unserved(change: &Change) -> Vec<String> {
 
 /// Grants another firewall stops (a foreign drop or notrack): the grant is installed
 /// all the same, but the client would time out.
-fn firewall_warnings(change: &Change) -> Vec<String> {
+fn firewall_warnings(kernel: &impl Kernel, change: &Change) -> Vec<String> {
     if change.grants.is_empty() {
         return vec![];
     }
     let ifindexes = change
         .grants
         .iter()
-        .filter_map(|g| sysctl::ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
+        .filter_map(|g| kernel.ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
         .collect();
-    let foreign = system().foreign_firewall();
+    let foreign = kernel.foreign_firewall();
     crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes)
 }
 
@@ -364,4 +463,260 @@ pub fn open_store(exclusive: bool) -> Result<(Store, State)> {
     let store = Store::open(exclusive)?;
     let state = store.load()?;
     Ok((store, state))
+}
+
+/// The converging paths over the fake kernel: no-op, plan, dry run, apply, warnings.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::Proto;
+    use crate::kernel::fake::{Fake, TempStore};
+    use crate::kernel::host::Listener;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn grant(iface: &str, port: u16) -> Grant {
+        Grant {
+            name: format!("{iface}-{port}"),
+            iface: iface.into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    /// Converges `kernel` from the state in `t` to `grants` in `mode`; returns what
+    /// would be printed, and the state after.
+    fn run(kernel: &Fake, t: TempStore, grants: Vec<Grant>, mode: Mode) -> (Converged, State) {
+        let old = t.store.load().unwrap();
+        let (store, dir) = t.into_parts();
+        let request = Request {
+            specs: old.specs.clone(),
+            old,
+            grants,
+            guards: vec![],
+            mode,
+        };
+        let converged = converge_over(kernel, store, kernel, request).unwrap();
+        // The lock was released: the store opens again without waiting.
+        let after = dir.open().load().unwrap();
+        (converged, after)
+    }
+
+    /// A fake with br0 (ifindex 5) at 0 and a listener on 127.0.0.1:3306, and an
+    /// empty state.
+    fn host() -> (Fake, TempStore) {
+        let kernel = Fake::with_devices(&[(5, "br0", 0)]);
+        kernel.state.borrow_mut().listeners = vec![Listener {
+            proto: Proto::Tcp,
+            addr: Ipv4Addr::LOCALHOST,
+            port: 3306,
+            device: None,
+        }];
+        (kernel, TempStore::new())
+    }
+
+    fn lines(c: &Converged) -> Vec<String> {
+        c.outcome
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                Printed::Line(l) | Printed::Text(l) | Printed::Warning(l) => l.clone(),
+            })
+            .collect()
+    }
+
+    fn steps(kernel: &Fake) -> Vec<String> {
+        kernel.history().into_iter().map(|m| m.what).collect()
+    }
+
+    #[test]
+    fn nothing_asked_on_an_empty_host_is_a_no_op_that_changes_nothing() {
+        let (kernel, t) = host();
+        let empty = t.store.load().unwrap();
+        drop(t);
+        for mode in [Mode::Apply, Mode::DryRun, Mode::Plan] {
+            let t = TempStore::new();
+            let (c, after) = run(&kernel, t, vec![], mode);
+            assert_eq!(lines(&c), ["nothing to do: the host already matches"]);
+            assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+            assert_eq!(after, empty);
+        }
+        assert!(steps(&kernel).is_empty());
+    }
+
+    #[test]
+    fn apply_opens_the_interface_behind_its_guard_and_prints_the_change() {
+        let (kernel, t) = host();
+        let (c, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Apply);
+        assert_eq!(steps(&kernel), ["apply", "write br0=1"]);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(!lines(&c).is_empty());
+        assert_eq!(after.grants, vec![grant("br0", 3306)]);
+        assert!(after.vouch.is_some());
+    }
+
+    #[test]
+    fn a_dry_run_prints_the_change_and_the_table_and_changes_nothing() {
+        let (kernel, t) = host();
+        let empty = t.store.load().unwrap();
+        let (c, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::DryRun);
+        assert!(steps(&kernel).is_empty(), "{:?}", steps(&kernel));
+        assert_eq!(kernel.value("br0"), Some(0));
+        assert!(kernel.state.borrow().table.is_none());
+        assert_eq!(after, empty);
+        let out = c.outcome.unwrap();
+        assert_eq!(out[0], Printed::Line("# dry run, nothing changed:".into()));
+        assert!(out.contains(&Printed::Line(
+            "# resulting table (other tables are never touched):".into()
+        )));
+        assert!(matches!(out.last(), Some(Printed::Text(t)) if t.contains("table ip loopgate")));
+    }
+
+    #[test]
+    fn a_plan_prints_the_change_only() {
+        let (kernel, t) = host();
+        let (c, _) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Plan);
+        assert!(steps(&kernel).is_empty());
+        let out = c.outcome.unwrap();
+        assert_eq!(out[0], Printed::Line("# plan:".into()));
+        assert!(out.len() > 1);
+        assert!(out
+            .iter()
+            .all(|p| matches!(p, Printed::Line(l) if l.starts_with('#'))));
+    }
+
+    #[test]
+    fn conf_all_open_is_warned_about_in_every_mode() {
+        for mode in [Mode::Apply, Mode::DryRun, Mode::Plan] {
+            let (kernel, t) = host();
+            kernel.state.borrow_mut().all = 1;
+            let (c, _) = run(&kernel, t, vec![grant("br0", 3306)], mode);
+            assert!(
+                c.warnings
+                    .iter()
+                    .any(|w| w.starts_with("net.ipv4.conf.all.route_localnet is 1")),
+                "{:?}",
+                c.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn conf_all_that_cannot_be_read_is_said_and_does_not_stop_the_change() {
+        let (kernel, t) = host();
+        kernel.fail("sysctl:all");
+        let (c, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Apply);
+        assert!(c.warnings[0].starts_with("cannot tell whether every interface is open"));
+        assert!(c.outcome.is_ok());
+        assert_eq!(after.grants.len(), 1);
+    }
+
+    #[test]
+    fn no_grants_means_no_conf_all_warning() {
+        let (kernel, t) = host();
+        kernel.state.borrow_mut().all = 1;
+        let (c, _) = run(&kernel, t, vec![], Mode::Apply);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_grant_nothing_listens_behind_is_warned_about_when_applied_only() {
+        let (kernel, t) = host();
+        let (c, _) = run(&kernel, t, vec![grant("br0", 3307)], Mode::Apply);
+        assert_eq!(
+            c.warnings,
+            ["nothing listens on 127.0.0.1:3307/tcp yet; grant br0-3307 is in place and will work once it does"]
+        );
+        let (kernel, t) = host();
+        let (c, _) = run(&kernel, t, vec![grant("br0", 3307)], Mode::DryRun);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn a_failed_apply_keeps_its_warnings_and_leaves_the_interface_closed() {
+        let (kernel, t) = host();
+        kernel.state.borrow_mut().all = 1;
+        kernel.fail("write:br0:1");
+        let (c, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Apply);
+        assert!(c.outcome.is_err());
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(kernel.value("br0"), Some(0));
+        assert!(after.grants.is_empty());
+        assert!(after.pending.is_none());
+    }
+
+    #[test]
+    fn a_no_op_apply_vouches_for_the_table_and_a_dry_run_does_not() {
+        let (kernel, t) = host();
+        let (_, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Apply);
+        kernel.state.borrow_mut().history.clear();
+        let unvouched = State {
+            vouch: None,
+            ..after
+        };
+        for (mode, vouched) in [(Mode::DryRun, false), (Mode::Apply, true)] {
+            let t = TempStore::new();
+            t.store.save(&unvouched).unwrap();
+            let (c, after) = run(&kernel, t, vec![grant("br0", 3306)], mode);
+            assert_eq!(lines(&c), ["nothing to do: the host already matches"]);
+            assert_eq!(after.vouch.is_some(), vouched, "{mode:?}");
+        }
+        assert!(steps(&kernel).is_empty(), "{:?}", steps(&kernel));
+    }
+
+    #[test]
+    fn a_table_that_cannot_be_read_changes_nothing_and_prints_nothing() {
+        let (kernel, t) = host();
+        kernel.fail("read");
+        let old = t.store.load().unwrap();
+        let (store, _dir) = t.into_parts();
+        let request = Request {
+            old,
+            grants: vec![grant("br0", 3306)],
+            specs: vec![],
+            guards: vec![],
+            mode: Mode::Apply,
+        };
+        assert!(converge_over(&kernel, store, &kernel, request).is_err());
+        assert!(steps(&kernel).is_empty());
+    }
+
+    #[test]
+    fn revoking_the_last_grant_closes_the_interface_before_the_table_goes() {
+        let (kernel, t) = host();
+        let (_, after) = run(&kernel, t, vec![grant("br0", 3306)], Mode::Apply);
+        kernel.state.borrow_mut().history.clear();
+        let t = TempStore::new();
+        t.store.save(&after).unwrap();
+        let (c, after) = run(&kernel, t, vec![], Mode::Apply);
+        assert_eq!(steps(&kernel), ["write br0=0", "apply"]);
+        assert!(c.outcome.is_ok());
+        assert!(after.grants.is_empty() && after.originals.is_empty());
+    }
+
+    #[test]
+    fn a_guarded_interface_is_resolved_against_the_host_given() {
+        let (kernel, t) = host();
+        let old = t.store.load().unwrap();
+        let (store, dir) = t.into_parts();
+        let guards = vec![crate::spec::GuardSpec {
+            source: crate::spec::Source::Cli,
+            interface: "br0".into(),
+        }];
+        let request = Request {
+            old,
+            grants: vec![],
+            specs: vec![],
+            guards,
+            mode: Mode::Apply,
+        };
+        let c = converge_over(&kernel, store, &kernel, request).unwrap();
+        assert!(c.outcome.is_ok());
+        assert_eq!(steps(&kernel), ["apply"]);
+        assert_eq!(dir.open().load().unwrap().guarded, ["br0"]);
+        assert_eq!(kernel.value("br0"), Some(0), "guarding opens nothing");
+    }
 }

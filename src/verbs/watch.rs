@@ -35,12 +35,15 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let _instance = lock_instance()?;
     crate::kernel::os::stop_on_term_and_int();
     let mut monitor = Monitor::new()?;
+    // The kernel watch works through, holding the table when it can: every repair's
+    // change goes through the owning socket, and the commits it made are known here.
+    let mut kernel = system();
     let mut held = match args.no_hold {
         true => {
             eprintln!("loopgate watch: not holding table ip loopgate (--no-hold); protecting it by repair only");
             None
         }
-        false => hold_table(false),
+        false => hold_table(&mut kernel, false),
     };
     let dir = crate::state::namespace_dir()?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
@@ -53,9 +56,10 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
     let mut failing: Option<Failing> = None;
+    let mut sweeps = SweepClock::default();
     while !crate::kernel::os::stop_requested() {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
-        match crate::kernel::sysctl::read("all") {
+        match kernel.route_localnet("all") {
             Ok(v) if sysctl::is_open(v) && !all_open => {
                 all_open = true;
                 eprintln!("loopgate watch: net.ipv4.conf.all.route_localnet is now {v}: every interface routes 127.0.0.0/8, whatever loopgate guards; `loopgate audit` reports it (all-open)");
@@ -69,18 +73,20 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 // orphan by now?). Only then, and at the back-off's pace: the probe
                 // costs the next batch an RCU grace period. Quiet: why it is not held
                 // was said at start.
-                held = hold_table(true);
+                held = hold_table(&mut kernel, true);
                 if held.is_some() {
                     crate::state::write_watch_presence(held)?;
                 }
             }
             let mut lines = Vec::new();
             let result = repair(
+                &kernel,
                 &mut known,
                 policy.as_mut(),
                 &mut quiet,
                 &runtimes,
                 &mut lines,
+                &mut sweeps,
             );
             failing = Failing::after(failing.take(), result, lines);
         }
@@ -94,20 +100,26 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             quiet = None;
         }
         if wake.extra.first().copied().unwrap_or(false) {
-            lend(&server);
+            lend(&kernel, &server);
             // The borrower's transaction may have changed what is asked for.
             quiet = None;
         }
         if !wake.table_batches.is_empty() {
-            if let Err(e) = close_if_foreign(&wake.table_batches, &mut known) {
-                eprintln!(
+            let peeked = Store::peek().ok().flatten();
+            match close_if_foreign(&kernel, &wake.table_batches, peeked, &mut known) {
+                Ok(lines) => {
+                    for line in lines {
+                        eprintln!("loopgate watch: {line}");
+                    }
+                }
+                Err(e) => eprintln!(
                     "loopgate watch: closing interfaces failed: {}",
                     crate::error::one_line(&e)
-                );
+                ),
             }
         }
     }
-    if let Some(mut owner) = crate::kernel::seam::release() {
+    if let Some(mut owner) = kernel.release() {
         // Leave no table without grants or guards: an empty orphan guards nothing.
         match owner.delete_if_empty() {
             Ok(true) => eprintln!(
@@ -183,7 +195,7 @@ pub const SOCKET: &str = "watch.sock";
 /// (or says the table is not held) and waits until the command is done with it, at
 /// most [`crate::rpc::LEASE_LIMIT`]. The commits made meanwhile are recorded as
 /// watch's own: no other socket can change a held table, so none of them is foreign.
-fn lend(server: &crate::rpc::Server) {
+fn lend(kernel: &crate::kernel::seam::System, server: &crate::rpc::Server) {
     let borrower = match server.accept() {
         Ok(Some(b)) => b,
         Ok(None) => return,
@@ -196,21 +208,21 @@ fn lend(server: &crate::rpc::Server) {
         borrower.peer.pid,
         borrower.command.escape_debug().to_string(),
     );
-    let before = crate::kernel::nft::current_generation().ok();
-    let lent = crate::kernel::seam::with_held(|owner| match owner {
+    let before = kernel.generation().ok();
+    let lent = kernel.with_held(|owner| match owner {
         None => borrower.not_held().map(|()| None),
         Some(o) => borrower
             .lend(o.lendable(), o.portid(), crate::rpc::LEASE_LIMIT)
             .map(Some),
     });
-    if let Err(e) = crate::kernel::seam::with_held(|o| o.map_or(Ok(()), |o| o.settle())) {
+    if let Err(e) = kernel.with_held(|o| o.map_or(Ok(()), |o| o.settle())) {
         eprintln!(
             "loopgate watch: clearing the table's socket after a lease: {}",
             crate::error::one_line(&e)
         );
     }
-    if let (Some(before), Ok(after)) = (before, crate::kernel::nft::current_generation()) {
-        crate::kernel::nft::record_lent_commits(before, after);
+    if let (Some(before), Ok(after)) = (before, kernel.generation()) {
+        kernel.record_lent_commits(before, after);
     }
     match lent {
         Ok(None) => {}
@@ -234,14 +246,13 @@ fn lend(server: &crate::rpc::Server) {
 /// EPERM changing it. Returns the owner's port id; `None` on older kernels (the table
 /// is then protected by repair only: watch closes the interfaces the moment another
 /// process changes it, restores it and reopens them). `quiet`: a retry, which says only
-/// that it succeeded.
-fn hold_table(quiet: bool) -> Option<u32> {
+/// that it succeeded. From then on `kernel` changes the table through the owner.
+fn hold_table(kernel: &mut crate::kernel::seam::System, quiet: bool) -> Option<u32> {
     match crate::kernel::nft::probe_owner_support() {
         Ok(true) => match crate::kernel::nft::Owner::adopt() {
             Ok(owner) => {
                 let port = owner.portid();
-                crate::kernel::nft::sanction_owner(port);
-                crate::kernel::seam::hold(owner);
+                kernel.hold(owner);
                 eprintln!("loopgate watch: holds table ip loopgate (owner flag): no other process can flush, switch off or edit it while watch runs");
                 Some(port)
             }
@@ -341,8 +352,8 @@ impl Failing {
     }
 }
 
-/// True when one of `batches` was not loopgate's: its generation is not one this
-/// process's own commits created ([`committed_by_this_process`]), and its pid is
+/// True when one of `batches` was not loopgate's: its generation is not one watch's own
+/// commits created (`own`, [`Kernel::committed_here`]), and its pid is
 /// neither this process's nor one of a loopgate run recorded in `state`'s writers. A
 /// batch the kernel did not describe is foreign.
 ///
@@ -350,8 +361,6 @@ impl Failing {
 /// nothing here: watch's own commits are still known by their generation, while
 /// another loopgate run's commit counts as foreign (watch closes, then repairs: the
 /// safe way to be wrong).
-///
-/// [`committed_by_this_process`]: crate::kernel::nft::committed_by_this_process
 pub fn foreign(batches: &[Batch], state: Option<&State>, own: impl Fn(u32) -> bool) -> bool {
     let me = std::process::id();
     !batches.iter().all(|b| {
@@ -369,28 +378,30 @@ pub fn foreign(batches: &[Batch], state: Option<&State>, own: impl Fn(u32) -> bo
 /// repair that follows, which puts the table back, reads it back and reopens.
 ///
 /// Without the state lock: closing is always safe, and no reader stuck behind a full
-/// pipe (`audit | less`) may delay it. The state is read as it stands (a rename
-/// replaces it whole), or the last one watch read. Closing needs no journal: each
-/// device closed here has its original recorded, from which the repair reopens it once
-/// the guard is back.
-fn close_if_foreign(batches: &[Batch], known: &mut Option<State>) -> Result<()> {
-    if let Ok(Some(now)) = Store::peek() {
+/// pipe (`audit | less`) may delay it. The state is read as it stands (`peeked`: a
+/// rename replaces it whole), or the last one watch read (`known`, which `peeked`
+/// replaces). Closing needs no journal: each device closed here has its original
+/// recorded, from which the repair reopens it once the guard is back. Returns the log
+/// lines.
+pub fn close_if_foreign<K: Kernel>(
+    kernel: &K,
+    batches: &[Batch],
+    peeked: Option<State>,
+    known: &mut Option<State>,
+) -> Result<Vec<String>> {
+    if let Some(now) = peeked {
         *known = Some(now);
     }
-    if !foreign(
-        batches,
-        known.as_ref(),
-        crate::kernel::nft::committed_by_this_process,
-    ) {
-        return Ok(());
+    if !foreign(batches, known.as_ref(), |g| kernel.committed_here(g)) {
+        return Ok(vec![]);
     }
     let Some(state) = known.as_ref() else {
-        return Ok(());
+        return Ok(vec![]);
     };
-    for line in close_managed(&system(), state)? {
-        eprintln!("loopgate watch: another process changed table ip loopgate; {line}");
-    }
-    Ok(())
+    Ok(close_managed(kernel, state)?
+        .into_iter()
+        .map(|line| format!("another process changed table ip loopgate; {line}"))
+        .collect())
 }
 
 /// Closes every open device of `state`'s grants and records; returns the log lines.
@@ -431,12 +442,14 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
 /// state without the lock, and the managed interfaces are closed if it is not intact.
 /// What the pass did is appended to `log`, one line each, for the caller to print.
-pub fn repair(
+pub fn repair<K: Kernel>(
+    kernel: &K,
     known: &mut Option<State>,
     policy: Option<&mut PolicyFollower>,
     quiet: &mut Option<Stamp>,
     runtimes: &crate::runtime::RuntimeCache,
     log: &mut Vec<String>,
+    sweeps: &mut SweepClock,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
     let (policy_specs, policy_guards, policy_seen) = match policy {
@@ -447,7 +460,7 @@ pub fn repair(
     // is what an idle host costs: one generation request, a stat, the interface list
     // and the managed devices' sysctls.
     let stamp = match known.as_ref() {
-        Some(state) => Stamp::now(state, &host, policy_seen).ok(),
+        Some(state) => Stamp::now(kernel, state, &host, policy_seen).ok(),
         None => None,
     };
     if stamp.is_some() && stamp == *quiet {
@@ -461,25 +474,20 @@ pub fn repair(
         runtimes,
         unsettled: Default::default(),
     };
-    let Some(store) = Store::open_exclusive_within(LOCK_WAIT)? else {
+    let store = Store::open_exclusive_within(LOCK_WAIT)?;
+    let _ = sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
+    let Some(store) = store else {
         let Some(state) = known.as_ref() else {
             return Ok(());
         };
-        let target = state.grants.clone();
-        let (change, _) = observe_and_compute(&system(), state.clone(), target)?;
-        if change.guard_lost {
-            for line in close_managed(&system(), state)? {
-                eprintln!(
-                    "loopgate watch: the state lock has been held by another process for over {} ms and table ip loopgate is not as loopgate left it; {line}",
-                    LOCK_WAIT.as_millis()
-                );
-            }
+        for line in judge_unlocked(kernel, state)? {
+            eprintln!("loopgate watch: {line}");
         }
         return Ok(());
     };
     *known = Some(store.load()?);
     let (lines, result) = repair_with(
-        &system(),
+        kernel,
         &store,
         &host_now,
         policy_specs.as_deref(),
@@ -496,6 +504,55 @@ pub fn repair(
         *known = Some(state);
     }
     result
+}
+
+/// How long watch waits between two sweeps of stale namespace directories (it opens
+/// its store on every pass that is not quiet).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// When watch last swept: [`SweepClock::sweep`] runs
+/// [`sweep_stale`](crate::state::sweep_stale) at most once every 60 s. A value watch
+/// keeps, not process-wide state.
+#[derive(Debug, Default)]
+pub struct SweepClock {
+    last: Option<Instant>,
+}
+
+impl SweepClock {
+    /// Sweeps unless it did less than 60 s ago (then 0 removed).
+    pub fn sweep(&mut self) -> Result<usize> {
+        let now = Instant::now();
+        if !self.due(now) {
+            return Ok(0);
+        }
+        self.last = Some(now);
+        crate::state::sweep_stale()
+    }
+
+    /// Whether a sweep at `now` is due.
+    fn due(&self, now: Instant) -> bool {
+        self.last
+            .is_none_or(|t| now.saturating_duration_since(t) >= SWEEP_EVERY)
+    }
+}
+
+/// The pass of a repair that could not take the state lock within `LOCK_WAIT` (1 s): the
+/// table is judged against `state` (the last one watch read) without the lock, and the
+/// managed interfaces are closed if its guard is lost. Nothing else changes: the
+/// lock's holder may be in the middle of a transaction. Returns the log lines.
+pub fn judge_unlocked<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>> {
+    let target = state.grants.clone();
+    let (change, _) = observe_and_compute(kernel, state.clone(), target)?;
+    if !change.guard_lost {
+        return Ok(vec![]);
+    }
+    Ok(close_managed(kernel, state)?
+        .into_iter()
+        .map(|line| format!(
+            "the state lock has been held by another process for over {} ms and table ip loopgate is not as loopgate left it; {line}",
+            LOCK_WAIT.as_millis()
+        ))
+        .collect())
 }
 
 /// The host as a pass of watch sees it: the interfaces read for the pass, and the
@@ -562,17 +619,18 @@ pub struct Stamp {
 }
 
 impl Stamp {
-    /// Reads the stamp now; `state` names the devices to read.
-    pub fn now(
+    /// Reads the stamp now through `kernel`; `state` names the devices to read.
+    pub fn now<K: Kernel>(
+        kernel: &K,
         state: &State,
         host: &HostInterfaces,
         policy: Option<Vec<(String, u64, std::time::SystemTime)>>,
     ) -> Result<Stamp> {
         Ok(Stamp {
-            generation: crate::kernel::nft::current_generation()?,
+            generation: kernel.generation()?,
             state: Store::file_stamp(),
             host: host.clone(),
-            devices: txn::observe_devices(&system(), state, &state.grants)?,
+            devices: txn::observe_devices(kernel, state, &state.grants)?,
             policy,
         })
     }
@@ -1028,5 +1086,187 @@ mod tests {
         let err = close_managed(&kernel, &store.store.load().unwrap()).unwrap_err();
         assert!(format!("{err:#}").contains("closed [br0, br2]"), "{err:#}");
         assert_eq!(steps(&kernel), ["write br0=0", "write br2=0"]);
+    }
+
+    #[test]
+    fn a_sweep_clock_is_due_at_first_then_once_a_minute_and_two_clocks_are_apart() {
+        let now = Instant::now();
+        let mut clock = SweepClock::default();
+        assert!(clock.due(now));
+        clock.last = Some(now);
+        assert!(!clock.due(now));
+        assert!(!clock.due(now + SWEEP_EVERY - Duration::from_millis(1)));
+        assert!(clock.due(now + SWEEP_EVERY));
+        // A value: another clock has not swept.
+        assert!(SweepClock::default().due(now));
+    }
+
+    /// A batch as the monitor reports it, by no pid this process knows.
+    fn batch(generation: u32) -> Batch {
+        Batch {
+            pid: Some(900_001),
+            generation: Some(generation),
+        }
+    }
+
+    #[test]
+    fn watchs_own_commit_closes_nothing() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        let own = kernel.state.borrow().generation;
+        let mut known = None;
+        let state = store.store.load().unwrap();
+        let lines = close_if_foreign(&kernel, &[batch(own)], Some(state), &mut known).unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
+        assert!(known.is_some(), "the peeked state is kept");
+    }
+
+    #[test]
+    fn a_foreign_commit_closes_every_open_managed_interface_at_once() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        let foreign = kernel.state.borrow().generation;
+        let mut known = Some(store.store.load().unwrap());
+        let lines = close_if_foreign(&kernel, &[batch(foreign)], None, &mut known).unwrap();
+        assert_eq!(steps(&kernel), ["write br0=0"]);
+        assert_eq!(
+            lines,
+            ["another process changed table ip loopgate; closed route_localnet on [br0] first"]
+        );
+    }
+
+    #[test]
+    fn a_foreign_commit_with_no_state_known_closes_nothing() {
+        let (kernel, _store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        let foreign = kernel.state.borrow().generation;
+        let lines = close_if_foreign(&kernel, &[batch(foreign)], None, &mut None).unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty());
+    }
+
+    #[test]
+    fn a_commit_by_a_recorded_writer_is_not_foreign() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        let state = State {
+            writers: vec![900_001],
+            ..store.store.load().unwrap()
+        };
+        let g = kernel.state.borrow().generation;
+        let lines = close_if_foreign(&kernel, &[batch(g)], Some(state), &mut None).unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty());
+    }
+
+    #[test]
+    fn the_fast_close_reports_a_write_that_fails() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        kernel.fail("write:br0:0");
+        let g = kernel.state.borrow().generation;
+        let state = store.store.load().unwrap();
+        assert!(close_if_foreign(&kernel, &[batch(g)], Some(state), &mut None).is_err());
+        assert_eq!(kernel.fired(), ["write:br0:0"]);
+    }
+
+    #[test]
+    fn without_the_lock_an_intact_table_is_left_alone() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        let lines = judge_unlocked(&kernel, &store.store.load().unwrap()).unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
+    }
+
+    #[test]
+    fn without_the_lock_a_lost_guard_closes_but_nothing_is_restored() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        let lines = judge_unlocked(&kernel, &store.store.load().unwrap()).unwrap();
+        assert_eq!(
+            steps(&kernel),
+            ["write br0=0"],
+            "no apply: the lock holder may be mid-way"
+        );
+        assert!(lines[0]
+            .starts_with("the state lock has been held by another process for over 1000 ms"));
+        assert!(kernel.state.borrow().table.is_none());
+    }
+
+    #[test]
+    fn without_the_lock_a_table_that_cannot_be_read_is_an_error_and_changes_nothing() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.fail("read");
+        assert!(judge_unlocked(&kernel, &store.store.load().unwrap()).is_err());
+        assert!(steps(&kernel).is_empty());
+    }
+
+    #[test]
+    fn the_stamp_moves_with_a_commit_or_a_managed_device_and_not_otherwise() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        let state = store.store.load().unwrap();
+        let host = HostInterfaces::default();
+        let stamp = || Stamp::now(&kernel, &state, &host, None).unwrap();
+        let first = stamp();
+        assert_eq!(first, stamp(), "nothing moved");
+        let table = kernel.state.borrow().table.clone();
+        kernel.tamper(table);
+        let after_commit = stamp();
+        assert_ne!(first, after_commit);
+        kernel
+            .state
+            .borrow_mut()
+            .devices
+            .get_mut(&5)
+            .unwrap()
+            .route_localnet = 0;
+        assert_ne!(after_commit, stamp());
+        kernel.fail("generation");
+        assert!(Stamp::now(&kernel, &state, &host, None).is_err());
+    }
+
+    #[test]
+    fn a_converged_host_is_a_no_op_that_reads_nothing_back_in_full() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.state.borrow_mut().reads.clear();
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
+        result.unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
+        assert_eq!(kernel.state.borrow().reads, [true], "vouched, not dumped");
+    }
+
+    #[test]
+    fn an_intact_table_after_a_foreign_commit_is_vouched_for_again() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        let before = store.store.load().unwrap().vouch.unwrap();
+        let table = kernel.state.borrow().table.clone();
+        kernel.tamper(table);
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
+        result.unwrap();
+        assert!(lines.is_empty() && steps(&kernel).is_empty(), "{lines:?}");
+        let after = store.store.load().unwrap().vouch.unwrap();
+        assert_eq!(after.generation, kernel.state.borrow().generation);
+        assert_ne!(after.generation, before.generation);
+    }
+
+    #[test]
+    fn nothing_recorded_and_nothing_asked_reads_nothing() {
+        let kernel = Fake::with_devices(&[(5, "br0", 0)]);
+        let store = TempStore::new();
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
+        result.unwrap();
+        assert!(lines.is_empty());
+        assert!(kernel.state.borrow().reads.is_empty());
+    }
+
+    #[test]
+    fn a_repair_whose_batch_fails_says_so_and_leaves_the_interface_closed() {
+        let (kernel, store) = converged(&[(5, "br0", 0)], vec![grant("br0", 3306)]);
+        kernel.tamper(None);
+        kernel.fail("apply");
+        let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
+        assert!(result.is_err());
+        assert!(
+            lines.iter().any(|l| l.starts_with("could not converge")),
+            "{lines:?}"
+        );
+        assert_eq!(kernel.value("br0"), Some(0));
+        assert_eq!(kernel.fired(), ["apply"]);
     }
 }

@@ -168,12 +168,15 @@ impl BatchWriter {
     }
 
     /// Finishes the batch and sends it as one datagram, then reads every reply. Returns
-    /// the first error, named by the label of the message the kernel refused.
+    /// the first error, named by the label of the message the kernel refused; on
+    /// success, the generation a generation-bound batch created, when the kernel's
+    /// generation shows it was this batch's (for the caller's
+    /// [`OwnCommits`](super::generation::OwnCommits)).
     ///
     /// With `Send::ValidateOnly` the batch-end message is left out: the kernel then
     /// checks every message (loading modules, resolving expression types) and aborts
     /// the whole batch, which is how `nft -c` checks a ruleset.
-    pub(super) fn commit(mut self, sock: &mut NlSocket, mode: Send) -> Result<()> {
+    pub(super) fn commit(mut self, sock: &mut NlSocket, mode: Send) -> Result<Option<u32>> {
         if mode == Send::Commit {
             // SAFETY: room for the end message is guaranteed as for any message.
             unsafe {
@@ -242,16 +245,16 @@ impl BatchWriter {
                 )),
             });
         }
+        let mut created = None;
         if let (Send::Commit, Some(g)) = (mode, self.generation) {
             // No message refused: the bound batch committed. It created the next
             // generation unless it changed nothing (the kernel does not bump the
-            // generation for an empty commit): record it only when the generation is
+            // generation for an empty commit): report it only when the generation is
             // that one now. Another commit right after ours makes this one look foreign
             // to watch, which then closes and repairs: the safe way to be wrong.
-            if super::generation::generation(sock).ok()
-                == Some(super::generation::next_generation(g))
-            {
-                super::generation::record_own_commit(g);
+            let next = super::generation::next_generation(g);
+            if super::generation::generation(sock).ok() == Some(next) {
+                created = Some(next);
             }
         }
         if mode == Send::Commit && acks < self.labels.len() {
@@ -260,7 +263,7 @@ impl BatchWriter {
                 self.labels.len()
             );
         }
-        Ok(())
+        Ok(created)
     }
 }
 
@@ -273,7 +276,8 @@ pub(super) enum Send {
 
 /// Replaces loopgate's table with `objects` (or removes it when `None`) in one batch.
 /// With `poison`, a rule referring to a missing set is appended so the kernel rejects the
-/// batch: the test hook that proves the batch is all-or-nothing.
+/// batch: the test hook that proves the batch is all-or-nothing. Returns the generation
+/// a batch bound to `generation` created (see [`BatchWriter::commit`]).
 pub(super) fn replace_table(
     sock: &mut NlSocket,
     objects: Option<&TableObjects>,
@@ -281,7 +285,7 @@ pub(super) fn replace_table(
     mode: Send,
     flush: FlushFirst,
     generation: Option<u32>,
-) -> Result<()> {
+) -> Result<Option<u32>> {
     let mut w = BatchWriter::new(generation, sock.next_seq());
     let table = new_table();
     match flush {
@@ -351,6 +355,7 @@ pub fn probe(ruleset: &Ruleset) -> Result<()> {
         FlushFirst::Yes,
         None,
     )
+    .map(|_| ())
 }
 
 /// The planned table with one element per set and map: features do not depend on how

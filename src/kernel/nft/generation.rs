@@ -37,11 +37,49 @@ pub fn current_generation() -> Result<u32> {
     generation(&mut NlSocket::netfilter()?)
 }
 
-/// The generations this process's own commits created, newest last (a bounded window:
-/// `watch` only asks about the batches of its latest wake-up).
-static OWN_COMMITS: std::sync::Mutex<std::collections::VecDeque<u32>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
+/// How many of its own commits' generations a [`OwnCommits`] keeps.
 const OWN_COMMITS_KEPT: usize = 256;
+
+/// The generations that commits made through one [`System`](crate::kernel::seam::System)
+/// created, newest last: a bounded window (`watch` only asks about the batches of its
+/// latest wake-up). A value its holder owns, not process-wide state: `watch` asks its
+/// own kernel, and two kernels never see each other's commits.
+#[derive(Debug, Default)]
+pub struct OwnCommits(std::cell::RefCell<std::collections::VecDeque<u32>>);
+
+impl OwnCommits {
+    /// Records `generation` as created by an own commit (the oldest beyond the window
+    /// is forgotten).
+    pub(in crate::kernel) fn push(&self, generation: u32) {
+        let mut own = self.0.borrow_mut();
+        if own.len() == OWN_COMMITS_KEPT {
+            own.pop_front();
+        }
+        own.push_back(generation);
+    }
+
+    /// Records the generations after `before` up to and including `through` as own:
+    /// the commits a borrower of the owning socket made while `watch` lent it (no other
+    /// socket can change a held table, so every one of them touching the table was
+    /// made through the lent socket). At most the last 256 are kept.
+    pub fn record_lent(&self, before: u32, through: u32) {
+        let mut g = before;
+        for _ in 0..OWN_COMMITS_KEPT {
+            if g == through {
+                break;
+            }
+            g = next_generation(g);
+            self.push(g);
+        }
+    }
+
+    /// True when `generation` was created by one of the last 256 own commits. How
+    /// `watch` knows its own commits from the monitor's `NFT_MSG_NEWGEN` when the pid
+    /// there means nothing to it (a PID namespace).
+    pub fn contains(&self, generation: u32) -> bool {
+        self.0.borrow().contains(&generation)
+    }
+}
 
 /// The generation that follows `before` (the kernel skips 0 on wrap-around).
 pub(super) fn next_generation(before: u32) -> u32 {
@@ -49,46 +87,6 @@ pub(super) fn next_generation(before: u32) -> u32 {
         0 => 1,
         g => g,
     }
-}
-
-/// Records that this process's batch, bound to generation `before`, committed: the
-/// kernel refuses a bound batch unless nothing committed since, so the generation it
-/// created is exactly the next one.
-pub(super) fn record_own_commit(before: u32) {
-    let mut own = OWN_COMMITS.lock().unwrap_or_else(|e| e.into_inner());
-    if own.len() == OWN_COMMITS_KEPT {
-        own.pop_front();
-    }
-    own.push_back(next_generation(before));
-}
-
-/// Records the generations after `before` up to and including `through` as this
-/// process's own: the commits a borrower of the owning socket made while `watch` lent
-/// it (no other socket can change a held table, so every one of them touching the
-/// table was made through the lent socket). At most the last 256 are kept.
-pub fn record_lent_commits(before: u32, through: u32) {
-    let mut g = before;
-    for _ in 0..OWN_COMMITS_KEPT {
-        if g == through {
-            break;
-        }
-        g = next_generation(g);
-        let mut own = OWN_COMMITS.lock().unwrap_or_else(|e| e.into_inner());
-        if own.len() == OWN_COMMITS_KEPT {
-            own.pop_front();
-        }
-        own.push_back(g);
-    }
-}
-
-/// True when `generation` was created by a generation-bound commit of this process
-/// (one of its last 256). How `watch` knows its own commits from the monitor's
-/// `NFT_MSG_NEWGEN` when the pid there means nothing to it (a PID namespace).
-pub fn committed_by_this_process(generation: u32) -> bool {
-    OWN_COMMITS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&generation)
 }
 
 pub(super) fn generation(sock: &mut NlSocket) -> Result<u32> {
@@ -115,7 +113,11 @@ pub(super) fn is_restart(e: &anyhow::Error) -> bool {
 
 /// Installs the planned table (or removes it when there are no grants), atomically.
 /// Returns what vouches for the installed table.
-pub(in crate::kernel) fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
+/// The generation the batch created is recorded in `own`.
+pub(in crate::kernel) fn apply(
+    ruleset: Option<&Ruleset>,
+    own: &OwnCommits,
+) -> Result<Option<Vouch>> {
     let mut sock = NlSocket::netfilter()?;
     let objects = ruleset.map(encode);
     let mut attempts = 0;
@@ -139,7 +141,10 @@ pub(in crate::kernel) fn apply(ruleset: Option<&Ruleset>) -> Result<Option<Vouch
             flush,
             Some(before),
         ) {
-            Ok(()) => {
+            Ok(created) => {
+                if let Some(g) = created {
+                    own.push(g);
+                }
                 let after = next_generation(before);
                 return Ok(objects.as_ref().map(|o| Vouch {
                     generation: after,
@@ -159,15 +164,34 @@ mod tests {
 
     #[test]
     fn an_own_commit_is_known_by_the_generation_it_created() {
-        record_own_commit(u32::MAX - 1);
-        assert!(committed_by_this_process(u32::MAX));
-        record_own_commit(u32::MAX);
-        assert!(committed_by_this_process(1), "the kernel skips 0");
-        assert!(!committed_by_this_process(0));
+        let own = OwnCommits::default();
+        own.push(next_generation(u32::MAX - 1));
+        assert!(own.contains(u32::MAX));
+        own.push(next_generation(u32::MAX));
+        assert!(own.contains(1), "the kernel skips 0");
+        assert!(!own.contains(0));
         for g in 0..OWN_COMMITS_KEPT as u32 {
-            record_own_commit(1000 + g);
+            own.push(next_generation(1000 + g));
         }
-        assert!(!committed_by_this_process(u32::MAX), "a bounded window");
-        assert!(committed_by_this_process(1000 + OWN_COMMITS_KEPT as u32));
+        assert!(!own.contains(u32::MAX), "a bounded window");
+        assert!(own.contains(1000 + OWN_COMMITS_KEPT as u32));
+    }
+
+    #[test]
+    fn lent_commits_are_every_generation_after_the_lease_began_and_two_windows_are_apart() {
+        let own = OwnCommits::default();
+        own.record_lent(u32::MAX - 1, 2);
+        assert!(
+            !own.contains(u32::MAX - 1),
+            "the lease's start is not one of them"
+        );
+        assert!(own.contains(u32::MAX) && own.contains(1) && own.contains(2));
+        assert!(!own.contains(0) && !own.contains(3));
+        // A value, not process-wide: another kernel's window knows none of them.
+        assert!(!OwnCommits::default().contains(2));
+        // Nothing committed during the lease: nothing recorded.
+        let idle = OwnCommits::default();
+        idle.record_lent(7, 7);
+        assert!(!idle.contains(7) && !idle.contains(8));
     }
 }

@@ -429,20 +429,39 @@ fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
 }
 
 impl Snapshot {
-    /// A canonical description for comparison with a planned table.
+    /// Declares `port` (the netlink port id of a running `loopgate watch`'s
+    /// [`Owner`](super::Owner), or of the one this process borrowed from it) as
+    /// loopgate's own for [`Snapshot::image`]: see [`Snapshot::image_sanctioning`].
+    pub fn sanctioning(mut self, port: Option<u32>) -> Snapshot {
+        self.sanctioned = port.filter(|p| *p != 0);
+        self
+    }
+
+    /// A canonical description for comparison with a planned table:
+    /// [`Snapshot::image_sanctioning`] with the port the snapshot was read for (see
+    /// [`Snapshot::sanctioning`]; none unless so declared).
     pub fn image(&self) -> Option<TableImage> {
+        self.image_sanctioning(self.sanctioned)
+    }
+
+    /// A canonical description for comparison with a planned table, in which a table
+    /// owned by `sanctioned` (the netlink port id of a running `loopgate watch`'s
+    /// [`Owner`](super::Owner)) with nothing else different compares equal to the
+    /// plan. An orphaned table (persist, no owner: left by a watch that stopped) always
+    /// does. Any other owner, or any other flag (dormant), stays a difference.
+    pub fn image_sanctioning(&self, sanctioned: Option<u32>) -> Option<TableImage> {
         let image = self.objects.as_ref().map(|o| {
             let mut image = match self.vouched {
                 Some(d) => o.image_with(Elements::Vouched(d)),
                 None => o.image(),
             };
             // As read, not as a restore would write it (which drops owner flags),
-            // except loopgate's own protection (see `sanction_owner`), which is no
-            // difference from the plan.
+            // except loopgate's own protection (`sanctioned`), which is no difference
+            // from the plan.
             if let Some(table) = &self.table {
                 image.table = table.clone();
                 if let Some(holder) = self.holder {
-                    if sanctioned(holder) && *table == holder_description(holder) {
+                    if is_sanctioned(holder, sanctioned) && *table == holder_description(holder) {
                         image.table = table_description(0, None, None);
                     }
                 }
@@ -466,26 +485,13 @@ impl Snapshot {
     }
 }
 
-/// The owner port id of loopgate's own `watch`, whose ownership of the table is not a
-/// difference from the plan; 0 when none is known.
-static SANCTIONED_OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// Declares `port` (the netlink port id of a running `loopgate watch`'s
-/// [`Owner`](super::Owner)) as loopgate's own: a table it owns, with nothing else
-/// different, compares equal to the plan. An orphaned table (persist, no owner: left by
-/// a watch that stopped) always does. Any other owner, or any other flag (dormant),
-/// stays a difference.
-pub fn sanction_owner(port: u32) {
-    SANCTIONED_OWNER.store(port, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn sanctioned(holder: Holder) -> bool {
+/// Whether `holder`'s hold on the table is loopgate's own: an orphan's, or that of the
+/// socket `sanctioned` names.
+fn is_sanctioned(holder: Holder, sanctioned: Option<u32>) -> bool {
     match holder {
         Holder::Nobody => false,
         Holder::Orphaned => true,
-        Holder::Socket(p) => {
-            p != 0 && p == SANCTIONED_OWNER.load(std::sync::atomic::Ordering::Relaxed)
-        }
+        Holder::Socket(p) => p != 0 && Some(p) == sanctioned,
     }
 }
 
@@ -571,6 +577,17 @@ pub fn planned_image_held(ruleset: Option<&Ruleset>, holder: Holder) -> TableIma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_orphan_or_the_sanctioned_socket_holds_the_table_as_loopgates_own() {
+        assert!(is_sanctioned(Holder::Orphaned, None));
+        assert!(is_sanctioned(Holder::Orphaned, Some(7)));
+        assert!(is_sanctioned(Holder::Socket(7), Some(7)));
+        assert!(!is_sanctioned(Holder::Socket(7), Some(8)));
+        assert!(!is_sanctioned(Holder::Socket(7), None));
+        assert!(!is_sanctioned(Holder::Socket(0), Some(0)));
+        assert!(!is_sanctioned(Holder::Nobody, Some(7)));
+    }
     use crate::kernel::nft::encode::{new_chain, new_set};
     use crate::ruleset::{AddrSet, Attachment, Chain, ChainKind, Hook};
 

@@ -68,7 +68,7 @@ pub fn probe_owner_support() -> Result<bool> {
         "table flags owner,persist (needs Linux 6.9)",
     );
     match w.commit(&mut sock, Send::ValidateOnly) {
-        Ok(()) => Ok(true),
+        Ok(_) => Ok(true),
         Err(e) if errno(&e).is_some_and(|c| c == libc::EOPNOTSUPP || c == libc::EINVAL) => {
             Ok(false)
         }
@@ -112,6 +112,9 @@ pub struct Owner {
     sock: NlSocket,
     /// Reads: the generation, the table, its chains and sets.
     reads: NlSocket,
+    /// The generations this owner's batches created since the seam last took them
+    /// (see [`Owner::take_created`]).
+    created: Vec<u32>,
 }
 
 impl Owner {
@@ -132,6 +135,7 @@ impl Owner {
         let mut owner = Owner {
             sock: NlSocket::netfilter()?,
             reads: NlSocket::netfilter()?,
+            created: Vec::new(),
         };
         let mut restarts = 0;
         loop {
@@ -179,7 +183,15 @@ impl Owner {
                 add_contents(&mut w, objects);
             }
         }
-        w.commit(&mut self.sock, Send::Commit)
+        self.created.extend(w.commit(&mut self.sock, Send::Commit)?);
+        Ok(())
+    }
+
+    /// The generations this owner's batches created since the last call, for the
+    /// seam's [`OwnCommits`](super::generation::OwnCommits): how `watch` knows its own
+    /// commits among the monitor's.
+    pub(in crate::kernel) fn take_created(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.created)
     }
 
     /// The port id of the owning socket, as the kernel reports it as the table's owner
@@ -272,7 +284,10 @@ impl Owner {
                 append_poison(&mut w);
             }
             match w.commit(&mut self.sock, Send::Commit) {
-                Ok(()) => return Ok(super::generation::next_generation(before)),
+                Ok(created) => {
+                    self.created.extend(created);
+                    return Ok(super::generation::next_generation(before));
+                }
                 Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
                 Err(e) => return Err(e),
             }
@@ -307,7 +322,10 @@ impl Owner {
             let mut w = BatchWriter::new(Some(before), self.sock.next_seq());
             w.add(&new_table(), true, "table ip loopgate (delete, empty)");
             match w.commit(&mut self.sock, Send::Commit) {
-                Ok(()) => return Ok(true),
+                Ok(created) => {
+                    self.created.extend(created);
+                    return Ok(true);
+                }
                 Err(e) if is_restart(&e) && restarts < RESTARTS => restarts += 1,
                 Err(e) => return Err(e),
             }
@@ -363,6 +381,7 @@ impl Owner {
         let mut owner = Owner {
             sock: NlSocket::from_lent(fd)?,
             reads: NlSocket::netfilter()?,
+            created: Vec::new(),
         };
         match owner.holder()? {
             Some(Holder::Socket(port)) if port == owner.portid() => Ok(owner),

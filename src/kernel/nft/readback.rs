@@ -28,6 +28,9 @@ pub struct Snapshot {
     generation: u32,
     /// Set when the elements were not read back but vouched for (their digest).
     pub(super) vouched: Option<u64>,
+    /// The port id of the socket whose ownership of the table is loopgate's own (see
+    /// [`Snapshot::sanctioning`]); `None`: only an orphaned table's is.
+    pub(super) sanctioned: Option<u32>,
     /// Netlink messages the final read took: a measure of how well the dumps are
     /// filtered to loopgate's table.
     messages: usize,
@@ -65,6 +68,7 @@ impl Snapshot {
             FlushFirst::Yes,
             None,
         )
+        .map(|_| ())
     }
 
     /// Netlink messages the read took (see the field); for tests and benchmarks.
@@ -338,6 +342,7 @@ fn read_table(
             holder: None,
             generation,
             vouched: None,
+            sanctioned: None,
             messages,
             attempts: 0,
         });
@@ -417,6 +422,7 @@ fn read_table(
         holder: Some(Holder::of(flags, owner)),
         generation,
         vouched,
+        sanctioned: None,
         messages,
         attempts: 0,
     })

@@ -119,7 +119,7 @@ impl TraceTable {
                 false,
                 &format!("the rule {} (needs nftables tracing)", filter.describe()),
             );
-            w.commit(sock, Send::Commit)
+            w.commit(sock, Send::Commit).map(|_| ())
         };
         let done = match attempt(&mut sock, true) {
             // Kernels before 5.12 know no owner flag: a plain table, deleted on exit.
@@ -142,7 +142,7 @@ impl TraceTable {
         self.removed = true;
         let mut w = BatchWriter::new(None, self.sock.next_seq());
         w.add(&table(None), true, "table ip loopgate_trace (delete)");
-        match w.commit(&mut self.sock, Send::Commit) {
+        match w.commit(&mut self.sock, Send::Commit).map(|_| ()) {
             // Already gone (`nft flush ruleset`): nothing is left to remove.
             Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
             other => other,
