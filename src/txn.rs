@@ -1218,6 +1218,60 @@ mod tests {
         assert_eq!(change.grants, g);
     }
 
+    /// Everything the target says is recorded, and a device held back is guarded but
+    /// not opened unless loopgate opened it before.
+    #[test]
+    fn the_target_is_what_the_change_records_and_held_back_devices_stay_closed() {
+        let g = vec![grant("br0", 8080), grant("br1", 9090)];
+        let old = state(vec![grant("br1", 9090)], vec![rec("br1", 7, 0)]);
+        let devices = BTreeMap::from([dev(5, "br0", 0), dev(7, "br1", 1)]);
+        // The kernel holds the table the committed grant plans: nothing was tampered.
+        let committed = table_of(&[grant("br1", 9090)]);
+        let target = Target {
+            grants: g.clone(),
+            guarded: vec!["br2".into()],
+            specs: g
+                .iter()
+                .map(|g| crate::spec::Spec::of_grant(g, crate::spec::Source::Cli))
+                .collect(),
+            guards: vec![crate::spec::GuardSpec {
+                source: crate::spec::Source::Cli,
+                interface: "br2".into(),
+            }],
+            held_back: ["br0".to_string(), "br1".to_string()].into(),
+        };
+        let change = Change::compute(old, target.clone(), &devices, committed.as_ref(), None);
+        assert_eq!(change.grants, g);
+        assert_eq!(
+            (&change.guarded, &change.specs, &change.guards),
+            (&target.guarded, &target.specs, &target.guards)
+        );
+        // br0 is new and held back: guarded (its grant planned) but left closed; br1
+        // was opened by loopgate before and stays open.
+        assert!(
+            change.raise.is_empty() && change.lower.is_empty(),
+            "{:?}",
+            change.describe()
+        );
+        assert_eq!(change.originals, vec![rec("br1", 7, 0)]);
+        assert!(!change.devices[&5].ready);
+        let ruleset = change.ruleset.as_ref().expect("a table");
+        assert!(ruleset.to_nft().contains("br0") && ruleset.to_nft().contains("br2"));
+        // Not held back: br0 opens.
+        let old = state(vec![grant("br1", 9090)], vec![rec("br1", 7, 0)]);
+        let open = Change::compute(
+            old,
+            Target {
+                held_back: BTreeSet::new(),
+                ..target
+            },
+            &devices,
+            committed.as_ref(),
+            None,
+        );
+        assert_eq!(writes(&open.raise), vec![("br0".into(), 5, 0, 1)]);
+    }
+
     #[test]
     fn the_journal_keeps_every_record_a_change_may_touch() {
         let g = vec![grant("br0", 8080)];
