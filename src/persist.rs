@@ -359,6 +359,35 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Other files are read as `apply` reads them: a pattern there defines the grants
+    /// it resolves to now, and a missing interface defines nothing (pending).
+    #[test]
+    fn other_files_are_read_as_apply_reads_them() {
+        let dir = scratch("production");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("admin.yaml"),
+            "grants:\n  - interface: 'br*'\n    allow: 192.0.2.0/25\n    port: 80\n  - interface: br9\n    allow: 192.0.2.0/25\n    port: 81\n",
+        )
+        .unwrap();
+        let t = Target::prepare(&dir, &[grant(80), grant(82)], &Host).unwrap();
+        assert!(
+            !t.text.contains("port: 80") && t.text.contains("port: 82"),
+            "{}",
+            t.text
+        );
+        drop(t);
+        let t = Target::prepare(&dir, &[], &Host).unwrap();
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        assert!(
+            t.warnings[0].contains("grant br0-tcp-80 "),
+            "{:?}",
+            t.warnings
+        );
+        drop(t);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn stale_temporary_files_are_cleared_and_a_dropped_target_leaves_none() {
         let dir = scratch("stale");
