@@ -290,12 +290,6 @@ pub struct ApplyArgs {
     /// emptied pipe) than a wish to close everything.
     #[arg(long)]
     pub allow_empty: bool,
-
-    /// Accepted for compatibility and implied: a grant whose interface does not exist
-    /// yet is recorded as pending (never refused, never revoked for that) and served
-    /// when the interface appears, by `loopgate watch` or the next command.
-    #[arg(long)]
-    pub skip_missing: bool,
 }
 
 /// Arguments of `loopgate guard` and `loopgate unguard`.
@@ -360,10 +354,6 @@ pub struct PlanArgs {
     /// Policy file (YAML; see rules/ for examples), or a directory of them.
     #[arg(value_name = "FILE|DIR")]
     pub file: PathBuf,
-
-    /// As for apply: accepted and implied (missing interfaces are pending).
-    #[arg(long)]
-    pub skip_missing: bool,
 }
 
 /// The verb of `cli` in a word, for log lines.

@@ -15,8 +15,9 @@
 
 use crate::error::{plain_io, BadInput, NotPersisted};
 use crate::grant::Grant;
-use crate::input::{self, Interfaces};
+use crate::input;
 use crate::policy::{self, Policy, PERSIST_FILE};
+use crate::spec;
 use anyhow::{Context, Result};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -50,8 +51,10 @@ fn refuse(what: String) -> anyhow::Error {
 
 impl Target {
     /// Checks and locks `dir` and renders the policy file for `grants`, the namespace's
-    /// grants after the change. Every error is [`BadInput`]: nothing has changed yet.
-    pub fn prepare(dir: &Path, grants: &[Grant], host: &dyn Interfaces) -> Result<Target> {
+    /// grants after the change. The other policy files of `dir` are read as `apply`
+    /// reads them ([`policy::specs_of`], resolved against `host` now). Every error is
+    /// [`BadInput`]: nothing has changed yet.
+    pub fn prepare(dir: &Path, grants: &[Grant], host: &dyn spec::Host) -> Result<Target> {
         let shown = dir.display().to_string();
         // 0755 whatever the umask (root writes, everyone may read what is published),
         // and refused if someone else could write it: `apply` would refuse it at boot.
@@ -116,12 +119,12 @@ impl Target {
 
         let own = dir.join(PERSIST_FILE);
         let others = other_policies(dir, &own)?;
-        // File by file, so every error names its file; interfaces that do not exist
-        // are skipped, as the boot unit skips them.
+        // File by file, so every error names its file; what the host does not have
+        // now is pending and grants nothing, as at boot.
         let mut defined_elsewhere = Vec::new();
         for source in &others {
-            let (grants, _) = policy::grants_of(std::slice::from_ref(source), host, true)
-                .map_err(|e| refuse(format!("{}: {e:#}", source.0)))?;
+            let grants =
+                grants_of_file(source, host).map_err(|e| refuse(format!("{}: {e:#}", source.0)))?;
             defined_elsewhere.extend(grants);
         }
         let mine: Vec<Grant> = grants
@@ -208,6 +211,25 @@ impl Target {
     }
 }
 
+/// The grants one policy file asks for on `host` now, validated and resolved as
+/// `apply` does (the production path: [`policy::specs_of`], [`spec::resolve`]); what
+/// is pending (a missing interface, a runtime network not there) grants nothing.
+///
+/// Errors (bad input): an invalid entry, or grants that conflict with each other.
+fn grants_of_file(source: &(String, Policy), host: &dyn spec::Host) -> Result<Vec<Grant>> {
+    let specs = policy::specs_of(std::slice::from_ref(source), host, true)?;
+    let resolved = spec::resolve(&specs, host);
+    if let Some(p) = resolved
+        .pending
+        .iter()
+        .find(|p| p.kind == spec::PendingKind::Conflict)
+    {
+        crate::bad_input!("{}: {}", p.spec, p.reason);
+    }
+    input::check_conflicts(&resolved.grants)?;
+    Ok(resolved.grants)
+}
+
 /// The temporary files of `--persist` in `dir`.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
@@ -256,9 +278,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     struct Host;
-    impl Interfaces for Host {
+    impl input::Interfaces for Host {
         fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
             (name == "br0").then(|| vec![Ipv4Addr::new(192, 0, 2, 1)])
+        }
+    }
+    impl spec::Host for Host {
+        fn interface_names(&self) -> Vec<String> {
+            vec!["br0".into()]
         }
     }
 
@@ -274,9 +301,8 @@ mod tests {
     fn grant(port: u16) -> Grant {
         let text =
             format!("grants:\n  - interface: br0\n    allow: 192.0.2.0/25\n    port: {port}\n");
-        policy::grants(&policy::parse(&text, "t").unwrap(), &Host)
-            .unwrap()
-            .remove(0)
+        let policy = ("t".to_string(), policy::parse(&text, "t").unwrap());
+        grants_of_file(&policy, &Host).unwrap().remove(0)
     }
 
     fn bad(r: Result<Target>) -> String {
@@ -330,6 +356,35 @@ mod tests {
             "{msg}"
         );
         assert!(!dir.join(PERSIST_FILE).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Other files are read as `apply` reads them: a pattern there defines the grants
+    /// it resolves to now, and a missing interface defines nothing (pending).
+    #[test]
+    fn other_files_are_read_as_apply_reads_them() {
+        let dir = scratch("production");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("admin.yaml"),
+            "grants:\n  - interface: 'br*'\n    allow: 192.0.2.0/25\n    port: 80\n  - interface: br9\n    allow: 192.0.2.0/25\n    port: 81\n",
+        )
+        .unwrap();
+        let t = Target::prepare(&dir, &[grant(80), grant(82)], &Host).unwrap();
+        assert!(
+            !t.text.contains("port: 80") && t.text.contains("port: 82"),
+            "{}",
+            t.text
+        );
+        drop(t);
+        let t = Target::prepare(&dir, &[], &Host).unwrap();
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        assert!(
+            t.warnings[0].contains("grant br0-tcp-80 "),
+            "{:?}",
+            t.warnings
+        );
+        drop(t);
         fs::remove_dir_all(&dir).unwrap();
     }
 

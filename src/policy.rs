@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 pub const MAX_POLICY_BYTES: u64 = 16 << 20;
 
 /// One policy file as parsed (YAML, `grants:` at the top, no other key), not yet
-/// validated: [`grants`] and [`grants_of`] turn it into [`Grant`]s.
+/// validated: [`specs_of`] and [`guards_of`] turn it into what is asked for, which
+/// [`crate::spec::resolve`] turns into [`Grant`]s on the host of each moment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -411,48 +412,6 @@ pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
         .collect()
 }
 
-/// Validates the grants of several policies together. With `skip_missing`, entries whose
-/// interface does not exist (yet) are left out and named in the returned warnings, as a
-/// boot-time apply needs; otherwise they are errors.
-pub fn grants_of(
-    sources: &[(String, Policy)],
-    host: &dyn Interfaces,
-    skip_missing: bool,
-) -> Result<(Vec<Grant>, Vec<String>)> {
-    let mut out = Vec::new();
-    let mut warnings = Vec::new();
-    for (origin, policy) in sources {
-        let present = Policy {
-            guard: policy.guard.clone(),
-            grants: policy
-                .grants
-                .iter()
-                .filter(|e| {
-                    let missing = host.ipv4_addresses(&e.interface).is_none();
-                    if missing && skip_missing {
-                        warnings.push(format!(
-                            "{origin}: interface {:?} does not exist; its grants were left out",
-                            e.interface
-                        ));
-                    }
-                    !(missing && skip_missing)
-                })
-                .cloned()
-                .collect(),
-        };
-        let grants = entries_to_grants(&present, host).map_err(|err| {
-            if sources.len() > 1 {
-                anyhow::Error::new(crate::error::BadInput(format!("{origin}: {err:#}")))
-            } else {
-                err
-            }
-        })?;
-        out.extend(grants);
-    }
-    input::check_conflicts(&out)?;
-    Ok((out, warnings))
-}
-
 /// The specs of every entry of `sources` (source [`crate::spec::Source::Policy`]), for
 /// `apply`, `plan` and `watch --policy`. With `strict` (a person running `apply` or
 /// `plan`), an entry whose interface is a name that exists now with an IPv4 address is
@@ -546,35 +505,6 @@ pub fn guards_of(sources: &[(String, Policy)]) -> Result<Vec<crate::spec::GuardS
     }
     out.sort();
     out.dedup();
-    Ok(out)
-}
-
-/// Validates every entry into grants and checks them against each other.
-pub fn grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
-    let grants = entries_to_grants(policy, host)?;
-    input::check_conflicts(&grants)?;
-    Ok(grants)
-}
-
-fn entries_to_grants(policy: &Policy, host: &dyn Interfaces) -> Result<Vec<Grant>> {
-    let mut out = Vec::new();
-    for (i, e) in policy.grants.iter().enumerate() {
-        let req = GrantRequest {
-            name: e.name.clone(),
-            iface: e.interface.clone(),
-            allow: e.allow.to_vec(),
-            ports: e.port.to_vec().iter().map(u64::to_string).collect(),
-            proto: e.proto.clone(),
-            to: e.to.clone(),
-            listen: e.listen.clone(),
-            network: None,
-        };
-        let grants = input::validate(&req, host).map_err(|err| {
-            let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
-            anyhow::Error::new(crate::error::BadInput(format!("grant {label}: {err:#}")))
-        })?;
-        out.extend(grants);
-    }
     Ok(out)
 }
 

@@ -8,7 +8,7 @@ use crate::kernel::sysctl::Device;
 use crate::plan;
 use crate::ruleset::Verdict;
 use crate::state::{State, STATE_VERSION};
-use crate::txn::Change;
+use crate::txn::{Change, Target};
 use ipnetwork::Ipv4Network;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,14 +181,16 @@ proptest! {
             }).collect()
         };
         let before = devices(0);
-        let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, gs.clone(), &before, None);
+        let target = Target { grants: gs.clone(), ..Default::default() };
+        let applied = Change::compute(State { version: STATE_VERSION, ..Default::default() }, target, &before, None, None);
         prop_assert_eq!(applied.raise.len(), before.len());
         prop_assert!(applied.lower.is_empty());
         // What the kernel and the state file hold after that change committed:
         let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![], guards: vec![], guarded: vec![] };
         let sysctls = devices(1);
         let kernel = applied.ruleset.as_ref().map(nft::planned_image);
-        let again = Change::compute(state, gs, &sysctls, kernel.as_ref());
+        let target = Target { grants: gs, ..Target::recorded(&state) };
+        let again = Change::compute(state, target, &sysctls, kernel.as_ref(), None);
         prop_assert!(again.is_noop(), "{:?}", again.describe());
     }
 }

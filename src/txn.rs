@@ -84,12 +84,11 @@ pub struct Change {
     pub renamed: Vec<Renamed>,
     /// Every device this change involves, as read: the fail-closed path closes them.
     pub devices: BTreeMap<u32, Device>,
-    /// The specs recorded once the change commits (see [`Change::with_specs`]); the
-    /// recorded ones unless the command changes what is asked for.
+    /// The specs recorded once the change commits ([`Target::specs`]).
     pub specs: Vec<crate::spec::Spec>,
-    /// Interfaces guarded without grants once the change commits.
+    /// Interfaces guarded without grants once the change commits ([`Target::guarded`]).
     pub guarded: Vec<String>,
-    /// What `loopgate guard` asked for, recorded at commit.
+    /// What `loopgate guard` asked for, recorded at commit ([`Target::guards`]).
     pub guards: Vec<crate::spec::GuardSpec>,
 }
 
@@ -112,44 +111,92 @@ pub fn observe_devices<K: Kernel>(
     kernel.devices(&names, &indexes)
 }
 
+/// What the host should move to: everything a command or a pass of `watch` asks for,
+/// resolved against the host of this moment. One value, so that every way into the
+/// engine says the same things (see [`Change::compute`] and [`observe_and_compute`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    /// The grants to install (any order: the change holds them in canonical order).
+    pub grants: Vec<Grant>,
+    /// Interfaces to guard without grants (what `guards` resolves to now): they
+    /// publish nothing and loopgate never writes their route_localnet.
+    pub guarded: Vec<String>,
+    /// What is asked for, recorded at commit (the resolved `grants` come from it).
+    pub specs: Vec<crate::spec::Spec>,
+    /// What `loopgate guard` asks for, recorded at commit.
+    pub guards: Vec<crate::spec::GuardSpec>,
+    /// Device names not to open unless loopgate opened them before: their grants stand
+    /// and guard them, but they count as not ready (see
+    /// [`Device::ready`](crate::kernel::sysctl::Device::ready)). `watch` holds back a
+    /// runtime's bridge that was re-created since the runtime last described it.
+    pub held_back: BTreeSet<String>,
+}
+
+impl Target {
+    /// The target `old` records: its grants, guarded interfaces, specs and guards;
+    /// nothing held back. With other grants: `Target { grants, ..Target::recorded(&old) }`.
+    pub fn recorded(old: &State) -> Target {
+        Target {
+            grants: old.grants.clone(),
+            guarded: old.guarded.clone(),
+            specs: old.specs.clone(),
+            guards: old.guards.clone(),
+            held_back: BTreeSet::new(),
+        }
+    }
+}
+
+/// Reads what a move from `old` to `target` depends on (loopgate's table, vouched for
+/// by `old`'s record when the generation has not moved; the devices involved, see
+/// [`observe_devices`]) and computes the change. Changes nothing.
+///
+/// Errors: the table or the devices cannot be read (the kernel's error).
+pub fn observe_and_compute<K: Kernel>(
+    kernel: &K,
+    old: State,
+    target: Target,
+) -> Result<(Change, K::Snapshot)> {
+    let recorded = plan::ruleset_with(&old.grants, &old.guarded).map(|r| nft::planned_image(&r));
+    let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
+    let devices = observe_devices(kernel, &old, &target.grants)?;
+    let change = Change::compute(
+        old,
+        target,
+        &devices,
+        snapshot.image().as_ref(),
+        Some(recorded.as_ref()),
+    );
+    Ok((change, snapshot))
+}
+
 impl Change {
-    /// Computes the change from the recorded state, the target grants and what the
+    /// Computes the change from the recorded state `old` to `target`, given what the
     /// kernel holds now: the `devices` involved (see [`observe_devices`]) and
-    /// loopgate's table. Pure: no system call.
+    /// loopgate's table (`kernel_table`, `None` when there is none). `recorded` is the
+    /// image `old`'s grants and guarded interfaces plan to (`Some(None)` when they plan
+    /// none) when the caller has computed it already (at 100,000 networks each planned
+    /// image costs tens of milliseconds); `None` computes it here when it is needed.
+    /// Pure: no system call.
     pub fn compute(
         old: State,
-        grants: Vec<Grant>,
-        devices: &BTreeMap<u32, Device>,
-        kernel_table: Option<&nft::TableImage>,
-    ) -> Change {
-        Change::compute_with(old, grants, devices, kernel_table, None)
-    }
-
-    /// As [`Change::compute`], given the image the committed grants plan to
-    /// (`recorded`, `None` when there are none), which the caller may have computed
-    /// already: at 100,000 networks each planned image costs tens of milliseconds.
-    pub fn compute_with(
-        old: State,
-        grants: Vec<Grant>,
+        target: Target,
         devices: &BTreeMap<u32, Device>,
         kernel_table: Option<&nft::TableImage>,
         recorded: Option<Option<&nft::TableImage>>,
     ) -> Change {
-        let guarded = old.guarded.clone();
-        Change::compute_guarding(old, grants, guarded, devices, kernel_table, recorded)
-    }
-
-    /// As [`Change::compute_with`], also guarding the interfaces in `guarded`, which
-    /// publish nothing and whose route_localnet loopgate never writes (`loopgate
-    /// guard`).
-    pub fn compute_guarding(
-        old: State,
-        grants: Vec<Grant>,
-        guarded: Vec<String>,
-        devices: &BTreeMap<u32, Device>,
-        kernel_table: Option<&nft::TableImage>,
-        recorded: Option<Option<&nft::TableImage>>,
-    ) -> Change {
+        let Target {
+            grants,
+            guarded,
+            specs,
+            guards,
+            held_back,
+        } = target;
+        let mut devices = devices.clone();
+        for d in devices.values_mut() {
+            if held_back.contains(&d.name) {
+                d.ready = false;
+            }
+        }
         let grants = crate::grant::normalize(grants);
         let ruleset = plan::ruleset_with(&grants, &guarded);
         let want = ruleset.as_ref().map(nft::planned_image);
@@ -276,8 +323,8 @@ impl Change {
             }
         }
         Change {
-            specs: old.specs.clone(),
-            guards: old.guards.clone(),
+            specs,
+            guards,
             guarded,
             old,
             grants,
@@ -290,7 +337,7 @@ impl Change {
             lower,
             raise,
             renamed,
-            devices: devices.clone(),
+            devices,
         }
     }
 
@@ -305,18 +352,6 @@ impl Change {
             && self.old.specs == self.specs
             && self.old.guards == self.guards
             && self.old.guarded == self.guarded
-    }
-
-    /// The same change, recording `guards` as what `loopgate guard` asks for.
-    pub fn with_guards(mut self, guards: Vec<crate::spec::GuardSpec>) -> Change {
-        self.guards = guards;
-        self
-    }
-
-    /// The same change, recording `specs` as what is asked for from now on.
-    pub fn with_specs(mut self, specs: Vec<crate::spec::Spec>) -> Change {
-        self.specs = specs;
-        self
     }
 
     /// Grants that exist now and not after, or whose allowed sources changed.
@@ -763,7 +798,11 @@ mod cut_flows_tests {
             grants: old,
             ..Default::default()
         };
-        Change::compute(old, new, &BTreeMap::new(), None)
+        let target = Target {
+            grants: new,
+            ..Target::recorded(&old)
+        };
+        Change::compute(old, target, &BTreeMap::new(), None, None)
     }
 
     fn flow(src: [u8; 4], sport: u16, dport: u16, dnat: Option<u16>) -> conntrack::Flow {
@@ -934,6 +973,20 @@ mod tests {
         }
     }
 
+    /// The change from `old` to `grants`, everything else as `old` records it.
+    fn compute(
+        old: State,
+        grants: Vec<Grant>,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+    ) -> Change {
+        let target = Target {
+            grants,
+            ..Target::recorded(&old)
+        };
+        Change::compute(old, target, devices, kernel_table, None)
+    }
+
     fn dev(ifindex: u32, name: &str, value: i32) -> (u32, Device) {
         (
             ifindex,
@@ -986,13 +1039,13 @@ mod tests {
         // The runtime's own 1 was recorded on ifindex 5; br0 was re-created as 9 at 0.
         let old = state(g.clone(), vec![rec("br0", 5, 1)]);
         let devices = BTreeMap::from([dev(9, "br0", 0)]);
-        let expose = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        let expose = compute(old, g.clone(), &devices, table_of(&g).as_ref());
         assert_eq!(expose.originals, vec![rec("br0", 9, 0)]);
         assert_eq!(writes(&expose.raise), vec![("br0".into(), 9, 0, 1)]);
         // Revoke then closes what loopgate opened on this copy.
         let after = state(g.clone(), expose.originals.clone());
         let devices = BTreeMap::from([dev(9, "br0", 1)]);
-        let revoke = Change::compute(after, vec![], &devices, table_of(&g).as_ref());
+        let revoke = compute(after, vec![], &devices, table_of(&g).as_ref());
         assert_eq!(writes(&revoke.lower), vec![("br0".into(), 9, 1, 0)]);
         assert!(revoke.originals.is_empty());
     }
@@ -1008,22 +1061,22 @@ mod tests {
             d.ready = false;
             BTreeMap::from([(i, d)])
         };
-        let early = Change::compute(state(vec![], vec![]), g.clone(), &bare(0), None);
+        let early = compute(state(vec![], vec![]), g.clone(), &bare(0), None);
         assert!(early.raise.is_empty() && early.lower.is_empty());
         assert!(early.originals.is_empty());
         assert!(early.ruleset.is_some(), "its guard is in the table");
         // The runtime opened it, then addressed it.
         let after = state(g.clone(), vec![]);
         let devices = BTreeMap::from([dev(9, "br0", 1)]);
-        let later = Change::compute(after, g.clone(), &devices, table_of(&g).as_ref());
+        let later = compute(after, g.clone(), &devices, table_of(&g).as_ref());
         assert!(later.raise.is_empty());
         assert_eq!(later.originals, vec![rec("br0", 9, 1)]);
         let old = state(g.clone(), later.originals.clone());
-        let revoke = Change::compute(old, vec![], &devices, table_of(&g).as_ref());
+        let revoke = compute(old, vec![], &devices, table_of(&g).as_ref());
         assert!(revoke.lower.is_empty() && revoke.raise.is_empty());
         // A device loopgate opened that loses its address stays open and recorded.
         let old = state(g.clone(), vec![rec("br0", 9, 0)]);
-        let kept = Change::compute(old, g.clone(), &bare(1), table_of(&g).as_ref());
+        let kept = compute(old, g.clone(), &bare(1), table_of(&g).as_ref());
         assert!(kept.lower.is_empty() && kept.raise.is_empty());
         assert_eq!(kept.originals, vec![rec("br0", 9, 0)]);
     }
@@ -1034,7 +1087,7 @@ mod tests {
         // Recorded 0 on ifindex 5; the runtime re-created br0 (ifindex 9) with its own 1.
         let old = state(g.clone(), vec![rec("br0", 5, 0)]);
         let devices = BTreeMap::from([dev(9, "br0", 1)]);
-        let revoke = Change::compute(old, vec![], &devices, table_of(&g).as_ref());
+        let revoke = compute(old, vec![], &devices, table_of(&g).as_ref());
         assert!(revoke.lower.is_empty() && revoke.raise.is_empty());
         assert!(revoke.originals.is_empty());
     }
@@ -1045,7 +1098,7 @@ mod tests {
         for value in [2, 3, -1, 256, i32::MIN] {
             // Already open: nothing to raise, the value is the original.
             let devices = BTreeMap::from([dev(4, "br0", value)]);
-            let expose = Change::compute(state(vec![], vec![]), g.clone(), &devices, None);
+            let expose = compute(state(vec![], vec![]), g.clone(), &devices, None);
             assert!(
                 expose.raise.is_empty() && expose.lower.is_empty(),
                 "{value}"
@@ -1054,13 +1107,13 @@ mod tests {
             // Closed by hand since: reopened with the recorded value, not with 1.
             let closed = BTreeMap::from([dev(4, "br0", 0)]);
             let old = state(g.clone(), expose.originals.clone());
-            let repair = Change::compute(old, g.clone(), &closed, table_of(&g).as_ref());
+            let repair = compute(old, g.clone(), &closed, table_of(&g).as_ref());
             assert_eq!(writes(&repair.raise), vec![("br0".into(), 4, 0, value)]);
             // Revoked after loopgate raised it from 0 to 1: back to exactly 0; with a
             // foreign value recorded and a different one now: back to the recorded one.
             let old = state(g.clone(), vec![rec("br0", 4, value)]);
             let now = BTreeMap::from([dev(4, "br0", 1)]);
-            let revoke = Change::compute(old, vec![], &now, table_of(&g).as_ref());
+            let revoke = compute(old, vec![], &now, table_of(&g).as_ref());
             assert_eq!(writes(&revoke.raise), vec![("br0".into(), 4, 1, value)]);
         }
     }
@@ -1070,7 +1123,7 @@ mod tests {
         let g = vec![grant("br0", 8080)];
         let old = state(g.clone(), vec![rec("br0", 5, 0)]);
         let devices = BTreeMap::from([dev(5, "br9", 1)]);
-        let change = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        let change = compute(old, g.clone(), &devices, table_of(&g).as_ref());
         assert_eq!(
             change.renamed,
             vec![Renamed {
@@ -1090,7 +1143,7 @@ mod tests {
         let old = state(g.clone(), vec![rec("br0", 5, 1)]);
         let devices = BTreeMap::from([dev(5, "veth9a8b7c", 0)]);
         for grants in [g.clone(), vec![]] {
-            let change = Change::compute(old.clone(), grants, &devices, table_of(&g).as_ref());
+            let change = compute(old.clone(), grants, &devices, table_of(&g).as_ref());
             assert!(
                 change.lower.is_empty() && change.raise.is_empty(),
                 "{:?}",
@@ -1102,7 +1155,7 @@ mod tests {
         // A device renamed TO a managed name gets a fresh record of its own value.
         let devices = BTreeMap::from([dev(5, "br0x", 0), dev(9, "br1", 2)]);
         let old = state(vec![grant("br1", 1)], vec![rec("br0", 9, 1)]);
-        let change = Change::compute(old, vec![grant("br1", 1)], &devices, None);
+        let change = compute(old, vec![grant("br1", 1)], &devices, None);
         assert_eq!(change.originals, vec![rec("br1", 9, 2)]);
     }
 
@@ -1114,7 +1167,7 @@ mod tests {
         // Flushed (no table) and dormant or edited (another table) alike.
         let other = table_of(&g[..1]);
         for kernel in [None, other.as_ref()] {
-            let change = Change::compute(old.clone(), g.clone(), &devices, kernel);
+            let change = compute(old.clone(), g.clone(), &devices, kernel);
             assert!(change.guard_lost);
             assert_eq!(
                 writes(&change.lower),
@@ -1126,7 +1179,7 @@ mod tests {
             );
         }
         // Intact: nothing to do.
-        let intact = Change::compute(old, g.clone(), &devices, table_of(&g).as_ref());
+        let intact = compute(old, g.clone(), &devices, table_of(&g).as_ref());
         assert!(
             !intact.guard_lost && intact.is_noop(),
             "{:?}",
@@ -1142,7 +1195,7 @@ mod tests {
         let mut old = state(committed.clone(), vec![rec("br0", 5, 0), rec("br1", 7, 0)]);
         old.pending = Some(pending.clone());
         let devices = BTreeMap::from([dev(5, "br0", 1), dev(7, "br1", 1)]);
-        let change = Change::compute(
+        let change = compute(
             old,
             committed.clone(),
             &devices,
@@ -1159,10 +1212,64 @@ mod tests {
     fn a_missing_interface_keeps_its_grant_and_drops_the_dead_record() {
         let g = vec![grant("br0", 8080)];
         let old = state(g.clone(), vec![rec("br0", 5, 0)]);
-        let change = Change::compute(old, g.clone(), &BTreeMap::new(), table_of(&g).as_ref());
+        let change = compute(old, g.clone(), &BTreeMap::new(), table_of(&g).as_ref());
         assert!(change.lower.is_empty() && change.raise.is_empty());
         assert!(change.originals.is_empty());
         assert_eq!(change.grants, g);
+    }
+
+    /// Everything the target says is recorded, and a device held back is guarded but
+    /// not opened unless loopgate opened it before.
+    #[test]
+    fn the_target_is_what_the_change_records_and_held_back_devices_stay_closed() {
+        let g = vec![grant("br0", 8080), grant("br1", 9090)];
+        let old = state(vec![grant("br1", 9090)], vec![rec("br1", 7, 0)]);
+        let devices = BTreeMap::from([dev(5, "br0", 0), dev(7, "br1", 1)]);
+        // The kernel holds the table the committed grant plans: nothing was tampered.
+        let committed = table_of(&[grant("br1", 9090)]);
+        let target = Target {
+            grants: g.clone(),
+            guarded: vec!["br2".into()],
+            specs: g
+                .iter()
+                .map(|g| crate::spec::Spec::of_grant(g, crate::spec::Source::Cli))
+                .collect(),
+            guards: vec![crate::spec::GuardSpec {
+                source: crate::spec::Source::Cli,
+                interface: "br2".into(),
+            }],
+            held_back: ["br0".to_string(), "br1".to_string()].into(),
+        };
+        let change = Change::compute(old, target.clone(), &devices, committed.as_ref(), None);
+        assert_eq!(change.grants, g);
+        assert_eq!(
+            (&change.guarded, &change.specs, &change.guards),
+            (&target.guarded, &target.specs, &target.guards)
+        );
+        // br0 is new and held back: guarded (its grant planned) but left closed; br1
+        // was opened by loopgate before and stays open.
+        assert!(
+            change.raise.is_empty() && change.lower.is_empty(),
+            "{:?}",
+            change.describe()
+        );
+        assert_eq!(change.originals, vec![rec("br1", 7, 0)]);
+        assert!(!change.devices[&5].ready);
+        let ruleset = change.ruleset.as_ref().expect("a table");
+        assert!(ruleset.to_nft().contains("br0") && ruleset.to_nft().contains("br2"));
+        // Not held back: br0 opens.
+        let old = state(vec![grant("br1", 9090)], vec![rec("br1", 7, 0)]);
+        let open = Change::compute(
+            old,
+            Target {
+                held_back: BTreeSet::new(),
+                ..target
+            },
+            &devices,
+            committed.as_ref(),
+            None,
+        );
+        assert_eq!(writes(&open.raise), vec![("br0".into(), 5, 0, 1)]);
     }
 
     #[test]
@@ -1170,7 +1277,7 @@ mod tests {
         let g = vec![grant("br0", 8080)];
         let old = state(vec![], vec![rec("br1", 7, 2)]);
         let devices = BTreeMap::from([dev(5, "br0", 0), dev(7, "br1", 1)]);
-        let change = Change::compute(old, g, &devices, None);
+        let change = compute(old, g, &devices, None);
         assert_eq!(
             journal_originals(&change),
             vec![rec("br0", 5, 0), rec("br1", 7, 2)]
@@ -1202,7 +1309,11 @@ mod engine {
     /// Runs one converge from what `store` holds to `grants` over `kernel`.
     fn converge(kernel: &Fake, store: &Store, grants: Vec<Grant>) -> Result<Change> {
         let old = store.load()?;
-        let (change, snapshot) = crate::verbs::observe_and_compute(kernel, old, grants)?;
+        let target = Target {
+            grants,
+            ..Target::recorded(&old)
+        };
+        let (change, snapshot) = observe_and_compute(kernel, old, target)?;
         execute(kernel, store, &change, &snapshot)?;
         Ok(change)
     }

@@ -28,59 +28,6 @@ pub enum Mode {
     Plan,
 }
 
-/// Reads what a move from `old` to `grants` depends on (loopgate's table, the devices
-/// involved) and computes the change. Changes nothing.
-pub fn observe_and_compute<K: Kernel>(
-    kernel: &K,
-    old: State,
-    grants: Vec<Grant>,
-) -> Result<(Change, K::Snapshot)> {
-    let guarded = old.guarded.clone();
-    observe_and_compute_guarding(kernel, old, grants, guarded)
-}
-
-/// As [`observe_and_compute`], also guarding `guarded` (interfaces `loopgate guard`
-/// protects without grants).
-pub fn observe_and_compute_guarding<K: Kernel>(
-    kernel: &K,
-    old: State,
-    grants: Vec<Grant>,
-    guarded: Vec<String>,
-) -> Result<(Change, K::Snapshot)> {
-    observe_and_compute_holding_back(kernel, old, grants, guarded, &Default::default())
-}
-
-/// As [`observe_and_compute_guarding`], not opening any of `held_back` (device names)
-/// that loopgate has not opened before: `watch` holds back a runtime's bridge that was
-/// re-created since the runtime last described it (see
-/// [`Device::ready`](crate::kernel::sysctl::Device::ready)).
-pub fn observe_and_compute_holding_back<K: Kernel>(
-    kernel: &K,
-    old: State,
-    grants: Vec<Grant>,
-    guarded: Vec<String>,
-    held_back: &std::collections::BTreeSet<String>,
-) -> Result<(Change, K::Snapshot)> {
-    let recorded =
-        crate::plan::ruleset_with(&old.grants, &old.guarded).map(|r| nft::planned_image(&r));
-    let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
-    let mut devices = txn::observe_devices(kernel, &old, &grants)?;
-    for d in devices.values_mut() {
-        if held_back.contains(&d.name) {
-            d.ready = false;
-        }
-    }
-    let change = Change::compute_guarding(
-        old,
-        grants,
-        guarded,
-        &devices,
-        snapshot.image().as_ref(),
-        Some(recorded.as_ref()),
-    );
-    Ok((change, snapshot))
-}
-
 /// For a change that is a no-op: records that the table was found intact at this
 /// generation, so later runs need not read a large table back while nothing in
 /// nftables changes.
@@ -228,9 +175,14 @@ pub fn converge_over<K: Kernel>(
         guards,
         mode,
     } = request;
-    let guarded = crate::spec::resolve_guards(&guards, host);
-    let (change, snapshot) = observe_and_compute_guarding(kernel, old, grants, guarded)?;
-    let change = change.with_specs(specs).with_guards(guards);
+    let target = txn::Target {
+        grants,
+        guarded: crate::spec::resolve_guards(&guards, host),
+        specs,
+        guards,
+        held_back: Default::default(),
+    };
+    let (change, snapshot) = txn::observe_and_compute(kernel, old, target)?;
 
     let mut warnings: Vec<String> = Vec::new();
     if !change.grants.is_empty() {

@@ -10,8 +10,8 @@
 //! renamed is judged by its ifindex. Wake-ups: a link or ruleset event, or a 250 ms tick
 //! for sysctl changes, which raise no event. Each repair is logged on stderr.
 
+use super::remember_intact;
 use super::system;
-use super::{observe_and_compute, observe_and_compute_holding_back, remember_intact};
 use crate::kernel::host::HostInterfaces;
 use crate::kernel::monitor::{Batch, Monitor};
 use crate::kernel::seam::Kernel;
@@ -541,8 +541,8 @@ impl SweepClock {
 /// managed interfaces are closed if its guard is lost. Nothing else changes: the
 /// lock's holder may be in the middle of a transaction. Returns the log lines.
 pub fn judge_unlocked<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>> {
-    let target = state.grants.clone();
-    let (change, _) = observe_and_compute(kernel, state.clone(), target)?;
+    let target = txn::Target::recorded(state);
+    let (change, _) = txn::observe_and_compute(kernel, state.clone(), target)?;
     if !change.guard_lost {
         return Ok(vec![]);
     }
@@ -687,7 +687,6 @@ pub fn repair_with<K: Kernel>(
     {
         return (vec![], Ok(()));
     }
-    let target = resolved.grants;
     let guards: Vec<spec::GuardSpec> = match policy_guards {
         None => state.guards.clone(),
         Some(policy) => {
@@ -703,29 +702,32 @@ pub fn repair_with<K: Kernel>(
             g
         }
     };
-    let guarded = spec::resolve_guards(&guards, host);
-    let held_back = host.unsettled();
-    let (change, snapshot) =
-        match observe_and_compute_holding_back(kernel, state, target, guarded, &held_back) {
-            Ok(c) => c,
-            Err(e) => {
-                // The guard cannot be verified: watch never leaves an interface open on
-                // trust. The next wake-up tries again and reopens once it reads back.
-                let e = e.context("cannot read the host to verify the guard");
-                let closed = store.load().and_then(|state| close_managed(kernel, &state));
-                return match closed {
-                    Ok(lines) => (
-                        lines
-                            .into_iter()
-                            .map(|l| format!("the guard cannot be verified; {l}"))
-                            .collect(),
-                        Err(e),
-                    ),
-                    Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
-                };
-            }
-        };
-    let change = change.with_specs(specs).with_guards(guards);
+    let target = txn::Target {
+        grants: resolved.grants,
+        guarded: spec::resolve_guards(&guards, host),
+        specs,
+        guards,
+        held_back: host.unsettled(),
+    };
+    let (change, snapshot) = match txn::observe_and_compute(kernel, state, target) {
+        Ok(c) => c,
+        Err(e) => {
+            // The guard cannot be verified: watch never leaves an interface open on
+            // trust. The next wake-up tries again and reopens once it reads back.
+            let e = e.context("cannot read the host to verify the guard");
+            let closed = store.load().and_then(|state| close_managed(kernel, &state));
+            return match closed {
+                Ok(lines) => (
+                    lines
+                        .into_iter()
+                        .map(|l| format!("the guard cannot be verified; {l}"))
+                        .collect(),
+                    Err(e),
+                ),
+                Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
+            };
+        }
+    };
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
@@ -951,8 +953,12 @@ mod tests {
     fn converged(devices: &[(u32, &str, i32)], grants: Vec<Grant>) -> (Fake, TempStore) {
         let kernel = Fake::with_devices(devices);
         let store = TempStore::new();
-        let (change, snap) =
-            observe_and_compute(&kernel, store.store.load().unwrap(), grants).unwrap();
+        let old = store.store.load().unwrap();
+        let target = txn::Target {
+            grants,
+            ..txn::Target::recorded(&old)
+        };
+        let (change, snap) = txn::observe_and_compute(&kernel, old, target).unwrap();
         txn::execute(&kernel, &store.store, &change, &snap).unwrap();
         kernel.state.borrow_mut().history.clear();
         (kernel, store)

@@ -89,6 +89,16 @@ fn help_texts_name_every_verb_and_flag() {
     assert!(help(&["audit", "--help"]).contains("--json"));
     assert!(help(&["apply", "--help"]).contains("--dry-run"));
     assert!(help(&["plan", "--help"]).contains("FILE"));
+    // Removed: a missing interface is always pending; the flag said nothing.
+    for verb in ["apply", "plan"] {
+        assert!(!help(&[verb, "--help"]).contains("--skip-missing"));
+        let out = std::process::Command::new(BIN)
+            .args([verb, "--skip-missing", "/nonexistent/loopgate.yaml"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("--skip-missing"), "{}", stderr(&out));
+    }
 }
 
 #[test]

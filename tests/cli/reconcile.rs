@@ -104,7 +104,7 @@ fn a_grant_applied_before_its_interface_exists_is_served_when_it_appears_guard_f
         "late.yaml",
         "grants:\n  - interface: br9\n    allow: 198.51.100.0/24\n    port: 3306\n",
     );
-    let out = lab.loopgate(&["apply", "--skip-missing", &policy]);
+    let out = lab.loopgate(&["apply", &policy]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("is pending"), "{}", stderr(&out));
     let (code, text) = lab.audit();

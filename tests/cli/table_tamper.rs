@@ -179,7 +179,8 @@ fn ruleset_for(port: u16, networks: usize) -> loopgate::ruleset::Ruleset {
         "torn",
     )
     .unwrap();
-    let grants = loopgate::policy::grants(&policy, &ExampleHost).unwrap();
+    let specs = loopgate::policy::specs_of(&[("torn".into(), policy)], &ExampleHost, true).unwrap();
+    let grants = loopgate::spec::resolve(&specs, &ExampleHost).grants;
     loopgate::plan::ruleset(&grants).expect("a table")
 }
 
