@@ -202,7 +202,7 @@ fn kill_escaped(file: &std::path::Path) {
     }
 }
 
-/// `run_bounded` (src/kernel/runtime.rs) kills the CLI's process group at the bound,
+/// `run_bounded` (src/kernel/process.rs) kills the CLI's process group at the bound,
 /// then joins the threads that read its stdout and stderr to the end. A child the CLI
 /// left in a session of its own (setsid) is not in that group and keeps the pipes
 /// open: the join waits for it, however long it lives. `expose --docker-network` then
@@ -217,15 +217,16 @@ fn attack5_a_runtime_cli_leaving_a_child_in_another_session_is_still_bounded() {
     // Control: the same CLI without the escaping child answers at once.
     let (code, took) = expose_lgnet(&lab, &path, None);
     assert_eq!(code, Some(0), "control: the fake docker network is served");
-    assert!(took < Duration::from_secs(4), "control took {took:?}");
+    assert!(took < Duration::from_secs(10), "control took {took:?}");
     lab.ok(&["revoke", "--all"]);
 
     let escaped = lab.state_dir.join("escaped.pid");
     let (code, took) = expose_lgnet(&lab, &path, Some(&escaped));
     kill_escaped(&escaped);
     eprintln!("escaping CLI: exit {code:?} after {took:?}");
+    // Between the 5 s bound and the child's 20 s life: a loaded machine is slow, not 10 s slow.
     assert!(
-        took < Duration::from_secs(8),
+        took < Duration::from_secs(15),
         "`docker network inspect` exited at once, yet expose took {took:?} (exit {code:?}): \
          it waited for a child the CLI left in another session"
     );
