@@ -197,3 +197,101 @@ pub fn normalize(mut grants: Vec<Grant>) -> Vec<Grant> {
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     grants
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn g(iface: &str, listen: [u8; 4], proto: Proto, port: u16) -> Grant {
+        Grant {
+            name: Grant::default_name(iface, None, proto, port),
+            iface: iface.into(),
+            proto,
+            listen: Ipv4Addr::from(listen),
+            port,
+            to: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn default_names_tell_a_secondary_listen_address_apart() {
+        assert_eq!(
+            Grant::default_name("br0", None, Proto::Tcp, 5432),
+            "br0-tcp-5432"
+        );
+        assert_eq!(
+            Grant::default_name("br0", Some(Ipv4Addr::new(192, 0, 2, 5)), Proto::Udp, 53),
+            "br0-192.0.2.5-udp-53"
+        );
+    }
+
+    #[test]
+    fn network_text_matches_display_for_every_shape() {
+        for text in [
+            "0.0.0.0/0",
+            "192.0.2.0/24",
+            "198.51.100.128/25",
+            "203.0.113.255/32",
+            "10.0.0.0/8",
+            "100.64.9.10/31",
+        ] {
+            let n: Ipv4Network = text.parse().unwrap();
+            assert_eq!(network_text(&n), n.to_string());
+        }
+    }
+
+    #[test]
+    fn normalize_orders_by_interface_address_protocol_and_port_whatever_the_input() {
+        let a = g("br0", [192, 0, 2, 1], Proto::Tcp, 3306);
+        let b = g("br0", [192, 0, 2, 1], Proto::Udp, 53);
+        let c = g("br0", [192, 0, 2, 9], Proto::Tcp, 80);
+        let d = g("br1", [198, 51, 100, 1], Proto::Tcp, 22);
+        let sorted = vec![a.clone(), b.clone(), c.clone(), d.clone()];
+        for perm in [
+            vec![d.clone(), c.clone(), b.clone(), a.clone()],
+            vec![b.clone(), d.clone(), a.clone(), c.clone()],
+            vec![c, a, d, b],
+        ] {
+            assert_eq!(normalize(perm), sorted);
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_name_target_and_allow_list() {
+        let a = g("br0", [192, 0, 2, 1], Proto::Tcp, 3306);
+        let mut b = a.clone();
+        b.name = "other".into();
+        b.to = std::net::SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), 1);
+        b.allow = vec![];
+        assert_eq!(a.key(), b.key());
+        let mut c = a.clone();
+        c.proto = Proto::Udp;
+        assert_ne!(a.key(), c.key());
+    }
+
+    #[test]
+    fn long_allow_lists_are_abbreviated_in_messages() {
+        let mut a = g("br0", [192, 0, 2, 1], Proto::Tcp, 3306);
+        a.allow = (0..20u8)
+            .map(|i| Ipv4Network::new(Ipv4Addr::new(198, 51, 100, i), 32).unwrap())
+            .collect();
+        let text = a.to_string();
+        assert!(text.contains("... (20 networks in all)"), "{text}");
+        assert_eq!(
+            text.matches("198.51.100.").count(),
+            SHOWN_NETWORKS,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn protocols_have_their_iana_numbers() {
+        assert_eq!((Proto::Tcp.number(), Proto::Udp.number()), (6, 17));
+        assert_eq!(
+            (Proto::Tcp.name(), Proto::Udp.to_string().as_str()),
+            ("tcp", "udp")
+        );
+        assert!(loopback().contains(Ipv4Addr::new(127, 255, 0, 1)));
+    }
+}

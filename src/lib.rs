@@ -2,16 +2,41 @@
 //! networks only, by pairing `route_localnet` with nftables guard rules in one
 //! transaction.
 //!
-//! Layout: [`input`] and [`policy`] validate what users write into [`grant::Grant`]s;
+//! Layout: [`cli`] is the command line; [`input`] and [`policy`] parse what users
+//! write into [`spec::Spec`]s; [`spec`] resolves specs against the interfaces (and
+//! container networks, through [`runtime`]) of the moment into [`grant::Grant`]s;
 //! [`plan`] turns grants into a [`ruleset::Ruleset`] value; [`kernel`] observes and
-//! applies; [`runtime`] asks container runtimes about their networks; [`state`] is what
-//! loopgate remembers per namespace; [`txn`] orders and undoes the steps; [`audit`]
-//! judges; [`verbs`] are the thin commands; [`persist`] records a change in the
-//! persistent policy; [`rpc`] borrows the table from the running `watch`.
+//! applies; [`state`] is what loopgate remembers per namespace; [`txn`] orders and
+//! undoes the steps; [`audit`] judges; [`verbs`] are the thin commands; [`persist`]
+//! records a change in the persistent policy; [`rpc`] borrows the table from the
+//! running `watch`; [`reference`](mod@reference) documents codes, keys and exit statuses for the man
+//! page and docs; [`output`] prints without panicking; [`files`] opens files as root
+//! safely.
+//!
+//! Why each rule of the table exists is said where it is built: `raw_ifN`,
+//! `input_ifN`, `post_ifN` (an interface's guard) in `plan/guards.rs`; `nat_gN` (a
+//! grant's DNAT) in `plan/nat.rs`; `input_tN` (the accept of a DNATed flow) in
+//! `plan/targets.rs`; `allow_K` (source sets) in `plan/allow.rs`; the base chains, their
+//! hooks and priorities in `plan/hooks.rs`.
+//!
+//! Paths: `main` → [`run`] → [`run_verb`] → `verbs::<verb>`. `expose` and `revoke` end in
+//! [`verbs::change`], `apply`/`plan` in `verbs::apply`, `guard`/`unguard` in
+//! [`verbs::converge_guarding`]; all go through [`verbs::converge_over`] (with watch's
+//! table borrowed by [`verbs::borrow_table`] while a watch holds it) to
+//! [`txn::observe_and_compute`] and [`txn::execute`], which changes the host only through
+//! [`kernel::seam::Kernel`] (`System`: sysctl writes, the nf_tables batch of
+//! `kernel/nft/generation.rs` and `batch.rs`, or the held table's
+//! [`kernel::nft::Owner`], conntrack deletes). `watch`: `verbs::watch::run` → `repair` →
+//! `repair_with` → the same two `txn` calls; its fast path after another process's
+//! commit is `close_if_foreign`. `audit`: `verbs::audit::run` → [`audit::observe()`] →
+//! [`audit::assess()`] → `audit::render`. `trace`: `verbs::trace::run` →
+//! `kernel::nft::trace` and `kernel::trace`.
 //!
 //! Layers, lowest first: `error`, `failpoint`, `cidr`, `files`; `grant`; `ruleset`;
-//! `kernel` (the only module that changes the host, and only through
-//! [`kernel::seam::Kernel`]); then everything that decides. A module names only what is
+//! `kernel` (the only module that changes the host: the engine's changes go through
+//! [`kernel::seam::Kernel`]; watch's hold of the table (`nft::Owner::adopt`, deleting an
+//! empty table as it stops) and `trace`'s own table are the named exceptions); then
+//! everything that decides. A module names only what is
 //! below it, and no two modules name each other in a cycle: the `layers` unit test
 //! checks both (`cargo test --lib layers`).
 

@@ -4,9 +4,10 @@
 //! Audit trusts the kernel over loopgate's own records. [`observe`] reads through the
 //! kernel seam (route_localnet of every interface, loopgate's table, loopback
 //! listeners); [`assess`] is a pure function from that observation and the recorded
-//! state to a [`Report`] with findings; [`render`] writes the report as text, JSON or
-//! Prometheus. Whoever opened an interface, an open one without loopgate's guard is
-//! critical.
+//! state to a [`Report`] with findings, calling on `reachability` (routes, replies and
+//! counters: can a grant's flow work) and [`firewall`] (what other firewalls do with
+//! it); [`render`] writes the report as text, JSON or Prometheus. Whoever opened an
+//! interface, an open one without loopgate's guard is critical.
 
 mod assess;
 pub mod firewall;

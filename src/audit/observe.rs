@@ -1,5 +1,6 @@
-//! Reading what audit judges, through the kernel seam and nothing else, so the
-//! judgement can be tested over the fake kernel.
+//! Reading what audit judges: the host through the kernel seam (so the judgement can
+//! be tested over the fake kernel), plus the running watch's presence file and the
+//! nftables configuration file (`/etc/nftables.conf`, or `LOOPGATE_NFTABLES_CONF`).
 
 use crate::input::loopback;
 use crate::kernel::host::{IfAddr, Listener, RouteLookup};

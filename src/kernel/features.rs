@@ -67,3 +67,45 @@ impl KnownFeatures {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn remembered_features_cover_what_was_probed_and_nothing_more() {
+        let tmp = tempfile::tempdir().unwrap();
+        let known = KnownFeatures::in_dir(tmp.path().join("state"));
+        assert!(!known.cover(&set(&["vmap"])), "nothing probed yet");
+        known.remember(&set(&["vmap", "concat"]));
+        assert!(known.cover(&set(&["vmap"])));
+        assert!(known.cover(&set(&["vmap", "concat"])));
+        assert!(!known.cover(&set(&["vmap", "interval"])));
+        known.remember(&set(&["interval"]));
+        assert!(known.cover(&set(&["vmap", "concat", "interval"])));
+    }
+
+    #[test]
+    fn a_record_of_another_boot_covers_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let known = KnownFeatures::in_dir(dir.clone());
+        known.remember(&set(&["vmap"]));
+        let text = std::fs::read_to_string(dir.join(KnownFeatures::FILE)).unwrap();
+        let rest: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        std::fs::write(
+            dir.join(KnownFeatures::FILE),
+            format!("another-boot\n{rest}"),
+        )
+        .unwrap();
+        assert!(!known.cover(&set(&["vmap"])));
+        // Remembering again starts the record over for this boot.
+        known.remember(&set(&["concat"]));
+        assert!(known.cover(&set(&["concat"])) && !known.cover(&set(&["vmap"])));
+    }
+}

@@ -28,10 +28,13 @@ pub struct Token {
     pub line: u64,
 }
 
-/// libyaml's scanner over `text`; it yields tokens until the input ends or a token
-/// does not scan (the parser then reports that error).
+/// libyaml's scanner over `text`; it yields tokens up to and including the one that
+/// ends the input, or until a token does not scan (the parser then reports that
+/// error), and nothing after.
 pub struct Scanner<'a> {
     parser: Box<MaybeUninit<unsafe_y::yaml_parser_t>>,
+    /// The end of the input was yielded: libyaml would answer "no token" for ever.
+    ended: bool,
     text: PhantomData<&'a str>,
 }
 
@@ -63,6 +66,7 @@ impl<'a> Scanner<'a> {
         }
         Some(Scanner {
             parser,
+            ended: false,
             text: PhantomData,
         })
     }
@@ -72,6 +76,9 @@ impl Iterator for Scanner<'_> {
     type Item = Token;
 
     fn next(&mut self) -> Option<Token> {
+        if self.ended {
+            return None;
+        }
         let mut token = MaybeUninit::<unsafe_y::yaml_token_t>::zeroed();
         // SAFETY: the parser was initialised in `new`; `token` is written by the scan
         // when it succeeds, read only then, and deleted once, after its fields are
@@ -96,6 +103,59 @@ impl Iterator for Scanner<'_> {
             | unsafe_y::YAML_BLOCK_END_TOKEN => Nesting::Close,
             _ => Nesting::Other,
         };
+        self.ended = nesting == Nesting::End;
         Some(Token { nesting, line })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deepest nesting the scanner's tokens reach (Open +1, Close -1).
+    fn depth(text: &str) -> (i64, usize) {
+        let (mut d, mut max, mut n) = (0i64, 0i64, 0usize);
+        for t in Scanner::new(text).unwrap() {
+            n += 1;
+            match t.nesting {
+                Nesting::Open => d += 1,
+                Nesting::Close => d -= 1,
+                Nesting::End => break,
+                Nesting::Other => {}
+            }
+            max = max.max(d);
+        }
+        (max, n)
+    }
+
+    #[test]
+    fn flow_and_block_collections_open_and_close() {
+        assert_eq!(depth("[[[1]]]").0, 3);
+        assert_eq!(depth("a:\n  b:\n    - c\n").0, 3);
+        assert_eq!(depth("{a: {b: [1, 2]}}").0, 3);
+    }
+
+    /// Brackets inside quoted scalars, escaped quotes and apostrophes in plain scalars
+    /// are text, not nesting: the old character-counting pre-check was fooled by them.
+    #[test]
+    fn brackets_in_scalars_are_not_nesting() {
+        assert_eq!(depth("a: \"[[[[\\\"]]]]\"\n").0, 1);
+        assert_eq!(depth("a: it's [not] nested\n").0, 1);
+        assert_eq!(depth("a: '[[[['\n").0, 1);
+    }
+
+    #[test]
+    fn tokens_carry_their_line_and_a_bad_token_ends_the_scan() {
+        let tokens: Vec<Token> = Scanner::new("a: 1\nb: [2,\n  3]\n").unwrap().collect();
+        assert!(tokens.iter().any(|t| t.line == 2), "{tokens:?}");
+        // Nothing after the end of the input (libyaml would answer "no token" for ever).
+        assert_eq!(tokens.last().map(|t| t.nesting), Some(Nesting::End));
+        assert_eq!(
+            tokens.iter().filter(|t| t.nesting == Nesting::End).count(),
+            1
+        );
+        // A tab where indentation is expected does not scan: the iterator stops.
+        let (_, n) = depth("a:\n\t- b\n");
+        assert!(n < 10, "{n}");
     }
 }

@@ -73,6 +73,15 @@ impl Guards {
 
 /// `chain raw_ifN`, reached at prerouting before conntrack and routing: a packet that
 /// names loopback on this interface is dropped before the kernel can route it.
+///
+/// Why here and why both addresses: with `route_localnet=1` the kernel no longer
+/// treats 127/8 on this interface as martian, so a neighbour's packet to 127.0.0.1
+/// (CVE-2020-8558) would be routed to every loopback service; a spoofed 127/8 source
+/// would look local to services that trust 127.0.0.1, and their replies would go to
+/// loopback. At `raw` (-300) the drop comes before conntrack (a dropped flood leaves no
+/// conntrack entries) and before `dstnat` (-100): a granted packet still carries the
+/// published address here, not 127.0.0.1, so only the DNAT of a grant, later, ever
+/// turns a packet from this interface into one for loopback.
 fn raw(i: usize, iface: &str) -> Chain {
     Chain {
         name: format!("raw_if{i}"),
@@ -96,6 +105,16 @@ fn raw(i: usize, iface: &str) -> Chain {
 
 /// `chain input_ifN`, reached at input for packets to 127/8 from this interface: only
 /// replies and flows a grant DNATed get through.
+///
+/// Why replies: loopgate's own grants never need the first rule, but other tools'
+/// hairpins do. Docker with `--userland-proxy=false`, netavark and the CNI portmap
+/// plugin DNAT a host connection to `127.0.0.1:PORT` to a container and masquerade it;
+/// the container's replies come back on the bridge and conntrack turns their
+/// destination back into 127.0.0.1 before input. Without the rule, guarding such a
+/// bridge (`loopgate guard`) would break that hairpin. It opens nothing to a neighbour:
+/// conntrack calls a packet a reply only when it matches the reply tuple of a flow that
+/// already exists, which the host opened; anything else, untracked packets included,
+/// falls through to the final drop.
 fn input(i: usize, iface: &str) -> Chain {
     Chain {
         name: format!("input_if{i}"),

@@ -17,7 +17,8 @@ pub const PRIORITY_RAW: i32 = -300;
 pub const PRIORITY_DSTNAT: i32 = -100;
 /// `filter`: the ordinary filtering priority.
 pub const PRIORITY_FILTER: i32 = 0;
-/// After srcnat (100), where a reply's source is already translated back.
+/// After srcnat (100), where a reply's source is already translated back, and where
+/// another tool's masquerade of a 127/8 source (Docker's hairpin) has already happened.
 pub const PRIORITY_AFTER_SRCNAT: i32 = 110;
 
 /// The four entry points, made of dispatching rules only. Where the guard is about

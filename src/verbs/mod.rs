@@ -1,5 +1,10 @@
 //! One module per verb; this module holds what they share: taking the lock, looking at
-//! the kernel, and running (or only printing) a transaction.
+//! the kernel, and running (or only printing) a transaction. The path every changing
+//! verb takes: [`change`] (expose, revoke) → [`converge`] → [`converge_guarding`]
+//! (guard, unguard, apply, plan enter here) → [`converge_over`], generic over the
+//! kernel seam, which calls [`crate::txn::observe_and_compute`] and
+//! [`crate::txn::execute`]. While a watch holds the table, [`borrow_table`] borrows its
+//! socket for that one transaction ([`TableLease`]).
 
 pub mod apply;
 pub mod audit;

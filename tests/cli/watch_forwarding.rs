@@ -1,4 +1,4 @@
-//! Topic: watch following a policy, commands forwarded to watch, the socket loop:
+//! Topic: watch following a policy, commands borrowing watch's table, the socket loop:
 //! attacks on issue 11's promises (second review). Each test states what should hold; a
 //! failing test is a hole.
 

@@ -11,7 +11,8 @@
 //! `objects` owns libnftnl objects; `expr` compiles one rule into expressions and
 //! `encode` a whole planned table into objects in batch order, with [`elements`]
 //! writing set elements as raw attributes; `batch` sends objects as one batch;
-//! `generation` binds a commit to the nftables generation and records the [`Vouch`];
+//! `generation` holds `apply`, the commit entry point, binds each commit to the
+//! nftables generation and records the [`Vouch`];
 //! `readback` reads the table back into a [`Snapshot`]; `image` reduces planned and
 //! read tables to a comparable [`TableImage`]; `counters` reads what each rule matched;
 //! `owner` holds the table through a socket that owns it ([`Owner`], Linux 6.9+), so
