@@ -372,3 +372,100 @@ pub fn describe_command(cli: &Cli) -> &'static str {
         Command::Man => "man",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("loopgate").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn expose_needs_an_interface_or_a_network_and_a_port() {
+        assert!(parse(&["expose", "--port", "5432"]).is_err());
+        assert!(parse(&["expose", "br0", "--allow", "192.0.2.0/25"]).is_err());
+        let cli = parse(&["expose", "br0", "--allow", "192.0.2.0/25", "--port", "5432"]).unwrap();
+        let Command::Expose(a) = cli.command else {
+            panic!("not expose")
+        };
+        assert_eq!(a.proto, ProtoArg::Tcp, "tcp by default");
+        // A runtime network brings its own subnets: --allow is optional then.
+        assert!(parse(&[
+            "expose",
+            "--docker-network",
+            "app_default",
+            "--port",
+            "5432"
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn an_interface_and_a_network_or_two_runtimes_are_refused_together() {
+        for args in [
+            &["expose", "br0", "--docker-network", "n", "--port", "1"][..],
+            &[
+                "expose",
+                "--docker-network",
+                "n",
+                "--podman-network",
+                "m",
+                "--port",
+                "1",
+            ],
+            &["revoke", "br0", "--podman-network", "m"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn persist_and_dry_run_exclude_each_other() {
+        let args = ["expose", "br0", "--allow", "192.0.2.0/25", "--port", "1"];
+        let with = |extra: &[&'static str]| {
+            parse(
+                &args
+                    .iter()
+                    .copied()
+                    .chain(extra.iter().copied())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert!(with(&["--persist", "--dry-run"]).is_err());
+        assert!(with(&["--persist"]).unwrap().command.persists());
+        assert!(!with(&["--dry-run"]).unwrap().command.persists());
+    }
+
+    #[test]
+    fn revoke_proto_needs_a_port() {
+        assert!(parse(&["revoke", "br0", "--proto", "udp"]).is_err());
+        assert!(parse(&["revoke", "br0", "--proto", "udp", "--port", "53"]).is_ok());
+    }
+
+    #[test]
+    fn netns_is_global_and_apply_takes_allow_empty() {
+        let cli = parse(&["apply", "/etc/loopgate", "--netns", "lab", "--allow-empty"]).unwrap();
+        assert_eq!(cli.netns.as_deref(), Some("lab"));
+        let Command::Apply(a) = cli.command else {
+            panic!("not apply")
+        };
+        assert!(a.allow_empty && !a.dry_run);
+        assert!(parse(&["apply", "/etc/loopgate", "--skip-missing"]).is_err());
+    }
+
+    #[test]
+    fn the_version_says_whether_the_test_hook_is_built_in() {
+        assert_eq!(
+            VERSION.contains("failpoints"),
+            cfg!(feature = "failpoints"),
+            "{VERSION}"
+        );
+    }
+}

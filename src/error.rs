@@ -94,4 +94,27 @@ mod tests {
         assert_eq!(exit_code_for(&late), EXIT_NOT_PERSISTED);
         assert_eq!(exit_code_for(&anyhow::anyhow!("EPERM")), EXIT_SYSTEM);
     }
+
+    /// A change in force whose recording failed stays exit 4 under any context added
+    /// on the way up (the host changed: never "nothing changed", never "rolled back").
+    #[test]
+    fn not_persisted_survives_context() {
+        let late = anyhow::Error::new(NotPersisted("disk full".into()))
+            .context("writing /etc/loopgate/loopgate.yaml")
+            .context("expose");
+        assert_eq!(exit_code_for(&late), EXIT_NOT_PERSISTED);
+        assert!(
+            one_line(&late).ends_with("disk full"),
+            "{}",
+            one_line(&late)
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_and_io_errors_lose_their_errno() {
+        let e = anyhow::anyhow!("first\nsecond").context("outer");
+        assert_eq!(one_line(&e), "outer: first second");
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(plain_io(&io), "No such file or directory");
+    }
 }

@@ -258,3 +258,27 @@ impl Report {
         self.findings.iter().map(|f| f.severity).max()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codes are what scripts and dashboards match on: each is unique, lower-case
+    /// words joined by hyphens, and `Code::ALL` lists each variant once.
+    #[test]
+    fn finding_codes_are_unique_kebab_case_words() {
+        let mut seen = std::collections::BTreeSet::new();
+        for code in Code::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "{s} appears twice");
+            assert!(
+                !s.is_empty()
+                    && !s.starts_with('-')
+                    && !s.ends_with('-')
+                    && s.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{s}"
+            );
+        }
+        assert!(seen.contains("unguarded") && seen.contains("all-open"));
+    }
+}
