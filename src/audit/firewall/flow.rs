@@ -1,0 +1,185 @@
+//! A grant's flow through the host: the packets followed (first, later, replies), the
+//! packet each base chain sees at its hook and priority, and [`evaluate`], which runs
+//! the other tables' base chains over them in the kernel's order.
+
+use super::packet::{addr_bytes, known, Packet};
+use super::walk::base_verdict;
+use super::Verdict;
+use crate::grant::Grant;
+use crate::kernel::firewall::{Chain, Foreign, Hook};
+use ipnetwork::Ipv4Network;
+use std::net::Ipv4Addr;
+
+/// conntrack's own priority at prerouting: chains before it see untracked packets.
+pub(super) const PRIORITY_CONNTRACK: i32 = -200;
+/// loopgate's DNAT (and every nat chain's destination NAT) at prerouting.
+pub(super) const PRIORITY_DSTNAT: i32 = -100;
+/// Where the source of a DNATed flow's replies is translated back, at postrouting.
+pub(super) const PRIORITY_SRCNAT: i32 = 100;
+
+/// The flow of one grant from one allowed network.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// The grant's interface.
+    pub iface: String,
+    /// Its ifindex, when known.
+    pub ifindex: Option<u32>,
+    /// The allowed network the client is in.
+    pub src: Ipv4Network,
+    /// The address and port clients connect to.
+    pub listen: (Ipv4Addr, u16),
+    /// The target after DNAT.
+    pub to: (Ipv4Addr, u16),
+    /// IP protocol number.
+    pub proto: u8,
+}
+
+/// The stages of the flow: (hook, which packet) and the packet each base chain sees.
+pub(super) fn packet_at(
+    flow: &Flow,
+    hook: Hook,
+    priority: i32,
+    first: bool,
+    after_dnat: bool,
+) -> Option<Packet> {
+    let iface = Some((flow.iface.clone(), flow.ifindex));
+    let client = addr_bytes(flow.src);
+    let base = Packet {
+        iif: None,
+        oif: None,
+        saddr: client.clone(),
+        daddr: known(&flow.listen.0.octets()),
+        proto: flow.proto,
+        sport: None,
+        dport: Some(flow.listen.1),
+        tracked: true,
+        first,
+        reply: false,
+        dnat: !first || after_dnat,
+        orig_src: client.clone(),
+        orig_dst: flow.listen.0,
+        orig_dport: flow.listen.1,
+        reply_src: flow.to.0,
+        reply_sport: flow.to.1,
+    };
+    match hook {
+        Hook::Prerouting | Hook::Input => {
+            let to = after_dnat || hook == Hook::Input;
+            Some(Packet {
+                iif: iface,
+                daddr: known(&if to { flow.to.0 } else { flow.listen.0 }.octets()),
+                dport: Some(if to { flow.to.1 } else { flow.listen.1 }),
+                tracked: hook == Hook::Input || priority > PRIORITY_CONNTRACK,
+                dnat: base.dnat || to,
+                ..base
+            })
+        }
+        Hook::Output | Hook::Postrouting if !first => {
+            let translated = hook == Hook::Postrouting && after_dnat;
+            let (src, sport) = if translated { flow.listen } else { flow.to };
+            Some(Packet {
+                oif: iface,
+                saddr: known(&src.octets()),
+                daddr: client,
+                sport: Some(sport),
+                dport: None,
+                reply: true,
+                dnat: true,
+                ..base
+            })
+        }
+        _ => None,
+    }
+}
+
+/// What the other tables' base chains do with `flow`: the first chain, in hook and
+/// priority order, that drops it, else the first that may, else [`Verdict::Passes`].
+pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
+    let mut bases: Vec<&Chain> = ruleset.chains.iter().filter(|c| c.base.is_some()).collect();
+    bases.sort_by_key(|c| {
+        let b = c.base.as_ref().expect("filtered to base chains");
+        (b.hook, b.priority)
+    });
+    let mut maybe = None;
+    // The first packet, then the later ones, then the replies.
+    for (first, hooks) in [
+        (true, &[Hook::Prerouting, Hook::Input][..]),
+        (
+            false,
+            &[
+                Hook::Prerouting,
+                Hook::Input,
+                Hook::Output,
+                Hook::Postrouting,
+            ][..],
+        ),
+    ] {
+        for chain in &bases {
+            let b = chain.base.as_ref().expect("filtered to base chains");
+            if !hooks.contains(&b.hook) || (b.nat && !first) {
+                continue;
+            }
+            let edge = match b.hook {
+                Hook::Prerouting => PRIORITY_DSTNAT,
+                Hook::Postrouting => PRIORITY_SRCNAT,
+                _ => i32::MIN,
+            };
+            // At the very priority of the translation, the order is not fixed: both.
+            let sides: &[bool] = match b.priority.cmp(&edge) {
+                std::cmp::Ordering::Less => &[false],
+                std::cmp::Ordering::Equal => &[false, true],
+                std::cmp::Ordering::Greater => &[true],
+            };
+            for &after in sides {
+                let Some(pkt) = packet_at(flow, b.hook, b.priority, first, after) else {
+                    continue;
+                };
+                let before_conntrack =
+                    b.hook == Hook::Prerouting && b.priority <= PRIORITY_CONNTRACK;
+                match base_verdict(ruleset, chain, &pkt, before_conntrack) {
+                    Verdict::Passes => {}
+                    d @ Verdict::Drops { .. } => return d,
+                    m @ Verdict::MayDrop { .. } => {
+                        maybe.get_or_insert(m);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(m) = maybe {
+        return m;
+    }
+    if let Some((table, chain, why)) = ruleset.unjudged.first() {
+        return Verdict::MayDrop {
+            table: table.clone(),
+            chain: chain.clone(),
+            why: why.clone(),
+            stop: None,
+        };
+    }
+    if let Some(why) = ruleset.unreadable.first() {
+        return Verdict::MayDrop {
+            table: "iptables-legacy".into(),
+            chain: "INPUT".into(),
+            why: why.clone(),
+            stop: None,
+        };
+    }
+    Verdict::Passes
+}
+
+/// The flows of `grant`: one per allowed network.
+pub fn flows(grant: &Grant, ifindex: Option<u32>) -> Vec<Flow> {
+    grant
+        .allow
+        .iter()
+        .map(|net| Flow {
+            iface: grant.iface.clone(),
+            ifindex,
+            src: *net,
+            listen: (grant.listen, grant.port),
+            to: (*grant.to.ip(), grant.to.port()),
+            proto: grant.proto.number(),
+        })
+        .collect()
+}

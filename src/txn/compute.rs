@@ -1,0 +1,301 @@
+//! What a change does, decided purely from what was observed: [`Change::compute`]
+//! turns the old state, the devices and a [`super::Target`] into every write, and the
+//! change's readings (`is_noop`, `revoked`, `grant_changes`, `describe`).
+
+use super::{Change, GrantChange, Renamed, SysctlChange, Target};
+use crate::grant::Grant;
+use crate::kernel::nft;
+use crate::kernel::sysctl::{self, Device};
+use crate::plan;
+use crate::state::{Original, State};
+use std::collections::{BTreeMap, BTreeSet};
+
+impl Change {
+    /// Computes the change from the recorded state `old` to `target`, given what the
+    /// kernel holds now: the `devices` involved (see
+    /// [`observe_devices`](super::observe_devices)) and loopgate's table (`kernel_table`,
+    /// `None` when there is none). `recorded` is the image `old`'s grants and guarded
+    /// interfaces plan to (`Some(None)` when they plan none) when the caller has
+    /// computed it already (at 100,000 networks each planned image costs tens of
+    /// milliseconds); `None` computes it here when it is needed.
+    /// Pure: no system call.
+    pub fn compute(
+        old: State,
+        target: Target,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+        recorded: Option<Option<&nft::TableImage>>,
+    ) -> Change {
+        let Target {
+            grants,
+            guarded,
+            specs,
+            guards,
+            held_back,
+        } = target;
+        let mut devices = devices.clone();
+        for d in devices.values_mut() {
+            if held_back.contains(&d.name) {
+                d.ready = false;
+            }
+        }
+        let grants = crate::grant::normalize(grants);
+        let ruleset = plan::ruleset_with(&grants, &guarded);
+        let want = ruleset.as_ref().map(nft::planned_image);
+        let (table_matches, matched_elements) = match (kernel_table, &want) {
+            (None, None) => (true, None),
+            (Some(have), Some(want)) if have == want => (true, want.elements.digest()),
+            _ => (false, None),
+        };
+        let guard_lost = !table_matches && {
+            // The tables the host may rightly hold: the committed plan, or the plan of
+            // an interrupted transaction (it may have got as far as the table).
+            let plan_of = |gs: &[Grant]| {
+                if crate::grant::normalize(gs.to_vec()) == grants && old.guarded == guarded {
+                    want.clone()
+                } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
+                    r.cloned()
+                } else {
+                    plan::ruleset_with(gs, &old.guarded)
+                        .as_ref()
+                        .map(nft::planned_image)
+                }
+            };
+            let mut rightful = vec![plan_of(&old.grants)];
+            if let Some(pending) = &old.pending {
+                rightful.push(plan_of(pending));
+            }
+            rightful.iter().any(Option::is_some)
+                && !rightful.iter().any(|r| r.as_ref() == kernel_table)
+        };
+
+        let managed: BTreeSet<String> = plan::interfaces(&grants).into_iter().collect();
+        let mut originals: Vec<Original> = Vec::new();
+        let mut renamed = Vec::new();
+        // Where each involved device ends: ifindex -> value after the change.
+        let mut target: BTreeMap<u32, i32> = BTreeMap::new();
+        for rec in &old.originals {
+            // A device that is gone has nothing left to restore; its record goes.
+            let Some(dev) = devices.get(&rec.ifindex) else {
+                continue;
+            };
+            if dev.name != rec.iface {
+                // Renamed, or another device that got the same ifindex (a veth moved in
+                // from a pod keeps its index when it is free): loopgate cannot tell
+                // which, so the record no longer proves whose value it is. The only
+                // write left is the safe one: closing what loopgate opened.
+                renamed.push(Renamed {
+                    was: rec.iface.clone(),
+                    now: dev.name.clone(),
+                    ifindex: rec.ifindex,
+                });
+                if !sysctl::is_open(rec.value) && sysctl::is_open(dev.route_localnet) {
+                    target.insert(rec.ifindex, 0);
+                }
+                continue;
+            }
+            if managed.contains(&dev.name) {
+                originals.push(rec.clone());
+            } else {
+                // No longer managed (revoked): back to exactly what it was before
+                // loopgate, on the very device it was read from.
+                target.insert(rec.ifindex, rec.value);
+            }
+        }
+        for name in &managed {
+            // A missing interface has no sysctl: its grants wait for it to return.
+            let Some(dev) = devices.values().find(|d| &d.name == name) else {
+                continue;
+            };
+            let rec = match originals.iter().find(|o| o.ifindex == dev.ifindex) {
+                Some(rec) => rec.clone(),
+                // Not opened yet and not ready (no IPv4 address yet, or a runtime's
+                // bridge the runtime has not described since it was re-created):
+                // guarded, its grant stays in the table, but left as it is, so that the
+                // value recorded when it is opened is what its owner set up (see
+                // `Device::ready`).
+                None if !dev.ready => continue,
+                None => {
+                    // First seen, or a new copy of the device: its own value is the
+                    // original, whatever an earlier copy had.
+                    let rec = Original {
+                        iface: name.clone(),
+                        ifindex: dev.ifindex,
+                        value: dev.route_localnet,
+                    };
+                    originals.push(rec.clone());
+                    rec
+                }
+            };
+            let open = match (
+                sysctl::is_open(dev.route_localnet),
+                sysctl::is_open(rec.value),
+            ) {
+                (true, _) => dev.route_localnet,
+                // Closed since: reopen with the value it had, 1 if that was closed.
+                (false, true) => rec.value,
+                (false, false) => 1,
+            };
+            target.insert(dev.ifindex, open);
+        }
+        originals.sort_by_key(|o| o.ifindex);
+
+        let (mut lower, mut raise) = (Vec::new(), Vec::new());
+        for (&ifindex, &to) in &target {
+            let dev = &devices[&ifindex];
+            let from = dev.route_localnet;
+            let change = |from, to| SysctlChange {
+                iface: dev.name.clone(),
+                ifindex,
+                from,
+                to,
+            };
+            if guard_lost && sysctl::is_open(from) {
+                // Nothing stands between this interface and 127/8 right now: close it
+                // before anything else, reopen it once the guard is back.
+                lower.push(change(from, 0));
+                if sysctl::is_open(to) {
+                    raise.push(change(0, to));
+                }
+            } else if from == to {
+            } else if !sysctl::is_open(to) {
+                lower.push(change(from, to));
+            } else {
+                raise.push(change(from, to));
+            }
+        }
+        Change {
+            specs,
+            guards,
+            guarded,
+            old,
+            grants,
+            ruleset,
+            want,
+            table_matches,
+            matched_elements,
+            guard_lost,
+            originals,
+            lower,
+            raise,
+            renamed,
+            devices,
+        }
+    }
+
+    /// True when the host already matches: nothing would be written.
+    pub fn is_noop(&self) -> bool {
+        self.table_matches
+            && self.lower.is_empty()
+            && self.raise.is_empty()
+            && self.old.pending.is_none()
+            && self.old.grants == self.grants
+            && self.old.originals == self.originals
+            && self.old.specs == self.specs
+            && self.old.guards == self.guards
+            && self.old.guarded == self.guarded
+    }
+
+    /// Grants that exist now and not after, or whose allowed sources changed.
+    pub fn revoked(&self) -> Vec<(&Grant, Option<&Grant>)> {
+        self.old
+            .grants
+            .iter()
+            .filter_map(|old| {
+                let new = self.grants.iter().find(|g| g.key() == old.key());
+                match new {
+                    Some(n) if n.allow == old.allow && n.to == old.to => None,
+                    _ => Some((old, new)),
+                }
+            })
+            .collect()
+    }
+
+    /// The grants this change adds, changes or removes, in that order.
+    pub fn grant_changes(&self) -> Vec<GrantChange<'_>> {
+        let mut out = Vec::new();
+        for g in &self.grants {
+            match self.old.grants.iter().find(|o| o.key() == g.key()) {
+                None => out.push(GrantChange::Add(g)),
+                Some(o) if o != g => out.push(GrantChange::Change(g)),
+                _ => {}
+            }
+        }
+        for o in &self.old.grants {
+            if !self.grants.iter().any(|g| g.key() == o.key()) {
+                out.push(GrantChange::Remove(o));
+            }
+        }
+        out
+    }
+
+    /// A human summary of the change, one line per item.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.grant_changes().iter().map(|c| c.to_string()).collect();
+        for g in self
+            .guarded
+            .iter()
+            .filter(|g| !self.old.guarded.contains(g))
+        {
+            out.push(format!(
+                "guard {g} (no grant; its route_localnet belongs to the tool that set it)"
+            ));
+        }
+        for g in self
+            .old
+            .guarded
+            .iter()
+            .filter(|g| !self.guarded.contains(g))
+        {
+            out.push(format!("stop guarding {g}"));
+        }
+        for r in &self.renamed {
+            out.push(format!(
+                "ifindex {} was {} and is now called {} (renamed, or another device with the same index): its record is dropped{}",
+                r.ifindex,
+                r.was,
+                r.now,
+                if self.lower.iter().any(|s| s.ifindex == r.ifindex) {
+                    ", and it is closed since loopgate had opened it"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if self.guard_lost {
+            out.push(format!(
+                "table ip {} is not as loopgate left it (deleted, flushed, dormant or edited): close the managed interfaces first",
+                crate::ruleset::TABLE
+            ));
+        }
+        for s in &self.lower {
+            out.push(format!("set {s}"));
+        }
+        if !self.table_matches {
+            match &self.ruleset {
+                Some(r) => out.push(format!(
+                    "replace table ip {} ({} sets, {} maps, {} chains, {} rules)",
+                    crate::ruleset::TABLE,
+                    r.sets.len(),
+                    r.maps.len(),
+                    r.chains.len(),
+                    r.rule_count()
+                )),
+                None => out.push(format!("remove table ip {}", crate::ruleset::TABLE)),
+            }
+        }
+        for s in &self.raise {
+            out.push(format!("set {s}"));
+        }
+        if self.old.pending.is_some() {
+            out.push("finish an interrupted transaction".to_string());
+        }
+        if out.is_empty() && (self.specs != self.old.specs || self.guards != self.old.guards) {
+            out.push(format!(
+                "record what is asked for ({} published port(s) requested; no grant changes now)",
+                self.specs.len()
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,347 @@
+//! The engine over the fake kernel: every failure at every step, the invariant checked
+//! after every mutation, including those of the rollback.
+
+use super::*;
+use crate::grant::Proto;
+use crate::kernel::fake::{Fake, FakeTable, TempStore};
+use crate::kernel::{conntrack, sysctl};
+use crate::state::Store;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+fn grant(iface: &str, port: u16) -> Grant {
+    Grant {
+        name: format!("{iface}-{port}"),
+        iface: iface.into(),
+        proto: Proto::Tcp,
+        listen: Ipv4Addr::new(192, 0, 2, 1),
+        port,
+        to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+        allow: vec!["192.0.2.0/25".parse().unwrap()],
+    }
+}
+
+/// Runs one converge from what `store` holds to `grants` over `kernel`.
+fn converge(kernel: &Fake, store: &Store, grants: Vec<Grant>) -> Result<Change> {
+    let old = store.load()?;
+    let target = Target {
+        grants,
+        ..Target::recorded(&old)
+    };
+    let (change, snapshot) = observe_and_compute(kernel, old, target)?;
+    execute(kernel, store, &change, &snapshot)?;
+    Ok(change)
+}
+
+/// Every moment: an open device is guarded by the table of that moment.
+fn assert_never_open_without_guard(kernel: &Fake, context: &str) {
+    for m in kernel.history() {
+        for d in m.devices.values() {
+            let guarded = m.table.as_ref().is_some_and(|t| t.guards.contains(&d.name));
+            assert!(
+                !sysctl::is_open(d.route_localnet) || guarded,
+                "{context}: after `{}`, {}={} without a guard; history: {:?}",
+                m.what,
+                d.name,
+                d.route_localnet,
+                kernel.history().iter().map(|m| &m.what).collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// Failures of the steps every scenario takes. `restore` runs only in a rollback,
+/// so it is injected together with a later failure: the batch committed but its
+/// reply was lost (`apply-reply`), or the last step (`delete`). `probe` is not
+/// here: removing the table (revoke) probes nothing.
+const COMMON: &[&[&str]] = &[
+    &["read"],
+    &["apply"],
+    &["apply-reply"],
+    &["flows"],
+    &["delete"],
+    &["apply-reply", "restore"],
+    &["delete", "restore"],
+];
+
+/// A scenario: its name, the devices as (ifindex, name, route_localnet), the grants
+/// before and after, and the failures it reaches besides [`COMMON`]: `probe` when
+/// it installs a table, each forward write, and each undo write of a rollback that
+/// reopens (injected with `delete`, the last step, so that every undo runs). A
+/// failed undo that closes has its own test:
+/// `a_failed_closing_undo_leaves_the_device_behind_its_new_guard`.
+struct Scenario {
+    name: &'static str,
+    devices: Vec<(u32, &'static str, i32)>,
+    before: Vec<Grant>,
+    after: Vec<Grant>,
+    writes: Vec<Vec<&'static str>>,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let devices = vec![(5, "br0", 0), (6, "br1", 0)];
+    vec![
+        Scenario {
+            name: "expose",
+            devices: devices.clone(),
+            before: vec![],
+            after: vec![grant("br0", 3306)],
+            writes: vec![vec!["probe"], vec!["write:br0:1"]],
+        },
+        Scenario {
+            name: "revoke",
+            devices: devices.clone(),
+            before: vec![grant("br0", 3306)],
+            after: vec![],
+            writes: vec![vec!["write:br0:0"], vec!["delete", "write:br0:1"]],
+        },
+        Scenario {
+            name: "second interface",
+            devices: devices.clone(),
+            before: vec![grant("br0", 3306)],
+            after: vec![grant("br0", 3306), grant("br1", 3307)],
+            writes: vec![vec!["probe"], vec!["write:br1:1"]],
+        },
+        Scenario {
+            name: "swap interfaces",
+            devices,
+            before: vec![grant("br0", 3306)],
+            after: vec![grant("br1", 3307)],
+            writes: vec![
+                vec!["probe"],
+                vec!["write:br0:0"],
+                vec!["write:br1:1"],
+                vec!["delete", "write:br0:1"],
+            ],
+        },
+    ]
+}
+
+/// A flow no grant involves: with it the conntrack table is not empty, so a change
+/// that revokes or adds a grant lists and deletes flows (and can fail doing so).
+fn bystander() -> conntrack::Flow {
+    conntrack::Flow {
+        src: Ipv4Addr::LOCALHOST,
+        dst: Ipv4Addr::LOCALHOST,
+        proto: 6,
+        sport: 40000,
+        dport: 22,
+        zone: 0,
+        dnat: None,
+    }
+}
+
+/// Brings a fake to `grants` without failures; returns the fake and its store.
+fn arranged(devices: &[(u32, &str, i32)], grants: &[Grant]) -> (Fake, TempStore) {
+    let kernel = Fake::with_devices(devices);
+    let store = TempStore::new();
+    if !grants.is_empty() {
+        converge(&kernel, &store.store, grants.to_vec()).expect("arranging");
+    }
+    let mut s = kernel.state.borrow_mut();
+    s.flows = vec![bystander()];
+    s.history.clear();
+    s.reads.clear();
+    drop(s);
+    (kernel, store)
+}
+
+#[test]
+fn every_failure_fires_rolls_back_and_no_step_leaves_an_interface_open_without_its_guard() {
+    let mut cells = 0;
+    for sc in scenarios() {
+        let failures = COMMON
+            .iter()
+            .map(|f| f.to_vec())
+            .chain(sc.writes.iter().cloned());
+        for failure in failures {
+            cells += 1;
+            let (kernel, store) = arranged(&sc.devices, &sc.before);
+            let facts_before = (
+                kernel.state.borrow().devices.clone(),
+                kernel.state.borrow().table.clone(),
+            );
+            let state_before = store.store.load().unwrap();
+            for f in &failure {
+                kernel.fail(f);
+            }
+            let result = converge(&kernel, &store.store, sc.after.clone());
+            let context = format!("{} failing at {failure:?}", sc.name);
+            // The cell tests what it names: every injected failure fired.
+            let fired = kernel.fired();
+            for f in &failure {
+                assert!(
+                    fired.iter().any(|x| x == f),
+                    "{context}: `{f}` never fired (fired: {fired:?}); history: {:?}",
+                    kernel.history().iter().map(|m| &m.what).collect::<Vec<_>>()
+                );
+            }
+            assert_never_open_without_guard(&kernel, &context);
+            let rollback_failed = failure.len() > 1;
+            let s = kernel.state.borrow();
+            if failure == ["apply-reply", "restore"] || failure == ["delete", "restore"] {
+                // The previous table cannot be put back: every interface is closed.
+                assert!(result.is_err(), "{context}");
+                assert!(
+                    s.devices.values().all(|d| d.route_localnet == 0),
+                    "{context}"
+                );
+            } else if rollback_failed {
+                // An undo write failed: the rest of the rollback ran, and the one
+                // device left as it was is closed (checked above: never open
+                // unguarded).
+                assert!(result.is_err(), "{context}");
+                assert_eq!(s.table, facts_before.1, "{context}");
+            } else {
+                // One failure: all or nothing, the facts as they were.
+                assert!(result.is_err(), "{context}");
+                assert_eq!(
+                    (s.devices.clone(), s.table.clone()),
+                    facts_before,
+                    "{context}"
+                );
+            }
+            assert_eq!(store.store.load().unwrap(), state_before, "{context}");
+        }
+        // And without a failure the change lands; a committed table was read
+        // through its vouch (the elements not read back).
+        let (kernel, store) = arranged(&sc.devices, &sc.before);
+        converge(&kernel, &store.store, sc.after.clone()).unwrap();
+        assert_never_open_without_guard(&kernel, sc.name);
+        let s = kernel.state.borrow();
+        assert_eq!(
+            s.reads.first(),
+            Some(&!sc.before.is_empty()),
+            "{}: the vouched path",
+            sc.name
+        );
+        assert!(s.fired.is_empty());
+        for d in s.devices.values() {
+            let managed = sc.after.iter().any(|g| g.iface == d.name);
+            assert_eq!(
+                d.route_localnet,
+                i32::from(managed),
+                "{}: {}",
+                sc.name,
+                d.name
+            );
+        }
+    }
+    assert_eq!(cells, 4 * COMMON.len() + 2 + 2 + 2 + 4);
+}
+
+/// A rollback whose undo write that would close a device fails must not restore the
+/// previous table, which does not guard that device: the new table stays, and
+/// nothing is reopened behind it. (Found by the failure matrix: the device was left
+/// open without a guard.)
+#[test]
+fn a_failed_closing_undo_leaves_the_device_behind_its_new_guard() {
+    for (before, after, failure) in [
+        (vec![], vec![grant("br0", 3306)], "write:br0:0"),
+        (
+            vec![grant("br0", 3306)],
+            vec![grant("br0", 3306), grant("br1", 3307)],
+            "write:br1:0",
+        ),
+        (
+            vec![grant("br0", 3306)],
+            vec![grant("br1", 3307)],
+            "write:br1:0",
+        ),
+    ] {
+        let (kernel, store) = arranged(&[(5, "br0", 0), (6, "br1", 0)], &before);
+        kernel.fail("delete");
+        kernel.fail(failure);
+        assert!(converge(&kernel, &store.store, after).is_err());
+        assert!(kernel.fired().iter().any(|f| f == failure));
+        assert_never_open_without_guard(&kernel, failure);
+    }
+}
+
+#[test]
+fn a_broken_table_is_never_restored_behind_an_open_interface() {
+    let failures = ["probe", "apply", "read", "restore", "flows", "delete"]
+        .into_iter()
+        .chain(["write:br0:1", "write:br0:0", "write:br1:1", "write:br1:0"]);
+    for failure in failures {
+        let g = vec![grant("br0", 3306), grant("br1", 3307)];
+        let (kernel, store) = arranged(&[(5, "br0", 0), (6, "br1", 0)], &g);
+        // Another process switched the table off (dormant) or edited it.
+        let other = plan::ruleset(&g[..1]).unwrap();
+        kernel.tamper(Some(FakeTable::broken(nft::planned_image(&other))));
+        kernel.fail(failure);
+        let result = converge(&kernel, &store.store, g.clone());
+        // The host starts open behind a broken table: no write may open a device
+        // without a guard, and it ends either guarded or closed.
+        for m in kernel.history() {
+            if let Some((iface, value)) = m
+                .what
+                .strip_prefix("write ")
+                .and_then(|w| w.split_once('='))
+            {
+                let guarded = m.table.as_ref().is_some_and(|t| t.guards.contains(iface));
+                assert!(
+                    value == "0" || guarded,
+                    "{failure}: `{}` without a guard",
+                    m.what
+                );
+            }
+        }
+        if result.is_err() && kernel.history().is_empty() {
+            // Refused before reading the host (a failed read): nothing was changed,
+            // and deciding to close is watch's (see watch's own tests).
+            continue;
+        }
+        let s = kernel.state.borrow();
+        for d in s.devices.values() {
+            let guarded = s.table.as_ref().is_some_and(|t| t.guards.contains(&d.name));
+            assert!(
+                d.route_localnet == 0 || guarded,
+                "{failure}: {} ends open unguarded",
+                d.name
+            );
+        }
+        drop(s);
+        let history = kernel.history();
+        // Closing comes before anything else.
+        assert!(
+            history
+                .first()
+                .is_some_and(|m| m.what.starts_with("write") && m.what.ends_with("=0"))
+                || result.is_err(),
+            "{failure}: {:?}",
+            history.iter().map(|m| &m.what).collect::<Vec<_>>()
+        );
+        if result.is_err() {
+            let s = kernel.state.borrow();
+            let still_broken = s.table.as_ref().is_none_or(|t| t.guards.is_empty());
+            if still_broken {
+                assert!(
+                    s.devices.values().all(|d| d.route_localnet == 0),
+                    "{failure}: failed closed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lost_guard_cuts_flows_that_reached_loopback_and_keeps_granted_ones() {
+    let g = vec![grant("br0", 3306)];
+    let (kernel, store) = arranged(&[(5, "br0", 1)], &g);
+    let flow = |src: [u8; 4], dst: [u8; 4], dport| conntrack::Flow {
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(dst),
+        proto: 17,
+        sport: 40000,
+        dport,
+        zone: 0,
+        dnat: None,
+    };
+    let attack = flow([192, 0, 2, 200], [127, 0, 0, 1], 5354);
+    let granted = flow([192, 0, 2, 10], [192, 0, 2, 1], 3306);
+    let local = flow([127, 0, 0, 1], [127, 0, 0, 1], 5354);
+    kernel.state.borrow_mut().flows = vec![attack, granted, local];
+    kernel.tamper(None); // flushed
+    converge(&kernel, &store.store, g).unwrap();
+    assert_eq!(kernel.state.borrow().flows, vec![granted, local]);
+}
