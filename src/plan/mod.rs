@@ -137,3 +137,123 @@ pub fn target_key_of(iface: &str, addr: Ipv4Addr, proto: Proto, port: u16) -> Ve
         KeyValue::Port(port),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grant::Proto;
+    use crate::ruleset::{Chain, Verdict};
+    use std::net::SocketAddrV4;
+
+    fn grant(iface: &str, port: u16) -> Grant {
+        Grant {
+            name: format!("{iface}-tcp-{port}"),
+            iface: iface.into(),
+            proto: Proto::Tcp,
+            listen: Ipv4Addr::new(192, 0, 2, 1),
+            port,
+            to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+        }
+    }
+
+    fn chain<'a>(r: &'a Ruleset, name: &str) -> &'a Chain {
+        r.chains
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no chain {name}"))
+    }
+
+    fn jumps(r: &Ruleset, map: &str) -> Vec<String> {
+        r.maps
+            .iter()
+            .find(|m| m.name == map)
+            .map(|m| m.elements.iter().map(|e| e.jump.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn nothing_to_guard_is_no_table() {
+        assert!(ruleset_with(&[], &[]).is_none());
+    }
+
+    /// `loopgate guard`: the guard chains, in every guard map, and no DNAT at all.
+    #[test]
+    fn a_guarded_interface_gets_the_whole_guard_and_publishes_nothing() {
+        let r = ruleset_with(&[], &["br1".to_string()]).unwrap();
+        for map in [MAP_RAW_IFACES, MAP_INPUT_IFACES, MAP_POST_IFACES] {
+            assert_eq!(jumps(&r, map).len(), 1, "{map}");
+        }
+        assert!(jumps(&r, MAP_NAT_GRANTS).is_empty());
+        assert!(!r.chains.iter().any(|c| c.name.starts_with("nat_g")));
+    }
+
+    /// The guard's three chains end as the threat model says: raw drops both loopback
+    /// destinations and sources, input ends in drop, postrouting drops loopback sources.
+    #[test]
+    fn each_guard_chain_ends_in_its_drops() {
+        let r = ruleset(&[grant("br0", 3306)]).unwrap();
+        let raw = chain(&r, &jumps(&r, MAP_RAW_IFACES)[0]);
+        assert_eq!(raw.rules.len(), 2);
+        assert!(raw.rules.iter().all(|x| x.verdict == Verdict::Drop));
+        let input = chain(&r, &jumps(&r, MAP_INPUT_IFACES)[0]);
+        let last = input.rules.last().unwrap();
+        assert!(last.matches.is_empty() && last.verdict == Verdict::Drop);
+        let post = chain(&r, &jumps(&r, MAP_POST_IFACES)[0]);
+        assert!(post.rules.iter().all(|x| x.verdict == Verdict::Drop));
+    }
+
+    /// One DNAT chain per grant, each to its own target, and one guard per interface
+    /// however many grants it has.
+    #[test]
+    fn one_dnat_per_grant_and_one_guard_per_interface() {
+        let r = ruleset(&[grant("br0", 3306), grant("br0", 5432), grant("br1", 53)]).unwrap();
+        let nat = jumps(&r, MAP_NAT_GRANTS);
+        assert_eq!(nat.len(), 3);
+        let targets: std::collections::BTreeSet<u16> = nat
+            .iter()
+            .flat_map(|c| chain(&r, c).rules.iter())
+            .filter_map(|x| match x.verdict {
+                Verdict::Dnat(to) => Some(to.port()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(targets, [53, 3306, 5432].into_iter().collect());
+        assert_eq!(jumps(&r, MAP_RAW_IFACES).len(), 2);
+        assert_eq!(
+            interfaces(&[grant("br1", 1), grant("br0", 2), grant("br1", 3)]),
+            ["br0", "br1"]
+        );
+    }
+
+    /// Only the four base chains are attached, at the priorities the guard's safety
+    /// depends on: raw before conntrack and DNAT, postrouting after source NAT.
+    #[test]
+    fn the_base_chains_sit_at_their_priorities() {
+        let r = ruleset(&[grant("br0", 3306)]).unwrap();
+        let mut prios: Vec<(String, i32)> = r
+            .chains
+            .iter()
+            .filter_map(|c| c.attach.as_ref().map(|a| (c.name.clone(), a.priority)))
+            .collect();
+        prios.sort_by_key(|(_, p)| *p);
+        assert_eq!(prios.len(), 4, "{prios:?}");
+        assert_eq!(prios[0].1, PRIORITY_RAW);
+        assert_eq!(prios[1].1, PRIORITY_DSTNAT);
+        assert_eq!(prios[2].1, PRIORITY_FILTER);
+        assert_eq!(prios[3].1, PRIORITY_AFTER_SRCNAT);
+        // Raw before conntrack (-200), the postrouting guard after srcnat (100).
+        const { assert!(PRIORITY_RAW < -200 && PRIORITY_AFTER_SRCNAT > 100) };
+    }
+
+    /// Networks allowed in by two grants are one set, not two.
+    #[test]
+    fn equal_allow_lists_share_one_set() {
+        let r = ruleset(&[grant("br0", 3306), grant("br0", 5432)]).unwrap();
+        assert_eq!(r.sets.len(), 1, "{:?}", r.sets);
+        let mut other = grant("br0", 8080);
+        other.allow = vec!["198.51.100.0/24".parse().unwrap()];
+        let r = ruleset(&[grant("br0", 3306), other]).unwrap();
+        assert_eq!(r.sets.len(), 2);
+    }
+}
