@@ -17,11 +17,13 @@ use std::process::Command;
 /// One lab of the matrix, with a second bridge (br1, a client on it) and services on
 /// 127.0.0.1 ports 3306, 5432 and 8080; a policy directory publishing 8080 on br0.
 struct Side {
+    /// First: fields drop in order, and watch must be gone before the lab removes its
+    /// state directory (a watch still running writes its state into it again).
+    watch: Option<Watch>,
     lab: Lab,
     _services: Services,
     br1_client: Netns,
     policy_dir: String,
-    watch: Option<Watch>,
 }
 
 const BR1_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -58,11 +60,11 @@ impl Side {
             );
         }
         Side {
+            watch,
             lab,
             _services: services,
             br1_client,
             policy_dir,
-            watch,
         }
     }
 

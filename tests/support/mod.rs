@@ -61,9 +61,49 @@ pub struct Netns {
     owned: bool,
 }
 
+/// Removes what a test process that was killed (SIGKILL, a timeout: no `Drop` ran)
+/// left behind: `lgt-*` namespaces and `loopgate-test-lgt-*` state directories whose
+/// creating process is gone (its pid is in the name). Once per test process, before its
+/// first namespace. A pid in use again by another process keeps its leftovers: only a
+/// dead creator's are removed.
+fn sweep_killed_runs() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let dead = |name: &str| {
+            name.rsplit('-')
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        };
+        for e in std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("lgt-") && dead(&name) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        for e in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(ns) = name.strip_prefix("loopgate-test-") {
+                if ns.starts_with("lgt-") && dead(ns) {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    });
+}
+
 impl Netns {
     pub fn new(tag: &str) -> Netns {
         require_root();
+        sweep_killed_runs();
         let name = format!(
             "lgt-{tag}-{}-{}",
             std::process::id(),
