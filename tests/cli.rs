@@ -32,6 +32,8 @@ mod docs;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_xt.rs"]
+mod firewall_xt;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]

@@ -157,12 +157,40 @@ pub enum Expr {
         /// Upper bound.
         to: Vec<u8>,
     },
-    /// A set lookup: membership (or a map's value) is not modelled.
+    /// A set lookup: `reg SREG in @SET` (or `not in`, or a verdict map's `vmap`).
     Lookup {
-        /// The set's name (`__set0` for an anonymous one).
+        /// The set's name (`__set0` for an anonymous one; `multiport` for the xt match).
         set: String,
+        /// The register holding the key.
+        sreg: u32,
+        /// `!= @set` (`NFT_LOOKUP_F_INV`).
+        invert: bool,
         /// True when the lookup yields a verdict (`vmap`).
         verdict_map: bool,
+        /// The set's members as read with the ruleset; `None` when they were not read
+        /// (a set updated from the packet path, or too large): membership unknown.
+        members: Option<Members>,
+    },
+    /// The xt `addrtype` match: the route type of the source or destination address
+    /// is one of `types` (a bit per `RTN_*`: local 1<<2, broadcast 1<<3, multicast
+    /// 1<<5...).
+    AddrType {
+        /// The destination address (else the source).
+        daddr: bool,
+        /// The `RTN_*` types, one bit each.
+        types: u16,
+        /// `! --dst-type`.
+        invert: bool,
+        /// `--limit-iface-in/out`: the lookup is limited to the packet's interface.
+        limit_iface: bool,
+    },
+    /// `fib daddr type` / `fib saddr type` (no interface key): the address's `RTN_*`
+    /// route type as a 32-bit host-order number in DREG.
+    FibType {
+        /// The destination address (else the source).
+        daddr: bool,
+        /// Destination register.
+        dreg: u32,
     },
     /// A verdict.
     Verdict(Jump),
@@ -175,6 +203,28 @@ pub enum Expr {
     Statement(String),
     /// Anything else: a match or an action not modelled, by its expression name.
     Unknown(String),
+}
+
+/// The members of a set as the kernel dumps them, in the form a lookup compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members {
+    /// Compare each 32-bit word of the key on its own: a concatenation (`ip daddr .
+    /// th dport`), whose intervals the kernel matches field by field.
+    pub by_word: bool,
+    /// The members.
+    pub items: Vec<Member>,
+}
+
+/// One member: keys from `from` to `to` inclusive (equal for a single key), and the
+/// verdict of a verdict map's element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The lowest key (register bytes, memcmp order).
+    pub from: Vec<u8>,
+    /// The highest key, inclusive.
+    pub to: Vec<u8>,
+    /// A verdict map's verdict for it.
+    pub verdict: Option<Jump>,
 }
 
 /// Every chain of the other tables audit could read, and what it could not.

@@ -2,11 +2,10 @@
 //! (`/proc/net/ip_tables_names`) and their chains, read with the legacy
 //! `IPT_SO_GET_INFO` / `IPT_SO_GET_ENTRIES` getsockopt as `iptables-legacy-save` does,
 //! translated into the plain model of [`super::firewall`]: the ipt_ip part of each
-//! entry (addresses, interfaces, protocol), the `tcp`, `udp`, `state` and `conntrack`
-//! (state only) matches and the standard, REJECT, NOTRACK and CT targets; any other
-//! match or target is kept as unknown.
+//! entry (addresses, interfaces, protocol), the standard targets, and the matches and
+//! other targets through the one xt decoder ([`super::xt`]) iptables-nft's rules share.
 
-use super::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule, CT_XT_STATE};
+use super::firewall::{BaseHook, Chain, Expr, Hook, Jump, Rule};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -297,7 +296,11 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
         }
         let name = name_of(&b[m + 2..m + 31]);
         let revision = b[m + 31];
-        out.extend(match_exprs(&name, revision, &b[m + XT_HEADER..m + size]));
+        out.extend(super::xt::match_exprs(
+            &name,
+            revision,
+            &b[m + XT_HEADER..m + size],
+        ));
         m += size;
     }
     let (target, data) = e.target();
@@ -320,91 +323,7 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
                 v => Expr::Unknown(format!("verdict {v}")),
             }
         }
-        "REJECT" => Expr::Reject,
-        "NOTRACK" => Expr::Notrack,
-        "CT" if u16_at(data, 0) & 1 != 0 => Expr::Notrack,
-        t @ ("CT" | "LOG" | "NFLOG" | "MARK" | "CONNMARK" | "TRACE" | "TCPMSS") => {
-            Expr::Statement(format!("target {t}"))
-        }
-        t => Expr::Unknown(format!("target {t}")),
+        t => super::xt::target_expr(t, data),
     });
-    out
-}
-
-/// A port range match on the transport header at `offset`, skipped when it is all ports.
-fn ports(out: &mut Vec<Expr>, offset: u32, lo: u16, hi: u16, inv: bool) {
-    if (lo, hi) == (0, u16::MAX) && !inv {
-        return;
-    }
-    out.push(Expr::Payload {
-        base: 2,
-        offset,
-        len: 2,
-        dreg: 1,
-    });
-    out.push(Expr::Range {
-        sreg: 1,
-        op: u32::from(inv),
-        from: lo.to_be_bytes().to_vec(),
-        to: hi.to_be_bytes().to_vec(),
-    });
-}
-
-/// What a match module checks, where modelled.
-fn match_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
-    let mut out = Vec::new();
-    match (name, revision) {
-        ("tcp", _) | ("udp", _) if d.len() >= if name == "tcp" { 12 } else { 9 } => {
-            let inv = if name == "tcp" { d[11] } else { d[8] };
-            ports(&mut out, 0, u16_at(d, 0), u16_at(d, 2), inv & 0x01 != 0);
-            ports(&mut out, 2, u16_at(d, 4), u16_at(d, 6), inv & 0x02 != 0);
-            if name == "tcp" && (d[8] != 0 || d[9] != 0) {
-                out.push(Expr::Unknown("tcp flags or options".into()));
-            }
-        }
-        ("state", _) if d.len() >= 4 => {
-            out.push(Expr::Ct {
-                key: 0,
-                dir: None,
-                dreg: 1,
-            });
-            out.push(Expr::Bitwise {
-                sreg: 1,
-                dreg: 1,
-                mask: d[0..4].to_vec(),
-                xor: vec![0; 4],
-            });
-            out.push(Expr::Cmp {
-                sreg: 1,
-                op: 1,
-                data: vec![0; 4],
-            });
-        }
-        // xt_conntrack_mtinfo3 with only --ctstate (`-m state` is its alias, flag
-        // 0x2000): match_flags at 146, invert at 148, state_mask at 150 (UNTRACKED,
-        // 0x100, is not modelled).
-        ("conntrack", 3)
-            if d.len() >= 152 && u16_at(d, 146) & !0x2000 == 1 && u16_at(d, 150) < 1 << 8 =>
-        {
-            let mask = u32::from(u16_at(d, 150));
-            out.push(Expr::Ct {
-                key: CT_XT_STATE,
-                dir: None,
-                dreg: 1,
-            });
-            out.push(Expr::Bitwise {
-                sreg: 1,
-                dreg: 1,
-                mask: mask.to_ne_bytes().to_vec(),
-                xor: vec![0; 4],
-            });
-            out.push(Expr::Cmp {
-                sreg: 1,
-                op: u32::from(u16_at(d, 148) & 1 == 0),
-                data: vec![0; 4],
-            });
-        }
-        _ => out.push(Expr::Unknown(format!("match {name}"))),
-    }
     out
 }

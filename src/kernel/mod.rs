@@ -29,4 +29,5 @@ pub mod runtime;
 pub mod seam;
 pub mod sysctl;
 pub mod trace;
+pub mod xt;
 pub mod yaml;

@@ -108,6 +108,32 @@ impl Packet {
         })
     }
 
+    /// The `RTN_*` route type of the destination (or source) address, where known
+    /// without the routing table: 127/8 and the listen address are local (the grant's
+    /// listen address is one of the host's), 224/4 multicast, 255.255.255.255
+    /// broadcast.
+    pub(super) fn addr_type(&self, daddr: bool) -> Option<u32> {
+        let bytes = if daddr { &self.daddr } else { &self.saddr };
+        if bytes.iter().any(|b| b.known != 0xff) {
+            return None;
+        }
+        let a = Ipv4Addr::new(
+            bytes[0].value,
+            bytes[1].value,
+            bytes[2].value,
+            bytes[3].value,
+        );
+        if a.is_loopback() || a == self.orig_dst {
+            Some(2)
+        } else if a.is_multicast() {
+            Some(5)
+        } else if a.is_broadcast() {
+            Some(3)
+        } else {
+            None
+        }
+    }
+
     pub(super) fn payload(&self, base: u32, offset: u32, len: u32) -> (Vec<Byte>, &'static str) {
         let mut header = match base {
             1 => {

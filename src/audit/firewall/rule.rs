@@ -4,7 +4,7 @@
 
 use super::packet::{known, unknown, Byte, Packet, Tri};
 use super::Stop;
-use crate::kernel::firewall::{Expr, Jump, Rule};
+use crate::kernel::firewall::{Expr, Jump, Member, Rule};
 use std::net::Ipv4Addr;
 
 /// The register file: 16 32-bit registers, byte by byte, each load labelled.
@@ -133,6 +133,72 @@ fn compared(truth: Option<bool>, text: String, matched: &mut Tri, words: &mut Ve
     fits
 }
 
+/// The action of a verdict.
+fn jump_action(j: &Jump) -> Action {
+    match j {
+        Jump::Accept => Action::Accept,
+        Jump::Drop => Action::Stop(Stop::Drop),
+        Jump::Continue => Action::Continue,
+        Jump::Return => Action::Return,
+        Jump::Jump(c) => Action::Jump(c.clone()),
+        Jump::Goto(c) => Action::Goto(c.clone()),
+    }
+}
+
+/// Whether a partly known key is inside `m` (`None`: it depends on the unknown bits).
+/// A concatenation (`by_word`) is compared word by word, as the kernel matches the
+/// intervals of each field; anything else as one memcmp-ordered key.
+pub(super) fn contains(value: &[Byte], m: &Member, by_word: bool) -> Option<bool> {
+    let inside = |v: &[Byte], from: &[u8], to: &[u8]| -> Option<bool> {
+        let lo: Vec<u8> = v.iter().map(|b| b.value & b.known).collect();
+        let hi: Vec<u8> = v.iter().map(|b| b.value | !b.known).collect();
+        if from <= lo.as_slice() && hi.as_slice() <= to {
+            Some(true)
+        } else if hi.as_slice() < from || lo.as_slice() > to {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    if !by_word {
+        return inside(value, &m.from, &m.to);
+    }
+    let mut all = Some(true);
+    for ((v, f), t) in value.chunks(4).zip(m.from.chunks(4)).zip(m.to.chunks(4)) {
+        match inside(v, f, t) {
+            Some(false) => return Some(false),
+            None => all = None,
+            Some(true) => {}
+        }
+    }
+    all
+}
+
+/// `RTN_*` types by name, for messages.
+fn type_names(types: u16) -> String {
+    const NAMES: [&str; 12] = [
+        "UNSPEC",
+        "UNICAST",
+        "LOCAL",
+        "BROADCAST",
+        "ANYCAST",
+        "MULTICAST",
+        "BLACKHOLE",
+        "UNREACHABLE",
+        "PROHIBIT",
+        "THROW",
+        "NAT",
+        "XRESOLVE",
+    ];
+    NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types & (1 << i) != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How a rule ends for the evaluator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Action {
@@ -238,27 +304,117 @@ pub(super) fn run_rule(
                     return (Tri::No, Action::Continue, String::new());
                 }
             }
-            Expr::Lookup { set, verdict_map } => {
-                words.push(say(&|| format!("@{set}")));
-                if *verdict_map {
-                    action = Action::Opaque(say(&|| format!("a verdict map lookup in @{set}")));
-                    break;
+            Expr::Lookup {
+                set,
+                sreg,
+                invert,
+                verdict_map,
+                members,
+            } => {
+                let Some(members) = members else {
+                    words.push(say(&|| format!("@{set}")));
+                    if *verdict_map {
+                        action = Action::Opaque(say(&|| {
+                            format!("a verdict map lookup in @{set} (its elements are not read)")
+                        }));
+                        break;
+                    }
+                    if matched == Tri::Yes {
+                        matched = Tri::Maybe(say(&|| {
+                            format!("a lookup in set @{set} (its members are not read)")
+                        }));
+                    }
+                    continue;
+                };
+                let len = members.items.first().map_or(0, |m| m.from.len());
+                let (v, l) = regs.read(*sreg, len);
+                let mut hit = None;
+                let mut unsure = false;
+                for m in &members.items {
+                    match contains(&v, m, members.by_word) {
+                        Some(true) => {
+                            hit = Some(m);
+                            break;
+                        }
+                        Some(false) => {}
+                        None => unsure = true,
+                    }
                 }
-                if matched == Tri::Yes {
-                    matched = Tri::Maybe(say(&|| {
-                        format!("a lookup in set @{set} (its members are not read)")
-                    }));
+                if *verdict_map {
+                    words.push(say(&|| format!("{l} vmap @{set}")));
+                    match hit {
+                        Some(m) => {
+                            action = match &m.verdict {
+                                Some(j) => jump_action(j),
+                                None => Action::Opaque(say(&|| {
+                                    format!("an element of @{set} without a verdict")
+                                })),
+                            };
+                            break;
+                        }
+                        None if !unsure => return (Tri::No, Action::Continue, String::new()),
+                        None => {
+                            action = Action::Opaque(say(&|| {
+                                format!("a verdict map lookup in @{set} whose key is not known for the flow")
+                            }));
+                            break;
+                        }
+                    }
+                }
+                let truth = match (hit, unsure) {
+                    (Some(_), _) => Some(true),
+                    (None, false) => Some(false),
+                    (None, true) => None,
+                }
+                .map(|t| t != *invert);
+                let text = match describe {
+                    true => format!("{l} {}@{set}", if *invert { "!= " } else { "" }),
+                    false => String::new(),
+                };
+                if !compared(truth, text, &mut matched, &mut words) {
+                    return (Tri::No, Action::Continue, String::new());
                 }
             }
-            Expr::Verdict(j) => {
-                action = match j {
-                    Jump::Accept => Action::Accept,
-                    Jump::Drop => Action::Stop(Stop::Drop),
-                    Jump::Continue => Action::Continue,
-                    Jump::Return => Action::Return,
-                    Jump::Jump(c) => Action::Jump(c.clone()),
-                    Jump::Goto(c) => Action::Goto(c.clone()),
+            Expr::AddrType {
+                daddr,
+                types,
+                invert,
+                limit_iface,
+            } => {
+                let truth = match pkt.addr_type(*daddr) {
+                    Some(t) if !*limit_iface => Some((types >> t) & 1 != 0),
+                    _ => None,
+                }
+                .map(|t| t != *invert);
+                let text = match describe {
+                    true => format!(
+                        "addrtype {} {}{}",
+                        if *daddr { "dst" } else { "src" },
+                        if *invert { "!= " } else { "" },
+                        type_names(*types)
+                    ),
+                    false => String::new(),
                 };
+                if !compared(truth, text, &mut matched, &mut words) {
+                    return (Tri::No, Action::Continue, String::new());
+                }
+            }
+            Expr::FibType { daddr, dreg } => {
+                let v = pkt
+                    .addr_type(*daddr)
+                    .map_or_else(|| unknown(4), |t| known(&t.to_ne_bytes()));
+                regs.write(
+                    *dreg,
+                    &v,
+                    if *daddr {
+                        "fib daddr type"
+                    } else {
+                        "fib saddr type"
+                    },
+                );
+            }
+            Expr::Verdict(j) => {
+                action = jump_action(j);
                 break;
             }
             Expr::Reject => {

@@ -339,7 +339,10 @@ fn the_evaluator_follows_the_flow_through_foreign_chains() {
                             },
                             Expr::Lookup {
                                 set: "__set0".into(),
+                                sreg: 1,
+                                invert: false,
                                 verdict_map: false,
+                                members: None,
                             },
                         ],
                         v(Accept),
@@ -358,7 +361,10 @@ fn the_evaluator_follows_the_flow_through_foreign_chains() {
                         meta(6),
                         Expr::Lookup {
                             set: "zones".into(),
+                            sreg: 1,
+                            invert: false,
                             verdict_map: true,
+                            members: None,
                         },
                     ]],
                 )],

@@ -5,7 +5,7 @@
 use super::packet::{Packet, Tri};
 use super::rule::{run_rule, Action};
 use super::{Stop, Verdict};
-use crate::kernel::firewall::{Chain, Foreign};
+use crate::kernel::firewall::{Chain, Expr, Foreign, Member, Members, Rule};
 use std::collections::HashMap;
 
 /// Where a stop was reached.
@@ -60,7 +60,15 @@ impl<'a> Walker<'a> {
             ret: true,
             ..Default::default()
         };
-        for rule in chain.rules.iter().rev() {
+        let expanded: Vec<std::borrow::Cow<Rule>> = chain
+            .rules
+            .iter()
+            .flat_map(|r| match split_verdict_map(r) {
+                Some(rules) => rules.into_iter().map(std::borrow::Cow::Owned).collect(),
+                None => vec![std::borrow::Cow::Borrowed(r)],
+            })
+            .collect();
+        for rule in expanded.iter().rev() {
             let (matched, action, _) = run_rule(rule, self.pkt, self.before_conntrack, false);
             if matched == Tri::No {
                 continue;
@@ -125,6 +133,62 @@ impl<'a> Walker<'a> {
         self.memo.insert(key, acc.clone());
         acc
     }
+}
+
+/// A rule ending in a verdict map whose elements were read, as one rule per element
+/// (the same matches, a lookup of that element's key, its verdict): the elements are
+/// disjoint, so the rules in turn do what the map does, and a key not known for the
+/// flow splits the paths as any compare does. `None` for any other rule.
+pub(super) fn split_verdict_map(rule: &Rule) -> Option<Vec<Rule>> {
+    let at = rule.exprs.iter().position(|e| {
+        matches!(
+            e,
+            Expr::Lookup {
+                verdict_map: true,
+                members: Some(_),
+                ..
+            }
+        )
+    })?;
+    let Expr::Lookup {
+        set,
+        sreg,
+        members: Some(members),
+        ..
+    } = &rule.exprs[at]
+    else {
+        return None;
+    };
+    Some(
+        members
+            .items
+            .iter()
+            .map(|m| {
+                let mut exprs = rule.exprs[..at].to_vec();
+                exprs.push(Expr::Lookup {
+                    set: set.clone(),
+                    sreg: *sreg,
+                    invert: false,
+                    verdict_map: false,
+                    members: Some(Members {
+                        by_word: members.by_word,
+                        items: vec![Member {
+                            verdict: None,
+                            ..m.clone()
+                        }],
+                    }),
+                });
+                exprs.push(match &m.verdict {
+                    Some(j) => Expr::Verdict(j.clone()),
+                    None => Expr::Unknown(format!("an element of @{set} without a verdict")),
+                });
+                Rule {
+                    handle: rule.handle,
+                    exprs,
+                }
+            })
+            .collect(),
+    )
 }
 
 /// What one base chain does with `pkt`.

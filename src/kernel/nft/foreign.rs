@@ -114,6 +114,28 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
             exprs: exprs_of(&r),
         });
     }
+    // The members of the sets the rules look up. A set that cannot be read leaves its
+    // lookups unknown ("may"), never a wrong certainty.
+    if let Ok(sets) = super::foreign_sets::read(&mut sock, |family, table| {
+        family_name(family)
+            .filter(|_| foreign(family, table))
+            .map(|fam| format!("{fam} {table}"))
+    }) {
+        for chain in &mut chains {
+            for rule in &mut chain.rules {
+                for e in &mut rule.exprs {
+                    if let Expr::Lookup {
+                        set,
+                        members: members @ None,
+                        ..
+                    } = e
+                    {
+                        *members = sets.get(&(chain.table.clone(), set.clone())).cloned();
+                    }
+                }
+            }
+        }
+    }
     let mut unjudged: Vec<Unjudged> = other
         .into_iter()
         .filter(|(_, (_, can_drop))| *can_drop)
@@ -167,16 +189,16 @@ unsafe extern "C" fn decode_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> 
     // callback.
     unsafe {
         let out = &mut *data.cast::<Vec<Expr>>();
-        out.push(decode(e));
+        out.extend(decode(e));
     }
     0
 }
 
-/// One expression as the evaluator models it.
+/// One expression as the evaluator models it (an xt match may be several).
 ///
 /// # Safety
 /// `e` must be a live expression.
-unsafe fn decode(e: *mut sys::nftnl_expr) -> Expr {
+unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
     // SAFETY: `e` is live (the caller's contract); getters copy out what they return,
     // `nftnl_expr_get` returns data owned by `e` valid for the length it writes.
     unsafe {
@@ -193,7 +215,7 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Expr {
             }
         };
         let name = str_of(sys::NFTNL_EXPR_NAME);
-        match name.as_str() {
+        let one = match name.as_str() {
             "meta" if is(sys::NFTNL_EXPR_META_DREG) => Expr::Meta {
                 key: u32_of(sys::NFTNL_EXPR_META_KEY),
                 dreg: u32_of(sys::NFTNL_EXPR_META_DREG),
@@ -253,30 +275,56 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Expr {
             },
             "lookup" => {
                 let set = str_of(sys::NFTNL_EXPR_LOOKUP_SET);
+                let sreg = u32_of(sys::NFTNL_EXPR_LOOKUP_SREG);
+                // NFT_LOOKUP_F_INV.
+                let invert = is(sys::NFTNL_EXPR_LOOKUP_FLAGS)
+                    && u32_of(sys::NFTNL_EXPR_LOOKUP_FLAGS) & 1 != 0;
                 match is(sys::NFTNL_EXPR_LOOKUP_DREG).then(|| u32_of(sys::NFTNL_EXPR_LOOKUP_DREG)) {
                     None => Expr::Lookup {
                         set,
+                        sreg,
+                        invert,
                         verdict_map: false,
+                        members: None,
                     },
                     Some(REG_VERDICT) => Expr::Lookup {
                         set,
+                        sreg,
+                        invert,
                         verdict_map: true,
+                        members: None,
                     },
                     Some(_) => Expr::Unknown(format!("map lookup in @{set}")),
                 }
             }
+            // NFTA_FIB_F_SADDR 1, DADDR 2 without IIF (8) / OIF (0x10); result ADDRTYPE 3.
+            "fib"
+                if u32_of(sys::NFTNL_EXPR_FIB_RESULT) == 3
+                    && u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & !0x3 == 0 =>
+            {
+                Expr::FibType {
+                    daddr: u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & 0x2 != 0,
+                    dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
+                }
+            }
             "reject" => Expr::Reject,
             "notrack" => Expr::Notrack,
-            "target" => match str_of(sys::NFTNL_EXPR_TG_NAME).as_str() {
-                "REJECT" => Expr::Reject,
-                "NOTRACK" => Expr::Notrack,
-                t @ ("LOG" | "NFLOG" | "MARK" | "CONNMARK" | "TRACE" | "TCPMSS") => {
-                    Expr::Statement(format!("target {t}"))
-                }
-                t => Expr::Unknown(format!("target {t}")),
-            },
-            "match" => Expr::Unknown(format!("match {}", str_of(sys::NFTNL_EXPR_MT_NAME))),
+            // iptables-nft's compat expressions carry the xt structs iptables-legacy's
+            // blob does: one decoder for both.
+            "target" => crate::kernel::xt::target_expr(
+                &str_of(sys::NFTNL_EXPR_TG_NAME),
+                &bytes(sys::NFTNL_EXPR_TG_INFO),
+            ),
+            "match" => {
+                let decoded = crate::kernel::xt::match_exprs(
+                    &str_of(sys::NFTNL_EXPR_MT_NAME),
+                    u32_of(sys::NFTNL_EXPR_MT_REV) as u8,
+                    &bytes(sys::NFTNL_EXPR_MT_INFO),
+                );
+                return decoded;
+            }
             _ => Expr::Unknown(name),
-        }
+        };
+        vec![one]
     }
 }

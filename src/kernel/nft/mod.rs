@@ -28,6 +28,7 @@ pub mod elements;
 mod encode;
 mod expr;
 mod foreign;
+mod foreign_sets;
 mod generation;
 mod image;
 mod objects;

@@ -143,7 +143,7 @@ fn dump_rows(
     dump_rows_in(sock, NFPROTO_IPV4, ty, payload)
 }
 
-fn dump_rows_in(
+pub(super) fn dump_rows_in(
     sock: &mut NlSocket,
     family: u16,
     ty: i32,
@@ -156,7 +156,7 @@ fn dump_rows_in(
 
 /// The attributes of one dumped nf_tables message: what follows its netlink header
 /// and nfgenmsg.
-fn message_attrs(row: &[u64]) -> &[u8] {
+pub(super) fn message_attrs(row: &[u64]) -> &[u8] {
     let bytes = crate::kernel::netlink::as_bytes(row);
     let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
     const HEADERS: usize = 16 + 4;
