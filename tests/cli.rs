@@ -32,6 +32,8 @@ mod docs;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_sets.rs"]
+mod firewall_sets;
 #[path = "cli/firewall_xt.rs"]
 mod firewall_xt;
 #[path = "cli/guard.rs"]

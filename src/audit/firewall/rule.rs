@@ -99,6 +99,13 @@ pub(super) fn shown(label: &str, data: &[u8]) -> String {
         (_, 4) if label.contains("addr") => {
             Ipv4Addr::new(data[0], data[1], data[2], data[3]).to_string()
         }
+        // nft loads only the prefix's bytes for a whole-byte prefix (`ip saddr
+        // 198.51.100.0/24`).
+        (_, 1..=3) if label.contains("addr") => {
+            let mut a = [0u8; 4];
+            a[..data.len()].copy_from_slice(data);
+            format!("{}/{}", Ipv4Addr::from(a), data.len() * 8)
+        }
         (_, 2) if label.contains("port") || label.contains("proto-") => {
             u16::from_be_bytes([data[0], data[1]]).to_string()
         }

@@ -616,3 +616,218 @@ fn findings_name_table_chain_rule_and_the_remedy() {
     );
     assert!(findings(&foreign(vec![]), &[g], &ix).is_empty());
 }
+
+/// A lookup in a set whose members were read: `reg 1 in @name`.
+fn in_set(name: &str, by_word: bool, keys: &[(&[u8], &[u8], Option<Jump>)]) -> Expr {
+    use crate::kernel::firewall::{Member, Members};
+    Expr::Lookup {
+        set: name.into(),
+        sreg: 1,
+        invert: false,
+        verdict_map: keys.iter().any(|k| k.2.is_some()),
+        members: Some(Members {
+            by_word,
+            items: keys
+                .iter()
+                .map(|(from, to, verdict)| Member {
+                    from: from.to_vec(),
+                    to: to.to_vec(),
+                    verdict: verdict.clone(),
+                })
+                .collect(),
+        }),
+    }
+}
+
+#[test]
+fn sets_maps_and_address_types_are_evaluated_with_what_they_hold() {
+    use Jump::{Accept, Drop};
+    let th_dport = || Expr::Payload {
+        base: 2,
+        offset: 2,
+        len: 2,
+        dreg: 1,
+    };
+    let est = Expr::Ct {
+        key: 0,
+        dir: None,
+        dreg: 1,
+    };
+    let p = |n: u16| n.to_be_bytes();
+    let cases: Vec<(&str, Vec<Chain>, &str)> = vec![
+        (
+            "ct state { established, related } accept, then policy drop",
+            vec![input(
+                true,
+                vec![rule(
+                    1,
+                    vec![
+                        vec![
+                            est.clone(),
+                            in_set(
+                                "__set0",
+                                false,
+                                &[
+                                    (&[2, 0, 0, 0], &[2, 0, 0, 0], None),
+                                    (&[4, 0, 0, 0], &[4, 0, 0, 0], None),
+                                ],
+                            ),
+                        ],
+                        v(Accept),
+                    ],
+                )],
+            )],
+            "drops input policy drop",
+        ),
+        (
+            "tcp dport { 80, 3000-4000 } accept",
+            vec![input(
+                true,
+                vec![rule(
+                    1,
+                    vec![
+                        vec![
+                            th_dport(),
+                            in_set(
+                                "__set1",
+                                false,
+                                &[(&p(80), &p(80), None), (&p(3000), &p(4000), None)],
+                            ),
+                        ],
+                        v(Accept),
+                    ],
+                )],
+            )],
+            "passes",
+        ),
+        (
+            "a set of client addresses the allowed /25 straddles",
+            vec![input(
+                false,
+                vec![rule(
+                    1,
+                    vec![
+                        vec![
+                            Expr::Payload {
+                                base: 1,
+                                offset: 12,
+                                len: 4,
+                                dreg: 1,
+                            },
+                            in_set(
+                                "blocked",
+                                false,
+                                &[(&[192, 0, 2, 7], &[192, 0, 2, 7], None)],
+                            ),
+                        ],
+                        v(Drop),
+                    ],
+                )],
+            )],
+            "may input drop",
+        ),
+        (
+            "a verdict map on the destination port: the grant's element drops",
+            vec![input(
+                false,
+                vec![rule(
+                    1,
+                    vec![vec![
+                        th_dport(),
+                        in_set(
+                            "ports",
+                            false,
+                            &[
+                                (&p(22), &p(22), Some(Accept)),
+                                (&p(3306), &p(3306), Some(Drop)),
+                            ],
+                        ),
+                    ]],
+                )],
+            )],
+            "drops input drop",
+        ),
+        (
+            "a verdict map without the grant's key",
+            vec![input(
+                false,
+                vec![rule(
+                    1,
+                    vec![vec![
+                        th_dport(),
+                        in_set("ports", false, &[(&p(22), &p(22), Some(Drop))]),
+                    ]],
+                )],
+            )],
+            "passes",
+        ),
+        (
+            "a verdict map keyed on the client address: some clients dropped",
+            vec![input(
+                false,
+                vec![rule(
+                    1,
+                    vec![vec![
+                        Expr::Payload {
+                            base: 1,
+                            offset: 12,
+                            len: 4,
+                            dreg: 1,
+                        },
+                        in_set(
+                            "clients",
+                            true,
+                            &[(&[192, 0, 2, 9], &[192, 0, 2, 9], Some(Drop))],
+                        ),
+                    ]],
+                )],
+            )],
+            "may input drop",
+        ),
+        (
+            "addrtype --dst-type LOCAL -j RETURN before a drop (ufw-not-local)",
+            vec![input(
+                false,
+                vec![
+                    rule(
+                        1,
+                        vec![
+                            vec![Expr::AddrType {
+                                daddr: true,
+                                types: 1 << 2,
+                                invert: false,
+                                limit_iface: false,
+                            }],
+                            v(Accept),
+                        ],
+                    ),
+                    rule(2, vec![v(Drop)]),
+                ],
+            )],
+            "passes",
+        ),
+        (
+            "fib daddr type multicast drop",
+            vec![input(
+                false,
+                vec![rule(
+                    1,
+                    vec![
+                        vec![
+                            Expr::FibType {
+                                daddr: true,
+                                dreg: 1,
+                            },
+                            cmp(0, &5u32.to_ne_bytes()),
+                        ],
+                        v(Drop),
+                    ],
+                )],
+            )],
+            "passes",
+        ),
+    ];
+    for (name, chains, want) in cases {
+        assert_eq!(said(chains), want, "{name}");
+    }
+}
