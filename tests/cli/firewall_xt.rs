@@ -132,3 +132,38 @@ fn ufw_loaded_with_iptables_nft_drops_for_certain_and_its_printed_rule_clears_th
     assert!(works(&lab), "the printed ufw rule lets the client through");
     lab.assert_audit(0, &[]);
 }
+
+/// Docker 28's rules for `docker run -p 127.0.0.1:3306:80` on a user network
+/// (bridge1, 198.51.100.0/24): moby/moby
+/// integration/network/bridge/iptablesdoc/generated/usernet-portmap-lo.md (commit
+/// 5b0eecd6), nat and raw tables, with the documentation's 192.0.2.0/24 moved to
+/// 198.51.100.0/24 (the lab's br0 uses 192.0.2.0/24) and port 8080 to the grant's
+/// 3306, so Docker's DNAT matches exactly the packet loopgate's DNAT makes.
+const DOCKER_PORTMAP_LO: &str = "*nat
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 198.51.100.0/24 ! -o bridge1 -j MASQUERADE
+-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE
+-A DOCKER -d 127.0.0.1/32 ! -i bridge1 -p tcp -m tcp --dport 3306 -j DNAT --to-destination 198.51.100.2:80
+COMMIT
+*raw
+-A PREROUTING -d 198.51.100.2/32 ! -i bridge1 -j DROP
+-A PREROUTING -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 3306 -j DROP
+COMMIT
+";
+
+#[test]
+fn docker_nat_rules_are_judged_on_the_packet_nat_chains_see() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    restore(&lab, DOCKER_PORTMAP_LO);
+    // netfilter translates a flow once: Docker's nat chain sees the client's packet
+    // to 192.0.2.1 (no match) or, once loopgate's DNAT is done, nothing; its raw
+    // drop sees the original tuple too.
+    assert!(
+        works(&lab),
+        "Docker's loopback port mapping does not touch the grant"
+    );
+    lab.assert_audit(0, &[]);
+}

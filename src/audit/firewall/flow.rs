@@ -130,12 +130,22 @@ pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
                 std::cmp::Ordering::Equal => &[false, true],
                 std::cmp::Ordering::Greater => &[true],
             };
+            // The nat chains of prerouting all run from netfilter's one NAT hook at
+            // dstnat (their priorities only order them), on the flow's first packet,
+            // until one translates the destination: one before loopgate's sees the
+            // original tuple; once loopgate's DNAT is done, no other runs. So a nat
+            // chain never sees the translated packet, and one after loopgate's never
+            // runs for the grant's flow.
+            let (sides, priority): (&[bool], i32) = match (b.nat, b.hook) {
+                (true, Hook::Prerouting) if b.priority > PRIORITY_DSTNAT => continue,
+                (true, Hook::Prerouting) => (&[false], PRIORITY_DSTNAT),
+                _ => (sides, b.priority),
+            };
             for &after in sides {
-                let Some(pkt) = packet_at(flow, b.hook, b.priority, first, after) else {
+                let Some(pkt) = packet_at(flow, b.hook, priority, first, after) else {
                     continue;
                 };
-                let before_conntrack =
-                    b.hook == Hook::Prerouting && b.priority <= PRIORITY_CONNTRACK;
+                let before_conntrack = b.hook == Hook::Prerouting && priority <= PRIORITY_CONNTRACK;
                 match base_verdict(ruleset, chain, &pkt, before_conntrack) {
                     Verdict::Passes => {}
                     d @ Verdict::Drops { .. } => return d,

@@ -831,3 +831,30 @@ fn sets_maps_and_address_types_are_evaluated_with_what_they_hold() {
         assert_eq!(said(chains), want, "{name}");
     }
 }
+
+#[test]
+fn nat_chains_see_the_original_tuple_or_nothing() {
+    let nat = |priority: i32, to: [u8; 4]| {
+        let mut c = base(
+            "ip nat",
+            "PREROUTING",
+            Hook::Prerouting,
+            priority,
+            false,
+            vec![rule(
+                3,
+                vec![daddr(to), dport(6, 3306), vec![Expr::Unknown("nat".into())]],
+            )],
+        );
+        c.base.as_mut().unwrap().nat = true;
+        c
+    };
+    // Docker's DNAT of 127.0.0.1:3306: the packet loopgate's DNAT makes, which no nat
+    // chain sees.
+    assert_eq!(said(vec![nat(-100, [127, 0, 0, 1])]), "passes");
+    // A DNAT of the listen address before loopgate's may take the flow.
+    assert_eq!(said(vec![nat(-100, [192, 0, 2, 1])]), "may PREROUTING");
+    assert_eq!(said(vec![nat(-150, [192, 0, 2, 1])]), "may PREROUTING");
+    // After loopgate's DNAT, no nat chain runs for the flow.
+    assert_eq!(said(vec![nat(-50, [192, 0, 2, 1])]), "passes");
+}
