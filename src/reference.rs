@@ -112,17 +112,22 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::FirewallDrops => (
             "warning",
             "another table's chain, rule or `policy drop` (nft or iptables-legacy) drops or rejects the grant's flow",
-            "add the accept line the message suggests (nft, iptables-legacy, ufw, firewalld)",
+            "add the accept line the message suggests, for the firewall that owns the chain (nft, iptables, ufw, firewalld, kube-proxy)",
         ),
         Code::FirewallMayDrop => (
             "warning",
-            "a chain may drop the flow, depending on something audit does not model (a mark, a set's members, an xt match)",
+            "a chain may drop the flow, depending on something audit does not model (a mark, a rate limit, a set updated from the packet path, an xt match it does not decode)",
             "check that chain, or add the suggested accept before it",
         ),
         Code::Notrack => (
             "warning",
             "a `notrack` rule before conntrack matches the flow, so loopgate's DNAT never happens",
-            "exclude the grant's interface and port from it",
+            "add the accept line the message suggests before it (it matches the client's packet as the chain sees it), or exclude the grant's interface and port from it",
+        ),
+        Code::NotrackReplies => (
+            "warning",
+            "a `notrack` rule before conntrack at output matches the grant's replies: their source is never translated back, so the client drops them",
+            "add the accept line the message suggests before it, or exclude the replies from it",
         ),
         Code::IptablesLegacy => (
             "info",

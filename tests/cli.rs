@@ -32,6 +32,8 @@ mod docs;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_remedies.rs"]
+mod firewall_remedies;
 #[path = "cli/firewall_sets.rs"]
 mod firewall_sets;
 #[path = "cli/firewall_xt.rs"]

@@ -599,6 +599,13 @@ mod every_code {
                 };
                 o.firewall = base_chain(Hook::Prerouting, -300, false, vec![notrack]);
             }
+            Code::NotrackReplies => {
+                let notrack = Rule {
+                    handle: 4,
+                    exprs: vec![Expr::Notrack],
+                };
+                o.firewall = base_chain(Hook::Output, -300, false, vec![notrack]);
+            }
             Code::IptablesLegacy => o.firewall.legacy_tables = vec!["filter".into()],
             Code::Pending => o.pending.push(crate::spec::Pending {
                 spec: "br1:80".into(),

@@ -108,6 +108,8 @@ finding_codes! {
     FirewallMayDrop => "firewall-may-drop",
     /// A `notrack` rule keeps loopgate's DNAT from happening.
     Notrack => "notrack",
+    /// A `notrack` rule at output keeps the replies from being translated back.
+    NotrackReplies => "notrack-replies",
     /// iptables-legacy tables are loaded.
     IptablesLegacy => "iptables-legacy",
     /// Asked for, but not served now.

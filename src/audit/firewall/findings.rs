@@ -6,37 +6,9 @@ use super::flow::{evaluate, flows, Flow};
 use super::{Stop, Verdict};
 use crate::audit::{Code, Finding, Severity};
 use crate::grant::Grant;
-use crate::kernel::firewall::Foreign;
+use crate::kernel::firewall::{Foreign, Hook};
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
-
-/// The lines that would let the flow through, for nft, ufw and firewalld.
-pub(super) fn remedies(grant: &Grant, table: &str, chain: &str) -> String {
-    let (p, to) = (grant.proto, grant.to);
-    let nft = if table.starts_with("iptables-legacy") {
-        format!(
-            "iptables-legacy -I INPUT -i {} -d {} -p {p} --dport {} -m conntrack --ctstate DNAT -j ACCEPT",
-            grant.iface,
-            to.ip(),
-            to.port()
-        )
-    } else {
-        format!(
-            "nft insert rule {table} {chain} iifname \"{}\" ip daddr {} {p} dport {} ct status dnat accept",
-            grant.iface,
-            to.ip(),
-            to.port()
-        )
-    };
-    format!(
-        "to let it through: `{nft}`; with ufw: `ufw allow in on {} to {} port {} proto {p}` (an input rule, not `ufw route`); with firewalld: `firewall-cmd --zone=trusted --add-interface={}` or a rich rule accepting {p} port {} on that interface's zone",
-        grant.iface,
-        to.ip(),
-        to.port(),
-        grant.iface,
-        to.port()
-    )
-}
 
 /// The findings for `grants` against the other firewalls of the host: for each grant,
 /// the first stop on its flow (see [`evaluate`]), as `firewall-drops`,
@@ -81,7 +53,17 @@ pub fn findings(
                     Some(r) => format!("{r} ({})", stop.words()),
                     None => "its policy drop".to_string(),
                 };
+                let at_output = foreign
+                    .chains
+                    .iter()
+                    .find(|c| c.table == table && c.name == chain)
+                    .and_then(|c| c.base.as_ref())
+                    .is_some_and(|b| b.hook == Hook::Output);
                 let (code, what) = match stop {
+                    Stop::Notrack if at_output => (
+                        Code::NotrackReplies,
+                        "marks its replies untracked before conntrack, so their source is never translated back to the listen address and the client drops them",
+                    ),
                     Stop::Notrack => (
                         Code::Notrack,
                         "marks it untracked before conntrack, so loopgate's DNAT never happens and the client gets no answer",
@@ -98,7 +80,7 @@ pub fn findings(
                     message: format!(
                         "grant {} ({flow}) cannot work: table {table} chain {chain} {what}; decided by {by}; {}",
                         g.name,
-                        remedies(g, &table, &chain)
+                        super::remedy::remedies(foreign, g, &table, &chain)
                     ),
                 }
             }
@@ -123,7 +105,7 @@ pub fn findings(
                     } else {
                         "drop"
                     },
-                    remedies(g, &table, &chain)
+                    super::remedy::remedies(foreign, g, &table, &chain)
                 ),
             },
         };

@@ -79,6 +79,7 @@ pub(super) fn packet_at(
             let (src, sport) = if translated { flow.listen } else { flow.to };
             Some(Packet {
                 oif: iface,
+                tracked: hook == Hook::Postrouting || priority > PRIORITY_CONNTRACK,
                 saddr: known(&src.octets()),
                 daddr: client,
                 sport: Some(sport),
@@ -145,7 +146,10 @@ pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
                 let Some(pkt) = packet_at(flow, b.hook, priority, first, after) else {
                     continue;
                 };
-                let before_conntrack = b.hook == Hook::Prerouting && priority <= PRIORITY_CONNTRACK;
+                // conntrack runs at -200 at prerouting and at output: a chain before it
+                // sees packets not yet tracked, where `notrack` takes effect.
+                let before_conntrack = matches!(b.hook, Hook::Prerouting | Hook::Output)
+                    && priority <= PRIORITY_CONNTRACK;
                 match base_verdict(ruleset, chain, &pkt, before_conntrack) {
                     Verdict::Passes => {}
                     d @ Verdict::Drops { .. } => return d,

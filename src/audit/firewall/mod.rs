@@ -29,6 +29,7 @@
 mod findings;
 mod flow;
 mod packet;
+mod remedy;
 mod rule;
 mod walk;
 

@@ -1,0 +1,234 @@
+//! Topic: the remedies audit prints (issue 20, section 3). Each is taken from the
+//! report and run as printed, in the firewall it names; the client then gets through
+//! and the finding is gone. Controls show each firewall really stops the client first.
+
+use super::*;
+
+const PORT: u16 = 3306;
+
+fn works_to(client: &Netns, addr: Ipv4Addr) -> bool {
+    tcp_request(client, sa(addr, PORT)).as_deref() == Some("tcp:3306")
+}
+
+fn works(lab: &Lab) -> bool {
+    works_to(&lab.container, HOST_ADDR)
+}
+
+/// Every command in backquotes in `report` that starts with `program`.
+fn printed(report: &str, program: &str) -> Vec<String> {
+    report
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with(program))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Runs every `program` command the report prints, as printed, in the host; returns
+/// how many.
+#[track_caller]
+fn run_printed(lab: &Lab, report: &str, program: &str) -> usize {
+    let commands = printed(report, program);
+    assert!(
+        !commands.is_empty(),
+        "no `{program} ...` remedy in:\n{report}"
+    );
+    for c in &commands {
+        lab.host.exec(&["sh", "-c", c]);
+    }
+    commands.len()
+}
+
+fn nft_file(lab: &Lab, text: &str) {
+    let path = std::env::temp_dir().join(format!("loopgate-remedy-{}.nft", lab.host.name));
+    std::fs::write(&path, text).unwrap();
+    lab.host.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_nft_line_for_a_raw_prerouting_notrack_matches_the_packet_raw_sees() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    nft_file(
+        &lab,
+        "table ip raw {
+            chain prerouting {
+                type filter hook prerouting priority raw;
+                iifname \"br0\" tcp dport 3306 notrack
+            }
+        }",
+    );
+    assert!(!works(&lab), "control: untracked, the flow is never DNATed");
+    let report = lab.assert_audit(1, &["WARNING [notrack]", "table ip raw chain prerouting"]);
+    assert!(
+        report.contains("ip daddr 192.0.2.1 tcp dport 3306 accept"),
+        "the line matches the client's own tuple: {report}"
+    );
+    run_printed(&lab, &report, "nft ");
+    assert!(works(&lab), "the printed line keeps the flow tracked");
+    lab.assert_audit(0, &[]);
+}
+
+#[test]
+fn the_iptables_line_for_an_iptables_nft_raw_notrack_works() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    lab.host.exec(&[
+        "iptables-nft",
+        "-t",
+        "raw",
+        "-A",
+        "PREROUTING",
+        "-i",
+        "br0",
+        "-p",
+        "tcp",
+        "--dport",
+        "3306",
+        "-j",
+        "CT",
+        "--notrack",
+    ]);
+    assert!(!works(&lab), "control: CT --notrack stops the DNAT");
+    let report = lab.assert_audit(1, &["WARNING [notrack]", "table ip raw chain PREROUTING"]);
+    run_printed(&lab, &report, "iptables-nft ");
+    assert!(works(&lab));
+    lab.assert_audit(0, &[]);
+}
+
+#[test]
+fn an_output_notrack_of_the_replies_is_found_and_its_line_works() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    assert!(works(&lab), "control: the grant works");
+    nft_file(
+        &lab,
+        "table ip raw {
+            chain output {
+                type filter hook output priority raw;
+                oifname \"br0\" tcp sport 3306 notrack
+            }
+        }",
+    );
+    assert!(
+        !works(&lab),
+        "control: untracked replies keep 127.0.0.1 as their source"
+    );
+    let report = lab.assert_audit(
+        1,
+        &[
+            "WARNING [notrack-replies]",
+            "table ip raw chain output",
+            "replies",
+        ],
+    );
+    run_printed(&lab, &report, "nft ");
+    assert!(works(&lab), "the printed line keeps the replies tracked");
+    lab.assert_audit(0, &[]);
+}
+
+#[test]
+fn the_line_for_kube_proxy_nftables_mode_goes_before_its_filter_and_works() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    nft_file(&lab, include_str!("fixtures/kube-proxy-nftables.nft"));
+    lab.host.exec(&[
+        "nft",
+        "add",
+        "element",
+        "ip",
+        "kube-proxy",
+        "firewall-ips",
+        "{ 192.0.2.1 . tcp . 3306 : goto firewall-LB }",
+    ]);
+    assert!(
+        !works(&lab),
+        "control: kube-proxy's source ranges drop the client"
+    );
+    let report = lab.assert_audit(
+        1,
+        &[
+            "[firewall-drops]",
+            "table ip kube-proxy chain filter-prerouting",
+            "loadBalancerSourceRanges",
+        ],
+    );
+    assert!(
+        printed(&report, "nft ")
+            .iter()
+            .all(|c| c.contains("ip daddr 192.0.2.1 tcp dport 3306")
+                && !c.contains("ct status dnat")),
+        "the line for a chain before loopgate's DNAT matches the client's tuple: {report}"
+    );
+    run_printed(&lab, &report, "nft ");
+    assert!(works(&lab));
+    lab.assert_audit(0, &[]);
+}
+
+#[test]
+fn a_runtime_bridge_name_is_left_out_of_the_line() {
+    // A bridge named as Docker names a user network's (`br-<12 hex>`).
+    let lab = Lab::new();
+    let bridge = "br-0123456789ab";
+    let (host_addr, client_addr) = (
+        Ipv4Addr::new(198, 51, 100, 1),
+        Ipv4Addr::new(198, 51, 100, 10),
+    );
+    let client = Netns::new("crt");
+    lab.host.ip(&format!("link add {bridge} type bridge"));
+    lab.host
+        .ip(&format!("addr add {host_addr}/24 dev {bridge}"));
+    lab.host.ip(&format!("link set {bridge} up"));
+    lab.host
+        .set_sysctl(&format!("net.ipv4.conf.{bridge}.rp_filter"), "0");
+    run(
+        "ip",
+        &[
+            "-n",
+            &lab.host.name,
+            "link",
+            "add",
+            "vrt0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ],
+    );
+    lab.host.ip(&format!("link set vrt0 master {bridge} up"));
+    client.ip(&format!("addr add {client_addr}/24 dev eth0"));
+    client.ip("link set eth0 up");
+    client.ip(&format!("route add default via {host_addr}"));
+    let _services = start_services(&lab.host, &[sa(Ipv4Addr::LOCALHOST, PORT)], &[]);
+    lab.ok(&[
+        "expose",
+        bridge,
+        "--allow",
+        "198.51.100.0/24",
+        "--port",
+        "3306",
+    ]);
+    assert!(works_to(&client, host_addr), "control: the grant works");
+    nft_file(
+        &lab,
+        "table inet filter {\n chain input {\n type filter hook input priority 0; policy drop;\n }\n}",
+    );
+    assert!(
+        !works_to(&client, host_addr),
+        "control: the policy drops it"
+    );
+    let report = lab.assert_audit(
+        1,
+        &["[firewall-drops]", "renamed when its network is recreated"],
+    );
+    let lines = printed(&report, "nft ");
+    assert!(lines.iter().all(|l| !l.contains(bridge)), "{report}");
+    run_printed(&lab, &report, "nft ");
+    assert!(works_to(&client, host_addr));
+    lab.assert_audit(0, &[]);
+}
