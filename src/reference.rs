@@ -96,12 +96,12 @@ pub fn finding(code: Code) -> FindingDoc {
         ),
         Code::ReplyRoute => (
             "warning",
-            "an allowed network is on the grant's link but routed through another interface: replies cannot leave",
-            "correct that route (`ip route get ADDR`)",
+            "replies to an allowed network leave through another interface than the grant's, where its clients come in (the network is on the grant's link, or reached only through a default route): asymmetric routing, no answer",
+            "route that network back through the grant's interface (`ip route add NETWORK via GATEWAY dev IFACE`), or remove the route that takes it elsewhere",
         ),
         Code::AllowRoute => (
             "warning",
-            "an allowed network is routed through another interface: its packets never arrive on the grant's",
+            "an allowed network has a route of its own through another interface, and no part of it is routed through the grant's: its packets never arrive on the grant's",
             "publish on that interface, or correct `--allow`",
         ),
         Code::ListenAddressGone => (

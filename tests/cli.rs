@@ -62,6 +62,8 @@ mod reachability;
 mod reconcile;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/routed_interfaces.rs"]
+mod routed_interfaces;
 #[path = "cli/runtime_errors.rs"]
 mod runtime_errors;
 #[path = "cli/runtime_grants.rs"]

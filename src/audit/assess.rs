@@ -588,6 +588,8 @@ mod every_code {
                 o.addresses[0].prefix = 32;
                 o.routes
                     .insert(Ipv4Addr::new(192, 0, 2, 2), RouteLookup::Out("eth0".into()));
+                o.route_table
+                    .push(("192.0.2.0/24".parse().unwrap(), "eth0".into()));
             }
             Code::ListenAddressGone => o.addresses.clear(),
             Code::FirewallDrops => o.firewall = base_chain(Hook::Input, 0, true, vec![]),

@@ -46,6 +46,9 @@ pub struct Observed {
     /// The route to each address audit samples from the grants' allowed networks
     /// (a few addresses of each, see the `reachability` module).
     pub routes: BTreeMap<std::net::Ipv4Addr, RouteLookup>,
+    /// The unicast routes through one interface (destination, interface), read when
+    /// there are grants: which interface a part of an allowed network lives behind.
+    pub route_table: Vec<(ipnetwork::Ipv4Network, String)>,
     /// Every other firewall's chains, for the firewall findings (see [`super::firewall`]).
     pub firewall: crate::kernel::firewall::Foreign,
 }
@@ -132,6 +135,10 @@ pub fn observe<K: Kernel>(
         counters: snapshot.counters(),
         addresses,
         routes,
+        route_table: match state.grants.is_empty() {
+            true => vec![],
+            false => kernel.route_table()?,
+        },
         firewall: match state.grants.is_empty() {
             true => Default::default(),
             false => kernel.foreign_firewall(),

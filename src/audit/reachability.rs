@@ -150,10 +150,19 @@ fn listen_address(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
 }
 
 /// `reply-route`, `allow-route`: an allowed network the host routes through another
-/// interface than the grant's. Clients on the grant's link (the network is on-link
-/// there) get no replies: they leave elsewhere, where the kernel refuses a 127/8
-/// source. Otherwise the network's packets arrive through that other interface,
-/// where the grant does not apply. Only unicast routes are judged.
+/// interface than the grant's. What matters is that the route back to a client goes
+/// through the interface its packets came in on:
+/// - a network with a part routed through the grant's interface (a CNI's /32 route
+///   per pod on its own veth, Calico's `cali*`) is fine: clients behind it get their
+///   replies through it, and the rest arrive elsewhere, where this grant does not
+///   apply;
+/// - on the grant's link, or reached only through a default route: clients coming in
+///   through the grant's interface get no replies, which leave elsewhere, where the
+///   kernel refuses a 127/8 source (`reply-route`: asymmetric routing);
+/// - behind a route of its own through another interface: its packets arrive there,
+///   where the grant does not apply (`allow-route`).
+///
+/// Only unicast routes are judged.
 fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
     let on_link = |addr: Ipv4Addr| {
         observed.addresses.iter().any(|a| {
@@ -169,8 +178,20 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
                 Some(RouteLookup::Out(dev)) if *dev != g.iface => Some((s, dev.as_str())),
                 _ => None,
             });
-        if let Some((sample, dev)) = away {
-            let code = if on_link(sample) {
+        // A part of the network routed through the grant's interface.
+        let part_here = observed.route_table.iter().any(|(dst, dev)| {
+            *dev == g.iface && dst.prefix() >= net.prefix() && net.contains(dst.network())
+        });
+        if let Some((sample, dev)) = away.filter(|_| !part_here) {
+            // The most specific route to the sample: the network's own, or a default.
+            let own_route = observed
+                .route_table
+                .iter()
+                .filter(|(dst, d)| d == dev && dst.contains(sample))
+                .map(|(dst, _)| dst.prefix())
+                .max()
+                .is_some_and(|p| p > 0);
+            let code = if on_link(sample) || !own_route {
                 Code::ReplyRoute
             } else {
                 Code::AllowRoute
@@ -190,8 +211,8 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
         };
         let message = match code {
             Code::ReplyRoute => format!(
-                "replies of grant {} on {} to {}{more} leave through another interface than {}: clients on {}'s link get no answer (asymmetric routing; the kernel refuses a loopback source there); remove or correct that route",
-                g.name, g.iface, named.join(", "), g.iface, g.iface
+                "replies of grant {} on {} to {}{more} leave through another interface than {}: clients coming in through {} get no answer (asymmetric routing; the kernel refuses a loopback source there); route those networks back through {} (`ip route add NETWORK via GATEWAY dev {}`, or `dev {}` for a network on its link), or remove the route that takes them elsewhere",
+                g.name, g.iface, named.join(", "), g.iface, g.iface, g.iface, g.iface, g.iface
             ),
             _ => format!(
                 "grant {} on {} allows {}{more}, which the host routes through another interface than {}: packets from there arrive on that interface, where this grant does not apply; publish on that interface or correct --allow",
@@ -316,6 +337,18 @@ mod tests {
         };
         o.ifindexes.insert("br0".into(), 5);
         o.ifindexes.insert("br1".into(), 6);
+        // The connected routes of the addresses, as the kernel has them.
+        o.route_table = o
+            .addresses
+            .iter()
+            .map(|a| {
+                let net = Ipv4Network::new(a.addr, a.prefix).unwrap();
+                (
+                    Ipv4Network::new(net.network(), a.prefix).unwrap(),
+                    a.iface.clone(),
+                )
+            })
+            .collect();
         for p in probes(std::slice::from_ref(g)) {
             let r = if p == g.listen {
                 RouteLookup::Local
@@ -483,10 +516,12 @@ mod tests {
                 ],
                 vec![("allow-route", w)],
             ),
+            // Not on br0's link and reached only through a default route: clients
+            // coming in on br0 get their replies elsewhere.
             (
                 "203.0.113.0/24",
                 vec![("203.0.113.1", out("br1"))],
-                vec![("allow-route", w)],
+                vec![("reply-route", w)],
             ),
             // Unroutable or local: not judged.
             (
@@ -531,6 +566,40 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    #[test]
+    fn a_network_routed_host_by_host_over_several_interfaces_is_judged_by_its_part_here() {
+        let w = Severity::Warning;
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        // Calico: the pod network's samples go to other pods' veths, the pod on this
+        // grant's interface has its /32 here.
+        let g = grant("127.0.0.1:53", &["203.0.113.0/24"]);
+        let mut o = working(&g);
+        for (a, dev) in [
+            ("203.0.113.1", "cali1"),
+            ("203.0.113.2", "cali2"),
+            ("203.0.113.254", "cali3"),
+        ] {
+            o.routes
+                .insert(a.parse().unwrap(), RouteLookup::Out(dev.into()));
+            o.route_table.push((net(&format!("{a}/32")), dev.into()));
+        }
+        o.route_table.push((net("203.0.113.7/32"), "br0".into()));
+        assert_eq!(codes(&o, &g), vec![]);
+        // Without the route here, the network lives behind those veths.
+        o.route_table.pop();
+        assert_eq!(codes(&o, &g), vec![("allow-route", w)]);
+        // A default route is not the network's own: asymmetric replies.
+        let mut o = working(&g);
+        o.routes.insert(
+            "203.0.113.1".parse().unwrap(),
+            RouteLookup::Out("br1".into()),
+        );
+        o.route_table.push((net("0.0.0.0/0"), "br1".into()));
+        assert_eq!(codes(&o, &g), vec![("reply-route", w)]);
+        o.route_table.push((net("203.0.113.0/24"), "br1".into()));
+        assert_eq!(codes(&o, &g), vec![("allow-route", w)]);
     }
 
     #[test]

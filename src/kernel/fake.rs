@@ -417,6 +417,17 @@ impl Kernel for Fake {
             .collect())
     }
 
+    fn route_table(&self) -> Result<Vec<(ipnetwork::Ipv4Network, String)>> {
+        let s = self.state.borrow();
+        Ok(s.routes
+            .iter()
+            .filter_map(|(net, r)| match r {
+                RouteLookup::Out(dev) => Some((*net, dev.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
     fn routes(
         &self,
         dsts: &[std::net::Ipv4Addr],

@@ -386,6 +386,61 @@ pub fn routes(dsts: &[Ipv4Addr]) -> Result<Vec<(Ipv4Addr, RouteLookup)>> {
     Ok(out)
 }
 
+/// The unicast routes of every table but `local` that leave through one interface:
+/// (destination network, interface). Audit uses them to tell a network the host
+/// routes host by host over several interfaces (a CNI's /32 per pod) from one it
+/// routes elsewhere as a whole, and a default route from a route to the network.
+///
+/// Errors: the socket could not be opened, or the dump failed.
+pub fn route_table() -> Result<Vec<(ipnetwork::Ipv4Network, String)>> {
+    const RTM_GETROUTE: u16 = 26;
+    const RTA_DST: u16 = 1;
+    const RTA_OIF: u16 = 4;
+    const RTA_TABLE: u16 = 15;
+    const RTN_UNICAST: u8 = 1;
+    const RT_TABLE_LOCAL: u32 = 255;
+    const RTMSG_LEN: usize = 12;
+    let mut sock = super::netlink::NlSocket::open(mnl::Bus::Route)?;
+    let mut req = vec![0u8; 16 + RTMSG_LEN];
+    req[4..6].copy_from_slice(&RTM_GETROUTE.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    let mut names: std::collections::BTreeMap<u32, Option<String>> = Default::default();
+    let mut out = Vec::new();
+    for msg in sock.dump(&req)? {
+        let Some(head) = msg.get(16..16 + RTMSG_LEN) else {
+            continue;
+        };
+        if head[0] != libc::AF_INET as u8 || head[7] != RTN_UNICAST || head[1] > 32 {
+            continue;
+        }
+        let (mut dst, mut oif, mut table) = (Ipv4Addr::UNSPECIFIED, None, u32::from(head[4]));
+        for (ty, v) in super::netlink::attrs(&msg[16 + RTMSG_LEN..]) {
+            match (ty, v.len()) {
+                (RTA_DST, 4) => dst = Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+                (RTA_OIF, 4) => oif = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
+                (RTA_TABLE, 4) => table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                _ => {}
+            }
+        }
+        let (Some(oif), true) = (oif, table != RT_TABLE_LOCAL) else {
+            continue;
+        };
+        let name = names.entry(oif).or_insert_with(|| {
+            nix::net::if_::if_indextoname(oif)
+                .ok()
+                .map(|n| n.to_string_lossy().into_owned())
+        });
+        if let (Some(name), Ok(net)) = (name, ipnetwork::Ipv4Network::new(dst, head[1])) {
+            out.push((net, name.clone()));
+        }
+    }
+    Ok(out)
+}
+
 /// True when something listens on `addr:port` (or on 0.0.0.0:port).
 pub fn is_listening(listeners: &[Listener], proto: Proto, addr: Ipv4Addr, port: u16) -> bool {
     listeners

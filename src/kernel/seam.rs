@@ -133,6 +133,10 @@ pub trait Kernel {
     fn routes(&self, dsts: &[std::net::Ipv4Addr])
         -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>>;
 
+    /// The unicast routes through one interface: (destination, interface); see
+    /// [`super::host::route_table`].
+    fn route_table(&self) -> Result<Vec<(ipnetwork::Ipv4Network, String)>>;
+
     /// Every other firewall's chains (other nft tables, iptables-legacy), for audit's
     /// firewall findings; what cannot be read is noted in it, never an error. None by
     /// default: the fake kernel has no other firewall.
@@ -405,6 +409,10 @@ impl Kernel for System {
         dsts: &[std::net::Ipv4Addr],
     ) -> Result<Vec<(std::net::Ipv4Addr, RouteLookup)>> {
         super::host::routes(dsts)
+    }
+
+    fn route_table(&self) -> Result<Vec<(ipnetwork::Ipv4Network, String)>> {
+        super::host::route_table()
     }
 
     fn foreign_firewall(&self) -> super::firewall::Foreign {
