@@ -232,3 +232,43 @@ fn a_runtime_bridge_name_is_left_out_of_the_line() {
     assert!(works_to(&client, host_addr));
     lab.assert_audit(0, &[]);
 }
+
+#[test]
+fn firewalld_strict_forward_ports_rejects_for_certain_and_says_what_helps() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    let strict = include_str!("fixtures/firewalld-2.3-input.nft");
+    nft_file(&lab, strict);
+    assert!(!works(&lab), "control: the DNAT check rejects the grant");
+    let report = lab.assert_audit(
+        1,
+        &[
+            "WARNING [firewall-drops]",
+            "table inet firewalld chain filter_INPUT",
+            "(reject)",
+            "StrictForwardPorts=no",
+        ],
+    );
+    assert!(
+        !report.contains("may") && !report.contains("--zone=trusted"),
+        "{report}"
+    );
+    // The remedy: with StrictForwardPorts=no firewalld builds `ct status dnat accept`
+    // instead of the jump (the same `_build_default_rules_dnat`).
+    lab.host
+        .exec(&["nft", "delete", "table", "inet", "firewalld"]);
+    nft_file(
+        &lab,
+        &strict
+            .replace(
+                "ct status dnat jump filter_INPUT_dnat",
+                "ct status dnat accept",
+            )
+            .replace(
+                "\tchain filter_INPUT_dnat {\n\t\treject with icmpx admin-prohibited\n\t}\n",
+                "",
+            ),
+    );
+    assert!(works(&lab));
+    lab.assert_audit(0, &[]);
+}

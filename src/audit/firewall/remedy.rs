@@ -200,6 +200,16 @@ pub(super) fn remedies(foreign: &Foreign, g: &Grant, table: &str, chain: &str) -
             "kube-proxy rewrites its table, so the lasting fix is in Kubernetes (the Service whose address and port the grant shares: its loadBalancerSourceRanges, or another address for the grant); until kube-proxy's next full sync: {firewall_line}{unnamed}"
         );
     }
+    // firewalld >= 2.3 with StrictForwardPorts=yes: `ct status dnat jump
+    // filter_INPUT_dnat`, which rejects every DNATed flow firewalld did not forward
+    // itself, before any zone (firewalld's nftables.py, `_build_default_rules_dnat`).
+    let strict = foreign
+        .chains
+        .iter()
+        .any(|c| c.table == table && c.name == "filter_INPUT_dnat");
+    if table == "inet firewalld" && strict {
+        return "firewalld's StrictForwardPorts=yes rejects every DNATed flow firewalld did not set up itself, before any zone, so no zone, port or rich rule helps: set `StrictForwardPorts=no` in /etc/firewalld/firewalld.conf, then `firewall-cmd --reload`".to_string();
+    }
     if table == "inet firewalld" {
         return format!(
             "to let it through with firewalld: `firewall-cmd --zone=\"$(firewall-cmd --get-zone-of-interface={})\" --add-port={tport}/{p}` (add --permanent to keep it); firewalld replaces its table on reload, so not an nft rule there{unnamed}",
