@@ -3,7 +3,9 @@
 //! The engine ([`crate::txn`]), `audit` and `watch` reach the kernel only through
 //! [`Kernel`]: read route_localnet of device instances, write one, read loopgate's table
 //! (image and nftables generation), replace or restore it atomically, probe features,
-//! list loopback listeners, and find and cut conntrack entries. [`System`] is the real
+//! and find and cut conntrack entries; the read-only facts they judge by (sysctls,
+//! names, loopback listeners, addresses, routes, other firewalls) come from its
+//! supertrait [`HostFacts`]. [`System`] is the real
 //! thing (netlink and /proc in the caller's network namespace). A fake that keeps the
 //! same facts in memory and applies every batch all-or-nothing, with injectable
 //! failures, lives in `kernel::fake` for unit tests, as knftables' `Fake` and
