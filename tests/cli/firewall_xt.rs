@@ -131,6 +131,24 @@ fn ufw_loaded_with_iptables_nft_drops_for_certain_and_its_printed_rule_clears_th
     lab.host.exec(&UFW_ALLOW);
     assert!(works(&lab), "the printed ufw rule lets the client through");
     lab.assert_audit(0, &[]);
+
+    // The other line printed, run as printed: the iptables-nft rule at INPUT's top.
+    let mut delete = UFW_ALLOW;
+    delete[1] = "-D";
+    lab.host.exec(&delete);
+    assert!(!works(&lab), "control: without the ufw rule ufw drops it again");
+    let lines: Vec<&str> = report
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with("iptables-nft "))
+        .collect();
+    assert!(!lines.is_empty(), "{report}");
+    for l in lines {
+        lab.host.exec(&["sh", "-c", l]);
+    }
+    assert!(works(&lab), "the printed iptables-nft line lets the client through");
+    lab.assert_audit(0, &[]);
 }
 
 /// Docker 28's rules for `docker run -p 127.0.0.1:3306:80` on a user network
