@@ -16,15 +16,25 @@
 //!
 //! The packets followed, for each allowed network of a grant:
 //! - the first packet (ct state new) at prerouting (before loopgate's DNAT at priority
-//!   -100 addressed to the listen address, after it to the target) and at input;
+//!   -100 addressed to the listen address, after it to the target) and at input; nat
+//!   chains see it only before a translation (netfilter runs the nat chains of a hook
+//!   from one hook at dstnat until one translates), so a nat chain never sees the
+//!   translated packet;
 //! - later packets of the flow (ct state established) on the same path;
 //! - the replies (ct state established, direction reply) at output and postrouting,
-//!   leaving through the grant's interface.
+//!   leaving through the grant's interface; before conntrack at output (-200) they are
+//!   untracked, where a `notrack` keeps their source from being translated back.
+//!
+//! Lookups are evaluated with the members of their sets and maps as read
+//! ([`Members`](crate::kernel::firewall::Members)); a verdict map becomes one rule per
+//! element (`walk`). The remedy printed for a stop is written for the firewall owning
+//! the chain and the packet it sees (`remedy`).
 //!
 //! The parts, one concern each: `packet` (what is known of a packet at a stage),
 //! `rule` (what one rule does to it), `walk` (a base chain and the chains it jumps
 //! to), `flow` (the stages of a grant's flow, and [`evaluate`] over them),
-//! `findings` (the verdicts as audit findings and `expose` warnings).
+//! `findings` (the verdicts as audit findings and `expose` warnings), `remedy` (the
+//! line that lets the flow through, per firewall).
 
 mod findings;
 mod flow;
