@@ -136,7 +136,10 @@ fn ufw_loaded_with_iptables_nft_drops_for_certain_and_its_printed_rule_clears_th
     let mut delete = UFW_ALLOW;
     delete[1] = "-D";
     lab.host.exec(&delete);
-    assert!(!works(&lab), "control: without the ufw rule ufw drops it again");
+    assert!(
+        !works(&lab),
+        "control: without the ufw rule ufw drops it again"
+    );
     let lines: Vec<&str> = report
         .split('`')
         .skip(1)
@@ -147,7 +150,10 @@ fn ufw_loaded_with_iptables_nft_drops_for_certain_and_its_printed_rule_clears_th
     for l in lines {
         lab.host.exec(&["sh", "-c", l]);
     }
-    assert!(works(&lab), "the printed iptables-nft line lets the client through");
+    assert!(
+        works(&lab),
+        "the printed iptables-nft line lets the client through"
+    );
     lab.assert_audit(0, &[]);
 }
 

@@ -152,27 +152,39 @@ fn jump_action(j: &Jump) -> Action {
     }
 }
 
-/// Whether a partly known key is inside `m` (`None`: it depends on the unknown bits).
-/// A concatenation (`by_word`) is compared word by word, as the kernel matches the
-/// intervals of each field; anything else as one memcmp-ordered key.
-pub(super) fn contains(value: &[Byte], m: &Member, by_word: bool) -> Option<bool> {
-    let inside = |v: &[Byte], from: &[u8], to: &[u8]| -> Option<bool> {
-        let lo: Vec<u8> = v.iter().map(|b| b.value & b.known).collect();
-        let hi: Vec<u8> = v.iter().map(|b| b.value | !b.known).collect();
-        if from <= lo.as_slice() && hi.as_slice() <= to {
+/// The lowest and highest value a partly known key can have (memcmp order).
+pub(super) fn bounds(value: &[Byte]) -> (Vec<u8>, Vec<u8>) {
+    (
+        value.iter().map(|b| b.value & b.known).collect(),
+        value.iter().map(|b| b.value | !b.known).collect(),
+    )
+}
+
+/// Whether a key between `lo` and `hi` (see [`bounds`]) is inside `m` (`None`: it
+/// depends on the unknown bits). A concatenation (`by_word`) is compared word by word,
+/// as the kernel matches the intervals of each field; anything else as one
+/// memcmp-ordered key.
+pub(super) fn contains((lo, hi): (&[u8], &[u8]), m: &Member, by_word: bool) -> Option<bool> {
+    let inside = |lo: &[u8], hi: &[u8], from: &[u8], to: &[u8]| -> Option<bool> {
+        if from <= lo && hi <= to {
             Some(true)
-        } else if hi.as_slice() < from || lo.as_slice() > to {
+        } else if hi < from || lo > to {
             Some(false)
         } else {
             None
         }
     };
     if !by_word {
-        return inside(value, &m.from, &m.to);
+        return inside(lo, hi, &m.from, &m.to);
     }
     let mut all = Some(true);
-    for ((v, f), t) in value.chunks(4).zip(m.from.chunks(4)).zip(m.to.chunks(4)) {
-        match inside(v, f, t) {
+    for (((l, h), f), t) in lo
+        .chunks(4)
+        .zip(hi.chunks(4))
+        .zip(m.from.chunks(4))
+        .zip(m.to.chunks(4))
+    {
+        match inside(l, h, f, t) {
             Some(false) => return Some(false),
             None => all = None,
             Some(true) => {}
@@ -215,6 +227,9 @@ pub(super) enum Action {
     Jump(String),
     Goto(String),
     Return,
+    /// One of these, depending on what is not known (a verdict map's elements the key
+    /// may hit).
+    Either(Vec<Action>),
     /// An action not modelled (a verdict map, `queue`, `nat`...): may do anything.
     Opaque(String),
 }
@@ -335,10 +350,12 @@ pub(super) fn run_rule(
                 };
                 let len = members.items.first().map_or(0, |m| m.from.len());
                 let (v, l) = regs.read(*sreg, len);
+                let (lo, hi) = bounds(&v);
+                let key = (lo.as_slice(), hi.as_slice());
                 let mut hit = None;
                 let mut unsure = false;
                 for m in &members.items {
-                    match contains(&v, m, members.by_word) {
+                    match contains(key, m, members.by_word) {
                         Some(true) => {
                             hit = Some(m);
                             break;
@@ -361,9 +378,23 @@ pub(super) fn run_rule(
                         }
                         None if !unsure => return (Tri::No, Action::Continue, String::new()),
                         None => {
-                            action = Action::Opaque(say(&|| {
-                                format!("a verdict map lookup in @{set} whose key is not known for the flow")
-                            }));
+                            // Every element the key may hit, or none.
+                            action = Action::Either(
+                                members
+                                    .items
+                                    .iter()
+                                    .filter(|m| contains(key, m, members.by_word).is_none())
+                                    .map(|m| match &m.verdict {
+                                        Some(j) => jump_action(j),
+                                        None => Action::Opaque(String::new()),
+                                    })
+                                    .collect(),
+                            );
+                            if matched == Tri::Yes {
+                                matched = Tri::Maybe(say(&|| {
+                                    format!("`{l} vmap @{set}` (the key is not known for the flow)")
+                                }));
+                            }
                             break;
                         }
                     }
@@ -461,6 +492,7 @@ pub(super) fn run_rule(
         Action::Jump(c) => format!("jump {c}"),
         Action::Goto(c) => format!("goto {c}"),
         Action::Return => "return".to_string(),
+        Action::Either(a) => format!("one of {} verdicts", a.len()),
         Action::Opaque(w) => w.clone(),
     };
     words.push(verdict);

@@ -5,7 +5,7 @@
 use super::packet::{Packet, Tri};
 use super::rule::{run_rule, Action};
 use super::{Stop, Verdict};
-use crate::kernel::firewall::{Chain, Expr, Foreign, Member, Members, Rule};
+use crate::kernel::firewall::{Chain, Foreign};
 use std::collections::HashMap;
 
 /// Where a stop was reached.
@@ -60,15 +60,7 @@ impl<'a> Walker<'a> {
             ret: true,
             ..Default::default()
         };
-        let expanded: Vec<std::borrow::Cow<Rule>> = chain
-            .rules
-            .iter()
-            .flat_map(|r| match split_verdict_map(r) {
-                Some(rules) => rules.into_iter().map(std::borrow::Cow::Owned).collect(),
-                None => vec![std::borrow::Cow::Borrowed(r)],
-            })
-            .collect();
-        for rule in expanded.iter().rev() {
+        for rule in chain.rules.iter().rev() {
             let (matched, action, _) = run_rule(rule, self.pkt, self.before_conntrack, false);
             if matched == Tri::No {
                 continue;
@@ -80,46 +72,7 @@ impl<'a> Walker<'a> {
                 }
                 _ => run_rule(rule, self.pkt, self.before_conntrack, true),
             };
-            let then = match action {
-                Action::Continue => acc.clone(),
-                Action::Accept => Possible {
-                    accept: true,
-                    ..Default::default()
-                },
-                Action::Stop(stop) => Possible {
-                    hit: Some(Hit {
-                        stop,
-                        rule: Some(format!("{text} (in chain {})", chain.name)),
-                    }),
-                    ..Default::default()
-                },
-                Action::Return => Possible {
-                    ret: true,
-                    ..Default::default()
-                },
-                Action::Jump(ref to) | Action::Goto(ref to) => {
-                    let target = self
-                        .chains
-                        .get(&(chain.table.as_str(), to.as_str()))
-                        .copied();
-                    let sub = match target {
-                        Some(t) if depth < MAX_DEPTH => self.chain(t, depth + 1),
-                        _ => Possible {
-                            opaque: Some(format!("{text}: chain {to} not followed")),
-                            ..Default::default()
-                        },
-                    };
-                    if matches!(action, Action::Jump(_)) && sub.ret {
-                        Possible { ret: false, ..sub }.union(acc.clone())
-                    } else {
-                        sub
-                    }
-                }
-                Action::Opaque(why) => Possible {
-                    opaque: Some(format!("{text}: {why}")),
-                    ..Default::default()
-                },
-            };
+            let then = self.outcome(chain, action, &text, &acc, depth);
             acc = match matched {
                 Tri::Yes => then,
                 Tri::Maybe(why) => {
@@ -133,62 +86,65 @@ impl<'a> Walker<'a> {
         self.memo.insert(key, acc.clone());
         acc
     }
-}
 
-/// A rule ending in a verdict map whose elements were read, as one rule per element
-/// (the same matches, a lookup of that element's key, its verdict): the elements are
-/// disjoint, so the rules in turn do what the map does, and a key not known for the
-/// flow splits the paths as any compare does. `None` for any other rule.
-pub(super) fn split_verdict_map(rule: &Rule) -> Option<Vec<Rule>> {
-    let at = rule.exprs.iter().position(|e| {
-        matches!(
-            e,
-            Expr::Lookup {
-                verdict_map: true,
-                members: Some(_),
-                ..
-            }
-        )
-    })?;
-    let Expr::Lookup {
-        set,
-        sreg,
-        members: Some(members),
-        ..
-    } = &rule.exprs[at]
-    else {
-        return None;
-    };
-    Some(
-        members
-            .items
-            .iter()
-            .map(|m| {
-                let mut exprs = rule.exprs[..at].to_vec();
-                exprs.push(Expr::Lookup {
-                    set: set.clone(),
-                    sreg: *sreg,
-                    invert: false,
-                    verdict_map: false,
-                    members: Some(Members {
-                        by_word: members.by_word,
-                        items: vec![Member {
-                            verdict: None,
-                            ..m.clone()
-                        }],
-                    }),
-                });
-                exprs.push(match &m.verdict {
-                    Some(j) => Expr::Verdict(j.clone()),
-                    None => Expr::Unknown(format!("an element of @{set} without a verdict")),
-                });
-                Rule {
-                    handle: rule.handle,
-                    exprs,
+    /// How the chain ends when a rule takes `action`, `acc` being how it ends when the
+    /// rule does not decide (the rules after it).
+    fn outcome(
+        &mut self,
+        chain: &'a Chain,
+        action: Action,
+        text: &str,
+        acc: &Possible,
+        depth: usize,
+    ) -> Possible {
+        match action {
+            Action::Continue => acc.clone(),
+            Action::Accept => Possible {
+                accept: true,
+                ..Default::default()
+            },
+            Action::Stop(stop) => Possible {
+                hit: Some(Hit {
+                    stop,
+                    rule: Some(format!("{text} (in chain {})", chain.name)),
+                }),
+                ..Default::default()
+            },
+            Action::Return => Possible {
+                ret: true,
+                ..Default::default()
+            },
+            Action::Jump(ref to) | Action::Goto(ref to) => {
+                let target = self
+                    .chains
+                    .get(&(chain.table.as_str(), to.as_str()))
+                    .copied();
+                let sub = match target {
+                    Some(t) if depth < MAX_DEPTH => self.chain(t, depth + 1),
+                    _ => Possible {
+                        opaque: Some(format!("{text}: chain {to} not followed")),
+                        ..Default::default()
+                    },
+                };
+                if matches!(action, Action::Jump(_)) && sub.ret {
+                    Possible { ret: false, ..sub }.union(acc.clone())
+                } else {
+                    sub
                 }
-            })
-            .collect(),
-    )
+            }
+            // A verdict map whose key is not known for the flow: every element it may
+            // hit (the rule's match is a "maybe", so not hitting any is there too).
+            Action::Either(actions) => actions
+                .into_iter()
+                .map(|a| self.outcome(chain, a, text, acc, depth))
+                .reduce(Possible::union)
+                .unwrap_or_else(|| acc.clone()),
+            Action::Opaque(why) => Possible {
+                opaque: Some(format!("{text}: {why}")),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// What one base chain does with `pkt`.
