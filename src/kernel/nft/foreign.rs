@@ -116,10 +116,24 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
     }
     // The members of the sets the rules look up. A set that cannot be read leaves its
     // lookups unknown ("may"), never a wrong certainty.
-    if let Ok(sets) = super::foreign_sets::read(&mut sock, |family, table| {
+    let looked_up: std::collections::HashSet<(String, String)> = chains
+        .iter()
+        .flat_map(|c| {
+            c.rules.iter().flat_map(|r| {
+                r.exprs.iter().filter_map(|e| match e {
+                    Expr::Lookup {
+                        set, members: None, ..
+                    } => Some((c.table.clone(), set.clone())),
+                    _ => None,
+                })
+            })
+        })
+        .collect();
+    if let Ok(sets) = super::foreign_sets::read(&mut sock, |family, table, set| {
         family_name(family)
             .filter(|_| foreign(family, table))
             .map(|fam| format!("{fam} {table}"))
+            .filter(|shown| looked_up.contains(&(shown.clone(), set.to_string())))
     }) {
         for chain in &mut chains {
             for rule in &mut chain.rules {

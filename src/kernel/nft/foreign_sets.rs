@@ -28,7 +28,7 @@ const NFT_SET_OBJECT: u32 = 0x40;
 const NFT_SET_EVAL: u32 = 0x20;
 const NFT_SET_CONCAT: u32 = 0x80;
 /// More elements than this in one set are not read (its lookups stay unknown).
-const MAX_ELEMENTS: usize = 200_000;
+const MAX_ELEMENTS: usize = 500_000;
 
 fn be32(p: &[u8]) -> u32 {
     p.get(..4)
@@ -149,11 +149,12 @@ pub(super) fn members(flags: u32, mut elems: Vec<Dumped>) -> Members {
     }
 }
 
-/// The members of every readable set of the `ip` and `inet` tables, by (the table as
-/// messages name it, `inet filter`; the set's name).
+/// The members of the readable sets `table_name` names (given a set's family, table
+/// and name, the table as messages name it, `inet filter`, or `None` to skip it), by
+/// (that table name, the set's name).
 pub(super) fn read(
     sock: &mut NlSocket,
-    table_name: impl Fn(u32, &str) -> Option<String>,
+    table_name: impl Fn(u32, &str, &str) -> Option<String>,
 ) -> Result<HashMap<(String, String), Members>> {
     let unspec = libc::NFPROTO_UNSPEC as u16;
     let mut sets = Vec::new();
@@ -171,7 +172,7 @@ pub(super) fn read(
         if flags & (NFT_SET_EVAL | NFT_SET_OBJECT) != 0 {
             continue;
         }
-        if let Some(shown) = table_name(family, &table) {
+        if let Some(shown) = table_name(family, &table, &name) {
             sets.push((family, table, name, flags, shown));
         }
     }
