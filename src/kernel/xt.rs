@@ -280,8 +280,29 @@ pub fn match_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
             let inv = if name == "tcp" { d[11] } else { d[8] };
             ports(&mut out, 0, u16_at(d, 0), u16_at(d, 2), inv & 0x01 != 0);
             ports(&mut out, 2, u16_at(d, 4), u16_at(d, 6), inv & 0x02 != 0);
-            if name == "tcp" && (d[8] != 0 || d[9] != 0) {
-                out.push(Expr::Unknown("tcp flags or options".into()));
+            // xt_tcp: option at 8, flg_mask 9, flg_cmp 10, invflags 11
+            // (XT_TCP_INV_FLAGS 0x04): `--tcp-flags MASK COMP`, `--syn`.
+            if name == "tcp" && d[9] != 0 {
+                out.push(Expr::Payload {
+                    base: 2,
+                    offset: 13,
+                    len: 1,
+                    dreg: 1,
+                });
+                out.push(Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: vec![d[9]],
+                    xor: vec![0],
+                });
+                out.push(Expr::Cmp {
+                    sreg: 1,
+                    op: u32::from(inv & 0x04 != 0),
+                    data: vec![d[10] & d[9]],
+                });
+            }
+            if name == "tcp" && d[8] != 0 {
+                out.push(Expr::Unknown("tcp options".into()));
             }
             true
         }
@@ -413,6 +434,27 @@ mod tests {
         assert_eq!(members.items.len(), 2);
         assert_eq!(members.items[1].from, 1000u16.to_be_bytes());
         assert_eq!(members.items[1].to, 2000u16.to_be_bytes());
+        // `-p tcp ! --syn`: flg_mask SYN|RST|ACK|FIN, flg_cmp SYN, inverted.
+        let mut t = vec![0u8; 12];
+        t[2..4].copy_from_slice(&u16::MAX.to_ne_bytes());
+        t[6..8].copy_from_slice(&u16::MAX.to_ne_bytes());
+        (t[9], t[10], t[11]) = (0x17, 0x02, 0x04);
+        assert_eq!(
+            match_exprs("tcp", 0, &t)[1..],
+            [
+                Expr::Bitwise {
+                    sreg: 1,
+                    dreg: 1,
+                    mask: vec![0x17],
+                    xor: vec![0]
+                },
+                Expr::Cmp {
+                    sreg: 1,
+                    op: 1,
+                    data: vec![0x02]
+                }
+            ]
+        );
         assert!(matches!(
             &match_exprs("comment", 0, &[0; 256])[..],
             [Expr::Statement(_)]

@@ -103,6 +103,8 @@ impl Packet {
             7 => (ifname(&self.oif.as_ref()?.0), "oifname"),
             15 => (known(&[libc::NFPROTO_IPV4 as u8]), "meta nfproto"),
             16 => (known(&[self.proto]), "meta l4proto"),
+            // PACKET_HOST: a unicast packet to this host, as the grant's clients send.
+            8 if self.iif.is_some() => (known(&[0]), "meta pkttype"),
             3 => (unknown(4), "meta mark"),
             _ => (unknown(16), "a meta key"),
         })
@@ -149,6 +151,10 @@ impl Packet {
                     |p: Option<u16>| p.map_or_else(|| unknown(2), |p| known(&p.to_be_bytes()));
                 h[0..2].copy_from_slice(&port(self.sport));
                 h[2..4].copy_from_slice(&port(self.dport));
+                // A TCP flow's first packet is a bare SYN; later ones are not known.
+                if self.proto == 6 && self.first && !self.reply {
+                    h[13] = known(&[0x02])[0];
+                }
                 h
             }
             _ => unknown(0),
@@ -159,6 +165,7 @@ impl Packet {
             (1, 9, 1) => "ip protocol",
             (2, 0, 2) => "th sport",
             (2, 2, 2) => "th dport",
+            (2, 13, 1) => "tcp flags",
             _ => "a header field",
         };
         let (o, l) = (offset as usize, len as usize);
