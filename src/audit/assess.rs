@@ -469,6 +469,7 @@ mod every_code {
             port: 3306,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3306),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 

@@ -185,6 +185,7 @@ mod over_the_fake {
             port: 1,
             to: "127.0.0.1:1".parse().unwrap(),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         };
         kernel.state.borrow_mut().table = Some(crate::kernel::fake::FakeTable::of(
             &crate::plan::ruleset(&[g]).unwrap(),

@@ -63,10 +63,15 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         }
         false => hold_table(&mut kernel, false),
     };
+    // Named by its real path, so commands can tell whether they touch what it follows.
+    let followed = args
+        .policy
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     let dir = crate::state::namespace_dir()?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
     let runtimes = crate::runtime::RuntimeCache::start()?;
-    crate::state::write_watch_presence(held)?;
+    crate::state::write_watch_presence(held, followed.as_deref())?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
     let mut policy = args.policy.clone().map(PolicyFollower::new);
@@ -93,7 +98,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 // was said at start.
                 held = hold_table(&mut kernel, true);
                 if held.is_some() {
-                    crate::state::write_watch_presence(held)?;
+                    crate::state::write_watch_presence(held, followed.as_deref())?;
                 }
             }
             let mut lines = Vec::new();
