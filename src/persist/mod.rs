@@ -120,6 +120,8 @@ impl Target {
                     guard: vec![],
                 },
             });
+            // In name order, as `apply` reads the directory.
+            files.sort_by(|a, b| a.path.cmp(&b.path));
         }
         // Every spec to change must be owned by a file of this directory.
         let owner_of = |s: &Spec| -> Option<usize> {
@@ -171,7 +173,8 @@ impl Target {
                 }
                 let text = edit::render_own(&out)?;
                 edit::check_round_trip(&out, &text, &f.origin)?;
-                (Some(text.as_str()) != f.text.as_deref()).then_some(text)
+                let unwritten_and_empty = f.text.is_none() && out.is_empty();
+                (Some(text.as_str()) != f.text.as_deref() && !unwritten_and_empty).then_some(text)
             } else {
                 match &f.text {
                     Some(t) => edit::edit_text(t, &f.policy, &f.origin, &fate)?,

@@ -107,7 +107,7 @@ fn converge_recording(
         Mode::Plan | Mode::DryRun => TableLease::reading(),
     };
     let host = host::HostInterfaces::read()?;
-    let converged = converge_over(
+    let converged = converge_over_recording(
         lease.kernel(),
         store,
         &host,
@@ -118,17 +118,12 @@ fn converge_recording(
             guards,
             mode,
         },
+        persist,
     );
-    let recorded = match (&converged, persist) {
-        (Ok(c), Some(target)) if c.outcome.is_ok() && mode == Mode::Apply => {
-            let files = target.files();
-            Some(target.commit().map(|()| files))
-        }
-        _ => None,
-    };
     // Given back before printing (see [`converge_over`]), and on failure too.
     drop(lease);
-    converged?.print()?;
+    let (converged, recorded) = converged?;
+    converged.print()?;
     if let Some(files) = recorded.transpose()? {
         for f in files {
             crate::outln!("persisted to {}", f.display());
@@ -205,6 +200,29 @@ pub fn converge_over<K: Kernel>(
     host: &dyn crate::spec::Host,
     request: Request,
 ) -> Result<Converged> {
+    converge_over_recording(kernel, store, host, request, None).map(|(c, _)| c)
+}
+
+/// The files `--persist` wrote, or why it could not ([`crate::error::NotPersisted`]).
+type Recorded = Option<Result<Vec<std::path::PathBuf>>>;
+
+/// As [`converge_over`], writing `record` (policy files, rendered) in [`Mode::Apply`]
+/// once the change is in force (or found in force), before the state lock is given
+/// back: a watch following the policy repairs under that lock, so it reads the new
+/// files, never the old ones beside the new state, and never puts back what was just
+/// revoked.
+fn converge_over_recording<K: Kernel>(
+    kernel: &K,
+    store: Store,
+    host: &dyn crate::spec::Host,
+    request: Request,
+    record: Option<persist::Target>,
+) -> Result<(Converged, Recorded)> {
+    let commit = |record: Option<persist::Target>| -> Recorded {
+        let target = record?;
+        let files = target.files();
+        Some(target.commit().map(|()| files))
+    };
     let Request {
         old,
         grants,
@@ -244,14 +262,19 @@ pub fn converge_over<K: Kernel>(
             Mode::Apply => remember_intact(&store, &change, &snapshot),
             _ => Ok(()),
         };
+        let recorded = match (mode, &remembered) {
+            (Mode::Apply, Ok(())) => commit(record),
+            _ => None,
+        };
         drop(store);
         let outcome = remembered.map(|()| {
             vec![Printed::Line(
                 "nothing to do: the host already matches".into(),
             )]
         });
-        return Ok(Converged { warnings, outcome });
+        return Ok((Converged { warnings, outcome }, recorded));
     }
+    let mut recorded = None;
     let outcome = match mode {
         Mode::Plan | Mode::DryRun => {
             drop(store);
@@ -275,6 +298,9 @@ pub fn converge_over<K: Kernel>(
         Mode::Apply => {
             let lines = change.describe();
             let outcome = txn::execute(kernel, &store, &change, &snapshot);
+            if outcome.is_ok() {
+                recorded = commit(record);
+            }
             drop(store);
             outcome.map(|outcome| {
                 let mut out: Vec<Printed> = lines.into_iter().map(Printed::Line).collect();
@@ -289,7 +315,7 @@ pub fn converge_over<K: Kernel>(
             })
         }
     };
-    Ok(Converged { warnings, outcome })
+    Ok((Converged { warnings, outcome }, recorded))
 }
 
 /// The kernel a converging command works through: the table borrowed from a running

@@ -191,7 +191,8 @@ pub fn repair<K: Kernel>(
     sweeps: &mut SweepClock,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
-    let (policy_specs, policy_guards, policy_seen) = match policy {
+    let mut policy = policy;
+    let (policy_specs, policy_guards, policy_seen) = match policy.as_deref_mut() {
         Some(p) => (p.specs(&host), p.guards.clone(), p.seen.clone()),
         None => (None, None, None),
     };
@@ -223,6 +224,13 @@ pub fn repair<K: Kernel>(
             eprintln!("loopgate watch: {line}");
         }
         return Ok(());
+    };
+    // Read again under the lock: `--persist` writes the policy files before it gives
+    // the lock back, and the state it left must meet the files it wrote (else this
+    // pass would put back what was just revoked).
+    let (policy_specs, policy_guards) = match policy {
+        Some(p) => (p.specs(&host), p.guards.clone()),
+        None => (policy_specs, policy_guards),
     };
     *known = Some(store.load()?);
     let (lines, result) = repair_with(
