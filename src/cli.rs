@@ -200,20 +200,23 @@ pub struct ExposeArgs {
     pub persist: bool,
 }
 
-/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is required.
+/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is
+/// required, except with `--docker-network`/`--podman-network` (the network's grants).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["port", "name", "all"])))]
+#[command(group(clap::ArgGroup::new("what").args(["port", "name", "all"])))]
 pub struct RevokeArgs {
     /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
     /// everything loopgate did in this namespace.
     #[arg(value_name = "IFACE", conflicts_with_all = ["docker_network", "podman_network"])]
     pub iface: Option<String>,
 
-    /// Revoke grants made with --docker-network NETWORK.
+    /// Revoke grants made with --docker-network NETWORK (all of them without --port or
+    /// --name), whatever bridge the network has now.
     #[arg(long, value_name = "NETWORK", conflicts_with = "podman_network")]
     pub docker_network: Option<String>,
 
-    /// Revoke grants made with --podman-network NETWORK.
+    /// Revoke grants made with --podman-network NETWORK (all of them without --port or
+    /// --name).
     #[arg(long, value_name = "NETWORK")]
     pub podman_network: Option<String>,
 

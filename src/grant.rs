@@ -219,11 +219,15 @@ impl fmt::Display for Grant {
         if self.allow.len() > SHOWN_NETWORKS {
             allow.push(format!("... ({} networks in all)", self.allow.len()));
         }
+        let on = match &self.network {
+            Some(n) => format!("{} ({n})", self.iface),
+            None => self.iface.clone(),
+        };
         write!(
             f,
             "{} on {}: {}:{}/{} -> {} from {}",
             self.name,
-            self.iface,
+            on,
             self.listen,
             self.port,
             self.proto,

@@ -46,6 +46,8 @@ mod install_deps;
 mod kept_runtime_grants;
 #[path = "cli/litter.rs"]
 mod litter;
+#[path = "cli/names.rs"]
+mod names;
 #[path = "cli/one_owner.rs"]
 mod one_owner;
 #[path = "cli/output_and_persist.rs"]

@@ -88,6 +88,27 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The labels of an interface's series: `interface="br-5f2a1c3d9e7b"`, and
+/// `network="myproj_default"` when its grants were asked for by a runtime network's
+/// name, which (unlike the bridge) outlives `docker compose down/up`, so dashboards and
+/// alerts can select on it.
+fn iface_labels(r: &Report, iface: &str) -> String {
+    let network = r
+        .interfaces
+        .iter()
+        .filter(|i| i.name == iface)
+        .flat_map(|i| &i.grants)
+        .find_map(|g| g.network.as_ref());
+    match network {
+        Some(n) => format!(
+            "interface=\"{}\",network=\"{}\"",
+            label(iface),
+            label(&n.name)
+        ),
+        None => format!("interface=\"{}\"", label(iface)),
+    }
+}
+
 /// The report in the Prometheus text exposition format (node_exporter textfile
 /// collector): one gauge family per fact, counters per rule.
 pub fn prometheus(r: &Report) -> String {
@@ -105,7 +126,7 @@ pub fn prometheus(r: &Report) -> String {
     let per_iface = |f: &dyn Fn(&InterfaceReport) -> String| -> Vec<(String, String)> {
         r.interfaces
             .iter()
-            .map(|i| (format!("{{interface=\"{}\"}}", label(&i.name)), f(i)))
+            .map(|i| (format!("{{{}}}", iface_labels(r, &i.name)), f(i)))
             .collect()
     };
     family(
@@ -203,11 +224,7 @@ pub fn prometheus(r: &Report) -> String {
             .iter()
             .map(|b| {
                 (
-                    format!(
-                        "{{interface=\"{}\",kind=\"{}\"}}",
-                        label(&b.interface),
-                        b.kind
-                    ),
+                    format!("{{{},kind=\"{}\"}}", iface_labels(r, &b.interface), b.kind),
                     b.packets.to_string(),
                 )
             })

@@ -33,6 +33,14 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
     {
         bad_input!("revoke without an interface needs --all (revokes everything loopgate did in this namespace)");
     }
+    if args.port.is_empty()
+        && args.name.is_none()
+        && !args.all
+        && args.docker_network.is_none()
+        && args.podman_network.is_none()
+    {
+        bad_input!("revoke needs --port, --name or --all (a --docker-network or --podman-network alone revokes all of that network's grants)");
+    }
     let ports = args
         .port
         .iter()
