@@ -138,6 +138,23 @@ impl Target {
                 )));
             }
         }
+        // Publishing what a file publishes to another target is a conflict there, as
+        // `expose` refuses it for what is in force: revoke it first.
+        for p in &edit.put {
+            for f in &files {
+                let theirs = policy::specs_of(&[(f.origin.clone(), f.policy_copy())])
+                    .map_err(|e| refuse(format!("{e:#}")))?;
+                if let Some(t) = theirs.iter().find(|t| t.key() == p.key() && t.to != p.to) {
+                    return Err(refuse(format!(
+                        "{} is published to {} by {} (a conflict); revoke it before publishing it to {}",
+                        t.label(),
+                        t.to,
+                        f.origin,
+                        p.to
+                    )));
+                }
+            }
+        }
         let mut specs_after: Vec<(String, Policy)> = Vec::new();
         let mut writes = Vec::new();
         for f in &files {

@@ -81,6 +81,10 @@ fn desired_of(
 }
 
 fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
+    let exclusive = mode == Mode::Apply;
+    let (store, old) = open_store(exclusive)?;
+    let host = HostInterfaces::read()?;
+    let sources = policy::load_all(file)?;
     // While a watch follows a policy, it is the one owner of the policy in force:
     // applying anything else would be undone at its next pass.
     if mode == Mode::Apply {
@@ -94,10 +98,6 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
             }
         }
     }
-    let exclusive = mode == Mode::Apply;
-    let (store, old) = open_store(exclusive)?;
-    let host = HostInterfaces::read()?;
-    let sources = policy::load_all(file)?;
     if let Some(what) = emptied(&sources, &old) {
         let why = format!(
             "policy {} has no grants and no guards, but {what}: applying it would revoke them all",
