@@ -193,9 +193,10 @@ pub struct ExposeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml, or
-    /// loopgate.yaml in $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot.
-    /// The directory is checked before anything changes; not with --netns.
+    /// Also record the change in the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot: in the file that
+    /// keeps the grant, or as asked in loopgate.yaml. Without it, changing a grant a
+    /// policy file keeps is refused. Checked before anything changes; not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }
@@ -240,9 +241,9 @@ pub struct RevokeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also remove the revoked grants from the persistent policy
-    /// (/etc/loopgate/loopgate.yaml, or loopgate.yaml in $LOOPGATE_CONFIG_DIR); not with
-    /// --netns.
+    /// Also remove the revoked grants from the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR): from the file that keeps each. Without it, revoking a grant
+    /// a policy file keeps is refused. Not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }

@@ -308,7 +308,7 @@ pub const ENV_VARS: &[EnvDoc] = &[
     },
     EnvDoc {
         name: "LOOPGATE_CONFIG_DIR",
-        meaning: "the persistent policy directory `--persist` writes `loopgate.yaml` into (default /etc/loopgate). The systemd units name /etc/loopgate themselves",
+        meaning: "the persistent policy directory `--persist` changes (default /etc/loopgate); refused while a watch follows another policy. The systemd units name /etc/loopgate themselves",
     },
     EnvDoc {
         name: "LOOPGATE_STATE_DIR",
@@ -345,7 +345,7 @@ pub const FILES: &[FileDoc] = &[
     },
     FileDoc {
         path: "/etc/loopgate/loopgate.yaml",
-        meaning: "the file `expose --persist` and `revoke --persist` rewrite (atomically, under .loopgate.lock); the other files are yours",
+        meaning: "the file `expose --persist` writes new grants into, as asked (atomically, under .loopgate.lock); `--persist` changes a grant another file of the directory keeps in that file, entry by entry",
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/state.json",
