@@ -32,6 +32,8 @@ mod docs;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/flows_after_repair.rs"]
+mod flows_after_repair;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]
