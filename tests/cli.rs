@@ -28,6 +28,8 @@ mod crash;
 mod device_identity_and_repair;
 #[path = "cli/docs.rs"]
 mod docs;
+#[path = "cli/exit_codes.rs"]
+mod exit_codes;
 #[path = "cli/files.rs"]
 mod files;
 #[path = "cli/firewall.rs"]
