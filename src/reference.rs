@@ -352,6 +352,10 @@ pub const FILES: &[FileDoc] = &[
         meaning: "what loopgate did in one network namespace: specs, grants, originals per device, the journal of a running transaction",
     },
     FileDoc {
+        path: "/run/loopgate/netns-<cookie>/blocked-totals.json",
+        meaning: "running totals of what the guards dropped, kept across table rewrites (folded in by every transaction that writes the table and by `audit`): `blocked_total` and `loopgate_blocked_packets_total`",
+    },
+    FileDoc {
         path: "/run/loopgate/netns-<cookie>/watch.sock",
         meaning: "a running watch's root-only socket: while watch holds the table, expose, revoke, apply, guard and unguard borrow the socket that owns it for their transaction (callers need CAP_NET_ADMIN in watch's network and user namespace)",
     },

@@ -54,6 +54,8 @@ mod litter;
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]
 mod owned_table;
+#[path = "cli/prometheus.rs"]
+mod prometheus;
 #[path = "cli/reachability.rs"]
 mod reachability;
 #[path = "cli/reconcile.rs"]
