@@ -22,8 +22,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
 /// they were.
 ///
-/// Exit codes: 0 success; 1 audit found problems, or trace saw no packet; 2 bad input or usage (nothing was
-/// changed); 3 the system refused or failed (what was done was rolled back); 4 the
+/// Exit codes: 0 success; 1 audit found problems, trace saw no packet, or revoke/unguard
+/// matched nothing; 2 bad input or usage (nothing was changed); 3 the system refused or failed (what was done was rolled back); 4 the
 /// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
 #[command(name = "loopgate", version = VERSION, max_term_width = 100)]
@@ -51,14 +51,16 @@ pub enum Command {
     /// Withdraw published ports; open connections of revoked grants are cut too.
     ///
     /// When an interface loses its last grant, its route_localnet goes back to the
-    /// value it had before loopgate first changed it.
+    /// value it had before loopgate first changed it. Exit 1, changing nothing, when
+    /// no grant matches.
     Revoke(RevokeArgs),
     /// Report what is open on this host and whether it is guarded.
     ///
     /// Reads the kernel, not only loopgate's records: route_localnet of every interface
     /// (and `all`/`default`), loopgate's table compared with what it should be, and the
     /// loopback sockets each open interface exposes. Exit 0 when nothing is a warning or
-    /// worse, 1 otherwise.
+    /// worse, 1 otherwise; with `--format prometheus`, exit 0 whenever the document was
+    /// written (the findings, and a failed observation, are in its metrics).
     Audit(AuditArgs),
     /// Make the host match a policy (grants the policy no longer lists are revoked;
     /// grants made with `expose` stay; a grant whose interface is missing is pending).
@@ -79,6 +81,8 @@ pub enum Command {
     /// anything and without touching their route_localnet. IFACE may be a pattern.
     Guard(GuardArgs),
     /// Remove a guard added with `loopgate guard` (same IFACE or --all-interfaces).
+    ///
+    /// Exit 1, changing nothing, when no such guard was added.
     Unguard(GuardArgs),
     /// Follow packets through the firewall: every table and chain they pass, and where
     /// they are accepted, DNATed or dropped.

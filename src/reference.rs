@@ -271,8 +271,8 @@ pub const EXIT_CODES: &[ExitDoc] = &[
     },
     ExitDoc {
         value: EXIT_FINDINGS,
-        constants: &["EXIT_FINDINGS", "EXIT_NO_PACKET"],
-        meaning: "`audit` found a warning or critical problem; `trace` saw no packet before it stopped",
+        constants: &["EXIT_FINDINGS", "EXIT_NO_PACKET", "EXIT_NOTHING_MATCHED"],
+        meaning: "`audit` found a warning or critical problem (not with `--format prometheus`, which exits 0 once it wrote its document); `trace` saw no packet before it stopped; `revoke` or `unguard` matched nothing (a port not published, an unknown `--name`, an interface or network without grants) and changed nothing",
     },
     ExitDoc {
         value: EXIT_BAD_INPUT,
@@ -350,6 +350,10 @@ pub const FILES: &[FileDoc] = &[
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/state.json",
         meaning: "what loopgate did in one network namespace: specs, grants, originals per device, the journal of a running transaction",
+    },
+    FileDoc {
+        path: "/run/loopgate/netns-<cookie>/blocked-totals.json",
+        meaning: "running totals of what the guards dropped, kept across table rewrites (folded in by every transaction that writes the table and by `audit`): `blocked_total` and `loopgate_blocked_packets_total`",
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/watch.sock",

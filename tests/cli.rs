@@ -28,10 +28,14 @@ mod crash;
 mod device_identity_and_repair;
 #[path = "cli/docs.rs"]
 mod docs;
+#[path = "cli/exit_codes.rs"]
+mod exit_codes;
 #[path = "cli/files.rs"]
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/flows_after_repair.rs"]
+mod flows_after_repair;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]
@@ -56,6 +60,8 @@ mod one_owner;
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]
 mod owned_table;
+#[path = "cli/prometheus.rs"]
+mod prometheus;
 #[path = "cli/reachability.rs"]
 mod reachability;
 #[path = "cli/reconcile.rs"]

@@ -296,6 +296,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         findings,
         counters: observed.counters.clone(),
         blocked,
+        blocked_total: Vec::new(),
+        pending: observed.pending.clone(),
     }
 }
 

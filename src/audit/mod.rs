@@ -14,6 +14,7 @@ pub mod firewall;
 mod observe;
 mod reachability;
 pub mod render;
+pub mod totals;
 
 pub use assess::assess;
 pub use observe::{observe, Observed};
@@ -234,6 +235,13 @@ pub struct Report {
     /// What the guard's drop rules have stopped, per interface and kind, since
     /// loopgate last wrote its table (from `counters`).
     pub blocked: Vec<Blocked>,
+    /// As `blocked`, counted since loopgate first saw them in this namespace: running
+    /// totals kept across table rewrites (see [`totals`]), which only go up. Empty when
+    /// the report was not made by `loopgate audit` (the totals are its side effect).
+    pub blocked_total: Vec<Blocked>,
+    /// What is asked for but not served now (see [`crate::spec::resolve`]), as in the
+    /// `pending` findings.
+    pub pending: Vec<crate::spec::Pending>,
 }
 
 /// What one kind of guard drop rule of one interface has stopped since loopgate last

@@ -451,6 +451,20 @@ impl Store {
         }
     }
 
+    /// A side file of this state directory (`name`, e.g. the audit's running totals),
+    /// `None` when there is none. Errors: as [`Store::read_raw`].
+    pub fn read_aside(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        read_in(&self.dir, name)
+    }
+
+    /// Atomically replaces the side file `name` of this state directory with `bytes`
+    /// (0600). Errors: the directory cannot be written.
+    pub fn write_aside(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.dir
+            .replace(name, bytes, 0o600)
+            .with_context(|| format!("writing {}", self.dir.path().join(name).display()))
+    }
+
     /// Replaces the state file with `state`, atomically (see [`Store::write_raw`]).
     ///
     /// Errors: the directory cannot be written (full disk, read-only /run).

@@ -17,8 +17,8 @@ use crate::kernel::host::HostInterfaces;
 use crate::spec::{self, Spec};
 use anyhow::Result;
 
-/// Runs `revoke`. Errors: bad input (exit 2) or a failed, rolled-back transaction
-/// (exit 3).
+/// Runs `revoke`. Errors: bad input (exit 2), nothing matched (exit 1, nothing
+/// changed) or a failed, rolled-back transaction (exit 3).
 pub fn run(args: &RevokeArgs) -> Result<()> {
     // The interface may already be gone (dockerd re-created it): only its name is checked.
     let iface = args
@@ -85,13 +85,62 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
             || name.as_ref().is_some_and(|n| names_of(s).contains(n)))
     };
     let keep: Vec<Spec> = old.specs.iter().filter(|s| !revoked(s)).cloned().collect();
+    // `revoke --all` alone takes back whatever there is, nothing included; anything
+    // narrower that matches nothing is refused, so that a script learns it.
+    let everything = args.all && iface.is_none() && network.is_none();
+    if keep.len() == old.specs.len() && !everything {
+        let asked = match (&network, &iface) {
+            (Some((r, n)), _) => format!("{} network {n}", r.cli()),
+            (None, Some(i)) => i.clone(),
+            (None, None) => "any interface".to_string(),
+        };
+        let what = match (&name, ports.is_empty()) {
+            (Some(n), _) => format!("named {n:?}"),
+            (None, false) => format!(
+                "for port {}{}",
+                ports
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                match args.proto {
+                    Some(p) if p != crate::cli::ProtoArg::Both => format!("/{}", p.as_str()),
+                    _ => String::new(),
+                }
+            ),
+            (None, true) => "at all".to_string(),
+        };
+        let served_by = iface
+            .as_ref()
+            .and_then(|i| old.specs.iter().find(|s| s.is_pattern() && s.matches(i)));
+        let hint = match served_by {
+            Some(p) => format!(
+                " ({} is served by the pattern {:?}: revoke that)",
+                iface.as_deref().unwrap_or_default(),
+                p.interface
+            ),
+            None => match old.specs.len() {
+                0 => " (there are no grants)".to_string(),
+                _ => format!(
+                    " (grants: {})",
+                    old.specs
+                        .iter()
+                        .map(Spec::label)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        };
+        return Err(anyhow::Error::new(crate::error::NothingMatched(format!(
+            "nothing matched: no grant on {asked} {what}; nothing was revoked{hint}"
+        ))));
+    }
     let gone: Vec<&Spec> = old.specs.iter().filter(|s| revoked(s)).collect();
     let policy_gone = gone
         .iter()
         .filter(|s| s.source == spec::Source::Policy)
         .count();
     // `revoke --all` alone is the off switch for everything loopgate did here.
-    let everything = args.all && iface.is_none() && network.is_none();
     if !args.persist && policy_gone > 0 {
         match (everything, super::owner::followed()) {
             (true, Some((pid, path))) => bad_input!(
@@ -124,19 +173,6 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         Some(t) => super::owner::with_policy(&keep, t),
         None => keep,
     };
-    if keep.len() == old.specs.len() && old.pending.is_none() {
-        match iface
-            .as_ref()
-            .and_then(|i| old.specs.iter().find(|s| s.is_pattern() && s.matches(i)))
-        {
-            Some(p) => crate::outln!(
-                "no grant matched; nothing revoked ({} is served by the pattern {:?}: revoke that)",
-                iface.as_deref().unwrap_or_default(),
-                p.interface
-            ),
-            None => crate::outln!("no grant matched; nothing revoked"),
-        }
-    }
     let grants = spec::resolve_keeping(&keep, &host, &old.grants).grants;
     super::change(store, old, grants, keep, args.dry_run, target)
 }
