@@ -111,10 +111,19 @@ pub fn render_own(specs: &[Spec]) -> Result<String> {
     ))
 }
 
-/// The line spans (first line, one past the last) of the entries of `grants:` in
-/// `text`, and the sequence's indentation; `None` when the file is not written in the
+/// Where the entries of `grants:` are in a file's lines.
+struct Spans {
+    /// The line of the `grants:` key.
+    key: usize,
+    /// The indentation of the sequence's `- ` items.
+    indent: usize,
+    /// Per entry: its first line and one past its last line of content.
+    entries: Vec<(usize, usize)>,
+}
+
+/// The entries of `grants:` in `lines`; `None` when the file is not written in the
 /// plain block style this editor follows.
-fn entry_spans(lines: &[&str]) -> Option<(usize, usize, Vec<(usize, usize)>)> {
+fn entry_spans(lines: &[&str]) -> Option<Spans> {
     let is_filler = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
     let key = lines.iter().position(|l| {
         l.strip_prefix("grants")
@@ -136,8 +145,8 @@ fn entry_spans(lines: &[&str]) -> Option<(usize, usize, Vec<(usize, usize)>)> {
     }
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut end = lines.len();
-    for i in first..lines.len() {
-        let l = lines[i];
+    for (i, l) in lines.iter().enumerate().skip(first) {
+        let l = *l;
         if is_filler(l) {
             continue;
         }
@@ -155,7 +164,11 @@ fn entry_spans(lines: &[&str]) -> Option<(usize, usize, Vec<(usize, usize)>)> {
     for span in &mut spans {
         span.1 = span.1.min(end);
     }
-    Some((key, indent, spans))
+    Some(Spans {
+        key,
+        indent,
+        entries: spans,
+    })
 }
 
 /// The specs of `policy`'s entries, each entry's apart, without origins.
@@ -213,7 +226,11 @@ pub fn edit_text(
         )))
     };
     let lines: Vec<&str> = text.lines().collect();
-    let (key, indent, spans) = entry_spans(&lines).ok_or_else(refuse)?;
+    let Spans {
+        key,
+        indent,
+        entries: spans,
+    } = entry_spans(&lines).ok_or_else(refuse)?;
     if spans.len() != per_entry.len() {
         return Err(refuse());
     }
