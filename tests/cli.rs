@@ -32,6 +32,8 @@ mod docs;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/foreign_forwards.rs"]
+mod foreign_forwards;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]
