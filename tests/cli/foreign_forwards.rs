@@ -466,3 +466,114 @@ fn the_agents_rule_through_iptables_legacy_is_read_too() {
         )],
     );
 }
+
+/// A veth `name` in the host with `host_addr`/28 and its peer in a new namespace at
+/// `client_addr`, as a CNI plugin sets up a pod (the host side addressed, as the ptp
+/// plugin does, so that a grant can publish on it).
+fn pod_veth(lab: &Lab, name: &str, host_addr: &str, client_addr: &str) -> Netns {
+    let pod = Netns::new(&format!("p{name}"));
+    run(
+        "ip",
+        &[
+            "-n",
+            &lab.host.name,
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.name,
+        ],
+    );
+    lab.host.ip(&format!("addr add {host_addr}/28 dev {name}"));
+    lab.host.ip(&format!("link set {name} up"));
+    lab.host
+        .set_sysctl(&format!("net.ipv4.conf.{name}.rp_filter"), "0");
+    pod.ip(&format!("addr add {client_addr}/28 dev eth0"));
+    pod.ip("link set eth0 up");
+    pod.ip(&format!("route add default via {host_addr}"));
+    pod
+}
+
+fn rl(lab: &Lab, iface: &str) -> String {
+    lab.host
+        .sysctl(&format!("net.ipv4.conf.{iface}.route_localnet"))
+}
+
+/// The original route_localnet watch records for a veth a pattern matches is its
+/// owner's: a CNI that writes its own `route_localnet=1` right after creating the veth
+/// (Calico does), here once loopgate's guard for it is already in the table, keeps it
+/// after the grant is revoked, and audit reports that interface truthfully as open
+/// without loopgate's guard, with the remedy (`loopgate guard`), which is run. Control:
+/// a veth whose owner writes nothing is closed again.
+#[test]
+fn a_cni_written_route_localnet_on_a_new_veth_survives_revoke() {
+    let (lab, _services) = lab_with_services();
+    let dir = lab.state_dir.join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("pods.yaml");
+    std::fs::write(
+        &policy,
+        "grants:\n  - interface: 'cali*'\n    allow: 203.0.113.0/24\n    port: 3306\n",
+    )
+    .unwrap();
+    lab.ok(&["apply", dir.to_str().unwrap()]);
+    let watch = Watch::start_with(&lab, &["--policy", dir.to_str().unwrap()]);
+    let pod = pod_veth(&lab, "cali1", "203.0.113.1", "203.0.113.2");
+    let plain = pod_veth(&lab, "cali2", "203.0.113.17", "203.0.113.18");
+    time_until(|| NftTable::read_or_empty(&lab.host).guard_of("cali1").is_ok())
+        .unwrap_or_else(|| panic!("watch guards cali1: {}", watch.log()));
+    // The CNI's own write, right after (Calico: right after creating the veth).
+    lab.host
+        .set_sysctl("net.ipv4.conf.cali1.route_localnet", "1");
+    for (ns, addr) in [(&pod, "203.0.113.1"), (&plain, "203.0.113.17")] {
+        time_until(|| tcp_request(ns, sa(a(addr), 3306)).as_deref() == Some("tcp:3306"))
+            .unwrap_or_else(|| panic!("served on {addr}: {}", watch.log()));
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&lab.loopgate(&["audit", "--json"]).stdout).unwrap();
+    let original = |name: &str| {
+        json["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .map(|i| i["original"].clone())
+    };
+    assert_eq!(original("cali1"), Some(serde_json::json!(1)), "{json}");
+    assert_eq!(original("cali2"), Some(serde_json::json!(0)), "{json}");
+
+    // Revoke: the policy no longer has the grant.
+    std::fs::write(&policy, "grants: []\n").unwrap();
+    time_until(|| !NftTable::read_or_empty(&lab.host).names_in_any_guard_map("cali1"))
+        .unwrap_or_else(|| panic!("watch revokes: {}", watch.log()));
+    time_until(|| rl(&lab, "cali2") == "0").unwrap_or_else(|| {
+        panic!(
+            "control: loopgate's own opening is taken back: {}",
+            watch.log()
+        )
+    });
+    assert_eq!(
+        rl(&lab, "cali1"),
+        "1",
+        "the CNI's route_localnet is kept: {}",
+        watch.log()
+    );
+    lab.assert_audit(
+        1,
+        &[
+            "CRITICAL [unguarded] route_localnet is effectively on for cali1 (route_localnet=1) without loopgate's guard",
+            "loopgate guard cali1",
+        ],
+    );
+    // The printed remedy.
+    lab.ok(&["guard", "cali1"]);
+    lab.assert_audit(
+        0,
+        &["info [guarded] cali1 is guarded (opened by another tool)"],
+    );
+}

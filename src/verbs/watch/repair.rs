@@ -189,6 +189,7 @@ pub fn repair<K: Kernel>(
     runtimes: &crate::runtime::RuntimeCache,
     log: &mut Vec<String>,
     sweeps: &mut SweepClock,
+    newcomers: &mut super::Newcomers,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
     let (policy_specs, policy_guards, policy_seen) = match policy {
@@ -208,10 +209,23 @@ pub fn repair<K: Kernel>(
     // Something moved: the runtimes are asked again in the background, and this pass
     // goes on with their last answers (a changed answer wakes the next one).
     runtimes.refresh();
+    // Veths a pattern matches that just appeared are guarded but not opened yet, so
+    // that the original recorded is their owner's (see `newcomers`).
+    let specs: Vec<&Spec> = policy_specs
+        .iter()
+        .flatten()
+        .chain(known.iter().flat_map(|s| s.specs.iter()))
+        .collect();
+    let settling = newcomers.settling(
+        host.names(),
+        &specs,
+        crate::kernel::sysctl::ifindex_of,
+        Instant::now(),
+    );
     let host_now = CachedRuntimes {
         host: &host,
         runtimes,
-        unsettled: Default::default(),
+        unsettled: std::cell::RefCell::new(settling.clone()),
     };
     let store = Store::open_exclusive_within(LOCK_WAIT)?;
     let _ = sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
@@ -234,8 +248,9 @@ pub fn repair<K: Kernel>(
     );
     // Quiet from here on only if this pass changed nothing (a pass that changed
     // something moved the generation; the next one checks it).
+    // Nor while a veth settles: the pass that opens it is due when it has settled.
     *quiet = match (&result, lines.is_empty()) {
-        (Ok(()), true) => stamp,
+        (Ok(()), true) if settling.is_empty() => stamp,
         _ => None,
     };
     log.extend(lines);
