@@ -101,6 +101,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     }
 
     let loopback = &observed.loopback_listeners;
+    // Other tools' forwards to loopback, which the guard lets through (`forwards`).
+    let foreign_forwards = super::forwards::forwards(&observed.firewall);
     let mut interfaces = Vec::new();
     for (name, value) in observed
         .sysctls
@@ -139,7 +141,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                         g.proto == l.proto
                             && g.to.port() == l.port
                             && (*g.to.ip() == l.addr || l.addr.is_unspecified())
-                    })
+                    }) || foreign_forwards.iter().any(|f| f.reaches(name, l))
                 })
                 .cloned()
                 .collect()

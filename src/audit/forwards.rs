@@ -136,6 +136,27 @@ impl Conditions {
     }
 }
 
+impl Forward {
+    /// The loopback listener this forward sends clients on `iface` to, if `l` is it:
+    /// the target's address (or a listener on 0.0.0.0), port and protocol, where the
+    /// rule says them.
+    pub(super) fn reaches(&self, iface: &str, l: &crate::kernel::host::Listener) -> bool {
+        let single = self.when.dport.filter(|(a, b)| a == b).map(|(a, _)| a);
+        let proto = match self.when.proto {
+            Some(6) => Some(Proto::Tcp),
+            Some(17) => Some(Proto::Udp),
+            _ => None,
+        };
+        self.when.applies_on(iface)
+            && self
+                .to
+                .addr
+                .is_some_and(|a| a == l.addr || l.addr.is_unspecified())
+            && self.to.port.or(single).is_none_or(|p| p == l.port)
+            && proto.is_none_or(|p| p == l.proto)
+    }
+}
+
 /// Every rule of the other tables that DNATs to 127/8 in a chain reached from a `nat`
 /// base chain at prerouting, with its path's conditions.
 pub(super) fn forwards(foreign: &Foreign) -> Vec<Forward> {

@@ -183,7 +183,8 @@ pub struct InterfaceReport {
     /// The recorded grants on this interface (from the state file).
     pub grants: Vec<Grant>,
     /// Loopback listeners a neighbour on this interface can reach: none when closed, only
-    /// the granted targets when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
+    /// the granted targets (and the targets of other tables' forwards to loopback, see
+    /// `foreign-forward`) when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
     /// open and unguarded.
     pub exposed_sockets: Vec<Listener>,
 }

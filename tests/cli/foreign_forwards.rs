@@ -182,6 +182,18 @@ fn ecs_tasks_keep_their_credentials_under_the_guard_and_audit_names_the_forward(
                 && f["interface"] == "docker0"),
         "{json}"
     );
+    // The agent's endpoint is among what docker0 exposes.
+    let docker0 = json["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "docker0")
+        .unwrap();
+    assert_eq!(
+        docker0["exposed_sockets"],
+        serde_json::json!([{ "proto": "tcp", "addr": "127.0.0.1", "port": 51679 }]),
+        "{docker0}"
+    );
 
     // The remedy: name the sources in the rule (iptables: -s CIDR).
     lab.host.exec(&[

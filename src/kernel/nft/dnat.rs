@@ -92,9 +92,7 @@ fn loaded(before: &[Expr], reg: u32, len: usize) -> Option<Vec<u8>> {
             Expr::Unknown(_) => return None,
             _ => continue,
         };
-        let Some(have) = bytes_of(dreg) else {
-            return None;
-        };
+        let have = bytes_of(dreg)?;
         if have.start >= want.end || want.start >= have.end {
             continue;
         }

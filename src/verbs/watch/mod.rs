@@ -28,7 +28,8 @@ pub use lend::SOCKET;
 pub use newcomers::Newcomers;
 pub use policy_follower::PolicyFollower;
 pub use repair::{
-    close_if_foreign, close_managed, desired, foreign, judge_unlocked, repair, repair_with, Stamp,
+    close_if_foreign, close_managed, desired, foreign, judge_unlocked, repair, repair_with, Clocks,
+    Stamp,
 };
 pub use sweep_clock::SweepClock;
 
@@ -77,8 +78,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
     let mut failing: Option<Failing> = None;
-    let mut sweeps = SweepClock::default();
-    let mut newcomers = Newcomers::default();
+    let mut clocks = Clocks::default();
     while !crate::kernel::os::stop_requested() {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
         match kernel.route_localnet("all") {
@@ -108,8 +108,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 &mut quiet,
                 &runtimes,
                 &mut lines,
-                &mut sweeps,
-                &mut newcomers,
+                &mut clocks,
             );
             failing = Failing::after(failing.take(), result, lines);
         }

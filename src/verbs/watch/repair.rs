@@ -176,6 +176,16 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
     })
 }
 
+/// What watch keeps from one pass to the next beside the state: when it last swept
+/// stale namespace directories, and when it first saw each interface.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    /// See [`SweepClock`].
+    pub sweeps: SweepClock,
+    /// See [`super::Newcomers`].
+    pub newcomers: super::Newcomers,
+}
+
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
 /// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
@@ -188,8 +198,7 @@ pub fn repair<K: Kernel>(
     quiet: &mut Option<Stamp>,
     runtimes: &crate::runtime::RuntimeCache,
     log: &mut Vec<String>,
-    sweeps: &mut SweepClock,
-    newcomers: &mut super::Newcomers,
+    clocks: &mut Clocks,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
     let (policy_specs, policy_guards, policy_seen) = match policy {
@@ -216,7 +225,7 @@ pub fn repair<K: Kernel>(
         .flatten()
         .chain(known.iter().flat_map(|s| s.specs.iter()))
         .collect();
-    let settling = newcomers.settling(
+    let settling = clocks.newcomers.settling(
         host.names(),
         &specs,
         crate::kernel::sysctl::ifindex_of,
@@ -228,7 +237,7 @@ pub fn repair<K: Kernel>(
         unsettled: std::cell::RefCell::new(settling.clone()),
     };
     let store = Store::open_exclusive_within(LOCK_WAIT)?;
-    let _ = sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
+    let _ = clocks.sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
     let Some(store) = store else {
         let Some(state) = known.as_ref() else {
             return Ok(());
