@@ -21,7 +21,7 @@ pub const TABLE: &str = "loopgate";
 /// loopgate's whole table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
-    /// The allowed-source sets (`allow_N`, `allow_N_hosts`), one per distinct allow list.
+    /// The allowed-source sets (`allow_K`, `allow_K_hosts`), one per distinct allow list.
     pub sets: Vec<AddrSet>,
     /// The dispatch maps (`raw_ifaces`, `nat_grants`, ...) the base chains look up.
     pub maps: Vec<VerdictMap>,

@@ -44,6 +44,8 @@ mod hold_lifecycle;
 mod host_gateway;
 #[path = "cli/install_deps.rs"]
 mod install_deps;
+#[path = "cli/install_scripts.rs"]
+mod install_scripts;
 #[path = "cli/kept_runtime_grants.rs"]
 mod kept_runtime_grants;
 #[path = "cli/litter.rs"]

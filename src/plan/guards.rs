@@ -146,6 +146,7 @@ fn input(i: usize, iface: &str) -> Chain {
                 format!("{iface} guard: replies of flows the host opened"),
             ),
             // iifname . ip daddr . meta l4proto . th dport vmap @input_targets
+            // (a DNATed flow's accept lives in its target's chain: see targets.rs)
             rule(
                 vec![],
                 Verdict::Vmap {

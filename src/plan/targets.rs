@@ -32,7 +32,7 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
             .or_default();
         for set in sets {
             // ct status dnat ct original ip daddr 192.0.2.1 ct original protocol tcp
-            //   ct original proto-dst 3306 ip saddr @allow_N counter accept
+            //   ct original proto-dst 3306 ip saddr @allow_K counter accept
             rules.push(rule(
                 vec![
                     Match::CtStatusDnat,

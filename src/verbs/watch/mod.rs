@@ -38,7 +38,7 @@ use repair::Failing;
 
 use super::system;
 use crate::kernel::monitor::Monitor;
-use crate::kernel::seam::Kernel;
+use crate::kernel::seam::HostFacts;
 use crate::kernel::sysctl;
 use crate::state::{State, Store};
 use anyhow::Result;
