@@ -36,6 +36,8 @@ mod files;
 mod firewall;
 #[path = "cli/flows_after_repair.rs"]
 mod flows_after_repair;
+#[path = "cli/foreign_forwards.rs"]
+mod foreign_forwards;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]
