@@ -323,7 +323,11 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
                 v => Expr::Unknown(format!("verdict {v}")),
             }
         }
-        t => super::xt::target_expr(t, data),
+        t => super::xt::target_expr(
+            t,
+            b.get(e.target_offset + XT_HEADER - 1).copied().unwrap_or(0),
+            data,
+        ),
     });
     out
 }

@@ -337,11 +337,15 @@ pub fn match_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
     out
 }
 
-/// What a non-standard target does: `REJECT`, `NOTRACK` and `CT --notrack` stop or
-/// untrack; targets that only log or mark are statements; any other is unknown.
-pub fn target_expr(name: &str, d: &[u8]) -> Expr {
+/// What a non-standard target (revision `revision`, its kernel struct in `d`) does:
+/// `REJECT`, `NOTRACK` and `CT --notrack` stop or untrack; `DNAT` translates (see
+/// [`super::dnat::xt_dnat`]); targets that only log or mark are statements; any other
+/// is unknown.
+pub fn target_expr(name: &str, revision: u8, d: &[u8]) -> Expr {
     match name {
         "REJECT" => Expr::Reject,
+        "DNAT" => super::dnat::xt_dnat(revision, d)
+            .map_or_else(|| Expr::Unknown("target DNAT".into()), Expr::Dnat),
         "NOTRACK" => Expr::Notrack,
         // xt_ct_target_info: flags (u16) first, XT_CT_NOTRACK 0x1.
         "CT" if u16_at(d, 0) & 1 != 0 => Expr::Notrack,

@@ -203,7 +203,10 @@ unsafe extern "C" fn decode_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> 
     // callback.
     unsafe {
         let out = &mut *data.cast::<Vec<Expr>>();
-        out.extend(decode(e));
+        match super::dnat::dnat_of(e, out) {
+            Some(x) => out.push(x),
+            None => out.extend(decode(e)),
+        }
     }
     0
 }
@@ -327,6 +330,7 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
             // blob does: one decoder for both.
             "target" => crate::kernel::xt::target_expr(
                 &str_of(sys::NFTNL_EXPR_TG_NAME),
+                u32_of(sys::NFTNL_EXPR_TG_REV) as u8,
                 &bytes(sys::NFTNL_EXPR_TG_INFO),
             ),
             "match" => {
