@@ -94,7 +94,10 @@ fn kube_firewall_loaded_with_iptables_nft_is_judged_as_the_kernel_does() {
 
 /// The ufw rule audit prints for the grant (`ufw allow in on br0 to 127.0.0.1 port
 /// 3306 proto tcp`), as ufw's backend writes it (`UFWRule.format_rule`, ufw 0.36.2
-/// src/common.py) into ufw-user-input.
+/// src/common.py) into ufw-user-input: ufw 0.36.2's own parser
+/// (`ufw.frontend.parse_command` of the package's modules) turns the printed command
+/// into exactly `-i br0 -p tcp -d 127.0.0.1 --dport 3306 -j ACCEPT`. (ufw itself is not
+/// run: its CLI manages the host's firewall service.)
 const UFW_ALLOW: [&str; 14] = [
     "iptables-nft",
     "-A",
