@@ -24,6 +24,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     let mut findings = Vec::new();
     let differences = match (&observed.table, expected) {
         (Some(have), Some(want)) => have.differences(want, 20),
+        (None, Some(_)) if observed.empty_table => {
+            vec!["table ip loopgate is empty (flushed)".to_string()]
+        }
         (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
         (Some(_), None) => {
             vec!["table ip loopgate exists but loopgate has no grants here".to_string()]
@@ -245,7 +248,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             code: Code::TableEmpty,
             interface: None,
             message: format!(
-                "an empty table ip {} is in place (left by a watch that stopped or was killed): it guards nothing, and nft 1.0.6 prints its flags as `flags `, which makes `nft list ruleset` output unloadable; remove it: nft delete table ip {}",
+                "an empty table ip {} is in place (a watch that stopped or was killed leaves one): it guards nothing, and nft 1.0.6 prints its flags as `flags `, which makes `nft list ruleset` output unloadable; remove it: nft delete table ip {}",
                 crate::ruleset::TABLE,
                 crate::ruleset::TABLE
             ),

@@ -24,7 +24,7 @@ pub struct Observed {
     /// loopgate's table as read, `None` when absent.
     pub table: Option<TableImage>,
     /// True when the table exists but holds nothing (no chain, set or rule): what a
-    /// watch that held the name leaves (`table` is then `None`, as for no table).
+    /// watch that held the name leaves, or `nft flush table` (`table` is then `None`).
     pub empty_table: bool,
     /// The nftables configuration file (`/etc/nftables.conf`, or
     /// `$LOOPGATE_NFTABLES_CONF`) when it names `table ip loopgate`.
@@ -118,14 +118,21 @@ pub fn observe<K: Kernel>(
         }
         _ => "not owned".to_string(),
     };
+    // An empty table (no chain, set or rule) guards nothing, whoever made it: it is
+    // present and empty, never "absent", and never compared rule by rule.
+    let image = snapshot.image();
+    let empty_table = match &image {
+        Some(i) => i.chains.is_empty() && i.sets.is_empty() && i.rules.is_empty(),
+        None => snapshot.holder().is_some(),
+    };
     Ok(Observed {
         protection,
         pending,
         sysctls,
         ifindexes,
         recorded_names,
-        table: snapshot.image(),
-        empty_table: snapshot.image().is_none() && snapshot.holder().is_some(),
+        table: image.filter(|_| !empty_table),
+        empty_table,
         nftables_conf_names_table: nftables_conf_naming_table(),
         elements_vouched: snapshot.vouched(),
         loopback_listeners,
