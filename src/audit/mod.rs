@@ -12,6 +12,7 @@
 mod assess;
 pub mod firewall;
 mod observe;
+pub mod pending_since;
 mod reachability;
 pub mod render;
 pub mod totals;

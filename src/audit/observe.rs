@@ -36,6 +36,15 @@ pub struct Observed {
     pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
+    /// How long each pending spec (by label) has been pending, in seconds, as far as
+    /// loopgate has seen (see [`super::pending_since`]); missing: just now.
+    pub pending_for: BTreeMap<String, u64>,
+    /// Labels of the pending specs that were served at an earlier audit (a runtime
+    /// network that was there and is gone: a project that is down, not a typo).
+    pub served_before: std::collections::BTreeSet<String>,
+    /// How long a spec may be pending before that is a warning, in seconds
+    /// ([`super::pending_since::grace`]).
+    pub pending_grace: u64,
     /// Sockets listening on 127.0.0.0/8 or on 0.0.0.0 (which answers as 127.0.0.1
     /// too), with the device each is bound to, if any.
     pub loopback_listeners: Vec<Listener>,
@@ -128,6 +137,9 @@ pub fn observe<K: Kernel>(
     Ok(Observed {
         protection,
         pending,
+        pending_for: BTreeMap::new(),
+        served_before: Default::default(),
+        pending_grace: super::pending_since::DEFAULT_GRACE,
         sysctls,
         ifindexes,
         recorded_names,
