@@ -203,27 +203,31 @@ pub struct ExposeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml, or
-    /// loopgate.yaml in $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot.
-    /// The directory is checked before anything changes; not with --netns.
+    /// Also record the change in the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot: in the file that
+    /// keeps the grant, or as asked in loopgate.yaml. Without it, changing a grant a
+    /// policy file keeps is refused. Checked before anything changes; not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }
 
-/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is required.
+/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is
+/// required, except with `--docker-network`/`--podman-network` (the network's grants).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["port", "name", "all"])))]
+#[command(group(clap::ArgGroup::new("what").args(["port", "name", "all"])))]
 pub struct RevokeArgs {
     /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
     /// everything loopgate did in this namespace.
     #[arg(value_name = "IFACE", conflicts_with_all = ["docker_network", "podman_network"])]
     pub iface: Option<String>,
 
-    /// Revoke grants made with --docker-network NETWORK.
+    /// Revoke grants made with --docker-network NETWORK (all of them without --port or
+    /// --name), whatever bridge the network has now.
     #[arg(long, value_name = "NETWORK", conflicts_with = "podman_network")]
     pub docker_network: Option<String>,
 
-    /// Revoke grants made with --podman-network NETWORK.
+    /// Revoke grants made with --podman-network NETWORK (all of them without --port or
+    /// --name).
     #[arg(long, value_name = "NETWORK")]
     pub podman_network: Option<String>,
 
@@ -247,9 +251,9 @@ pub struct RevokeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also remove the revoked grants from the persistent policy
-    /// (/etc/loopgate/loopgate.yaml, or loopgate.yaml in $LOOPGATE_CONFIG_DIR); not with
-    /// --netns.
+    /// Also remove the revoked grants from the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR): from the file that keeps each. Without it, revoking a grant
+    /// a policy file keeps is refused. Not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }

@@ -11,6 +11,7 @@
 
 mod assess;
 pub mod firewall;
+mod forwards;
 mod observe;
 pub mod pending_since;
 mod reachability;
@@ -110,6 +111,8 @@ finding_codes! {
     FirewallMayDrop => "firewall-may-drop",
     /// A `notrack` rule keeps loopgate's DNAT from happening.
     Notrack => "notrack",
+    /// Another table DNATs to 127/8 on a guarded interface; the guard lets it through.
+    ForeignForward => "foreign-forward",
     /// iptables-legacy tables are loaded.
     IptablesLegacy => "iptables-legacy",
     /// Asked for, but not served now.
@@ -182,7 +185,8 @@ pub struct InterfaceReport {
     /// The recorded grants on this interface (from the state file).
     pub grants: Vec<Grant>,
     /// Loopback listeners a neighbour on this interface can reach: none when closed, only
-    /// the granted targets when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
+    /// the granted targets (and the targets of other tables' forwards to loopback, see
+    /// `foreign-forward`) when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
     /// open and unguarded.
     pub exposed_sockets: Vec<Listener>,
 }

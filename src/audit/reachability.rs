@@ -282,6 +282,7 @@ mod tests {
             port: 53,
             to: to.parse().unwrap(),
             allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
+            network: None,
         }
     }
 

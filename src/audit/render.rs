@@ -102,6 +102,27 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The labels of an interface's series: `interface="br-5f2a1c3d9e7b"`, and
+/// `network="myproj_default"` when its grants were asked for by a runtime network's
+/// name, which (unlike the bridge) outlives `docker compose down/up`, so dashboards and
+/// alerts can select on it.
+fn iface_labels(r: &Report, iface: &str) -> String {
+    let network = r
+        .interfaces
+        .iter()
+        .filter(|i| i.name == iface)
+        .flat_map(|i| &i.grants)
+        .find_map(|g| g.network.as_ref());
+    match network {
+        Some(n) => format!(
+            "interface=\"{}\",network=\"{}\"",
+            label(iface),
+            label(&n.name)
+        ),
+        None => format!("interface=\"{}\"", label(iface)),
+    }
+}
+
 /// Writes one metric family: its HELP and TYPE lines and its samples (labels, value).
 fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
     use std::fmt::Write;
@@ -154,7 +175,7 @@ pub fn prometheus(r: &Report, now: f64) -> String {
     let per_iface = |f: &dyn Fn(&InterfaceReport) -> String| -> Vec<(String, String)> {
         r.interfaces
             .iter()
-            .map(|i| (format!("{{interface=\"{}\"}}", label(&i.name)), f(i)))
+            .map(|i| (format!("{{{}}}", iface_labels(r, &i.name)), f(i)))
             .collect()
     };
     family(
@@ -273,11 +294,7 @@ pub fn prometheus(r: &Report, now: f64) -> String {
             .iter()
             .map(|b| {
                 (
-                    format!(
-                        "{{interface=\"{}\",kind=\"{}\"}}",
-                        label(&b.interface),
-                        b.kind
-                    ),
+                    format!("{{{},kind=\"{}\"}}", iface_labels(r, &b.interface), b.kind),
                     pick(b).to_string(),
                 )
             })

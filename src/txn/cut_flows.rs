@@ -105,6 +105,7 @@ pub(super) mod tests {
             port,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, to),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 
