@@ -494,6 +494,7 @@ mod tests {
         use crate::spec::{NetworkSelector, Pending, PendingKind, Source, Spec};
         let spec = |iface: &str, net: Option<&str>| Spec {
             source: Source::Policy,
+            origin: None,
             name: None,
             interface: iface.into(),
             network: net.map(|n| NetworkSelector {
