@@ -162,6 +162,12 @@ pub struct ExposeArgs {
     #[arg(long, value_name = "NETWORK")]
     pub podman_network: Option<String>,
 
+    /// With --docker-network/--podman-network: accept a network that does not exist
+    /// yet, as a pending grant served once it does. Without it such a name is refused
+    /// (exit 2, naming the networks that exist): a typo must not wait for ever.
+    #[arg(long)]
+    pub pending_ok: bool,
+
     /// Source network allowed in (IPv4 CIDR or address). Repeat or comma-separate.
     /// Default with --docker-network/--podman-network: the network's subnets.
     #[arg(long, value_name = "CIDR", required_unless_present_any = ["docker_network", "podman_network"])]

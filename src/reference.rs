@@ -140,9 +140,9 @@ pub fn finding(code: Code) -> FindingDoc {
             "none, or migrate to nft",
         ),
         Code::Pending => (
-            "info",
-            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard",
-            "none: it is served when the interface appears (watch, or the next command)",
+            "info; warning once pending longer than LOOPGATE_PENDING_GRACE (60 s) when it cannot work as asked",
+            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network never seen (a typo) and a runtime that does not answer become a warning after the grace period",
+            "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`) or revoke it",
         ),
         Code::Blocked => (
             "info",
@@ -313,6 +313,10 @@ pub struct EnvDoc {
 /// Every environment variable loopgate reads.
 pub const ENV_VARS: &[EnvDoc] = &[
     EnvDoc {
+        name: "LOOPGATE_PENDING_GRACE",
+        meaning: "seconds a grant may be pending before `audit` reports it as a warning (default 60): a pinned address that is gone, a missing interface, a runtime network never seen (a typo), a runtime that does not answer; a pattern without a match, a runtime's bridge not created yet and a network that was served and is gone (a project that is down) stay info. Counted from the first audit that saw it pending",
+    },
+    EnvDoc {
         name: "LOOPGATE_NFTABLES_CONF",
         meaning: "the nftables configuration `audit` checks for `table ip loopgate` (default /etc/nftables.conf, what Debian's nftables.service loads)",
     },
@@ -364,6 +368,10 @@ pub const FILES: &[FileDoc] = &[
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/blocked-totals.json",
         meaning: "running totals of what the guards dropped, kept across table rewrites (folded in by every transaction that writes the table and by `audit`): `blocked_total` and `loopgate_blocked_packets_total`",
+    },
+    FileDoc {
+        path: "/run/loopgate/netns-<cookie>/pending-since.json",
+        meaning: "since when each grant is pending, and which were served before, as `audit` saw them (for LOOPGATE_PENDING_GRACE)",
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/watch.sock",

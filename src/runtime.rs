@@ -76,6 +76,58 @@ pub fn inspect(runtime: Runtime, name: &str) -> Result<Option<RuntimeNet>, Refus
     parse(runtime, name, &out.stdout)
 }
 
+/// The names of `runtime`'s networks (`docker network ls`), for naming the ones that
+/// exist when a name does not. Errors (one line): the CLI is missing, fails or hangs.
+pub fn list(runtime: Runtime) -> Result<Vec<String>, Refusal> {
+    let mut cmd = Command::new(runtime.cli());
+    cmd.args(["network", "ls", "--format", "{{.Name}}"]);
+    let out = process::run_bounded(cmd, INSPECT_TIMEOUT).map_err(|e| match e {
+        Bounded::Spawn(e) => format!(
+            "cannot run `{} network ls` ({})",
+            runtime.cli(),
+            crate::error::plain_io(&e)
+        ),
+        Bounded::TimedOut => format!("`{} network ls` did not answer", runtime.cli()),
+    })?;
+    if !out.status.success() {
+        return Err(format!("`{} network ls` failed", runtime.cli()));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// `names`, closest to `name` first (by edit distance, then name): what the user
+/// probably meant.
+pub fn closest_first(name: &str, mut names: Vec<String>) -> Vec<String> {
+    names.sort_by_key(|n| (edit_distance(name, n), n.clone()));
+    names.dedup();
+    names
+}
+
+/// The Levenshtein distance of `a` and `b` (insertions, deletions, substitutions of
+/// one character each): a transposition counts 2, which still ranks
+/// `myproj_defualt` next to `myproj_default`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// What a runtime said of one network (see [`inspect`]).
 pub type Answer = Result<Option<RuntimeNet>, Refusal>;
 
@@ -293,6 +345,21 @@ impl crate::spec::Host for HostInterfaces {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_closest_names_come_first() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("myproj_defualt", "myproj_default"), 2);
+        let names = ["bridge", "host", "none", "myproj_default", "other_default"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            closest_first("myproj_defualt", names),
+            ["myproj_default", "other_default", "bridge", "host", "none"]
+        );
+    }
+
     use super::*;
 
     #[test]

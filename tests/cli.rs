@@ -104,6 +104,8 @@ mod watch_forwarding;
 mod watch_matrix;
 #[path = "cli/watch_socket_and_bounded_cli.rs"]
 mod watch_socket_and_bounded_cli;
+#[path = "cli/words.rs"]
+mod words;
 
 use std::net::Ipv4Addr;
 use support::*;

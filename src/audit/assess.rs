@@ -24,6 +24,9 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     let mut findings = Vec::new();
     let differences = match (&observed.table, expected) {
         (Some(have), Some(want)) => have.differences(want, 20),
+        (None, Some(_)) if observed.empty_table => {
+            vec!["table ip loopgate is empty (flushed)".to_string()]
+        }
         (None, Some(_)) => vec!["table ip loopgate is missing".to_string()],
         (Some(_), None) => {
             vec!["table ip loopgate exists but loopgate has no grants here".to_string()]
@@ -230,15 +233,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         });
     }
     for p in &observed.pending {
-        findings.push(Finding {
-            severity: Severity::Info,
-            code: Code::Pending,
-            interface: Some(p.interface.clone()),
-            message: format!(
-                "{} on {} is pending: {}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)",
-                p.spec, p.interface, p.reason
-            ),
-        });
+        findings.push(pending_finding(p, observed, state));
     }
     let held_by_watch = observed.protection.starts_with("owned by watch");
     if observed.empty_table && !held_by_watch {
@@ -247,7 +242,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             code: Code::TableEmpty,
             interface: None,
             message: format!(
-                "an empty table ip {} is in place (left by a watch that stopped or was killed): it guards nothing, and nft 1.0.6 prints its flags as `flags `, which makes `nft list ruleset` output unloadable; remove it: nft delete table ip {}",
+                "an empty table ip {} is in place (a watch that stopped or was killed leaves one): it guards nothing, and nft 1.0.6 prints its flags as `flags `, which makes `nft list ruleset` output unloadable; remove it: nft delete table ip {}",
                 crate::ruleset::TABLE,
                 crate::ruleset::TABLE
             ),
@@ -302,6 +297,44 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         blocked,
         blocked_total: Vec::new(),
         pending: observed.pending.clone(),
+    }
+}
+
+/// The finding of one pending spec: info while it waits for something that comes and
+/// goes by itself (a pattern's first match, a runtime's bridge, a project that is
+/// down), or for less than the grace period; a warning once a spec that cannot work as
+/// asked (a pinned address that is gone, a missing interface, a network never seen, a
+/// runtime that does not answer) has been pending longer than that.
+fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State) -> Finding {
+    use crate::spec::PendingKind;
+    let spec = state.specs.iter().find(|s| s.label() == p.spec);
+    let waits_rightly = match p.kind {
+        PendingKind::Missing => spec.is_some_and(|s| s.is_pattern() || s.network.is_some()),
+        PendingKind::NoNetwork => observed.served_before.contains(&p.spec),
+        PendingKind::Unaddressed | PendingKind::RuntimeUnknown | PendingKind::Conflict => false,
+    };
+    let age = observed.pending_for.get(&p.spec).copied().unwrap_or(0);
+    let overdue = !waits_rightly && age >= observed.pending_grace;
+    let what = format!("{} on {} is pending: {}", p.spec, p.interface, p.reason);
+    Finding {
+        severity: match overdue {
+            true => Severity::Warning,
+            false => Severity::Info,
+        },
+        code: Code::Pending,
+        interface: Some(p.interface.clone()),
+        message: match (overdue, p.kind) {
+            (false, _) => format!(
+                "{what}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)"
+            ),
+            (true, PendingKind::NoNetwork) => format!(
+                "{what}, and has not been there since it was asked for {age} s ago: a typo? Correct the name (`{} network ls`) or revoke it",
+                spec.and_then(|s| s.network.as_ref()).map_or("docker", |n| n.runtime.cli())
+            ),
+            (true, _) => format!(
+                "{what}, for {age} s: this grant cannot work as asked; correct it or revoke it"
+            ),
+        },
     }
 }
 
@@ -450,6 +483,89 @@ mod tests {
             "{}",
             f.message
         );
+    }
+
+    /// Pending is info while it rightly waits or for less than the grace period, and a
+    /// warning once a spec that cannot work has waited longer (a typo stays green no
+    /// more): one case per kind.
+    #[test]
+    fn pending_turns_into_a_warning_after_the_grace_period_unless_it_rightly_waits() {
+        use crate::kernel::runtime::Runtime;
+        use crate::spec::{NetworkSelector, Pending, PendingKind, Source, Spec};
+        let spec = |iface: &str, net: Option<&str>| Spec {
+            source: Source::Policy,
+            origin: None,
+            name: None,
+            interface: iface.into(),
+            network: net.map(|n| NetworkSelector {
+                runtime: Runtime::Docker,
+                name: n.into(),
+            }),
+            proto: crate::grant::Proto::Tcp,
+            port: 3306,
+            to: "127.0.0.1:3306".parse().unwrap(),
+            listen: None,
+            host_gateway: false,
+            allow: vec![],
+        };
+        let specs = [
+            spec("veth*", None),
+            spec("", Some("podnet")),
+            spec("br0", None),
+            spec("", Some("typo")),
+            spec("", Some("down")),
+            spec("br1", None),
+        ];
+        let kinds = [
+            PendingKind::Missing,     // a pattern without a match yet
+            PendingKind::Missing,     // a runtime's bridge not there (yet)
+            PendingKind::Missing,     // an interface that is gone
+            PendingKind::NoNetwork,   // a network never seen
+            PendingKind::NoNetwork,   // a network seen served, now gone
+            PendingKind::Unaddressed, // a pinned address that is gone
+        ];
+        let state = State {
+            specs: specs.to_vec(),
+            ..empty()
+        };
+        let mut o = observed(&[("all", Ok(0)), ("default", Ok(0))]);
+        o.pending_grace = 60;
+        o.pending = specs
+            .iter()
+            .zip(kinds)
+            .map(|(s, kind)| Pending {
+                spec: s.label(),
+                interface: "x".into(),
+                reason: "r".into(),
+                kind,
+            })
+            .collect();
+        o.served_before.insert(specs[4].label());
+        let severities = |o: &Observed| -> Vec<Severity> {
+            let r = assess(o, &state, None);
+            specs
+                .iter()
+                .map(|s| {
+                    r.findings
+                        .iter()
+                        .find(|f| f.code == "pending" && f.message.starts_with(&s.label()))
+                        .unwrap()
+                        .severity
+                })
+                .collect()
+        };
+        use Severity::{Info as I, Warning as W};
+        // Just seen: all info.
+        assert_eq!(severities(&o), vec![I, I, I, I, I, I]);
+        o.pending_for = specs.iter().map(|s| (s.label(), 59)).collect();
+        assert_eq!(severities(&o), vec![I, I, I, I, I, I]);
+        o.pending_for = specs.iter().map(|s| (s.label(), 60)).collect();
+        assert_eq!(severities(&o), vec![I, I, W, W, I, W]);
+        let r = assess(&o, &state, None);
+        assert!(r
+            .findings
+            .iter()
+            .any(|f| f.message.contains("network typo") && f.message.contains("a typo?")));
     }
 }
 

@@ -13,6 +13,7 @@ mod assess;
 pub mod firewall;
 mod forwards;
 mod observe;
+pub mod pending_since;
 mod reachability;
 pub mod render;
 pub mod totals;

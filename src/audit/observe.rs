@@ -24,7 +24,7 @@ pub struct Observed {
     /// loopgate's table as read, `None` when absent.
     pub table: Option<TableImage>,
     /// True when the table exists but holds nothing (no chain, set or rule): what a
-    /// watch that held the name leaves (`table` is then `None`, as for no table).
+    /// watch that held the name leaves, or `nft flush table` (`table` is then `None`).
     pub empty_table: bool,
     /// The nftables configuration file (`/etc/nftables.conf`, or
     /// `$LOOPGATE_NFTABLES_CONF`) when it names `table ip loopgate`.
@@ -36,6 +36,15 @@ pub struct Observed {
     pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
+    /// How long each pending spec (by label) has been pending, in seconds, as far as
+    /// loopgate has seen (see [`super::pending_since`]); missing: just now.
+    pub pending_for: BTreeMap<String, u64>,
+    /// Labels of the pending specs that were served at an earlier audit (a runtime
+    /// network that was there and is gone: a project that is down, not a typo).
+    pub served_before: std::collections::BTreeSet<String>,
+    /// How long a spec may be pending before that is a warning, in seconds
+    /// ([`super::pending_since::grace`]).
+    pub pending_grace: u64,
     /// Sockets listening on 127.0.0.0/8 or on 0.0.0.0 (which answers as 127.0.0.1
     /// too), with the device each is bound to, if any.
     pub loopback_listeners: Vec<Listener>,
@@ -121,14 +130,24 @@ pub fn observe<K: Kernel>(
         }
         _ => "not owned".to_string(),
     };
+    // An empty table (no chain, set or rule) guards nothing, whoever made it: it is
+    // present and empty, never "absent", and never compared rule by rule.
+    let image = snapshot.image();
+    let empty_table = match &image {
+        Some(i) => i.chains.is_empty() && i.sets.is_empty() && i.rules.is_empty(),
+        None => snapshot.holder().is_some(),
+    };
     Ok(Observed {
         protection,
         pending,
+        pending_for: BTreeMap::new(),
+        served_before: Default::default(),
+        pending_grace: super::pending_since::DEFAULT_GRACE,
         sysctls,
         ifindexes,
         recorded_names,
-        table: snapshot.image(),
-        empty_table: snapshot.image().is_none() && snapshot.holder().is_some(),
+        table: image.filter(|_| !empty_table),
+        empty_table,
         nftables_conf_names_table: nftables_conf_naming_table(),
         elements_vouched: snapshot.vouched(),
         loopback_listeners,

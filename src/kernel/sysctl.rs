@@ -68,10 +68,13 @@ pub fn ifindex_of(iface: &str) -> Option<u32> {
 
 /// The name of interface `ifindex` in the current network namespace.
 pub fn name_of(ifindex: u32) -> Option<String> {
+    // For an index no device has, nix's if_indextoname answers an empty name rather
+    // than an error: a device that is gone has no name.
     nix::net::if_::if_indextoname(ifindex)
         .ok()?
         .into_string()
         .ok()
+        .filter(|n| !n.is_empty())
 }
 
 /// One network device as loopgate saw it: its ifindex, current name and route_localnet.

@@ -15,9 +15,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 /// [`Pending::reason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingKind {
-    /// The interface, runtime network or bridge does not exist now, or no interface
+    /// The interface or a runtime network's bridge does not exist now, or no interface
     /// matches the pattern: served when it appears.
     Missing,
+    /// The runtime says the network does not exist (a project that is down, or a
+    /// typo): served when it appears.
+    NoNetwork,
     /// The interface has no usable address now (none at all, not the pinned one, or
     /// host-gateway is unusable): served when it has.
     Unaddressed,
@@ -33,7 +36,8 @@ pub enum PendingKind {
 pub struct Pending {
     /// The spec's label ([`Spec::label`]).
     pub spec: String,
-    /// The interface (name, or pattern when nothing matches).
+    /// The interface (name, or pattern when nothing matches), or `docker network NAME`
+    /// when the runtime network itself is not there.
     pub interface: String,
     /// Why it is not served, in words.
     pub reason: String,
@@ -112,23 +116,19 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
             Some(sel) => match host.runtime_network(sel.runtime, &sel.name) {
                 Ok(Some(net)) => Some(net),
                 Ok(None) => {
-                    let why = format!(
-                        "{} network {} does not exist now",
-                        sel.runtime.cli(),
-                        sel.name
-                    );
+                    let why = format!("`{} network ls` does not list it now", sel.runtime.cli());
                     out.pending.push(Pending {
                         spec: spec.label(),
-                        interface: String::new(),
+                        interface: format!("{} network {}", sel.runtime.cli(), sel.name),
                         reason: why,
-                        kind: PendingKind::Missing,
+                        kind: PendingKind::NoNetwork,
                     });
                     continue;
                 }
                 Err(why) => {
                     out.pending.push(Pending {
                         spec: spec.label(),
-                        interface: String::new(),
+                        interface: format!("{} network {}", sel.runtime.cli(), sel.name),
                         reason: why,
                         kind: PendingKind::RuntimeUnknown,
                     });

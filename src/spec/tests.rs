@@ -72,7 +72,7 @@ fn a_runtime_network_resolves_to_its_bridge_subnets_and_gateway_or_is_pending() 
     by_name.allow = vec!["203.0.113.34".into()];
     let r = resolve(&from_request(&by_name, Source::Cli).unwrap(), &host);
     assert_eq!(r.grants[0].allow, vec!["203.0.113.34/32".parse().unwrap()]);
-    for (name, says) in [("gone", "does not exist now"), ("mv", "macvlan")] {
+    for (name, says) in [("gone", "does not list it now"), ("mv", "macvlan")] {
         by_name.network = Some((Runtime::Docker, name.into()));
         let r = resolve(&from_request(&by_name, Source::Cli).unwrap(), &host);
         assert!(

@@ -51,7 +51,22 @@ fn report(args: &AuditArgs) -> Result<Report> {
     // A table the running watch holds is loopgate's own, not a tampered one.
     let port = crate::state::running_watch().map_or(0, |(_, port)| port);
     let kernel = system().sanctioning(port);
-    let observed = audit::observe(&kernel, &host, &state, expected.as_ref(), args.deep)?;
+    let mut observed = audit::observe(&kernel, &host, &state, expected.as_ref(), args.deep)?;
+    // Since when each spec is pending: a typo must not stay green for ever.
+    observed.pending_grace = audit::pending_since::grace()?;
+    let mut record = audit::pending_since::Record::load(&store);
+    let labels: Vec<String> = state.specs.iter().map(|s| s.label()).collect();
+    let pending: Vec<String> = observed.pending.iter().map(|p| p.spec.clone()).collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (observed.pending_for, observed.served_before) = record.note(&pending, &labels, now);
+    if let Err(e) = record.save(&store) {
+        crate::errln!(
+            "loopgate: warning: since when grants are pending cannot be kept: {}",
+            crate::error::one_line(&e)
+        );
+    }
     let mut report = audit::assess(&observed, &state, expected.as_ref());
     let mut totals = audit::totals::Totals::load(&store);
     let guarded = |iface: &str| {

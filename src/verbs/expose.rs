@@ -2,7 +2,8 @@
 //!
 //! What is asked for is recorded as specs (the interface may be a glob pattern); the
 //! specs are resolved against the interfaces that exist now into the grants the engine
-//! installs. An exact interface name must exist now (a typo is refused); a pattern that
+//! installs. An exact interface name must exist now (a typo is refused), as must a
+//! runtime network unless `--pending-ok` asks for it as pending; a pattern that
 //! matches nothing yet is recorded as pending and served when a match appears (while
 //! `loopgate watch` runs, or at the next command).
 //!
@@ -49,12 +50,26 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     let host = HostInterfaces::read()?;
     match &network {
         // The runtime must answer: a missing CLI, another driver or an IPv6-only
-        // network is refused now; a network that does not exist yet is pending.
-        Some((runtime, name)) => {
-            if let Err(why) = crate::runtime::inspect(*runtime, name) {
-                bad_input!("{why}");
+        // network is refused now; a network that does not exist yet is refused too
+        // (a typo would wait for ever), unless asked for as pending.
+        Some((runtime, name)) => match crate::runtime::inspect(*runtime, name) {
+            Err(why) => bad_input!("{why}"),
+            Ok(None) if !args.pending_ok => {
+                let exist = match crate::runtime::list(*runtime) {
+                    Ok(names) if names.is_empty() => "there are none".to_string(),
+                    Ok(names) => format!(
+                        "those that do, closest first: {}",
+                        crate::runtime::closest_first(name, names).join(", ")
+                    ),
+                    Err(why) => format!("cannot list those that do: {why}"),
+                };
+                bad_input!(
+                    "{} network {name:?} does not exist ({exist}); to publish it once it exists, add --pending-ok",
+                    runtime.cli()
+                );
             }
-        }
+            Ok(_) => {}
+        },
         // A name must exist now, with the listen address on it: typos are refused.
         None if !spec::is_pattern(&req.iface) => {
             input::validate(&req, &host)?;

@@ -51,6 +51,7 @@ fn revoking_a_grant_on_a_missing_interface_is_not_undone_by_an_unresolved_networ
         "expose",
         "--docker-network",
         "myproj_default",
+        "--pending-ok",
         "--port",
         "3306",
     ]);

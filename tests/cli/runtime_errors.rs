@@ -3,7 +3,8 @@
 //! network, an unknown runtime in a policy. Each refusal is one line naming the value,
 //! exit 2, and the ruleset, every route_localnet and the state stay exactly as they
 //! were. The runtime's answers come from a fake CLI (the real runtimes are exercised in
-//! `runtime_grants`); a network that does not exist yet is pending, not refused.
+//! `runtime_grants`); a network that does not exist yet is pending with `--pending-ok`
+//! (refused without it: see `exit_codes`).
 
 use super::*;
 
@@ -84,7 +85,7 @@ fn a_runtime_network_loopgate_cannot_serve_is_refused_by_name_and_changes_nothin
 }
 
 #[test]
-fn a_runtime_network_that_does_not_exist_yet_is_pending_not_refused() {
+fn a_runtime_network_that_does_not_exist_yet_is_pending_when_asked_for() {
     let (lab, _services) = lab_with_services();
     let none = lab.fake_cli("docker", "[]");
     let out = lab.loopgate_env(
@@ -92,6 +93,7 @@ fn a_runtime_network_that_does_not_exist_yet_is_pending_not_refused() {
             "expose",
             "--docker-network",
             "later_default",
+            "--pending-ok",
             "--port",
             "5432",
         ],
@@ -103,7 +105,7 @@ fn a_runtime_network_that_does_not_exist_yet_is_pending_not_refused() {
         (out.status.code(), stdout(&out))
     };
     assert!(
-        audit.contains("later_default") && audit.contains("does not exist now"),
+        audit.contains("later_default") && audit.contains("does not list it now"),
         "audit shows the pending grant (exit {code:?}):\n{audit}"
     );
     assert!(
