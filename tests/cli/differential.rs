@@ -84,6 +84,13 @@ struct Entry {
     forward: Option<(std::net::SocketAddrV4, std::net::SocketAddrV4)>,
     /// The grant's port (and the loopback service's): 3306 unless `lab-port` says.
     port: u16,
+    /// `lab-routed: IFACE`: the client is a pod behind its own veth IFACE, routed by a
+    /// /32 as Calico does it (no bridge, no address on the veth, route_localnet=1 as
+    /// the CNI plugin sets it; the pod's default route via 169.254.1.1), and the grant
+    /// is on IFACE with `--listen 192.0.2.1`.
+    routed: Option<String>,
+    /// `lab-allow`: the grant's --allow (default: exactly the client).
+    allow: String,
 }
 
 fn corpus_dir() -> PathBuf {
@@ -124,6 +131,11 @@ impl Entry {
             .map(|p| p.parse().unwrap())
             .unwrap_or(3306);
         Entry {
+            routed: field("lab-routed").first().cloned(),
+            allow: field("lab-allow")
+                .first()
+                .cloned()
+                .unwrap_or_else(|| CLIENT.to_string()),
             project: one("project"),
             source: one("source"),
             version: one("version"),
@@ -183,7 +195,7 @@ struct Audit {
     alarming: bool,
 }
 
-fn audit(lab: &Lab, forward: Option<std::net::SocketAddrV4>) -> Audit {
+fn audit(lab: &Lab, iface: &str, forward: Option<std::net::SocketAddrV4>) -> Audit {
     let out = lab.loopgate(&["audit", "--format", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -194,7 +206,7 @@ fn audit(lab: &Lab, forward: Option<std::net::SocketAddrV4>) -> Audit {
     });
     let list = doc["findings"].as_array().cloned().unwrap_or_default();
     let code_of = |f: &serde_json::Value| f["code"].as_str().unwrap_or("").to_string();
-    let on_grant = |f: &&serde_json::Value| f["interface"].as_str() == Some("br0");
+    let on_grant = |f: &&serde_json::Value| f["interface"].as_str() == Some(iface);
     let grant = if list
         .iter()
         .filter(on_grant)
@@ -251,18 +263,65 @@ fn audit(lab: &Lab, forward: Option<std::net::SocketAddrV4>) -> Audit {
 }
 
 /// Whether the allowed client gets an answer through the grant.
-fn grant_works(lab: &Lab, port: u16) -> bool {
-    tcp_request(&lab.container, sa(HOST_ADDR, port)).as_deref() == Some(&format!("tcp:{port}"))
+fn grant_works(client: &Netns, port: u16) -> bool {
+    tcp_request(client, sa(HOST_ADDR, port)).as_deref() == Some(&format!("tcp:{port}"))
 }
 
 /// Whether the client reaches the forward's loopback service through its original
 /// destination.
-fn forward_works(lab: &Lab, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4) -> bool {
-    tcp_request(&lab.container, from).as_deref() == Some(&format!("tcp:{}", to.port()))
+fn forward_works(client: &Netns, from: std::net::SocketAddrV4, to: std::net::SocketAddrV4) -> bool {
+    tcp_request(client, from).as_deref() == Some(&format!("tcp:{}", to.port()))
 }
 
-fn expose_args(port: &str) -> [&str; 6] {
-    ["expose", "br0", "--allow", CLIENT, "--port", port]
+/// The pod of a `lab-routed` entry: 198.51.100.10/32 behind the host's veth `iface`,
+/// wired as Calico wires a workload.
+const POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+fn routed_pod(lab: &Lab, iface: &str) -> Netns {
+    let pod = Netns::new("pod");
+    run(
+        "ip",
+        &[
+            "-n",
+            &lab.host.name,
+            "link",
+            "add",
+            iface,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.name,
+        ],
+    );
+    lab.host.ip(&format!("link set {iface} up"));
+    lab.host
+        .set_sysctl(&format!("net.ipv4.conf.{iface}.proxy_arp"), "1");
+    lab.host
+        .set_sysctl(&format!("net.ipv4.conf.{iface}.rp_filter"), "0");
+    // Calico's CNI plugin sets route_localnet=1 on the veth it creates; the veth has no
+    // IPv4 address, so loopgate leaves that value as the CNI set it.
+    lab.host
+        .set_sysctl(&format!("net.ipv4.conf.{iface}.route_localnet"), "1");
+    lab.host.ip(&format!("route add {POD_ADDR}/32 dev {iface}"));
+    pod.ip(&format!("addr add {POD_ADDR}/32 dev eth0"));
+    pod.ip("link set eth0 up");
+    // The pod's gateway 169.254.1.1 is answered by the host's veth: Calico relies on
+    // proxy ARP and a default route on the host; the lab host has none, so the pod
+    // gets the neighbour entry directly.
+    let mac = stdout(
+        &lab.host
+            .exec(&["cat", &format!("/sys/class/net/{iface}/address")]),
+    );
+    pod.ip(&format!(
+        "neigh add 169.254.1.1 lladdr {} dev eth0",
+        mac.trim()
+    ));
+    pod.ip("route add 169.254.1.1 dev eth0 scope link");
+    pod.ip("route add default via 169.254.1.1 dev eth0");
+    pod
 }
 
 /// The differential test of one corpus file (see the module doc).
@@ -275,21 +334,29 @@ fn differential(file: &str) {
     }
     let _services = start_services(&lab.host, &tcp, &[]);
     let port = entry.port.to_string();
+    let pod = entry.routed.as_deref().map(|iface| routed_pod(&lab, iface));
+    let client = pod.as_ref().unwrap_or(&lab.container);
+    let iface = entry.routed.as_deref().unwrap_or("br0");
+    let host_addr = HOST_ADDR.to_string();
+    let mut expose = vec!["expose", iface, "--allow", &entry.allow, "--port", &port];
+    if entry.routed.is_some() {
+        expose.extend(["--listen", &host_addr]);
+    }
 
     // 1. Control: without the foreign ruleset the grant works and audit agrees.
-    lab.ok(&expose_args(&port));
+    lab.ok(&expose);
     assert!(
-        grant_works(&lab, entry.port),
+        grant_works(client, entry.port),
         "{file}: control: the grant does not work without the foreign ruleset"
     );
-    let control = audit(&lab, None);
+    let control = audit(&lab, iface, None);
     assert!(
         control.grant == AuditSays::Works && control.code == Some(0),
         "{file}: control: audit (exit {:?}) without the foreign ruleset:\n{}",
         control.code,
         control.findings.join("\n")
     );
-    lab.ok(&["revoke", "br0", "--port", &port]);
+    lab.ok(&["revoke", iface, "--port", &port]);
 
     // 2. The foreign tool's setup and ruleset.
     for cmd in &entry.setup {
@@ -303,13 +370,13 @@ fn differential(file: &str) {
     entry.load(&lab.host);
     if let Some((from, to)) = entry.forward {
         assert!(
-            forward_works(&lab, from, to),
+            forward_works(client, from, to),
             "{file}: control: the foreign forward {from} -> {to} does not work before loopgate"
         );
     }
 
     // 3. The grant, made on a host where the firewall was there first.
-    let out = lab.loopgate(&expose_args(&port));
+    let out = lab.loopgate(&expose);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -318,11 +385,11 @@ fn differential(file: &str) {
     );
 
     // 4. The kernel's verdict; 5. audit's.
-    let kernel_grant = grant_works(&lab, entry.port);
+    let kernel_grant = grant_works(client, entry.port);
     let kernel_forward = entry
         .forward
-        .map(|(from, to)| forward_works(&lab, from, to));
-    let said = audit(&lab, entry.forward.map(|(from, _)| from));
+        .map(|(from, to)| forward_works(client, from, to));
+    let said = audit(&lab, iface, entry.forward.map(|(from, _)| from));
 
     let mut disagreements = Vec::new();
     let grant_agrees = match said.grant {
@@ -385,11 +452,30 @@ macro_rules! corpus {
 }
 
 corpus! {
-    firewalld_default_zone => "firewalld-default-zone.nft",
-    firewalld_trusted_zone => "firewalld-trusted-zone.nft",
-    firewalld_strict_forward_ports => "firewalld-strict-forward-ports.nft",
-    amazon_ecs_agent => "amazon-ecs-agent.iptables-nft",
     amazon_ecs_agent_bridge => "amazon-ecs-agent-bridge.iptables-nft",
+    amazon_ecs_agent => "amazon-ecs-agent.iptables-nft",
+    calico_felix_iptables => "calico-felix-iptables.iptables-nft",
+    debian_nftables_conf => "debian-nftables-conf.nft",
+    docker_28_iptables => "docker-28-iptables.iptables-nft",
+    docker_29_nftables => "docker-29-nftables.nft",
+    fail2ban_recidive_allports => "fail2ban-recidive-allports.nft",
+    fail2ban_sshd_nftables => "fail2ban-sshd-nftables.nft",
+    fedora_iptables_services => "fedora-iptables-services.iptables-legacy",
+    firewalld_default_zone => "firewalld-default-zone.nft",
+    firewalld_strict_forward_ports => "firewalld-strict-forward-ports.nft",
+    firewalld_trusted_zone => "firewalld-trusted-zone.nft",
+    flannel_iptables => "flannel-iptables.iptables-nft",
+    incus_network_acl => "incus-network-acl.nft",
+    kube_proxy_iptables_legacy => "kube-proxy-iptables.iptables-legacy",
+    kube_proxy_iptables => "kube-proxy-iptables.iptables-nft",
+    kube_proxy_nftables => "kube-proxy-nftables.nft",
+    libvirt_nat_network => "libvirt-nat-network.iptables-nft",
+    libvirt_nat_network_nft => "libvirt-nat-network.nft",
+    nftables_workstation => "nftables-workstation.nft",
+    podman_netavark_iptables => "podman-netavark-iptables.iptables-nft",
+    tailscale_iptables => "tailscale-iptables.iptables-nft",
+    ufw_allow_rule => "ufw-allow-rule.iptables-nft",
+    ufw_default_deny => "ufw-default-deny.iptables-nft",
 }
 
 #[test]
