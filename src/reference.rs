@@ -124,6 +124,11 @@ pub fn finding(code: Code) -> FindingDoc {
             "a `notrack` rule before conntrack matches the flow, so loopgate's DNAT never happens",
             "exclude the grant's interface and port from it",
         ),
+        Code::ForeignForward => (
+            "critical without a source restriction, info when the rule names its sources, warning when that cannot be read or the target is a grant's",
+            "another table's DNAT rule sends a published address to 127/8 on an interface loopgate guards (the Amazon ECS agent's `169.254.170.2:80` to `127.0.0.1:51679`, a hand-made `dnat to 127.0.0.1`): the guard lets its flows through, so whoever the rule lets in reaches that loopback service; one to a grant's own target is dropped instead",
+            "name the sources that need it in the rule (`ip saddr CIDR`, `-s CIDR`), or delete the rule; for a grant's target, point the forward elsewhere",
+        ),
         Code::IptablesLegacy => (
             "info",
             "legacy iptables tables are loaded (nft does not list them); their INPUT policy is shown and their chains are judged",

@@ -182,6 +182,9 @@ pub enum Match {
     CtStatusDnat,
     /// `ct original ip daddr a.b.c.d`
     CtOriginalDaddr(Ipv4Addr),
+    /// `ct original ip daddr != a.b.c.d/n`: the flow's first packet was not addressed
+    /// inside the network.
+    CtOriginalDaddrNotIn(Ipv4Network),
     /// `ct original protocol tcp ct original proto-dst N`
     CtOriginalProtoDst(Proto, u16),
 }
@@ -341,6 +344,7 @@ impl fmt::Display for Match {
             Match::CtDirection(CtDir::Reply) => f.write_str("ct direction reply"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::CtOriginalDaddr(a) => write!(f, "ct original ip daddr {a}"),
+            Match::CtOriginalDaddrNotIn(n) => write!(f, "ct original ip daddr != {n}"),
             Match::CtOriginalProtoDst(p, port) => {
                 write!(f, "ct original protocol {p} ct original proto-dst {port}")
             }

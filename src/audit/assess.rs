@@ -276,6 +276,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         &state.grants,
         &observed.ifindexes,
     ));
+    // Another tool's forwards to loopback the guard lets through (see `forwards`).
+    findings.extend(super::forwards::findings(&observed.firewall, &interfaces));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {
@@ -600,6 +602,18 @@ mod every_code {
                 o.firewall = base_chain(Hook::Prerouting, -300, false, vec![notrack]);
             }
             Code::IptablesLegacy => o.firewall.legacy_tables = vec!["filter".into()],
+            // Another table DNATs every packet on br0 to 127.0.0.1:51679.
+            Code::ForeignForward => {
+                let dnat = Rule {
+                    handle: 1,
+                    exprs: vec![Expr::Dnat(crate::kernel::dnat::DnatTo {
+                        addr: Some(Ipv4Addr::LOCALHOST),
+                        port: Some(51679),
+                    })],
+                };
+                o.firewall = base_chain(Hook::Prerouting, -100, false, vec![dnat]);
+                o.firewall.chains[0].base.as_mut().unwrap().nat = true;
+            }
             Code::Pending => o.pending.push(crate::spec::Pending {
                 spec: "br1:80".into(),
                 interface: "br1".into(),

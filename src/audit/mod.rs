@@ -11,6 +11,7 @@
 
 mod assess;
 pub mod firewall;
+mod forwards;
 mod observe;
 mod reachability;
 pub mod render;
@@ -108,6 +109,8 @@ finding_codes! {
     FirewallMayDrop => "firewall-may-drop",
     /// A `notrack` rule keeps loopgate's DNAT from happening.
     Notrack => "notrack",
+    /// Another table DNATs to 127/8 on a guarded interface; the guard lets it through.
+    ForeignForward => "foreign-forward",
     /// iptables-legacy tables are loaded.
     IptablesLegacy => "iptables-legacy",
     /// Asked for, but not served now.

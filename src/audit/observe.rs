@@ -132,7 +132,8 @@ pub fn observe<K: Kernel>(
         counters: snapshot.counters(),
         addresses,
         routes,
-        firewall: match state.grants.is_empty() {
+        // Read for the grants' flows and, on guarded interfaces, other tools' forwards.
+        firewall: match state.grants.is_empty() && state.guarded.is_empty() {
             true => Default::default(),
             false => kernel.foreign_firewall(),
         },

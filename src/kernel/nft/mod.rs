@@ -24,6 +24,7 @@
 mod abi;
 mod batch;
 mod counters;
+mod dnat;
 pub mod elements;
 mod encode;
 mod expr;
