@@ -26,6 +26,8 @@ mod corpus;
 mod crash;
 #[path = "cli/device_identity_and_repair.rs"]
 mod device_identity_and_repair;
+#[path = "cli/differential.rs"]
+mod differential;
 #[path = "cli/docs.rs"]
 mod docs;
 #[path = "cli/exit_codes.rs"]
