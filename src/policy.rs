@@ -20,7 +20,7 @@ pub const MAX_POLICY_BYTES: u64 = 16 << 20;
 
 /// One policy file as parsed (YAML, `grants:` at the top, no other key), not yet
 /// validated: [`specs_of`] and [`guards_of`] turn it into what is asked for, which
-/// [`crate::spec::resolve`] turns into [`Grant`]s on the host of each moment.
+/// [`crate::spec::resolve`] turns into [`Grant`](crate::grant::Grant)s on the host of each moment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
@@ -35,7 +35,7 @@ pub struct Policy {
 }
 
 /// One entry of `grants:`, as the user wrote it; the keys mirror `expose`'s options and
-/// are validated by the same code ([`input::validate`]). Unknown keys are errors.
+/// are validated by the same code ([`crate::input::validate`]). Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
