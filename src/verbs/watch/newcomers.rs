@@ -39,7 +39,7 @@ pub struct Newcomers {
 impl Newcomers {
     /// Updates what was seen with the interfaces `names` of this pass (ifindexes by
     /// `ifindex_of`) and returns those matched by a pattern of `specs` that appeared
-    /// less than [`SETTLE`] before `now`. A name that now names another device counts
+    /// less than `SETTLE` (1 s) before `now`. A name that now names another device counts
     /// as appearing now.
     pub fn settling<'a>(
         &mut self,
