@@ -156,6 +156,7 @@ fn flow() -> Flow {
         listen: (Ipv4Addr::new(192, 0, 2, 1), 3306),
         to: (Ipv4Addr::LOCALHOST, 3306),
         proto: 6,
+        route_back: Default::default(),
     }
 }
 
@@ -564,6 +565,15 @@ fn findings_name_table_chain_rule_and_the_remedy() {
         network: None,
     };
     let ix = std::collections::BTreeMap::new();
+    let lookups = std::collections::BTreeMap::new();
+    let ix = (
+        &ix,
+        &Routes {
+            lookups: &lookups,
+            table: &[],
+        },
+    );
+    let findings = |f: &Foreign, g: &[Grant], ix: &(_, &Routes)| findings(f, g, ix.0, ix.1);
     let foreign = |chains| Foreign {
         chains,
         ..Default::default()
