@@ -900,3 +900,5 @@ fn a_first_packet_is_a_bare_syn_to_this_host() {
     let pkttype = rule(3, vec![vec![meta(8), cmp(1, &[0])], v(Jump::Drop)]);
     assert_eq!(said(vec![input(false, vec![pkttype])]), "passes");
 }
+
+mod marks;
