@@ -38,6 +38,8 @@ mod files;
 mod firewall;
 #[path = "cli/firewall_remedies.rs"]
 mod firewall_remedies;
+#[path = "cli/firewall_rpfilter.rs"]
+mod firewall_rpfilter;
 #[path = "cli/firewall_sets.rs"]
 mod firewall_sets;
 #[path = "cli/firewall_xt.rs"]

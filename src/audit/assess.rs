@@ -272,6 +272,10 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         &observed.firewall,
         &state.grants,
         &observed.ifindexes,
+        &super::firewall::Routes {
+            lookups: &observed.routes,
+            table: &observed.route_table,
+        },
     ));
     // Another tool's forwards to loopback the guard lets through (see `forwards`).
     findings.extend(super::forwards::findings(&observed.firewall, &interfaces));

@@ -272,3 +272,49 @@ fn firewalld_strict_forward_ports_rejects_for_certain_and_says_what_helps() {
     assert!(works(&lab));
     lab.assert_audit(0, &[]);
 }
+
+#[test]
+fn firewalld_add_port_is_what_firewalld_builds_and_it_works() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    // The comment lines of the fixture are nft comments too.
+    nft_file(&lab, include_str!("fixtures/firewalld-0.6-input.nft"));
+    assert!(!works(&lab), "control: zone public rejects the port");
+    let report = lab.assert_audit(
+        1,
+        &[
+            "[firewall-drops]",
+            "table inet firewalld chain filter_INPUT",
+            "--add-port=3306/tcp",
+        ],
+    );
+    assert!(
+        printed(&report, "firewall-cmd ").iter().any(|c| c
+            == "firewall-cmd --zone=\"$(firewall-cmd --get-zone-of-interface=br0)\" --add-port=3306/tcp"),
+        "{report}"
+    );
+    // firewall-cmd cannot run here: the rule it makes firewalld add for
+    // `--zone=public --add-port=3306/tcp` (v0.6.0 nftables.py, build_zone_ports_rules:
+    // `add rule inet firewalld filter_IN_public_allow tcp dport 3306 ct state new
+    // accept`).
+    lab.host.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "firewalld",
+        "filter_IN_public_allow",
+        "tcp",
+        "dport",
+        "3306",
+        "ct",
+        "state",
+        "new",
+        "accept",
+    ]);
+    assert!(
+        works(&lab),
+        "the port firewalld opens lets the grant through"
+    );
+    lab.assert_audit(0, &[]);
+}

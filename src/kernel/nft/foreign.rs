@@ -249,6 +249,13 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
                     .then(|| sys::nftnl_expr_get_u8(e, sys::NFTNL_EXPR_CT_DIR as u16)),
                 dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
             },
+            // `meta mark set`: later mark matches see the value (NFT_META_MARK 3).
+            "meta" if is(sys::NFTNL_EXPR_META_SREG) && u32_of(sys::NFTNL_EXPR_META_KEY) == 3 => {
+                Expr::MetaSet {
+                    key: 3,
+                    sreg: u32_of(sys::NFTNL_EXPR_META_SREG),
+                }
+            }
             // A dynset ends the rule when its add fails or its embedded limit, quota or
             // connlimit does: not a plain statement.
             "dynset" => Expr::Unknown(name),
@@ -324,15 +331,32 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
                     dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
                 }
             }
+            // `fib saddr [. mark] [. iif] oif|oifname`: NFTA_FIB_F_SADDR 1, MARK 4, IIF 8,
+            // PRESENT 0x20; result OIF 1, OIFNAME 2. The reverse path check.
+            "fib"
+                if matches!(u32_of(sys::NFTNL_EXPR_FIB_RESULT), 1 | 2)
+                    && u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & 1 != 0
+                    && u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & !(1 | 4 | 8 | 0x20) == 0 =>
+            {
+                let flags = u32_of(sys::NFTNL_EXPR_FIB_FLAGS);
+                Expr::FibOif {
+                    iif: flags & 8 != 0,
+                    present: flags & 0x20 != 0,
+                    name: u32_of(sys::NFTNL_EXPR_FIB_RESULT) == 2,
+                    dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
+                }
+            }
             "reject" => Expr::Reject,
             "notrack" => Expr::Notrack,
             // iptables-nft's compat expressions carry the xt structs iptables-legacy's
             // blob does: one decoder for both.
-            "target" => crate::kernel::xt::target_expr(
-                &str_of(sys::NFTNL_EXPR_TG_NAME),
-                u32_of(sys::NFTNL_EXPR_TG_REV) as u8,
-                &bytes(sys::NFTNL_EXPR_TG_INFO),
-            ),
+            "target" => {
+                return crate::kernel::xt::target_exprs(
+                    &str_of(sys::NFTNL_EXPR_TG_NAME),
+                    u32_of(sys::NFTNL_EXPR_TG_REV) as u8,
+                    &bytes(sys::NFTNL_EXPR_TG_INFO),
+                )
+            }
             "match" => {
                 let decoded = crate::kernel::xt::match_exprs(
                     &str_of(sys::NFTNL_EXPR_MT_NAME),
