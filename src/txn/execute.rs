@@ -183,7 +183,14 @@ pub(super) fn run_steps<K: Kernel>(
         // is harmless.
         undo.push(Undo::Table);
         step("ruleset", || {
-            let vouch = kernel.apply_table(change.ruleset.as_ref())?;
+            let digest = change.want.as_ref().and_then(|w| w.elements.digest());
+            let vouch = match (&change.base, &change.ruleset, digest) {
+                // Only what differs, bound to the generation the table was read at.
+                (Some(from), Some(to), Some(digest)) => {
+                    kernel.change_table(from, generation, to, digest)?
+                }
+                _ => kernel.apply_table(change.ruleset.as_ref())?,
+            };
             verify_table(kernel, change, vouch.as_ref())?;
             Ok(vouch)
         })?

@@ -75,6 +75,10 @@ pub struct Change {
     pub ruleset: Option<Ruleset>,
     /// The planned table's image (encoded once per command).
     pub want: Option<nft::TableImage>,
+    /// The plan the kernel table was found to be exactly (the recorded grants' plan),
+    /// when the change may be made in place from it (see [`Kernel::change_table`]);
+    /// `None`: the table is rewritten whole.
+    pub base: Option<Ruleset>,
     /// True when the kernel table already equals the planned one.
     pub table_matches: bool,
     /// When it does: the digest of its elements, to vouch for it at commit.
