@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Measures `loopgate watch` on a large policy in a throwaway namespace: CPU time at idle
-# (1,000 grants, one of them with 100,000 allowed networks, over 60 s) and the reaction
-# time to a new interface that matches a pattern grant (from `ip link add` to its
-# route_localnet being 1, which watch writes only after the guard read back).
-# `--quick`: 5 s idle, 2 reactions (CI smoke test: checks it works, not its speed).
-# Writes bench-results/watch.json. Needs root; never touches the machine's namespace.
+# (1,000 grants, each with its own allow list, one of them with 100,000 allowed
+# networks, over 60 s), peak RSS, the reaction time to a new interface that matches a
+# pattern grant (from `ip link add` to its route_localnet being 1, which watch writes
+# only after the guard read back) at 1,000, 100 and 10 grants in the same run, and the
+# cost of a policy edit that changes one grant at 10, 100, 1,000 and 10,000 grants
+# (watch's own "in place in N ms", the transaction from reading the state to commit).
+# `--quick`: 5 s idle, 2 reactions, the smaller sizes (CI smoke test: checks it works,
+# not its speed). Writes bench-results/watch.json. Needs root; never touches the
+# machine's namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "scripts/bench_watch.sh must run as root" >&2; exit 1; }
 . scripts/install-deps.sh bench
 
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
-if [ $QUICK = 1 ]; then IDLE=5; REACT=2; else IDLE=60; REACT=7; fi
+if [ $QUICK = 1 ]; then IDLE=5; REACT=2; BIG=100; CURVE="10 100"
+else IDLE=60; REACT=7; BIG=1000; CURVE="10 100 1000 10000"; fi
 cargo build --locked --release --quiet
 LG=$PWD/target/release/loopgate
 OUT=$PWD/bench-results; mkdir -p "$OUT"
@@ -33,18 +38,33 @@ for i in $(seq 10); do
   ip -n "$H" link set "br$i" up
 done
 POLICY=$LOOPGATE_STATE_DIR/policy.yaml
-/usr/bin/python3 - "$POLICY" <<'PY'
-import sys
-path = sys.argv[1]
-big = [f"198.18.{(i >> 8) & 255}.{i & 255}" if i < 65536 else f"198.19.{(i >> 8) & 255}.{i & 255}" for i in range(100000)]
-with open(path, "w") as f:
+# policy N [BIG] [EDIT]: N grants over br1..br9 (each with its own allow list: the
+# shared 192.0.2.0/24 plus one /32 of its own), with BIG the last one on br10 allows
+# 100,000 networks, plus the pattern grant `lgr*`; EDIT moves grant 0 to another port.
+CURRENT=
+policy() {
+CURRENT="$*"
+/usr/bin/python3 - "$POLICY" "$@" <<'PY'
+import os, sys
+path, n = sys.argv[1], int(sys.argv[2])
+big = len(sys.argv) > 3 and sys.argv[3] == "big"
+edit = len(sys.argv) > 4 and sys.argv[4] == "edit"
+tmp = path + ".tmp"
+with open(tmp, "w") as f:
     f.write("grants:\n")
-    for g in range(998):
-        f.write(f"  - interface: br{g % 9 + 1}\n    allow: 192.0.2.0/24\n    port: {6000 + g}\n")
-    f.write(f"  - interface: br10\n    port: 5001\n    allow: [{', '.join(big)}]\n")
+    small = n - 2 if big else n - 1
+    for g in range(small):
+        port = 6000 + g if not (edit and g == 0) else 60000
+        f.write(f"  - interface: br{g % 9 + 1}\n    allow: [192.0.2.0/24, 198.19.{200 + (g >> 8)}.{g & 255}/32]\n    port: {port}\n")
+    if big:
+        nets = [f"198.18.{(i >> 8) & 255}.{i & 255}" if i < 65536 else f"198.19.{(i >> 8) & 255}.{i & 255}" for i in range(100000)]
+        f.write(f"  - interface: br10\n    port: 5001\n    allow: [{', '.join(nets)}]\n")
     f.write("  - interface: lgr*\n    allow: 198.51.100.0/24\n    port: 7000\n")
+os.rename(tmp, path)
 PY
-ip netns exec "$H" "$LG" apply "$POLICY" > /dev/null
+}
+policy "$BIG" big
+ip netns exec "$H" "$LG" apply "$POLICY" > /dev/null 2>&1
 LOG=$LOOPGATE_STATE_DIR/watch.log
 ip netns exec "$H" "$LG" watch --policy "$POLICY" 2> "$LOG" &
 watch_pid=$!
@@ -91,24 +111,50 @@ PY
 med() { /usr/bin/python3 -c "import statistics,sys; print(round(statistics.median(map(float, sys.argv[1:])), 1))" "$@"; }
 reactions=$(react)
 median=$(med $reactions)
-echo "reaction to a new matching interface, large policy (ms, each run): $reactions; median $median ms"
-grep "now serves" "$LOG" | sed 's/^/  /' | tail -n "$REACT" || true
+echo "reaction to a new matching interface, $BIG grants (ms, each run): $reactions; median $median ms"
+grep "now serves" "$LOG" | sed 's/^/  /' | tail -n 4 || true
 
-# The same on a small policy (10 grants), which watch picks up from the file.
-/usr/bin/python3 - "$POLICY" <<'PY'
-import sys
-with open(sys.argv[1], "w") as f:
-    f.write("grants:\n")
-    for g in range(9):
-        f.write(f"  - interface: br{g + 1}\n    allow: 192.0.2.0/24\n    port: {6000 + g}\n")
-    f.write("  - interface: lgr*\n    allow: 198.51.100.0/24\n    port: 7000\n")
-PY
-for _ in $(seq 200); do grep -q "changed; applying it" "$LOG" && break; sleep 0.05; done
-sleep 1
-small=$(react)
-small_median=$(med $small)
+rss() { awk '/VmHWM/ {print $2}' "/proc/$watch_pid/status"; }
+# Waits until watch has logged $1 more "now serves" lines than $2 (bounded).
+served() { grep -c "now serves" "$LOG" || true; }
+wait_served() {
+  for _ in $(seq 1200); do [ "$(served)" -gt "$1" ] && return 0; sleep 0.05; done
+  cat "$LOG" >&2; echo "watch did not apply the policy" >&2; exit 1
+}
+# The same reaction on smaller policies, which watch picks up from the file.
+small_case() { # grants
+  local before; before=$(served)
+  policy "$1"
+  wait_served "$before"
+  sleep 1
+  react
+}
+mid=$(small_case 100); mid_median=$(med $mid)
+echo "reaction to a new matching interface, 100 grants (ms, each run): $mid; median $mid_median ms"
+small=$(small_case 10); small_median=$(med $small)
 echo "reaction to a new matching interface, 10 grants (ms, each run): $small; median $small_median ms"
-printf '{"idle_seconds":%s,"idle_cpu_percent":%s,"reaction_ms":[%s],"reaction_median_ms":%s,"small_reaction_ms":[%s],"small_reaction_median_ms":%s}\n' \
-  "$IDLE" "$idle" "$(echo $reactions | tr ' ' ',')" "$median" "$(echo $small | tr ' ' ',')" "$small_median" > "$OUT/watch.json"
+echo "ratio, $BIG grants / 10 grants: $(/usr/bin/python3 -c "print(round($median / $small_median, 2))")"
+
+# A policy edit that changes one grant (its port), at each size: watch's own time.
+curve=""
+for n in $CURVE; do
+  if [ "$CURRENT" != "$n" ]; then before=$(served); policy "$n"; wait_served "$before"; sleep 0.5; fi
+  runs=""
+  for r in 1 2 3; do
+    before=$(served)
+    if [ $((r % 2)) = 1 ]; then policy "$n" "" edit; else policy "$n"; fi
+    wait_served "$before"
+    runs="$runs $(grep "now serves" "$LOG" | tail -n 1 | sed -E 's/.*in place in ([0-9]+) ms.*/\1/')"
+    sleep 0.3
+  done
+  m=$(med $runs)
+  echo "policy edit of one grant among $n (watch's in-place ms, each run):$runs; median $m ms"
+  curve="$curve${curve:+,}{\"grants\":$n,\"edit_ms\":[$(echo $runs | tr ' ' ',')],\"median_ms\":$m}"
+done
+peak=$(rss)
+echo "watch peak RSS: $((peak / 1024)) MiB"
+printf '{"grants":%s,"idle_seconds":%s,"idle_cpu_percent":%s,"reaction_ms":[%s],"reaction_median_ms":%s,"mid_reaction_ms":[%s],"mid_reaction_median_ms":%s,"small_reaction_ms":[%s],"small_reaction_median_ms":%s,"peak_rss_kb":%s,"edit_curve":[%s]}\n' \
+  "$BIG" "$IDLE" "$idle" "$(echo $reactions | tr ' ' ',')" "$median" "$(echo $mid | tr ' ' ',')" "$mid_median" \
+  "$(echo $small | tr ' ' ',')" "$small_median" "$peak" "$curve" > "$OUT/watch.json"
 kill "$watch_pid"; wait "$watch_pid" 2>/dev/null || true; watch_pid=
 grep -q "stopped" "$LOG" || { cat "$LOG"; echo "watch did not stop cleanly" >&2; exit 1; }
