@@ -13,7 +13,13 @@ root="$DESTDIR"
 install -D -m 0755 "$bin" "$root$PREFIX/bin/loopgate"
 install -D -m 0644 deploy/systemd/loopgate.service "$root/lib/systemd/system/loopgate.service"
 install -D -m 0644 deploy/systemd/loopgate-watch.service "$root/lib/systemd/system/loopgate-watch.service"
-install -D -m 0644 deploy/systemd/nftables.service.d/loopgate.conf "$root/lib/systemd/system/nftables.service.d/loopgate.conf"
+# The nftables.service drop-in replaces ExecStart/ExecReload, so it goes only where
+# nftables.service is as Debian ships it (see scripts/nftables-dropin-ok.sh).
+if why=$(scripts/nftables-dropin-ok.sh "$root"); then
+  install -D -m 0644 deploy/systemd/nftables.service.d/loopgate.conf "$root/lib/systemd/system/nftables.service.d/loopgate.conf"
+else
+  echo "not installing the nftables.service drop-in: $why, and the drop-in would replace it; \`loopgate audit\` reports it if your nftables configuration names table ip loopgate" >&2
+fi
 mkdir -p "$root$PREFIX/share/bash-completion/completions" "$root$PREFIX/share/zsh/vendor-completions" \
   "$root$PREFIX/share/fish/vendor_completions.d" "$root$PREFIX/share/man/man1"
 "$bin" completions bash > "$root$PREFIX/share/bash-completion/completions/loopgate"

@@ -22,8 +22,8 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// way into 127.0.0.0/8 through that interface. If any step fails, both go back to what
 /// they were.
 ///
-/// Exit codes: 0 success; 1 audit found problems, or trace saw no packet; 2 bad input or usage (nothing was
-/// changed); 3 the system refused or failed (what was done was rolled back); 4 the
+/// Exit codes: 0 success; 1 audit found problems, trace saw no packet, or revoke/unguard
+/// matched nothing; 2 bad input or usage (nothing was changed); 3 the system refused or failed (what was done was rolled back); 4 the
 /// change is in force but --persist could not record it.
 #[derive(Debug, Parser)]
 #[command(name = "loopgate", version = VERSION, max_term_width = 100)]
@@ -51,14 +51,16 @@ pub enum Command {
     /// Withdraw published ports; open connections of revoked grants are cut too.
     ///
     /// When an interface loses its last grant, its route_localnet goes back to the
-    /// value it had before loopgate first changed it.
+    /// value it had before loopgate first changed it. Exit 1, changing nothing, when
+    /// no grant matches.
     Revoke(RevokeArgs),
     /// Report what is open on this host and whether it is guarded.
     ///
     /// Reads the kernel, not only loopgate's records: route_localnet of every interface
     /// (and `all`/`default`), loopgate's table compared with what it should be, and the
     /// loopback sockets each open interface exposes. Exit 0 when nothing is a warning or
-    /// worse, 1 otherwise.
+    /// worse, 1 otherwise; with `--format prometheus`, exit 0 whenever the document was
+    /// written (the findings, and a failed observation, are in its metrics).
     Audit(AuditArgs),
     /// Make the host match a policy (grants the policy no longer lists are revoked;
     /// grants made with `expose` stay; a grant whose interface is missing is pending).
@@ -79,6 +81,8 @@ pub enum Command {
     /// anything and without touching their route_localnet. IFACE may be a pattern.
     Guard(GuardArgs),
     /// Remove a guard added with `loopgate guard` (same IFACE or --all-interfaces).
+    ///
+    /// Exit 1, changing nothing, when no such guard was added.
     Unguard(GuardArgs),
     /// Follow packets through the firewall: every table and chain they pass, and where
     /// they are accepted, DNATed or dropped.
@@ -193,27 +197,31 @@ pub struct ExposeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also record the change in the persistent policy (/etc/loopgate/loopgate.yaml, or
-    /// loopgate.yaml in $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot.
-    /// The directory is checked before anything changes; not with --netns.
+    /// Also record the change in the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR), which loopgate.service applies at boot: in the file that
+    /// keeps the grant, or as asked in loopgate.yaml. Without it, changing a grant a
+    /// policy file keeps is refused. Checked before anything changes; not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }
 
-/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is required.
+/// Arguments of `loopgate revoke`; at least one of `--port`, `--name`, `--all` is
+/// required, except with `--docker-network`/`--podman-network` (the network's grants).
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["port", "name", "all"])))]
+#[command(group(clap::ArgGroup::new("what").args(["port", "name", "all"])))]
 pub struct RevokeArgs {
     /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
     /// everything loopgate did in this namespace.
     #[arg(value_name = "IFACE", conflicts_with_all = ["docker_network", "podman_network"])]
     pub iface: Option<String>,
 
-    /// Revoke grants made with --docker-network NETWORK.
+    /// Revoke grants made with --docker-network NETWORK (all of them without --port or
+    /// --name), whatever bridge the network has now.
     #[arg(long, value_name = "NETWORK", conflicts_with = "podman_network")]
     pub docker_network: Option<String>,
 
-    /// Revoke grants made with --podman-network NETWORK.
+    /// Revoke grants made with --podman-network NETWORK (all of them without --port or
+    /// --name).
     #[arg(long, value_name = "NETWORK")]
     pub podman_network: Option<String>,
 
@@ -237,9 +245,9 @@ pub struct RevokeArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Also remove the revoked grants from the persistent policy
-    /// (/etc/loopgate/loopgate.yaml, or loopgate.yaml in $LOOPGATE_CONFIG_DIR); not with
-    /// --netns.
+    /// Also remove the revoked grants from the persistent policy (/etc/loopgate, or
+    /// $LOOPGATE_CONFIG_DIR): from the file that keeps each. Without it, revoking a grant
+    /// a policy file keeps is refused. Not with --netns.
     #[arg(long, conflicts_with = "dry_run")]
     pub persist: bool,
 }

@@ -4,8 +4,10 @@
 //! (exit 2) from "the system refused, we rolled back" (exit 3), and both from "the
 //! change is in force but `--persist` could not record it" (exit 4), the one failure
 //! that can only happen after the host changed. Everything that is the caller's fault
-//! is raised as [`BadInput`], the last case as [`NotPersisted`]; every other error is a
-//! system failure.
+//! is raised as [`BadInput`], the last case as [`NotPersisted`]; a `revoke` or
+//! `unguard` that finds nothing to remove is [`NothingMatched`] (exit 1, as `grep`
+//! without a match: a script that revokes what it thinks is there learns it was not);
+//! every other error is a system failure.
 
 use std::fmt;
 
@@ -15,6 +17,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FINDINGS: i32 = 1;
 /// Exit code: `trace` stopped (timeout or Ctrl-C) without seeing a packet.
 pub const EXIT_NO_PACKET: i32 = 1;
+/// Exit code: `revoke` or `unguard` matched nothing (a port not published, an unknown
+/// name, an interface or network without grants); nothing was changed.
+pub const EXIT_NOTHING_MATCHED: i32 = 1;
 /// Exit code: bad input or usage; nothing was changed.
 pub const EXIT_BAD_INPUT: i32 = 2;
 /// Exit code: the system refused or failed; what had been done was rolled back.
@@ -49,6 +54,19 @@ impl fmt::Display for NotPersisted {
 
 impl std::error::Error for NotPersisted {}
 
+/// `revoke` or `unguard` found nothing to remove; raised before any change. The message
+/// starts "nothing matched" and says what was asked for.
+#[derive(Debug)]
+pub struct NothingMatched(pub String);
+
+impl fmt::Display for NothingMatched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NothingMatched {}
+
 /// Returns early with a [`BadInput`] error built like `format!`.
 #[macro_export]
 macro_rules! bad_input {
@@ -63,6 +81,8 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         EXIT_NOT_PERSISTED
     } else if err.chain().any(|e| e.is::<BadInput>()) {
         EXIT_BAD_INPUT
+    } else if err.chain().any(|e| e.is::<NothingMatched>()) {
+        EXIT_NOTHING_MATCHED
     } else {
         EXIT_SYSTEM
     }
@@ -93,6 +113,8 @@ mod tests {
         let late = anyhow::Error::new(NotPersisted("z".into()));
         assert_eq!(exit_code_for(&late), EXIT_NOT_PERSISTED);
         assert_eq!(exit_code_for(&anyhow::anyhow!("EPERM")), EXIT_SYSTEM);
+        let none = anyhow::Error::new(NothingMatched("nothing matched".into()));
+        assert_eq!(exit_code_for(&none), EXIT_NOTHING_MATCHED);
     }
 
     /// A change in force whose recording failed stays exit 4 under any context added

@@ -54,6 +54,44 @@ impl fmt::Display for Proto {
     }
 }
 
+/// A container runtime loopgate can ask about networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// Docker (dockerd), through the `docker` CLI.
+    Docker,
+    /// Podman (netavark), through the `podman` CLI.
+    Podman,
+}
+
+impl Runtime {
+    /// The runtime's CLI, and its name in messages.
+    pub fn cli(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Podman => "podman",
+        }
+    }
+}
+
+/// A container runtime's network, named instead of an interface: what the user called
+/// it (`--docker-network myproj_default`), which outlives the bridge it resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSelector {
+    /// Whose network.
+    pub runtime: Runtime,
+    /// Its name, as `docker network ls` / `podman network ls` show it.
+    pub name: String,
+}
+
+impl fmt::Display for NetworkSelector {
+    /// `docker network myproj_default`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} network {}", self.runtime.cli(), self.name)
+    }
+}
+
 /// One published port: `listen:port/proto` on `iface`, DNATed to `to`, for `allow`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
@@ -78,6 +116,11 @@ pub struct Grant {
     /// the set is built.
     #[serde(serialize_with = "serialize_networks")]
     pub allow: Vec<Ipv4Network>,
+    /// The runtime network the grant was asked for by (`--docker-network`), when it
+    /// was: `iface` is the bridge it resolved to now, which changes with every `docker
+    /// compose down/up`; names, labels and remedies use this instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSelector>,
 }
 
 /// What identifies a grant: two grants with the same key are the same publication.
@@ -176,11 +219,15 @@ impl fmt::Display for Grant {
         if self.allow.len() > SHOWN_NETWORKS {
             allow.push(format!("... ({} networks in all)", self.allow.len()));
         }
+        let on = match &self.network {
+            Some(n) => format!("{} ({n})", self.iface),
+            None => self.iface.clone(),
+        };
         write!(
             f,
             "{} on {}: {}:{}/{} -> {} from {}",
             self.name,
-            self.iface,
+            on,
             self.listen,
             self.port,
             self.proto,
@@ -211,6 +258,7 @@ mod tests {
             port,
             to: std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 

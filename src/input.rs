@@ -313,6 +313,7 @@ pub fn validate(req: &GrantRequest, host: &dyn Interfaces) -> Result<Vec<Grant>>
                 port,
                 to: SocketAddrV4::new(parts.to_addr, parts.to_port.unwrap_or(port)),
                 allow: parts.allow.clone(),
+                network: None,
             });
         }
     }

@@ -352,3 +352,53 @@ fn the_reader_sees_through_comments_literals_and_test_code() {
     assert_eq!(code.lines().count(), text.lines().count());
     assert_eq!(skipped, vec!["fake".to_string()]);
 }
+
+/// "Equal inputs give equal results": product code keeps no process-wide mutable state
+/// but the two flags that stand for signals (`kernel::os::STOP`, set by SIGTERM/SIGINT,
+/// and `output::CLOSED`, the SIGPIPE loopgate does not take). A `static` holding an
+/// atomic, lock or cell, a `static mut` or a `thread_local!` anywhere else fails here.
+#[test]
+fn no_process_wide_mutable_state_but_the_signal_flags() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mutable = [
+        "Atomic", "Mutex", "RwLock", "OnceLock", "OnceCell", "LazyLock", "Cell<", "RefCell",
+    ];
+    let mut found = Vec::new();
+    for file in files.iter().filter(|f| !f.ends_with("layers.rs")) {
+        let (code, _) = product_code(&std::fs::read_to_string(file).expect("readable"));
+        for (n, line) in code.lines().enumerate() {
+            let line = line.trim_start();
+            let is_static = line.starts_with("static ") || line.starts_with("pub static ");
+            let bad = line.contains("static mut ")
+                || line.contains("thread_local!")
+                || (is_static && mutable.iter().any(|m| line.contains(m)));
+            if bad {
+                found.push(format!(
+                    "{}:{}: {line}",
+                    file.strip_prefix(&src).expect("under src").display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    let allowed = [
+        "kernel/os.rs: static STOP: AtomicBool",
+        "output.rs: static CLOSED: AtomicBool",
+        // A counter that only makes the fake's temporary state directories' names
+        // unique; no result depends on its value.
+        "kernel/fake.rs: static N: std::sync::atomic::AtomicUsize",
+    ];
+    found.retain(|f| {
+        !allowed.iter().any(|a| {
+            let (file, decl) = a.split_once(": ").expect("file: decl");
+            f.starts_with(file) && f.contains(decl)
+        })
+    });
+    assert!(
+        found.is_empty(),
+        "process-wide mutable state:\n{}",
+        found.join("\n")
+    );
+}

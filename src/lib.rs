@@ -16,19 +16,23 @@
 //! Why each rule of the table exists is said where it is built: `raw_ifN`,
 //! `input_ifN`, `post_ifN` (an interface's guard) in `plan/guards.rs`; `nat_gN` (a
 //! grant's DNAT) in `plan/nat.rs`; `input_tN` (the accept of a DNATed flow) in
-//! `plan/targets.rs`; `allow_K` (source sets) in `plan/allow.rs`; the base chains, their
-//! hooks and priorities in `plan/hooks.rs`.
+//! `plan/targets.rs`; `allow_K`/`allow_K_hosts` (source sets) in `plan/allow.rs`; the base
+//! chains, their hooks and priorities (why the DNAT runs at `dstnat`) in `plan/hooks.rs`;
+//! `trace`'s own rule, in `table ip loopgate_trace`, in `kernel/nft/trace.rs`.
 //!
 //! Paths: `main` → [`run`] → [`run_verb`] → `verbs::<verb>`. `expose` and `revoke` end in
 //! [`verbs::change`], `apply`/`plan` in `verbs::apply`, `guard`/`unguard` in
-//! [`verbs::converge_guarding`]; all go through [`verbs::converge_over`] (with watch's
-//! table borrowed by [`verbs::borrow_table`] while a watch holds it) to
+//! [`verbs::converge_guarding`]; all go through [`verbs::converge_over`] (a change borrows
+//! watch's table by [`verbs::borrow_table`] while a watch holds it, served by
+//! `verbs/watch/lend.rs` over [`rpc`]; `plan` and `--dry-run` only read) to
 //! [`txn::observe_and_compute`] and [`txn::execute`], which changes the host only through
 //! [`kernel::seam::Kernel`] (`System`: sysctl writes, the nf_tables batch of
 //! `kernel/nft/generation.rs` and `batch.rs`, or the held table's
 //! [`kernel::nft::Owner`], conntrack deletes). `watch`: `verbs::watch::run` → `repair` →
-//! `repair_with` → the same two `txn` calls; its fast path after another process's
-//! commit is `close_if_foreign`. `audit`: `verbs::audit::run` → [`audit::observe()`] →
+//! `repair_with` → the same two `txn` calls; a table deleted, flushed or edited by another
+//! process is `txn::Change::guard_lost` (`txn/compute.rs`), on which `txn::execute`
+//! closes first (step 0, even before the journal), then restores, reads back, cuts flows
+//! and reopens; its fast path after another process's commit is `close_if_foreign`. `audit`: `verbs::audit::run` → [`audit::observe()`] →
 //! [`audit::assess()`] → `audit::render`. `trace`: `verbs::trace::run` →
 //! `kernel::nft::trace` and `kernel::trace`.
 //!

@@ -12,6 +12,11 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// Set once a write to stdout failed. The one process-wide flag besides the signal
+/// flags, and of the same kind: it is the SIGPIPE loopgate does not take, turned into a
+/// flag. Standard output is itself process-wide, so whether its reader has gone is too;
+/// passing it as a value would thread a "stdout is gone" argument through every verb
+/// for no gain, since no two callers could ever disagree about it.
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
 /// Writes `args` to stderr; never panics.
@@ -28,11 +33,6 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     if out.write_fmt(args).and_then(|_| out.flush()).is_err() {
         CLOSED.store(true, Ordering::Relaxed);
     }
-}
-
-/// True once a write to stdout failed (the reader closed the pipe).
-pub fn closed() -> bool {
-    CLOSED.load(Ordering::Relaxed)
 }
 
 /// `print!` that stops quietly when stdout is closed (see [`write`](fn@crate::output::write)).

@@ -6,10 +6,11 @@
 
 use crate::bad_input;
 use crate::error::plain_io;
-use crate::grant::Grant;
-use crate::input::{self, GrantRequest, Interfaces};
-use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
+use crate::input::GrantRequest;
+#[cfg(test)]
+use crate::input::Interfaces;
+use anyhow::Result;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Policy input larger than this is refused: 8 times the largest policy loopgate is
@@ -126,7 +127,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
 }
 
 impl<T: Clone> OneOrMany<T> {
-    fn to_vec(&self) -> Vec<T> {
+    /// The values, one or many.
+    pub fn to_vec(&self) -> Vec<T> {
         match self {
             OneOrMany::One(v) => vec![v.clone()],
             OneOrMany::Many(v) => v.clone(),
@@ -383,7 +385,7 @@ pub fn config_dir() -> PathBuf {
 /// (their grants are merged). Each policy comes with the file it was read from.
 pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
     if !path.is_dir() {
-        return Ok(vec![(path.display().to_string(), load(path)?)]);
+        return Ok(vec![(origin_of(path), load(path)?)]);
     }
     check_trusted_dir(path)?;
     let entries = match std::fs::read_dir(path) {
@@ -406,47 +408,34 @@ pub fn load_all(path: &Path) -> Result<Vec<(String, Policy)>> {
             path.display().to_string()
         );
     }
-    files
-        .iter()
-        .map(|f| Ok((f.display().to_string(), load(f)?)))
-        .collect()
+    files.iter().map(|f| Ok((origin_of(f), load(f)?))).collect()
 }
 
-/// The specs of every entry of `sources` (source [`crate::spec::Source::Policy`]), for
-/// `apply`, `plan` and `watch --policy`. With `strict` (a person running `apply` or
-/// `plan`), an entry whose interface is a name that exists now with an IPv4 address is
-/// also validated against it (its listen address must be one of the interface's), so a
-/// typo is refused. Otherwise (watch following the policy), and for a name that does
-/// not exist now, an interface without an address yet, or a pattern, what the host
-/// does not have now is left to resolution, which reports it as pending: a moment's
-/// state of the host must never keep a changed policy from taking effect.
+/// The name a policy file is known by as a spec's [`crate::spec::Spec::origin`]: its
+/// real path for a regular file (so `apply .`, `apply /etc/loopgate/` and watch's
+/// `--policy /etc/loopgate` name one file alike), else the path as given (`/dev/stdin`).
+pub fn origin_of(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string(),
+        _ => path.display().to_string(),
+    }
+}
+
+/// The specs of every entry of `sources` (source [`crate::spec::Source::Policy`], their
+/// file as [`crate::spec::Spec::origin`]), for `apply`, `plan`, `watch --policy` and
+/// `--persist`. Only what the file says is checked here: what the host does not have
+/// now (an interface, an address, a runtime network) is left to resolution, which
+/// reports it as pending, so a host that changed since the policy was written (a
+/// reboot gave br0 another address) never keeps the other grants from being applied.
 ///
 /// Errors (bad input, naming the file and entry): an invalid entry.
-pub fn specs_of(
-    sources: &[(String, Policy)],
-    host: &dyn Interfaces,
-    strict: bool,
-) -> Result<Vec<crate::spec::Spec>> {
+pub fn specs_of(sources: &[(String, Policy)]) -> Result<Vec<crate::spec::Spec>> {
     let mut out = Vec::new();
     for (origin, policy) in sources {
         for (i, e) in policy.grants.iter().enumerate() {
-            use crate::kernel::runtime::Runtime;
-            let network = match (&e.docker_network, &e.podman_network) {
-                (Some(n), None) => Some((Runtime::Docker, n.clone())),
-                (None, Some(n)) => Some((Runtime::Podman, n.clone())),
-                (None, None) => None,
-                (Some(_), Some(_)) => None, // refused below
-            };
-            let req = GrantRequest {
-                name: e.name.clone(),
-                iface: e.interface.clone(),
-                allow: e.allow.to_vec(),
-                ports: e.port.to_vec().iter().map(u64::to_string).collect(),
-                proto: e.proto.clone(),
-                to: e.to.clone(),
-                listen: e.listen.clone(),
-                network: network.clone(),
-            };
             let label = e.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
             let wrap = |err: anyhow::Error| {
                 let text = format!("grant {label}: {err:#}");
@@ -456,34 +445,44 @@ pub fn specs_of(
                     text
                 }))
             };
-            let named = usize::from(!e.interface.is_empty())
-                + usize::from(e.docker_network.is_some())
-                + usize::from(e.podman_network.is_some());
-            if named != 1 {
-                return Err(wrap(anyhow::Error::new(crate::error::BadInput(
-                    "give exactly one of interface, docker_network and podman_network".into(),
-                ))));
-            }
-            let specs =
-                crate::spec::from_request(&req, crate::spec::Source::Policy).map_err(wrap)?;
-            // host-gateway without docker0 yet (dockerd not started): pending.
-            let gateway_missing =
-                e.listen.as_deref() == Some(input::HOST_GATEWAY) && host.host_gateway().is_none();
-            if strict
-                && !gateway_missing
-                && network.is_none()
-                && !crate::spec::is_pattern(&e.interface)
-                && host
-                    .ipv4_addresses(&e.interface)
-                    .is_some_and(|a| !a.is_empty())
-            {
-                input::validate(&req, host).map_err(wrap)?;
-            }
-            out.extend(specs);
+            let specs = entry_specs(e).map_err(wrap)?;
+            out.extend(specs.into_iter().map(|s| crate::spec::Spec {
+                origin: Some(origin.clone()),
+                ..s
+            }));
         }
     }
     crate::spec::check_conflicts(&out)?;
     Ok(out)
+}
+
+/// The specs of one entry, without an origin.
+///
+/// Errors (bad input): an invalid entry, or one naming no interface or network, or two.
+pub fn entry_specs(e: &Entry) -> Result<Vec<crate::spec::Spec>> {
+    use crate::kernel::runtime::Runtime;
+    let network = match (&e.docker_network, &e.podman_network) {
+        (Some(n), None) => Some((Runtime::Docker, n.clone())),
+        (None, Some(n)) => Some((Runtime::Podman, n.clone())),
+        _ => None,
+    };
+    let named = usize::from(!e.interface.is_empty())
+        + usize::from(e.docker_network.is_some())
+        + usize::from(e.podman_network.is_some());
+    if named != 1 {
+        bad_input!("give exactly one of interface, docker_network and podman_network");
+    }
+    let req = GrantRequest {
+        name: e.name.clone(),
+        iface: e.interface.clone(),
+        allow: e.allow.to_vec(),
+        ports: e.port.to_vec().iter().map(u64::to_string).collect(),
+        proto: e.proto.clone(),
+        to: e.to.clone(),
+        listen: e.listen.clone(),
+        network,
+    };
+    crate::spec::from_request(&req, crate::spec::Source::Policy)
 }
 
 /// The `guard:` entries of every file of `sources` (source
@@ -506,42 +505,6 @@ pub fn guards_of(sources: &[(String, Policy)]) -> Result<Vec<crate::spec::GuardS
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// One grant as it is written back to a policy file.
-#[derive(Serialize)]
-struct OutEntry<'a> {
-    name: &'a str,
-    interface: &'a str,
-    allow: Vec<String>,
-    port: u16,
-    proto: &'a str,
-    to: String,
-    listen: String,
-}
-
-/// Renders grants as a policy file that `apply` reads back to the same grants.
-pub fn render(grants: &[Grant]) -> Result<String> {
-    let entries: Vec<OutEntry> = grants
-        .iter()
-        .map(|g| OutEntry {
-            name: &g.name,
-            interface: &g.iface,
-            allow: g.allow.iter().map(|n| n.to_string()).collect(),
-            port: g.port,
-            proto: g.proto.name(),
-            to: g.to.to_string(),
-            listen: g.listen.to_string(),
-        })
-        .collect();
-    #[derive(Serialize)]
-    struct Out<'a> {
-        grants: Vec<OutEntry<'a>>,
-    }
-    let body = serde_yaml::to_string(&Out { grants: entries }).context("rendering the policy")?;
-    Ok(format!(
-        "# Written by `loopgate expose/revoke --persist`; applied at boot by loopgate.service.\n# Grants in other files of this directory are yours and are not written here.\n{body}"
-    ))
 }
 
 #[cfg(test)]
@@ -702,7 +665,7 @@ mod tests {
             "golden",
         )
         .unwrap();
-        let specs = specs_of(&[("golden".into(), policy)], &Host, true).unwrap();
+        let specs = specs_of(&[("golden".into(), policy)]).unwrap();
         let resolved = crate::spec::resolve(&specs, &Host);
         assert!(resolved.pending.is_empty(), "{:?}", resolved.pending);
         let text = crate::plan::render(crate::plan::ruleset(&resolved.grants).as_ref());

@@ -52,6 +52,7 @@ fn grant() -> impl Strategy<Value = Grant> {
                 // Few targets, so grants on one interface often share one.
                 to: SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, target), 3306 + target_port),
                 allow,
+                network: None,
             }
         })
 }
@@ -79,6 +80,7 @@ fn many_single_addresses_get_a_hash_set_and_the_rest_an_interval_set() {
         port: 1,
         to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
         allow: allow.clone(),
+        network: None,
     };
     let r = plan::ruleset(std::slice::from_ref(&g)).unwrap();
     let kinds: Vec<(&str, bool, usize)> = r

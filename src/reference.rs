@@ -124,6 +124,11 @@ pub fn finding(code: Code) -> FindingDoc {
             "a `notrack` rule before conntrack matches the flow, so loopgate's DNAT never happens",
             "exclude the grant's interface and port from it",
         ),
+        Code::ForeignForward => (
+            "critical without a source restriction, info when the rule names its sources, warning when that cannot be read or the target is a grant's",
+            "another table's DNAT rule sends a published address to 127/8 on an interface loopgate guards (the Amazon ECS agent's `169.254.170.2:80` to `127.0.0.1:51679`, a hand-made `dnat to 127.0.0.1`): the guard lets its flows through, so whoever the rule lets in reaches that loopback service; one to a grant's own target is dropped instead",
+            "name the sources that need it in the rule (`ip saddr CIDR`, `-s CIDR`), or delete the rule; for a grant's target, point the forward elsewhere",
+        ),
         Code::IptablesLegacy => (
             "info",
             "legacy iptables tables are loaded (nft does not list them); their INPUT policy is shown and their chains are judged",
@@ -271,8 +276,8 @@ pub const EXIT_CODES: &[ExitDoc] = &[
     },
     ExitDoc {
         value: EXIT_FINDINGS,
-        constants: &["EXIT_FINDINGS", "EXIT_NO_PACKET"],
-        meaning: "`audit` found a warning or critical problem; `trace` saw no packet before it stopped",
+        constants: &["EXIT_FINDINGS", "EXIT_NO_PACKET", "EXIT_NOTHING_MATCHED"],
+        meaning: "`audit` found a warning or critical problem (not with `--format prometheus`, which exits 0 once it wrote its document); `trace` saw no packet before it stopped; `revoke` or `unguard` matched nothing (a port not published, an unknown `--name`, an interface or network without grants) and changed nothing",
     },
     ExitDoc {
         value: EXIT_BAD_INPUT,
@@ -308,7 +313,7 @@ pub const ENV_VARS: &[EnvDoc] = &[
     },
     EnvDoc {
         name: "LOOPGATE_CONFIG_DIR",
-        meaning: "the persistent policy directory `--persist` writes `loopgate.yaml` into (default /etc/loopgate). The systemd units name /etc/loopgate themselves",
+        meaning: "the persistent policy directory `--persist` changes (default /etc/loopgate); refused while a watch follows another policy. The systemd units name /etc/loopgate themselves",
     },
     EnvDoc {
         name: "LOOPGATE_STATE_DIR",
@@ -345,11 +350,15 @@ pub const FILES: &[FileDoc] = &[
     },
     FileDoc {
         path: "/etc/loopgate/loopgate.yaml",
-        meaning: "the file `expose --persist` and `revoke --persist` rewrite (atomically, under .loopgate.lock); the other files are yours",
+        meaning: "the file `expose --persist` writes new grants into, as asked (atomically, under .loopgate.lock); `--persist` changes a grant another file of the directory keeps in that file, entry by entry",
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/state.json",
         meaning: "what loopgate did in one network namespace: specs, grants, originals per device, the journal of a running transaction",
+    },
+    FileDoc {
+        path: "/run/loopgate/netns-<cookie>/blocked-totals.json",
+        meaning: "running totals of what the guards dropped, kept across table rewrites (folded in by every transaction that writes the table and by `audit`): `blocked_total` and `loopgate_blocked_packets_total`",
     },
     FileDoc {
         path: "/run/loopgate/netns-<cookie>/watch.sock",

@@ -353,7 +353,9 @@ pub struct Borrower {
 pub enum LeaseEnd {
     /// The borrower closed the connection after this long.
     Returned(Duration),
-    /// The borrower still had it after [`LEASE_LIMIT`]; watch took it back.
+    /// The borrower still had it after [`LEASE_LIMIT`]; watch stopped waiting and uses the
+    /// socket again (a descriptor sent cannot be taken back: the borrower's copy works
+    /// until it closes it).
     Expired,
 }
 

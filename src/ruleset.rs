@@ -21,7 +21,7 @@ pub const TABLE: &str = "loopgate";
 /// loopgate's whole table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
-    /// The allowed-source sets (`allow_N`, `allow_N_hosts`), one per distinct allow list.
+    /// The allowed-source sets (`allow_K`, `allow_K_hosts`), one per distinct allow list.
     pub sets: Vec<AddrSet>,
     /// The dispatch maps (`raw_ifaces`, `nat_grants`, ...) the base chains look up.
     pub maps: Vec<VerdictMap>,
@@ -182,6 +182,9 @@ pub enum Match {
     CtStatusDnat,
     /// `ct original ip daddr a.b.c.d`
     CtOriginalDaddr(Ipv4Addr),
+    /// `ct original ip daddr != a.b.c.d/n`: the flow's first packet was not addressed
+    /// inside the network.
+    CtOriginalDaddrNotIn(Ipv4Network),
     /// `ct original protocol tcp ct original proto-dst N`
     CtOriginalProtoDst(Proto, u16),
 }
@@ -341,6 +344,7 @@ impl fmt::Display for Match {
             Match::CtDirection(CtDir::Reply) => f.write_str("ct direction reply"),
             Match::CtStatusDnat => f.write_str("ct status dnat"),
             Match::CtOriginalDaddr(a) => write!(f, "ct original ip daddr {a}"),
+            Match::CtOriginalDaddrNotIn(n) => write!(f, "ct original ip daddr != {n}"),
             Match::CtOriginalProtoDst(p, port) => {
                 write!(f, "ct original protocol {p} ct original proto-dst {port}")
             }

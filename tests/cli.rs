@@ -28,10 +28,16 @@ mod crash;
 mod device_identity_and_repair;
 #[path = "cli/docs.rs"]
 mod docs;
+#[path = "cli/exit_codes.rs"]
+mod exit_codes;
 #[path = "cli/files.rs"]
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/flows_after_repair.rs"]
+mod flows_after_repair;
+#[path = "cli/foreign_forwards.rs"]
+mod foreign_forwards;
 #[path = "cli/guard.rs"]
 mod guard;
 #[path = "cli/held_by_watch.rs"]
@@ -42,14 +48,22 @@ mod hold_lifecycle;
 mod host_gateway;
 #[path = "cli/install_deps.rs"]
 mod install_deps;
+#[path = "cli/install_scripts.rs"]
+mod install_scripts;
 #[path = "cli/kept_runtime_grants.rs"]
 mod kept_runtime_grants;
 #[path = "cli/litter.rs"]
 mod litter;
+#[path = "cli/names.rs"]
+mod names;
+#[path = "cli/one_owner.rs"]
+mod one_owner;
 #[path = "cli/output_and_persist.rs"]
 mod output_and_persist;
 #[path = "cli/owned_table.rs"]
 mod owned_table;
+#[path = "cli/prometheus.rs"]
+mod prometheus;
 #[path = "cli/reachability.rs"]
 mod reachability;
 #[path = "cli/reconcile.rs"]

@@ -101,6 +101,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     }
 
     let loopback = &observed.loopback_listeners;
+    // Other tools' forwards to loopback, which the guard lets through (`forwards`).
+    let foreign_forwards = super::forwards::forwards(&observed.firewall);
     let mut interfaces = Vec::new();
     for (name, value) in observed
         .sysctls
@@ -139,7 +141,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                         g.proto == l.proto
                             && g.to.port() == l.port
                             && (*g.to.ip() == l.addr || l.addr.is_unspecified())
-                    })
+                    }) || foreign_forwards.iter().any(|f| f.reaches(name, l))
                 })
                 .cloned()
                 .collect()
@@ -276,6 +278,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         &state.grants,
         &observed.ifindexes,
     ));
+    // Another tool's forwards to loopback the guard lets through (see `forwards`).
+    findings.extend(super::forwards::findings(&observed.firewall, &interfaces));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {
@@ -296,6 +300,8 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         findings,
         counters: observed.counters.clone(),
         blocked,
+        blocked_total: Vec::new(),
+        pending: observed.pending.clone(),
     }
 }
 
@@ -469,6 +475,7 @@ mod every_code {
             port: 3306,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 3306),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 
@@ -600,6 +607,18 @@ mod every_code {
                 o.firewall = base_chain(Hook::Prerouting, -300, false, vec![notrack]);
             }
             Code::IptablesLegacy => o.firewall.legacy_tables = vec!["filter".into()],
+            // Another table DNATs every packet on br0 to 127.0.0.1:51679.
+            Code::ForeignForward => {
+                let dnat = Rule {
+                    handle: 1,
+                    exprs: vec![Expr::Dnat(crate::kernel::dnat::DnatTo {
+                        addr: Some(Ipv4Addr::LOCALHOST),
+                        port: Some(51679),
+                    })],
+                };
+                o.firewall = base_chain(Hook::Prerouting, -100, false, vec![dnat]);
+                o.firewall.chains[0].base.as_mut().unwrap().nat = true;
+            }
             Code::Pending => o.pending.push(crate::spec::Pending {
                 spec: "br1:80".into(),
                 interface: "br1".into(),

@@ -11,9 +11,11 @@
 
 mod assess;
 pub mod firewall;
+mod forwards;
 mod observe;
 mod reachability;
 pub mod render;
+pub mod totals;
 
 pub use assess::assess;
 pub use observe::{observe, Observed};
@@ -108,6 +110,8 @@ finding_codes! {
     FirewallMayDrop => "firewall-may-drop",
     /// A `notrack` rule keeps loopgate's DNAT from happening.
     Notrack => "notrack",
+    /// Another table DNATs to 127/8 on a guarded interface; the guard lets it through.
+    ForeignForward => "foreign-forward",
     /// iptables-legacy tables are loaded.
     IptablesLegacy => "iptables-legacy",
     /// Asked for, but not served now.
@@ -180,7 +184,8 @@ pub struct InterfaceReport {
     /// The recorded grants on this interface (from the state file).
     pub grants: Vec<Grant>,
     /// Loopback listeners a neighbour on this interface can reach: none when closed, only
-    /// the granted targets when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
+    /// the granted targets (and the targets of other tables' forwards to loopback, see
+    /// `foreign-forward`) when guarded, every listener on 127.0.0.0/8 or 0.0.0.0 when
     /// open and unguarded.
     pub exposed_sockets: Vec<Listener>,
 }
@@ -234,6 +239,13 @@ pub struct Report {
     /// What the guard's drop rules have stopped, per interface and kind, since
     /// loopgate last wrote its table (from `counters`).
     pub blocked: Vec<Blocked>,
+    /// As `blocked`, counted since loopgate first saw them in this namespace: running
+    /// totals kept across table rewrites (see [`totals`]), which only go up. Empty when
+    /// the report was not made by `loopgate audit` (the totals are its side effect).
+    pub blocked_total: Vec<Blocked>,
+    /// What is asked for but not served now (see [`crate::spec::resolve`]), as in the
+    /// `pending` findings.
+    pub pending: Vec<crate::spec::Pending>,
 }
 
 /// What one kind of guard drop rule of one interface has stopped since loopgate last

@@ -132,7 +132,8 @@ pub fn observe<K: Kernel>(
         counters: snapshot.counters(),
         addresses,
         routes,
-        firewall: match state.grants.is_empty() {
+        // Read for the grants' flows and, on guarded interfaces, other tools' forwards.
+        firewall: match state.grants.is_empty() && state.guarded.is_empty() {
             true => Default::default(),
             false => kernel.foreign_firewall(),
         },
@@ -185,6 +186,7 @@ mod over_the_fake {
             port: 1,
             to: "127.0.0.1:1".parse().unwrap(),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         };
         kernel.state.borrow_mut().table = Some(crate::kernel::fake::FakeTable::of(
             &crate::plan::ruleset(&[g]).unwrap(),

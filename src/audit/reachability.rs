@@ -209,9 +209,11 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
 
 /// `blocked`: the guard's drop rules, summed per interface and kind, and an info
 /// finding for each interface where they stopped anything.
-fn blocked(observed: &Observed, findings: &mut Vec<Finding>) -> Vec<Blocked> {
+/// What each guard drop rule of each interface has counted, summed per interface and
+/// kind, from the counters of loopgate's table (rules of other kinds are left out).
+pub(crate) fn blocked_of(counters: &[crate::kernel::nft::RuleCounter]) -> Vec<Blocked> {
     let mut sums: BTreeMap<(String, usize), (u64, u64)> = BTreeMap::new();
-    for c in &observed.counters {
+    for c in counters {
         let Some((iface, what)) = c.rule.split_once(" guard: ") else {
             continue;
         };
@@ -225,15 +227,18 @@ fn blocked(observed: &Observed, findings: &mut Vec<Finding>) -> Vec<Blocked> {
         e.0 += c.packets;
         e.1 += c.bytes;
     }
-    let blocked: Vec<Blocked> = sums
-        .into_iter()
+    sums.into_iter()
         .map(|((interface, kind), (packets, bytes))| Blocked {
             interface,
             kind: crate::plan::GUARD_DROPS[kind].1,
             packets,
             bytes,
         })
-        .collect();
+        .collect()
+}
+
+fn blocked(observed: &Observed, findings: &mut Vec<Finding>) -> Vec<Blocked> {
+    let blocked = blocked_of(&observed.counters);
     let mut per_iface: BTreeMap<&str, Vec<&Blocked>> = BTreeMap::new();
     for b in blocked.iter().filter(|b| b.packets > 0) {
         per_iface.entry(&b.interface).or_default().push(b);
@@ -277,6 +282,7 @@ mod tests {
             port: 53,
             to: to.parse().unwrap(),
             allow: allow.iter().map(|a| a.parse().unwrap()).collect(),
+            network: None,
         }
     }
 

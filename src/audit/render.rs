@@ -9,7 +9,12 @@ pub fn print(report: &Report, format: crate::cli::AuditFormat) -> anyhow::Result
         crate::cli::AuditFormat::Json => {
             crate::outln!("{}", serde_json::to_string_pretty(report)?)
         }
-        crate::cli::AuditFormat::Prometheus => crate::out!("{}", prometheus(report)),
+        crate::cli::AuditFormat::Prometheus => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            crate::out!("{}", prometheus(report, now))
+        }
         crate::cli::AuditFormat::Text => print_text(report),
     }
     Ok(())
@@ -81,6 +86,15 @@ fn print_text(r: &Report) {
     }
 }
 
+/// A severity as JSON and the metrics spell it: `info`, `warning`, `critical`.
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Critical => "critical",
+    }
+}
+
 /// Escapes a Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -88,24 +102,80 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The report in the Prometheus text exposition format (node_exporter textfile
-/// collector): one gauge family per fact, counters per rule.
-pub fn prometheus(r: &Report) -> String {
+/// The labels of an interface's series: `interface="br-5f2a1c3d9e7b"`, and
+/// `network="myproj_default"` when its grants were asked for by a runtime network's
+/// name, which (unlike the bridge) outlives `docker compose down/up`, so dashboards and
+/// alerts can select on it.
+fn iface_labels(r: &Report, iface: &str) -> String {
+    let network = r
+        .interfaces
+        .iter()
+        .filter(|i| i.name == iface)
+        .flat_map(|i| &i.grants)
+        .find_map(|g| g.network.as_ref());
+    match network {
+        Some(n) => format!(
+            "interface=\"{}\",network=\"{}\"",
+            label(iface),
+            label(&n.name)
+        ),
+        None => format!("interface=\"{}\"", label(iface)),
+    }
+}
+
+/// Writes one metric family: its HELP and TYPE lines and its samples (labels, value).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: Vec<(String, String)>) {
     use std::fmt::Write;
+    let _ = writeln!(out, "# HELP loopgate_{name} {help}");
+    let _ = writeln!(out, "# TYPE loopgate_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "loopgate_{name}{labels} {value}");
+    }
+}
+
+/// The families every document starts with: whether the audit ran, and when
+/// (`now`, seconds since the epoch). A textfile whose timestamp stops moving is an
+/// audit that stopped running.
+fn run_families(out: &mut String, success: bool, now: f64) {
+    family(
+        out,
+        "audit_success",
+        "gauge",
+        "1 when loopgate audit observed the host and wrote this document; 0 when it failed (the error is on its stderr).",
+        vec![(String::new(), u8::from(success).to_string())],
+    );
+    family(
+        out,
+        "audit_timestamp_seconds",
+        "gauge",
+        "When this audit ran, in seconds since the epoch.",
+        vec![(String::new(), format!("{now:.3}"))],
+    );
+}
+
+/// The document of an audit that failed before it had a report: `loopgate_audit_success
+/// 0` and the time, so that the textfile still updates and an alert can fire.
+pub fn prometheus_failed(now: f64) -> String {
     let mut out = String::new();
+    run_families(&mut out, false, now);
+    out
+}
+
+/// The report in the Prometheus text exposition format (node_exporter textfile
+/// collector), made at `now` (seconds since the epoch): one gauge family per fact,
+/// counters per rule, running totals of what the guards dropped.
+pub fn prometheus(r: &Report, now: f64) -> String {
+    let mut out = String::new();
+    run_families(&mut out, true, now);
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP loopgate_{name} {help}");
-        let _ = writeln!(out, "# TYPE loopgate_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "loopgate_{name}{labels} {value}");
-        }
+        family(&mut out, name, kind, help, samples)
     };
     // An unreadable value is exported as NaN: a gap an alert can catch, never a 0.
     let value = |v: Option<i32>| v.map_or_else(|| "NaN".to_string(), |v| v.to_string());
     let per_iface = |f: &dyn Fn(&InterfaceReport) -> String| -> Vec<(String, String)> {
         r.interfaces
             .iter()
-            .map(|i| (format!("{{interface=\"{}\"}}", label(&i.name)), f(i)))
+            .map(|i| (format!("{{{}}}", iface_labels(r, &i.name)), f(i)))
             .collect()
     };
     family(
@@ -150,12 +220,8 @@ pub fn prometheus(r: &Report) -> String {
     let findings = [Severity::Info, Severity::Warning, Severity::Critical]
         .iter()
         .map(|s| {
-            let name = serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
             (
-                format!("{{severity=\"{name}\"}}"),
+                format!("{{severity=\"{}\"}}", severity_name(*s)),
                 r.findings
                     .iter()
                     .filter(|f| f.severity == *s)
@@ -165,6 +231,34 @@ pub fn prometheus(r: &Report) -> String {
         })
         .collect();
     family("findings", "gauge", "Audit findings by severity.", findings);
+    let mut by_code: std::collections::BTreeMap<(&str, Severity), usize> =
+        std::collections::BTreeMap::new();
+    for f in &r.findings {
+        *by_code.entry((f.code.as_str(), f.severity)).or_default() += 1;
+    }
+    family(
+        "findings_by_code",
+        "gauge",
+        "Audit findings by code and severity (codes without a finding have no series).",
+        by_code
+            .into_iter()
+            .map(|((code, severity), n)| {
+                (
+                    format!(
+                        "{{code=\"{code}\",severity=\"{}\"}}",
+                        severity_name(severity)
+                    ),
+                    n.to_string(),
+                )
+            })
+            .collect(),
+    );
+    family(
+        "pending_grants",
+        "gauge",
+        "Grants asked for (command line or policy) that are not served now: a missing interface or network, an address that is gone.",
+        vec![(String::new(), r.pending.len().to_string())],
+    );
     // Rules sharing a chain and comment (tcp and udp of one grant) are summed: one series each.
     let mut sums: std::collections::BTreeMap<(String, String), (u64, u64)> =
         std::collections::BTreeMap::new();
@@ -186,32 +280,37 @@ pub fn prometheus(r: &Report) -> String {
     family(
         "rule_packets_total",
         "counter",
-        "Packets matched by each rule of table ip loopgate.",
+        "Packets matched by each rule of table ip loopgate since loopgate last wrote it (a rewrite starts them at 0, a counter reset).",
         series(|v| v.0),
     );
     family(
         "rule_bytes_total",
         "counter",
-        "Bytes matched by each rule of table ip loopgate.",
+        "Bytes matched by each rule of table ip loopgate since loopgate last wrote it (a rewrite starts them at 0, a counter reset).",
         series(|v| v.1),
     );
-    family(
-        "blocked_packets_total",
-        "counter",
-        "Packets the guard of each interface dropped, by kind (direct-to-loopback, spoofed-loopback-source, leaked-loopback-source, input-drop), since loopgate last wrote its table.",
-        r.blocked
+    let blocked = |pick: fn(&super::Blocked) -> u64| -> Vec<(String, String)> {
+        r.blocked_total
             .iter()
             .map(|b| {
                 (
-                    format!(
-                        "{{interface=\"{}\",kind=\"{}\"}}",
-                        label(&b.interface),
-                        b.kind
-                    ),
-                    b.packets.to_string(),
+                    format!("{{{},kind=\"{}\"}}", iface_labels(r, &b.interface), b.kind),
+                    pick(b).to_string(),
                 )
             })
-            .collect(),
+            .collect()
+    };
+    family(
+        "blocked_packets_total",
+        "counter",
+        "Packets the guard of each interface dropped, by kind (direct-to-loopback, spoofed-loopback-source, leaked-loopback-source, input-drop); a running total that table rewrites do not reset.",
+        blocked(|b| b.packets),
+    );
+    family(
+        "blocked_bytes_total",
+        "counter",
+        "Bytes of the packets in loopgate_blocked_packets_total.",
+        blocked(|b| b.bytes),
     );
     out
 }

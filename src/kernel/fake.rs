@@ -18,7 +18,7 @@
 use super::conntrack::Flow;
 use super::host::{IfAddr, Listener, RouteLookup};
 use super::nft::{planned_image, Elements, TableImage, Vouch};
-use super::seam::{Kernel, TableSnapshot};
+use super::seam::{HostFacts, Kernel, TableSnapshot};
 use super::sysctl::{Device, Reading};
 use crate::ruleset::{KeyValue, Ruleset};
 use anyhow::Result;
@@ -274,50 +274,6 @@ impl Kernel for Fake {
         Ok(())
     }
 
-    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
-        let s = self.state.borrow();
-        let mut out: Vec<(String, Reading)> = s
-            .devices
-            .values()
-            .map(|d| (d.name.clone(), Ok(d.route_localnet)))
-            .collect();
-        out.push(("all".into(), Ok(s.all)));
-        out.push(("default".into(), Ok(s.default)));
-        out.sort();
-        Ok(out)
-    }
-
-    fn route_localnet(&self, conf: &str) -> Result<i32> {
-        self.check(&format!("sysctl:{conf}"))?;
-        let s = self.state.borrow();
-        match conf {
-            "all" => Ok(s.all),
-            "default" => Ok(s.default),
-            name => s
-                .devices
-                .values()
-                .find(|d| d.name == name)
-                .map(|d| d.route_localnet)
-                .ok_or_else(|| anyhow::anyhow!("no device {name}")),
-        }
-    }
-
-    fn ifindex_of(&self, name: &str) -> Option<u32> {
-        let s = self.state.borrow();
-        s.devices
-            .values()
-            .find(|d| d.name == name)
-            .map(|d| d.ifindex)
-    }
-
-    fn name_of(&self, ifindex: u32) -> Option<String> {
-        self.state
-            .borrow()
-            .devices
-            .get(&ifindex)
-            .map(|d| d.name.clone())
-    }
-
     fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<FakeSnapshot> {
         self.check("read")?;
         let mut s = self.state.borrow_mut();
@@ -373,14 +329,6 @@ impl Kernel for Fake {
         self.state.borrow().own_commits.contains(&generation)
     }
 
-    fn listeners(&self) -> Result<Vec<Listener>> {
-        Ok(self.state.borrow().listeners.clone())
-    }
-
-    fn conntrack_count(&self) -> Option<u64> {
-        Some(self.state.borrow().flows.len() as u64)
-    }
-
     fn flows(&self) -> Result<Vec<Flow>> {
         self.check("flows")?;
         Ok(self.state.borrow().flows.clone())
@@ -396,6 +344,60 @@ impl Kernel for Fake {
         };
         self.record(format!("delete {n} flows"));
         Ok(n)
+    }
+}
+
+impl HostFacts for Fake {
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
+        let s = self.state.borrow();
+        let mut out: Vec<(String, Reading)> = s
+            .devices
+            .values()
+            .map(|d| (d.name.clone(), Ok(d.route_localnet)))
+            .collect();
+        out.push(("all".into(), Ok(s.all)));
+        out.push(("default".into(), Ok(s.default)));
+        out.sort();
+        Ok(out)
+    }
+
+    fn route_localnet(&self, conf: &str) -> Result<i32> {
+        self.check(&format!("sysctl:{conf}"))?;
+        let s = self.state.borrow();
+        match conf {
+            "all" => Ok(s.all),
+            "default" => Ok(s.default),
+            name => s
+                .devices
+                .values()
+                .find(|d| d.name == name)
+                .map(|d| d.route_localnet)
+                .ok_or_else(|| anyhow::anyhow!("no device {name}")),
+        }
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        let s = self.state.borrow();
+        s.devices
+            .values()
+            .find(|d| d.name == name)
+            .map(|d| d.ifindex)
+    }
+
+    fn name_of(&self, ifindex: u32) -> Option<String> {
+        self.state
+            .borrow()
+            .devices
+            .get(&ifindex)
+            .map(|d| d.name.clone())
+    }
+
+    fn listeners(&self) -> Result<Vec<Listener>> {
+        Ok(self.state.borrow().listeners.clone())
+    }
+
+    fn conntrack_count(&self) -> Option<u64> {
+        Some(self.state.borrow().flows.len() as u64)
     }
 
     /// Each device's addresses as for spec resolution, all with prefix length 24.

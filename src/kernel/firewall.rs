@@ -168,6 +168,10 @@ pub enum Expr {
     Verdict(Jump),
     /// `reject`: drops the packet (and answers).
     Reject,
+    /// Destination NAT (nft `dnat to`, xt `DNAT`), where it is a constant: read for
+    /// `audit`'s `foreign-forward` (see [`super::dnat`]); the evaluator treats it as
+    /// the NAT action it does not follow.
+    Dnat(super::dnat::DnatTo),
     /// `notrack`: the packet is not tracked, if conntrack has not seen it yet.
     Notrack,
     /// A statement that changes neither the verdict nor what the rule matches

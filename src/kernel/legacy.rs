@@ -322,6 +322,11 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
         }
         "REJECT" => Expr::Reject,
         "NOTRACK" => Expr::Notrack,
+        // The target's revision is the last byte of its xt header.
+        "DNAT" => b
+            .get(e.target_offset + XT_HEADER - 1)
+            .and_then(|rev| super::dnat::xt_dnat(*rev, data))
+            .map_or_else(|| Expr::Unknown("target DNAT".into()), Expr::Dnat),
         "CT" if u16_at(data, 0) & 1 != 0 => Expr::Notrack,
         t @ ("CT" | "LOG" | "NFLOG" | "MARK" | "CONNMARK" | "TRACE" | "TCPMSS") => {
             Expr::Statement(format!("target {t}"))

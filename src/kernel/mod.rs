@@ -13,6 +13,7 @@
 //! module that uses it (checked by the `layers` unit test).
 
 pub mod conntrack;
+pub mod dnat;
 #[cfg(test)]
 pub mod fake;
 pub mod features;

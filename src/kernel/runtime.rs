@@ -4,28 +4,9 @@
 //! values are what the host-facts traits (`spec::Host`) and a grant request speak.
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
-/// A container runtime loopgate can ask about networks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Runtime {
-    /// Docker (dockerd), through the `docker` CLI.
-    Docker,
-    /// Podman (netavark), through the `podman` CLI.
-    Podman,
-}
-
-impl Runtime {
-    /// The runtime's CLI, and its name in messages.
-    pub fn cli(self) -> &'static str {
-        match self {
-            Runtime::Docker => "docker",
-            Runtime::Podman => "podman",
-        }
-    }
-}
+pub use crate::grant::Runtime;
 
 /// What loopgate needs of a runtime's network.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 //! The engine ([`crate::txn`]), `audit` and `watch` reach the kernel only through
 //! [`Kernel`]: read route_localnet of device instances, write one, read loopgate's table
 //! (image and nftables generation), replace or restore it atomically, probe features,
-//! list loopback listeners, and find and cut conntrack entries. [`System`] is the real
+//! and find and cut conntrack entries; the read-only facts they judge by (sysctls,
+//! names, loopback listeners, addresses, routes, other firewalls) come from its
+//! supertrait [`HostFacts`]. [`System`] is the real
 //! thing (netlink and /proc in the caller's network namespace). A fake that keeps the
 //! same facts in memory and applies every batch all-or-nothing, with injectable
 //! failures, lives in `kernel::fake` for unit tests, as knftables' `Fake` and
@@ -61,9 +63,10 @@ impl TableSnapshot for nft::Snapshot {
     }
 }
 
-/// Everything the engine, audit and watch need from the kernel of the current network
-/// namespace.
-pub trait Kernel {
+/// What the engine changes, through the one seam every mutation of the host takes:
+/// devices' route_localnet, loopgate's table (apply, restore, probe, generation) and
+/// conntrack flows. Read-only facts come from its supertrait [`HostFacts`].
+pub trait Kernel: HostFacts {
     /// The snapshot type [`Kernel::read_table`] returns and [`Kernel::restore`] takes.
     type Snapshot: TableSnapshot;
 
@@ -78,18 +81,6 @@ pub trait Kernel {
     /// Writes route_localnet of device `ifindex`, known as `iface`; refused when the
     /// name now denotes another device.
     fn write_route_localnet(&self, iface: &str, ifindex: u32, value: i32) -> Result<()>;
-
-    /// route_localnet of every IPv4 conf directory, `all` and `default` included.
-    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>>;
-
-    /// route_localnet of the IPv4 conf directory `conf` (`all`, `default` or a device).
-    fn route_localnet(&self, conf: &str) -> Result<i32>;
-
-    /// The ifindex of the interface called `name`.
-    fn ifindex_of(&self, name: &str) -> Option<u32>;
-
-    /// The current name of interface `ifindex`.
-    fn name_of(&self, ifindex: u32) -> Option<String>;
 
     /// Reads loopgate's table; with `trust`, elements are taken as vouched for while the
     /// generation has not moved (see [`nft::snapshot`]).
@@ -131,17 +122,36 @@ pub trait Kernel {
     /// another process's.
     fn committed_here(&self, generation: u32) -> bool;
 
-    /// Sockets listening on IPv4 (TCP LISTEN, bound UDP).
-    fn listeners(&self) -> Result<Vec<Listener>>;
-
-    /// How many connections are tracked, when the kernel says (cheap; a listing is not).
-    fn conntrack_count(&self) -> Option<u64>;
-
     /// The IPv4 conntrack entries.
     fn flows(&self) -> Result<Vec<Flow>>;
 
     /// Deletes `flows`; returns how many were deleted.
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize>;
+}
+
+/// Read-only facts about the current network namespace that audit, watch and the engine
+/// judge by: sysctls, interface names, listeners, conntrack, addresses, routes and the
+/// other firewalls. Nothing here changes the host. (The resolver's view of interfaces
+/// and container networks is [`super::host::Interfaces`] and `spec::Host`: a snapshot
+/// taken once per pass, with the runtimes asked above this layer.)
+pub trait HostFacts {
+    /// route_localnet of every IPv4 conf directory, `all` and `default` included.
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>>;
+
+    /// route_localnet of the IPv4 conf directory `conf` (`all`, `default` or a device).
+    fn route_localnet(&self, conf: &str) -> Result<i32>;
+
+    /// The ifindex of the interface called `name`.
+    fn ifindex_of(&self, name: &str) -> Option<u32>;
+
+    /// The current name of interface `ifindex`.
+    fn name_of(&self, ifindex: u32) -> Option<String>;
+
+    /// Sockets listening on IPv4 (TCP LISTEN, bound UDP).
+    fn listeners(&self) -> Result<Vec<Listener>>;
+
+    /// How many connections are tracked, when the kernel says (cheap; a listing is not).
+    fn conntrack_count(&self) -> Option<u64>;
 
     /// Every IPv4 address with its interface and prefix length.
     fn addresses(&self) -> Result<Vec<IfAddr>>;
@@ -338,22 +348,6 @@ impl Kernel for System {
         sysctl::write_device(iface, ifindex, value)
     }
 
-    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
-        sysctl::read_all()
-    }
-
-    fn route_localnet(&self, conf: &str) -> Result<i32> {
-        sysctl::read(conf)
-    }
-
-    fn ifindex_of(&self, name: &str) -> Option<u32> {
-        sysctl::ifindex_of(name)
-    }
-
-    fn name_of(&self, ifindex: u32) -> Option<String> {
-        sysctl::name_of(ifindex)
-    }
-
     fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<nft::Snapshot> {
         nft::snapshot(trust).map(|s| s.sanctioning(self.sanctioned_port()))
     }
@@ -418,20 +412,38 @@ impl Kernel for System {
         self.own.contains(generation)
     }
 
-    fn listeners(&self) -> Result<Vec<Listener>> {
-        super::host::listeners()
-    }
-
-    fn conntrack_count(&self) -> Option<u64> {
-        super::conntrack::count()
-    }
-
     fn flows(&self) -> Result<Vec<Flow>> {
         super::conntrack::list()
     }
 
     fn delete_flows(&self, flows: &[Flow]) -> Result<usize> {
         super::conntrack::delete(flows)
+    }
+}
+
+impl HostFacts for System {
+    fn route_localnet_all(&self) -> Result<Vec<(String, Reading)>> {
+        sysctl::read_all()
+    }
+
+    fn route_localnet(&self, conf: &str) -> Result<i32> {
+        sysctl::read(conf)
+    }
+
+    fn ifindex_of(&self, name: &str) -> Option<u32> {
+        sysctl::ifindex_of(name)
+    }
+
+    fn name_of(&self, ifindex: u32) -> Option<String> {
+        sysctl::name_of(ifindex)
+    }
+
+    fn listeners(&self) -> Result<Vec<Listener>> {
+        super::host::listeners()
+    }
+
+    fn conntrack_count(&self) -> Option<u64> {
+        super::conntrack::count()
     }
 
     fn addresses(&self) -> Result<Vec<IfAddr>> {

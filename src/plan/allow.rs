@@ -44,8 +44,8 @@ impl AllowSets {
                     split_hosts(ranges)
                         .into_iter()
                         .map(|(hosts, ranges)| {
-                            // set allow_N_hosts { type ipv4_addr; size K; elements = { a, b } }
-                            // set allow_N { type ipv4_addr; flags interval; elements = { n/p } }
+                            // set allow_K_hosts { type ipv4_addr; size N; elements = { a, b } }
+                            // set allow_K { type ipv4_addr; flags interval; elements = { n/p } }
                             let name = match hosts {
                                 true => format!("allow_{n}_hosts"),
                                 false => format!("allow_{n}"),

@@ -25,7 +25,10 @@ pub(crate) const GUARD_DROPS: [(&str, &str); 4] = [
 const DIRECT: &str = "no direct route to loopback";
 const SPOOFED: &str = "no spoofed loopback source";
 const LEAKED: &str = "no loopback source leaves";
-const INPUT_DROP: &str = "loopback only through published ports";
+pub(super) const INPUT_DROP: &str = "loopback only through published ports";
+/// The comment's end on the accept of flows another table DNATed to loopback, by
+/// which `audit` finds its counter.
+const FOREIGN_FORWARDS: &str = "flows another table DNATed to loopback";
 
 /// The three per-interface dispatch maps and the guard chains they jump to.
 pub(super) struct Guards {
@@ -104,7 +107,8 @@ fn raw(i: usize, iface: &str) -> Chain {
 }
 
 /// `chain input_ifN`, reached at input for packets to 127/8 from this interface: only
-/// replies and flows a grant DNATed get through.
+/// replies, flows a grant DNATed and flows another table's DNAT rule sent to loopback
+/// get through.
 ///
 /// Why replies: loopgate's own grants never need the first rule, but other tools'
 /// hairpins do. Docker with `--userland-proxy=false`, netavark and the CNI portmap
@@ -115,6 +119,21 @@ fn raw(i: usize, iface: &str) -> Chain {
 /// conntrack calls a packet a reply only when it matches the reply tuple of a flow that
 /// already exists, which the host opened; anything else, untracked packets included,
 /// falls through to the final drop.
+///
+/// Why another table's DNAT: a tool that publishes a loopback service itself (the
+/// Amazon ECS agent DNATs `169.254.170.2:80` to `127.0.0.1:51679` so that tasks fetch
+/// their credentials; an operator's hand-made `dnat to 127.0.0.1:PORT`) set
+/// `route_localnet=1` for that forward, and guarding the interface must not break it
+/// (`audit` lists each such forward as a `foreign-forward` exposure instead, with its
+/// source restriction). What the accept needs is what only an explicit DNAT rule
+/// produces: the flow is DNATed (`ct status dnat`, set by the NAT binding of its first
+/// packet) and its first packet was not addressed to 127/8 (the raw guard drops a
+/// packet that is, before conntrack, so no flow of this interface ever starts there;
+/// the check keeps that true whatever else changes). A packet sent to 127.x directly
+/// or with a spoofed 127/8 source never gets here (raw), an untracked packet has no
+/// status (it falls to the drop), and a `redirect` sends to the interface's own
+/// address, never to 127/8. Flows loopgate itself DNATed never reach the accept: their
+/// target is in `input_targets`, whose chains end in a drop ([`super::targets`]).
 fn input(i: usize, iface: &str) -> Chain {
     Chain {
         name: format!("input_if{i}"),
@@ -127,6 +146,7 @@ fn input(i: usize, iface: &str) -> Chain {
                 format!("{iface} guard: replies of flows the host opened"),
             ),
             // iifname . ip daddr . meta l4proto . th dport vmap @input_targets
+            // (a DNATed flow's accept lives in its target's chain: see targets.rs)
             rule(
                 vec![],
                 Verdict::Vmap {
@@ -134,6 +154,12 @@ fn input(i: usize, iface: &str) -> Chain {
                     map: MAP_INPUT_TARGETS.to_string(),
                 },
                 format!("{iface}: flows a grant DNATed"),
+            ),
+            // ct status dnat ct original ip daddr != 127.0.0.0/8 counter accept
+            rule(
+                vec![Match::CtStatusDnat, Match::CtOriginalDaddrNotIn(loopback())],
+                Verdict::Accept,
+                format!("{iface}: {FOREIGN_FORWARDS}"),
             ),
             // counter drop  (also catches untracked packets)
             rule(
@@ -176,4 +202,56 @@ fn jump(map: &mut VerdictMap, iface: &str, chain: &Chain) {
         key: vec![KeyValue::Name(iface.to_string())],
         jump: chain.name.clone(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ruleset, MAP_INPUT_IFACES, MAP_INPUT_TARGETS};
+    use crate::grant::{loopback, Grant, Proto};
+    use crate::ruleset::{Match, Ruleset, Verdict};
+
+    fn chains_of<'a>(r: &'a Ruleset, map: &str) -> Vec<&'a crate::ruleset::Chain> {
+        let m = r.maps.iter().find(|m| m.name == map).unwrap();
+        m.elements
+            .iter()
+            .map(|e| r.chains.iter().find(|c| c.name == e.jump).unwrap())
+            .collect()
+    }
+
+    /// The accept of another table's DNAT comes after the grants' targets and before
+    /// the drop, asks for a DNATed flow whose first packet was not addressed to 127/8,
+    /// and every grant target's chain ends in a drop, so it never takes loopgate's own
+    /// flows (nor another table's flow to a grant's target).
+    #[test]
+    fn foreign_dnat_is_accepted_after_the_grants_and_never_for_a_grant_target() {
+        let g = Grant {
+            name: "g".into(),
+            iface: "br0".into(),
+            proto: Proto::Tcp,
+            listen: "192.0.2.1".parse().unwrap(),
+            port: 3306,
+            to: "127.0.0.1:3306".parse().unwrap(),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
+        };
+        let r = ruleset(&[g]).unwrap();
+        let input = chains_of(&r, MAP_INPUT_IFACES)[0];
+        let verdicts: Vec<&Verdict> = input.rules.iter().map(|x| &x.verdict).collect();
+        assert!(matches!(verdicts[1], Verdict::Vmap { .. }), "{input:?}");
+        assert_eq!(
+            (verdicts[2], verdicts[3]),
+            (&Verdict::Accept, &Verdict::Drop)
+        );
+        assert_eq!(
+            input.rules[2].matches,
+            [Match::CtStatusDnat, Match::CtOriginalDaddrNotIn(loopback())]
+        );
+        for t in chains_of(&r, MAP_INPUT_TARGETS) {
+            let last = t.rules.last().unwrap();
+            assert!(
+                last.matches.is_empty() && last.verdict == Verdict::Drop,
+                "{t:?}"
+            );
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! Base chains hold dispatching rules only; everything loopgate decides happens in the
 //! chains the maps jump to. Kept apart because these are the only chains whose hook and
 //! priority matter for safety (the raw guard must run before conntrack, the
-//! postrouting guard after source NAT), and `verify` checks them as a fixed shape.
+//! postrouting guard after source NAT). `verify` checks their dispatch rules and that
+//! there are four; the unit test `the_base_chains_sit_at_their_priorities` checks their
+//! hooks' priorities.
 
 use super::{rule, target_key, MAP_INPUT_IFACES, MAP_NAT_GRANTS, MAP_POST_IFACES, MAP_RAW_IFACES};
 use crate::grant::loopback;
@@ -13,7 +15,10 @@ use crate::ruleset::{Attachment, Chain, ChainKind, Hook, KeyField, Match, Rule, 
 /// Netfilter hook priorities used by the table (see `nft(8)`, "standard priority
 /// names"): `raw`, before conntrack sees the packet.
 pub const PRIORITY_RAW: i32 = -300;
-/// `dstnat`: destination NAT at prerouting.
+/// `dstnat` (-100): after the raw guard (-300) and conntrack (-200), so the guard still
+/// sees the published address and NAT has the flow's conntrack entry; before the
+/// routing decision, so the route lookup sees 127.0.0.1 arriving on an interface with
+/// route_localnet=1.
 pub const PRIORITY_DSTNAT: i32 = -100;
 /// `filter`: the ordinary filtering priority.
 pub const PRIORITY_FILTER: i32 = 0;
@@ -60,6 +65,9 @@ pub(super) fn base_chains() -> Vec<Chain> {
         ),
         // chain nat_prerouting { type nat hook prerouting priority dstnat; policy accept;
         //   iifname . ip daddr . meta l4proto . th dport vmap @nat_grants }
+        // No 127/8 gate here, unlike the other three: a grant's packet still carries the
+        // published address at this point, and a packet already addressed to 127/8 was
+        // dropped by the raw guard.
         base(
             "nat_prerouting",
             ChainKind::Nat,

@@ -154,6 +154,7 @@ mod tests {
             port,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //! chain, which checks the source set and DNATs. Checking the source before translating
 //! means only allowed sources are ever turned into packets to loopback; the input
 //! accepts ([`super::targets`]) check the same sets again, so neither half alone opens
-//! a loopback service.
+//! a loopback service. The chain runs at priority `dstnat`; why there is said at
+//! [`super::hooks::PRIORITY_DSTNAT`].
 
 use super::{rule, target_key, target_key_of, Dispatch, MAP_NAT_GRANTS};
 use crate::grant::Grant;
@@ -28,7 +29,7 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
         let chain = Chain {
             name: format!("nat_g{i}"),
             attach: None,
-            // meta l4proto tcp ip saddr @allow_N counter dnat to 127.0.0.1:3306
+            // meta l4proto tcp ip saddr @allow_K counter dnat to 127.0.0.1:3306
             // (nft needs the protocol before a port mapping); one rule per set of the
             // allow list
             rules: sets

@@ -7,7 +7,14 @@
 //! `input_targets`, and the chain of that target holds one accept per grant, each
 //! matching the grant's original address, port and allow set. Grants sharing a target
 //! on one interface share its chain.
+//!
+//! Each chain ends in a drop: a flow that reached a grant's target without being one of
+//! its grants' flows (a source taken out of an allow set, another table's DNAT to the
+//! same target) stops here, so the input guard's accept of flows other tables DNATed
+//! (see `guards`) can never take a flow loopgate DNATed, nor a flow to what a grant
+//! publishes.
 
+use super::guards::INPUT_DROP;
 use super::{rule, target_key, target_key_of, Dispatch, MAP_INPUT_TARGETS};
 use crate::grant::{Grant, Proto};
 use crate::ruleset::{Chain, MapElement, Match, Rule, Verdict, VerdictMap};
@@ -25,7 +32,7 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
             .or_default();
         for set in sets {
             // ct status dnat ct original ip daddr 192.0.2.1 ct original protocol tcp
-            //   ct original proto-dst 3306 ip saddr @allow_N counter accept
+            //   ct original proto-dst 3306 ip saddr @allow_K counter accept
             rules.push(rule(
                 vec![
                     Match::CtStatusDnat,
@@ -53,6 +60,13 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
             key: target_key_of(iface, addr, proto, port),
             jump: name.clone(),
         });
+        let mut rules = rules;
+        // counter drop
+        rules.push(rule(
+            vec![],
+            Verdict::Drop,
+            format!("{iface} guard: {INPUT_DROP}"),
+        ));
         chains.push(Chain {
             name,
             attach: None,

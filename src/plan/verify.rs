@@ -124,12 +124,15 @@ pub fn verify(r: &Ruleset, grants: &[Grant]) -> Result<(), String> {
             ));
         }
     }
-    // Every accept is a grant's (a DNATed flow from its allow set) or a reply.
+    // Every accept is a grant's (a DNATed flow from its allow set), a reply, or a flow
+    // another table DNATed from outside 127/8 (never one addressed to loopback).
     for chain in &r.chains {
         for x in chain.rules.iter().filter(|x| x.verdict == Verdict::Accept) {
             let grant = x.matches.contains(&Match::CtStatusDnat) && set_of(&x.matches).is_some();
             let reply = x.matches == [Match::CtDirection(CtDir::Reply)];
-            if !grant && !reply {
+            let forward =
+                x.matches == [Match::CtStatusDnat, Match::CtOriginalDaddrNotIn(loopback())];
+            if !grant && !reply && !forward {
                 return Err(format!("chain {}: unexpected accept: {x}", chain.name));
             }
         }

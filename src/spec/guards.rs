@@ -53,13 +53,14 @@ pub(super) fn keep_guard(
                 name: spec
                     .name
                     .clone()
-                    .unwrap_or_else(|| Grant::default_name(iface, None, spec.proto, spec.port)),
+                    .unwrap_or_else(|| spec.default_name(iface, None)),
                 iface: iface.to_string(),
                 proto: spec.proto,
                 listen,
                 port: spec.port,
                 to: spec.to,
                 allow: allow.to_vec(),
+                network: spec.network.clone(),
             }),
         None => previous
             .iter()
@@ -127,6 +128,7 @@ pub fn resolve_guards(guards: &[GuardSpec], host: &dyn Host) -> Vec<String> {
                 listen: None,
                 host_gateway: false,
                 allow: vec![],
+                origin: None,
             };
             out.extend(names.iter().filter(|n| probe.matches(n)).cloned());
         } else {

@@ -38,15 +38,7 @@ pub enum Source {
     Policy,
 }
 
-/// A container runtime's network, named instead of an interface.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkSelector {
-    /// Whose network.
-    pub runtime: crate::kernel::runtime::Runtime,
-    /// Its name, as `docker network ls` / `podman network ls` show it.
-    pub name: String,
-}
+pub use crate::grant::NetworkSelector;
 
 /// One requested publication: `listen:port/proto` on every interface `interface`
 /// names or matches, DNATed to `to`, for `allow`.
@@ -83,6 +75,11 @@ pub struct Spec {
     /// Allowed source networks, validated (host bits clear, no 127/8, not /0).
     #[serde(serialize_with = "crate::grant::serialize_networks")]
     pub allow: Vec<Ipv4Network>,
+    /// The policy file that asks for it (its real path), for a spec of a policy: the
+    /// one owner that may change it. `None` for the command line's, and for policy
+    /// specs recorded before loopgate kept their file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// What identifies a spec: a second spec with the same key replaces it.
@@ -129,6 +126,7 @@ impl Spec {
             listen: Some(g.listen),
             host_gateway: false,
             allow: g.allow.clone(),
+            origin: None,
         }
     }
 
@@ -148,6 +146,31 @@ impl Spec {
             glob::Pattern::new(&self.interface).is_ok_and(|p| p.matches(iface))
         } else {
             self.interface == iface
+        }
+    }
+
+    /// The name its grant on `iface` gets when none was asked for: from the runtime
+    /// network's name for a network's spec (`myproj_default-tcp-5432`, the same after
+    /// every `docker compose down/up`), else from the interface ([`Grant::default_name`]).
+    pub fn default_name(&self, iface: &str, secondary_listen: Option<Ipv4Addr>) -> String {
+        let base = self.network.as_ref().map_or(iface, |n| n.name.as_str());
+        Grant::default_name(base, secondary_listen, self.proto, self.port)
+    }
+
+    /// The name people know it by: the one asked for, or its default name on the
+    /// interface (or network) it names.
+    pub fn shown_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.default_name(&self.interface, None))
+    }
+
+    /// Where it publishes, as the user named it: `docker0`, `br-*` or `docker network
+    /// myproj_default`.
+    pub fn on(&self) -> String {
+        match &self.network {
+            Some(n) => n.to_string(),
+            None => self.interface.clone(),
         }
     }
 
@@ -240,6 +263,7 @@ pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
                 listen: parts.listen,
                 host_gateway: parts.host_gateway,
                 allow: parts.allow.clone(),
+                origin: None,
             });
         }
     }

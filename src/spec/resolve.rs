@@ -189,6 +189,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                 port: spec.port,
                 to: spec.to,
                 allow: spec.allow.clone(),
+                network: None,
             });
             out.pending.push(Pending {
                 spec: spec.label(),
@@ -296,15 +297,17 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
             };
             let secondary = (addresses.first() != Some(&listen)).then_some(listen);
             let grant = Grant {
-                name: spec.name.clone().unwrap_or_else(|| {
-                    Grant::default_name(iface, secondary, spec.proto, spec.port)
-                }),
+                name: spec
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| spec.default_name(iface, secondary)),
                 iface: iface.clone(),
                 proto: spec.proto,
                 listen,
                 port: spec.port,
                 to: spec.to,
                 allow: allow.clone(),
+                network: spec.network.clone(),
             };
             match seen.get(&grant.key()) {
                 Some((to, _)) if *to == grant.to => {

@@ -184,11 +184,16 @@ pub fn known_features() -> crate::kernel::features::KnownFeatures {
 const WATCH_PRESENCE: &str = "watch.owner";
 
 /// Records that this process is the namespace's `watch`, holding loopgate's table
-/// through the netlink port `held` (0 when it does not hold it): `pid owner-port`.
+/// through the netlink port `held` (0 when it does not hold it), and following the
+/// policy at `policy` if it does: `pid owner-port`, then the policy's path on a line
+/// of its own.
 ///
 /// Errors: the state directory cannot be reached or the file written.
-pub fn write_watch_presence(held: Option<u32>) -> Result<()> {
-    let text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
+pub fn write_watch_presence(held: Option<u32>, policy: Option<&std::path::Path>) -> Result<()> {
+    let mut text = format!("{} {}\n", std::process::id(), held.unwrap_or(0));
+    if let Some(p) = policy {
+        text.push_str(&format!("{}\n", p.display()));
+    }
     // Relative to the checked state directory, replaced whole, never through a link.
     private_namespace_dir()?.replace(WATCH_PRESENCE, text.as_bytes(), 0o644)?;
     Ok(())
@@ -209,6 +214,16 @@ pub fn running_watch() -> Option<(u32, u32)> {
     // Alive? (signal 0 checks existence and permission only.)
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).ok()?;
     Some((pid, port))
+}
+
+/// The policy the running watch of the current namespace follows (`watch --policy`),
+/// as the real path it named when it started: (pid, path). `None` when no watch runs
+/// or it follows none.
+pub fn watched_policy() -> Option<(u32, PathBuf)> {
+    let (pid, _) = running_watch()?;
+    let text = fs::read_to_string(namespace_dir().ok()?.join(WATCH_PRESENCE)).ok()?;
+    let path = text.lines().nth(1).filter(|l| !l.is_empty())?;
+    Some((pid, PathBuf::from(path)))
 }
 
 /// How [`Store`] takes the namespace's lock.
@@ -454,6 +469,20 @@ impl Store {
                 self.path().display()
             ),
         }
+    }
+
+    /// A side file of this state directory (`name`, e.g. the audit's running totals),
+    /// `None` when there is none. Errors: as [`Store::read_raw`].
+    pub fn read_aside(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        read_in(&self.dir, name)
+    }
+
+    /// Atomically replaces the side file `name` of this state directory with `bytes`
+    /// (0600). Errors: the directory cannot be written.
+    pub fn write_aside(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.dir
+            .replace(name, bytes, 0o600)
+            .with_context(|| format!("writing {}", self.dir.path().join(name).display()))
     }
 
     /// Replaces the state file with `state`, atomically (see [`Store::write_raw`]).

@@ -1,6 +1,7 @@
 //! The conntrack entries a change must delete: flows of revoked grants, flows of new or
 //! retargeted grants made before their DNAT existed, and, when the guard was lost,
-//! flows that reached loopback; flows of grants that stay are kept.
+//! flows that reached loopback and flows of every grant made while its DNAT was gone
+//! (a repair); flows of grants that stay are kept.
 
 use super::Change;
 use crate::grant::Grant;
@@ -17,19 +18,23 @@ pub(super) fn cut_flows<K: Kernel>(kernel: &K, change: &Change) -> Result<usize>
     kernel.delete_flows(&doomed(change, kernel.flows()?))
 }
 
-/// Grants that are new, or whose target or allowed sources changed: their clients may
-/// hold conntrack entries made before the rule that now DNATs them existed (NAT is bound
-/// once, at a flow's first packet), which would never pick the grant up.
+/// Grants whose clients may hold conntrack entries made before the rule that now DNATs
+/// them was in place (NAT is bound once, at a flow's first packet), which would never
+/// pick the grant up: grants that are new, or whose target or allowed sources changed,
+/// and, when the change repairs a lost guard (loopgate's table was deleted, flushed or
+/// edited: `nft -f` of a file with `flush ruleset`), every grant, because any of their
+/// flows may have begun while the DNAT rule was missing.
 pub(super) fn fresh(change: &Change) -> Vec<&Grant> {
     change
         .grants
         .iter()
         .filter(|g| {
-            !change
-                .old
-                .grants
-                .iter()
-                .any(|o| o.key() == g.key() && o.to == g.to && o.allow == g.allow)
+            change.guard_lost
+                || !change
+                    .old
+                    .grants
+                    .iter()
+                    .any(|o| o.key() == g.key() && o.to == g.to && o.allow == g.allow)
         })
         .collect()
 }
@@ -37,7 +42,7 @@ pub(super) fn fresh(change: &Change) -> Vec<&Grant> {
 /// The entries the change ends, out of `flows` (the namespace's conntrack table):
 /// - flows of a revoked grant (gone, re-targeted, or the source no longer allowed);
 /// - flows that reached 127.0.0.0/8 from outside while the guard was lost;
-/// - for a [`fresh`] grant, flows from its allowed sources to its publication that are
+/// - for a [`fresh`] grant (every grant after a lost guard), flows from its allowed sources to its publication that are
 ///   not DNATed to where a grant on that publication sends them: stale entries made
 ///   before the rule (without NAT), or DNATed to an earlier target. Their next packet
 ///   makes a new entry, which the rule DNATs.
@@ -100,10 +105,22 @@ pub(super) mod tests {
             port,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, to),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 
+    /// The change from `old` to `new` grants, on a host whose table is `old`'s.
     fn change(old: Vec<Grant>, new: Vec<Grant>) -> Change {
+        let table = crate::plan::ruleset(&old).map(|r| crate::kernel::nft::planned_image(&r));
+        change_over(old, new, table.as_ref())
+    }
+
+    /// The change from `old` to `new` grants, on a host whose table is `table`.
+    fn change_over(
+        old: Vec<Grant>,
+        new: Vec<Grant>,
+        table: Option<&crate::kernel::nft::TableImage>,
+    ) -> Change {
         let old = State {
             version: STATE_VERSION,
             grants: old,
@@ -113,7 +130,7 @@ pub(super) mod tests {
             grants: new,
             ..Target::recorded(&old)
         };
-        Change::compute(old, target, &BTreeMap::new(), None, None)
+        Change::compute(old, target, &BTreeMap::new(), table, None)
     }
 
     fn flow(src: [u8; 4], sport: u16, dport: u16, dnat: Option<u16>) -> conntrack::Flow {
@@ -180,5 +197,24 @@ pub(super) mod tests {
         let stale = flow(CLIENT, 40001, 53, None);
         let c = change(vec![other.clone()], vec![other, grant(53, 5353)]);
         assert_eq!(doomed(&c, vec![via_br1, stale]), vec![stale]);
+    }
+
+    /// A repair: loopgate's table was deleted (`nft -f` of a file that starts with
+    /// `flush ruleset`) and is put back with the same grants. A flow that began while
+    /// the DNAT rule was missing holds an entry without NAT and never reaches the
+    /// service; it is cut like a new grant's. Flows DNATed by the rule are kept.
+    #[test]
+    fn a_repair_cuts_entries_made_while_the_table_was_missing() {
+        let stale = flow(CLIENT, 40000, 53, None);
+        let dnated = flow(CLIENT, 40001, 53, Some(5353));
+        let outsider = flow(OUTSIDER, 40002, 53, None);
+        let g = vec![grant(53, 5353)];
+        let repair = change_over(g.clone(), g.clone(), None);
+        assert!(repair.guard_lost);
+        assert_eq!(doomed(&repair, vec![stale, dnated, outsider]), vec![stale]);
+        // The table in place: nothing was missing, nothing is cut.
+        let intact = change(g.clone(), g);
+        assert!(!intact.guard_lost);
+        assert_eq!(doomed(&intact, vec![stale, dnated, outsider]), vec![]);
     }
 }

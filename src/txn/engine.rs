@@ -17,6 +17,7 @@ fn grant(iface: &str, port: u16) -> Grant {
         port,
         to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
         allow: vec!["192.0.2.0/25".parse().unwrap()],
+        network: None,
     }
 }
 

@@ -54,6 +54,10 @@ pub fn execute<K: Kernel>(
             }));
         }
     }
+    if !change.table_matches {
+        // What the guards counted up to now, before the write starts them again.
+        crate::audit::totals::fold_counters(store, &snapshot.counters());
+    }
     let mut undo: Vec<Undo> = Vec::new();
     match run_steps(kernel, store, change, snapshot.generation(), &mut undo) {
         Ok(outcome) => Ok(outcome),
@@ -182,7 +186,7 @@ pub(super) fn run_steps<K: Kernel>(
         // the rollback must still put the old table back. Restoring an unchanged table
         // is harmless.
         undo.push(Undo::Table);
-        step("ruleset", || {
+        let vouch = step("ruleset", || {
             let digest = change.want.as_ref().and_then(|w| w.elements.digest());
             let vouch = match (&change.base, &change.ruleset, digest) {
                 // Only what differs, bound to the generation the table was read at.
@@ -191,9 +195,13 @@ pub(super) fn run_steps<K: Kernel>(
                 }
                 _ => kernel.apply_table(change.ruleset.as_ref())?,
             };
-            verify_table(kernel, change, vouch.as_ref())?;
-            Ok(vouch)
-        })?
+            let counters = verify_table(kernel, change, vouch.as_ref())?;
+            Ok((vouch, counters))
+        })?;
+        // The guards' counters of the table as written (0 where a rule is new): a
+        // counter lower than the one read before is folded into the running totals.
+        crate::audit::totals::fold_counters(store, &vouch.1);
+        vouch.0
     };
 
     // 4. Open last: only now that the guards are in place and read back.
@@ -228,20 +236,22 @@ pub(super) fn run_steps<K: Kernel>(
 /// Reads the table back after a batch and insists that it is the planned one: an ACK
 /// says the batch committed, not that nothing changed it since. Elements are vouched for
 /// by the generation when nothing else committed in between (cheap), read otherwise.
+/// Returns the rules' counters as read back.
 pub(super) fn verify_table<K: Kernel>(
     kernel: &K,
     change: &Change,
     vouch: Option<&nft::Vouch>,
-) -> Result<()> {
+) -> Result<Vec<nft::RuleCounter>> {
     let trust = vouch.zip(change.want.as_ref());
-    let have = kernel.read_table(trust)?.image();
+    let snapshot = kernel.read_table(trust)?;
+    let have = snapshot.image();
     if have != change.want {
         anyhow::bail!(
             "table ip {} does not read back as planned right after it was written",
             crate::ruleset::TABLE
         );
     }
-    Ok(())
+    Ok(snapshot.counters())
 }
 
 pub(super) fn roll_back<K: Kernel>(

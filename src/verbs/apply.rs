@@ -2,7 +2,9 @@
 //! directory of files) is the whole truth for the grants it manages: what it no longer
 //! lists is revoked. Grants made with `expose` (without `--persist`) are not the
 //! policy's and stay until revoked. A grant whose interface is missing is pending, never
-//! revoked for that: it is served when the interface appears.
+//! revoked for that: it is served when the interface appears, and the other grants are
+//! applied all the same. While `loopgate watch --policy DIR` runs, `apply` of anything
+//! but DIR is refused: the watch would undo it.
 
 use super::{open_store, Mode};
 use crate::cli::{ApplyArgs, PlanArgs};
@@ -65,7 +67,7 @@ fn desired_of(
         .filter(|s| s.source == Source::Cli)
         .cloned()
         .collect();
-    spec::merge(&mut specs, policy::specs_of(sources, host, true)?);
+    spec::merge(&mut specs, policy::specs_of(sources)?);
     let resolved = spec::resolve_keeping(&specs, host, &old.grants);
     if let Some(p) = resolved
         .pending
@@ -83,6 +85,19 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
     let (store, old) = open_store(exclusive)?;
     let host = HostInterfaces::read()?;
     let sources = policy::load_all(file)?;
+    // While a watch follows a policy, it is the one owner of the policy in force:
+    // applying anything else would be undone at its next pass.
+    if mode == Mode::Apply {
+        if let Some((pid, followed)) = super::owner::followed() {
+            if !super::owner::is_followed(file, &followed) {
+                crate::bad_input!(
+                    "loopgate watch (pid {pid}) follows {} and would undo applying {}; change the files there (watch applies them at once), or stop the watch first",
+                    followed.display(),
+                    file.display()
+                );
+            }
+        }
+    }
     if let Some(what) = emptied(&sources, &old) {
         let why = format!(
             "policy {} has no grants and no guards, but {what}: applying it would revoke them all",

@@ -5,6 +5,11 @@
 //! installs. An exact interface name must exist now (a typo is refused); a pattern that
 //! matches nothing yet is recorded as pending and served when a match appears (while
 //! `loopgate watch` runs, or at the next command).
+//!
+//! A published port a policy file keeps is that file's: changing it without
+//! `--persist` is refused; with `--persist` the change is made in that file, and a new
+//! grant is recorded in `loopgate.yaml` as it was asked for (a network by its name, a
+//! pattern as a pattern, a listen address only when `--listen` gave one).
 
 use super::open_store;
 use crate::bad_input;
@@ -40,12 +45,6 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         Source::Cli
     };
     let requested = spec::from_request(&req, source)?;
-    if args.persist && (spec::is_pattern(&req.iface) || network.is_some()) {
-        bad_input!(
-            "--persist records concrete grants; write {:?} into a policy file in the policy directory instead",
-            args.iface.clone().or(args.docker_network.clone()).or(args.podman_network.clone()).unwrap_or_default()
-        );
-    }
     let (store, old) = open_store(true)?;
     let host = HostInterfaces::read()?;
     match &network {
@@ -78,16 +77,68 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     // A spec that pins the address another one resolves to now (or the reverse) is
     // the same publication: the new one replaces it rather than doubling it.
     let now = |s: &spec::Spec| spec::resolve(std::slice::from_ref(s), &host).grants;
+    let mut replaced: Vec<spec::Spec> = Vec::new();
     for new in &requested {
         let same: Vec<_> = now(new).iter().map(|g| g.key()).collect();
         specs.retain(|s| {
-            s.key() == new.key()
+            let stays = s.key() == new.key()
                 || s.interface != new.interface
                 || s.to != new.to
-                || now(s).iter().all(|g| !same.contains(&g.key()))
+                || now(s).iter().all(|g| !same.contains(&g.key()));
+            if !stays {
+                replaced.push(s.clone());
+            }
+            stays
         });
+        replaced.extend(specs.iter().filter(|s| s.key() == new.key()).cloned());
     }
+    // What a policy file keeps is changed there, or not at all.
+    let unchanged = |old: &spec::Spec| {
+        requested.iter().any(|n| {
+            spec::Spec {
+                source: old.source,
+                origin: old.origin.clone(),
+                ..n.clone()
+            } == *old
+        })
+    };
+    let same_again: Vec<spec::SpecKey> = replaced
+        .iter()
+        .filter(|o| unchanged(o))
+        .map(|o| o.key())
+        .collect();
+    if !args.persist {
+        super::owner::refuse_owned(replaced.iter().filter(|s| !unchanged(s)), "change")?;
+    }
+    // Asking again, without --persist, for exactly what a policy asks for changes
+    // nothing: it stays the policy's.
+    let requested: Vec<spec::Spec> = match args.persist {
+        true => requested,
+        false => requested
+            .into_iter()
+            .filter(|n| !same_again.contains(&n.key()))
+            .collect(),
+    };
     spec::merge(&mut specs, requested.clone());
+    let target = match args.persist {
+        true => {
+            let dir = crate::policy::config_dir();
+            super::owner::check_persist_dir(&dir)?;
+            let edit = crate::persist::Edit {
+                remove: replaced
+                    .iter()
+                    .filter(|s| s.source == Source::Policy)
+                    .filter(|s| requested.iter().all(|n| n.key() != s.key()))
+                    .cloned()
+                    .collect(),
+                put: requested.clone(),
+            };
+            let target = crate::persist::Target::prepare(&dir, &edit)?;
+            specs = super::owner::with_policy(&specs, &target);
+            Some(target)
+        }
+        false => None,
+    };
     let resolved = spec::resolve_keeping(&specs, &host, &old.grants);
     if let Some(p) = resolved
         .pending
@@ -107,12 +158,5 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
             );
         }
     }
-    super::change(
-        store,
-        old,
-        resolved.grants,
-        specs,
-        args.dry_run,
-        args.persist,
-    )
+    super::change(store, old, resolved.grants, specs, args.dry_run, target)
 }

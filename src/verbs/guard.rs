@@ -51,8 +51,8 @@ pub fn run_guard(args: &GuardArgs) -> Result<()> {
     converge_guarding(store, old, grants, specs, guards, mode)
 }
 
-/// Runs `unguard`. Errors: bad input (exit 2) or a failed, rolled-back transaction
-/// (exit 3).
+/// Runs `unguard`. Errors: bad input (exit 2), nothing matched (exit 1, nothing
+/// changed) or a failed, rolled-back transaction (exit 3).
 pub fn run_unguard(args: &GuardArgs) -> Result<()> {
     let interface = asked(args)?;
     let (store, old) = open_store(true)?;
@@ -63,7 +63,29 @@ pub fn run_unguard(args: &GuardArgs) -> Result<()> {
         .cloned()
         .collect();
     if guards.len() == old.guards.len() {
-        crate::outln!("{interface} is not guarded on its own; nothing to remove");
+        let hint = match old.guards.iter().find(|g| {
+            spec::is_pattern(&g.interface)
+                && glob::Pattern::new(&g.interface).is_ok_and(|p| p.matches(&interface))
+        }) {
+            Some(p) => format!(
+                " ({interface} is guarded through the pattern {:?}: unguard that)",
+                p.interface
+            ),
+            None if old.guards.is_empty() => {
+                " (nothing is guarded with `loopgate guard`)".to_string()
+            }
+            None => format!(
+                " (guarded: {})",
+                old.guards
+                    .iter()
+                    .map(|g| g.interface.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return Err(anyhow::Error::new(crate::error::NothingMatched(format!(
+            "nothing matched: {interface} is not guarded with `loopgate guard`; nothing was removed{hint}"
+        ))));
     }
     let mode = if args.dry_run {
         Mode::DryRun

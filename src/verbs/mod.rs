@@ -10,6 +10,7 @@ pub mod apply;
 pub mod audit;
 pub mod expose;
 pub mod guard;
+pub mod owner;
 pub mod revoke;
 pub mod trace;
 pub mod watch;
@@ -80,6 +81,24 @@ pub fn converge_guarding(
     guards: Vec<crate::spec::GuardSpec>,
     mode: Mode,
 ) -> Result<()> {
+    converge_recording(store, old, (grants, specs, guards), mode, None)
+}
+
+/// As [`converge_guarding`], writing `persist` (the policy files, rendered) once the
+/// change is in force and before a borrowed table is given back: a watch following
+/// the policy reads the new files before its next repair, so it never puts back what
+/// was just revoked.
+fn converge_recording(
+    store: Store,
+    old: State,
+    (grants, specs, guards): (
+        Vec<Grant>,
+        Vec<crate::spec::Spec>,
+        Vec<crate::spec::GuardSpec>,
+    ),
+    mode: Mode,
+    persist: Option<persist::Target>,
+) -> Result<()> {
     // While a watch holds the table, the transaction goes through the socket that owns
     // it, borrowed until the lease drops; a plan or dry run only reads, and knows that
     // ownership as loopgate's own.
@@ -88,7 +107,7 @@ pub fn converge_guarding(
         Mode::Plan | Mode::DryRun => TableLease::reading(),
     };
     let host = host::HostInterfaces::read()?;
-    let converged = converge_over(
+    let converged = converge_over_recording(
         lease.kernel(),
         store,
         &host,
@@ -99,10 +118,18 @@ pub fn converge_guarding(
             guards,
             mode,
         },
+        persist,
     );
     // Given back before printing (see [`converge_over`]), and on failure too.
     drop(lease);
-    converged?.print()
+    let (converged, recorded) = converged?;
+    converged.print()?;
+    if let Some(files) = recorded.transpose()? {
+        for f in files {
+            crate::outln!("persisted to {}", f.display());
+        }
+    }
+    Ok(())
 }
 
 /// What a converging command is asked to do: move from `old` to `grants` (their
@@ -173,6 +200,29 @@ pub fn converge_over<K: Kernel>(
     host: &dyn crate::spec::Host,
     request: Request,
 ) -> Result<Converged> {
+    converge_over_recording(kernel, store, host, request, None).map(|(c, _)| c)
+}
+
+/// The files `--persist` wrote, or why it could not ([`crate::error::NotPersisted`]).
+type Recorded = Option<Result<Vec<std::path::PathBuf>>>;
+
+/// As [`converge_over`], writing `record` (policy files, rendered) in [`Mode::Apply`]
+/// once the change is in force (or found in force), before the state lock is given
+/// back: a watch following the policy repairs under that lock, so it reads the new
+/// files, never the old ones beside the new state, and never puts back what was just
+/// revoked.
+fn converge_over_recording<K: Kernel>(
+    kernel: &K,
+    store: Store,
+    host: &dyn crate::spec::Host,
+    request: Request,
+    record: Option<persist::Target>,
+) -> Result<(Converged, Recorded)> {
+    let commit = |record: Option<persist::Target>| -> Recorded {
+        let target = record?;
+        let files = target.files();
+        Some(target.commit().map(|()| files))
+    };
     let Request {
         old,
         grants,
@@ -212,14 +262,19 @@ pub fn converge_over<K: Kernel>(
             Mode::Apply => remember_intact(&store, &change, &snapshot),
             _ => Ok(()),
         };
+        let recorded = match (mode, &remembered) {
+            (Mode::Apply, Ok(())) => commit(record),
+            _ => None,
+        };
         drop(store);
         let outcome = remembered.map(|()| {
             vec![Printed::Line(
                 "nothing to do: the host already matches".into(),
             )]
         });
-        return Ok(Converged { warnings, outcome });
+        return Ok((Converged { warnings, outcome }, recorded));
     }
+    let mut recorded = None;
     let outcome = match mode {
         Mode::Plan | Mode::DryRun => {
             drop(store);
@@ -243,6 +298,9 @@ pub fn converge_over<K: Kernel>(
         Mode::Apply => {
             let lines = change.describe();
             let outcome = txn::execute(kernel, &store, &change, &snapshot);
+            if outcome.is_ok() {
+                recorded = commit(record);
+            }
             drop(store);
             outcome.map(|outcome| {
                 let mut out: Vec<Printed> = lines.into_iter().map(Printed::Line).collect();
@@ -257,7 +315,7 @@ pub fn converge_over<K: Kernel>(
             })
         }
     };
-    Ok(Converged { warnings, outcome })
+    Ok((Converged { warnings, outcome }, recorded))
 }
 
 /// The kernel a converging command works through: the table borrowed from a running
@@ -376,37 +434,22 @@ fn firewall_warnings(kernel: &impl Kernel, change: &Change) -> Vec<String> {
 }
 
 /// What `expose` and `revoke` end with: move to `grants` (or only show it), recording
-/// the result in the persistent policy when asked.
+/// the change in the persistent policy when `persist` is given.
 ///
-/// The persistence target is checked (and locked, and the file rendered) before the host
-/// changes, so a target that cannot take the change is refused with nothing changed;
-/// only the final write is left for after the change.
+/// The persistence target is checked (and locked, and the files rendered) by the
+/// caller before the host changes, so a target that cannot take the change is refused
+/// with nothing changed; only the final writes are left for after the change.
 pub fn change(
     store: Store,
     old: State,
     grants: Vec<Grant>,
     specs: Vec<crate::spec::Spec>,
     dry_run: bool,
-    persist_it: bool,
+    persist: Option<persist::Target>,
 ) -> Result<()> {
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let target = match persist_it {
-        true => Some(persist::Target::prepare(
-            &crate::policy::config_dir(),
-            &grants,
-            &host::HostInterfaces::read()?,
-        )?),
-        false => None,
-    };
-    converge(store, old, grants, specs, mode)?;
-    if let Some(target) = target {
-        let file = target.file();
-        for w in target.commit()? {
-            crate::errln!("loopgate: warning: {w}");
-        }
-        crate::outln!("persisted to {}", file.display());
-    }
-    Ok(())
+    let guards = old.guards.clone();
+    converge_recording(store, old, (grants, specs, guards), mode, persist)
 }
 
 /// The real kernel, remembering the features it accepted on this boot in the state
@@ -440,6 +483,7 @@ mod tests {
             port,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
         }
     }
 

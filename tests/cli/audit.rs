@@ -161,3 +161,37 @@ fn audit_trusts_unread_elements_only_while_the_nftables_generation_stands_still(
     assert_eq!(audit(&[]), (Some(0), false, "[]".into()), "repaired");
     assert!(tcp_request(&lab.container, sa(HOST_ADDR, 3306)).is_some());
 }
+
+/// The remedy `table-empty` prints, run as printed, removes the finding: the empty
+/// `table ip loopgate` a killed watch leaves (it held the table with nothing to protect,
+/// and the table persists its owner) is reported, and the command the message ends with
+/// takes it away.
+#[test]
+fn the_empty_table_a_killed_watch_leaves_is_reported_and_its_printed_remedy_removes_it() {
+    let lab = Lab::new();
+    // Control: a clean host has no finding.
+    lab.assert_audit(0, &[]);
+    drop(Watch::start_holding(&lab)); // SIGKILL
+    let out = lab.loopgate(&["audit", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let finding = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "table-empty")
+        .unwrap_or_else(|| panic!("no table-empty finding: {report}"))
+        .clone();
+    let message = finding["message"].as_str().unwrap();
+    let remedy = message
+        .rsplit_once("remove it: ")
+        .map(|(_, r)| r.trim())
+        .unwrap_or_else(|| panic!("no remedy in {message:?}"));
+    let out = lab.host.exec_status(&["sh", "-c", remedy]);
+    assert!(out.status.success(), "{remedy}: {}", stderr(&out));
+    lab.assert_audit(0, &[]);
+    assert!(
+        !stdout(&lab.host.exec_status(&["nft", "list", "tables"])).contains("loopgate"),
+        "the table is still there after {remedy}"
+    );
+}

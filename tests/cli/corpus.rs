@@ -160,7 +160,7 @@ fn every_example_policy_parses_plans_and_is_valid_nft() {
         }
         let sources = loopgate::policy::load_all(&path)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        let specs = loopgate::policy::specs_of(&sources, &ExampleHost, true)
+        let specs = loopgate::policy::specs_of(&sources)
             .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         let resolved = loopgate::spec::resolve(&specs, &ExampleHost);
         assert!(

@@ -24,6 +24,9 @@ fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
     let expose = EXPOSE_DEFAULT;
     let revoke = ["revoke", "br0", "--port", "3306"];
     let apply = ["apply", policy.as_str()];
+    // The policy's grant is the policy's: it goes with a policy that drops it.
+    let empty = lab.policy("empty.yaml", "grants: []\n");
+    let unapply = ["apply", empty.as_str(), "--allow-empty"];
     let mut crashes = 0;
     for step in &STEPS[..STEPS.len() - 1] {
         let point = format!("after-{step}");
@@ -31,7 +34,7 @@ fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
             (&expose[..], true),
             (&revoke[..], false),
             (&apply[..], true),
-            (&revoke[..], false),
+            (&unapply[..], false),
         ] {
             let out = lab.loopgate_env(args, &[("LOOPGATE_CRASH", point.as_str())]);
             assert_eq!(

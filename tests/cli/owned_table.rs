@@ -29,8 +29,7 @@ fn ruleset(ports: &[u16]) -> loopgate::ruleset::Ruleset {
         text += &format!("  - interface: br0\n    allow: {ALLOWED}\n    port: {port}\n");
     }
     let policy = loopgate::policy::parse(&text, "owned").unwrap();
-    let specs =
-        loopgate::policy::specs_of(&[("owned".into(), policy)], &ExampleHost, true).unwrap();
+    let specs = loopgate::policy::specs_of(&[("owned".into(), policy)]).unwrap();
     let grants = loopgate::spec::resolve(&specs, &ExampleHost).grants;
     loopgate::plan::ruleset(&grants).expect("a table")
 }

@@ -179,7 +179,7 @@ fn ruleset_for(port: u16, networks: usize) -> loopgate::ruleset::Ruleset {
         "torn",
     )
     .unwrap();
-    let specs = loopgate::policy::specs_of(&[("torn".into(), policy)], &ExampleHost, true).unwrap();
+    let specs = loopgate::policy::specs_of(&[("torn".into(), policy)]).unwrap();
     let grants = loopgate::spec::resolve(&specs, &ExampleHost).grants;
     loopgate::plan::ruleset(&grants).expect("a table")
 }

@@ -272,6 +272,13 @@ pub(super) fn run_rule(
                 }
             }
             Expr::Statement(_) => {}
+            // Another tool's DNAT: an action the evaluator does not follow, as before
+            // it was read (`audit::forwards` lists those to 127/8).
+            Expr::Dnat(_) => {
+                words.push(say(&|| "dnat".to_string()));
+                action = Action::Opaque(say(&|| "`dnat` (not modelled)".to_string()));
+                break;
+            }
             Expr::Unknown(name) => {
                 words.push(say(&|| name.clone()));
                 // It may have loaded any register (fib, rt, socket, hash, a map's

@@ -555,6 +555,7 @@ fn findings_name_table_chain_rule_and_the_remedy() {
         port: 3306,
         to: "127.0.0.1:3306".parse().unwrap(),
         allow: vec!["192.0.2.0/25".parse().unwrap()],
+        network: None,
     };
     let ix = std::collections::BTreeMap::new();
     let foreign = |chains| Foreign {

@@ -251,7 +251,8 @@ impl BatchWriter {
             });
         }
         let mut created = None;
-        if let (Send::Commit, Some(g)) = (mode, self.generation) {
+        // (An empty batch, `barrier`, creates nothing: no need to ask.)
+        if let (Send::Commit, Some(g), false) = (mode, self.generation, self.labels.is_empty()) {
             // No message refused: the bound batch committed. It created the next
             // generation unless it changed nothing (the kernel does not bump the
             // generation for an empty commit): report it only when the generation is
@@ -290,6 +291,30 @@ fn label_of(labels: &[(u32, String)], seq: u32) -> Option<&str> {
 /// What the receive buffer is charged per acknowledgement queued for a batch message:
 /// the small buffer `netlink_ack` allocates, with its overhead, rounded up.
 const ACK_TRUESIZE: usize = 2048;
+
+/// Waits for any nftables commit in progress to finish and says whether the generation
+/// is still `generation`: sends a batch with nothing in it, bound to `generation`.
+/// Returns `Ok(false)` when the kernel answered ERESTART (another commit moved it).
+///
+/// Why: a commit bumps the generation *before* it makes its changes visible, holding
+/// the commit mutex throughout; a reader that saw the new generation and then dumped
+/// could see half a commit, with the generation equal before and after. The kernel
+/// checks a batch's generation under that mutex, so once this returns `true`, every
+/// commit that had bumped the generation before the caller read it has finished. An
+/// empty batch changes nothing and does not bump the generation.
+pub(super) fn barrier(sock: &mut NlSocket, generation: u32) -> Result<bool> {
+    let w = BatchWriter::new(Some(generation), sock.next_seq());
+    match w.commit(sock, Send::Commit) {
+        Ok(_) => Ok(true),
+        Err(e)
+            if e.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ERESTART)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.context("waiting for nftables commits in progress")),
+    }
+}
 
 /// Whether a batch is committed or only checked by the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -259,6 +259,7 @@ mod tests {
             port,
             to: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             allow: vec![allow.parse().unwrap()],
+            network: None,
         }
     }
 

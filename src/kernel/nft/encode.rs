@@ -187,6 +187,7 @@ fn rule_needs(rule: &Rule) -> &'static str {
             Match::CtDirection(_)
                 | Match::CtStatusDnat
                 | Match::CtOriginalDaddr(_)
+                | Match::CtOriginalDaddrNotIn(_)
                 | Match::CtOriginalProtoDst(..)
         )
     });

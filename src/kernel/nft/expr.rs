@@ -221,6 +221,11 @@ impl ExprWriter {
                 self.ct(CT_DST_IP, Some(CtDir::Original));
                 self.cmp(CMP_EQ, &a.octets());
             }
+            Match::CtOriginalDaddrNotIn(net) => {
+                self.ct(CT_DST_IP, Some(CtDir::Original));
+                self.mask(&net.mask().octets());
+                self.cmp(CMP_NEQ, &net.network().octets());
+            }
             Match::CtOriginalProtoDst(proto, port) => {
                 // The protocol is the same in both directions; the kernel keeps no
                 // direction for this key, so none is sent (and none comes back).

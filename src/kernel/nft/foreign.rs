@@ -167,7 +167,8 @@ unsafe extern "C" fn decode_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> 
     // callback.
     unsafe {
         let out = &mut *data.cast::<Vec<Expr>>();
-        out.push(decode(e));
+        let x = super::dnat::dnat_of(e, out).unwrap_or_else(|| decode(e));
+        out.push(x);
     }
     0
 }

@@ -26,6 +26,7 @@ mod abi;
 mod batch;
 mod counters;
 mod diff;
+mod dnat;
 pub mod elements;
 mod encode;
 mod expr;

@@ -186,6 +186,11 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
     for attempt in 1..=SNAPSHOT_TRIES {
         // First: a change after this point moves the generation past the one recorded.
         let before = generation(&mut sock)?;
+        // Second: a commit that bumped the generation before that read may still be
+        // making its changes visible; wait until it has (see `barrier`).
+        if !super::batch::barrier(&mut sock, before)? {
+            continue;
+        }
         let read = read_table(&mut sock, before, trust);
         if generation(&mut sock)? == before {
             return read.map(|snapshot| Snapshot {

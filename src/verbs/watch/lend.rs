@@ -47,7 +47,7 @@ pub(super) fn lend(kernel: &crate::kernel::seam::System, server: &crate::rpc::Se
             took.as_millis()
         ),
         Ok(Some(crate::rpc::LeaseEnd::Expired)) => eprintln!(
-            "loopgate watch: pid {pid} (`{command}`) kept table ip loopgate past {} s; watch took it back",
+            "loopgate watch: pid {pid} (`{command}`) kept table ip loopgate past {} s; watch stopped waiting and commits through the socket again (the command's copy works until it closes it)",
             crate::rpc::LEASE_LIMIT.as_secs()
         ),
         Err(e) => eprintln!(

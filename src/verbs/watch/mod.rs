@@ -13,19 +13,23 @@
 //! This file is the run loop and the one-watch-per-namespace lock; the parts:
 //! `lend` (the table held with the owner flag and lent to commands over [`SOCKET`]),
 //! `repair` (one pass: the fast close, the convergence, its report and back-off),
-//! `sweep_clock`, `runtimes` (the runtimes' networks as last heard) and
+//! `sweep_clock`, `newcomers` (pattern-matched veths that just appeared, opened once
+//! their owner set them up), `runtimes` (the runtimes' networks as last heard) and
 //! `policy_follower` (a policy file reloaded when it changes).
 
 mod lend;
+mod newcomers;
 mod policy_follower;
 mod repair;
 mod runtimes;
 mod sweep_clock;
 
 pub use lend::SOCKET;
+pub use newcomers::Newcomers;
 pub use policy_follower::PolicyFollower;
 pub use repair::{
-    close_if_foreign, close_managed, desired, foreign, judge_unlocked, repair, repair_with, Stamp,
+    close_if_foreign, close_managed, desired, foreign, judge_unlocked, repair, repair_with, Clocks,
+    Stamp,
 };
 pub use sweep_clock::SweepClock;
 
@@ -34,7 +38,7 @@ use repair::Failing;
 
 use super::system;
 use crate::kernel::monitor::Monitor;
-use crate::kernel::seam::Kernel;
+use crate::kernel::seam::HostFacts;
 use crate::kernel::sysctl;
 use crate::state::{State, Store};
 use anyhow::Result;
@@ -63,10 +67,15 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         }
         false => hold_table(&mut kernel, false),
     };
+    // Named by its real path, so commands can tell whether they touch what it follows.
+    let followed = args
+        .policy
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
     let dir = crate::state::namespace_dir()?;
     let server = crate::rpc::Server::bind(&dir.join(SOCKET))?;
     let runtimes = crate::runtime::RuntimeCache::start()?;
-    crate::state::write_watch_presence(held)?;
+    crate::state::write_watch_presence(held, followed.as_deref())?;
     // The last state read: what the fast path closes when the state cannot be read.
     let mut known: Option<State> = None;
     let mut policy = args.policy.clone().map(PolicyFollower::new);
@@ -74,7 +83,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
     let mut failing: Option<Failing> = None;
-    let mut sweeps = SweepClock::default();
+    let mut clocks = Clocks::default();
     while !crate::kernel::os::stop_requested() {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
         match kernel.route_localnet("all") {
@@ -93,7 +102,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 // was said at start.
                 held = hold_table(&mut kernel, true);
                 if held.is_some() {
-                    crate::state::write_watch_presence(held)?;
+                    crate::state::write_watch_presence(held, followed.as_deref())?;
                 }
             }
             let mut lines = Vec::new();
@@ -104,7 +113,7 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
                 &mut quiet,
                 &runtimes,
                 &mut lines,
-                &mut sweeps,
+                &mut clocks,
             );
             failing = Failing::after(failing.take(), result, lines);
         }

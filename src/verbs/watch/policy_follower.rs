@@ -66,7 +66,7 @@ impl PolicyFollower {
             self.failed_on = None;
             match crate::policy::load_all(&self.path).and_then(|sources| {
                 Ok((
-                    crate::policy::specs_of(&sources, host, false)?,
+                    crate::policy::specs_of(&sources)?,
                     crate::policy::guards_of(&sources)?,
                 ))
             }) {

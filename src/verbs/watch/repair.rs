@@ -176,6 +176,16 @@ pub fn close_managed<K: Kernel>(kernel: &K, state: &State) -> Result<Vec<String>
     })
 }
 
+/// What watch keeps from one pass to the next beside the state: when it last swept
+/// stale namespace directories, and when it first saw each interface.
+#[derive(Debug, Default)]
+pub struct Clocks {
+    /// See [`SweepClock`].
+    pub sweeps: SweepClock,
+    /// See [`super::Newcomers`].
+    pub newcomers: super::Newcomers,
+}
+
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
 /// When another process holds the state lock for longer than `LOCK_WAIT` (1 s; a reader
 /// stopped mid-output, a stopped loopgate), the table is judged against the last known
@@ -188,10 +198,11 @@ pub fn repair<K: Kernel>(
     quiet: &mut Option<Stamp>,
     runtimes: &crate::runtime::RuntimeCache,
     log: &mut Vec<String>,
-    sweeps: &mut SweepClock,
+    clocks: &mut Clocks,
 ) -> Result<()> {
     let host = HostInterfaces::read()?;
-    let (policy_specs, policy_guards, policy_seen) = match policy {
+    let mut policy = policy;
+    let (policy_specs, policy_guards, policy_seen) = match policy.as_deref_mut() {
         Some(p) => (p.specs(&host), p.guards.clone(), p.seen.clone()),
         None => (None, None, None),
     };
@@ -208,13 +219,26 @@ pub fn repair<K: Kernel>(
     // Something moved: the runtimes are asked again in the background, and this pass
     // goes on with their last answers (a changed answer wakes the next one).
     runtimes.refresh();
+    // Veths a pattern matches that just appeared are guarded but not opened yet, so
+    // that the original recorded is their owner's (see `newcomers`).
+    let specs: Vec<&Spec> = policy_specs
+        .iter()
+        .flatten()
+        .chain(known.iter().flat_map(|s| s.specs.iter()))
+        .collect();
+    let settling = clocks.newcomers.settling(
+        host.names(),
+        &specs,
+        crate::kernel::sysctl::ifindex_of,
+        Instant::now(),
+    );
     let host_now = CachedRuntimes {
         host: &host,
         runtimes,
-        unsettled: Default::default(),
+        unsettled: std::cell::RefCell::new(settling.clone()),
     };
     let store = Store::open_exclusive_within(LOCK_WAIT)?;
-    let _ = sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
+    let _ = clocks.sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
     let Some(store) = store else {
         let Some(state) = known.as_ref() else {
             return Ok(());
@@ -223,6 +247,13 @@ pub fn repair<K: Kernel>(
             eprintln!("loopgate watch: {line}");
         }
         return Ok(());
+    };
+    // Read again under the lock: `--persist` writes the policy files before it gives
+    // the lock back, and the state it left must meet the files it wrote (else this
+    // pass would put back what was just revoked).
+    let (policy_specs, policy_guards) = match policy {
+        Some(p) => (p.specs(&host), p.guards.clone()),
+        None => (policy_specs, policy_guards),
     };
     *known = Some(store.load()?);
     let (lines, result) = repair_with(
@@ -234,8 +265,9 @@ pub fn repair<K: Kernel>(
     );
     // Quiet from here on only if this pass changed nothing (a pass that changed
     // something moved the generation; the next one checks it).
+    // Nor while a veth settles: the pass that opens it is due when it has settled.
     *quiet = match (&result, lines.is_empty()) {
-        (Ok(()), true) => stamp,
+        (Ok(()), true) if settling.is_empty() => stamp,
         _ => None,
     };
     log.extend(lines);

@@ -1,0 +1,201 @@
+//! Running totals of what the guards dropped, kept across table rewrites.
+//!
+//! A rule's counter starts at 0 whenever loopgate writes its table (every repair,
+//! every change) and is gone when another process deletes the table, so the counters
+//! the kernel shows go down again and again. Monitoring needs counters that only go
+//! up (`loopgate_blocked_packets_total`). loopgate keeps, per interface and kind, what
+//! earlier copies of the table had counted (`folded`) and the last value it saw of the
+//! current copy (`last`), in the namespace's state directory ([`FILE`]). A value lower
+//! than the last one seen means the rule was written anew: the last one is folded in.
+//! Every transaction that writes the table (commands and watch's repairs alike) folds
+//! the counters it read just before the write and those it read back right after it,
+//! so what was counted up to the rewrite is kept and the restart is seen; every audit
+//! folds what it reads. What a table deleted by another process had
+//! counted since the last audit or transaction is lost; the totals never go down.
+
+use super::Blocked;
+use crate::kernel::nft::RuleCounter;
+use crate::state::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The side file of the state directory that keeps the totals (JSON).
+pub const FILE: &str = "blocked-totals.json";
+
+/// One series: what earlier copies of the rule counted, and the last value seen of
+/// the current one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Series {
+    folded_packets: u64,
+    folded_bytes: u64,
+    last_packets: u64,
+    last_bytes: u64,
+}
+
+/// Every series, by interface and kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// `"<interface> <kind>"` → its series.
+    series: BTreeMap<String, Series>,
+}
+
+fn key(b: &Blocked) -> String {
+    format!("{} {}", b.interface, b.kind)
+}
+
+impl Totals {
+    /// Folds the counters read now (`now`) in. A series missing from `now` (the table
+    /// is gone, or the interface lost its guard) had its counters reset to nothing:
+    /// its last value is folded in, and the series is kept only while `keep` says its
+    /// interface is still guarded (so that a pattern's thousand veths do not pile up).
+    pub fn fold(&mut self, now: &[Blocked], keep: &dyn Fn(&str) -> bool) {
+        for b in now {
+            let s = self.series.entry(key(b)).or_default();
+            if b.packets < s.last_packets || b.bytes < s.last_bytes {
+                s.folded_packets = s.folded_packets.saturating_add(s.last_packets);
+                s.folded_bytes = s.folded_bytes.saturating_add(s.last_bytes);
+            }
+            s.last_packets = b.packets;
+            s.last_bytes = b.bytes;
+        }
+        let present: std::collections::BTreeSet<String> = now.iter().map(key).collect();
+        self.series.retain(|k, s| {
+            if present.contains(k) {
+                return true;
+            }
+            s.folded_packets = s.folded_packets.saturating_add(s.last_packets);
+            s.folded_bytes = s.folded_bytes.saturating_add(s.last_bytes);
+            s.last_packets = 0;
+            s.last_bytes = 0;
+            let iface = k.rsplit_once(' ').map_or(k.as_str(), |(i, _)| i);
+            keep(iface)
+        });
+    }
+
+    /// The running totals of `now`'s series (and of those kept without a counter now,
+    /// at what they had), in `now`'s order then by name.
+    pub fn totals(&self, now: &[Blocked]) -> Vec<Blocked> {
+        let mut out: Vec<Blocked> = now
+            .iter()
+            .map(|b| {
+                let s = self.series.get(&key(b)).copied().unwrap_or_default();
+                Blocked {
+                    packets: s.folded_packets.saturating_add(b.packets),
+                    bytes: s.folded_bytes.saturating_add(b.bytes),
+                    ..b.clone()
+                }
+            })
+            .collect();
+        for (k, s) in &self.series {
+            if now.iter().any(|b| &key(b) == k) {
+                continue;
+            }
+            let Some((iface, kind)) = k.rsplit_once(' ') else {
+                continue;
+            };
+            let Some((_, kind)) = crate::plan::GUARD_DROPS.iter().find(|(_, n)| *n == kind) else {
+                continue;
+            };
+            out.push(Blocked {
+                interface: iface.to_string(),
+                kind,
+                packets: s.folded_packets,
+                bytes: s.folded_bytes,
+            });
+        }
+        out
+    }
+
+    /// The totals kept in `store`'s directory; empty when there are none or the file
+    /// cannot be read (totals then start again: a reset, which monitoring tolerates).
+    pub fn load(store: &Store) -> Totals {
+        store
+            .read_aside(FILE)
+            .ok()
+            .flatten()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes the totals to `store`'s directory. Errors: it cannot be written.
+    pub fn save(&self, store: &Store) -> anyhow::Result<()> {
+        store.write_aside(FILE, &serde_json::to_vec(self)?)
+    }
+}
+
+/// For a transaction that writes loopgate's table: folds the guards' `counters` of the
+/// table as read just before the write, and again as read back right after it (where
+/// a rule was written anew its counter is lower, and what it had is kept). Nothing is
+/// pruned here (the audit does that). A failure to write the file is not the
+/// transaction's: the totals then lose what this copy counted.
+pub fn fold_counters(store: &Store, counters: &[RuleCounter]) {
+    let now = super::reachability::blocked_of(counters);
+    let mut totals = Totals::load(store);
+    let before = totals.clone();
+    totals.fold(&now, &|_| true);
+    if totals != before {
+        let _ = totals.save(store);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(iface: &str, kind: &'static str, packets: u64) -> Blocked {
+        Blocked {
+            interface: iface.into(),
+            kind,
+            packets,
+            bytes: packets * 60,
+        }
+    }
+
+    const D: &str = "direct-to-loopback";
+
+    fn packets(t: &Totals, now: &[Blocked]) -> Vec<u64> {
+        t.totals(now).iter().map(|b| b.packets).collect()
+    }
+
+    #[test]
+    fn totals_only_go_up_across_rewrites_deletions_and_revokes() {
+        assert!(crate::plan::GUARD_DROPS.iter().any(|(_, n)| *n == D));
+        let mut t = Totals::default();
+        let all = |_: &str| true;
+        t.fold(&[b("br0", D, 5)], &all);
+        assert_eq!(packets(&t, &[b("br0", D, 5)]), vec![5]);
+        // The counter grew: no fold.
+        t.fold(&[b("br0", D, 8)], &all);
+        assert_eq!(packets(&t, &[b("br0", D, 8)]), vec![8]);
+        // A rewrite: the counter starts again; what it had is kept.
+        t.fold(&[b("br0", D, 2)], &all);
+        assert_eq!(packets(&t, &[b("br0", D, 2)]), vec![10]);
+        // The table deleted by another process: the series stays at its total.
+        t.fold(&[], &all);
+        assert_eq!(packets(&t, &[]), vec![10]);
+        // Put back: counting goes on from there.
+        t.fold(&[b("br0", D, 1)], &all);
+        assert_eq!(packets(&t, &[b("br0", D, 1)]), vec![11]);
+        // The interface is no longer guarded: its series goes.
+        t.fold(&[], &|i| i != "br0");
+        assert_eq!(packets(&t, &[]), Vec::<u64>::new());
+    }
+
+    /// A transaction folds just before and right after it rewrites: what was counted
+    /// up to the rewrite is kept even when the new copy counts past it before the next
+    /// audit (which alone could not see that the counter started again); a write that
+    /// kept the rule (its counter goes on) folds nothing.
+    #[test]
+    fn folds_around_a_rewrite_keep_what_an_audit_would_miss() {
+        let mut t = Totals::default();
+        let all = |_: &str| true;
+        t.fold(&[b("br0", D, 3)], &all); // an audit
+        t.fold(&[b("br0", D, 7)], &all); // before a rewrite
+        t.fold(&[b("br0", D, 0)], &all); // read back after it
+        t.fold(&[b("br0", D, 9)], &all); // the next audit: 9 since the rewrite
+        assert_eq!(packets(&t, &[b("br0", D, 9)]), vec![16]);
+        t.fold(&[b("br0", D, 10)], &all); // before a write that keeps the rule
+        t.fold(&[b("br0", D, 10)], &all); // read back: the same rule
+        assert_eq!(packets(&t, &[b("br0", D, 12)]), vec![19]);
+    }
+}
