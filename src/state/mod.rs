@@ -238,11 +238,22 @@ enum Lock {
 pub struct Store {
     dir: crate::files::PrivateDir,
     _lock: File,
-    /// The state file's bytes as last read or written through this store, with the
-    /// state they parse to: a watch pass loads the state three times, and at 100,000
-    /// allowed networks each parse cost tens of milliseconds. Compared byte for byte
-    /// with the file each time, so a change by anyone is still read.
-    parsed: std::cell::RefCell<Option<(Vec<u8>, State)>>,
+    /// See [`Memo`]; empty for a store just opened, unless handed one.
+    memo: std::cell::RefCell<Memo>,
+}
+
+/// What a long-running process (watch) keeps from one store it opened to the next, so
+/// that a pass does not redo what the last one did: the state file's bytes as last
+/// read or written, with the state they parse to (compared byte for byte with the
+/// file each time, so a change by anyone is still read), and the last committed plan
+/// with its image. At 1,000 grants and 100,000 allowed networks re-parsing the state
+/// and re-imaging the committed plan (every rule printed through libnftnl, every
+/// element encoded) were each about a sixth of watch's reaction to a new interface.
+/// One of each: at that size each holds megabytes.
+#[derive(Debug, Default)]
+pub struct Memo {
+    parsed: Option<(Vec<u8>, State)>,
+    planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
 }
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
@@ -399,7 +410,7 @@ impl Store {
         Ok(Some(Store {
             dir,
             _lock: lock,
-            parsed: Default::default(),
+            memo: Default::default(),
         }))
     }
 
@@ -427,13 +438,13 @@ impl Store {
                 ..Default::default()
             }),
             Some(bytes) => {
-                if let Some((seen, state)) = &*self.parsed.borrow() {
+                if let Some((seen, state)) = &self.memo.borrow().parsed {
                     if *seen == bytes {
                         return Ok(state.clone());
                     }
                 }
                 let state = self.parse(&bytes)?;
-                *self.parsed.borrow_mut() = Some((bytes, state.clone()));
+                self.memo.borrow_mut().parsed = Some((bytes, state.clone()));
                 Ok(state)
             }
         }
@@ -471,6 +482,38 @@ impl Store {
         }
     }
 
+    /// Hands this store what an earlier one of this process kept (see [`Memo`]).
+    pub fn adopt(&self, memo: Memo) {
+        *self.memo.borrow_mut() = memo;
+    }
+
+    /// What this store keeps for the next one (see [`Memo`]).
+    pub fn take_memo(&self) -> Memo {
+        std::mem::take(&mut *self.memo.borrow_mut())
+    }
+
+    /// The image of `ruleset` when it is the plan this store last recorded as
+    /// committed ([`Store::remember_plan`]).
+    pub fn planned_image(
+        &self,
+        ruleset: &crate::ruleset::Ruleset,
+    ) -> Option<crate::kernel::nft::TableImage> {
+        match &self.memo.borrow().planned {
+            Some((r, image)) if r == ruleset => Some(image.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers the plan just committed and its image, for the next change's
+    /// comparison (see [`Memo`]).
+    pub fn remember_plan(
+        &self,
+        ruleset: crate::ruleset::Ruleset,
+        image: crate::kernel::nft::TableImage,
+    ) {
+        self.memo.borrow_mut().planned = Some((ruleset, image));
+    }
+
     /// A side file of this state directory (`name`, e.g. the audit's running totals),
     /// `None` when there is none. Errors: as [`Store::read_raw`].
     pub fn read_aside(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -494,7 +537,7 @@ impl Store {
         // What a load of these bytes gives (derived specs included).
         let mut saved = state.clone();
         saved.derive_specs();
-        *self.parsed.borrow_mut() = Some((bytes, saved));
+        self.memo.borrow_mut().parsed = Some((bytes, saved));
         Ok(())
     }
 

@@ -465,3 +465,27 @@ fn a_lost_guard_cuts_flows_that_reached_loopback_and_keeps_granted_ones() {
     converge(&kernel, &store.store, g).unwrap();
     assert_eq!(kernel.state.borrow().flows, vec![granted, local]);
 }
+
+/// What a store keeps for the next one (watch opens one per pass): the committed plan's
+/// image, handed on only for the same plan, and the parsed state, re-read when the file
+/// changes under it.
+#[test]
+fn a_commit_leaves_its_plan_image_for_the_next_store_and_a_changed_file_is_read_again() {
+    let g = vec![grant("br0", 3306)];
+    let (kernel, store) = arranged(&[(5, "br0", 0)], &[]);
+    converge(&kernel, &store.store, g.clone()).unwrap();
+    let memo = store.store.take_memo();
+    let (first, dir) = store.into_parts();
+    drop(first);
+    let next = dir.open();
+    next.adopt(memo);
+    let plan = plan::ruleset(&g).unwrap();
+    assert_eq!(next.planned_image(&plan), Some(nft::planned_image(&plan)));
+    let other = plan::ruleset(&[grant("br0", 3307)]).unwrap();
+    assert_eq!(next.planned_image(&other), None);
+    let mut changed = next.load().unwrap();
+    changed.grants.clear();
+    next.write_raw(Some(&serde_json::to_vec(&changed).unwrap()))
+        .unwrap();
+    assert!(next.load().unwrap().grants.is_empty());
+}

@@ -227,6 +227,9 @@ pub(super) fn run_steps<K: Kernel>(
             guarded: change.guarded.clone(),
         })
     })?;
+    if let (Some(ruleset), Some(want)) = (&change.ruleset, &change.want) {
+        store.remember_plan(ruleset.clone(), want.clone());
+    }
     Ok(Outcome {
         connections_cut: cut,
         warnings,
