@@ -157,6 +157,10 @@ small_case() { # grants
   sleep 1
   react
 }
+# Peak RSS at the large policy (VmHWM only grows: read before the edit curve's
+# 10,000-grant policy).
+peak_big=$(rss)
+echo "watch peak RSS at $BIG grants: $((peak_big / 1024)) MiB"
 out=$(small_case 100); mid=${out%|*}; mid_opens=${out#*|}; mid_median=$(med $mid)
 echo "new matching interface, 100 grants: guard read back (ms, each run): $mid; median $mid_median ms (open: $mid_opens)"
 out=$(small_case 10); small=${out%|*}; small_opens=${out#*|}; small_median=$(med $small)
@@ -183,8 +187,8 @@ for n in $CURVE; do
 done
 peak=$(rss)
 echo "watch peak RSS: $((peak / 1024)) MiB"
-printf '{"grants":%s,"idle_seconds":%s,"idle_cpu_percent":%s,"reaction_ms":[%s],"reaction_median_ms":%s,"open_ms":[%s],"open_median_ms":%s,"mid_reaction_ms":[%s],"mid_reaction_median_ms":%s,"small_reaction_ms":[%s],"small_reaction_median_ms":%s,"peak_rss_kb":%s,"edit_curve":[%s]}\n' \
+printf '{"grants":%s,"idle_seconds":%s,"idle_cpu_percent":%s,"reaction_ms":[%s],"reaction_median_ms":%s,"open_ms":[%s],"open_median_ms":%s,"mid_reaction_ms":[%s],"mid_reaction_median_ms":%s,"small_reaction_ms":[%s],"small_reaction_median_ms":%s,"peak_rss_kb":%s,"peak_rss_big_kb":%s,"edit_curve":[%s]}\n' \
   "$BIG" "$IDLE" "$idle" "$(echo $reactions | tr ' ' ',')" "$median" "$(echo $opens | tr ' ' ',')" "$open_median" "$(echo $mid | tr ' ' ',')" "$mid_median" \
-  "$(echo $small | tr ' ' ',')" "$small_median" "$peak" "$curve" > "$OUT/watch.json"
+  "$(echo $small | tr ' ' ',')" "$small_median" "$peak" "$peak_big" "$curve" > "$OUT/watch.json"
 kill "$watch_pid"; wait "$watch_pid" 2>/dev/null || true; watch_pid=
 grep -q "stopped" "$LOG" || { cat "$LOG"; echo "watch did not stop cleanly" >&2; exit 1; }
