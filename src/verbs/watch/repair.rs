@@ -184,6 +184,8 @@ pub struct Clocks {
     pub sweeps: SweepClock,
     /// See [`super::Newcomers`].
     pub newcomers: super::Newcomers,
+    /// What the last pass's store kept for the next (see [`crate::state::Memo`]).
+    pub memo: crate::state::Memo,
 }
 
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
@@ -238,6 +240,9 @@ pub fn repair<K: Kernel>(
         unsettled: std::cell::RefCell::new(settling.clone()),
     };
     let store = Store::open_exclusive_within(LOCK_WAIT)?;
+    if let Some(store) = &store {
+        store.adopt(std::mem::take(&mut clocks.memo));
+    }
     let _ = clocks.sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
     let Some(store) = store else {
         let Some(state) = known.as_ref() else {
@@ -274,6 +279,7 @@ pub fn repair<K: Kernel>(
     if let Ok(state) = store.load() {
         *known = Some(state);
     }
+    clocks.memo = store.take_memo();
     result
 }
 
@@ -400,7 +406,7 @@ pub fn repair_with<K: Kernel>(
         guards,
         held_back: host.unsettled(),
     };
-    let (change, snapshot) = match txn::observe_and_compute(kernel, state, target) {
+    let (change, snapshot) = match txn::observe_and_compute_stored(kernel, store, state, target) {
         Ok(c) => c,
         Err(e) => {
             // The guard cannot be verified: watch never leaves an interface open on
