@@ -36,6 +36,8 @@ mod exit_codes;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_incus.rs"]
+mod firewall_incus;
 #[path = "cli/firewall_remedies.rs"]
 mod firewall_remedies;
 #[path = "cli/firewall_rpfilter.rs"]
