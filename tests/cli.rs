@@ -80,6 +80,8 @@ mod prometheus;
 mod reachability;
 #[path = "cli/reconcile.rs"]
 mod reconcile;
+#[path = "cli/remedies.rs"]
+mod remedies;
 #[path = "cli/rollback.rs"]
 mod rollback;
 #[path = "cli/routed_interfaces.rs"]

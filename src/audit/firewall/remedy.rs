@@ -1,9 +1,9 @@
 //! The command that lets a grant's flow through the firewall that stops it, written for
 //! that firewall (nft, iptables-nft, iptables-legacy, ufw, firewalld, kube-proxy, Incus
-//! network ACLs) and
-//! for the packet the stopping chain sees: before loopgate's DNAT (raw, mangle,
-//! kube-proxy's filter chains at dstnat-10) the client's own tuple, after it the
-//! translated one marked `ct status dnat`, at output the replies. Each one is run as
+//! network ACLs) and for the packet the stopping chain sees: before loopgate's DNAT
+//! (raw, mangle, kube-proxy's filter chains at dstnat-10) the client's own tuple, after
+//! it the translated one marked `ct status dnat`, at output and postrouting the replies
+//! before or after their source is translated back. Each one is run as
 //! printed in the integration tests, which check that the client gets through and the
 //! finding goes.
 //!
