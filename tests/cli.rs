@@ -36,6 +36,8 @@ mod exit_codes;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_incus.rs"]
+mod firewall_incus;
 #[path = "cli/firewall_remedies.rs"]
 mod firewall_remedies;
 #[path = "cli/firewall_rpfilter.rs"]
@@ -78,6 +80,8 @@ mod prometheus;
 mod reachability;
 #[path = "cli/reconcile.rs"]
 mod reconcile;
+#[path = "cli/remedies.rs"]
+mod remedies;
 #[path = "cli/rollback.rs"]
 mod rollback;
 #[path = "cli/routed_interfaces.rs"]

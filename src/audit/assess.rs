@@ -167,7 +167,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 severity: Severity::Warning,
                 code: Code::GrantInactive,
                 interface: Some(name.clone()),
-                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate apply` or repeat the expose"),
+                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate watch`, which repairs it and keeps it so, or repeat the expose"),
             });
         } else if guarded && guard_only && open {
             findings.push(Finding {
