@@ -38,7 +38,7 @@ pub(crate) fn samples(net: Ipv4Network) -> Vec<Ipv4Addr> {
     .collect()
 }
 
-/// Every address audit looks up a route to for `grants` (see [`samples`]), sorted,
+/// Every address audit looks up a route to for `grants` (see `samples`), sorted,
 /// without duplicates.
 pub fn probes(grants: &[Grant]) -> Vec<Ipv4Addr> {
     grants
