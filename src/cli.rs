@@ -339,6 +339,14 @@ pub struct WatchArgs {
     /// another process changes the table, restores it and reopens them).
     #[arg(long)]
     pub no_hold: bool,
+
+    /// Repair once and exit: put back what loopgate keeps (its table, the
+    /// route_localnet values it set, grants whose interface or address came back) as a
+    /// running watch would, then stop (exit 0 when everything is in force). The
+    /// remedy `audit` prints for a table edited by another process, a renamed
+    /// interface or a moved address when no watch runs. Does not hold the table.
+    #[arg(long, conflicts_with = "no_hold")]
+    pub once: bool,
 }
 
 /// Arguments of `loopgate trace`.

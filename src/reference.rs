@@ -47,7 +47,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::TableTampered => (
             "critical",
             "loopgate's table is not what its grants require: deleted, flushed, switched dormant or otherwise flagged, owned by another process, or edited (table flags, chains with hooks, priorities and policies, rules, sets and elements are compared)",
-            "`loopgate apply` or repeat the command, and run `loopgate watch`, which holds the table on Linux 6.9+",
+            "`loopgate watch --once` puts it back; keep `loopgate watch` running, which repairs it as it happens and holds the table on Linux 6.9+",
         ),
         Code::TableUnexpected => (
             "warning",
@@ -72,12 +72,12 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::InterfaceRenamed => (
             "critical while open, else warning",
             "a device loopgate manages now carries another name (or another device has its index); the guard matches the old name",
-            "`loopgate watch` or `apply` closes it if loopgate had opened it",
+            "`loopgate watch --once` (or a running `loopgate watch`) closes it if loopgate had opened it",
         ),
         Code::GrantInactive => (
             "warning",
             "an interface with grants has route_localnet 0 (it was re-created)",
-            "`loopgate watch` (repairs it and keeps it so), or repeat the expose",
+            "`loopgate watch --once` repairs it; a running `loopgate watch` repairs it as it happens",
         ),
         Code::Interrupted => (
             "warning",
@@ -107,7 +107,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::ListenAddressGone => (
             "warning",
             "no interface of the host has the grant's listen address any more (a re-created bridge with another address)",
-            "`loopgate apply` or `watch` (a defaulted address follows); a pinned `--listen` must be revoked and exposed anew",
+            "`loopgate watch --once`, or keep `loopgate watch` running (a defaulted address follows); a pinned `--listen` must be revoked and exposed anew",
         ),
         Code::FirewallDrops => (
             "warning",

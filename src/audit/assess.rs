@@ -44,10 +44,16 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             severity,
             code,
             interface: None,
-            message: format!(
-                "loopgate's table differs from what its grants require (deleted, flushed, dormant or edited): {}",
-                differences.join("; ")
-            ),
+            message: match code {
+                Code::TableTampered => format!(
+                    "loopgate's table differs from what its grants require (deleted, flushed, dormant or edited): {}; run `loopgate watch --once` to put it back (a running `loopgate watch` does so by itself)",
+                    differences.join("; ")
+                ),
+                _ => format!(
+                    "loopgate's table differs from what its grants require (deleted, flushed, dormant or edited): {}",
+                    differences.join("; ")
+                ),
+            },
         });
     }
     if state.pending.is_some() {
@@ -167,7 +173,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 severity: Severity::Warning,
                 code: Code::GrantInactive,
                 interface: Some(name.clone()),
-                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate watch`, which repairs it and keeps it so, or repeat the expose"),
+                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate watch --once` to repair it, or keep `loopgate watch` running, which repairs it as it happens"),
             });
         } else if guarded && guard_only && open {
             findings.push(Finding {
@@ -223,7 +229,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             code: Code::InterfaceRenamed,
             interface: Some(now.clone()),
             message: format!(
-                "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now} (renamed, or another device with its index){}; loopgate's guard matches the name {}: run `loopgate watch` or `loopgate apply`, which close it if loopgate had opened it",
+                "{} (ifindex {}), whose route_localnet loopgate manages (it was {} before loopgate), is now called {now} (renamed, or another device with its index){}; loopgate's guard matches the name {}: run `loopgate watch --once` (or keep `loopgate watch` running), which closes it if loopgate had opened it",
                 rec.iface,
                 rec.ifindex,
                 rec.value,

@@ -137,7 +137,7 @@ fn listen_address(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
         code: Code::ListenAddressGone,
         interface: Some(g.iface.clone()),
         message: format!(
-            "grant {} publishes on {}:{}/{}, but no interface of the host has {} now ({} has {}; re-created with another address?): its DNAT stays in place and serves nobody; run `loopgate apply` or `loopgate watch` (a defaulted address follows the interface; a pinned --listen must be revoked and exposed anew)",
+            "grant {} publishes on {}:{}/{}, but no interface of the host has {} now ({} has {}; re-created with another address?): its DNAT stays in place and serves nobody; run `loopgate watch --once` (or keep `loopgate watch` running): a defaulted address follows the interface; a pinned --listen must be revoked and exposed anew",
             g.name,
             g.listen,
             g.port,

@@ -32,14 +32,25 @@ fn quoted(message: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs a `loopgate ...` command line as printed, in the lab (its netns and state).
+#[track_caller]
+fn run_printed(lab: &Lab, printed: &str) -> String {
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    assert_eq!(words[0], "loopgate", "{printed}");
+    let out = lab.loopgate(&words[1..]);
+    assert!(out.status.success(), "{printed}: {}", stderr(&out));
+    stderr(&out)
+}
+
 fn works(lab: &Lab) -> bool {
     tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref() == Some("tcp:3306")
 }
 
 /// `grant-inactive`: an interface with grants whose route_localnet went back to 0 (a
-/// re-created device starts at 0). The printed `loopgate watch` repairs it.
+/// re-created device starts at 0). The printed `loopgate watch --once` repairs it, and
+/// so does a running `loopgate watch`.
 #[test]
-fn grant_inactive_is_repaired_by_the_printed_watch() {
+fn grant_inactive_is_repaired_by_the_printed_watch_once_and_by_a_running_watch() {
     let (lab, _services) = lab_with_services();
     lab.expose_default();
     assert!(works(&lab), "control: the grant works");
@@ -49,7 +60,17 @@ fn grant_inactive_is_repaired_by_the_printed_watch() {
         "control: with route_localnet 0 the grant is dead"
     );
     let m = message(&lab, "grant-inactive");
-    assert!(quoted(&m).iter().any(|c| c == "loopgate watch"), "{m}");
+    assert!(
+        quoted(&m).iter().any(|c| c == "loopgate watch --once"),
+        "{m}"
+    );
+    run_printed(&lab, "loopgate watch --once");
+    lab.assert_audit(0, &[]);
+    assert!(works(&lab), "the grant works again after watch --once");
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+    assert!(quoted(&message(&lab, "grant-inactive"))
+        .iter()
+        .any(|c| c == "loopgate watch"));
     let watch = Watch::start(&lab);
     time_until(|| lab.audit().0 == Some(0))
         .unwrap_or_else(|| panic!("watch repairs it: {:?} {}", lab.audit(), watch.log()));
@@ -68,4 +89,48 @@ fn default_open_goes_when_the_setting_is_reset() {
     lab.host
         .set_sysctl("net.ipv4.conf.default.route_localnet", "0");
     lab.assert_audit(0, &[]);
+}
+
+/// `table-tampered`: another process flushed one of loopgate's chains. The printed
+/// `loopgate watch --once` puts the table back, with no watch running.
+#[test]
+fn a_tampered_table_is_put_back_by_the_printed_watch_once() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    lab.assert_audit(0, &[]);
+    lab.host
+        .exec(&["nft", "flush", "chain", "ip", "loopgate", "raw_prerouting"]);
+    let m = message(&lab, "table-tampered");
+    assert!(
+        quoted(&m).iter().any(|c| c == "loopgate watch --once"),
+        "{m}"
+    );
+    let log = run_printed(&lab, "loopgate watch --once");
+    lab.assert_audit(0, &[]);
+    assert!(works(&lab), "the grant works: {log}");
+    // Nothing left to do: a second run says so and changes nothing.
+    let before = lab.fingerprint();
+    assert!(run_printed(&lab, "loopgate watch --once").contains("nothing to repair"));
+    assert_eq!(before, lab.fingerprint());
+}
+
+/// `interface-renamed`: a managed interface renamed while open. The printed
+/// `loopgate watch --once` closes it (its guard names the old name), and the finding goes.
+#[test]
+fn a_renamed_open_interface_is_closed_by_the_printed_watch_once() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    lab.host.ip("link set br0 down");
+    lab.host.ip("link set br0 name brx");
+    lab.host.ip("link set brx up");
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.brx.route_localnet"), "1");
+    let m = message(&lab, "interface-renamed");
+    assert!(
+        quoted(&m).iter().any(|c| c == "loopgate watch --once"),
+        "{m}"
+    );
+    run_printed(&lab, "loopgate watch --once");
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.brx.route_localnet"), "0");
+    let (_, text) = lab.audit();
+    assert!(!text.contains("interface-renamed"), "{text}");
 }

@@ -51,10 +51,41 @@ const TICK: Duration = Duration::from_millis(250);
 /// How long a repair waits for the state lock before it judges the table without it.
 const LOCK_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs until SIGTERM or SIGINT. Errors: the netlink subscriptions cannot be made.
+/// `watch --once`: one pass of the loop below, without holding the table, binding the
+/// socket or announcing a running watch (it is gone a moment later), printing what it
+/// changed as watch logs it. An error is the pass's error. (Under the instance lock,
+/// so never beside a running watch, which repairs by itself.)
+fn repair_once(args: &crate::cli::WatchArgs) -> Result<()> {
+    let kernel = system();
+    let runtimes = crate::runtime::RuntimeCache::start()?;
+    let mut policy = args.policy.clone().map(PolicyFollower::new);
+    let mut lines = Vec::new();
+    let result = repair(
+        &kernel,
+        &mut None,
+        policy.as_mut(),
+        &mut None,
+        &runtimes,
+        &mut lines,
+        &mut Clocks::default(),
+    );
+    for line in &lines {
+        eprintln!("loopgate watch: {line}");
+    }
+    if result.is_ok() && lines.is_empty() {
+        eprintln!("loopgate watch: nothing to repair");
+    }
+    result
+}
+
+/// Runs until SIGTERM or SIGINT (with `--once`, one pass). Errors: the netlink
+/// subscriptions cannot be made.
 pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     // Before anything else: a second watch must not adopt, bind or repair at all.
     let _instance = lock_instance()?;
+    if args.once {
+        return repair_once(args);
+    }
     crate::kernel::os::stop_on_term_and_int();
     let mut monitor = Monitor::new()?;
     // The kernel watch works through, holding the table when it can: every repair's
