@@ -35,9 +35,9 @@ pub fn finding(code: Code) -> FindingDoc {
             "`loopgate guard IFACE` (keeps the other tool's route_localnet), or set it to 0",
         ),
         Code::AllOpen => (
-            "critical",
+            "critical; warning once `guard --all-interfaces` guards every interface, info while a watch holding the table also guards each new one",
             "`conf.all.route_localnet` is non-zero: every interface routes 127/8",
-            "find who set it (kube-proxy does); `loopgate guard --all-interfaces`",
+            "find who set it (kube-proxy does); `loopgate guard --all-interfaces` and keep `loopgate watch` running",
         ),
         Code::DefaultOpen => (
             "warning",

@@ -208,6 +208,26 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             exposed_sockets: exposed,
         });
     }
+    // conf.all=1 (kube-proxy sets it) opens every interface, but an interface loopgate
+    // guards has no hole: with every interface guarded and a `*` guard (`guard
+    // --all-interfaces`) that a running watch applies to each new interface as it
+    // appears, the host is as the remedy leaves it. Without a watch holding the table
+    // a new interface would stay open until the next command: a warning.
+    let every_guarded = interfaces.iter().all(|i| i.guarded);
+    let all_covered = state.guards.iter().any(|g| g.interface == "*");
+    if every_guarded && all_covered {
+        let watching = observed.protection.starts_with("owned by watch");
+        for f in findings.iter_mut().filter(|f| f.code == Code::AllOpen) {
+            f.severity = match watching {
+                true => Severity::Info,
+                false => Severity::Warning,
+            };
+            f.message.push_str(match watching {
+                true => "; every interface is guarded (`loopgate guard --all-interfaces`), and the running watch guards each new one as it appears",
+                false => "; every interface is guarded now (`loopgate guard --all-interfaces`), but no watch holds the table to guard a new interface as it appears: run `loopgate watch`",
+            });
+        }
+    }
     for rec in &state.originals {
         let Some(Some(now)) = observed.recorded_names.get(&rec.ifindex) else {
             continue;

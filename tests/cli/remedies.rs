@@ -134,3 +134,36 @@ fn a_renamed_open_interface_is_closed_by_the_printed_watch_once() {
     let (_, text) = lab.audit();
     assert!(!text.contains("interface-renamed"), "{text}");
 }
+
+/// `all-open`: conf.all=1 (kube-proxy sets it) opens every interface. The remedy,
+/// `loopgate guard --all-interfaces` with a running watch, closes every hole (the
+/// traffic side is `guard::kube_proxy_style_localhost_nodeport_with_conf_all_is_guarded_on_every_interface`),
+/// and audit then says so without an alarm (a kube-proxy host is not at exit 1 for
+/// ever); without the watch it stays a warning, since a new interface would stay open.
+#[test]
+fn all_open_is_critical_until_every_interface_is_guarded_and_a_watch_guards_new_ones() {
+    let (lab, _services) = lab_with_services();
+    lab.host.set_sysctl("net.ipv4.conf.all.route_localnet", "1");
+    lab.assert_audit(1, &["CRITICAL [all-open]", "[unguarded]"]);
+    let m = message(&lab, "all-open");
+    assert!(m.contains("every interface routes 127.0.0.0/8"), "{m}");
+    run_printed(&lab, "loopgate guard --all-interfaces");
+    let (code, text) = lab.audit();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("WARNING [all-open]") && !text.contains("[unguarded]"),
+        "{text}"
+    );
+    let watch = Watch::start_holding(&lab);
+    lab.assert_audit(0, &["info [all-open]"]);
+    // A new interface is guarded as it appears, and audit stays at 0.
+    lab.host.ip("link add brnew type bridge");
+    time_until(|| NftTable::read_or_empty(&lab.host).guard_of("brnew").is_ok())
+        .unwrap_or_else(|| panic!("watch guards brnew: {}", watch.log()));
+    lab.assert_audit(0, &["info [all-open]"]);
+    // Control: an interface nobody guarded (no watch to see it appear) brings the
+    // alarm back.
+    drop(watch);
+    lab.host.ip("link add brlate type bridge");
+    lab.assert_audit(1, &["CRITICAL [all-open]", "for brlate"]);
+}
