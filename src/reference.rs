@@ -97,7 +97,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::ReplyRoute => (
             "warning",
             "replies to an allowed network leave through another interface than the grant's, where its clients come in (the network is on the grant's link, or reached only through a default route): asymmetric routing, no answer",
-            "route that network back through the grant's interface (`ip route add NETWORK via GATEWAY dev IFACE`), or remove the route that takes it elsewhere",
+            "route that network back through the grant's interface (the message prints `ip route add NETWORK via ROUTER dev IFACE` for each network, ROUTER being the router the clients come through), or remove the route that takes it elsewhere",
         ),
         Code::AllowRoute => (
             "warning",

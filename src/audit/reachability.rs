@@ -209,10 +209,22 @@ fn routes(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
             0 => String::new(),
             n => format!(" and {n} more"),
         };
+        // The commands for the networks named: a network on the grant's link is sent
+        // elsewhere by a more specific route, which only its removal undoes; another one
+        // needs a route back through the router on the link the clients come through,
+        // whose address audit cannot know (ROUTER).
+        let fixes: Vec<String> = nets
+            .iter()
+            .take(NAMED)
+            .map(|(net, sample, dev)| match on_link(*sample) {
+                true => format!("remove the route that sends {net} through {dev} (`ip route get {sample}` names it)"),
+                false => format!("`ip route add {net} via ROUTER dev {}`", g.iface),
+            })
+            .collect();
         let message = match code {
             Code::ReplyRoute => format!(
-                "replies of grant {} on {} to {}{more} leave through another interface than {}: clients coming in through {} get no answer (asymmetric routing; the kernel refuses a loopback source there); route those networks back through {} (`ip route add NETWORK via GATEWAY dev {}`, or `dev {}` for a network on its link), or remove the route that takes them elsewhere",
-                g.name, g.iface, named.join(", "), g.iface, g.iface, g.iface, g.iface, g.iface
+                "replies of grant {} on {} to {}{more} leave through another interface than {}: clients coming in through {} get no answer (asymmetric routing; the kernel refuses a loopback source there); route them back through {}: {} (ROUTER: the router on {}'s link the clients come through), or remove the route that takes them elsewhere",
+                g.name, g.iface, named.join(", "), g.iface, g.iface, g.iface, fixes.join("; "), g.iface
             ),
             _ => format!(
                 "grant {} on {} allows {}{more}, which the host routes through another interface than {}: packets from there arrive on that interface, where this grant does not apply; publish on that interface or correct --allow",
