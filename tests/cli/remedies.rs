@@ -167,3 +167,33 @@ fn all_open_is_critical_until_every_interface_is_guarded_and_a_watch_guards_new_
     lab.host.ip("link add brlate type bridge");
     lab.assert_audit(1, &["CRITICAL [all-open]", "for brlate"]);
 }
+
+/// `listen-address-gone`: the interface's address changed under a grant that took its
+/// address by default. The printed `loopgate watch --once` moves the grant to the new
+/// address, and the client reaches it there.
+#[test]
+fn a_moved_default_address_follows_with_the_printed_watch_once() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    assert!(works(&lab), "control: the grant works");
+    let moved = std::net::Ipv4Addr::new(192, 0, 2, 2);
+    // (Deleting a primary address takes the secondaries of its subnet with it.)
+    lab.host.ip(&format!("addr del {HOST_ADDR}/24 dev br0"));
+    lab.host.ip("addr add 192.0.2.2/24 dev br0");
+    assert_eq!(
+        tcp_request(&lab.container, sa(moved, 3306)),
+        None,
+        "control: nothing serves the new address yet"
+    );
+    let m = message(&lab, "listen-address-gone");
+    assert!(
+        quoted(&m).iter().any(|c| c == "loopgate watch --once"),
+        "{m}"
+    );
+    run_printed(&lab, "loopgate watch --once");
+    lab.assert_audit(0, &[]);
+    assert_eq!(
+        tcp_request(&lab.container, sa(moved, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+}
