@@ -82,7 +82,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::Interrupted => (
             "warning",
             "a loopgate transaction was killed between its steps",
-            "the next command (or watch) finishes or rolls it back",
+            "repeat the command, or `loopgate watch --once` rolls it back (a running watch does by itself)",
         ),
         Code::NotListening => (
             "warning",

@@ -61,7 +61,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
             severity: Severity::Warning,
             code: Code::Interrupted,
             interface: None,
-            message: "a loopgate transaction was interrupted; the next expose, revoke or apply repairs it".into(),
+            message: "a loopgate transaction was interrupted; repeat the command, or run `loopgate watch --once`, which rolls it back (as a running `loopgate watch` does by itself)".into(),
         });
     }
     let unreadable = |name: &str, why: &str, severity: Severity, findings: &mut Vec<Finding>| {

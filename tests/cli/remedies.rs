@@ -197,3 +197,22 @@ fn a_moved_default_address_follows_with_the_printed_watch_once() {
         Some("tcp:3306")
     );
 }
+
+/// `interrupted`: an expose killed between its steps. The printed
+/// `loopgate watch --once` rolls it back: audit is clean and the interface is closed
+/// (the expose never finished).
+#[test]
+fn an_interrupted_expose_is_rolled_back_by_the_printed_watch_once() {
+    let (lab, _services) = lab_with_services();
+    let out = lab.loopgate_env(&EXPOSE_DEFAULT, &[("LOOPGATE_CRASH", "after-sysctl-raise")]);
+    assert_eq!(out.status.code(), None, "a SIGKILL: {}", stderr(&out));
+    let m = message(&lab, "interrupted");
+    assert!(
+        quoted(&m).iter().any(|c| c == "loopgate watch --once"),
+        "{m}"
+    );
+    run_printed(&lab, "loopgate watch --once");
+    lab.assert_audit(0, &[]);
+    assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
+    assert!(!works(&lab), "rolled back: not published");
+}
