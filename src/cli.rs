@@ -194,7 +194,9 @@ pub struct ExposeArgs {
     pub listen: Option<String>,
 
     /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306, or
-    /// IFACE-ADDR-PROTO-PORT when --listen is not the interface's primary address.
+    /// IFACE-ADDR-PROTO-PORT when --listen is not the interface's primary address;
+    /// with --docker-network/--podman-network, NETWORK-PROTO-PORT (e.g.
+    /// myproj_default-tcp-5432, whatever --listen is).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 

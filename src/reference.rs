@@ -209,7 +209,7 @@ pub const POLICY_KEYS: &[PolicyKey] = &[
         key: "name",
         level: KeyLevel::Grant,
         value: "text",
-        meaning: "the grant's label (`--name`); default IFACE-PROTO-PORT, or IFACE-LISTEN-PROTO-PORT when listen is not the interface's primary address",
+        meaning: "the grant's label (`--name`); default IFACE-PROTO-PORT, or IFACE-LISTEN-PROTO-PORT when listen is not the interface's primary address; NETWORK-PROTO-PORT for `docker_network`/`podman_network`, whatever listen is",
     },
     PolicyKey {
         key: "interface",

@@ -107,12 +107,14 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         });
         replaced.extend(specs.iter().filter(|s| s.key() == new.key()).cloned());
     }
-    // What a policy file keeps is changed there, or not at all.
+    // What a policy file keeps is changed there, or not at all. A command without
+    // --name asks for no particular name: the policy's name is as good.
     let unchanged = |old: &spec::Spec| {
         requested.iter().any(|n| {
             spec::Spec {
                 source: old.source,
                 origin: old.origin.clone(),
+                name: n.name.clone().or_else(|| old.name.clone()),
                 ..n.clone()
             } == *old
         })
