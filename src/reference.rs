@@ -141,8 +141,8 @@ pub fn finding(code: Code) -> FindingDoc {
         ),
         Code::Pending => (
             "info; warning once pending longer than LOOPGATE_PENDING_GRACE (60 s) when it cannot work as asked",
-            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network never seen (a typo) and a runtime that does not answer become a warning after the grace period",
-            "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`) or revoke it",
+            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network not seen since the last reboot (a typo, or a project that is down) and a runtime that does not answer become a warning after the grace period; a network that does not exist is shown with the runtime's networks that do, closest first",
+            "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`): a policy's in its file, a command line's or revoke it; or bring the project up",
         ),
         Code::Blocked => (
             "info",
@@ -314,7 +314,7 @@ pub struct EnvDoc {
 pub const ENV_VARS: &[EnvDoc] = &[
     EnvDoc {
         name: "LOOPGATE_PENDING_GRACE",
-        meaning: "seconds a grant may be pending before `audit` reports it as a warning (default 60): a pinned address that is gone, a missing interface, a runtime network never seen (a typo), a runtime that does not answer; a pattern without a match, a runtime's bridge not created yet and a network that was served and is gone (a project that is down) stay info. Counted from the first audit that saw it pending",
+        meaning: "seconds a grant may be pending before `audit` reports it as a warning, and `watch` logs one (default 60): a pinned address that is gone, a missing interface, a runtime network not seen since the last reboot (a typo, or a project that is down: what was served is remembered in /run only), a runtime that does not answer; a pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info. Counted from the first audit (for watch: the first pass) that saw it pending",
     },
     EnvDoc {
         name: "LOOPGATE_NFTABLES_CONF",

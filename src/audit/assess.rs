@@ -315,7 +315,26 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
     };
     let age = observed.pending_for.get(&p.spec).copied().unwrap_or(0);
     let overdue = !waits_rightly && age >= observed.pending_grace;
-    let what = format!("{} on {} is pending: {}", p.spec, p.interface, p.reason);
+    let what = p.what();
+    // A policy's grant is corrected in its file (revoking it there is refused); the
+    // command line's is revoked.
+    let remedy = match spec {
+        Some(s) if s.source == crate::spec::Source::Policy => match &s.origin {
+            Some(file) => format!("correct it in {file}"),
+            None => "correct it in the policy".to_string(),
+        },
+        _ => "correct it or revoke it".to_string(),
+    };
+    let cli = spec
+        .and_then(|s| s.network.as_ref())
+        .map_or("docker", |n| n.runtime.cli());
+    let closest = match observed.closest_networks.get(&p.spec) {
+        Some(names) if !names.is_empty() => format!(
+            "; those that exist, closest first: {}",
+            names.join(", ")
+        ),
+        _ => String::new(),
+    };
     Finding {
         severity: match overdue {
             true => Severity::Warning,
@@ -325,14 +344,13 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
         interface: Some(p.interface.clone()),
         message: match (overdue, p.kind) {
             (false, _) => format!(
-                "{what}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)"
+                "{what}{closest}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)"
             ),
             (true, PendingKind::NoNetwork) => format!(
-                "{what}, and has not been there since it was asked for {age} s ago: a typo? Correct the name (`{} network ls`) or revoke it",
-                spec.and_then(|s| s.network.as_ref()).map_or("docker", |n| n.runtime.cli())
+                "{what}, for {age} s: the network does not exist (a typo, or the project is down){closest}; {remedy} (`{cli} network ls`), or bring the project up"
             ),
             (true, _) => format!(
-                "{what}, for {age} s: this grant cannot work as asked; correct it or revoke it"
+                "{what}, for {age} s: this grant cannot work as asked; {remedy}"
             ),
         },
     }
@@ -535,7 +553,7 @@ mod tests {
             .zip(kinds)
             .map(|(s, kind)| Pending {
                 spec: s.label(),
-                interface: "x".into(),
+                interface: s.on(),
                 reason: "r".into(),
                 kind,
             })
@@ -561,11 +579,25 @@ mod tests {
         assert_eq!(severities(&o), vec![I, I, I, I, I, I]);
         o.pending_for = specs.iter().map(|s| (s.label(), 60)).collect();
         assert_eq!(severities(&o), vec![I, I, W, W, I, W]);
+        // A network never seen: it may be down as well as mistyped (what was seen
+        // served is forgotten at reboot), with the names that exist; a policy's grant
+        // is corrected in its file, never "revoked" (refused for a policy grant).
+        o.closest_networks
+            .insert(specs[3].label(), vec!["typo_default".into(), "other".into()]);
+        let mut state = state;
+        state.specs[3].origin = Some("/etc/loopgate/myproj.yaml".into());
         let r = assess(&o, &state, None);
-        assert!(r
+        let typo = r
             .findings
             .iter()
-            .any(|f| f.message.contains("network typo") && f.message.contains("a typo?")));
+            .find(|f| f.message.starts_with("docker network typo tcp/3306 is pending"))
+            .unwrap();
+        assert_eq!(
+            typo.message,
+            "docker network typo tcp/3306 is pending: r, for 60 s: the network does not exist (a typo, or the project is down); those that exist, closest first: typo_default, other; correct it in /etc/loopgate/myproj.yaml (`docker network ls`), or bring the project up"
+        );
+        assert!(r.findings.iter().all(|f| !f.message.contains("revoke it")
+            || !f.message.starts_with("docker network")));
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Observed {
     /// How long a spec may be pending before that is a warning, in seconds
     /// ([`super::pending_since::grace`]).
     pub pending_grace: u64,
+    /// For each runtime network that does not exist (by pending spec label): the
+    /// runtime's networks that do, closest name first (at most a few); empty when the
+    /// runtime was not asked or has none.
+    pub closest_networks: BTreeMap<String, Vec<String>>,
     /// Sockets listening on 127.0.0.0/8 or on 0.0.0.0 (which answers as 127.0.0.1
     /// too), with the device each is bound to, if any.
     pub loopback_listeners: Vec<Listener>,
@@ -143,6 +147,7 @@ pub fn observe<K: Kernel>(
         pending_for: BTreeMap::new(),
         served_before: Default::default(),
         pending_grace: super::pending_since::DEFAULT_GRACE,
+        closest_networks: BTreeMap::new(),
         sysctls,
         ifindexes,
         recorded_names,

@@ -46,6 +46,22 @@ pub struct Pending {
     pub kind: PendingKind,
 }
 
+impl Pending {
+    /// `SPEC on IFACE`, with `on IFACE` left out when the spec's label already says
+    /// where (`docker network myproj_default tcp/5432`).
+    pub fn subject(&self) -> String {
+        match self.spec.contains(&self.interface) {
+            true => self.spec.clone(),
+            false => format!("{} on {}", self.spec, self.interface),
+        }
+    }
+
+    /// `SPEC on IFACE is pending: REASON` (see [`Pending::subject`]).
+    pub fn what(&self) -> String {
+        format!("{} is pending: {}", self.subject(), self.reason)
+    }
+}
+
 /// Specs resolved against the interfaces of one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {

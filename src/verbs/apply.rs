@@ -114,15 +114,21 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
         }
     }
     let (specs, resolved, guards) = desired_of(&sources, &old, &host)?;
+    let closest = super::audit::closest_networks(&resolved.pending, &specs);
     for p in &resolved.pending {
+        let exist = match closest.get(&p.spec) {
+            Some(names) if !names.is_empty() => format!(
+                " (those that exist, closest first: {})",
+                names.join(", ")
+            ),
+            _ => String::new(),
+        };
         match mode {
-            Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
-            _ => {
-                crate::errln!(
-                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
-                p.spec, p.interface, p.reason
-            )
-            }
+            Mode::Plan => crate::outln!("# pending: {}: {}{exist}", p.subject(), p.reason),
+            _ => crate::errln!(
+                "loopgate: warning: {}{exist}; it is served as soon as that changes",
+                p.what()
+            ),
         }
     }
     super::converge_guarding(store, old, resolved.grants, specs, guards, mode)

@@ -168,10 +168,8 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     for p in &resolved.pending {
         if requested.iter().any(|r| r.label() == p.spec) {
             crate::errln!(
-                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
-                p.spec,
-                p.interface,
-                p.reason
+                "loopgate: warning: {}; it is served as soon as that changes",
+                p.what()
             );
         }
     }
