@@ -361,3 +361,56 @@ fn watch_logs_a_pending_grant_once_and_warns_once_after_the_grace() {
     assert_eq!(log.matches(pending).count(), 1, "{log}");
     assert_eq!(log.matches(warned).count(), 1, "{log}");
 }
+
+/// What a command prints says what changed in the user's terms, pending grants
+/// included; `revoke --name N` alone revokes N wherever it is (exit 1 when nothing is
+/// called N).
+#[test]
+fn pending_grants_added_and_removed_are_named_and_revoke_by_name_alone_works() {
+    let lab = Lab::new();
+    let path = docker_knowing(&lab, &["bridge", "myproj_default"]);
+    let env = [("PATH", path.as_str())];
+    let run = |args: &[&str]| {
+        let out = lab.loopgate_env(args, &env);
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    for port in ["5432", "5433", "5434"] {
+        let (code, out, err) = run(&[
+            "expose",
+            "--docker-network",
+            "myproj_defualt",
+            "--port",
+            port,
+            "--pending-ok",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            out.trim(),
+            format!("add pending grant docker network myproj_defualt tcp/{port} (served once it can be)"),
+            "one port asked, one named"
+        );
+    }
+    let before = lab.fingerprint();
+    let (code, out, err) = run(&["revoke", "--name", "nosuch"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("nothing matched") && err.contains("\"nosuch\""), "{err}");
+    assert_eq!(lab.fingerprint(), before);
+    let (code, out, err) = run(&["revoke", "--name", "myproj_defualt-tcp-5433"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5433"
+    );
+    let (code, out, err) = run(&["revoke", "--docker-network", "myproj_defualt", "--port", "5432"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5432"
+    );
+    let (code, out, err) = run(&["revoke", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5434"
+    );
+}
