@@ -87,14 +87,21 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
     let sources = policy::load_all(file)?;
     // While a watch follows a policy, it is the one owner of the policy in force:
     // applying anything else would be undone at its next pass.
-    if mode == Mode::Apply {
-        if let Some((pid, followed)) = super::owner::followed() {
-            if !super::owner::is_followed(file, &followed) {
-                crate::bad_input!(
+    if let Some((pid, followed)) = super::owner::followed() {
+        if !super::owner::is_followed(file, &followed) {
+            match mode {
+                Mode::Apply => crate::bad_input!(
                     "loopgate watch (pid {pid}) follows {} and would undo applying {}; change the files there (watch applies them at once), or stop the watch first",
                     followed.display(),
                     file.display()
-                );
+                ),
+                // A plan shows the change all the same, and says that `apply` of it
+                // would be refused now.
+                _ => crate::outln!(
+                    "# note: `apply {}` would be refused while loopgate watch (pid {pid}) follows {}; change the files there",
+                    file.display(),
+                    followed.display()
+                ),
             }
         }
     }
