@@ -144,6 +144,11 @@ pub fn finding(code: Code) -> FindingDoc {
             "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network not seen since the last reboot (a typo, or a project that is down) and a runtime that does not answer become a warning after the grace period; a network that does not exist is shown with the runtime's networks that do, closest first",
             "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`): a policy's in its file, a command line's or revoke it; or bring the project up",
         ),
+        Code::RuntimeUnanswered => (
+            "warning",
+            "a runtime network's grant stays in force on the bridge it last resolved to, but the runtime (`docker`, `podman`) does not answer now (dockerd stopped, `DOCKER_HOST` unreachable): loopgate cannot follow the network if it moves meanwhile; not pending, and not counted in `loopgate_pending_grants`",
+            "bring the runtime back (`systemctl status docker`, `DOCKER_HOST`); nothing to change in loopgate",
+        ),
         Code::Blocked => (
             "info",
             "what each guard dropped since loopgate last wrote its table, by kind",

@@ -235,6 +235,17 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     for p in &observed.pending {
         findings.push(pending_finding(p, observed, state));
     }
+    for p in &observed.unconfirmed {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: Code::RuntimeUnanswered,
+            interface: Some(p.interface.clone()),
+            message: format!(
+                "{}; bring the runtime back (loopgate cannot follow the network meanwhile)",
+                p.what()
+            ),
+        });
+    }
     let held_by_watch = observed.protection.starts_with("owned by watch");
     if observed.empty_table && !held_by_watch {
         findings.push(Finding {
@@ -311,7 +322,10 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
     let waits_rightly = match p.kind {
         PendingKind::Missing => spec.is_some_and(|s| s.is_pattern() || s.network.is_some()),
         PendingKind::NoNetwork => observed.served_before.contains(&p.spec),
-        PendingKind::Unaddressed | PendingKind::RuntimeUnknown | PendingKind::Conflict => false,
+        PendingKind::Unaddressed
+        | PendingKind::RuntimeUnknown
+        | PendingKind::Conflict
+        | PendingKind::Unconfirmed => false,
     };
     let age = observed.pending_for.get(&p.spec).copied().unwrap_or(0);
     let overdue = !waits_rightly && age >= observed.pending_grace;
@@ -781,6 +795,12 @@ mod every_code {
                 interface: "br1".into(),
                 reason: "the interface does not exist now".into(),
                 kind: crate::spec::PendingKind::Missing,
+            }),
+            Code::RuntimeUnanswered => o.unconfirmed.push(crate::spec::Pending {
+                spec: "docker network myproj_default tcp/80".into(),
+                interface: "br0".into(),
+                reason: "in force on br0 as last resolved; docker does not answer: `docker network inspect` did not answer".into(),
+                kind: crate::spec::PendingKind::Unconfirmed,
             }),
             Code::Blocked => o.counters.push(RuleCounter {
                 chain: "raw_if0".into(),

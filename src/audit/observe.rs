@@ -36,6 +36,9 @@ pub struct Observed {
     pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
+    /// Runtime networks' grants in force as last resolved, which their runtime could
+    /// not confirm now ([`crate::spec::PendingKind::Unconfirmed`]): not pending.
+    pub unconfirmed: Vec<crate::spec::Pending>,
     /// How long each pending spec (by label) has been pending, in seconds, as far as
     /// loopgate has seen (see [`super::pending_since`]); missing: just now.
     pub pending_for: BTreeMap<String, u64>,
@@ -121,7 +124,11 @@ pub fn observe<K: Kernel>(
         .routes(&super::reachability::probes(&state.grants))?
         .into_iter()
         .collect();
-    let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
+    let (unconfirmed, pending): (Vec<_>, Vec<_>) =
+        crate::spec::resolve_keeping(&state.specs, host, &state.grants)
+            .pending
+            .into_iter()
+            .partition(|p| p.kind == crate::spec::PendingKind::Unconfirmed);
     // From who the kernel says holds the table, checked against the running watch:
     // a stale or forged presence file cannot make audit claim a protection.
     use crate::kernel::nft::Holder;
@@ -144,6 +151,7 @@ pub fn observe<K: Kernel>(
     Ok(Observed {
         protection,
         pending,
+        unconfirmed,
         pending_for: BTreeMap::new(),
         served_before: Default::default(),
         pending_grace: super::pending_since::DEFAULT_GRACE,

@@ -26,6 +26,10 @@ pub enum PendingKind {
     Unaddressed,
     /// The runtime could not be asked about its network.
     RuntimeUnknown,
+    /// The runtime could not be asked, but the network's grant stays in force on the
+    /// bridge it last resolved to: not pending, unconfirmed (a dockerd outage must not
+    /// read as a grant that is not served).
+    Unconfirmed,
     /// Another spec already publishes the same address, protocol and port on the
     /// interface to another target: a conflict, which `expose` and `apply` refuse.
     Conflict,
@@ -56,9 +60,13 @@ impl Pending {
         }
     }
 
-    /// `SPEC on IFACE is pending: REASON` (see [`Pending::subject`]).
+    /// `SPEC on IFACE is pending: REASON` (see [`Pending::subject`]); for a grant in
+    /// force that the runtime could not confirm, `SPEC: REASON` (the reason says so).
     pub fn what(&self) -> String {
-        format!("{} is pending: {}", self.subject(), self.reason)
+        match self.kind {
+            PendingKind::Unconfirmed => format!("{}: {}", self.spec, self.reason),
+            _ => format!("{} is pending: {}", self.subject(), self.reason),
+        }
     }
 }
 
@@ -142,12 +150,43 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                     continue;
                 }
                 Err(why) => {
-                    out.pending.push(Pending {
-                        spec: spec.label(),
-                        interface: format!("{} network {}", sel.runtime.cli(), sel.name),
-                        reason: why,
-                        kind: PendingKind::RuntimeUnknown,
-                    });
+                    // The grant in force stays as last resolved: the runtime's silence
+                    // says nothing about its network.
+                    let kept: Vec<&Grant> = previous
+                        .iter()
+                        .filter(|g| {
+                            g.network.as_ref() == Some(sel)
+                                && g.proto == spec.proto
+                                && g.port == spec.port
+                                && g.to == spec.to
+                                && spec.listen.is_none_or(|l| l == g.listen)
+                        })
+                        .collect();
+                    if kept.is_empty() {
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: format!("{} network {}", sel.runtime.cli(), sel.name),
+                            reason: why.clone(),
+                            kind: PendingKind::RuntimeUnknown,
+                        });
+                    }
+                    for g in kept {
+                        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key())
+                        {
+                            e.insert((g.to, spec.label()));
+                            out.grants.push(g.clone());
+                        }
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: g.iface.clone(),
+                            reason: format!(
+                                "in force on {} as last resolved; {} does not answer: {why}",
+                                g.iface,
+                                sel.runtime.cli()
+                            ),
+                            kind: PendingKind::Unconfirmed,
+                        });
+                    }
                     continue;
                 }
             },

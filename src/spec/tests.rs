@@ -383,3 +383,41 @@ fn a_network_grant_is_named_network_proto_port_whatever_address_it_listens_on() 
     );
     assert_eq!(r.grants[0].name, "br0-192.0.2.5-tcp-53");
 }
+
+#[test]
+fn a_grant_in_force_stays_as_last_resolved_while_its_runtime_does_not_answer() {
+    use crate::kernel::runtime::Runtime;
+    let request = GrantRequest {
+        ports: vec!["5432".into()],
+        network: Some((Runtime::Docker, "mv".into())),
+        ..Default::default()
+    };
+    let specs = from_request(&request, Source::Policy).unwrap();
+    let host = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
+    // Nothing in force: the runtime's silence leaves it pending.
+    let r = resolve(&specs, &host);
+    assert!(r.grants.is_empty());
+    assert_eq!(r.pending[0].kind, PendingKind::RuntimeUnknown);
+    // In force: kept as it is, and said so (not pending).
+    let in_force = Grant {
+        name: "mv-tcp-5432".into(),
+        iface: "br-0123456789ab".into(),
+        proto: crate::grant::Proto::Tcp,
+        listen: a("203.0.113.33"),
+        port: 5432,
+        to: "127.0.0.1:5432".parse().unwrap(),
+        allow: vec!["203.0.113.32/27".parse().unwrap()],
+        network: specs[0].network.clone(),
+    };
+    let r = resolve_keeping(&specs, &host, std::slice::from_ref(&in_force));
+    assert_eq!(r.grants, vec![in_force]);
+    assert_eq!(r.pending.len(), 1);
+    assert_eq!(r.pending[0].kind, PendingKind::Unconfirmed);
+    assert!(
+        r.pending[0]
+            .what()
+            .starts_with("docker network mv tcp/5432: in force on br-0123456789ab as last resolved; docker does not answer: "),
+        "{}",
+        r.pending[0].what()
+    );
+}

@@ -250,6 +250,27 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
         "{prom}"
     );
 
+    // 15. dockerd does not answer: the grant is in force as last resolved, a warning,
+    // not pending.
+    let bridge = docker.bridge_of(NET);
+    let gone = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let out = lab.loopgate_env(&["audit"], &gone);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("WARNING [runtime-unanswered]")
+            && text.contains(&format!("in force on {bridge} as last resolved; docker does not answer"))
+            && !text.contains("[pending]"),
+        "{text}"
+    );
+    let prom = stdout(&lab.loopgate_env(&["audit", "--format", "prometheus"], &gone));
+    assert!(
+        prom.contains("loopgate_pending_grants 0")
+            && prom.contains(&format!("loopgate_grants{{interface=\"{bridge}\",network=\"{NET}\"}} 1")),
+        "{prom}"
+    );
+    assert_eq!(req(&docker, "app", hgw, 3306).as_deref(), Some("tcp:3306"));
+
     // 3. README step 3's file; the step-1 command again is what the policy asks.
     let admin = format!(
         "grants:\n  - name: myproj-postgres\n    docker_network: {NET}   # instead of interface:\n    port: 3306\n    listen: host-gateway\n    # allow: [...]                   # default: the network's subnets\n"

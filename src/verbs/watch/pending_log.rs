@@ -73,9 +73,14 @@ impl PendingLog {
             let rightly = match p.kind {
                 PendingKind::Missing => spec.is_some_and(|s| s.is_pattern() || s.network.is_some()),
                 PendingKind::NoNetwork => self.served.contains(&p.spec),
+                // In force; said once, when the runtime stops answering.
+                PendingKind::Unconfirmed => true,
                 _ => false,
             };
-            out.push(format!("{}; it is served as soon as that changes", p.what()));
+            out.push(match p.kind {
+                PendingKind::Unconfirmed => p.what(),
+                _ => format!("{}; it is served as soon as that changes", p.what()),
+            });
             self.entries.insert(
                 p.subject(),
                 Entry {
