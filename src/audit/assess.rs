@@ -795,12 +795,14 @@ mod every_code {
                 interface: "br1".into(),
                 reason: "the interface does not exist now".into(),
                 kind: crate::spec::PendingKind::Missing,
+                network: None,
             }),
             Code::RuntimeUnanswered => o.unconfirmed.push(crate::spec::Pending {
                 spec: "docker network myproj_default tcp/80".into(),
                 interface: "br0".into(),
                 reason: "in force on br0 as last resolved; docker does not answer: `docker network inspect` did not answer".into(),
                 kind: crate::spec::PendingKind::Unconfirmed,
+                network: None,
             }),
             Code::Blocked => o.counters.push(RuleCounter {
                 chain: "raw_if0".into(),

@@ -54,9 +54,20 @@ fn print_text(r: &Report) {
             (_, true) => "open, guarded",
             _ => "OPEN, UNGUARDED",
         };
+        // A runtime network's bridge is shown with the network, as its grants are.
+        let mut networks: Vec<String> = i
+            .grants
+            .iter()
+            .filter_map(|g| g.network.as_ref().map(|n| n.to_string()))
+            .collect();
+        networks.dedup();
+        let name = match networks.is_empty() {
+            true => i.name.clone(),
+            false => format!("{} ({})", i.name, networks.join(", ")),
+        };
         crate::outln!(
             "{}: route_localnet={} effective={} {}{}",
-            i.name,
+            name,
             shown(i.route_localnet),
             i.effective,
             state,

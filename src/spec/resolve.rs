@@ -48,6 +48,10 @@ pub struct Pending {
     /// Why it is not served, as a value to decide on.
     #[serde(skip)]
     pub kind: PendingKind,
+    /// The runtime network it was asked for by, as grants carry it: `interface` is then
+    /// `docker network NAME` or the bridge, and this the network by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::grant::NetworkSelector>,
 }
 
 impl Pending {
@@ -146,6 +150,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                         interface: format!("{} network {}", sel.runtime.cli(), sel.name),
                         reason: why,
                         kind: PendingKind::NoNetwork,
+                        network: spec.network.clone(),
                     });
                     continue;
                 }
@@ -168,6 +173,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                             interface: format!("{} network {}", sel.runtime.cli(), sel.name),
                             reason: why.clone(),
                             kind: PendingKind::RuntimeUnknown,
+                            network: spec.network.clone(),
                         });
                     }
                     for g in kept {
@@ -185,6 +191,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                                 sel.runtime.cli()
                             ),
                             kind: PendingKind::Unconfirmed,
+                            network: spec.network.clone(),
                         });
                     }
                     continue;
@@ -244,7 +251,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                 port: spec.port,
                 to: spec.to,
                 allow: spec.allow.clone(),
-                network: None,
+                network: spec.network.clone(),
             });
             out.pending.push(Pending {
                 spec: spec.label(),
@@ -254,6 +261,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                     None => "the interface does not exist now".into(),
                 },
                 kind: PendingKind::Missing,
+                network: spec.network.clone(),
             });
             if let Some(g) = kept {
                 if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
@@ -272,6 +280,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                     false => "the interface does not exist now".into(),
                 },
                 kind: PendingKind::Missing,
+                network: spec.network.clone(),
             });
             continue;
         }
@@ -316,6 +325,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                                 "host-gateway is {a} now, which is not a usable address of this host"
                             ),
                             kind: PendingKind::Unaddressed,
+                            network: spec.network.clone(),
                         });
                         continue;
                     }
@@ -325,6 +335,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                             interface: iface.clone(),
                             reason: "host-gateway has no address now (no docker0)".into(),
                             kind: PendingKind::Unaddressed,
+                            network: spec.network.clone(),
                         });
                         continue;
                     }
@@ -376,6 +387,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                         spec.port, spec.proto
                     ),
                     kind: PendingKind::Conflict,
+                    network: spec.network.clone(),
                 }),
                 None => {
                     seen.insert(grant.key(), (grant.to, spec.label()));

@@ -414,3 +414,22 @@ fn pending_grants_added_and_removed_are_named_and_revoke_by_name_alone_works() {
         "remove pending grant docker network myproj_defualt tcp/5434"
     );
 }
+
+/// A pending network grant in `audit --json` carries its `network` object, as grants do.
+#[test]
+fn a_pending_network_grant_has_its_network_in_json() {
+    let lab = Lab::new();
+    let path = docker_knowing(&lab, &["bridge"]);
+    let env = [("PATH", path.as_str())];
+    let out = lab.loopgate_env(
+        &["expose", "--docker-network", "myproj_default", "--port", "5432", "--pending-ok"],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = lab.loopgate_env(&["audit", "--json"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &report["pending"][0];
+    assert_eq!(p["network"]["runtime"], "docker", "{p}");
+    assert_eq!(p["network"]["name"], "myproj_default", "{p}");
+    assert_eq!(p["interface"], "docker network myproj_default", "{p}");
+}

@@ -250,9 +250,16 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
         "{prom}"
     );
 
+    // 12. The bridge's line names the network, as its grant lines do.
+    let bridge = docker.bridge_of(NET);
+    let text = lg_ok(&lab, &docker, &["audit"]);
+    assert!(
+        text.contains(&format!("{bridge} (docker network {NET}): route_localnet=")),
+        "{text}"
+    );
+
     // 15. dockerd does not answer: the grant is in force as last resolved, a warning,
     // not pending.
-    let bridge = docker.bridge_of(NET);
     let gone = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
     let out = lab.loopgate_env(&["audit"], &gone);
     let text = stdout(&out);

@@ -151,6 +151,7 @@ mod tests {
             interface: s.on(),
             reason: "`docker network ls` does not list it now".into(),
             kind: PendingKind::NoNetwork,
+            network: s.network.clone(),
         }
     }
 
