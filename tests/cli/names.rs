@@ -249,6 +249,15 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
         prom.contains(NAME) && !prom.contains("198.51.100.1-tcp"),
         "{prom}"
     );
+    // 13. The rule counters of the network's grant and guard carry the network too.
+    for rule in [format!("grant {NAME}"), format!("{} guard: ", docker.bridge_of(NET))] {
+        assert!(
+            prom.lines().any(|l| l.starts_with("loopgate_rule_packets_total")
+                && l.contains(&rule)
+                && l.contains(&format!("network=\"{NET}\""))),
+            "{rule}: {prom}"
+        );
+    }
 
     // 12. The bridge's line names the network, as its grant lines do.
     let bridge = docker.bridge_of(NET);
