@@ -63,7 +63,7 @@ for case in direct veth-limit hand-written-nft loopgate-1-grant loopgate-10k-cid
 done
 echo "==> watch benchmark smoke run (idle CPU and reaction time; checks it works, not its speed)"
 scripts/bench_watch.sh --quick > /tmp/loopgate-bench-watch.log 2>&1 || { cat /tmp/loopgate-bench-watch.log; echo "watch bench failed" >&2; exit 1; }
-grep -q '"small_reaction_median_ms"' bench-results/watch.json
+grep -q '"small_reaction_median_ms"' bench-results/watch.json && grep -q '"edit_curve":\[{' bench-results/watch.json
 echo "==> demo smoke run"
 scripts/demo.sh >/tmp/loopgate-demo.log 2>&1 || { cat /tmp/loopgate-demo.log; echo "demo failed" >&2; exit 1; }
 grep -q "the container reached the service" /tmp/loopgate-demo.log

@@ -77,7 +77,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::GrantInactive => (
             "warning",
             "an interface with grants has route_localnet 0 (it was re-created)",
-            "`loopgate apply`, or run `loopgate watch`",
+            "`loopgate watch` (repairs it and keeps it so), or repeat the expose",
         ),
         Code::Interrupted => (
             "warning",
@@ -112,7 +112,7 @@ pub fn finding(code: Code) -> FindingDoc {
         Code::FirewallDrops => (
             "warning",
             "another table's chain, rule or `policy drop` (nft or iptables-legacy) drops or rejects the grant's flow",
-            "add the accept line the message suggests, for the firewall that owns the chain (nft, iptables, ufw, firewalld, kube-proxy)",
+            "add the accept line the message suggests, for the firewall that owns the chain (nft, iptables, ufw, firewalld, kube-proxy, an Incus network ACL)",
         ),
         Code::FirewallMayDrop => (
             "warning",

@@ -36,8 +36,12 @@ mod exit_codes;
 mod files;
 #[path = "cli/firewall.rs"]
 mod firewall;
+#[path = "cli/firewall_incus.rs"]
+mod firewall_incus;
 #[path = "cli/firewall_remedies.rs"]
 mod firewall_remedies;
+#[path = "cli/firewall_rpfilter.rs"]
+mod firewall_rpfilter;
 #[path = "cli/firewall_sets.rs"]
 mod firewall_sets;
 #[path = "cli/firewall_xt.rs"]
@@ -76,6 +80,8 @@ mod prometheus;
 mod reachability;
 #[path = "cli/reconcile.rs"]
 mod reconcile;
+#[path = "cli/remedies.rs"]
+mod remedies;
 #[path = "cli/rollback.rs"]
 mod rollback;
 #[path = "cli/routed_interfaces.rs"]

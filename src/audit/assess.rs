@@ -167,7 +167,7 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
                 severity: Severity::Warning,
                 code: Code::GrantInactive,
                 interface: Some(name.clone()),
-                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate apply` or repeat the expose"),
+                message: format!("{name} has grants but route_localnet is 0 (interface re-created?); run `loopgate watch`, which repairs it and keeps it so, or repeat the expose"),
             });
         } else if guarded && guard_only && open {
             findings.push(Finding {
@@ -283,6 +283,10 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         &observed.firewall,
         &state.grants,
         &observed.ifindexes,
+        &super::firewall::Routes {
+            lookups: &observed.routes,
+            table: &observed.route_table,
+        },
     ));
     // Another tool's forwards to loopback the guard lets through (see `forwards`).
     findings.extend(super::forwards::findings(&observed.firewall, &interfaces));
@@ -343,10 +347,9 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
         .and_then(|s| s.network.as_ref())
         .map_or("docker", |n| n.runtime.cli());
     let closest = match observed.closest_networks.get(&p.spec) {
-        Some(names) if !names.is_empty() => format!(
-            "; those that exist, closest first: {}",
-            names.join(", ")
-        ),
+        Some(names) if !names.is_empty() => {
+            format!("; those that exist, closest first: {}", names.join(", "))
+        }
         _ => String::new(),
     };
     Finding {
@@ -596,22 +599,29 @@ mod tests {
         // A network never seen: it may be down as well as mistyped (what was seen
         // served is forgotten at reboot), with the names that exist; a policy's grant
         // is corrected in its file, never "revoked" (refused for a policy grant).
-        o.closest_networks
-            .insert(specs[3].label(), vec!["typo_default".into(), "other".into()]);
+        o.closest_networks.insert(
+            specs[3].label(),
+            vec!["typo_default".into(), "other".into()],
+        );
         let mut state = state;
         state.specs[3].origin = Some("/etc/loopgate/myproj.yaml".into());
         let r = assess(&o, &state, None);
         let typo = r
             .findings
             .iter()
-            .find(|f| f.message.starts_with("docker network typo tcp/3306 is pending"))
+            .find(|f| {
+                f.message
+                    .starts_with("docker network typo tcp/3306 is pending")
+            })
             .unwrap();
         assert_eq!(
             typo.message,
             "docker network typo tcp/3306 is pending: r, for 60 s: the network does not exist (a typo, or the project is down); those that exist, closest first: typo_default, other; correct it in /etc/loopgate/myproj.yaml (`docker network ls`), or bring the project up"
         );
-        assert!(r.findings.iter().all(|f| !f.message.contains("revoke it")
-            || !f.message.starts_with("docker network")));
+        assert!(r
+            .findings
+            .iter()
+            .all(|f| !f.message.contains("revoke it") || !f.message.starts_with("docker network")));
     }
 }
 

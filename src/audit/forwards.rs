@@ -315,14 +315,15 @@ fn read_rule(exprs: &[Expr]) -> (Conditions, End) {
             }
             Expr::Lookup { set, .. } => c.other.push(format!("a lookup in @{set}")),
             Expr::AddrType { .. } => c.other.push("an address type".into()),
-            Expr::FibType { dreg, .. } => {
+            Expr::FibType { dreg, .. } | Expr::FibOif { dreg, .. } => {
                 regs.insert(*dreg, (Field::Other, None));
             }
+            Expr::RpFilter { .. } => c.other.push("a reverse path check".into()),
             Expr::Unknown(name) => {
                 c.other.push(format!("`{name}`"));
                 regs.clear();
             }
-            Expr::Statement(_) | Expr::Notrack => {}
+            Expr::Statement(_) | Expr::Notrack | Expr::MetaSet { .. } => {}
             Expr::Dnat(to) => return (c, End::Dnat(*to)),
             Expr::Verdict(Jump::Jump(next) | Jump::Goto(next)) => {
                 return (c, End::Jump(next.clone()))

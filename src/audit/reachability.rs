@@ -21,7 +21,7 @@ const NAMED: usize = 5;
 /// The addresses of `net` that stand for it in a route lookup: its first two and its
 /// last host address (the first is often the host's own). None for a network wider
 /// than /8: one address cannot say where such a network lives.
-fn samples(net: Ipv4Network) -> Vec<Ipv4Addr> {
+pub(crate) fn samples(net: Ipv4Network) -> Vec<Ipv4Addr> {
     let first = u32::from(net.network());
     let last = u32::from(net.broadcast());
     match net.prefix() {
@@ -38,7 +38,7 @@ fn samples(net: Ipv4Network) -> Vec<Ipv4Addr> {
     .collect()
 }
 
-/// Every address audit looks up a route to for `grants` (see [`samples`]), sorted,
+/// Every address audit looks up a route to for `grants` (see `samples`), sorted,
 /// without duplicates.
 pub fn probes(grants: &[Grant]) -> Vec<Ipv4Addr> {
     grants

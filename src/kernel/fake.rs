@@ -4,8 +4,9 @@
 //! table and the nftables generation, conntrack entries and listeners, and applies every
 //! table batch all-or-nothing, like the real one. Failures are injected by name
 //! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`, `generation`,
-//! `sysctl:<conf>`, `write:<iface>:<value>`, and `apply-reply`: the batch commits but its
-//! reply is lost),
+//! `sysctl:<conf>`, `write:<iface>:<value>`, `apply-reply`: the batch commits but its
+//! reply is lost; `change` and `change-reply`: the same for an in-place change, which
+//! then falls back to a whole rewrite as the real kernel's does),
 //! and each one that fires is recorded in [`FakeState::fired`], so a test can tell an
 //! injected failure from one that was never reached. Every mutation is recorded in
 //! [`Fake::history`] with the facts after it, so a test can check an invariant at every
@@ -14,6 +15,11 @@
 //! Reading the table with a [`Vouch`] whose generation is still the current one takes
 //! the vouched path, as the real kernel does: the elements are not read but taken to
 //! be the planned ones (see [`FakeState::reads`]).
+//!
+//! An in-place change ([`Kernel::change_table`]) is applied as the real kernel applies
+//! its batch: only when the generation is still the one the caller read `from` at
+//! (else refused, changing nothing), all of it or none; the resulting table is recorded
+//! as a `change` moment, so a test can tell it from a whole rewrite (`apply`).
 
 use super::conntrack::Flow;
 use super::host::{IfAddr, Listener, RouteLookup};
@@ -111,6 +117,9 @@ pub struct FakeState {
     pub fired: Vec<String>,
     /// One entry per table read, true when its elements were vouched for.
     pub reads: Vec<bool>,
+    /// One entry per table read: how many moments [`FakeState::history`] held then,
+    /// so a test can place each read among the mutations.
+    pub read_at: Vec<usize>,
     /// One [`Moment`] per mutation, oldest first.
     pub history: Vec<Moment>,
     /// IPv4 addresses per device name, for spec resolution (default 192.0.2.1).
@@ -289,6 +298,8 @@ impl Kernel for Fake {
             _ => None,
         };
         s.reads.push(vouched.is_some());
+        let at = s.history.len();
+        s.read_at.push(at);
         Ok(FakeSnapshot {
             table: s.table.clone(),
             generation: s.generation,
@@ -308,6 +319,47 @@ impl Kernel for Fake {
             generation,
             elements,
         }))
+    }
+
+    fn change_table(
+        &self,
+        from: &Ruleset,
+        generation: u32,
+        to: &Ruleset,
+        digest: u64,
+    ) -> Result<Option<Vouch>> {
+        // As the real kernel's: an in-place batch when the change can be one, refused
+        // as a whole when anything committed since `generation`; any failure of it
+        // falls back to rewriting the table whole.
+        let in_place = || -> Result<Option<Vouch>> {
+            crate::kernel::nft::diff(from, to)
+                .ok_or_else(|| anyhow::anyhow!("fake kernel: not a change in place"))?;
+            self.check("change")?;
+            {
+                let s = self.state.borrow();
+                if s.generation != generation {
+                    anyhow::bail!("fake kernel: generation moved (ERESTART)");
+                }
+                // Bound to the generation `from` was read at, the table is `from`: an
+                // engine that says otherwise sent a batch against a table it never saw.
+                assert_eq!(
+                    s.table.as_ref().map(|t| &t.image),
+                    Some(&planned_image(from)),
+                    "fake kernel: an in-place change from a table the kernel does not hold"
+                );
+            }
+            self.commit(Some(FakeTable::of(to)), "change");
+            self.check("change-reply")?;
+            let generation = self.state.borrow().generation;
+            Ok(Some(Vouch {
+                generation,
+                elements: digest,
+            }))
+        };
+        match in_place() {
+            Ok(vouch) => Ok(vouch),
+            Err(_) => self.apply_table(Some(to)),
+        }
     }
 
     fn restore(&self, snapshot: &FakeSnapshot) -> Result<()> {

@@ -192,6 +192,41 @@ pub enum Expr {
         /// Destination register.
         dreg: u32,
     },
+    /// `meta KEY set reg SREG`: the packet's mark (key 3) as the register holds it;
+    /// what follows in this and later chains sees the new mark (the xt `MARK` target
+    /// and `CONNMARK --restore-mark` become this too).
+    MetaSet {
+        /// `NFT_META_*`.
+        key: u32,
+        /// Source register.
+        sreg: u32,
+    },
+    /// The xt `rpfilter` match: the route back to the packet's source leaves through
+    /// the interface it came in on (strict), or exists at all (`--loose`).
+    RpFilter {
+        /// `--loose`.
+        loose: bool,
+        /// `--validmark`: the lookup uses the packet's mark (only policy routing
+        /// rules can make it matter).
+        mark: bool,
+        /// `--accept-local`: a local source is valid too.
+        accept_local: bool,
+        /// `--invert`.
+        invert: bool,
+    },
+    /// `fib saddr [. mark] [. iif] oif|oifname` (`... missing` / `exists`): the
+    /// interface of the route back to the source (with `iif`, that interface only
+    /// when it is the incoming one, else 0), into DREG.
+    FibOif {
+        /// `. iif` (`NFTA_FIB_F_IIF`): strict.
+        iif: bool,
+        /// `NFTA_FIB_F_PRESENT`: one byte, 1 when found, instead of the interface.
+        present: bool,
+        /// `oifname` (16 bytes) rather than `oif` (a 32-bit index).
+        name: bool,
+        /// Destination register.
+        dreg: u32,
+    },
     /// A verdict.
     Verdict(Jump),
     /// `reject`: drops the packet (and answers).
@@ -244,6 +279,11 @@ pub struct Foreign {
     /// Base chains that can drop but are not evaluated (ingress, netdev, bridge):
     /// `(table, chain, why)`, reported as "may drop".
     pub unjudged: Vec<(String, String, String)>,
+    /// `Some(true)` when the only IPv4 policy routing rules are the kernel's three
+    /// defaults (`lookup local`, `main`, `default`, no selector): a route lookup then
+    /// does not depend on the packet's mark, source or interface, and `rpfilter` can be
+    /// judged from the routes. `None` when not read.
+    pub plain_routing: Option<bool>,
 }
 
 /// Not a kernel key: what the xt `conntrack` match tests with `--ctstate`, the
@@ -267,6 +307,7 @@ pub fn read() -> Foreign {
             crate::error::one_line(&e)
         )),
     }
+    foreign.plain_routing = plain_routing().ok();
     foreign.legacy_tables = super::legacy::loaded_tables();
     for table in &foreign.legacy_tables {
         match super::legacy::read_table(table) {
@@ -278,4 +319,51 @@ pub fn read() -> Foreign {
         }
     }
     foreign
+}
+
+/// Whether the IPv4 policy routing rules are only the kernel's defaults: each one
+/// without a selector (source, destination, tos, fwmark, interface, uid range, l3mdev,
+/// protocol or ports) and looking up table local (255), main (254) or default (253).
+///
+/// Errors: the socket could not be opened, or the dump failed.
+fn plain_routing() -> anyhow::Result<bool> {
+    const RTM_GETRULE: u16 = 34;
+    const HEAD: usize = 12;
+    // FRA_TABLE 15 (the table when over 255), FRA_PRIORITY 6 and FRA_PROTOCOL 21 are
+    // not selectors; FRA_SUPPRESS_* (14, 16) only reject results, never redirect.
+    const NOT_SELECTORS: [u16; 6] = [6, 14, 15, 16, 21, 0];
+    let mut sock = super::netlink::NlSocket::open(mnl::Bus::Route)?;
+    let mut req = vec![0u8; 16 + HEAD];
+    req[4..6].copy_from_slice(&RTM_GETRULE.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16;
+    req[6..8].copy_from_slice(&flags.to_ne_bytes());
+    req[16] = libc::AF_INET as u8;
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    let mut plain = true;
+    for msg in sock.dump(&req)? {
+        // struct fib_rule_hdr { family, dst_len, src_len, tos, table, res1, res2,
+        // action, flags (u32) }.
+        let Some(head) = msg.get(16..16 + HEAD) else {
+            continue;
+        };
+        if head[0] != libc::AF_INET as u8 {
+            continue;
+        }
+        let mut table = u32::from(head[4]);
+        let mut selector = head[1] != 0 || head[2] != 0 || head[3] != 0;
+        for (ty, v) in super::netlink::attrs(&msg[16 + HEAD..]) {
+            match ty & 0x3fff {
+                15 if v.len() == 4 => table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+                t if NOT_SELECTORS.contains(&t) => {}
+                _ => selector = true,
+            }
+        }
+        // FR_ACT_TO_TBL (1): a lookup; anything else (goto, blackhole...) is not a
+        // default rule.
+        if selector || head[7] != 1 || !matches!(table, 253..=255) {
+            plain = false;
+        }
+    }
+    Ok(plain)
 }

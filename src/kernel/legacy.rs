@@ -304,6 +304,14 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
         m += size;
     }
     let (target, data) = e.target();
+    if !target.is_empty() {
+        out.extend(super::xt::target_exprs(
+            &target,
+            b.get(e.target_offset + XT_HEADER - 1).copied().unwrap_or(0),
+            data,
+        ));
+        return out;
+    }
     out.push(match target.as_str() {
         "" => {
             let v = i32_at(data, 0);
@@ -323,11 +331,7 @@ fn exprs(e: &Entry, chain_at: &dyn Fn(usize) -> Option<String>) -> Vec<Expr> {
                 v => Expr::Unknown(format!("verdict {v}")),
             }
         }
-        t => super::xt::target_expr(
-            t,
-            b.get(e.target_offset + XT_HEADER - 1).copied().unwrap_or(0),
-            data,
-        ),
+        t => Expr::Unknown(format!("target {t}")),
     });
     out
 }

@@ -68,6 +68,23 @@ fn subscribed(bus: mnl::Bus, groups: u32) -> Result<mnl::Socket> {
     Ok(sock)
 }
 
+/// How many bytes of nftables events may queue between two reads: the kernel notifies
+/// every object a batch changed, and a table of 1,000 allow lists rewritten whole is
+/// thousands of notifications. With the default buffer they overflowed, and watch took
+/// its own commit for another process's (events lost: assume the worst) and closed
+/// every interface. Memory is only charged for what is queued.
+const NFT_EVENTS_BUFFER: usize = 64 << 20;
+
+/// `sock` with [`NFT_EVENTS_BUFFER`] of receive buffer (best effort: without it, lost
+/// events still count as a foreign batch, the safe side).
+fn roomy(sock: mnl::Socket) -> mnl::Socket {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // SAFETY: the fd belongs to `sock`, open for the duration of the borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd(&sock)) };
+    let _ = setsockopt(&fd, sockopt::RcvBufForce, &NFT_EVENTS_BUFFER);
+    sock
+}
+
 fn fd(sock: &mnl::Socket) -> i32 {
     std::os::fd::AsRawFd::as_raw_fd(sock)
 }
@@ -128,7 +145,10 @@ impl Monitor {
         Ok(Monitor {
             sockets: vec![
                 subscribed(mnl::Bus::Route, RTMGRP_LINK)?,
-                subscribed(mnl::Bus::Netfilter, 1 << (NFNLGRP_NFTABLES - 1))?,
+                roomy(subscribed(
+                    mnl::Bus::Netfilter,
+                    1 << (NFNLGRP_NFTABLES - 1),
+                )?),
             ],
             buf: vec![0u8; 1 << 16],
             touched: false,

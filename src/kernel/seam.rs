@@ -90,6 +90,23 @@ pub trait Kernel: HostFacts {
     /// batch; returns what vouches for the new table.
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>>;
 
+    /// Changes loopgate's table from `from`, the plan it was found to hold exactly when
+    /// read at `generation`, to `to`, in one atomic batch: in place (only what differs,
+    /// see [`nft::diff`]) when the change allows it and nothing committed since
+    /// `generation`, else as [`Kernel::apply_table`]. `digest` is the digest of `to`'s
+    /// planned elements ([`nft::Elements::digest`]), which vouches for the table after an
+    /// in-place change. The default rewrites the table whole.
+    fn change_table(
+        &self,
+        from: &Ruleset,
+        generation: u32,
+        to: &Ruleset,
+        digest: u64,
+    ) -> Result<Option<Vouch>> {
+        let _ = (from, generation, digest);
+        self.apply_table(Some(to))
+    }
+
     /// Puts the table back as `snapshot` saw it, in one atomic batch.
     fn restore(&self, snapshot: &Self::Snapshot) -> Result<()>;
 
@@ -344,6 +361,27 @@ impl Kernel for System {
             |owner| owner.apply(ruleset),
             || nft::apply(ruleset, &self.own),
         )
+    }
+
+    fn change_table(
+        &self,
+        from: &Ruleset,
+        generation: u32,
+        to: &Ruleset,
+        digest: u64,
+    ) -> Result<Option<Vouch>> {
+        if let Some(diff) = nft::diff(from, to) {
+            let in_place = self.through_owner(
+                |owner| owner.apply_diff(&diff, generation, digest),
+                || nft::apply_diff(&diff, generation, digest, &self.own),
+            );
+            // Refused (something committed since the read: ERESTART; a map an earlier
+            // version sized is full: ENFILE), the batch changed nothing: rewrite whole.
+            if let Ok(vouch) = in_place {
+                return Ok(Some(vouch));
+            }
+        }
+        self.apply_table(Some(to))
     }
 
     fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {

@@ -329,6 +329,17 @@ pub fn match_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
             out.push(Expr::Statement("match comment".into()));
             true
         }
+        // xt_rpfilter_info: flags XT_RPFILTER_LOOSE 1, VALID_MARK 2, ACCEPT_LOCAL 4,
+        // INVERT 8.
+        "rpfilter" if revision == 0 && !d.is_empty() => {
+            out.push(Expr::RpFilter {
+                loose: d[0] & 1 != 0,
+                mark: d[0] & 2 != 0,
+                accept_local: d[0] & 4 != 0,
+                invert: d[0] & 8 != 0,
+            });
+            true
+        }
         _ => false,
     };
     if !decoded {
@@ -337,22 +348,61 @@ pub fn match_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
     out
 }
 
+/// The expressions that set the packet's mark to `(mark & !and) ^ xor`.
+fn set_mark(and: u32, xor: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta { key: 3, dreg: 1 },
+        Expr::Bitwise {
+            sreg: 1,
+            dreg: 1,
+            mask: (!and).to_ne_bytes().to_vec(),
+            xor: xor.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet { key: 3, sreg: 1 },
+    ]
+}
+
 /// What a non-standard target (revision `revision`, its kernel struct in `d`) does:
 /// `REJECT`, `NOTRACK` and `CT --notrack` stop or untrack; `DNAT` translates (see
-/// [`super::dnat::xt_dnat`]); targets that only log or mark are statements; any other
-/// is unknown.
-pub fn target_expr(name: &str, revision: u8, d: &[u8]) -> Expr {
-    match name {
+/// [`super::dnat::xt_dnat`]); `MARK` sets the packet's mark and `CONNMARK
+/// --restore-mark` makes it unknown (later mark matches depend on it); targets that
+/// only log or mark the connection are statements; any other is unknown.
+pub fn target_exprs(name: &str, revision: u8, d: &[u8]) -> Vec<Expr> {
+    let one = match name {
         "REJECT" => Expr::Reject,
         "DNAT" => super::dnat::xt_dnat(revision, d)
             .map_or_else(|| Expr::Unknown("target DNAT".into()), Expr::Dnat),
         "NOTRACK" => Expr::Notrack,
         // xt_ct_target_info: flags (u16) first, XT_CT_NOTRACK 0x1.
         "CT" if u16_at(d, 0) & 1 != 0 => Expr::Notrack,
-        t @ ("CT" | "LOG" | "NFLOG" | "MARK" | "CONNMARK" | "TRACE" | "TCPMSS" | "CHECKSUM"
-        | "CLASSIFY") => Expr::Statement(format!("target {t}")),
+        // xt_mark_tginfo2 { mark, mask }: `--set-xmark mark/mask`, mark = (mark &
+        // ~mask) ^ mark.
+        "MARK" if revision == 2 && d.len() >= 8 => {
+            return set_mark(u32_at(d, 4), u32_at(d, 0));
+        }
+        // xt_connmark_tginfo1/2 { ctmark, ctmask, nfmask, mode (u8) }: XT_CONNMARK_SET
+        // 0 and SAVE 1 change only the connection's mark; RESTORE 2 copies it into
+        // the packet's (as `meta mark set ct mark`: nothing without a conntrack
+        // entry), which is not known here.
+        "CONNMARK" if d.get(12).is_some_and(|m| *m < 2) => {
+            Expr::Statement("target CONNMARK".into())
+        }
+        "CONNMARK" => {
+            return vec![
+                Expr::Ct {
+                    key: 3,
+                    dir: None,
+                    dreg: 1,
+                },
+                Expr::MetaSet { key: 3, sreg: 1 },
+            ];
+        }
+        t @ ("CT" | "LOG" | "NFLOG" | "TRACE" | "TCPMSS" | "CHECKSUM" | "CLASSIFY") => {
+            Expr::Statement(format!("target {t}"))
+        }
         t => Expr::Unknown(format!("target {t}")),
-    }
+    };
+    vec![one]
 }
 
 #[cfg(test)]

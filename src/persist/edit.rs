@@ -195,7 +195,11 @@ fn entry_keys(e: &OutEntry) -> Option<Vec<(String, String)>> {
             serde_yaml::Value::Sequence(items) if items.len() == 1 => flow(&items[0])?,
             serde_yaml::Value::Sequence(items) => format!(
                 "[{}]",
-                items.iter().map(flow).collect::<Option<Vec<_>>>()?.join(", ")
+                items
+                    .iter()
+                    .map(flow)
+                    .collect::<Option<Vec<_>>>()?
+                    .join(", ")
             ),
             other => flow(other)?,
         };

@@ -537,7 +537,8 @@ mod tests {
         gone.source = spec::Source::Policy;
         // loopgate.yaml as install.sh writes it, which does not hold the grant.
         fs::remove_file(dir.join(PERSIST_FILE)).unwrap();
-        let installed = "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
+        let installed =
+            "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
         fs::write(dir.join(PERSIST_FILE), installed).unwrap();
         let t = Target::prepare(
             &dir,
@@ -555,7 +556,10 @@ mod tests {
             text.contains("grants: []") && text.starts_with("# mine"),
             "{text}"
         );
-        assert_eq!(fs::read_to_string(dir.join(PERSIST_FILE)).unwrap(), installed);
+        assert_eq!(
+            fs::read_to_string(dir.join(PERSIST_FILE)).unwrap(),
+            installed
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

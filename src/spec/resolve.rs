@@ -177,8 +177,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                         });
                     }
                     for g in kept {
-                        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key())
-                        {
+                        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
                             e.insert((g.to, spec.label()));
                             out.grants.push(g.clone());
                         }

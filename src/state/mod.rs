@@ -238,6 +238,22 @@ enum Lock {
 pub struct Store {
     dir: crate::files::PrivateDir,
     _lock: File,
+    /// See [`Memo`]; empty for a store just opened, unless handed one.
+    memo: std::cell::RefCell<Memo>,
+}
+
+/// What a long-running process (watch) keeps from one store it opened to the next, so
+/// that a pass does not redo what the last one did: the state file's bytes as last
+/// read or written, with the state they parse to (compared byte for byte with the
+/// file each time, so a change by anyone is still read), and the last committed plan
+/// with its image. At 1,000 grants and 100,000 allowed networks re-parsing the state
+/// and re-imaging the committed plan (every rule printed through libnftnl, every
+/// element encoded) were each about a sixth of watch's reaction to a new interface.
+/// One of each: at that size each holds megabytes.
+#[derive(Debug, Default)]
+pub struct Memo {
+    parsed: Option<(Vec<u8>, State)>,
+    planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
 }
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
@@ -391,7 +407,11 @@ impl Store {
             },
         };
         locked.with_context(|| format!("locking {}", lock_path.display()))?;
-        Ok(Some(Store { dir, _lock: lock }))
+        Ok(Some(Store {
+            dir,
+            _lock: lock,
+            memo: Default::default(),
+        }))
     }
 
     fn path(&self) -> PathBuf {
@@ -418,37 +438,80 @@ impl Store {
                 ..Default::default()
             }),
             Some(bytes) => {
-                let corrupt = || {
-                    format!(
-                        "state file {} is corrupt; inspect or remove it",
-                        self.path().display()
-                    )
-                };
-                #[derive(Deserialize)]
-                struct Version {
-                    version: u32,
-                }
-                let Version { version } = serde_json::from_slice(&bytes).with_context(corrupt)?;
-                match version {
-                    STATE_VERSION => {
-                        let mut state: State =
-                            serde_json::from_slice(&bytes).with_context(corrupt)?;
-                        state.derive_specs();
-                        Ok(state)
+                if let Some((seen, state)) = &self.memo.borrow().parsed {
+                    if *seen == bytes {
+                        return Ok(state.clone());
                     }
-                    1 => {
-                        let v1: StateV1 = serde_json::from_slice(&bytes).with_context(corrupt)?;
-                        let mut state = v1.upgrade(crate::kernel::sysctl::ifindex_of);
-                        state.derive_specs();
-                        Ok(state)
-                    }
-                    other => anyhow::bail!(
-                        "state file {} has version {other}, expected {STATE_VERSION}",
-                        self.path().display()
-                    ),
                 }
+                let state = self.parse(&bytes)?;
+                self.memo.borrow_mut().parsed = Some((bytes, state.clone()));
+                Ok(state)
             }
         }
+    }
+
+    /// Parses the state file's `bytes` (see [`Store::load`]).
+    fn parse(&self, bytes: &[u8]) -> Result<State> {
+        let corrupt = || {
+            format!(
+                "state file {} is corrupt; inspect or remove it",
+                self.path().display()
+            )
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let Version { version } = serde_json::from_slice(bytes).with_context(corrupt)?;
+        match version {
+            STATE_VERSION => {
+                let mut state: State = serde_json::from_slice(bytes).with_context(corrupt)?;
+                state.derive_specs();
+                Ok(state)
+            }
+            1 => {
+                let v1: StateV1 = serde_json::from_slice(bytes).with_context(corrupt)?;
+                let mut state = v1.upgrade(crate::kernel::sysctl::ifindex_of);
+                state.derive_specs();
+                Ok(state)
+            }
+            other => anyhow::bail!(
+                "state file {} has version {other}, expected {STATE_VERSION}",
+                self.path().display()
+            ),
+        }
+    }
+
+    /// Hands this store what an earlier one of this process kept (see [`Memo`]).
+    pub fn adopt(&self, memo: Memo) {
+        *self.memo.borrow_mut() = memo;
+    }
+
+    /// What this store keeps for the next one (see [`Memo`]).
+    pub fn take_memo(&self) -> Memo {
+        std::mem::take(&mut *self.memo.borrow_mut())
+    }
+
+    /// The image of `ruleset` when it is the plan this store last recorded as
+    /// committed ([`Store::remember_plan`]).
+    pub fn planned_image(
+        &self,
+        ruleset: &crate::ruleset::Ruleset,
+    ) -> Option<crate::kernel::nft::TableImage> {
+        match &self.memo.borrow().planned {
+            Some((r, image)) if r == ruleset => Some(image.clone()),
+            _ => None,
+        }
+    }
+
+    /// Remembers the plan just committed and its image, for the next change's
+    /// comparison (see [`Memo`]).
+    pub fn remember_plan(
+        &self,
+        ruleset: crate::ruleset::Ruleset,
+        image: crate::kernel::nft::TableImage,
+    ) {
+        self.memo.borrow_mut().planned = Some((ruleset, image));
     }
 
     /// A side file of this state directory (`name`, e.g. the audit's running totals),
@@ -470,7 +533,12 @@ impl Store {
     /// Errors: the directory cannot be written (full disk, read-only /run).
     pub fn save(&self, state: &State) -> Result<()> {
         let bytes = serde_json::to_vec(state).context("serialising state")?;
-        self.write_raw(Some(&bytes))
+        self.write_raw(Some(&bytes))?;
+        // What a load of these bytes gives (derived specs included).
+        let mut saved = state.clone();
+        saved.derive_specs();
+        self.memo.borrow_mut().parsed = Some((bytes, saved));
+        Ok(())
     }
 
     /// Atomically replaces the state file with `bytes`, or removes it for `None`.

@@ -64,8 +64,24 @@ const COMMON: &[&[&str]] = &[
     &["delete", "restore"],
 ];
 
+/// What replaces [`COMMON`]'s table failures when a scenario changes the table in
+/// place (the kernel held the committed plan): the in-place batch refused (`change`)
+/// or committed with its reply lost (`change-reply`) falls back to a whole rewrite,
+/// which then fails as in [`COMMON`]. Every cell ends as the facts were before:
+/// rollback restores the table byte for byte even over an in-place batch that
+/// committed.
+const IN_PLACE: &[&[&str]] = &[
+    &["change", "apply"],
+    &["change", "apply-reply"],
+    &["change-reply", "apply"],
+    &["change-reply", "apply-reply"],
+    &["change", "apply-reply", "restore"],
+    &["change-reply", "apply", "restore"],
+];
+
 /// A scenario: its name, the devices as (ifindex, name, route_localnet), the grants
-/// before and after, and the failures it reaches besides [`COMMON`]: `probe` when
+/// before and after, whether the change is made in place, and the failures it reaches
+/// besides [`COMMON`] (or, in place, [`IN_PLACE`]): `probe` when
 /// it installs a table, each forward write, and each undo write of a rollback that
 /// reopens (injected with `delete`, the last step, so that every undo runs). A
 /// failed undo that closes has its own test:
@@ -75,7 +91,22 @@ struct Scenario {
     devices: Vec<(u32, &'static str, i32)>,
     before: Vec<Grant>,
     after: Vec<Grant>,
+    in_place: bool,
     writes: Vec<Vec<&'static str>>,
+}
+
+impl Scenario {
+    /// Every cell of the failure matrix this scenario runs.
+    fn failures(&self) -> Vec<Vec<&'static str>> {
+        let table = |f: &&[&str]| f.iter().any(|x| x.starts_with("apply"));
+        let common = COMMON.iter().filter(|f| !(self.in_place && table(f)));
+        let in_place = IN_PLACE.iter().filter(|_| self.in_place);
+        common
+            .chain(in_place)
+            .map(|f| f.to_vec())
+            .chain(self.writes.iter().cloned())
+            .collect()
+    }
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -86,6 +117,7 @@ fn scenarios() -> Vec<Scenario> {
             devices: devices.clone(),
             before: vec![],
             after: vec![grant("br0", 3306)],
+            in_place: false,
             writes: vec![vec!["probe"], vec!["write:br0:1"]],
         },
         Scenario {
@@ -93,6 +125,7 @@ fn scenarios() -> Vec<Scenario> {
             devices: devices.clone(),
             before: vec![grant("br0", 3306)],
             after: vec![],
+            in_place: false,
             writes: vec![vec!["write:br0:0"], vec!["delete", "write:br0:1"]],
         },
         Scenario {
@@ -100,6 +133,7 @@ fn scenarios() -> Vec<Scenario> {
             devices: devices.clone(),
             before: vec![grant("br0", 3306)],
             after: vec![grant("br0", 3306), grant("br1", 3307)],
+            in_place: true,
             writes: vec![vec!["probe"], vec!["write:br1:1"]],
         },
         Scenario {
@@ -107,6 +141,7 @@ fn scenarios() -> Vec<Scenario> {
             devices,
             before: vec![grant("br0", 3306)],
             after: vec![grant("br1", 3307)],
+            in_place: true,
             writes: vec![
                 vec!["probe"],
                 vec!["write:br0:0"],
@@ -142,6 +177,7 @@ fn arranged(devices: &[(u32, &str, i32)], grants: &[Grant]) -> (Fake, TempStore)
     s.flows = vec![bystander()];
     s.history.clear();
     s.reads.clear();
+    s.read_at.clear();
     drop(s);
     (kernel, store)
 }
@@ -150,11 +186,7 @@ fn arranged(devices: &[(u32, &str, i32)], grants: &[Grant]) -> (Fake, TempStore)
 fn every_failure_fires_rolls_back_and_no_step_leaves_an_interface_open_without_its_guard() {
     let mut cells = 0;
     for sc in scenarios() {
-        let failures = COMMON
-            .iter()
-            .map(|f| f.to_vec())
-            .chain(sc.writes.iter().cloned());
-        for failure in failures {
+        for failure in sc.failures() {
             cells += 1;
             let (kernel, store) = arranged(&sc.devices, &sc.before);
             let facts_before = (
@@ -177,9 +209,14 @@ fn every_failure_fires_rolls_back_and_no_step_leaves_an_interface_open_without_i
                 );
             }
             assert_never_open_without_guard(&kernel, &context);
-            let rollback_failed = failure.len() > 1;
+            let rollback_failed = failure.contains(&"restore")
+                || failure.len() > 1 && {
+                    // A refused or unacknowledged in-place batch with a failing rewrite is
+                    // one failure of the table step.
+                    !failure.iter().any(|f| f.starts_with("change"))
+                };
             let s = kernel.state.borrow();
-            if failure == ["apply-reply", "restore"] || failure == ["delete", "restore"] {
+            if failure.contains(&"restore") {
                 // The previous table cannot be put back: every interface is closed.
                 assert!(result.is_err(), "{context}");
                 assert!(
@@ -203,31 +240,113 @@ fn every_failure_fires_rolls_back_and_no_step_leaves_an_interface_open_without_i
             }
             assert_eq!(store.store.load().unwrap(), state_before, "{context}");
         }
-        // And without a failure the change lands; a committed table was read
-        // through its vouch (the elements not read back).
-        let (kernel, store) = arranged(&sc.devices, &sc.before);
-        converge(&kernel, &store.store, sc.after.clone()).unwrap();
-        assert_never_open_without_guard(&kernel, sc.name);
-        let s = kernel.state.borrow();
-        assert_eq!(
-            s.reads.first(),
-            Some(&!sc.before.is_empty()),
-            "{}: the vouched path",
-            sc.name
-        );
-        assert!(s.fired.is_empty());
-        for d in s.devices.values() {
-            let managed = sc.after.iter().any(|g| g.iface == d.name);
+        // And without a failure the change lands, as it does when the in-place batch
+        // alone fails (refused, or committed with its reply lost: the whole rewrite
+        // after it lands the same table); a committed table was read through its vouch
+        // (the elements not read back).
+        let fallbacks: &[&str] = if sc.in_place {
+            &["", "change", "change-reply"]
+        } else {
+            &[""]
+        };
+        for &failure in fallbacks {
+            let context = format!("{} with {failure:?} failing", sc.name);
+            let (kernel, store) = arranged(&sc.devices, &sc.before);
+            if !failure.is_empty() {
+                kernel.fail(failure);
+            }
+            converge(&kernel, &store.store, sc.after.clone()).expect(&context);
+            assert_never_open_without_guard(&kernel, &context);
+            let s = kernel.state.borrow();
             assert_eq!(
-                d.route_localnet,
-                i32::from(managed),
-                "{}: {}",
-                sc.name,
-                d.name
+                s.reads.first(),
+                Some(&!sc.before.is_empty()),
+                "{context}: the vouched path"
             );
+            assert_eq!(
+                s.fired,
+                [failure]
+                    .iter()
+                    .filter(|f| !f.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>(),
+                "{context}"
+            );
+            let want = plan::ruleset(&sc.after);
+            assert_eq!(s.table, want.as_ref().map(FakeTable::of), "{context}");
+            for d in s.devices.values() {
+                let managed = sc.after.iter().any(|g| g.iface == d.name);
+                assert_eq!(
+                    d.route_localnet,
+                    i32::from(managed),
+                    "{context}: {}",
+                    d.name
+                );
+            }
+            // The table changed the way the scenario says: in place (one `change`
+            // moment and no rewrite), or rewritten whole after a failed in-place batch.
+            let steps: Vec<&str> = s.history.iter().map(|m| m.what.as_str()).collect();
+            let table_steps: Vec<&str> = steps
+                .iter()
+                .copied()
+                .filter(|w| *w == "apply" || *w == "change")
+                .collect();
+            let expected: &[&str] = match (sc.in_place, failure) {
+                (false, _) => &["apply"],
+                (true, "") => &["change"],
+                (true, "change") => &["apply"],
+                (true, _) => &["change", "apply"],
+            };
+            assert_eq!(table_steps, expected, "{context}: {steps:?}");
+            // Guard read back before route_localnet is raised: a read of the table
+            // comes after its last change and before any write that opens.
+            let last_table = steps
+                .iter()
+                .rposition(|w| *w == "apply" || *w == "change")
+                .expect("a table step");
+            for (i, w) in steps.iter().enumerate() {
+                if w.starts_with("write ") && w.ends_with("=1") {
+                    assert!(
+                        i > last_table
+                            && s.read_at.iter().any(|&r| r > last_table && r <= i),
+                        "{context}: `{w}` without the table read back first: {steps:?}, reads at {:?}",
+                        s.read_at
+                    );
+                }
+            }
         }
     }
-    assert_eq!(cells, 4 * COMMON.len() + 2 + 2 + 2 + 4);
+    assert_eq!(
+        cells,
+        2 * (COMMON.len() + 2) + (COMMON.len() - 3 + IN_PLACE.len()) * 2 + 2 + 4
+    );
+}
+
+/// An in-place batch is bound to the generation the table was read at: after another
+/// commit (the same table, a new generation) it is refused and the table is rewritten
+/// whole, to the same result.
+#[test]
+fn an_in_place_change_after_another_commit_rewrites_the_table_whole() {
+    let before = vec![grant("br0", 3306)];
+    let after = vec![grant("br0", 3306), grant("br1", 3307)];
+    let (kernel, store) = arranged(&[(5, "br0", 0), (6, "br1", 0)], &before);
+    let old = store.store.load().unwrap();
+    let target = Target {
+        grants: after.clone(),
+        ..Target::recorded(&old)
+    };
+    let (change, snapshot) = observe_and_compute(&kernel, old, target).unwrap();
+    assert!(change.base.is_some(), "the kernel held the committed plan");
+    let held = kernel.state.borrow().table.clone();
+    kernel.tamper(held);
+    execute(&kernel, &store.store, &change, &snapshot).unwrap();
+    let steps: Vec<String> = kernel.history().into_iter().map(|m| m.what).collect();
+    assert_eq!(steps, ["apply", "write br1=1", "delete 0 flows"]);
+    assert_eq!(
+        kernel.state.borrow().table,
+        plan::ruleset(&after).as_ref().map(FakeTable::of)
+    );
+    assert_never_open_without_guard(&kernel, "after another commit");
 }
 
 /// A rollback whose undo write that would close a device fails must not restore the
@@ -345,4 +464,28 @@ fn a_lost_guard_cuts_flows_that_reached_loopback_and_keeps_granted_ones() {
     kernel.tamper(None); // flushed
     converge(&kernel, &store.store, g).unwrap();
     assert_eq!(kernel.state.borrow().flows, vec![granted, local]);
+}
+
+/// What a store keeps for the next one (watch opens one per pass): the committed plan's
+/// image, handed on only for the same plan, and the parsed state, re-read when the file
+/// changes under it.
+#[test]
+fn a_commit_leaves_its_plan_image_for_the_next_store_and_a_changed_file_is_read_again() {
+    let g = vec![grant("br0", 3306)];
+    let (kernel, store) = arranged(&[(5, "br0", 0)], &[]);
+    converge(&kernel, &store.store, g.clone()).unwrap();
+    let memo = store.store.take_memo();
+    let (first, dir) = store.into_parts();
+    drop(first);
+    let next = dir.open();
+    next.adopt(memo);
+    let plan = plan::ruleset(&g).unwrap();
+    assert_eq!(next.planned_image(&plan), Some(nft::planned_image(&plan)));
+    let other = plan::ruleset(&[grant("br0", 3307)]).unwrap();
+    assert_eq!(next.planned_image(&other), None);
+    let mut changed = next.load().unwrap();
+    changed.grants.clear();
+    next.write_raw(Some(&serde_json::to_vec(&changed).unwrap()))
+        .unwrap();
+    assert!(next.load().unwrap().grants.is_empty());
 }

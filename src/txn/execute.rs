@@ -187,7 +187,14 @@ pub(super) fn run_steps<K: Kernel>(
         // is harmless.
         undo.push(Undo::Table);
         let vouch = step("ruleset", || {
-            let vouch = kernel.apply_table(change.ruleset.as_ref())?;
+            let digest = change.want.as_ref().and_then(|w| w.elements.digest());
+            let vouch = match (&change.base, &change.ruleset, digest) {
+                // Only what differs, bound to the generation the table was read at.
+                (Some(from), Some(to), Some(digest)) => {
+                    kernel.change_table(from, generation, to, digest)?
+                }
+                _ => kernel.apply_table(change.ruleset.as_ref())?,
+            };
             let counters = verify_table(kernel, change, vouch.as_ref())?;
             Ok((vouch, counters))
         })?;
@@ -220,6 +227,9 @@ pub(super) fn run_steps<K: Kernel>(
             guarded: change.guarded.clone(),
         })
     })?;
+    if let (Some(ruleset), Some(want)) = (&change.ruleset, &change.want) {
+        store.remember_plan(ruleset.clone(), want.clone());
+    }
     Ok(Outcome {
         connections_cut: cut,
         warnings,

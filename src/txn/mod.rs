@@ -24,7 +24,7 @@ use crate::kernel::seam::{Kernel, TableSnapshot};
 use crate::kernel::sysctl::Device;
 use crate::plan;
 use crate::ruleset::Ruleset;
-use crate::state::{Original, State};
+use crate::state::{Original, State, Store};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -75,6 +75,10 @@ pub struct Change {
     pub ruleset: Option<Ruleset>,
     /// The planned table's image (encoded once per command).
     pub want: Option<nft::TableImage>,
+    /// The plan the kernel table was found to be exactly (the recorded grants' plan),
+    /// when the change may be made in place from it (see [`Kernel::change_table`]);
+    /// `None`: the table is rewritten whole.
+    pub base: Option<Ruleset>,
     /// True when the kernel table already equals the planned one.
     pub table_matches: bool,
     /// When it does: the digest of its elements, to vouch for it at commit.
@@ -166,7 +170,31 @@ pub fn observe_and_compute<K: Kernel>(
     old: State,
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
-    let recorded = plan::ruleset_with(&old.grants, &old.guarded).map(|r| nft::planned_image(&r));
+    observe_and_compute_in(kernel, None, old, target)
+}
+
+/// [`observe_and_compute`], taking the committed plan's image from what `store`
+/// remembers of the last commit when it is the same plan (see [`crate::state::Memo`]).
+pub fn observe_and_compute_stored<K: Kernel>(
+    kernel: &K,
+    store: &Store,
+    old: State,
+    target: Target,
+) -> Result<(Change, K::Snapshot)> {
+    observe_and_compute_in(kernel, Some(store), old, target)
+}
+
+fn observe_and_compute_in<K: Kernel>(
+    kernel: &K,
+    store: Option<&Store>,
+    old: State,
+    target: Target,
+) -> Result<(Change, K::Snapshot)> {
+    let recorded = plan::ruleset_with(&old.grants, &old.guarded).map(|r| {
+        store
+            .and_then(|s| s.planned_image(&r))
+            .unwrap_or_else(|| nft::planned_image(&r))
+    });
     let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let devices = observe_devices(kernel, &old, &target.grants)?;
     let change = Change::compute(

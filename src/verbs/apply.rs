@@ -124,10 +124,9 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
     let closest = super::audit::closest_networks(&resolved.pending, &specs);
     for p in &resolved.pending {
         let exist = match closest.get(&p.spec) {
-            Some(names) if !names.is_empty() => format!(
-                " (those that exist, closest first: {})",
-                names.join(", ")
-            ),
+            Some(names) if !names.is_empty() => {
+                format!(" (those that exist, closest first: {})", names.join(", "))
+            }
             _ => String::new(),
         };
         match mode {

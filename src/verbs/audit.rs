@@ -52,7 +52,11 @@ pub(crate) fn closest_networks(
         .iter()
         .filter(|p| p.kind == crate::spec::PendingKind::NoNetwork)
         .filter_map(|p| {
-            let n = specs.iter().find(|s| s.label() == p.spec)?.network.as_ref()?;
+            let n = specs
+                .iter()
+                .find(|s| s.label() == p.spec)?
+                .network
+                .as_ref()?;
             let names = crate::runtime::closest_existing(n.runtime, &n.name, 3);
             Some((p.spec.clone(), names))
         })

@@ -438,7 +438,18 @@ fn firewall_warnings(kernel: &impl Kernel, change: &Change) -> Vec<String> {
         .filter_map(|g| kernel.ifindex_of(&g.iface).map(|i| (g.iface.clone(), i)))
         .collect();
     let foreign = kernel.foreign_firewall();
-    crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes)
+    // The routes back to the clients, for reverse path checks (`rpfilter`): as audit
+    // reads them; unread, such a check is "may drop".
+    let lookups = kernel
+        .routes(&crate::audit::firewall::probes(&change.grants))
+        .map(|r| r.into_iter().collect())
+        .unwrap_or_default();
+    let table = kernel.route_table().unwrap_or_default();
+    let routes = crate::audit::firewall::Routes {
+        lookups: &lookups,
+        table: &table,
+    };
+    crate::audit::firewall::warnings(&foreign, &change.grants, &ifindexes, &routes)
 }
 
 /// What `expose` and `revoke` end with: move to `grants` (or only show it), recording

@@ -275,9 +275,9 @@ fn forward_works(client: &Netns, from: std::net::SocketAddrV4, to: std::net::Soc
 
 /// The pod of a `lab-routed` entry: 198.51.100.10/32 behind the host's veth `iface`,
 /// wired as Calico wires a workload.
-const POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub(super) const POD_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 
-fn routed_pod(lab: &Lab, iface: &str) -> Netns {
+pub(super) fn routed_pod(lab: &Lab, iface: &str) -> Netns {
     let pod = Netns::new("pod");
     run(
         "ip",

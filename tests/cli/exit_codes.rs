@@ -174,7 +174,10 @@ fn a_mistyped_runtime_network_is_refused_naming_those_that_exist() {
         err.contains("docker network myproj_defualt tcp/5432 is pending"),
         "{err}"
     );
-    assert!(!err.contains(" on  ") && !err.contains(" on docker network"), "{err}");
+    assert!(
+        !err.contains(" on  ") && !err.contains(" on docker network"),
+        "{err}"
+    );
     let audit = stdout(&lab.loopgate_env(&["audit"], &env));
     assert!(
         audit.contains("docker network myproj_defualt tcp/5432 is pending")
@@ -346,10 +349,7 @@ fn watch_logs_a_pending_grant_once_and_warns_once_after_the_grace() {
     wait(pending);
     wait(warned);
     let log = watch.log();
-    assert!(
-        log.contains("(a typo, or the project is down)"),
-        "{log}"
-    );
+    assert!(log.contains("(a typo, or the project is down)"), "{log}");
     // Later passes (a second file, pending too) do not repeat the first grant's lines.
     std::fs::write(
         dir.join("b.yaml"),
@@ -393,7 +393,10 @@ fn pending_grants_added_and_removed_are_named_and_revoke_by_name_alone_works() {
     let before = lab.fingerprint();
     let (code, out, err) = run(&["revoke", "--name", "nosuch"]);
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains("nothing matched") && err.contains("\"nosuch\""), "{err}");
+    assert!(
+        err.contains("nothing matched") && err.contains("\"nosuch\""),
+        "{err}"
+    );
     assert_eq!(lab.fingerprint(), before);
     let (code, out, err) = run(&["revoke", "--name", "myproj_defualt-tcp-5433"]);
     assert_eq!(code, Some(0), "{err}");
@@ -401,7 +404,13 @@ fn pending_grants_added_and_removed_are_named_and_revoke_by_name_alone_works() {
         out.trim(),
         "remove pending grant docker network myproj_defualt tcp/5433"
     );
-    let (code, out, err) = run(&["revoke", "--docker-network", "myproj_defualt", "--port", "5432"]);
+    let (code, out, err) = run(&[
+        "revoke",
+        "--docker-network",
+        "myproj_defualt",
+        "--port",
+        "5432",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         out.trim(),
@@ -422,7 +431,14 @@ fn a_pending_network_grant_has_its_network_in_json() {
     let path = docker_knowing(&lab, &["bridge"]);
     let env = [("PATH", path.as_str())];
     let out = lab.loopgate_env(
-        &["expose", "--docker-network", "myproj_default", "--port", "5432", "--pending-ok"],
+        &[
+            "expose",
+            "--docker-network",
+            "myproj_default",
+            "--port",
+            "5432",
+            "--pending-ok",
+        ],
         &env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -117,6 +117,7 @@ fn a_foreign_reject_rule_is_named_with_its_handle() {
             &format!("rule handle {handle}"),
             "th dport == 3306",
             "(reject)",
+            SUGGESTED,
         ],
     );
     let warned = expose(&lab);
@@ -173,6 +174,7 @@ fn an_unmodelled_expression_may_drop_and_is_named() {
             "WARNING [firewall-may-drop]",
             "table inet filter chain input may drop",
             "meta mark",
+            SUGGESTED,
         ],
     );
     lab.host.exec(&["sh", "-c", &format!("nft '{SUGGESTED}'")]);
@@ -203,35 +205,25 @@ fn iptables_legacy_input_drop_is_read_and_named() {
     ]);
     lab.host.exec(&["iptables-legacy", "-P", "INPUT", "DROP"]);
     assert!(!works(&lab), "control: the legacy policy drops the client");
-    lab.assert_audit(
+    let report = lab.assert_audit(
         1,
         &[
             "[firewall-drops]",
             "table iptables-legacy filter chain INPUT",
             "policy drop",
             "iptables-legacy tables are loaded: filter (INPUT policy DROP)",
-            "iptables-legacy -I INPUT -i br0 -d 127.0.0.1 -p tcp --dport 3306 -m conntrack --ctstate DNAT -j ACCEPT",
+            "`iptables-legacy -I INPUT -i br0 -d 127.0.0.1 -p tcp --dport 3306 -m conntrack --ctstate DNAT -j ACCEPT`",
         ],
     );
-    lab.host.exec(&[
-        "iptables-legacy",
-        "-I",
-        "INPUT",
-        "-i",
-        "br0",
-        "-d",
-        "127.0.0.1",
-        "-p",
-        "tcp",
-        "--dport",
-        "3306",
-        "-m",
-        "conntrack",
-        "--ctstate",
-        "DNAT",
-        "-j",
-        "ACCEPT",
-    ]);
+    // The printed line, run as printed.
+    let lines: Vec<&str> = report
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.starts_with("iptables-legacy "))
+        .collect();
+    assert_eq!(lines.len(), 1, "{report}");
+    lab.host.exec(&["sh", "-c", lines[0]]);
     assert!(works(&lab), "the suggested rule lets the client through");
     // Loaded but letting it through: said, as information only.
     lab.assert_audit(0, &["info [iptables-legacy]"]);

@@ -272,3 +272,196 @@ fn firewalld_strict_forward_ports_rejects_for_certain_and_says_what_helps() {
     assert!(works(&lab));
     lab.assert_audit(0, &[]);
 }
+
+#[test]
+fn firewalld_add_port_is_what_firewalld_builds_and_it_works() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    // The comment lines of the fixture are nft comments too.
+    nft_file(&lab, include_str!("fixtures/firewalld-0.6-input.nft"));
+    assert!(!works(&lab), "control: zone public rejects the port");
+    let report = lab.assert_audit(
+        1,
+        &[
+            "[firewall-drops]",
+            "table inet firewalld chain filter_INPUT",
+            "--add-port=3306/tcp",
+        ],
+    );
+    assert!(
+        printed(&report, "firewall-cmd ").iter().any(|c| c
+            == "firewall-cmd --zone=\"$(firewall-cmd --get-zone-of-interface=br0)\" --add-port=3306/tcp"),
+        "{report}"
+    );
+    // firewall-cmd cannot run here: the rule it makes firewalld add for
+    // `--zone=public --add-port=3306/tcp` (v0.6.0 nftables.py, build_zone_ports_rules:
+    // `add rule inet firewalld filter_IN_public_allow tcp dport 3306 ct state new
+    // accept`).
+    lab.host.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "firewalld",
+        "filter_IN_public_allow",
+        "tcp",
+        "dport",
+        "3306",
+        "ct",
+        "state",
+        "new",
+        "accept",
+    ]);
+    assert!(
+        works(&lab),
+        "the port firewalld opens lets the grant through"
+    );
+    lab.assert_audit(0, &[]);
+}
+
+/// A filter chain at prerouting's dstnat priority: netfilter runs hooks of equal
+/// priority in reverse order of registration, so it sees the client's own tuple when it
+/// was made after loopgate's table and the translated one when it was there first.
+/// Audit prints both lines; run as printed, they let the flow through in either order.
+#[test]
+fn both_lines_for_a_chain_at_the_dnat_priority_work_in_either_order() {
+    const AT_DSTNAT: &str = "table inet filter {
+        chain pre {
+            type filter hook prerouting priority dstnat; policy accept;
+            iifname \"br0\" tcp dport 3306 drop
+        }
+    }";
+    for foreign_first in [false, true] {
+        let (lab, _services) = lab_with_services();
+        if foreign_first {
+            nft_file(&lab, AT_DSTNAT);
+        }
+        lab.expose_default();
+        if !foreign_first {
+            nft_file(&lab, AT_DSTNAT);
+        }
+        assert!(
+            !works(&lab),
+            "control ({foreign_first}): the chain drops it"
+        );
+        let report = lab.assert_audit(1, &["[firewall-drops]", "table inet filter chain pre"]);
+        let lines = printed(&report, "nft ");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("ip daddr 192.0.2.1 tcp dport 3306 accept"))
+                && lines
+                    .iter()
+                    .any(|l| l.contains("ip daddr 127.0.0.1 tcp dport 3306 ct status dnat accept")),
+            "both tuples: {report}"
+        );
+        assert_eq!(run_printed(&lab, &report, "nft "), 2);
+        assert!(
+            works(&lab),
+            "({foreign_first}) the printed lines let it through"
+        );
+        lab.assert_audit(0, &[]);
+    }
+}
+
+/// A chain that drops the replies, at output or postrouting, before or after their
+/// source is translated back to the listen address (at srcnat), or at srcnat itself
+/// (either, by registration order): the printed lines match the replies it sees.
+#[test]
+fn the_lines_for_reply_chains_match_the_replies_each_sees_and_work() {
+    for (hook, priority, sources) in [
+        (
+            "output",
+            "filter",
+            &["ip saddr 127.0.0.1 tcp sport 3306"][..],
+        ),
+        (
+            "postrouting",
+            "filter",
+            &["ip saddr 127.0.0.1 tcp sport 3306"][..],
+        ),
+        (
+            "postrouting",
+            "srcnat + 10",
+            &["ip saddr 192.0.2.1 tcp sport 3306"][..],
+        ),
+        (
+            "postrouting",
+            "srcnat",
+            &[
+                "ip saddr 127.0.0.1 tcp sport 3306",
+                "ip saddr 192.0.2.1 tcp sport 3306",
+            ][..],
+        ),
+    ] {
+        let (lab, _services) = lab_with_services();
+        lab.expose_default();
+        assert!(works(&lab), "control: the grant works");
+        nft_file(
+            &lab,
+            &format!(
+                "table inet filter {{
+                    chain replies {{
+                        type filter hook {hook} priority {priority}; policy accept;
+                        oifname \"br0\" tcp sport 3306 drop
+                    }}
+                }}"
+            ),
+        );
+        assert!(
+            !works(&lab),
+            "control ({hook} {priority}): the replies are dropped"
+        );
+        let report = lab.assert_audit(1, &["[firewall-drops]", "table inet filter chain replies"]);
+        let lines = printed(&report, "nft ");
+        assert_eq!(lines.len(), sources.len(), "{hook} {priority}: {report}");
+        for s in sources {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains(&format!("oifname \"br0\" {s} ct status dnat accept"))),
+                "{hook} {priority}: no line with {s}: {report}"
+            );
+        }
+        run_printed(&lab, &report, "nft ");
+        assert!(
+            works(&lab),
+            "{hook} {priority}: the printed lines let the replies out"
+        );
+        lab.assert_audit(0, &[]);
+    }
+}
+
+/// The iptables forms of the reply lines: a filter OUTPUT drop (after conntrack: the
+/// `--ctstate DNAT` line) and a raw OUTPUT `CT --notrack` (before it: untracked, no
+/// conntrack match), both loaded with iptables-nft.
+#[test]
+fn the_iptables_lines_for_reply_chains_work() {
+    for (table, target, want) in [
+        (
+            "filter",
+            &["-j", "DROP"][..],
+            "iptables-nft -I OUTPUT -o br0 -s 127.0.0.1 -p tcp --sport 3306 -m conntrack --ctstate DNAT -j ACCEPT",
+        ),
+        (
+            "raw",
+            &["-j", "CT", "--notrack"][..],
+            "iptables-nft -t raw -I OUTPUT -o br0 -s 127.0.0.1 -p tcp --sport 3306 -j ACCEPT",
+        ),
+    ] {
+        let (lab, _services) = lab_with_services();
+        lab.expose_default();
+        assert!(works(&lab), "control: the grant works");
+        let mut rule = vec![
+            "iptables-nft", "-t", table, "-A", "OUTPUT", "-o", "br0", "-p", "tcp", "--sport",
+            "3306",
+        ];
+        rule.extend(target);
+        lab.host.exec(&rule);
+        assert!(!works(&lab), "control ({table}): the replies are stopped");
+        let report = lab.assert_audit(1, &[&format!("table ip {table} chain OUTPUT"), want]);
+        assert_eq!(run_printed(&lab, &report, "iptables-nft "), 1, "{report}");
+        assert!(works(&lab), "{table}: the printed line lets the replies out");
+        lab.assert_audit(0, &[]);
+    }
+}

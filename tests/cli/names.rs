@@ -225,7 +225,8 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
     assert_eq!(req(&docker, "app", hgw, 3306), None, "control");
     let dir = lab.state_dir.join("etc-loopgate");
     std::fs::create_dir_all(&dir).unwrap();
-    let installed = "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
+    let installed =
+        "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
     std::fs::write(dir.join("loopgate.yaml"), installed).unwrap();
     let step1 = [
         "expose",
@@ -250,11 +251,15 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
         "{prom}"
     );
     // 13. The rule counters of the network's grant and guard carry the network too.
-    for rule in [format!("grant {NAME}"), format!("{} guard: ", docker.bridge_of(NET))] {
+    for rule in [
+        format!("grant {NAME}"),
+        format!("{} guard: ", docker.bridge_of(NET)),
+    ] {
         assert!(
-            prom.lines().any(|l| l.starts_with("loopgate_rule_packets_total")
-                && l.contains(&rule)
-                && l.contains(&format!("network=\"{NET}\""))),
+            prom.lines()
+                .any(|l| l.starts_with("loopgate_rule_packets_total")
+                    && l.contains(&rule)
+                    && l.contains(&format!("network=\"{NET}\""))),
             "{rule}: {prom}"
         );
     }
@@ -275,14 +280,18 @@ fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
         text.contains("WARNING [runtime-unanswered]")
-            && text.contains(&format!("in force on {bridge} as last resolved; docker does not answer"))
+            && text.contains(&format!(
+                "in force on {bridge} as last resolved; docker does not answer"
+            ))
             && !text.contains("[pending]"),
         "{text}"
     );
     let prom = stdout(&lab.loopgate_env(&["audit", "--format", "prometheus"], &gone));
     assert!(
         prom.contains("loopgate_pending_grants 0")
-            && prom.contains(&format!("loopgate_grants{{interface=\"{bridge}\",network=\"{NET}\"}} 1")),
+            && prom.contains(&format!(
+                "loopgate_grants{{interface=\"{bridge}\",network=\"{NET}\"}} 1"
+            )),
         "{prom}"
     );
     assert_eq!(req(&docker, "app", hgw, 3306).as_deref(), Some("tcp:3306"));

@@ -214,7 +214,11 @@ fn per_interface_series_are_for_managed_or_open_interfaces_only() {
             .cloned()
             .collect()
     };
-    assert_eq!(ifaces(&samples), Vec::<String>::new(), "nothing managed or open");
+    assert_eq!(
+        ifaces(&samples),
+        Vec::<String>::new(),
+        "nothing managed or open"
+    );
     lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
     let (_, samples, _) = prometheus(&lab);
     assert_eq!(
@@ -236,7 +240,14 @@ fn a_pending_networks_grants_read_0() {
     );
     let env = [("PATH", path.as_str())];
     let out = lab.loopgate_env(
-        &["expose", "--docker-network", "myproj_default", "--port", "5432", "--pending-ok"],
+        &[
+            "expose",
+            "--docker-network",
+            "myproj_default",
+            "--port",
+            "5432",
+            "--pending-ok",
+        ],
         &env,
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

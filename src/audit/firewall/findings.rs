@@ -2,7 +2,7 @@
 //! `iptables-legacy`) with the remedy for nft, ufw and firewalld, and as the warnings
 //! `expose` prints.
 
-use super::flow::{evaluate, flows, Flow};
+use super::flow::{evaluate, flows, Flow, Routes};
 use super::{Stop, Verdict};
 use crate::audit::{Code, Finding, Severity};
 use crate::grant::Grant;
@@ -18,15 +18,22 @@ pub fn findings(
     foreign: &Foreign,
     grants: &[Grant],
     ifindexes: &std::collections::BTreeMap<String, u32>,
+    routes: &Routes,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     for g in grants {
-        let flows = flows(g, ifindexes.get(&g.iface).copied());
+        let flows = flows(
+            g,
+            ifindexes.get(&g.iface).copied(),
+            foreign.plain_routing,
+            routes,
+        );
         // From any source first: a known source only prunes paths, so what passes from
         // any source passes from each allowed network, and large allow lists cost one
         // evaluation in the common case.
         let any = flows.first().map(|f| Flow {
             src: Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"),
+            route_back: Default::default(),
             ..f.clone()
         });
         if any.is_none_or(|f| evaluate(foreign, &f) == Verdict::Passes) {
@@ -141,8 +148,9 @@ pub fn warnings(
     foreign: &Foreign,
     grants: &[Grant],
     ifindexes: &std::collections::BTreeMap<String, u32>,
+    routes: &Routes,
 ) -> Vec<String> {
-    findings(foreign, grants, ifindexes)
+    findings(foreign, grants, ifindexes, routes)
         .into_iter()
         .filter(|f| f.severity >= Severity::Warning)
         .map(|f| f.message)

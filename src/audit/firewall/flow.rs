@@ -2,11 +2,12 @@
 //! packet each base chain sees at its hook and priority, and [`evaluate`], which runs
 //! the other tables' base chains over them in the kernel's order.
 
-use super::packet::{addr_bytes, known, Packet};
+use super::packet::{addr_bytes, known, Packet, RouteBack};
 use super::walk::base_verdict;
 use super::Verdict;
 use crate::grant::Grant;
 use crate::kernel::firewall::{Chain, Foreign, Hook};
+use crate::kernel::host::RouteLookup;
 use ipnetwork::Ipv4Network;
 use std::net::Ipv4Addr;
 
@@ -32,6 +33,65 @@ pub struct Flow {
     pub to: (Ipv4Addr, u16),
     /// IP protocol number.
     pub proto: u8,
+    /// What a reverse path check finds for the clients of `src` (see [`route_back`]).
+    pub route_back: RouteBack,
+}
+
+/// The routes audit read: the lookups of a few addresses of each allowed network and
+/// the unicast routes through one interface (see `audit::reachability`).
+#[derive(Debug, Clone, Copy)]
+pub struct Routes<'a> {
+    /// The route to each sampled address.
+    pub lookups: &'a std::collections::BTreeMap<Ipv4Addr, RouteLookup>,
+    /// (destination, interface) of the unicast routes.
+    pub table: &'a [(Ipv4Network, String)],
+}
+
+/// What a reverse path check (`rpfilter`, `fib saddr . iif oif`) finds for clients of
+/// `net` coming in through `iface`: the lookup of the client's address as the kernel
+/// makes it for the check is the lookup audit made (`ip route get`), as long as the
+/// policy routing rules are the kernel's defaults (`plain_routing`), so that the mark,
+/// source and interface of the check's lookup change nothing.
+///
+/// Strict passes when the network's sampled addresses route back through `iface`, or
+/// a part of it does (a CNI's /32 per pod: the clients that come in there are the ones
+/// routed there, as `audit::reachability` judges); it fails when none does. Loose
+/// passes when every sample has a unicast route, fails when none has any route. Else
+/// (and for a network too wide to sample) it is not known.
+pub fn route_back(
+    plain_routing: Option<bool>,
+    routes: &Routes,
+    net: Ipv4Network,
+    iface: &str,
+) -> RouteBack {
+    let samples = crate::audit::reachability::samples(net);
+    let found: Option<Vec<&RouteLookup>> = samples.iter().map(|s| routes.lookups.get(s)).collect();
+    let found = match found {
+        Some(f) if plain_routing == Some(true) && !f.is_empty() => f,
+        _ => return RouteBack::default(),
+    };
+    let part_here = routes.table.iter().any(|(dst, dev)| {
+        dev == iface && dst.prefix() >= net.prefix() && net.contains(dst.network())
+    });
+    let here = |l: &&RouteLookup| matches!(l, RouteLookup::Out(d) if d == iface);
+    let strict = if part_here || found.iter().all(here) {
+        Some(true)
+    } else if !found.iter().any(here) {
+        Some(false)
+    } else {
+        None
+    };
+    let loose = if found.iter().all(|l| matches!(l, RouteLookup::Out(_))) {
+        Some(true)
+    } else if found
+        .iter()
+        .all(|l| matches!(l, RouteLookup::Unroutable(_)))
+    {
+        Some(false)
+    } else {
+        None
+    };
+    RouteBack { strict, loose }
 }
 
 /// The stages of the flow: (hook, which packet) and the packet each base chain sees.
@@ -61,6 +121,7 @@ pub(super) fn packet_at(
         orig_dport: flow.listen.1,
         reply_src: flow.to.0,
         reply_sport: flow.to.1,
+        route_back: flow.route_back,
     };
     match hook {
         Hook::Prerouting | Hook::Input => {
@@ -182,12 +243,19 @@ pub fn evaluate(ruleset: &Foreign, flow: &Flow) -> Verdict {
     Verdict::Passes
 }
 
-/// The flows of `grant`: one per allowed network.
-pub fn flows(grant: &Grant, ifindex: Option<u32>) -> Vec<Flow> {
+/// The flows of `grant`: one per allowed network, with what a reverse path check finds
+/// for it (see [`route_back`]).
+pub fn flows(
+    grant: &Grant,
+    ifindex: Option<u32>,
+    plain_routing: Option<bool>,
+    routes: &Routes,
+) -> Vec<Flow> {
     grant
         .allow
         .iter()
         .map(|net| Flow {
+            route_back: route_back(plain_routing, routes, *net, &grant.iface),
             iface: grant.iface.clone(),
             ifindex,
             src: *net,

@@ -43,8 +43,11 @@ mod remedy;
 mod rule;
 mod walk;
 
+/// The addresses whose routes [`Routes::lookups`] needs for `grants`.
+pub use super::reachability::probes;
 pub use findings::{findings, warnings};
-pub use flow::{evaluate, flows, Flow};
+pub use flow::{evaluate, flows, route_back, Flow, Routes};
+pub use packet::RouteBack;
 
 /// What a foreign firewall does with a grant's flow.
 #[derive(Debug, Clone, PartialEq, Eq)]

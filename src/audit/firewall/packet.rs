@@ -36,6 +36,61 @@ pub(super) fn addr_bytes(net: Ipv4Network) -> Vec<Byte> {
         .collect()
 }
 
+/// What is known of the packet's mark (`meta mark`): the bits of `known`, with their
+/// values in `value`. Nothing at first: a mark may come from eBPF, tc or an earlier
+/// table; a `meta mark set` (xt `MARK`) the walk passes makes its bits known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(super) struct Mark {
+    pub(super) value: u32,
+    pub(super) known: u32,
+}
+
+impl Mark {
+    /// What both may hold: the bits known, and equal, in each.
+    pub(super) fn join(self, other: Mark) -> Mark {
+        let known = self.known & other.known & !(self.value ^ other.value);
+        Mark {
+            value: self.value & known,
+            known,
+        }
+    }
+
+    /// As `meta load mark` puts it in a register (32 bits, host order).
+    pub(super) fn bytes(self) -> Vec<Byte> {
+        let v = self.value.to_ne_bytes();
+        let k = self.known.to_ne_bytes();
+        (0..4)
+            .map(|i| Byte {
+                value: v[i] & k[i],
+                known: k[i],
+            })
+            .collect()
+    }
+
+    /// From a register's first four bytes.
+    pub(super) fn of(bytes: &[Byte]) -> Mark {
+        let b = |i: usize| bytes.get(i).copied().unwrap_or_default();
+        let value = u32::from_ne_bytes([b(0).value, b(1).value, b(2).value, b(3).value]);
+        let known = u32::from_ne_bytes([b(0).known, b(1).known, b(2).known, b(3).known]);
+        Mark {
+            value: value & known,
+            known,
+        }
+    }
+}
+
+/// What a reverse path check (`rpfilter`, `fib saddr . iif`) finds for the flow's
+/// clients, from the routes audit read: `None` where it cannot be told (policy
+/// routing that may depend on the mark, source or interface, routes not read, a
+/// network whose parts are routed apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteBack {
+    /// The route back leaves through the grant's interface (strict check passes).
+    pub strict: Option<bool>,
+    /// A unicast route back exists (loose check passes).
+    pub loose: Option<bool>,
+}
+
 /// Three-valued truth: what a rule's match is, as far as it can be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Tri {
@@ -70,6 +125,8 @@ pub(super) struct Packet {
     /// Reply-direction tuple source (the target) and port.
     pub(super) reply_src: Ipv4Addr,
     pub(super) reply_sport: u16,
+    /// The reverse path checks' answer for the client (incoming packets).
+    pub(super) route_back: RouteBack,
 }
 
 pub(super) fn ifname(name: &str) -> Vec<Byte> {

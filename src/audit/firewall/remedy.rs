@@ -1,8 +1,9 @@
 //! The command that lets a grant's flow through the firewall that stops it, written for
-//! that firewall (nft, iptables-nft, iptables-legacy, ufw, firewalld, kube-proxy) and
-//! for the packet the stopping chain sees: before loopgate's DNAT (raw, mangle,
-//! kube-proxy's filter chains at dstnat-10) the client's own tuple, after it the
-//! translated one marked `ct status dnat`, at output the replies. Each one is run as
+//! that firewall (nft, iptables-nft, iptables-legacy, ufw, firewalld, kube-proxy, Incus
+//! network ACLs) and for the packet the stopping chain sees: before loopgate's DNAT
+//! (raw, mangle, kube-proxy's filter chains at dstnat-10) the client's own tuple, after
+//! it the translated one marked `ct status dnat`, at output and postrouting the replies
+//! before or after their source is translated back. Each one is run as
 //! printed in the integration tests, which check that the client gets through and the
 //! finding goes.
 //!
@@ -27,6 +28,9 @@ enum View {
     ReplyUntracked,
     /// The replies, from the target, before their source is translated back.
     Reply,
+    /// Both reply views (a chain at srcnat's own priority, where the translation back
+    /// happens).
+    ReplyEither,
     /// The replies after it (from the listen address).
     ReplyTranslated,
 }
@@ -37,7 +41,8 @@ fn view(base: Option<&BaseHook>) -> View {
         Some((Hook::Prerouting, p)) if p == PRIORITY_DSTNAT => View::Either,
         Some((Hook::Output, p)) if p <= PRIORITY_CONNTRACK => View::ReplyUntracked,
         Some((Hook::Output, _)) => View::Reply,
-        Some((Hook::Postrouting, p)) if p <= PRIORITY_SRCNAT => View::Reply,
+        Some((Hook::Postrouting, p)) if p < PRIORITY_SRCNAT => View::Reply,
+        Some((Hook::Postrouting, p)) if p == PRIORITY_SRCNAT => View::ReplyEither,
         Some((Hook::Postrouting, _)) => View::ReplyTranslated,
         _ => View::Translated,
     }
@@ -70,6 +75,16 @@ fn nft_rules(g: &Grant, v: View) -> Vec<String> {
         "{}ip daddr {to} {p} dport {tport} ct status dnat accept",
         iif("iifname")
     );
+    let reply = format!(
+        "{}ip saddr {to} {p} sport {tport} ct status dnat accept",
+        iif("oifname")
+    );
+    let reply_translated = format!(
+        "{}ip saddr {} {p} sport {} ct status dnat accept",
+        iif("oifname"),
+        g.listen,
+        g.port
+    );
     match v {
         View::Original => vec![original],
         View::Either => vec![original, translated],
@@ -78,16 +93,9 @@ fn nft_rules(g: &Grant, v: View) -> Vec<String> {
             "{}ip saddr {to} {p} sport {tport} accept",
             iif("oifname")
         )],
-        View::Reply => vec![format!(
-            "{}ip saddr {to} {p} sport {tport} ct status dnat accept",
-            iif("oifname")
-        )],
-        View::ReplyTranslated => vec![format!(
-            "{}ip saddr {} {p} sport {} ct status dnat accept",
-            iif("oifname"),
-            g.listen,
-            g.port
-        )],
+        View::Reply => vec![reply],
+        View::ReplyEither => vec![reply, reply_translated],
+        View::ReplyTranslated => vec![reply_translated],
     }
 }
 
@@ -110,6 +118,16 @@ fn iptables_rules(g: &Grant, v: View) -> Vec<String> {
         "{}-d {to} -p {p} --dport {tport} -m conntrack --ctstate DNAT -j ACCEPT",
         iif("-i")
     );
+    let reply = format!(
+        "{}-s {to} -p {p} --sport {tport} -m conntrack --ctstate DNAT -j ACCEPT",
+        iif("-o")
+    );
+    let reply_translated = format!(
+        "{}-s {} -p {p} --sport {} -m conntrack --ctstate DNAT -j ACCEPT",
+        iif("-o"),
+        g.listen,
+        g.port
+    );
     match v {
         View::Original => vec![original],
         View::Either => vec![original, translated],
@@ -118,16 +136,9 @@ fn iptables_rules(g: &Grant, v: View) -> Vec<String> {
             "{}-s {to} -p {p} --sport {tport} -j ACCEPT",
             iif("-o")
         )],
-        View::Reply => vec![format!(
-            "{}-s {to} -p {p} --sport {tport} -m conntrack --ctstate DNAT -j ACCEPT",
-            iif("-o")
-        )],
-        View::ReplyTranslated => vec![format!(
-            "{}-s {} -p {p} --sport {} -m conntrack --ctstate DNAT -j ACCEPT",
-            iif("-o"),
-            g.listen,
-            g.port
-        )],
+        View::Reply => vec![reply],
+        View::ReplyEither => vec![reply, reply_translated],
+        View::ReplyTranslated => vec![reply_translated],
     }
 }
 
@@ -195,6 +206,24 @@ pub(super) fn remedies(foreign: &Foreign, g: &Grant, table: &str, chain: &str) -
             g.to.ip()
         );
     }
+    // An Incus network ACL (`security.acls` of a bridge network): Incus's table, whose
+    // chain `acl.<network>` it rewrites from the ACLs whenever one changes. The grant's
+    // packets come from the network into the host, which Incus calls egress
+    // (`aclRuleCriteriaToRules` in drivers_nftables.go: egress matches `iifname`).
+    let incus_network = (table == "inet incus")
+        .then(|| {
+            ["acl.", "aclin."]
+                .iter()
+                .find_map(|p| chain.strip_prefix(p))
+        })
+        .flatten()
+        .filter(|_| matches!(v, View::Original | View::Either | View::Translated));
+    if let Some(net) = incus_network {
+        return format!(
+            "to let it through with Incus (it rewrites chain acl.{net} of its table from network {net}'s ACLs, so not an nft rule there): allow it as egress (from the network into the host) in an ACL of the network: `incus network acl rule add \"$(incus network get {net} security.acls | cut -d, -f1)\" egress action=allow protocol={p} destination={} destination_port={tport}` (the first ACL in security.acls; the rule applies to every network and instance using that ACL, and a drop or reject rule of the ACL that matches the flow still comes first)",
+            g.to.ip()
+        );
+    }
     if table == "ip kube-proxy" {
         return format!(
             "kube-proxy rewrites its table, so the lasting fix is in Kubernetes (the Service whose address and port the grant shares: its loadBalancerSourceRanges, or another address for the grant); until kube-proxy's next full sync: {firewall_line}{unnamed}"
@@ -238,6 +267,8 @@ mod tests {
         assert_eq!(view(Some(&b(Hook::Input, 0))), View::Translated);
         assert_eq!(view(Some(&b(Hook::Output, 0))), View::Reply);
         assert_eq!(view(Some(&b(Hook::Output, -300))), View::ReplyUntracked);
+        assert_eq!(view(Some(&b(Hook::Postrouting, 0))), View::Reply);
+        assert_eq!(view(Some(&b(Hook::Postrouting, 100))), View::ReplyEither);
         assert_eq!(
             view(Some(&b(Hook::Postrouting, 300))),
             View::ReplyTranslated

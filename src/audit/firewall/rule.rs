@@ -2,7 +2,7 @@
 //! partly known bytes, giving whether it matches (yes, no, or "maybe", and why) and
 //! how it ends. One rule at a time; following jumps is [`super::walk`]'s.
 
-use super::packet::{known, unknown, Byte, Packet, Tri};
+use super::packet::{ifname, known, unknown, Byte, Mark, Packet, Tri};
 use super::Stop;
 use crate::kernel::firewall::{Expr, Jump, Member, Rule};
 use std::net::Ipv4Addr;
@@ -109,6 +109,10 @@ pub(super) fn shown(label: &str, data: &[u8]) -> String {
         (_, 2) if label.contains("port") || label.contains("proto-") => {
             u16::from_be_bytes([data[0], data[1]]).to_string()
         }
+        ("meta mark", 4) => format!(
+            "0x{:x}",
+            u32::from_ne_bytes([data[0], data[1], data[2], data[3]])
+        ),
         ("meta l4proto" | "ip protocol" | "ct protocol", 1) => match data[0] {
             6 => "tcp".into(),
             17 => "udp".into(),
@@ -234,8 +238,25 @@ pub(super) enum Action {
     Opaque(String),
 }
 
-/// What a rule does to `pkt`: whether it matches, and its action, with a short text
-/// for messages.
+/// What one rule did to a packet.
+#[derive(Debug, Clone)]
+pub(super) struct Ran {
+    /// Whether it matches.
+    pub(super) matched: Tri,
+    /// How it ends when it does.
+    pub(super) action: Action,
+    /// A short text for messages (empty unless asked for).
+    pub(super) text: String,
+    /// The packet's mark at the end of the rule (where it stopped, for a rule that
+    /// does not match: a mark set before a failing match stays set).
+    pub(super) mark: Mark,
+    /// Every mark the packet held while the rule ran, joined: what it may leave with
+    /// when a match not known for the flow fails.
+    pub(super) seen: Mark,
+}
+
+/// What a rule does to `pkt` holding `mark`: whether it matches, its action, and the
+/// mark it leaves, with a short text for messages.
 ///
 /// With `describe` false no text is made (the reasons of a [`Tri::Maybe`] are empty):
 /// most rules do not match, and only those that decide need words.
@@ -244,7 +265,16 @@ pub(super) fn run_rule(
     pkt: &Packet,
     before_conntrack: bool,
     describe: bool,
-) -> (Tri, Action, String) {
+    mut mark: Mark,
+) -> Ran {
+    let mut seen = mark;
+    let no = |mark: Mark, seen: Mark| Ran {
+        matched: Tri::No,
+        action: Action::Continue,
+        text: String::new(),
+        mark,
+        seen,
+    };
     let mut regs = Regs::new();
     let mut matched = Tri::Yes;
     let mut words: Vec<String> = Vec::new();
@@ -252,9 +282,83 @@ pub(super) fn run_rule(
     let say = |text: &dyn Fn() -> String| if describe { text() } else { String::new() };
     for e in &rule.exprs {
         match e {
+            Expr::Meta { key: 3, dreg } => regs.write(*dreg, &mark.bytes(), "meta mark"),
+            Expr::MetaSet { key: 3, sreg } => {
+                mark = Mark::of(&regs.read(*sreg, 4).0);
+                seen = seen.join(mark);
+                words.push(say(&|| "meta mark set".to_string()));
+            }
+            Expr::MetaSet { .. } => {}
+            Expr::RpFilter {
+                loose,
+                mark: with_mark,
+                accept_local: _,
+                invert,
+            } => {
+                // No input interface (output): the kernel does not allow the match there.
+                let valid = match pkt.iif {
+                    None => None,
+                    Some(_) if *loose => pkt.route_back.loose,
+                    Some(_) => pkt.route_back.strict,
+                };
+                let text = match describe {
+                    true => format!(
+                        "rpfilter{}{}{}",
+                        if *loose { " --loose" } else { "" },
+                        if *with_mark { " --validmark" } else { "" },
+                        if *invert { " --invert" } else { "" }
+                    ),
+                    false => String::new(),
+                };
+                if !compared(valid.map(|v| v != *invert), text, &mut matched, &mut words) {
+                    return no(mark, seen);
+                }
+            }
+            Expr::FibOif {
+                iif,
+                present,
+                name,
+                dreg,
+            } => {
+                // What the lookup stores: the incoming interface when the route back
+                // leaves through it (strict), else nothing (0) when there is none.
+                let valid = match pkt.iif {
+                    None => None,
+                    Some(_) if *iif => pkt.route_back.strict,
+                    Some(_) => pkt.route_back.loose,
+                };
+                let iface = pkt.iif.as_ref().filter(|_| *iif);
+                let v = match (valid, present, name) {
+                    (Some(v), true, _) => known(&[u8::from(v)]),
+                    (Some(false), false, true) => known(&[0; 16]),
+                    (Some(false), false, false) => known(&[0; 4]),
+                    (Some(true), false, true) => {
+                        iface.map_or_else(|| unknown(16), |i| ifname(&i.0))
+                    }
+                    (Some(true), false, false) => iface
+                        .and_then(|i| i.1)
+                        .map_or_else(|| unknown(4), |i| known(&i.to_ne_bytes())),
+                    (None, _, _) => unknown(if *present {
+                        1
+                    } else if *name {
+                        16
+                    } else {
+                        4
+                    }),
+                };
+                regs.write(
+                    *dreg,
+                    &v,
+                    if *iif {
+                        "fib saddr . iif oif"
+                    } else {
+                        "fib saddr oif"
+                    },
+                );
+            }
             Expr::Meta { key, dreg } => match pkt.meta(*key) {
                 Some((v, l)) => regs.write(*dreg, &v, l),
-                None => return (Tri::No, Action::Continue, String::new()),
+                None => return no(mark, seen),
             },
             Expr::Payload {
                 base,
@@ -267,7 +371,7 @@ pub(super) fn run_rule(
             }
             Expr::Ct { key, dir, dreg } => match pkt.ct(*key, *dir) {
                 Some((v, l)) => regs.write(*dreg, &v, l),
-                None => return (Tri::No, Action::Continue, String::new()),
+                None => return no(mark, seen),
             },
             Expr::Load { dreg, data } => regs.write(*dreg, &known(data), "a value"),
             Expr::Bitwise {
@@ -303,7 +407,7 @@ pub(super) fn run_rule(
                     false => String::new(),
                 };
                 if !compared(truth, text, &mut matched, &mut words) {
-                    return (Tri::No, Action::Continue, String::new());
+                    return no(mark, seen);
                 }
             }
             Expr::Range { sreg, op, from, to } => {
@@ -323,7 +427,7 @@ pub(super) fn run_rule(
                     false => String::new(),
                 };
                 if !compared(truth, text, &mut matched, &mut words) {
-                    return (Tri::No, Action::Continue, String::new());
+                    return no(mark, seen);
                 }
             }
             Expr::Lookup {
@@ -376,7 +480,7 @@ pub(super) fn run_rule(
                             };
                             break;
                         }
-                        None if !unsure => return (Tri::No, Action::Continue, String::new()),
+                        None if !unsure => return no(mark, seen),
                         None => {
                             // Every element the key may hit, or none.
                             action = Action::Either(
@@ -410,7 +514,7 @@ pub(super) fn run_rule(
                     false => String::new(),
                 };
                 if !compared(truth, text, &mut matched, &mut words) {
-                    return (Tri::No, Action::Continue, String::new());
+                    return no(mark, seen);
                 }
             }
             Expr::AddrType {
@@ -434,7 +538,7 @@ pub(super) fn run_rule(
                     false => String::new(),
                 };
                 if !compared(truth, text, &mut matched, &mut words) {
-                    return (Tri::No, Action::Continue, String::new());
+                    return no(mark, seen);
                 }
             }
             Expr::FibType { daddr, dreg } => {
@@ -503,12 +607,15 @@ pub(super) fn run_rule(
         Action::Opaque(w) => w.clone(),
     };
     words.push(verdict);
-    if !describe {
-        return (matched, action, String::new());
-    }
-    (
+    let text = match describe {
+        true => format!("rule handle {}: {}", rule.handle, words.join(" ")),
+        false => String::new(),
+    };
+    Ran {
         matched,
         action,
-        format!("rule handle {}: {}", rule.handle, words.join(" ")),
-    )
+        text,
+        mark,
+        seen,
+    }
 }

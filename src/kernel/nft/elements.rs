@@ -131,6 +131,33 @@ pub fn map_blocks(map: &VerdictMap, set_id: u32) -> Vec<ElemBlock> {
     blocks.finish()
 }
 
+/// Elements of map `map` named by their keys alone: what a DELSETELEM needs to delete
+/// them (the kernel finds an element by its key).
+pub fn key_blocks<'a>(
+    map: &str,
+    keys: impl IntoIterator<Item = &'a [crate::ruleset::KeyValue]>,
+) -> Vec<ElemBlock> {
+    let mut blocks = Blocks::new(map, 0);
+    for k in keys {
+        let key: Vec<u8> = k.iter().flat_map(|v| v.key_bytes()).collect();
+        blocks.push(|b| put_key(b, &key));
+    }
+    blocks.finish()
+}
+
+/// The elements of `map` whose keys are in `keys`, each `key : jump chain`.
+pub fn map_blocks_of(
+    map: &VerdictMap,
+    keep: impl Fn(&crate::ruleset::MapElement) -> bool,
+) -> Vec<ElemBlock> {
+    let only = VerdictMap {
+        name: map.name.clone(),
+        key: map.key.clone(),
+        elements: map.elements.iter().filter(|e| keep(e)).cloned().collect(),
+    };
+    map_blocks(&only, 0)
+}
+
 /// One element reduced to what identifies it, for comparing tables.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Elem {

@@ -99,11 +99,8 @@ fn new_map(map: &VerdictMap, id: u32) -> Obj {
     s.set_u32(sys::NFTNL_SET_KEY_TYPE, key_type);
     s.set_u32(sys::NFTNL_SET_KEY_LEN, key_len as u32);
     s.set_u32(sys::NFTNL_SET_DATA_TYPE, NFT_DATA_VERDICT);
-    // The kernel keeps no size of 0 (an empty map: a guard without grants), so none
-    // is sent; the table reads back as planned.
-    if !map.elements.is_empty() {
-        s.set_u32(sys::NFTNL_SET_DESC_SIZE, map.elements.len() as u32);
-    }
+    // No size: a map created with one is full at it (ENFILE), and a new interface's
+    // elements are added to the map in place (see `diff`).
     // A concatenation's fields each carry their own order (nft stores none for the
     // whole key); a single field needs it spelled out.
     if let [field] = map.key.as_slice() {

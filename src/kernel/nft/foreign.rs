@@ -52,12 +52,10 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
         }
         let family = c.get_u32(sys::NFTNL_CHAIN_FAMILY);
         let table = c.get_str(sys::NFTNL_CHAIN_TABLE);
-        // SAFETY: live chain; the getter only reads it.
-        let is_base =
-            unsafe { sys::nftnl_chain_is_set(c.ptr().as_ptr(), sys::NFTNL_CHAIN_HOOKNUM as u16) };
+        let (is_base, base) = base_of(&c);
         let unevaluated_family =
             family == libc::NFPROTO_NETDEV as u32 || family == libc::NFPROTO_BRIDGE as u32;
-        let unevaluated_hook = family_name(family).is_some() && is_base && base_of(&c).is_none();
+        let unevaluated_hook = family_name(family).is_some() && is_base && base.is_none();
         if is_base && (unevaluated_family || unevaluated_hook) {
             let fam = match family {
                 f if f == libc::NFPROTO_NETDEV as u32 => "netdev",
@@ -76,7 +74,7 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
         };
         let table = format!("{fam} {table}");
         let name = c.get_str(sys::NFTNL_CHAIN_NAME);
-        let base = base_of(&c);
+        let base = base_of(&c).1;
         index.insert((table.clone(), name.clone()), chains.len());
         chains.push(Chain {
             table,
@@ -95,7 +93,8 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
         if let Some((_, can_drop)) =
             other.get_mut(&(family, table.clone(), r.get_str(sys::NFTNL_RULE_CHAIN)))
         {
-            *can_drop |= exprs_of(&r)
+            *can_drop |= rule_of(&r)
+                .exprs
                 .iter()
                 .any(|e| matches!(e, Expr::Verdict(Jump::Drop) | Expr::Reject));
             continue;
@@ -106,13 +105,7 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
         let key = (format!("{fam} {table}"), r.get_str(sys::NFTNL_RULE_CHAIN));
         // A rule of a chain added after the chain dump: seen at the next audit.
         let Some(&i) = index.get(&key) else { continue };
-        // SAFETY: live rule.
-        let handle =
-            unsafe { sys::nftnl_rule_get_u64(r.ptr().as_ptr(), sys::NFTNL_RULE_HANDLE as u16) };
-        chains[i].rules.push(Rule {
-            handle,
-            exprs: exprs_of(&r),
-        });
+        chains[i].rules.push(rule_of(&r));
     }
     // The members of the sets the rules look up. A set that cannot be read leaves its
     // lookups unknown ("may"), never a wrong certainty.
@@ -164,42 +157,46 @@ pub fn foreign_chains() -> Result<(Vec<Chain>, Vec<Unjudged>)> {
     Ok((chains, unjudged))
 }
 
-/// The hook, priority, policy and type of a base chain; `None` for a regular chain
-/// or a hook that is not one of IPv4's five.
-fn base_of(c: &Owned<sys::nftnl_chain>) -> Option<BaseHook> {
+/// Whether the chain is a base chain (it has a hook), and its hook, priority, policy
+/// and type; the second is `None` for a regular chain or a hook that is not one of
+/// IPv4's five.
+fn base_of(c: &Owned<sys::nftnl_chain>) -> (bool, Option<BaseHook>) {
     let p = c.ptr().as_ptr();
     // SAFETY: live chain; the getters read its attributes.
-    unsafe {
-        if !sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16) {
-            return None;
-        }
-        Some(BaseHook {
-            hook: Hook::from_number(c.get_u32(sys::NFTNL_CHAIN_HOOKNUM))?,
-            priority: sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
-            policy_drop: sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_POLICY as u16)
-                && c.get_u32(sys::NFTNL_CHAIN_POLICY) == NF_DROP,
-            nat: c.get_str(sys::NFTNL_CHAIN_TYPE) == "nat",
-        })
+    let (hooked, priority, has_policy) = unsafe {
+        (
+            sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_HOOKNUM as u16),
+            sys::nftnl_chain_get_s32(p, sys::NFTNL_CHAIN_PRIO as u16),
+            sys::nftnl_chain_is_set(p, sys::NFTNL_CHAIN_POLICY as u16),
+        )
+    };
+    if !hooked {
+        return (false, None);
     }
+    let base = Hook::from_number(c.get_u32(sys::NFTNL_CHAIN_HOOKNUM)).map(|hook| BaseHook {
+        hook,
+        priority,
+        policy_drop: has_policy && c.get_u32(sys::NFTNL_CHAIN_POLICY) == NF_DROP,
+        nat: c.get_str(sys::NFTNL_CHAIN_TYPE) == "nat",
+    });
+    (true, base)
 }
 
-/// The rule's expressions, decoded.
-fn exprs_of(r: &Owned<sys::nftnl_rule>) -> Vec<Expr> {
-    let mut out: Vec<Expr> = Vec::new();
-    // SAFETY: live rule; the callback only reads each expression and pushes to `out`,
-    // which outlives the call.
-    unsafe {
-        sys::nftnl_expr_foreach(
-            r.ptr().as_ptr(),
-            Some(decode_expr),
-            (&mut out as *mut Vec<Expr>).cast(),
-        );
-    }
-    out
+/// The rule: its handle and its expressions, decoded.
+fn rule_of(r: &Owned<sys::nftnl_rule>) -> Rule {
+    let mut exprs: Vec<Expr> = Vec::new();
+    let p = r.ptr().as_ptr();
+    // SAFETY: live rule; the handle getter only reads it, and the callback only reads
+    // each expression and pushes to `exprs`, which outlives the call.
+    let handle = unsafe {
+        sys::nftnl_expr_foreach(p, Some(decode_expr), (&mut exprs as *mut Vec<Expr>).cast());
+        sys::nftnl_rule_get_u64(p, sys::NFTNL_RULE_HANDLE as u16)
+    };
+    Rule { handle, exprs }
 }
 
 unsafe extern "C" fn decode_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
-    // SAFETY: `data` is the &mut Vec<Expr> passed by `exprs_of`; `e` is live during the
+    // SAFETY: `data` is the &mut Vec<Expr> passed by `rule_of`; `e` is live during the
     // callback.
     unsafe {
         let out = &mut *data.cast::<Vec<Expr>>();
@@ -249,6 +246,13 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
                     .then(|| sys::nftnl_expr_get_u8(e, sys::NFTNL_EXPR_CT_DIR as u16)),
                 dreg: u32_of(sys::NFTNL_EXPR_CT_DREG),
             },
+            // `meta mark set`: later mark matches see the value (NFT_META_MARK 3).
+            "meta" if is(sys::NFTNL_EXPR_META_SREG) && u32_of(sys::NFTNL_EXPR_META_KEY) == 3 => {
+                Expr::MetaSet {
+                    key: 3,
+                    sreg: u32_of(sys::NFTNL_EXPR_META_SREG),
+                }
+            }
             // A dynset ends the rule when its add fails or its embedded limit, quota or
             // connlimit does: not a plain statement.
             "dynset" => Expr::Unknown(name),
@@ -324,15 +328,32 @@ unsafe fn decode(e: *mut sys::nftnl_expr) -> Vec<Expr> {
                     dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
                 }
             }
+            // `fib saddr [. mark] [. iif] oif|oifname`: NFTA_FIB_F_SADDR 1, MARK 4, IIF 8,
+            // PRESENT 0x20; result OIF 1, OIFNAME 2. The reverse path check.
+            "fib"
+                if matches!(u32_of(sys::NFTNL_EXPR_FIB_RESULT), 1 | 2)
+                    && u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & 1 != 0
+                    && u32_of(sys::NFTNL_EXPR_FIB_FLAGS) & !(1 | 4 | 8 | 0x20) == 0 =>
+            {
+                let flags = u32_of(sys::NFTNL_EXPR_FIB_FLAGS);
+                Expr::FibOif {
+                    iif: flags & 8 != 0,
+                    present: flags & 0x20 != 0,
+                    name: u32_of(sys::NFTNL_EXPR_FIB_RESULT) == 2,
+                    dreg: u32_of(sys::NFTNL_EXPR_FIB_DREG),
+                }
+            }
             "reject" => Expr::Reject,
             "notrack" => Expr::Notrack,
             // iptables-nft's compat expressions carry the xt structs iptables-legacy's
             // blob does: one decoder for both.
-            "target" => crate::kernel::xt::target_expr(
-                &str_of(sys::NFTNL_EXPR_TG_NAME),
-                u32_of(sys::NFTNL_EXPR_TG_REV) as u8,
-                &bytes(sys::NFTNL_EXPR_TG_INFO),
-            ),
+            "target" => {
+                return crate::kernel::xt::target_exprs(
+                    &str_of(sys::NFTNL_EXPR_TG_NAME),
+                    u32_of(sys::NFTNL_EXPR_TG_REV) as u8,
+                    &bytes(sys::NFTNL_EXPR_TG_INFO),
+                )
+            }
             "match" => {
                 let decoded = crate::kernel::xt::match_exprs(
                     &str_of(sys::NFTNL_EXPR_MT_NAME),

@@ -158,6 +158,27 @@ pub(in crate::kernel) fn apply(
     }
 }
 
+/// Changes the table in place from the plan it holds to another ([`super::Diff`]), in
+/// one batch bound to `generation`, the one at which the table was found to be exactly
+/// the `diff`'s starting plan. Returns what vouches for the new table: the generation
+/// the batch created and `digest`, the digest of the new plan's elements (the table is
+/// then exactly that plan). ERESTART when anything committed since `generation`.
+pub(in crate::kernel) fn apply_diff(
+    diff: &super::Diff,
+    generation: u32,
+    digest: u64,
+    own: &OwnCommits,
+) -> Result<Vouch> {
+    let mut sock = NlSocket::netfilter()?;
+    if let Some(g) = super::diff::send(&mut sock, diff, generation)? {
+        own.push(g);
+    }
+    Ok(Vouch {
+        generation: next_generation(generation),
+        elements: digest,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

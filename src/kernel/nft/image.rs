@@ -30,8 +30,8 @@ pub struct TableImage {
     /// One line per set or map (flags, key and data types and lengths, timeouts, size,
     /// userdata), sorted.
     pub sets: Vec<String>,
-    /// One line per rule in table order: `chain: [expr ...] comment "..."`, with counter
-    /// values left out.
+    /// One line per rule: `chain: [expr ...] comment "..."`, with counter values left
+    /// out; grouped by chain name, each chain's rules in their order.
     pub rules: Vec<String>,
     /// The set and map elements, listed or as a digest.
     pub elements: Elements,
@@ -358,7 +358,10 @@ fn set_text(s: NonNull<sys::nftnl_set>) -> String {
         if is(sys::NFTNL_SET_POLICY) {
             text += &format!(" policy {}", u32_of(sys::NFTNL_SET_POLICY));
         }
-        if is(sys::NFTNL_SET_DESC_SIZE) {
+        // A map's size is left out: loopgate no longer sends one (see `encode::new_map`),
+        // and a table written by an earlier version, with its maps sized, holds the same
+        // rules (an in-place change that finds such a map full falls back to a rewrite).
+        if is(sys::NFTNL_SET_DESC_SIZE) && u32_of(sys::NFTNL_SET_FLAGS) & NFT_SET_MAP == 0 {
             text += &format!(" size {}", u32_of(sys::NFTNL_SET_DESC_SIZE));
         }
         if is(sys::NFTNL_SET_DESC_CONCAT) {
@@ -534,6 +537,11 @@ impl TableObjects {
         }
         img.chains.sort();
         img.sets.sort();
+        // Rules by chain, each chain's in its order: the kernel lists chains in the
+        // order they were created, and a chain added in place comes last there while
+        // the plan puts it among its kind.
+        img.rules
+            .sort_by(|a, b| a.split(':').next().cmp(&b.split(':').next()));
         img
     }
 }

@@ -4,8 +4,9 @@
 //! libnftnl (through `nftnl::nftnl_sys`) builds and parses the messages; the safe
 //! `nftnl` API stops short of interval sets, `ct original ...` keys and read-back, so
 //! the objects are handled raw here, each behind an owning wrapper that frees it.
-//! Every change replaces the whole table in one batch: `add table; delete table; add
-//! table; ...` so the kernel applies all of it or none of it.
+//! A change is one batch, all of it or none: the whole table replaced (`add table;
+//! delete table; add table; ...`), or, when the table is known to be exactly the
+//! previous plan, only what differs (`diff`), bound to the generation it was known at.
 //!
 //! The modules follow the data: `abi` holds the numbers from the kernel headers;
 //! `objects` owns libnftnl objects; `expr` compiles one rule into expressions and
@@ -24,6 +25,7 @@
 mod abi;
 mod batch;
 mod counters;
+mod diff;
 mod dnat;
 pub mod elements;
 mod encode;
@@ -39,10 +41,11 @@ pub mod trace;
 
 pub use batch::{features, probe};
 pub use counters::RuleCounter;
+pub use diff::{diff, Diff};
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use foreign::foreign_chains;
-pub(in crate::kernel) use generation::apply;
+pub(in crate::kernel) use generation::{apply, apply_diff};
 pub use generation::{current_generation, OwnCommits, Vouch};
 pub use image::{planned_image, planned_image_held, Elements, Holder, TableImage};
 pub use owner::{probe_owner_support, Owner};

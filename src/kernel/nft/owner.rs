@@ -226,6 +226,22 @@ impl Owner {
         }))
     }
 
+    /// Changes the table in place through the owning socket (as the module-level
+    /// `apply_diff` does for an unowned table): the table stays owned.
+    pub fn apply_diff(
+        &mut self,
+        diff: &super::Diff,
+        generation: u32,
+        digest: u64,
+    ) -> Result<Vouch> {
+        self.created
+            .extend(super::diff::send(&mut self.sock, diff, generation)?);
+        Ok(Vouch {
+            generation: super::generation::next_generation(generation),
+            elements: digest,
+        })
+    }
+
     /// Puts the table's contents back as `snapshot` read them, through the owning
     /// socket and without deleting the table: it stays owned. (A snapshot's own
     /// `Snapshot::restore` deletes and re-creates the table from a socket of its own,

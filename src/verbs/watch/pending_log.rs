@@ -54,7 +54,13 @@ impl PendingLog {
 
     /// Notes what one pass resolved: `specs` asked for, `pending` of them, at `now`.
     /// Appends a line for each grant that became pending.
-    pub fn note(&mut self, specs: &[Spec], pending: &[Pending], now: Instant, out: &mut Vec<String>) {
+    pub fn note(
+        &mut self,
+        specs: &[Spec],
+        pending: &[Pending],
+        now: Instant,
+        out: &mut Vec<String>,
+    ) {
         let pending_specs: BTreeSet<&str> = pending.iter().map(|p| p.spec.as_str()).collect();
         let labels: BTreeSet<String> = specs.iter().map(Spec::label).collect();
         self.served.retain(|l| labels.contains(l));
@@ -180,8 +186,9 @@ mod tests {
         }
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(
-            out[0].starts_with("warning: docker network myproj_defualt tcp/5432 has been pending for 61 s")
-                && out[0].contains("(a typo, or the project is down)")
+            out[0].starts_with(
+                "warning: docker network myproj_defualt tcp/5432 has been pending for 61 s"
+            ) && out[0].contains("(a typo, or the project is down)")
                 && out[0].contains("`docker network ls`"),
             "{out:?}"
         );

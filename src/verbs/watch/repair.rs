@@ -186,6 +186,8 @@ pub struct Clocks {
     pub newcomers: super::Newcomers,
     /// See [`super::PendingLog`].
     pub pending: super::PendingLog,
+    /// What the last pass's store kept for the next (see [`crate::state::Memo`]).
+    pub memo: crate::state::Memo,
 }
 
 /// Brings the host back to the committed grants, if it drifted, through the one engine.
@@ -242,6 +244,9 @@ pub fn repair<K: Kernel>(
         unsettled: std::cell::RefCell::new(settling.clone()),
     };
     let store = Store::open_exclusive_within(LOCK_WAIT)?;
+    if let Some(store) = &store {
+        store.adopt(std::mem::take(&mut clocks.memo));
+    }
     let _ = clocks.sweeps.sweep(); // housekeeping: never fails a pass (see state::sweep_stale)
     let Some(store) = store else {
         let Some(state) = known.as_ref() else {
@@ -282,6 +287,7 @@ pub fn repair<K: Kernel>(
     if let Ok(state) = store.load() {
         *known = Some(state);
     }
+    clocks.memo = store.take_memo();
     result
 }
 
@@ -424,7 +430,7 @@ fn repair_resolved<K: Kernel>(
         guards,
         held_back: host.unsettled(),
     };
-    let (change, snapshot) = match txn::observe_and_compute(kernel, state, target) {
+    let (change, snapshot) = match txn::observe_and_compute_stored(kernel, store, state, target) {
         Ok(c) => c,
         Err(e) => {
             // The guard cannot be verified: watch never leaves an interface open on
@@ -527,11 +533,7 @@ pub(super) fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
             // was changed by hand; one with a grant before under another ifindex was
             // re-created; one without a grant before is opened for a new grant.
             let had_grant = change.old.grants.iter().any(|g| g.iface == s.iface);
-            let same_device = change
-                .old
-                .originals
-                .iter()
-                .any(|o| o.ifindex == s.ifindex);
+            let same_device = change.old.originals.iter().any(|o| o.ifindex == s.ifindex);
             out.push(match (had_grant, same_device) {
                 (true, true) => format!(
                     "route_localnet on {} was {} (changed by hand); set to {} after verifying its guard",
