@@ -573,6 +573,7 @@ mod tests {
                 interface: s.on(),
                 reason: "r".into(),
                 kind,
+                network: s.network.clone(),
             })
             .collect();
         o.served_before.insert(specs[4].label());

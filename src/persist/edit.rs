@@ -310,7 +310,6 @@ fn edit_in_place(lines: &[&str], old: &[Spec], new: &[Spec], indent: usize) -> O
 }
 
 /// The specs of `policy`'s entries, each entry's apart, without origins.
-
 fn specs_per_entry(policy: &Policy) -> Result<Vec<Vec<Spec>>> {
     policy.grants.iter().map(policy::entry_specs).collect()
 }
