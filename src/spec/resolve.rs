@@ -58,7 +58,9 @@ impl Pending {
     /// `SPEC on IFACE`, with `on IFACE` left out when the spec's label already says
     /// where (`docker network myproj_default tcp/5432`).
     pub fn subject(&self) -> String {
-        match self.spec.contains(&self.interface) {
+        let named = self.spec.starts_with(&format!("{} ", self.interface))
+            || self.spec.contains(&format!("({} ", self.interface));
+        match named {
             true => self.spec.clone(),
             false => format!("{} on {}", self.spec, self.interface),
         }
