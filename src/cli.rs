@@ -194,7 +194,9 @@ pub struct ExposeArgs {
     pub listen: Option<String>,
 
     /// Label for the grant. Default: IFACE-PROTO-PORT, e.g. docker0-tcp-3306, or
-    /// IFACE-ADDR-PROTO-PORT when --listen is not the interface's primary address.
+    /// IFACE-ADDR-PROTO-PORT when --listen is not the interface's primary address;
+    /// with --docker-network/--podman-network, NETWORK-PROTO-PORT (e.g.
+    /// myproj_default-tcp-5432, whatever --listen is).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
@@ -216,8 +218,9 @@ pub struct ExposeArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").args(["port", "name", "all"])))]
 pub struct RevokeArgs {
-    /// Interface whose grants to revoke. Without it, only `--all` is allowed and revokes
-    /// everything loopgate did in this namespace.
+    /// Interface whose grants to revoke. Without it, `--name NAME` revokes the grants
+    /// named NAME wherever they are, and `--all` everything loopgate did in this
+    /// namespace.
     #[arg(value_name = "IFACE", conflicts_with_all = ["docker_network", "podman_network"])]
     pub iface: Option<String>,
 
@@ -239,7 +242,8 @@ pub struct RevokeArgs {
     #[arg(long, value_enum, requires = "port")]
     pub proto: Option<ProtoArg>,
 
-    /// Revoke the grants with this name.
+    /// Revoke the grants with this name (on IFACE or the network, or wherever they are
+    /// without either).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 

@@ -512,6 +512,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_publication_in_two_files_names_both_grants_and_files() {
+        let own = parse(
+            "grants:\n  - docker_network: myproj_default\n    port: 5432\n    listen: host-gateway\n",
+            "own",
+        )
+        .unwrap();
+        let admin = parse(
+            "grants:\n  - name: myproj-postgres\n    docker_network: myproj_default\n    port: 5432\n    listen: host-gateway\n",
+            "admin",
+        )
+        .unwrap();
+        let e = specs_of(&[
+            ("/etc/loopgate/loopgate.yaml".into(), own),
+            ("/etc/loopgate/myproj.yaml".into(), admin),
+        ])
+        .unwrap_err();
+        assert!(e.is::<crate::error::BadInput>());
+        assert_eq!(
+            format!("{e:#}"),
+            "docker network myproj_default tcp/5432 on host-gateway is published twice: by grant myproj_default-tcp-5432 in /etc/loopgate/loopgate.yaml and by grant myproj-postgres in /etc/loopgate/myproj.yaml; keep one of them"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_wrong_types_are_errors() {
         let e = parse("grants:\n  - interface: docker0\n    allow: [10.0.0.0/8]\n    port: 1\n    prot: tcp\n", "p.yaml")
             .unwrap_err();

@@ -141,8 +141,13 @@ pub fn finding(code: Code) -> FindingDoc {
         ),
         Code::Pending => (
             "info; warning once pending longer than LOOPGATE_PENDING_GRACE (60 s) when it cannot work as asked",
-            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network never seen (a typo) and a runtime that does not answer become a warning after the grace period",
-            "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`) or revoke it",
+            "asked for, but its interface (or runtime network, or host-gateway) is missing or lacks the address now; a missing named interface keeps its guard. A pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info; a pinned address that is gone, a missing interface, a network not seen since the last reboot (a typo, or a project that is down) and a runtime that does not answer become a warning after the grace period; a network that does not exist is shown with the runtime's networks that do, closest first",
+            "none while it rightly waits: it is served when the interface appears (watch, or the next command); a warning: correct the grant (the network's name, `--listen`): a policy's in its file, a command line's or revoke it; or bring the project up",
+        ),
+        Code::RuntimeUnanswered => (
+            "warning",
+            "a runtime network's grant stays in force on the bridge it last resolved to, but the runtime (`docker`, `podman`) does not answer now (dockerd stopped, `DOCKER_HOST` unreachable): loopgate cannot follow the network if it moves meanwhile; not pending, and not counted in `loopgate_pending_grants`",
+            "bring the runtime back (`systemctl status docker`, `DOCKER_HOST`); nothing to change in loopgate",
         ),
         Code::Blocked => (
             "info",
@@ -209,7 +214,7 @@ pub const POLICY_KEYS: &[PolicyKey] = &[
         key: "name",
         level: KeyLevel::Grant,
         value: "text",
-        meaning: "the grant's label (`--name`); default IFACE-PROTO-PORT, or IFACE-LISTEN-PROTO-PORT when listen is not the interface's primary address",
+        meaning: "the grant's label (`--name`); default IFACE-PROTO-PORT, or IFACE-LISTEN-PROTO-PORT when listen is not the interface's primary address; NETWORK-PROTO-PORT for `docker_network`/`podman_network`, whatever listen is",
     },
     PolicyKey {
         key: "interface",
@@ -314,7 +319,7 @@ pub struct EnvDoc {
 pub const ENV_VARS: &[EnvDoc] = &[
     EnvDoc {
         name: "LOOPGATE_PENDING_GRACE",
-        meaning: "seconds a grant may be pending before `audit` reports it as a warning (default 60): a pinned address that is gone, a missing interface, a runtime network never seen (a typo), a runtime that does not answer; a pattern without a match, a runtime's bridge not created yet and a network that was served and is gone (a project that is down) stay info. Counted from the first audit that saw it pending",
+        meaning: "seconds a grant may be pending before `audit` reports it as a warning, and `watch` logs one (default 60): a pinned address that is gone, a missing interface, a runtime network not seen since the last reboot (a typo, or a project that is down: what was served is remembered in /run only), a runtime that does not answer; a pattern without a match, a runtime's bridge not created yet and a network that was served and is gone stay info. Counted from the first audit (for watch: the first pass) that saw it pending",
     },
     EnvDoc {
         name: "LOOPGATE_NFTABLES_CONF",

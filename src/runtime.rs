@@ -108,6 +108,16 @@ pub fn closest_first(name: &str, mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// The networks of `runtime` that exist, closest to `name` first, at most `max`:
+/// what a typo'd name in a policy is shown beside. Empty when the runtime cannot be
+/// asked (the pending grant says why elsewhere).
+pub fn closest_existing(runtime: Runtime, name: &str, max: usize) -> Vec<String> {
+    match list(runtime) {
+        Ok(names) => closest_first(name, names).into_iter().take(max).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The Levenshtein distance of `a` and `b` (insertions, deletions, substitutions of
 /// one character each): a transposition counts 2, which still ranks
 /// `myproj_defualt` next to `myproj_default`.

@@ -261,6 +261,17 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
     for p in &observed.pending {
         findings.push(pending_finding(p, observed, state));
     }
+    for p in &observed.unconfirmed {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            code: Code::RuntimeUnanswered,
+            interface: Some(p.interface.clone()),
+            message: format!(
+                "{}; bring the runtime back (loopgate cannot follow the network meanwhile)",
+                p.what()
+            ),
+        });
+    }
     let held_by_watch = observed.protection.starts_with("owned by watch");
     if observed.empty_table && !held_by_watch {
         findings.push(Finding {
@@ -341,11 +352,32 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
     let waits_rightly = match p.kind {
         PendingKind::Missing => spec.is_some_and(|s| s.is_pattern() || s.network.is_some()),
         PendingKind::NoNetwork => observed.served_before.contains(&p.spec),
-        PendingKind::Unaddressed | PendingKind::RuntimeUnknown | PendingKind::Conflict => false,
+        PendingKind::Unaddressed
+        | PendingKind::RuntimeUnknown
+        | PendingKind::Conflict
+        | PendingKind::Unconfirmed => false,
     };
     let age = observed.pending_for.get(&p.spec).copied().unwrap_or(0);
     let overdue = !waits_rightly && age >= observed.pending_grace;
-    let what = format!("{} on {} is pending: {}", p.spec, p.interface, p.reason);
+    let what = p.what();
+    // A policy's grant is corrected in its file (revoking it there is refused); the
+    // command line's is revoked.
+    let remedy = match spec {
+        Some(s) if s.source == crate::spec::Source::Policy => match &s.origin {
+            Some(file) => format!("correct it in {file}"),
+            None => "correct it in the policy".to_string(),
+        },
+        _ => "correct it or revoke it".to_string(),
+    };
+    let cli = spec
+        .and_then(|s| s.network.as_ref())
+        .map_or("docker", |n| n.runtime.cli());
+    let closest = match observed.closest_networks.get(&p.spec) {
+        Some(names) if !names.is_empty() => {
+            format!("; those that exist, closest first: {}", names.join(", "))
+        }
+        _ => String::new(),
+    };
     Finding {
         severity: match overdue {
             true => Severity::Warning,
@@ -355,14 +387,13 @@ fn pending_finding(p: &crate::spec::Pending, observed: &Observed, state: &State)
         interface: Some(p.interface.clone()),
         message: match (overdue, p.kind) {
             (false, _) => format!(
-                "{what}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)"
+                "{what}{closest}; it is served as soon as that changes (while `loopgate watch` runs, or at the next command)"
             ),
             (true, PendingKind::NoNetwork) => format!(
-                "{what}, and has not been there since it was asked for {age} s ago: a typo? Correct the name (`{} network ls`) or revoke it",
-                spec.and_then(|s| s.network.as_ref()).map_or("docker", |n| n.runtime.cli())
+                "{what}, for {age} s: the network does not exist (a typo, or the project is down){closest}; {remedy} (`{cli} network ls`), or bring the project up"
             ),
             (true, _) => format!(
-                "{what}, for {age} s: this grant cannot work as asked; correct it or revoke it"
+                "{what}, for {age} s: this grant cannot work as asked; {remedy}"
             ),
         },
     }
@@ -565,9 +596,10 @@ mod tests {
             .zip(kinds)
             .map(|(s, kind)| Pending {
                 spec: s.label(),
-                interface: "x".into(),
+                interface: s.on(),
                 reason: "r".into(),
                 kind,
+                network: s.network.clone(),
             })
             .collect();
         o.served_before.insert(specs[4].label());
@@ -591,11 +623,32 @@ mod tests {
         assert_eq!(severities(&o), vec![I, I, I, I, I, I]);
         o.pending_for = specs.iter().map(|s| (s.label(), 60)).collect();
         assert_eq!(severities(&o), vec![I, I, W, W, I, W]);
+        // A network never seen: it may be down as well as mistyped (what was seen
+        // served is forgotten at reboot), with the names that exist; a policy's grant
+        // is corrected in its file, never "revoked" (refused for a policy grant).
+        o.closest_networks.insert(
+            specs[3].label(),
+            vec!["typo_default".into(), "other".into()],
+        );
+        let mut state = state;
+        state.specs[3].origin = Some("/etc/loopgate/myproj.yaml".into());
         let r = assess(&o, &state, None);
+        let typo = r
+            .findings
+            .iter()
+            .find(|f| {
+                f.message
+                    .starts_with("docker network typo tcp/3306 is pending")
+            })
+            .unwrap();
+        assert_eq!(
+            typo.message,
+            "docker network typo tcp/3306 is pending: r, for 60 s: the network does not exist (a typo, or the project is down); those that exist, closest first: typo_default, other; correct it in /etc/loopgate/myproj.yaml (`docker network ls`), or bring the project up"
+        );
         assert!(r
             .findings
             .iter()
-            .any(|f| f.message.contains("network typo") && f.message.contains("a typo?")));
+            .all(|f| !f.message.contains("revoke it") || !f.message.starts_with("docker network")));
     }
 }
 
@@ -779,6 +832,14 @@ mod every_code {
                 interface: "br1".into(),
                 reason: "the interface does not exist now".into(),
                 kind: crate::spec::PendingKind::Missing,
+                network: None,
+            }),
+            Code::RuntimeUnanswered => o.unconfirmed.push(crate::spec::Pending {
+                spec: "docker network myproj_default tcp/80".into(),
+                interface: "br0".into(),
+                reason: "in force on br0 as last resolved; docker does not answer: `docker network inspect` did not answer".into(),
+                kind: crate::spec::PendingKind::Unconfirmed,
+                network: None,
             }),
             Code::Blocked => o.counters.push(RuleCounter {
                 chain: "raw_if0".into(),

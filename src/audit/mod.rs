@@ -119,6 +119,8 @@ finding_codes! {
     IptablesLegacy => "iptables-legacy",
     /// Asked for, but not served now.
     Pending => "pending",
+    /// A runtime network's grant in force as last resolved; the runtime does not answer.
+    RuntimeUnanswered => "runtime-unanswered",
     /// What the guards dropped.
     Blocked => "blocked",
     /// The interface is open only through loopgate's guard.

@@ -36,6 +36,9 @@ pub struct Observed {
     pub protection: String,
     /// What is asked for but cannot be served now (see [`crate::spec::resolve`]).
     pub pending: Vec<crate::spec::Pending>,
+    /// Runtime networks' grants in force as last resolved, which their runtime could
+    /// not confirm now ([`crate::spec::PendingKind::Unconfirmed`]): not pending.
+    pub unconfirmed: Vec<crate::spec::Pending>,
     /// How long each pending spec (by label) has been pending, in seconds, as far as
     /// loopgate has seen (see [`super::pending_since`]); missing: just now.
     pub pending_for: BTreeMap<String, u64>,
@@ -45,6 +48,10 @@ pub struct Observed {
     /// How long a spec may be pending before that is a warning, in seconds
     /// ([`super::pending_since::grace`]).
     pub pending_grace: u64,
+    /// For each runtime network that does not exist (by pending spec label): the
+    /// runtime's networks that do, closest name first (at most a few); empty when the
+    /// runtime was not asked or has none.
+    pub closest_networks: BTreeMap<String, Vec<String>>,
     /// Sockets listening on 127.0.0.0/8 or on 0.0.0.0 (which answers as 127.0.0.1
     /// too), with the device each is bound to, if any.
     pub loopback_listeners: Vec<Listener>,
@@ -117,7 +124,11 @@ pub fn observe<K: Kernel>(
         .routes(&super::reachability::probes(&state.grants))?
         .into_iter()
         .collect();
-    let pending = crate::spec::resolve_keeping(&state.specs, host, &state.grants).pending;
+    let (unconfirmed, pending): (Vec<_>, Vec<_>) =
+        crate::spec::resolve_keeping(&state.specs, host, &state.grants)
+            .pending
+            .into_iter()
+            .partition(|p| p.kind == crate::spec::PendingKind::Unconfirmed);
     // From who the kernel says holds the table, checked against the running watch:
     // a stale or forged presence file cannot make audit claim a protection.
     use crate::kernel::nft::Holder;
@@ -140,9 +151,11 @@ pub fn observe<K: Kernel>(
     Ok(Observed {
         protection,
         pending,
+        unconfirmed,
         pending_for: BTreeMap::new(),
         served_before: Default::default(),
         pending_grace: super::pending_since::DEFAULT_GRACE,
+        closest_networks: BTreeMap::new(),
         sysctls,
         ifindexes,
         recorded_names,

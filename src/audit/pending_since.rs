@@ -8,6 +8,11 @@
 //! served again leaves the record; those seen served are remembered while they exist
 //! (a runtime network that was there and is gone is a project that is down, not a
 //! typo). The grace is [`DEFAULT_GRACE`] seconds, or `LOOPGATE_PENDING_GRACE`.
+//!
+//! The record is in /run and goes with a reboot: a project that is down at boot looks
+//! like a network never seen. So the warning claims no typo: it says the network does
+//! not exist, "a typo, or the project is down", beside the runtime's networks that do,
+//! closest first.
 
 use crate::state::Store;
 use serde::{Deserialize, Serialize};

@@ -88,7 +88,11 @@ fn target(observed: &Observed, g: &Grant, findings: &mut Vec<Finding>) {
             interface: Some(g.iface.clone()),
             message: format!(
                 "nothing listens on {to}, the target of grant {} on {}: its clients are refused; start the service or correct --to",
-                g.name, g.iface
+                g.name,
+                match &g.network {
+                    Some(n) => format!("{} ({n})", g.iface),
+                    None => g.iface.clone(),
+                }
             ),
         });
         return;

@@ -54,9 +54,20 @@ fn print_text(r: &Report) {
             (_, true) => "open, guarded",
             _ => "OPEN, UNGUARDED",
         };
+        // A runtime network's bridge is shown with the network, as its grants are.
+        let mut networks: Vec<String> = i
+            .grants
+            .iter()
+            .filter_map(|g| g.network.as_ref().map(|n| n.to_string()))
+            .collect();
+        networks.dedup();
+        let name = match networks.is_empty() {
+            true => i.name.clone(),
+            false => format!("{} ({})", i.name, networks.join(", ")),
+        };
         crate::outln!(
             "{}: route_localnet={} effective={} {}{}",
-            i.name,
+            name,
             shown(i.route_localnet),
             i.effective,
             state,
@@ -172,12 +183,39 @@ pub fn prometheus(r: &Report, now: f64) -> String {
     };
     // An unreadable value is exported as NaN: a gap an alert can catch, never a 0.
     let value = |v: Option<i32>| v.map_or_else(|| "NaN".to_string(), |v| v.to_string());
+    // Only interfaces loopgate manages or guards, and those open (or unreadable): a
+    // series per container veth at 0 would churn with every container.
+    let shown = |i: &&InterfaceReport| {
+        i.managed || i.guarded || i.effective != 0 || i.route_localnet != Some(0)
+    };
     let per_iface = |f: &dyn Fn(&InterfaceReport) -> String| -> Vec<(String, String)> {
         r.interfaces
             .iter()
+            .filter(shown)
             .map(|i| (format!("{{{}}}", iface_labels(r, &i.name)), f(i)))
             .collect()
     };
+    // A runtime network's grants that are pending (its project is down) read 0, not a
+    // series that disappears until the network is back.
+    let mut down: Vec<&str> = r
+        .pending
+        .iter()
+        .filter_map(|p| p.network.as_ref().map(|n| n.name.as_str()))
+        .filter(|n| {
+            !r.interfaces.iter().any(|i| {
+                i.grants
+                    .iter()
+                    .any(|g| g.network.as_ref().is_some_and(|x| x.name == *n))
+            })
+        })
+        .collect();
+    down.sort();
+    down.dedup();
+    let mut grants = per_iface(&|i| i.grants.len().to_string());
+    grants.extend(
+        down.iter()
+            .map(|n| (format!("{{network=\"{}\"}}", label(n)), "0".to_string())),
+    );
     family(
         "route_localnet",
         "gauge",
@@ -199,8 +237,8 @@ pub fn prometheus(r: &Report, now: f64) -> String {
     family(
         "grants",
         "gauge",
-        "Published ports (grants) on the interface.",
-        per_iface(&|i| i.grants.len().to_string()),
+        "Published ports (grants) on the interface; 0 with only a network label for a runtime network whose grants are pending (its project is down).",
+        grants,
     );
     family(
         "route_localnet_all",
@@ -267,11 +305,28 @@ pub fn prometheus(r: &Report, now: f64) -> String {
         e.0 += c.packets;
         e.1 += c.bytes;
     }
+    // The runtime network a rule serves (its grant's, or its bridge's guard), as a
+    // label that outlives the bridge id in the rule's comment.
+    let network_of = |rule: &str| -> Option<String> {
+        r.interfaces.iter().find_map(|i| {
+            let net = i.grants.iter().find_map(|g| g.network.as_ref())?;
+            let serves = rule.starts_with(&format!("{} guard", i.name))
+                || i.grants.iter().any(|g| rule == format!("grant {}", g.name));
+            serves.then(|| net.name.clone())
+        })
+    };
     let series = |pick: fn(&(u64, u64)) -> u64| -> Vec<(String, String)> {
         sums.iter()
             .map(|((chain, rule), v)| {
+                let network = network_of(rule)
+                    .map(|n| format!(",network=\"{}\"", label(&n)))
+                    .unwrap_or_default();
                 (
-                    format!("{{chain=\"{}\",rule=\"{}\"}}", label(chain), label(rule)),
+                    format!(
+                        "{{chain=\"{}\",rule=\"{}\"{network}}}",
+                        label(chain),
+                        label(rule)
+                    ),
                     pick(v).to_string(),
                 )
             })

@@ -160,15 +160,153 @@ fn entry_spans(lines: &[&str]) -> Option<Spans> {
             break;
         }
     }
-    // Spans end at their last line of content: comments and blank lines after it stay.
+    // Spans end at their last line of content, or at the last comment line right after
+    // it that is indented under the item (`    # allow: [...]`, the entry's own):
+    // blank lines and comments at the list's indentation after it stay.
     for span in &mut spans {
         span.1 = span.1.min(end);
+        while span.1 < end
+            && lines[span.1].trim_start().starts_with('#')
+            && lines[span.1].len() - lines[span.1].trim_start().len() > indent
+        {
+            span.1 += 1;
+        }
     }
     Some(Spans {
         key,
         indent,
         entries: spans,
     })
+}
+
+/// The keys of one entry as loopgate writes it, each with its value on one line
+/// (flow style); absent keys are left out.
+fn entry_keys(e: &OutEntry) -> Option<Vec<(String, String)>> {
+    let serde_yaml::Value::Mapping(m) = serde_yaml::to_value(e).ok()? else {
+        return None;
+    };
+    let flow = |v: &serde_yaml::Value| -> Option<String> {
+        Some(serde_yaml::to_string(v).ok()?.trim_end().to_string())
+    };
+    let mut out = Vec::new();
+    for (k, v) in m {
+        let key = k.as_str()?.to_string();
+        let text = match &v {
+            serde_yaml::Value::Sequence(items) if items.len() == 1 => flow(&items[0])?,
+            serde_yaml::Value::Sequence(items) => format!(
+                "[{}]",
+                items
+                    .iter()
+                    .map(flow)
+                    .collect::<Option<Vec<_>>>()?
+                    .join(", ")
+            ),
+            other => flow(other)?,
+        };
+        if text.contains('\n') {
+            return None;
+        }
+        out.push((key, text));
+    }
+    Some(out)
+}
+
+/// Where an inline comment starts in `line` (the whitespace before its `#`), outside
+/// quotes; `None` without one.
+fn inline_comment(line: &str) -> Option<usize> {
+    let (mut single, mut double) = (false, false);
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\'' if !double => single = !single,
+            b'"' if !single => double = !double,
+            b'#' if !single && !double && i > 0 && bytes[i - 1].is_ascii_whitespace() => {
+                let mut at = i;
+                while at > 0 && bytes[at - 1].is_ascii_whitespace() {
+                    at -= 1;
+                }
+                return Some(at);
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// One entry (`lines`, its span) changed from `old` to `new` line by line: a key whose
+/// value is the same stays as written, a changed value is rewritten on its own line
+/// with its inline comment, a key the new entry lacks is taken out, a new key is added
+/// at its end; comment lines stay where they are. The name, the comments and the
+/// admin's style stay. `None` when that is not possible (the specs are not one entry
+/// now, the first line's key goes, an odd indentation): the caller writes the entry
+/// anew.
+fn edit_in_place(lines: &[&str], old: &[Spec], new: &[Spec], indent: usize) -> Option<String> {
+    let (old_e, new_e) = (entries(&bare(old)), entries(&bare(new)));
+    if old_e.len() != 1 || new_e.len() != 1 {
+        return None;
+    }
+    let (was, now) = (entry_keys(&old_e[0])?, entry_keys(&new_e[0])?);
+    let value = |keys: &[(String, String)], k: &str| {
+        keys.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let key_indent = indent + 2;
+    let mut out: Vec<String> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    // Inside a key being taken out or rewritten: its deeper lines (a block list) go.
+    let mut skipping = false;
+    for (i, line) in lines.iter().enumerate() {
+        let body = match i {
+            0 => line.get(indent..)?.strip_prefix("- ")?,
+            _ => line,
+        };
+        let own_indent = body.len() - body.trim_start().len();
+        if body.trim_start().starts_with('#') || body.trim().is_empty() {
+            out.push(line.to_string());
+            continue;
+        }
+        if i > 0 && own_indent != key_indent {
+            if own_indent < key_indent {
+                return None;
+            }
+            if !skipping {
+                out.push(line.to_string());
+            }
+            continue;
+        }
+        let (key, _) = body.trim_start().split_once(':')?;
+        let key = key.trim().to_string();
+        seen.push(key.clone());
+        skipping = false;
+        let (before, after) = (value(&was, &key), value(&now, &key));
+        if before == after {
+            out.push(line.to_string());
+            continue;
+        }
+        skipping = true;
+        match after {
+            None if i == 0 => return None,
+            None => {}
+            Some(v) => {
+                let prefix = &line[..line.len() - body.trim_start().len()];
+                let comment = inline_comment(body).map_or("", |at| &body[at..]);
+                out.push(format!("{prefix}{key}: {v}{comment}"));
+            }
+        }
+    }
+    // Keys the entry did not have: after its last line of content.
+    let last = out
+        .iter()
+        .rposition(|l| !(l.trim_start().starts_with('#') || l.trim().is_empty()))?;
+    let mut added = Vec::new();
+    for (key, v) in &now {
+        if !seen.contains(key) && value(&was, key).as_deref() != Some(v.as_str()) {
+            added.push(format!("{}{key}: {v}", " ".repeat(key_indent)));
+        }
+    }
+    out.splice(last + 1..last + 1, added);
+    Some(out.iter().map(|l| format!("{l}\n")).collect())
 }
 
 /// The specs of `policy`'s entries, each entry's apart, without origins.
@@ -246,8 +384,23 @@ pub fn edit_text(
                 out.push_str(l);
                 out.push('\n');
             }
+        } else if new.is_empty() {
+            // The entry goes with its own comments (those indented under its `- `);
+            // the comment lines above it, at the list's indentation, stay.
         } else {
-            out.push_str(&render_sequence(&bare(new), indent)?);
+            match edit_in_place(&lines[*start..*end], old, new, indent) {
+                Some(kept) => out.push_str(&kept),
+                None => {
+                    // Written anew: its own comment lines stay, above it.
+                    for l in &lines[*start..*end] {
+                        if l.trim_start().starts_with('#') {
+                            out.push_str(l);
+                            out.push('\n');
+                        }
+                    }
+                    out.push_str(&render_sequence(&bare(new), indent)?);
+                }
+            }
         }
         at = *end;
     }
@@ -288,6 +441,7 @@ pub fn check_round_trip(specs: &[Spec], text: &str, shown: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddrV4;
 
     fn specs(text: &str) -> Vec<Spec> {
         let p = policy::parse(text, "t.yaml").unwrap();
@@ -380,6 +534,64 @@ guard: ['veth*']
         );
         assert!(out.find("5432").unwrap() < out.find("name: dns").unwrap());
         assert!(out.starts_with("# my services\n"), "{out}");
+    }
+
+    /// README's `/etc/loopgate/myproj.yaml`, as a new user keeps it.
+    const MYPROJ: &str = "grants:
+  - name: myproj-postgres
+    docker_network: myproj_default   # instead of interface:
+    port: 5432
+    listen: host-gateway
+    # allow: [...]                   # default: the network's subnets
+
+# the end
+";
+
+    #[test]
+    fn a_changed_entry_keeps_its_name_its_comments_and_its_style() {
+        let out = edit(&|s| match s.port {
+            53 => {
+                let mut n = s.clone();
+                n.allow = vec!["192.0.2.0/26".parse().unwrap()];
+                n.to = SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 2), 53);
+                Fate::Replace(n)
+            }
+            _ => Fate::Keep,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            out,
+            ADMIN.replace(
+                "  - name: dns\n    interface: br0\n    allow: 192.0.2.0/24\n    port: 53\n    proto: udp\n",
+                "  - name: dns\n    interface: br0\n    allow: 192.0.2.0/26\n    port: 53\n    proto: udp\n    to: 127.0.0.2\n"
+            )
+        );
+        // An inline comment stays on its changed line; a key that goes takes its line.
+        let p = policy::parse(MYPROJ, "m").unwrap();
+        let out = edit_text(MYPROJ, &p, "m.yaml", &|s| {
+            let mut n = s.clone();
+            n.host_gateway = false;
+            n.network.as_mut().unwrap().name = "other_default".into();
+            Fate::Replace(n)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            out,
+            MYPROJ
+                .replace("myproj_default   #", "other_default   #")
+                .replace("    listen: host-gateway\n", "")
+        );
+    }
+
+    #[test]
+    fn a_dropped_entry_takes_its_own_comment_lines_with_it() {
+        let p = policy::parse(MYPROJ, "m").unwrap();
+        let out = edit_text(MYPROJ, &p, "m.yaml", &|_| Fate::Drop)
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, "grants: []\n\n# the end\n");
     }
 
     #[test]

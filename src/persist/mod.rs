@@ -163,7 +163,11 @@ impl Target {
                     return edit::Fate::Drop;
                 }
                 match edit.put.iter().find(|p| p.key() == s.key()) {
-                    Some(p) => edit::Fate::Replace(p.clone()),
+                    // A command without --name asks for no name: the entry keeps its own.
+                    Some(p) => edit::Fate::Replace(Spec {
+                        name: p.name.clone().or_else(|| s.name.clone()),
+                        ..p.clone()
+                    }),
                     None => edit::Fate::Keep,
                 }
             };
@@ -190,8 +194,13 @@ impl Target {
                 }
                 let text = edit::render_own(&out)?;
                 edit::check_round_trip(&out, &text, &f.origin)?;
-                let unwritten_and_empty = f.text.is_none() && out.is_empty();
-                (Some(text.as_str()) != f.text.as_deref() && !unwritten_and_empty).then_some(text)
+                // Written only when what it asks for changes (or it is new and asks for
+                // something): an edit of another file leaves it, and its text, alone.
+                let changed = match &f.text {
+                    Some(_) => strip_origins(&out) != strip_origins(&mine),
+                    None => !out.is_empty(),
+                };
+                changed.then_some(text)
             } else {
                 match &f.text {
                     Some(t) => edit::edit_text(t, &f.policy, &f.origin, &fate)?,
@@ -239,12 +248,15 @@ impl Target {
         })
     }
 
-    /// The files this target replaces (`loopgate.yaml` when it changes nothing).
+    /// The files this target replaces; none when the directory already says what was
+    /// asked for.
     pub fn files(&self) -> Vec<PathBuf> {
-        match self.writes.is_empty() {
-            true => vec![self.dir.join(PERSIST_FILE)],
-            false => self.writes.iter().map(|w| w.file.clone()).collect(),
-        }
+        self.writes.iter().map(|w| w.file.clone()).collect()
+    }
+
+    /// The policy directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The specs of every policy file of the directory once written, in the order
@@ -292,6 +304,17 @@ impl Target {
             .with_context(|| format!("syncing {}", self.dir.display()))?;
         Ok(())
     }
+}
+
+/// `specs` without their origins, to compare what two versions of a file ask for.
+fn strip_origins(specs: &[Spec]) -> Vec<Spec> {
+    specs
+        .iter()
+        .map(|s| Spec {
+            origin: None,
+            ..s.clone()
+        })
+        .collect()
 }
 
 /// Takes the directory's lock, waiting at most [`LOCK_WAIT`].
@@ -500,10 +523,8 @@ mod tests {
         let t = Target::prepare(&dir, &edit).unwrap();
         t.commit().unwrap();
         let text = fs::read_to_string(dir.join("admin.yaml")).unwrap();
-        assert!(
-            text.starts_with("# mine\n") && text.contains("192.0.2.0/26"),
-            "{text}"
-        );
+        // Asked for without a name: the entry keeps its own.
+        assert_eq!(text, admin.replace("192.0.2.0/25", "192.0.2.0/26"));
         let own = fs::read_to_string(dir.join(PERSIST_FILE)).unwrap();
         assert!(
             own.contains("port: 82") && !own.contains("port: 80"),
@@ -514,6 +535,11 @@ mod tests {
         let mut gone = edit.put[0].clone();
         gone.origin = Some(origin);
         gone.source = spec::Source::Policy;
+        // loopgate.yaml as install.sh writes it, which does not hold the grant.
+        fs::remove_file(dir.join(PERSIST_FILE)).unwrap();
+        let installed =
+            "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
+        fs::write(dir.join(PERSIST_FILE), installed).unwrap();
         let t = Target::prepare(
             &dir,
             &Edit {
@@ -522,12 +548,17 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(t.specs().len(), 1);
+        assert_eq!(t.specs().len(), 0);
+        assert_eq!(t.files(), vec![dir.join("admin.yaml")], "only the owner");
         t.commit().unwrap();
         let text = fs::read_to_string(dir.join("admin.yaml")).unwrap();
         assert!(
             text.contains("grants: []") && text.starts_with("# mine"),
             "{text}"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join(PERSIST_FILE)).unwrap(),
+            installed
         );
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -93,6 +93,7 @@ pub(super) fn keep_guard(
             None => why,
         },
         kind,
+        network: spec.network.clone(),
     });
 }
 

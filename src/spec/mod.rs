@@ -152,9 +152,16 @@ impl Spec {
     /// The name its grant on `iface` gets when none was asked for: from the runtime
     /// network's name for a network's spec (`myproj_default-tcp-5432`, the same after
     /// every `docker compose down/up`), else from the interface ([`Grant::default_name`]).
+    ///
+    /// A network's name never carries the listen address: a network's spec resolves to
+    /// one bridge and one address, so there is nothing to tell apart, and the address
+    /// (its gateway, or host-gateway's docker0 address) may change while the name must
+    /// not. Refusals, audit, plan and Prometheus then all say `NETWORK-PROTO-PORT`.
     pub fn default_name(&self, iface: &str, secondary_listen: Option<Ipv4Addr>) -> String {
-        let base = self.network.as_ref().map_or(iface, |n| n.name.as_str());
-        Grant::default_name(base, secondary_listen, self.proto, self.port)
+        match &self.network {
+            Some(n) => Grant::default_name(&n.name, None, self.proto, self.port),
+            None => Grant::default_name(iface, secondary_listen, self.proto, self.port),
+        }
     }
 
     /// The name people know it by: the one asked for, or its default name on the
@@ -273,26 +280,35 @@ pub fn from_request(req: &GrantRequest, source: Source) -> Result<Vec<Spec>> {
 /// Refuses two specs with the same key (the same interface or pattern, listen
 /// address, protocol and port) in one policy: to two targets, or twice.
 ///
-/// Errors (bad input): names the publication and both targets or names.
+/// Errors (bad input): names the publication (as the user named it: interface,
+/// pattern or runtime network), and both grants with the files that ask for them.
 pub fn check_conflicts(specs: &[Spec]) -> Result<()> {
     let mut seen: BTreeMap<SpecKey, &Spec> = BTreeMap::new();
     for s in specs {
         if let Some(other) = seen.insert(s.key(), s) {
-            let at = match s.listen {
-                Some(l) => format!("{l}:{}/{} on {}", s.port, s.proto, s.interface),
-                None => format!("{} {}/{}", s.interface, s.proto, s.port),
+            let listen = match (s.listen, s.host_gateway) {
+                (Some(l), _) => format!(" on {l}"),
+                (None, true) => " on host-gateway".to_string(),
+                (None, false) => String::new(),
+            };
+            let at = format!("{} {}/{}{listen}", s.on(), s.proto, s.port);
+            let who = |x: &Spec| match &x.origin {
+                Some(o) => format!("grant {} in {o}", x.shown_name()),
+                None => format!("grant {}", x.shown_name()),
             };
             if other.to != s.to {
                 bad_input!(
-                    "{at} is published to both {} and {}; keep one target per published port",
+                    "{at} is published to both {} ({}) and {} ({}); keep one target per published port",
                     other.to,
-                    s.to
+                    who(other),
+                    s.to,
+                    who(s)
                 );
             }
             bad_input!(
-                "{at} is published twice ({} and {})",
-                other.label(),
-                s.label()
+                "{at} is published twice: by {} and by {}; keep one of them",
+                who(other),
+                who(s)
             );
         }
     }

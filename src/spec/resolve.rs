@@ -26,6 +26,10 @@ pub enum PendingKind {
     Unaddressed,
     /// The runtime could not be asked about its network.
     RuntimeUnknown,
+    /// The runtime could not be asked, but the network's grant stays in force on the
+    /// bridge it last resolved to: not pending, unconfirmed (a dockerd outage must not
+    /// read as a grant that is not served).
+    Unconfirmed,
     /// Another spec already publishes the same address, protocol and port on the
     /// interface to another target: a conflict, which `expose` and `apply` refuse.
     Conflict,
@@ -44,6 +48,32 @@ pub struct Pending {
     /// Why it is not served, as a value to decide on.
     #[serde(skip)]
     pub kind: PendingKind,
+    /// The runtime network it was asked for by, as grants carry it: `interface` is then
+    /// `docker network NAME` or the bridge, and this the network by itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::grant::NetworkSelector>,
+}
+
+impl Pending {
+    /// `SPEC on IFACE`, with `on IFACE` left out when the spec's label already says
+    /// where (`docker network myproj_default tcp/5432`).
+    pub fn subject(&self) -> String {
+        let named = self.spec.starts_with(&format!("{} ", self.interface))
+            || self.spec.contains(&format!("({} ", self.interface));
+        match named {
+            true => self.spec.clone(),
+            false => format!("{} on {}", self.spec, self.interface),
+        }
+    }
+
+    /// `SPEC on IFACE is pending: REASON` (see [`Pending::subject`]); for a grant in
+    /// force that the runtime could not confirm, `SPEC: REASON` (the reason says so).
+    pub fn what(&self) -> String {
+        match self.kind {
+            PendingKind::Unconfirmed => format!("{}: {}", self.spec, self.reason),
+            _ => format!("{} is pending: {}", self.subject(), self.reason),
+        }
+    }
 }
 
 /// Specs resolved against the interfaces of one moment.
@@ -122,16 +152,49 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                         interface: format!("{} network {}", sel.runtime.cli(), sel.name),
                         reason: why,
                         kind: PendingKind::NoNetwork,
+                        network: spec.network.clone(),
                     });
                     continue;
                 }
                 Err(why) => {
-                    out.pending.push(Pending {
-                        spec: spec.label(),
-                        interface: format!("{} network {}", sel.runtime.cli(), sel.name),
-                        reason: why,
-                        kind: PendingKind::RuntimeUnknown,
-                    });
+                    // The grant in force stays as last resolved: the runtime's silence
+                    // says nothing about its network.
+                    let kept: Vec<&Grant> = previous
+                        .iter()
+                        .filter(|g| {
+                            g.network.as_ref() == Some(sel)
+                                && g.proto == spec.proto
+                                && g.port == spec.port
+                                && g.to == spec.to
+                                && spec.listen.is_none_or(|l| l == g.listen)
+                        })
+                        .collect();
+                    if kept.is_empty() {
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: format!("{} network {}", sel.runtime.cli(), sel.name),
+                            reason: why.clone(),
+                            kind: PendingKind::RuntimeUnknown,
+                            network: spec.network.clone(),
+                        });
+                    }
+                    for g in kept {
+                        if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
+                            e.insert((g.to, spec.label()));
+                            out.grants.push(g.clone());
+                        }
+                        out.pending.push(Pending {
+                            spec: spec.label(),
+                            interface: g.iface.clone(),
+                            reason: format!(
+                                "in force on {} as last resolved; {} does not answer: {why}",
+                                g.iface,
+                                sel.runtime.cli()
+                            ),
+                            kind: PendingKind::Unconfirmed,
+                            network: spec.network.clone(),
+                        });
+                    }
                     continue;
                 }
             },
@@ -189,7 +252,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                 port: spec.port,
                 to: spec.to,
                 allow: spec.allow.clone(),
-                network: None,
+                network: spec.network.clone(),
             });
             out.pending.push(Pending {
                 spec: spec.label(),
@@ -199,6 +262,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                     None => "the interface does not exist now".into(),
                 },
                 kind: PendingKind::Missing,
+                network: spec.network.clone(),
             });
             if let Some(g) = kept {
                 if let std::collections::btree_map::Entry::Vacant(e) = seen.entry(g.key()) {
@@ -217,6 +281,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                     false => "the interface does not exist now".into(),
                 },
                 kind: PendingKind::Missing,
+                network: spec.network.clone(),
             });
             continue;
         }
@@ -261,6 +326,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                                 "host-gateway is {a} now, which is not a usable address of this host"
                             ),
                             kind: PendingKind::Unaddressed,
+                            network: spec.network.clone(),
                         });
                         continue;
                     }
@@ -270,6 +336,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                             interface: iface.clone(),
                             reason: "host-gateway has no address now (no docker0)".into(),
                             kind: PendingKind::Unaddressed,
+                            network: spec.network.clone(),
                         });
                         continue;
                     }
@@ -321,6 +388,7 @@ pub(super) fn resolve_with(specs: &[Spec], host: &dyn Host, previous: &[Grant]) 
                         spec.port, spec.proto
                     ),
                     kind: PendingKind::Conflict,
+                    network: spec.network.clone(),
                 }),
                 None => {
                     seen.insert(grant.key(), (grant.to, spec.label()));

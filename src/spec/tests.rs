@@ -322,3 +322,102 @@ fn patterns_are_checked_like_names() {
         assert!(parse_interface(bad).is_err(), "{bad}");
     }
 }
+
+/// FakeHost with Docker's host-gateway: docker0's address, owned by the host.
+struct WithHostGateway(FakeHost);
+
+impl Interfaces for WithHostGateway {
+    fn ipv4_addresses(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        self.0.ipv4_addresses(name)
+    }
+    fn owns(&self, addr: Ipv4Addr) -> bool {
+        self.0 .0.iter().any(|(_, a)| a.contains(&addr))
+    }
+    fn host_gateway(&self) -> Option<Ipv4Addr> {
+        self.0.ipv4_addresses("docker0")?.first().copied()
+    }
+}
+
+impl Host for WithHostGateway {
+    fn interface_names(&self) -> Vec<String> {
+        self.0.interface_names()
+    }
+    fn runtime_network(
+        &self,
+        runtime: crate::kernel::runtime::Runtime,
+        name: &str,
+    ) -> std::result::Result<Option<crate::kernel::runtime::RuntimeNet>, String> {
+        self.0.runtime_network(runtime, name)
+    }
+}
+
+#[test]
+fn a_network_grant_is_named_network_proto_port_whatever_address_it_listens_on() {
+    use crate::kernel::runtime::Runtime;
+    let host = WithHostGateway(FakeHost(vec![
+        ("docker0", vec![a("198.51.100.1")]),
+        ("br-0123456789ab", vec![a("203.0.113.33")]),
+    ]));
+    for listen in [None, Some("host-gateway"), Some("198.51.100.1")] {
+        let request = GrantRequest {
+            ports: vec!["5432".into()],
+            listen: listen.map(String::from),
+            network: Some((Runtime::Docker, "myproj_default".into())),
+            ..Default::default()
+        };
+        let specs = from_request(&request, Source::Cli).unwrap();
+        let r = resolve(&specs, &host);
+        assert_eq!(r.grants.len(), 1, "{listen:?}: {:?}", r.pending);
+        // The name refusals use (shown_name) is the one the grant gets.
+        assert_eq!(
+            (r.grants[0].name.as_str(), specs[0].shown_name().as_str()),
+            ("myproj_default-tcp-5432", "myproj_default-tcp-5432"),
+            "{listen:?}"
+        );
+    }
+    // A plain interface's grant on a secondary address keeps the address in its name.
+    let host = FakeHost(vec![("br0", vec![a("192.0.2.1"), a("192.0.2.5")])]);
+    let r = resolve(
+        &from_request(&req("br0", "53", Some("192.0.2.5")), Source::Cli).unwrap(),
+        &host,
+    );
+    assert_eq!(r.grants[0].name, "br0-192.0.2.5-tcp-53");
+}
+
+#[test]
+fn a_grant_in_force_stays_as_last_resolved_while_its_runtime_does_not_answer() {
+    use crate::kernel::runtime::Runtime;
+    let request = GrantRequest {
+        ports: vec!["5432".into()],
+        network: Some((Runtime::Docker, "mv".into())),
+        ..Default::default()
+    };
+    let specs = from_request(&request, Source::Policy).unwrap();
+    let host = FakeHost(vec![("br-0123456789ab", vec![a("203.0.113.33")])]);
+    // Nothing in force: the runtime's silence leaves it pending.
+    let r = resolve(&specs, &host);
+    assert!(r.grants.is_empty());
+    assert_eq!(r.pending[0].kind, PendingKind::RuntimeUnknown);
+    // In force: kept as it is, and said so (not pending).
+    let in_force = Grant {
+        name: "mv-tcp-5432".into(),
+        iface: "br-0123456789ab".into(),
+        proto: crate::grant::Proto::Tcp,
+        listen: a("203.0.113.33"),
+        port: 5432,
+        to: "127.0.0.1:5432".parse().unwrap(),
+        allow: vec!["203.0.113.32/27".parse().unwrap()],
+        network: specs[0].network.clone(),
+    };
+    let r = resolve_keeping(&specs, &host, std::slice::from_ref(&in_force));
+    assert_eq!(r.grants, vec![in_force]);
+    assert_eq!(r.pending.len(), 1);
+    assert_eq!(r.pending[0].kind, PendingKind::Unconfirmed);
+    assert!(
+        r.pending[0]
+            .what()
+            .starts_with("docker network mv tcp/5432: in force on br-0123456789ab as last resolved; docker does not answer: "),
+        "{}",
+        r.pending[0].what()
+    );
+}

@@ -246,9 +246,44 @@ impl Change {
         out
     }
 
+    /// The grants asked for (specs) this change adds or removes that no grant in force
+    /// stands for, before or after: pending ones, which `grant_changes` cannot show.
+    fn pending_changes(&self) -> Vec<String> {
+        use crate::spec::Spec;
+        let serves = |s: &Spec, g: &crate::grant::Grant| {
+            g.proto == s.proto
+                && g.port == s.port
+                && s.listen.is_none_or(|l| l == g.listen)
+                && match &s.network {
+                    Some(n) => g.network.as_ref() == Some(n),
+                    None => g.network.is_none() && s.matches(&g.iface),
+                }
+        };
+        let mut out = Vec::new();
+        for s in &self.specs {
+            if !self.old.specs.iter().any(|o| o.key() == s.key())
+                && !self.grants.iter().any(|g| serves(s, g))
+            {
+                out.push(format!(
+                    "add pending grant {} (served once it can be)",
+                    s.label()
+                ));
+            }
+        }
+        for o in &self.old.specs {
+            if !self.specs.iter().any(|s| s.key() == o.key())
+                && !self.old.grants.iter().any(|g| serves(o, g))
+            {
+                out.push(format!("remove pending grant {}", o.label()));
+            }
+        }
+        out
+    }
+
     /// A human summary of the change, one line per item.
     pub fn describe(&self) -> Vec<String> {
         let mut out: Vec<String> = self.grant_changes().iter().map(|c| c.to_string()).collect();
+        out.extend(self.pending_changes());
         for g in self
             .guarded
             .iter()
@@ -308,10 +343,7 @@ impl Change {
             out.push("finish an interrupted transaction".to_string());
         }
         if out.is_empty() && (self.specs != self.old.specs || self.guards != self.old.guards) {
-            out.push(format!(
-                "record what is asked for ({} published port(s) requested; no grant changes now)",
-                self.specs.len()
-            ));
+            out.push("record what is asked for (no grant changes now)".to_string());
         }
         out
     }

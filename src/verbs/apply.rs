@@ -87,14 +87,21 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
     let sources = policy::load_all(file)?;
     // While a watch follows a policy, it is the one owner of the policy in force:
     // applying anything else would be undone at its next pass.
-    if mode == Mode::Apply {
-        if let Some((pid, followed)) = super::owner::followed() {
-            if !super::owner::is_followed(file, &followed) {
-                crate::bad_input!(
+    if let Some((pid, followed)) = super::owner::followed() {
+        if !super::owner::is_followed(file, &followed) {
+            match mode {
+                Mode::Apply => crate::bad_input!(
                     "loopgate watch (pid {pid}) follows {} and would undo applying {}; change the files there (watch applies them at once), or stop the watch first",
                     followed.display(),
                     file.display()
-                );
+                ),
+                // A plan shows the change all the same, and says that `apply` of it
+                // would be refused now.
+                _ => crate::outln!(
+                    "# note: `apply {}` would be refused while loopgate watch (pid {pid}) follows {}; change the files there",
+                    file.display(),
+                    followed.display()
+                ),
             }
         }
     }
@@ -114,15 +121,20 @@ fn run_file(file: &Path, mode: Mode, allow_empty: bool) -> Result<()> {
         }
     }
     let (specs, resolved, guards) = desired_of(&sources, &old, &host)?;
+    let closest = super::audit::closest_networks(&resolved.pending, &specs);
     for p in &resolved.pending {
-        match mode {
-            Mode::Plan => crate::outln!("# pending: {} on {}: {}", p.spec, p.interface, p.reason),
-            _ => {
-                crate::errln!(
-                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
-                p.spec, p.interface, p.reason
-            )
+        let exist = match closest.get(&p.spec) {
+            Some(names) if !names.is_empty() => {
+                format!(" (those that exist, closest first: {})", names.join(", "))
             }
+            _ => String::new(),
+        };
+        match mode {
+            Mode::Plan => crate::outln!("# pending: {}: {}{exist}", p.subject(), p.reason),
+            _ => crate::errln!(
+                "loopgate: warning: {}{exist}; it is served as soon as that changes",
+                p.what()
+            ),
         }
     }
     super::converge_guarding(store, old, resolved.grants, specs, guards, mode)

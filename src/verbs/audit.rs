@@ -42,6 +42,27 @@ pub fn run(args: &AuditArgs) -> Result<i32> {
     })
 }
 
+/// For each pending spec whose runtime network does not exist, the networks that do,
+/// closest first (a policy's typo gets the help the command line gives).
+pub(crate) fn closest_networks(
+    pending: &[crate::spec::Pending],
+    specs: &[crate::spec::Spec],
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    pending
+        .iter()
+        .filter(|p| p.kind == crate::spec::PendingKind::NoNetwork)
+        .filter_map(|p| {
+            let n = specs
+                .iter()
+                .find(|s| s.label() == p.spec)?
+                .network
+                .as_ref()?;
+            let names = crate::runtime::closest_existing(n.runtime, &n.name, 3);
+            Some((p.spec.clone(), names))
+        })
+        .collect()
+}
+
 /// Observes and assesses, and folds the guards' counters into their running totals.
 fn report(args: &AuditArgs) -> Result<Report> {
     let (store, state) = open_store(false)?;
@@ -61,6 +82,7 @@ fn report(args: &AuditArgs) -> Result<Report> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     (observed.pending_for, observed.served_before) = record.note(&pending, &labels, now);
+    observed.closest_networks = closest_networks(&observed.pending, &state.specs);
     if let Err(e) = record.save(&store) {
         crate::errln!(
             "loopgate: warning: since when grants are pending cannot be kept: {}",

@@ -107,12 +107,14 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
         });
         replaced.extend(specs.iter().filter(|s| s.key() == new.key()).cloned());
     }
-    // What a policy file keeps is changed there, or not at all.
+    // What a policy file keeps is changed there, or not at all. A command without
+    // --name asks for no particular name: the policy's name is as good.
     let unchanged = |old: &spec::Spec| {
         requested.iter().any(|n| {
             spec::Spec {
                 source: old.source,
                 origin: old.origin.clone(),
+                name: n.name.clone().or_else(|| old.name.clone()),
                 ..n.clone()
             } == *old
         })
@@ -166,10 +168,8 @@ pub fn run(args: &ExposeArgs) -> Result<()> {
     for p in &resolved.pending {
         if requested.iter().any(|r| r.label() == p.spec) {
             crate::errln!(
-                "loopgate: warning: {} on {} is pending: {}; it is served as soon as that changes",
-                p.spec,
-                p.interface,
-                p.reason
+                "loopgate: warning: {}; it is served as soon as that changes",
+                p.what()
             );
         }
     }

@@ -124,7 +124,13 @@ fn converge_recording(
     drop(lease);
     let (converged, recorded) = converged?;
     converged.print()?;
-    if let Some(files) = recorded.transpose()? {
+    if let Some((dir, files)) = recorded.transpose()? {
+        if files.is_empty() {
+            crate::outln!(
+                "persisted: the policy in {} already says so; no file changed",
+                dir.display()
+            );
+        }
         for f in files {
             crate::outln!("persisted to {}", f.display());
         }
@@ -203,8 +209,9 @@ pub fn converge_over<K: Kernel>(
     converge_over_recording(kernel, store, host, request, None).map(|(c, _)| c)
 }
 
-/// The files `--persist` wrote, or why it could not ([`crate::error::NotPersisted`]).
-type Recorded = Option<Result<Vec<std::path::PathBuf>>>;
+/// The policy directory and the files `--persist` wrote in it (none: it already said
+/// so), or why it could not ([`crate::error::NotPersisted`]).
+type Recorded = Option<Result<(std::path::PathBuf, Vec<std::path::PathBuf>)>>;
 
 /// As [`converge_over`], writing `record` (policy files, rendered) in [`Mode::Apply`]
 /// once the change is in force (or found in force), before the state lock is given
@@ -221,7 +228,8 @@ fn converge_over_recording<K: Kernel>(
     let commit = |record: Option<persist::Target>| -> Recorded {
         let target = record?;
         let files = target.files();
-        Some(target.commit().map(|()| files))
+        let dir = target.dir().to_path_buf();
+        Some(target.commit().map(|()| (dir, files)))
     };
     let Request {
         old,

@@ -1,4 +1,5 @@
-//! `loopgate revoke`: withdraw published ports by port, by name, or all of them.
+//! `loopgate revoke`: withdraw published ports by port, by name (`--name N` alone:
+//! wherever it is), or all of them.
 //!
 //! Works on what was asked for (specs): `revoke br-* --port 5432` withdraws a pattern
 //! from every interface it serves; an interface that is gone can still be revoked, and
@@ -28,10 +29,11 @@ pub fn run(args: &RevokeArgs) -> Result<()> {
         .transpose()?;
     if iface.is_none()
         && !args.all
+        && args.name.is_none()
         && args.docker_network.is_none()
         && args.podman_network.is_none()
     {
-        bad_input!("revoke without an interface needs --all (revokes everything loopgate did in this namespace)");
+        bad_input!("revoke without an interface or network revokes by --name NAME (wherever it is), or everything with --all (everything loopgate did in this namespace)");
     }
     if args.port.is_empty()
         && args.name.is_none()

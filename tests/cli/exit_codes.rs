@@ -169,14 +169,20 @@ fn a_mistyped_runtime_network_is_refused_naming_those_that_exist() {
     let out = lab.loopgate_env(&pending, &env);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
+    // Named once: not "docker network X tcp/5432 on docker network X".
     assert!(
-        err.contains("on docker network myproj_defualt is pending"),
+        err.contains("docker network myproj_defualt tcp/5432 is pending"),
         "{err}"
     );
-    assert!(!err.contains(" on  "), "{err}");
+    assert!(
+        !err.contains(" on  ") && !err.contains(" on docker network"),
+        "{err}"
+    );
     let audit = stdout(&lab.loopgate_env(&["audit"], &env));
     assert!(
-        audit.contains("on docker network myproj_defualt is pending"),
+        audit.contains("docker network myproj_defualt tcp/5432 is pending")
+            && audit.contains("closest first: myproj_default")
+            && !audit.contains(" on docker network"),
         "{audit}"
     );
 }
@@ -240,7 +246,7 @@ fn a_mistyped_network_in_a_policy_is_a_warning_after_the_grace_period() {
     let up = lab.fake_cli_script(
         "docker",
         &format!(
-            "case \"$4\" in\n myproj_default) cat <<'JSON'\n{net}\nJSON\n;;\n *) echo \"Error response from daemon: network $4 not found\" >&2; exit 1 ;;\nesac\n"
+            "case \"$4\" in\n myproj_default) cat <<'JSON'\n{net}\nJSON\n;;\n '{{{{.Name}}}}') echo other_net; echo myproj_default ;;\n *) echo \"Error response from daemon: network $4 not found\" >&2; exit 1 ;;\nesac\n"
         ),
     );
     let policy = lab.policy(
@@ -249,10 +255,19 @@ fn a_mistyped_network_in_a_policy_is_a_warning_after_the_grace_period() {
     );
     let out = lab.loopgate_env(&["apply", &policy], &[("PATH", &up)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Said once (not "... on docker network myproj_defualt"), with the names that exist.
     assert!(
-        stderr(&out).contains("on docker network myproj_defualt is pending"),
+        stderr(&out).contains(
+            "docker network myproj_defualt tcp/3307 is pending: `docker network ls` does not list it now (those that exist, closest first: myproj_default, other_net)"
+        ),
         "{}",
         stderr(&out)
+    );
+    let plan = lab.loopgate_env(&["plan", &policy], &[("PATH", &up)]);
+    assert!(
+        stdout(&plan).contains("closest first: myproj_default"),
+        "{}",
+        stdout(&plan)
     );
     // Within the grace period: info.
     let (code, text) = audit_with_grace(&lab, "60", &[("PATH", &up)]);
@@ -265,7 +280,19 @@ fn a_mistyped_network_in_a_policy_is_a_warning_after_the_grace_period() {
             || text.contains("WARNING [pending] docker network myproj_defualt"),
         "{text}"
     );
-    assert!(text.contains("a typo?"), "{text}");
+    // It may as well be a project that is down (what was served is forgotten at
+    // reboot); a policy's grant is corrected in its file, not revoked.
+    let line = text
+        .lines()
+        .find(|l| l.contains("WARNING [pending] docker network myproj_defualt"))
+        .unwrap();
+    assert!(
+        line.contains("(a typo, or the project is down)")
+            && line.contains("closest first: myproj_default, other_net")
+            && line.contains(&format!("correct it in {policy}"))
+            && !line.contains("revoke"),
+        "{line}"
+    );
     assert!(
         !text.contains("WARNING [pending] docker network myproj_default "),
         "{text}"
@@ -281,4 +308,144 @@ fn a_mistyped_network_in_a_policy_is_a_warning_after_the_grace_period() {
         .find(|l| l.contains("docker network myproj_default tcp/3306") && l.contains("[pending]"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(line.starts_with("info [pending]"), "{line}");
+}
+
+/// watch following a policy with a typo'd network logs it: once when it becomes
+/// pending (with why), once when the grace period is over (a warning), never again on
+/// later passes.
+#[test]
+fn watch_logs_a_pending_grant_once_and_warns_once_after_the_grace() {
+    let lab = Lab::new();
+    let path = docker_knowing(&lab, &["bridge", "myproj_default"]);
+    let dir = lab.state_dir.join("policy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("a.yaml"),
+        "grants:\n  - docker_network: myproj_defualt\n    port: 5432\n",
+    )
+    .unwrap();
+    let env = vec![
+        ("PATH".to_string(), path.clone()),
+        ("LOOPGATE_PENDING_GRACE".to_string(), "1".to_string()),
+    ];
+    let watch = Watch::start_env(
+        &lab,
+        &["--no-hold", "--policy", dir.to_str().unwrap()],
+        &env,
+    );
+    let pending = "docker network myproj_defualt tcp/5432 is pending: `docker network ls` does not list it now";
+    let warned = "warning: docker network myproj_defualt tcp/5432 has been pending for";
+    let wait = |needle: &str| {
+        let start = std::time::Instant::now();
+        while !watch.log().contains(needle) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "{needle:?} not logged: {}",
+                watch.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait(pending);
+    wait(warned);
+    let log = watch.log();
+    assert!(log.contains("(a typo, or the project is down)"), "{log}");
+    // Later passes (a second file, pending too) do not repeat the first grant's lines.
+    std::fs::write(
+        dir.join("b.yaml"),
+        "grants:\n  - docker_network: other_typo\n    port: 5433\n",
+    )
+    .unwrap();
+    wait("docker network other_typo tcp/5433 has been pending for");
+    let log = watch.log();
+    assert_eq!(log.matches(pending).count(), 1, "{log}");
+    assert_eq!(log.matches(warned).count(), 1, "{log}");
+}
+
+/// What a command prints says what changed in the user's terms, pending grants
+/// included; `revoke --name N` alone revokes N wherever it is (exit 1 when nothing is
+/// called N).
+#[test]
+fn pending_grants_added_and_removed_are_named_and_revoke_by_name_alone_works() {
+    let lab = Lab::new();
+    let path = docker_knowing(&lab, &["bridge", "myproj_default"]);
+    let env = [("PATH", path.as_str())];
+    let run = |args: &[&str]| {
+        let out = lab.loopgate_env(args, &env);
+        (out.status.code(), stdout(&out), stderr(&out))
+    };
+    for port in ["5432", "5433", "5434"] {
+        let (code, out, err) = run(&[
+            "expose",
+            "--docker-network",
+            "myproj_defualt",
+            "--port",
+            port,
+            "--pending-ok",
+        ]);
+        assert_eq!(code, Some(0), "{err}");
+        assert_eq!(
+            out.trim(),
+            format!("add pending grant docker network myproj_defualt tcp/{port} (served once it can be)"),
+            "one port asked, one named"
+        );
+    }
+    let before = lab.fingerprint();
+    let (code, out, err) = run(&["revoke", "--name", "nosuch"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        err.contains("nothing matched") && err.contains("\"nosuch\""),
+        "{err}"
+    );
+    assert_eq!(lab.fingerprint(), before);
+    let (code, out, err) = run(&["revoke", "--name", "myproj_defualt-tcp-5433"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5433"
+    );
+    let (code, out, err) = run(&[
+        "revoke",
+        "--docker-network",
+        "myproj_defualt",
+        "--port",
+        "5432",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5432"
+    );
+    let (code, out, err) = run(&["revoke", "--all"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out.trim(),
+        "remove pending grant docker network myproj_defualt tcp/5434"
+    );
+}
+
+/// A pending network grant in `audit --json` carries its `network` object, as grants do.
+#[test]
+fn a_pending_network_grant_has_its_network_in_json() {
+    let lab = Lab::new();
+    let path = docker_knowing(&lab, &["bridge"]);
+    let env = [("PATH", path.as_str())];
+    let out = lab.loopgate_env(
+        &[
+            "expose",
+            "--docker-network",
+            "myproj_default",
+            "--port",
+            "5432",
+            "--pending-ok",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = lab.loopgate_env(&["audit", "--json"], &env);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &report["pending"][0];
+    assert_eq!(p["network"]["runtime"], "docker", "{p}");
+    assert_eq!(p["network"]["name"], "myproj_default", "{p}");
+    assert_eq!(p["interface"], "docker network myproj_default", "{p}");
 }

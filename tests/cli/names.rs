@@ -176,3 +176,198 @@ fn a_network_grant_is_named_after_the_network_through_down_and_up() {
     drop(lab);
     before.assert_unchanged();
 }
+
+/// loopgate run inside the lab's host, as an admin would (`--persist` needs it), with
+/// the policy directory `dir`.
+fn inside(lab: &Lab, d: &Dockerd, dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut env = docker_env(d);
+    env.push(("LOOPGATE_CONFIG_DIR".into(), dir.display().to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    lab.loopgate_inside(args, &env)
+}
+
+#[track_caller]
+fn inside_ok(lab: &Lab, d: &Dockerd, dir: &std::path::Path, args: &[&str]) -> String {
+    let out = inside(lab, d, dir, args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "loopgate {args:?}: stdout {} stderr {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// README's compose workflow as a new user tried it: `--listen host-gateway`, then the
+/// README's `myproj.yaml`, then `--persist`. One default name everywhere
+/// (`NETWORK-PROTO-PORT`, no address); asking again for what the policy asks is
+/// accepted; `--persist` keeps the entry's name and comments; a publication in two
+/// files names both files; `revoke --persist` takes the entry's own comment with it
+/// and touches no other file.
+#[test]
+fn the_compose_workflow_keeps_one_name_and_the_admins_file() {
+    let before = RootSnapshot::take();
+    let (lab, _services) = lab_with_services();
+    let docker = Dockerd::start(&lab.host, DockerdOpts::default());
+    docker.docker_ok(&["network", "create", NET]);
+    docker.run_with(
+        "app",
+        &[
+            "--network",
+            NET,
+            "--add-host",
+            "host.docker.internal:host-gateway",
+        ],
+        &["sleep", "3600"],
+    );
+    let hgw = "host.docker.internal";
+    assert_eq!(req(&docker, "app", hgw, 3306), None, "control");
+    let dir = lab.state_dir.join("etc-loopgate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let installed =
+        "# Grants applied at boot by loopgate.service; see `man loopgate`.\ngrants: []\n";
+    std::fs::write(dir.join("loopgate.yaml"), installed).unwrap();
+    let step1 = [
+        "expose",
+        "--docker-network",
+        NET,
+        "--port",
+        "3306",
+        "--listen",
+        "host-gateway",
+    ];
+
+    // 1. One default name, without the listen address, in every output.
+    let out = inside_ok(&lab, &docker, &dir, &step1);
+    assert!(out.contains(NAME), "{out}");
+    assert!(!out.contains("198.51.100.1-tcp"), "{out}");
+    assert_eq!(req(&docker, "app", hgw, 3306).as_deref(), Some("tcp:3306"));
+    let named: Vec<String> = grants(&lab, &docker).into_iter().map(|g| g.0).collect();
+    assert_eq!(named, [NAME]);
+    let prom = lg_ok(&lab, &docker, &["audit", "--format", "prometheus"]);
+    assert!(
+        prom.contains(NAME) && !prom.contains("198.51.100.1-tcp"),
+        "{prom}"
+    );
+    // 13. The rule counters of the network's grant and guard carry the network too.
+    for rule in [
+        format!("grant {NAME}"),
+        format!("{} guard: ", docker.bridge_of(NET)),
+    ] {
+        assert!(
+            prom.lines()
+                .any(|l| l.starts_with("loopgate_rule_packets_total")
+                    && l.contains(&rule)
+                    && l.contains(&format!("network=\"{NET}\""))),
+            "{rule}: {prom}"
+        );
+    }
+
+    // 12. The bridge's line names the network, as its grant lines do.
+    let bridge = docker.bridge_of(NET);
+    let text = lg_ok(&lab, &docker, &["audit"]);
+    assert!(
+        text.contains(&format!("{bridge} (docker network {NET}): route_localnet=")),
+        "{text}"
+    );
+
+    // 15. dockerd does not answer: the grant is in force as last resolved, a warning,
+    // not pending.
+    let gone = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let out = lab.loopgate_env(&["audit"], &gone);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("WARNING [runtime-unanswered]")
+            && text.contains(&format!(
+                "in force on {bridge} as last resolved; docker does not answer"
+            ))
+            && !text.contains("[pending]"),
+        "{text}"
+    );
+    let prom = stdout(&lab.loopgate_env(&["audit", "--format", "prometheus"], &gone));
+    assert!(
+        prom.contains("loopgate_pending_grants 0")
+            && prom.contains(&format!(
+                "loopgate_grants{{interface=\"{bridge}\",network=\"{NET}\"}} 1"
+            )),
+        "{prom}"
+    );
+    assert_eq!(req(&docker, "app", hgw, 3306).as_deref(), Some("tcp:3306"));
+
+    // 3. README step 3's file; the step-1 command again is what the policy asks.
+    let admin = format!(
+        "grants:\n  - name: myproj-postgres\n    docker_network: {NET}   # instead of interface:\n    port: 3306\n    listen: host-gateway\n    # allow: [...]                   # default: the network's subnets\n"
+    );
+    std::fs::write(dir.join("myproj.yaml"), &admin).unwrap();
+    inside_ok(&lab, &docker, &dir, &["apply", dir.to_str().unwrap()]);
+    inside_ok(&lab, &docker, &dir, &step1);
+    let plan = inside_ok(&lab, &docker, &dir, &["plan", dir.to_str().unwrap()]);
+    assert!(plan.contains("nothing to do"), "{plan}");
+
+    // 2. --persist of a change keeps the entry's name and comments.
+    let subnet = docker.network_ipam(NET)[0].0.clone();
+    let mut narrowed = step1.to_vec();
+    narrowed.extend(["--allow", subnet.as_str(), "--persist"]);
+    let out = inside_ok(&lab, &docker, &dir, &narrowed);
+    assert!(out.contains("myproj.yaml"), "{out}");
+    let text = std::fs::read_to_string(dir.join("myproj.yaml")).unwrap();
+    assert_eq!(
+        text,
+        admin.replace(
+            "    listen: host-gateway\n",
+            &format!("    listen: host-gateway\n    allow: {subnet}\n")
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("loopgate.yaml")).unwrap(),
+        installed
+    );
+    let named: Vec<String> = grants(&lab, &docker).into_iter().map(|g| g.0).collect();
+    assert_eq!(named, ["myproj-postgres"]);
+
+    // 4. The same publication in two files: both named, with their grants.
+    let own = format!(
+        "grants:\n  - docker_network: {NET}\n    port: 3306\n    allow: {subnet}\n    listen: host-gateway\n"
+    );
+    std::fs::write(dir.join("loopgate.yaml"), &own).unwrap();
+    let out = inside(&lab, &docker, &dir, &["plan", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let real = std::fs::canonicalize(&dir).unwrap();
+    let err = stderr(&out);
+    for needle in [
+        format!("docker network {NET} tcp/3306"),
+        format!("{NAME} in {}", real.join("loopgate.yaml").display()),
+        format!("myproj-postgres in {}", real.join("myproj.yaml").display()),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} not in {err}");
+    }
+    assert!(!err.contains("  "), "{err}");
+    std::fs::write(dir.join("loopgate.yaml"), installed).unwrap();
+
+    // 5. revoke --persist: the entry goes with its own comment; only its file changes.
+    let out = inside_ok(
+        &lab,
+        &docker,
+        &dir,
+        &["revoke", "--docker-network", NET, "--persist"],
+    );
+    assert!(
+        out.contains("myproj.yaml") && !out.contains("loopgate.yaml"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("myproj.yaml")).unwrap(),
+        "grants: []\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("loopgate.yaml")).unwrap(),
+        installed
+    );
+    assert_eq!(req(&docker, "app", hgw, 3306), None);
+
+    drop(docker);
+    drop(lab);
+    before.assert_unchanged();
+}

@@ -113,6 +113,17 @@ fn changing_a_policy_grant_without_persist_is_refused_naming_its_file() {
                 &before,
                 &["follows", dir.to_str().unwrap(), "other.yaml"],
             );
+            // Its plan shows the change, and that apply of it would be refused.
+            let plan = lab.ok(&["plan", &other]);
+            assert!(
+                plan.contains("# note: `apply ")
+                    && plan.contains("would be refused while loopgate watch")
+                    && plan.contains("3307"),
+                "{plan}"
+            );
+            // A dry run of a refused change shows the refusal.
+            let out = lab.loopgate(&["revoke", "br0", "--port", "3306", "--dry-run"]);
+            assert_refused(&lab, out, &before, &["is kept by", file]);
             let out = lab.loopgate(&["revoke", "--all"]);
             assert_refused(&lab, out, &before, &["follows", "--persist"]);
             // The directory it follows is applied as ever.

@@ -485,8 +485,7 @@ fn a_persisted_policy_applied_as_at_boot_restores_the_traffic_matrix() {
     let out = lab.loopgate_env(&boot, &env);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(
-        stderr(&out)
-            .contains("later0 tcp/1 on later0 is pending: the interface does not exist now"),
+        stderr(&out).contains("later0 tcp/1 is pending: the interface does not exist now"),
         "{}",
         stderr(&out)
     );

@@ -200,3 +200,59 @@ fn blocked_packet_counters_only_go_up_across_rewrites_and_repairs() {
     assert_eq!(samples[SPOOFED], 155.0, "{}", watch.log());
     drop(watch);
 }
+
+/// Per-interface series only for interfaces loopgate manages or guards and those open:
+/// the veths of containers at 0 have none (they would churn with every container).
+#[test]
+fn per_interface_series_are_for_managed_or_open_interfaces_only() {
+    let lab = Lab::new();
+    let (_, samples, _) = prometheus(&lab);
+    let ifaces = |samples: &BTreeMap<String, f64>| -> Vec<String> {
+        samples
+            .keys()
+            .filter(|k| k.starts_with("loopgate_route_localnet{"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        ifaces(&samples),
+        Vec::<String>::new(),
+        "nothing managed or open"
+    );
+    lab.ok(&["expose", "br0", "--allow", ALLOWED, "--port", "3306"]);
+    let (_, samples, _) = prometheus(&lab);
+    assert_eq!(
+        ifaces(&samples),
+        ["loopgate_route_localnet{interface=br0}"],
+        "br0 only, not the veths beside it"
+    );
+    assert_eq!(samples["loopgate_grants{interface=br0}"], 1.0);
+}
+
+/// A runtime network whose grants are pending (the project is down) reads
+/// `loopgate_grants{network=...} 0` instead of losing its series.
+#[test]
+fn a_pending_networks_grants_read_0() {
+    let lab = Lab::new();
+    let path = lab.fake_cli_script(
+        "docker",
+        "case \"$2\" in\n ls) echo bridge ;;\n inspect) echo \"Error response from daemon: network $4 not found\" >&2; exit 1 ;;\nesac\n",
+    );
+    let env = [("PATH", path.as_str())];
+    let out = lab.loopgate_env(
+        &[
+            "expose",
+            "--docker-network",
+            "myproj_default",
+            "--port",
+            "5432",
+            "--pending-ok",
+        ],
+        &env,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = lab.loopgate_env(&["audit", "--format", "prometheus"], &env);
+    let samples = parse(&stdout(&out));
+    assert_eq!(samples["loopgate_grants{network=myproj_default}"], 0.0);
+    assert_eq!(samples["loopgate_pending_grants{}"], 1.0);
+}

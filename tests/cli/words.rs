@@ -35,7 +35,7 @@ fn a_deleted_managed_bridge_is_gone_not_renamed_to_an_empty_name() {
     }
     // It is reported as missing, under its own name.
     assert!(
-        text.contains("on br0 is pending: the interface does not exist now"),
+        text.contains("br0 tcp/3306 is pending: the interface does not exist now"),
         "{text}"
     );
 }

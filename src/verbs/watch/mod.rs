@@ -14,11 +14,13 @@
 //! `lend` (the table held with the owner flag and lent to commands over [`SOCKET`]),
 //! `repair` (one pass: the fast close, the convergence, its report and back-off),
 //! `sweep_clock`, `newcomers` (pattern-matched veths that just appeared, opened once
-//! their owner set them up), `runtimes` (the runtimes' networks as last heard) and
+//! their owner set them up), `runtimes` (the runtimes' networks as last heard),
+//! `pending_log` (pending grants logged once, and warned of once after the grace) and
 //! `policy_follower` (a policy file reloaded when it changes).
 
 mod lend;
 mod newcomers;
+mod pending_log;
 mod policy_follower;
 mod repair;
 mod runtimes;
@@ -26,6 +28,7 @@ mod sweep_clock;
 
 pub use lend::SOCKET;
 pub use newcomers::Newcomers;
+pub use pending_log::PendingLog;
 pub use policy_follower::PolicyFollower;
 pub use repair::{
     close_if_foreign, close_managed, desired, foreign, judge_unlocked, repair, repair_with, Clocks,
@@ -114,7 +117,10 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
     let mut quiet: Option<Stamp> = None;
     let mut first = true;
     let mut failing: Option<Failing> = None;
-    let mut clocks = Clocks::default();
+    let mut clocks = Clocks {
+        pending: PendingLog::new(Duration::from_secs(crate::audit::pending_since::grace()?)),
+        ..Clocks::default()
+    };
     while !crate::kernel::os::stop_requested() {
         // conf.all ORs into every interface: no guard of loopgate's can narrow it.
         match kernel.route_localnet("all") {

@@ -184,6 +184,8 @@ pub struct Clocks {
     pub sweeps: SweepClock,
     /// See [`super::Newcomers`].
     pub newcomers: super::Newcomers,
+    /// See [`super::PendingLog`].
+    pub pending: super::PendingLog,
     /// What the last pass's store kept for the next (see [`crate::state::Memo`]).
     pub memo: crate::state::Memo,
 }
@@ -215,6 +217,8 @@ pub fn repair<K: Kernel>(
         Some(state) => Stamp::now(kernel, state, &host, policy_seen).ok(),
         None => None,
     };
+    // The grace of a pending grant runs out on a quiet host too.
+    clocks.pending.tick(Instant::now(), log);
     if stamp.is_some() && stamp == *quiet {
         return Ok(());
     }
@@ -261,13 +265,16 @@ pub fn repair<K: Kernel>(
         None => (policy_specs, policy_guards),
     };
     *known = Some(store.load()?);
-    let (lines, result) = repair_with(
+    let (lines, result, resolved) = repair_resolved(
         kernel,
         &store,
         &host_now,
         policy_specs.as_deref(),
         policy_guards.as_deref(),
     );
+    if let Some((specs, pending)) = resolved {
+        clocks.pending.note(&specs, &pending, Instant::now(), log);
+    }
     // Quiet from here on only if this pass changed nothing (a pass that changed
     // something moved the generation; the next one checks it).
     // Nor while a veth settles: the pass that opens it is due when it has settled.
@@ -276,6 +283,7 @@ pub fn repair<K: Kernel>(
         _ => None,
     };
     log.extend(lines);
+    clocks.pending.tick(Instant::now(), log);
     if let Ok(state) = store.load() {
         *known = Some(state);
     }
@@ -367,12 +375,28 @@ pub fn repair_with<K: Kernel>(
     policy_specs: Option<&[Spec]>,
     policy_guards: Option<&[spec::GuardSpec]>,
 ) -> (Vec<String>, Result<()>) {
+    let (lines, result, _) = repair_resolved(kernel, store, host, policy_specs, policy_guards);
+    (lines, result)
+}
+
+/// The specs asked for and those of them pending, as one pass resolved them.
+type Seen = Option<(Vec<Spec>, Vec<spec::Pending>)>;
+
+/// [`repair_with`], also returning what it resolved (for [`super::PendingLog`]).
+fn repair_resolved<K: Kernel>(
+    kernel: &K,
+    store: &Store,
+    host: &dyn spec::Host,
+    policy_specs: Option<&[Spec]>,
+    policy_guards: Option<&[spec::GuardSpec]>,
+) -> (Vec<String>, Result<()>, Seen) {
     let started = Instant::now();
     let state = match store.load() {
         Ok(s) => s,
-        Err(e) => return (vec![], Err(e)),
+        Err(e) => return (vec![], Err(e), None),
     };
     let (specs, resolved) = desired(&state, policy_specs, host);
+    let seen = Some((specs.clone(), resolved.pending.clone()));
     if state.grants.is_empty()
         && state.originals.is_empty()
         && state.pending.is_none()
@@ -382,7 +406,7 @@ pub fn repair_with<K: Kernel>(
         && state.guarded.is_empty()
         && policy_guards.is_none_or(|g| g.is_empty())
     {
-        return (vec![], Ok(()));
+        return (vec![], Ok(()), seen);
     }
     let guards: Vec<spec::GuardSpec> = match policy_guards {
         None => state.guards.clone(),
@@ -420,15 +444,20 @@ pub fn repair_with<K: Kernel>(
                         .map(|l| format!("the guard cannot be verified; {l}"))
                         .collect(),
                     Err(e),
+                    seen,
                 ),
-                Err(c) => (vec![], Err(e.context(format!("closing failed too: {c:#}")))),
+                Err(c) => (
+                    vec![],
+                    Err(e.context(format!("closing failed too: {c:#}"))),
+                    seen,
+                ),
             };
         }
     };
     if change.is_noop() {
         // Read back in full after a commit elsewhere: vouch for it from here on, or
         // every tick would read a large table back again.
-        return (vec![], remember_intact(store, &change, &snapshot));
+        return (vec![], remember_intact(store, &change, &snapshot), seen);
     }
     let outcome = txn::execute(kernel, store, &change, &snapshot);
     let mut lines = match &outcome {
@@ -449,9 +478,9 @@ pub fn repair_with<K: Kernel>(
                     o.connections_cut
                 ));
             }
-            (lines, Ok(()))
+            (lines, Ok(()), seen)
         }
-        Err(e) => (lines, Err(e)),
+        Err(e) => (lines, Err(e), seen),
     }
 }
 
@@ -500,10 +529,25 @@ pub(super) fn report(change: &txn::Change, took_ms: u128) -> Vec<String> {
                 s.iface, s.to
             ));
         } else if !crate::kernel::sysctl::is_open(s.from) {
-            out.push(format!(
-                "route_localnet on {} was {} (re-created or changed by hand); set to {} after verifying its guard",
-                s.iface, s.from, s.to
-            ));
+            // Only a device loopgate had opened (this very instance) and finds closed
+            // was changed by hand; one with a grant before under another ifindex was
+            // re-created; one without a grant before is opened for a new grant.
+            let had_grant = change.old.grants.iter().any(|g| g.iface == s.iface);
+            let same_device = change.old.originals.iter().any(|o| o.ifindex == s.ifindex);
+            out.push(match (had_grant, same_device) {
+                (true, true) => format!(
+                    "route_localnet on {} was {} (changed by hand); set to {} after verifying its guard",
+                    s.iface, s.from, s.to
+                ),
+                (true, false) => format!(
+                    "route_localnet on {} was {} (the device was re-created); set to {} after verifying its guard",
+                    s.iface, s.from, s.to
+                ),
+                (false, _) => format!(
+                    "opening {} for its new grant: route_localnet {} -> {} after verifying its guard",
+                    s.iface, s.from, s.to
+                ),
+            });
         } else {
             out.push(format!("set {s}"));
         }

@@ -369,3 +369,41 @@ fn a_repair_whose_batch_fails_says_so_and_leaves_the_interface_closed() {
     assert_eq!(kernel.value("br0"), Some(0));
     assert_eq!(kernel.fired(), ["apply"]);
 }
+
+#[test]
+fn a_new_grant_is_opened_and_only_a_device_closed_behind_loopgates_back_was_changed_by_hand() {
+    let (kernel, store) = converged(&[(5, "br0", 0), (6, "br1", 0)], vec![grant("br0", 3306)]);
+    let reported = |grants: Vec<Grant>| {
+        let old = store.store.load().unwrap();
+        let target = txn::Target {
+            grants,
+            ..txn::Target::recorded(&old)
+        };
+        let (change, _) = txn::observe_and_compute(&kernel, old, target).unwrap();
+        super::repair::report(&change, 0)
+    };
+    // A policy edit adds a grant on br1: it is being opened, nobody changed anything.
+    let lines = reported(vec![grant("br0", 3306), grant("br1", 3307)]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("opening br1 for its new grant")),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("by hand")), "{lines:?}");
+    // br0, opened by loopgate, found at 0: that was by hand.
+    kernel
+        .state
+        .borrow_mut()
+        .devices
+        .get_mut(&5)
+        .unwrap()
+        .route_localnet = 0;
+    let lines = reported(vec![grant("br0", 3306)]);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("route_localnet on br0 was 0 (changed by hand)")),
+        "{lines:?}"
+    );
+}
