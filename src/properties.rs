@@ -188,7 +188,7 @@ proptest! {
         prop_assert_eq!(applied.raise.len(), before.len());
         prop_assert!(applied.lower.is_empty());
         // What the kernel and the state file hold after that change committed:
-        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![], guards: vec![], guarded: vec![] };
+        let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![], guards: vec![], guarded: vec![], admitted: applied.admitted.clone() };
         let sysctls = devices(1);
         let kernel = applied.ruleset.as_ref().map(nft::planned_image);
         let target = Target { grants: gs, ..Target::recorded(&state) };

@@ -130,8 +130,8 @@ pub fn finding(code: Code) -> FindingDoc {
             "add the accept line the message suggests before it, or exclude the replies from it",
         ),
         Code::ForeignForward => (
-            "critical without a source restriction, info when the rule names its sources, warning when that cannot be read or the target is a grant's",
-            "another table's DNAT rule sends a published address to 127/8 on an interface loopgate guards (the Amazon ECS agent's `169.254.170.2:80` to `127.0.0.1:51679`, a hand-made `dnat to 127.0.0.1`): the guard lets its flows through, so whoever the rule lets in reaches that loopback service; one to a grant's own target is dropped instead",
+            "critical without a source restriction, info when the rule names its sources, warning when that cannot be read, the target is a grant's, or loopgate opened the interface",
+            "another table's DNAT rule sends a published address to 127/8 on an interface loopgate guards (the Amazon ECS agent's `169.254.170.2:80` to `127.0.0.1:51679`, a hand-made `dnat to 127.0.0.1`): where the interface was open before loopgate, the guard lets its flows through, so whoever the rule lets in reaches that loopback service; one to a grant's own target, or on an interface loopgate opened (where it never worked), is dropped instead",
             "name the sources that need it in the rule (`ip saddr CIDR`, `-s CIDR`), or delete the rule; for a grant's target, point the forward elsewhere",
         ),
         Code::IptablesLegacy => (

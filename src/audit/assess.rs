@@ -315,7 +315,11 @@ pub fn assess(observed: &Observed, state: &State, expected: Option<&TableImage>)
         },
     ));
     // Another tool's forwards to loopback the guard lets through (see `forwards`).
-    findings.extend(super::forwards::findings(&observed.firewall, &interfaces));
+    findings.extend(super::forwards::findings(
+        &observed.firewall,
+        &interfaces,
+        &[state.guarded.as_slice(), state.admitted.as_slice()].concat(),
+    ));
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
 
     Report {

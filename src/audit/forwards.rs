@@ -349,16 +349,49 @@ fn network(data: &[u8], mask: Option<&[u8]>) -> Option<Ipv4Network> {
 }
 
 /// The `foreign-forward` findings: for each interface loopgate guards that is open,
-/// each forward to loopback that applies on it.
-pub(super) fn findings(foreign: &Foreign, interfaces: &[InterfaceReport]) -> Vec<Finding> {
+/// each forward to loopback that applies on it. `admitted` (the committed
+/// `State::guarded`) names the interfaces whose guard lets such forwards through: those
+/// loopgate did not open itself; on the others the guard drops them.
+pub(super) fn findings(
+    foreign: &Foreign,
+    interfaces: &[InterfaceReport],
+    admitted: &[String],
+) -> Vec<Finding> {
     let all = forwards(foreign);
     let mut out = Vec::new();
     for i in interfaces.iter().filter(|i| i.guarded && i.effective != 0) {
+        let admits = admitted.iter().any(|a| a == &i.name);
         for f in all.iter().filter(|f| f.when.applies_on(&i.name)) {
-            out.push(finding(f, i));
+            out.push(match admits {
+                true => finding(f, i),
+                false => dropped(f, i),
+            });
         }
     }
     out
+}
+
+/// A forward on an interface loopgate opened for its grants: it never worked there
+/// (route_localnet was 0, so the kernel dropped it as a martian), and the guard keeps
+/// it so rather than widen access beyond the grants. Said, so that a tool that relied
+/// on `conf.all` (or set the interface's value after loopgate) sees why.
+fn dropped(f: &Forward, i: &InterfaceReport) -> Finding {
+    let rule = format!(
+        "table {} chain {} rule handle {}",
+        f.table, f.chain, f.handle
+    );
+    Finding {
+        severity: Severity::Warning,
+        code: Code::ForeignForward,
+        interface: Some(i.name.clone()),
+        message: format!(
+            "{rule} DNATs {} on {} to loopback, but loopgate opened {} for its grants (its route_localnet was 0 before), where that forward did not work: loopgate's guard drops it rather than open it to the link; if it is needed, serve its clients with a grant (loopgate expose {} ...) and delete the rule, or delete the rule if nothing uses it",
+            f.when.describe(),
+            i.name,
+            i.name,
+            i.name
+        ),
+    }
 }
 
 /// One forward on one guarded interface, with its severity (see the module
@@ -434,6 +467,27 @@ fn finding(f: &Forward, i: &InterfaceReport) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The findings where every interface's guard admits forwards (loopgate did not
+    /// open them).
+    fn admitted_findings(fw: &Foreign, ifaces: &[InterfaceReport]) -> Vec<Finding> {
+        let names: Vec<String> = ifaces.iter().map(|i| i.name.clone()).collect();
+        findings(fw, ifaces, &names)
+    }
+
+    #[test]
+    fn a_forward_on_an_interface_loopgate_opened_is_dropped_and_said() {
+        let fw = foreign(vec![nat_chain(
+            "ip nat",
+            "PREROUTING",
+            true,
+            vec![ecs(None)],
+        )]);
+        let f = findings(&fw, &[iface("docker0", vec![])], &[]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(f[0].message.contains("drops it"), "{}", f[0].message);
+    }
     use crate::grant::Grant;
     use crate::kernel::firewall::{BaseHook, Rule};
 
@@ -532,7 +586,7 @@ mod tests {
             true,
             vec![ecs(None)],
         )]);
-        let f = findings(&fw, &[iface("docker0", vec![]), iface("br0", vec![])]);
+        let f = admitted_findings(&fw, &[iface("docker0", vec![]), iface("br0", vec![])]);
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f
             .iter()
@@ -549,7 +603,7 @@ mod tests {
         closed.effective = 0;
         let mut unguarded = iface("br2", vec![]);
         unguarded.guarded = false;
-        assert!(findings(&fw, &[closed, unguarded]).is_empty());
+        assert!(admitted_findings(&fw, &[closed, unguarded]).is_empty());
     }
 
     #[test]
@@ -584,7 +638,7 @@ mod tests {
             true,
             vec![restricted, negated, unread],
         )]);
-        let f = findings(&fw, &[iface("docker0", vec![])]);
+        let f = admitted_findings(&fw, &[iface("docker0", vec![])]);
         let sev: Vec<Severity> = f.iter().map(|f| f.severity).collect();
         assert_eq!(
             sev,
@@ -627,7 +681,7 @@ mod tests {
             nat_chain("ip hand", "pre", true, vec![not_lo]),
         ]);
         let on = |name: &str| {
-            findings(&fw, &[iface(name, vec![])])
+            admitted_findings(&fw, &[iface(name, vec![])])
                 .into_iter()
                 .map(|f| f.message.split(" DNATs").next().unwrap().to_string())
                 .collect::<Vec<_>>()
@@ -693,7 +747,7 @@ mod tests {
             true,
             vec![ecs(None)],
         )]);
-        let f = findings(&fw, &[iface("docker0", vec![g])]);
+        let f = admitted_findings(&fw, &[iface("docker0", vec![g])]);
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].severity, Severity::Warning);
         assert!(

@@ -46,7 +46,7 @@ impl Guards {
     /// Plans the guard of every interface `grants` publish on and of every interface
     /// in `guarded` (guard only, no grant); interface N is the N-th distinct one in
     /// name order.
-    pub fn plan(grants: &[&Grant], guarded: &[String]) -> Guards {
+    pub fn plan(grants: &[&Grant], guarded: &[String], admitted: &[String]) -> Guards {
         let mut guards = Guards {
             // map raw_ifaces { type ifname : verdict; elements = { "br0" : jump raw_if0 } }
             raw: iface_map(MAP_RAW_IFACES, KeyField::IifName),
@@ -64,7 +64,9 @@ impl Guards {
         ifaces.sort();
         ifaces.dedup();
         for (i, iface) in ifaces.into_iter().enumerate() {
-            let (raw, input, post) = (raw(i, iface), input(i, iface), post(i, iface));
+            // Only where loopgate did not open the interface itself (see `input`).
+            let admit = guarded.iter().chain(admitted).any(|g| g == iface);
+            let (raw, input, post) = (raw(i, iface), input(i, iface, admit), post(i, iface));
             jump(&mut guards.raw, iface, &raw);
             jump(&mut guards.input, iface, &input);
             jump(&mut guards.post, iface, &post);
@@ -134,40 +136,53 @@ fn raw(i: usize, iface: &str) -> Chain {
 /// status (it falls to the drop), and a `redirect` sends to the interface's own
 /// address, never to 127/8. Flows loopgate itself DNATed never reach the accept: their
 /// target is in `input_targets`, whose chains end in a drop ([`super::targets`]).
-fn input(i: usize, iface: &str) -> Chain {
+///
+/// The accept is only in the guard of an interface in `guarded` (loopgate guards it
+/// without opening it: another tool opened it) or `admitted` (it was open before
+/// loopgate managed it: its recorded route_localnet, or conf.all, was non-zero; see
+/// `txn::compute`). There
+/// another table's forward to 127/8 worked before loopgate came, and the guard must
+/// not break it (the Amazon ECS agent's credentials endpoint). On an interface loopgate
+/// opened for its grants, such a forward never worked (the kernel dropped it as a
+/// martian while route_localnet was 0), so letting it through would widen access
+/// beyond what was asked: there it is dropped, and `audit` reports it.
+fn input(i: usize, iface: &str, admit_forwards: bool) -> Chain {
+    let mut rules = vec![
+        // ct direction reply counter accept
+        rule(
+            vec![Match::CtDirection(CtDir::Reply)],
+            Verdict::Accept,
+            format!("{iface} guard: replies of flows the host opened"),
+        ),
+        // iifname . ip daddr . meta l4proto . th dport vmap @input_targets
+        // (a DNATed flow's accept lives in its target's chain: see targets.rs)
+        rule(
+            vec![],
+            Verdict::Vmap {
+                key: target_key(),
+                map: MAP_INPUT_TARGETS.to_string(),
+            },
+            format!("{iface}: flows a grant DNATed"),
+        ),
+    ];
+    if admit_forwards {
+        // ct status dnat ct original ip daddr != 127.0.0.0/8 counter accept
+        rules.push(rule(
+            vec![Match::CtStatusDnat, Match::CtOriginalDaddrNotIn(loopback())],
+            Verdict::Accept,
+            format!("{iface}: {FOREIGN_FORWARDS}"),
+        ));
+    }
+    // counter drop  (also catches untracked packets)
+    rules.push(rule(
+        vec![],
+        Verdict::Drop,
+        format!("{iface} guard: {INPUT_DROP}"),
+    ));
     Chain {
         name: format!("input_if{i}"),
         attach: None,
-        rules: vec![
-            // ct direction reply counter accept
-            rule(
-                vec![Match::CtDirection(CtDir::Reply)],
-                Verdict::Accept,
-                format!("{iface} guard: replies of flows the host opened"),
-            ),
-            // iifname . ip daddr . meta l4proto . th dport vmap @input_targets
-            // (a DNATed flow's accept lives in its target's chain: see targets.rs)
-            rule(
-                vec![],
-                Verdict::Vmap {
-                    key: target_key(),
-                    map: MAP_INPUT_TARGETS.to_string(),
-                },
-                format!("{iface}: flows a grant DNATed"),
-            ),
-            // ct status dnat ct original ip daddr != 127.0.0.0/8 counter accept
-            rule(
-                vec![Match::CtStatusDnat, Match::CtOriginalDaddrNotIn(loopback())],
-                Verdict::Accept,
-                format!("{iface}: {FOREIGN_FORWARDS}"),
-            ),
-            // counter drop  (also catches untracked packets)
-            rule(
-                vec![],
-                Verdict::Drop,
-                format!("{iface} guard: {INPUT_DROP}"),
-            ),
-        ],
+        rules,
     }
 }
 
@@ -218,12 +233,14 @@ mod tests {
             .collect()
     }
 
-    /// The accept of another table's DNAT comes after the grants' targets and before
-    /// the drop, asks for a DNATed flow whose first packet was not addressed to 127/8,
+    /// The accept of another table's DNAT is only in the guard of an interface in
+    /// `guarded` (loopgate did not open it), after the grants' targets and before the
+    /// drop; it asks for a DNATed flow whose first packet was not addressed to 127/8,
     /// and every grant target's chain ends in a drop, so it never takes loopgate's own
-    /// flows (nor another table's flow to a grant's target).
+    /// flows (nor another table's flow to a grant's target). On an interface loopgate
+    /// opened for its grants there is no such accept.
     #[test]
-    fn foreign_dnat_is_accepted_after_the_grants_and_never_for_a_grant_target() {
+    fn foreign_dnat_is_accepted_only_where_loopgate_did_not_open_and_never_for_a_grant_target() {
         let g = Grant {
             name: "g".into(),
             iface: "br0".into(),
@@ -234,7 +251,12 @@ mod tests {
             allow: vec!["192.0.2.0/25".parse().unwrap()],
             network: None,
         };
-        let r = ruleset(&[g]).unwrap();
+        let opened = ruleset(std::slice::from_ref(&g)).unwrap();
+        let input = chains_of(&opened, MAP_INPUT_IFACES)[0];
+        let verdicts: Vec<&Verdict> = input.rules.iter().map(|x| &x.verdict).collect();
+        assert_eq!(verdicts.len(), 3, "{input:?}");
+        assert_eq!(verdicts[2], &Verdict::Drop);
+        let r = super::super::ruleset_admitting(&[g], &[], &["br0".to_string()]).unwrap();
         let input = chains_of(&r, MAP_INPUT_IFACES)[0];
         let verdicts: Vec<&Verdict> = input.rules.iter().map(|x| &x.verdict).collect();
         assert!(matches!(verdicts[1], Verdict::Vmap { .. }), "{input:?}");

@@ -73,6 +73,18 @@ pub fn ruleset(grants: &[Grant]) -> Option<Ruleset> {
 /// (`loopgate guard`: another tool opened them; loopgate adds the guard chains, no
 /// grant). `None` when there is nothing to guard.
 pub fn ruleset_with(grants: &[Grant], guarded: &[String]) -> Option<Ruleset> {
+    ruleset_admitting(grants, guarded, &[])
+}
+
+/// As [`ruleset_with`], where the guards of `guarded` and of `admitted` (interfaces of
+/// `grants` that were open before loopgate: `State::admitted`) let another table's
+/// forward to 127/8 through; the guard of every other interface drops it (see
+/// `guards::input`).
+pub fn ruleset_admitting(
+    grants: &[Grant],
+    guarded: &[String],
+    admitted: &[String],
+) -> Option<Ruleset> {
     if grants.is_empty() && guarded.is_empty() {
         return None;
     }
@@ -82,7 +94,7 @@ pub fn ruleset_with(grants: &[Grant], guarded: &[String]) -> Option<Ruleset> {
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
 
     let allow = allow::AllowSets::plan(&grants);
-    let guards = guards::Guards::plan(&grants, guarded);
+    let guards = guards::Guards::plan(&grants, guarded, admitted);
     let nat = nat::plan(&grants, &allow.names_of);
     let targets = targets::plan(&grants, &allow.names_of);
 

@@ -83,6 +83,12 @@ pub struct State {
     /// The interfaces those resolve to, as committed with the table.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guarded: Vec<String>,
+    /// Interfaces with grants that were open before loopgate managed them (their
+    /// original route_localnet, or conf.all, was non-zero when the table was planned):
+    /// their guard lets another table's forward to 127/8 through, as it worked there
+    /// before loopgate (see `plan::guards`). As committed with the table.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admitted: Vec<String>,
 }
 
 /// How many writer pids [`State::writers`] keeps.
@@ -169,6 +175,7 @@ impl StateV1 {
             specs: Vec::new(),
             guards: Vec::new(),
             guarded: Vec::new(),
+            admitted: Vec::new(),
         }
     }
 }

@@ -26,6 +26,20 @@ impl Change {
         kernel_table: Option<&nft::TableImage>,
         recorded: Option<Option<&nft::TableImage>>,
     ) -> Change {
+        Change::compute_with_all(old, target, devices, kernel_table, recorded, false)
+    }
+
+    /// [`Change::compute`], knowing whether conf.all.route_localnet is open now
+    /// (`all_open`), which decides, with the devices' originals, which interfaces'
+    /// guards admit other tables' forwards to 127/8 (see `admitting`).
+    pub fn compute_with_all(
+        old: State,
+        target: Target,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+        recorded: Option<Option<&nft::TableImage>>,
+        all_open: bool,
+    ) -> Change {
         let Target {
             grants,
             guarded,
@@ -40,7 +54,8 @@ impl Change {
             }
         }
         let grants = crate::grant::normalize(grants);
-        let ruleset = plan::ruleset_with(&grants, &guarded);
+        let admitted = admitting(&grants, &old, &devices, all_open);
+        let ruleset = plan::ruleset_admitting(&grants, &guarded, &admitted);
         let want = ruleset.as_ref().map(nft::planned_image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
@@ -51,12 +66,15 @@ impl Change {
             // The tables the host may rightly hold: the committed plan, or the plan of
             // an interrupted transaction (it may have got as far as the table).
             let plan_of = |gs: &[Grant]| {
-                if crate::grant::normalize(gs.to_vec()) == grants && old.guarded == guarded {
+                if crate::grant::normalize(gs.to_vec()) == grants
+                    && old.guarded == guarded
+                    && old.admitted == admitted
+                {
                     want.clone()
                 } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
                     r.cloned()
                 } else {
-                    plan::ruleset_with(gs, &old.guarded)
+                    plan::ruleset_admitting(gs, &old.guarded, &old.admitted)
                         .as_ref()
                         .map(nft::planned_image)
                 }
@@ -75,7 +93,7 @@ impl Change {
         {
             None
         } else {
-            let old_plan = plan::ruleset_with(&old.grants, &old.guarded);
+            let old_plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
             let holds_it = match recorded {
                 Some(r) => r == kernel_table,
                 None => old_plan.as_ref().map(nft::planned_image).as_ref() == kernel_table,
@@ -182,6 +200,7 @@ impl Change {
             specs,
             guards,
             guarded,
+            admitted,
             old,
             grants,
             ruleset,
@@ -209,6 +228,7 @@ impl Change {
             && self.old.specs == self.specs
             && self.old.guards == self.guards
             && self.old.guarded == self.guarded
+            && self.old.admitted == self.admitted
     }
 
     /// Grants that exist now and not after, or whose allowed sources changed.
@@ -356,4 +376,36 @@ fn keyed(
     grants: &[Grant],
 ) -> BTreeMap<(&str, std::net::Ipv4Addr, crate::grant::Proto, u16), &Grant> {
     grants.iter().map(|g| (g.sort_key(), g)).collect()
+}
+
+/// The interfaces `grants` publish on that were open before loopgate managed them: the
+/// recorded original route_localnet (or, not recorded yet, the value now, which is what
+/// gets recorded) is non-zero, or conf.all is open (`all_open`), which opens every
+/// interface whatever loopgate does. Their guard lets another table's forward to 127/8
+/// through (`plan::guards`): that forward worked there before loopgate and must keep
+/// working; where loopgate opened the interface itself, it never worked and must not
+/// start to. Sorted; committed as `State::admitted`, so audit plans the same table.
+fn admitting(
+    grants: &[Grant],
+    old: &State,
+    devices: &BTreeMap<u32, Device>,
+    all_open: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in plan::interfaces(grants) {
+        let Some(dev) = devices.values().find(|d| d.name == name) else {
+            continue;
+        };
+        let before = old
+            .originals
+            .iter()
+            .find(|o| o.ifindex == dev.ifindex && o.iface == dev.name)
+            .map_or(dev.route_localnet, |o| o.value);
+        if all_open || sysctl::is_open(before) {
+            out.push(name);
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

@@ -164,6 +164,7 @@ pub(super) fn run_steps<K: Kernel>(
             specs: change.old.specs.clone(),
             guards: change.old.guards.clone(),
             guarded: change.old.guarded.clone(),
+            admitted: change.old.admitted.clone(),
         })
     })?;
 
@@ -225,6 +226,7 @@ pub(super) fn run_steps<K: Kernel>(
             specs: change.specs.clone(),
             guards: change.guards.clone(),
             guarded: change.guarded.clone(),
+            admitted: change.admitted.clone(),
         })
     })?;
     if let (Some(ruleset), Some(want)) = (&change.ruleset, &change.want) {

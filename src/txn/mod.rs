@@ -102,6 +102,9 @@ pub struct Change {
     pub specs: Vec<crate::spec::Spec>,
     /// Interfaces guarded without grants once the change commits ([`Target::guarded`]).
     pub guarded: Vec<String>,
+    /// Interfaces with grants whose guard admits other tables' forwards to 127/8 once
+    /// the change commits ([`crate::state::State::admitted`]).
+    pub admitted: Vec<String>,
     /// What `loopgate guard` asked for, recorded at commit ([`Target::guards`]).
     pub guards: Vec<crate::spec::GuardSpec>,
 }
@@ -190,19 +193,25 @@ fn observe_and_compute_in<K: Kernel>(
     old: State,
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
-    let recorded = plan::ruleset_with(&old.grants, &old.guarded).map(|r| {
+    let recorded = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted).map(|r| {
         store
             .and_then(|s| s.planned_image(&r))
             .unwrap_or_else(|| nft::planned_image(&r))
     });
     let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
     let devices = observe_devices(kernel, &old, &target.grants)?;
-    let change = Change::compute(
+    // conf.all ORs into every interface: open, every interface was open before loopgate.
+    // Unreadable: not open (admitting is what widens; failing closed drops the forwards).
+    let all_open = kernel
+        .route_localnet("all")
+        .is_ok_and(crate::kernel::sysctl::is_open);
+    let change = Change::compute_with_all(
         old,
         target,
         &devices,
         snapshot.image().as_ref(),
         Some(recorded.as_ref()),
+        all_open,
     );
     Ok((change, snapshot))
 }

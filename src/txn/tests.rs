@@ -65,6 +65,7 @@ fn state(grants: Vec<Grant>, originals: Vec<Original>) -> State {
         specs: vec![],
         guards: vec![],
         guarded: vec![],
+        admitted: vec![],
     }
 }
 
@@ -209,7 +210,9 @@ fn a_device_that_reuses_a_recorded_ifindex_is_never_opened() {
 #[test]
 fn a_lost_guard_closes_every_open_managed_interface_before_the_table() {
     let g = vec![grant("br0", 8080), grant("br1", 8081)];
-    let old = state(g.clone(), vec![rec("br0", 5, 0), rec("br1", 6, 3)]);
+    let mut old = state(g.clone(), vec![rec("br0", 5, 0), rec("br1", 6, 3)]);
+    // br1 was open before loopgate (3): its guard admits other tables' forwards.
+    old.admitted = vec!["br1".into()];
     let devices = BTreeMap::from([dev(5, "br0", 1), dev(6, "br1", 3)]);
     // Flushed (no table) and dormant or edited (another table) alike.
     let other = table_of(&g[..1]);
@@ -226,7 +229,8 @@ fn a_lost_guard_closes_every_open_managed_interface_before_the_table() {
         );
     }
     // Intact: nothing to do.
-    let intact = compute(old, g.clone(), &devices, table_of(&g).as_ref());
+    let committed = plan::ruleset_admitting(&g, &[], &old.admitted).map(|r| nft::planned_image(&r));
+    let intact = compute(old, g.clone(), &devices, committed.as_ref());
     assert!(
         !intact.guard_lost && intact.is_noop(),
         "{:?}",
@@ -329,4 +333,33 @@ fn the_journal_keeps_every_record_a_change_may_touch() {
         journal_originals(&change),
         vec![rec("br0", 5, 0), rec("br1", 7, 2)]
     );
+}
+
+#[test]
+fn only_interfaces_open_before_loopgate_admit_other_tables_forwards() {
+    // br0: loopgate opened it (recorded 0, now 1); br1: open before loopgate (recorded
+    // 2); br2: seen now for the first time, opened by its owner (1); br3: new, closed.
+    let g = vec![
+        grant("br0", 1),
+        grant("br1", 2),
+        grant("br2", 3),
+        grant("br3", 4),
+    ];
+    let old = state(g[..2].to_vec(), vec![rec("br0", 5, 0), rec("br1", 6, 2)]);
+    let devices = BTreeMap::from([
+        dev(5, "br0", 1),
+        dev(6, "br1", 2),
+        dev(7, "br2", 1),
+        dev(8, "br3", 0),
+    ]);
+    let change = compute(old.clone(), g.clone(), &devices, None);
+    assert_eq!(change.admitted, vec!["br1".to_string(), "br2".to_string()]);
+    assert!(change.guarded.is_empty(), "no guard of their own");
+    // conf.all open: every interface was open before loopgate.
+    let target = Target {
+        grants: g,
+        ..Target::recorded(&old)
+    };
+    let all = Change::compute_with_all(old, target, &devices, None, None, true);
+    assert_eq!(all.admitted, ["br0", "br1", "br2", "br3"]);
 }

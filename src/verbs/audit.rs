@@ -66,8 +66,8 @@ pub(crate) fn closest_networks(
 /// Observes and assesses, and folds the guards' counters into their running totals.
 fn report(args: &AuditArgs) -> Result<Report> {
     let (store, state) = open_store(false)?;
-    let expected =
-        crate::plan::ruleset_with(&state.grants, &state.guarded).map(|r| nft::planned_image(&r));
+    let expected = crate::plan::ruleset_admitting(&state.grants, &state.guarded, &state.admitted)
+        .map(|r| nft::planned_image(&r));
     let host = crate::kernel::host::HostInterfaces::read()?;
     // A table the running watch holds is loopgate's own, not a tampered one.
     let port = crate::state::running_watch().map_or(0, |(_, port)| port);

@@ -589,3 +589,54 @@ fn a_cni_written_route_localnet_on_a_new_veth_survives_revoke() {
         &["info [guarded] cali1 is guarded (opened by another tool)"],
     );
 }
+
+/// A forward to 127/8 on an interface whose route_localnet was 0 never worked (the
+/// kernel drops it as a martian). Exposing an unrelated grant there opens the interface
+/// for the grant only: the forward stays dead, whatever form its target takes (a plain
+/// address, a map audit cannot read), and audit says why. (Found by review: the guard
+/// let every such forward through, and audit saw none whose target it could not read.)
+#[test]
+fn a_forward_that_never_worked_is_not_opened_by_an_unrelated_expose() {
+    let (lab, _services) = lab_with_services();
+    let _ssh = start_services(&lab.host, &[sa(LO, 2222)], &[]);
+    let rules = "table ip other {\n\
+         chain pre { type nat hook prerouting priority dstnat;\n\
+           ip daddr 192.0.2.1 tcp dport 2222 dnat ip to tcp dport map { 2222 : 127.0.0.1 . 2222 }\n\
+           ip daddr 192.0.2.1 tcp dport 2223 dnat to 127.0.0.1:2222; }\n\
+         }\n";
+    lab.host
+        .exec(&["nft", "-f", &lab.policy("other.nft", rules)]);
+    let (mapped, plain) = (sa(HOST_ADDR, 2222), sa(HOST_ADDR, 2223));
+    assert_eq!(tcp_request(&lab.neighbour, mapped), None, "dead before");
+    assert_eq!(tcp_request(&lab.neighbour, plain), None, "dead before");
+    // Control: with br0 open by someone else, the same forwards work (so "dead" below
+    // is the guard's doing, not the lab's).
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "1");
+    assert_eq!(
+        tcp_request(&lab.neighbour, mapped).as_deref(),
+        Some("tcp:2222"),
+        "control: the map forward works where br0 was open"
+    );
+    lab.host.set_sysctl("net.ipv4.conf.br0.route_localnet", "0");
+
+    lab.expose_default();
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306"),
+        "the grant"
+    );
+    for (what, to) in [("map", mapped), ("plain", plain)] {
+        assert_eq!(
+            tcp_request(&lab.neighbour, to),
+            None,
+            "{what} forward, neighbour"
+        );
+        assert_eq!(
+            tcp_request(&lab.container, to),
+            None,
+            "{what} forward, container"
+        );
+    }
+    let report = lab.assert_audit(1, &["WARNING [foreign-forward]", "loopgate opened br0"]);
+    assert!(!report.contains("CRITICAL"), "{report}");
+}

@@ -126,9 +126,14 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
         match kernel.route_localnet("all") {
             Ok(v) if sysctl::is_open(v) && !all_open => {
                 all_open = true;
+                // Which guards admit other tables' forwards to 127/8 depends on it.
+                quiet = None;
                 eprintln!("loopgate watch: net.ipv4.conf.all.route_localnet is now {v}: every interface routes 127.0.0.0/8, whatever loopgate guards; `loopgate audit` reports it (all-open)");
             }
-            Ok(v) if !sysctl::is_open(v) => all_open = false,
+            Ok(v) if !sysctl::is_open(v) && all_open => {
+                all_open = false;
+                quiet = None;
+            }
             _ => {}
         }
         if failing.as_ref().is_none_or(|f| Instant::now() >= f.next) {

@@ -117,6 +117,7 @@ fn an_interrupted_expose_is_rolled_back_with_its_interface_closed_before_the_tab
         specs: vec![],
         guards: vec![],
         guarded: vec![],
+        admitted: vec![],
     };
     store.store.save(&state).unwrap();
     let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
