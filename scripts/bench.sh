@@ -145,5 +145,10 @@ for n in $SIZES; do control "$n-cidrs" "$n" 1; done
 control "$GRANTS-grants" 0 "$GRANTS"
 control "expose-1-grant" 0 1
 
+# Policy parsing against serde_json on the same data, and its growth at 10x the size.
+cargo build --locked --release --quiet --example policy_parse
+record "$(target/release/examples/policy_parse "$([ $QUICK = 1 ] && echo 1 || echo 10)")"
+echo "policy parse: done"
+
 /usr/bin/python3 scripts/bench_report.py "$RES" "$OUT"
 echo "results: $RES, $OUT/tables.md"

@@ -79,6 +79,11 @@ if big:
 if "expose-1-grant" in cm:
     e = cm["expose-1-grant"]
     target("expose 1 grant / (nft -f + sysctl -w)", e["apply_ms"] / max(e["nft_f_ms"], 1), 1.0, False)
+parse = [r for r in rows if r["kind"] == "parse"]
+if parse:
+    p = parse[-1]
+    target(f"policy parse, {p['yaml_bytes'] / 1e6:.1f} MB / serde_json of the same data", p["yaml_over_json"], 10, False)
+    target("policy parse at 10x the size / at 1x (10 = linear)", p["yaml_growth"], 12, False)
 out += ["", "## Targets", "", "| target | this run | goal | |", "|---|---|---|---|"] + targets
 open(f"{out_dir}/tables.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
