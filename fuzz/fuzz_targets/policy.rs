@@ -53,8 +53,8 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    // The path `apply` takes: specs checked against the host, then resolved.
-    let specs = match loopgate::policy::specs_of(&[("fuzz".into(), policy)], &FuzzHost, true) {
+    // The path `apply` takes: specs checked, then resolved against the host.
+    let specs = match loopgate::policy::specs_of(&[("fuzz".into(), policy)]) {
         Ok(s) => s,
         Err(e) => {
             assert!(is_bad_input(&e), "validation error is not BadInput: {e:#}");
