@@ -186,7 +186,7 @@ pub fn snapshot(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
 }
 
 /// [`snapshot`], reading the rules one chain per dump whatever the number of chains
-/// (see [`RULES_BY_CHAIN_FROM`]): for tests, which compare it with [`snapshot`] on
+/// (it does so from 2,000 chains on): for tests, which compare it with [`snapshot`] on
 /// small tables.
 #[doc(hidden)]
 pub fn snapshot_rules_by_chain(trust: Option<(&Vouch, &TableImage)>) -> Result<Snapshot> {
