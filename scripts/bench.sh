@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 . scripts/install-deps.sh bench
 # iperf-free: lgload (bench/) is the load generator; matplotlib draws the chart.
 
+# `--control`: the control path alone (apply, audit, revoke against nft, 7 rounds),
+# for comparing ratios of one run without the data path's quarter of an hour.
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
+CONTROL_ONLY=0; [ "${1:-}" = "--control" ] && CONTROL_ONLY=1
 if [ $QUICK = 1 ]; then SECS=0.5; ROUNDS=1; SIZES="10 1000"; GRANTS=100
 else SECS=2; ROUNDS=7; SIZES="10 1000 10000 100000"; GRANTS=1000; fi
 
@@ -103,6 +106,7 @@ teardown() {
 # conntrack entries and pending kernel frees of the one before it).
 read -r -a order <<< "$CASES"
 for round in $(seq "$ROUNDS"); do
+  [ $CONTROL_ONLY = 1 ] && break
   for i in "${!order[@]}"; do
     c=${order[$(( (i + round - 1) % ${#order[@]} ))]}
     read -r ns addr < <(setup "$c")
@@ -145,6 +149,20 @@ for n in $SIZES; do control "$n-cidrs" "$n" 1; done
 control "$GRANTS-grants" 0 "$GRANTS"
 control "expose-1-grant" 0 1
 
+if [ $CONTROL_ONLY = 1 ]; then
+  /usr/bin/python3 - "$RES" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"control"' in l]
+cases = list(dict.fromkeys(r["case"] for r in rows))
+med = lambda c, k: statistics.median(r[k] for r in rows if r["case"] == c)
+print("| case | apply ms | nft -f + sysctl -w | ratio | revoke ms | nft delete + sysctl -w | ratio | audit ms | nft -j list | ratio | apply peak RSS MiB |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for c in cases:
+    a, f, r, d, au, l = (med(c, k) for k in ("apply_ms", "nft_f_ms", "revoke_ms", "nft_delete_ms", "audit_ms", "nft_list_ms"))
+    print(f"| {c} | {a:g} | {f:g} | {a / f:.2f} | {r:g} | {d:g} | {r / d:.2f} | {au:g} | {l:g} | {au / l:.2f} | {med(c, 'apply_max_rss_kb') / 1024:.1f} |")
+PY
+  exit 0
+fi
 # Policy parsing against serde_json on the same data, and its growth at 10x the size.
 cargo build --locked --release --quiet --example policy_parse
 record "$(target/release/examples/policy_parse "$([ $QUICK = 1 ] && echo 1 || echo 10)")"

@@ -9,6 +9,7 @@ use crate::input::loopback;
 use crate::kernel::conntrack;
 use crate::kernel::seam::Kernel;
 use anyhow::Result;
+use std::collections::BTreeMap;
 
 pub(super) fn cut_flows<K: Kernel>(kernel: &K, change: &Change) -> Result<usize> {
     let nothing_to_cut = change.revoked().is_empty() && fresh(change).is_empty();
@@ -25,16 +26,20 @@ pub(super) fn cut_flows<K: Kernel>(kernel: &K, change: &Change) -> Result<usize>
 /// edited: `nft -f` of a file with `flush ruleset`), every grant, because any of their
 /// flows may have begun while the DNAT rule was missing.
 pub(super) fn fresh(change: &Change) -> Vec<&Grant> {
+    // The old grants by key: a search of them per new grant made a new interface's
+    // pass quadratic in the number of grants (6 % of watch's reaction at 1,000).
+    let mut old: BTreeMap<_, Vec<&Grant>> = BTreeMap::new();
+    for o in &change.old.grants {
+        old.entry(o.sort_key()).or_default().push(o);
+    }
     change
         .grants
         .iter()
         .filter(|g| {
             change.guard_lost
-                || !change
-                    .old
-                    .grants
-                    .iter()
-                    .any(|o| o.key() == g.key() && o.to == g.to && o.allow == g.allow)
+                || !old
+                    .get(&g.sort_key())
+                    .is_some_and(|os| os.iter().any(|o| o.to == g.to && o.allow == g.allow))
         })
         .collect()
 }
@@ -162,6 +167,26 @@ pub(super) mod tests {
         let same = change(vec![grant(53, 5353)], vec![grant(53, 5353)]);
         assert!(fresh(&same).is_empty());
         assert_eq!(doomed(&same, all), vec![]);
+    }
+
+    #[test]
+    fn among_many_grants_only_the_new_and_changed_ones_are_fresh() {
+        // The same port on two interfaces is two grants: the key includes the interface.
+        let on = |iface: &str, port: u16, to: u16| Grant {
+            iface: iface.into(),
+            ..grant(port, to)
+        };
+        let old: Vec<Grant> = (0..200).map(|p| on("br0", 1000 + p, 2000 + p)).collect();
+        let mut new = old.clone();
+        new[7].to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9999);
+        new[9].allow = vec!["192.0.2.0/24".parse().unwrap()];
+        new.push(on("br1", 1000, 2000));
+        let c = change(old, new);
+        let fresh: Vec<(&str, u16)> = fresh(&c)
+            .iter()
+            .map(|g| (g.iface.as_str(), g.port))
+            .collect();
+        assert_eq!(fresh, vec![("br0", 1007), ("br0", 1009), ("br1", 1000)]);
     }
 
     #[test]

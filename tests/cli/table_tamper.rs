@@ -319,3 +319,26 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
         "{messages} messages read beside the foreign ruleset, {quiet} without"
     );
 }
+
+#[test]
+fn rules_read_one_chain_per_dump_read_back_the_same_table_edits_included() {
+    // Large tables are read back one chain per rule dump (one dump of every rule costs
+    // the kernel O(rules²)); on a small table the same path must give the same image,
+    // each chain's rules in their order, an edit by someone else included.
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    let by_chain = |ns: &Netns| ns.enter(|| nft::snapshot_rules_by_chain(None).unwrap().image());
+    let want = table_image(&lab.host).expect("table");
+    assert!(!want.rules.is_empty());
+    assert_eq!(by_chain(&lab.host).as_ref(), Some(&want));
+    let path = lab.state_dir.join("tamper.nft");
+    std::fs::write(
+        &path,
+        "insert rule ip loopgate raw_if0 accept\nadd rule ip loopgate input_if0 counter\n",
+    )
+    .unwrap();
+    lab.host.exec(&["nft", "-f", path.to_str().unwrap()]);
+    let tampered = table_image(&lab.host).expect("table");
+    assert_ne!(tampered, want, "control: the edit shows in one dump");
+    assert_eq!(by_chain(&lab.host), Some(tampered));
+}

@@ -49,4 +49,4 @@ pub(in crate::kernel) use generation::{apply, apply_diff};
 pub use generation::{current_generation, OwnCommits, Vouch};
 pub use image::{planned_image, planned_image_held, Elements, Holder, TableImage};
 pub use owner::{probe_owner_support, Owner};
-pub use readback::{snapshot, table_holder, Snapshot};
+pub use readback::{snapshot, snapshot_rules_by_chain, table_holder, Snapshot};

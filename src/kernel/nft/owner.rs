@@ -226,8 +226,8 @@ impl Owner {
         }))
     }
 
-    /// Changes the table in place through the owning socket (as the module-level
-    /// `apply_diff` does for an unowned table): the table stays owned.
+    /// Changes the table in place through the owning socket (as `nft::apply_diff`
+    /// does through a socket of its own): the table stays owned.
     pub fn apply_diff(
         &mut self,
         diff: &super::Diff,
