@@ -85,14 +85,23 @@ fn nft_rules(g: &Grant, v: View) -> Vec<String> {
         g.listen,
         g.port
     );
+    let untracked = format!("{}ip saddr {to} {p} sport {tport} accept", iif("oifname"));
+    pick(
+        v,
+        [original, translated, reply, reply_translated, untracked],
+    )
+}
+
+/// The rules `v` needs, out of the five forms of one syntax: the client's packet before
+/// and after the DNAT, the reply before and after its source is translated back, and
+/// the untracked reply.
+fn pick(v: View, forms: [String; 5]) -> Vec<String> {
+    let [original, translated, reply, reply_translated, untracked] = forms;
     match v {
         View::Original => vec![original],
         View::Either => vec![original, translated],
         View::Translated => vec![translated],
-        View::ReplyUntracked => vec![format!(
-            "{}ip saddr {to} {p} sport {tport} accept",
-            iif("oifname")
-        )],
+        View::ReplyUntracked => vec![untracked],
         View::Reply => vec![reply],
         View::ReplyEither => vec![reply, reply_translated],
         View::ReplyTranslated => vec![reply_translated],
@@ -128,18 +137,11 @@ fn iptables_rules(g: &Grant, v: View) -> Vec<String> {
         g.listen,
         g.port
     );
-    match v {
-        View::Original => vec![original],
-        View::Either => vec![original, translated],
-        View::Translated => vec![translated],
-        View::ReplyUntracked => vec![format!(
-            "{}-s {to} -p {p} --sport {tport} -j ACCEPT",
-            iif("-o")
-        )],
-        View::Reply => vec![reply],
-        View::ReplyEither => vec![reply, reply_translated],
-        View::ReplyTranslated => vec![reply_translated],
-    }
+    let untracked = format!("{}-s {to} -p {p} --sport {tport} -j ACCEPT", iif("-o"));
+    pick(
+        v,
+        [original, translated, reply, reply_translated, untracked],
+    )
 }
 
 fn quoted(lines: &[String], prefix: &str) -> String {
