@@ -260,10 +260,10 @@ fn a_repair_that_keeps_failing_backs_off_logs_once_and_keeps_the_interface_close
     assert_eq!(failed, 1, "one line per change of error: {log}");
     assert!(log.matches("could not converge").count() <= 1, "{log}");
     // Not spinning: a repair loop without back-off takes most of a core. Three attempts
-    // in the window (0.25 s doubling to the 2 s cap), each reading the table, the
-    // counters around the refused batch and the rollback's restore: 1.16 % measured on
-    // a quiet machine since the counter totals and the read barrier came in (7 clock
-    // ticks of 10 ms); the bound leaves room for the clock's granularity.
+    // in the window (0.25 s doubling to the 2 s cap), each a whole transaction that the
+    // kernel refuses and rolls back: 1.16 % measured on a quiet machine after the
+    // issue 19-21 changes (7 clock ticks of 10 ms; under 1 % before, cause not
+    // profiled); the bound leaves room for the clock's granularity.
     assert!(cpu < 0.02, "{:.2} % of a core: {log}", cpu * 100.0);
     // Control: once the other process lets go, watch takes the table and the grant
     // works again, within the back-off's cap.
