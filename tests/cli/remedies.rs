@@ -216,3 +216,22 @@ fn an_interrupted_expose_is_rolled_back_by_the_printed_watch_once() {
     assert_eq!(lab.host.sysctl("net.ipv4.conf.br0.route_localnet"), "0");
     assert!(!works(&lab), "rolled back: not published");
 }
+
+/// `loopgate watch --once` beside the running watch the shipped unit starts: refused
+/// (exit 2, naming that watch's pid), changing nothing; that watch repairs by itself.
+#[test]
+fn watch_once_beside_a_running_watch_is_refused_and_changes_nothing() {
+    let (lab, _services) = lab_with_services();
+    lab.expose_default();
+    let watch = Watch::start_holding(&lab);
+    let before = lab.fingerprint();
+    let out = lab.loopgate(&["watch", "--once"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {}", watch.pid())),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(before, lab.fingerprint());
+    lab.assert_audit(0, &[]);
+}
