@@ -9,10 +9,15 @@
 //! replaced atomically (write, fsync, rename), and an exclusive `flock` serialises
 //! concurrent loopgate runs on one namespace.
 //!
-//! This file holds the state, its store and its directory; `sweep` removes the
-//! directories of namespaces that are gone ([`sweep_stale`]).
+//! This file holds the state, its store and its directory; `disk` is the state file's
+//! form since version 3, which keeps long allow lists in files of their own (`lists`);
+//! `sweep` removes the directories of namespaces that are gone ([`sweep_stale`]).
 
+mod disk;
+mod lists;
 mod sweep;
+
+pub use lists::FILE_MIN as LIST_FILE_MIN;
 
 pub use sweep::{sweep_stale, SWEEP_MAX};
 
@@ -23,9 +28,12 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::PathBuf;
 
-/// Version of the state file. 2: originals are recorded per device instance (ifindex);
-/// a version-1 file (originals by interface name) is still read, see [`Store::load`].
-pub const STATE_VERSION: u32 = 2;
+/// Version of the state file. 3: allow lists of at least [`LIST_FILE_MIN`] networks
+/// are kept in files of their own beside it (`allow-<sha256>.json`, each written once)
+/// and referred to by their SHA-256 (`"allow": "sha256:<hex>"`). 2: originals are
+/// recorded per device instance (ifindex). Files of versions 2 and 1 (originals by
+/// interface name) are still read, see [`Store::load`].
+pub const STATE_VERSION: u32 = 3;
 
 /// route_localnet of one device instance before loopgate first changed it.
 ///
@@ -247,6 +255,8 @@ pub struct Store {
     _lock: File,
     /// See [`Memo`]; empty for a store just opened, unless handed one.
     memo: std::cell::RefCell<Memo>,
+    /// The list files this store found or wrote while it holds the lock.
+    lists: std::cell::RefCell<lists::Local>,
 }
 
 /// What a long-running process (watch) keeps from one store it opened to the next, so
@@ -261,6 +271,8 @@ pub struct Store {
 pub struct Memo {
     parsed: Option<(Vec<u8>, State)>,
     planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
+    /// The allow lists the state last read or written refers to (see `lists`).
+    lists: lists::Memo,
 }
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
@@ -347,16 +359,22 @@ impl Store {
     /// Reads the current namespace's state without taking the lock. The file is only
     /// ever replaced by a rename, so this sees one whole version, though possibly one
     /// a running transaction is about to replace. `None` when there is none.
+    ///
+    /// A list file the state refers to may be collected by a transaction that commits
+    /// between the reads of the state file and of the list: the state file is then
+    /// read again (a few times at most).
     pub fn peek() -> Result<Option<State>> {
         let dir = private_namespace_dir()?;
-        let path = dir.path().join(STATE_FILE);
-        match read_in(&dir, STATE_FILE)? {
-            Some(bytes) => {
-                Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                    format!("state file {} is corrupt", path.display())
-                })?))
+        let mut tries = 0;
+        loop {
+            let Some(bytes) = read_in(&dir, STATE_FILE)? else {
+                return Ok(None);
+            };
+            match parse_in(&dir, &bytes, &mut lists::Memo::default()) {
+                Ok(state) => return Ok(Some(state)),
+                Err(lists::ReadError::Missing(_)) if tries < 3 => tries += 1,
+                Err(e) => return Err(unreadable(&dir, e)),
             }
-            None => Ok(None),
         }
     }
 
@@ -418,6 +436,7 @@ impl Store {
             dir,
             _lock: lock,
             memo: Default::default(),
+            lists: Default::default(),
         }))
     }
 
@@ -434,10 +453,12 @@ impl Store {
 
     /// Reads the state; an empty [`State`] when there is no file yet. A version-1 file
     /// is upgraded in memory (see `StateV1::upgrade`: originals are matched to
-    /// today's ifindexes and taken as 0).
+    /// today's ifindexes and taken as 0); a version-2 file reads as it is.
     ///
-    /// Errors: the file cannot be read, is not valid JSON of a known version (the
-    /// message says to inspect or remove it), or has a version this build does not know.
+    /// Errors: the file or a list file it refers to cannot be read or is a link, is
+    /// not valid JSON of a known version or a list does not match its name (the
+    /// message says to inspect or remove it), a list file is missing, or the file has a
+    /// version this build does not know.
     pub fn load(&self) -> Result<State> {
         match self.read_raw()? {
             None => Ok(State {
@@ -450,42 +471,12 @@ impl Store {
                         return Ok(state.clone());
                     }
                 }
-                let state = self.parse(&bytes)?;
-                self.memo.borrow_mut().parsed = Some((bytes, state.clone()));
+                let mut memo = self.memo.borrow_mut();
+                let state = parse_in(&self.dir, &bytes, &mut memo.lists)
+                    .map_err(|e| unreadable(&self.dir, e))?;
+                memo.parsed = Some((bytes, state.clone()));
                 Ok(state)
             }
-        }
-    }
-
-    /// Parses the state file's `bytes` (see [`Store::load`]).
-    fn parse(&self, bytes: &[u8]) -> Result<State> {
-        let corrupt = || {
-            format!(
-                "state file {} is corrupt; inspect or remove it",
-                self.path().display()
-            )
-        };
-        #[derive(Deserialize)]
-        struct Version {
-            version: u32,
-        }
-        let Version { version } = serde_json::from_slice(bytes).with_context(corrupt)?;
-        match version {
-            STATE_VERSION => {
-                let mut state: State = serde_json::from_slice(bytes).with_context(corrupt)?;
-                state.derive_specs();
-                Ok(state)
-            }
-            1 => {
-                let v1: StateV1 = serde_json::from_slice(bytes).with_context(corrupt)?;
-                let mut state = v1.upgrade(crate::kernel::sysctl::ifindex_of);
-                state.derive_specs();
-                Ok(state)
-            }
-            other => anyhow::bail!(
-                "state file {} has version {other}, expected {STATE_VERSION}",
-                self.path().display()
-            ),
         }
     }
 
@@ -535,21 +526,57 @@ impl Store {
             .with_context(|| format!("writing {}", self.dir.path().join(name).display()))
     }
 
-    /// Replaces the state file with `state`, atomically (see [`Store::write_raw`]).
+    /// Replaces the state file with `state`, atomically (see [`Store::write_raw`]), as
+    /// version [`STATE_VERSION`]: the list files it refers to are written first (those
+    /// not in place yet), then the state file.
     ///
     /// Errors: the directory cannot be written (full disk, read-only /run).
     pub fn save(&self, state: &State) -> Result<()> {
-        let bytes = serde_json::to_vec(state).context("serialising state")?;
-        self.write_raw(Some(&bytes))?;
+        let mut memo = self.memo.borrow_mut();
+        let mut local = self.lists.borrow_mut();
+        let mut writer = lists::Writer::new(&self.dir, &mut memo.lists, &mut local);
+        let out = disk::StateOut::new(state, |list| writer.put(list))?;
+        let bytes = serde_json::to_vec(&out).context("serialising state")?;
+        drop(out);
+        let refs = writer.finish()?;
+        local.written = None;
+        self.write_state(Some(&bytes))?;
+        local.written = Some(refs);
         // What a load of these bytes gives (derived specs included).
         let mut saved = state.clone();
+        saved.version = STATE_VERSION;
         saved.derive_specs();
-        self.memo.borrow_mut().parsed = Some((bytes, saved));
+        memo.parsed = Some((bytes, saved));
         Ok(())
     }
 
+    /// Removes the list files the state file does not refer to (see `lists`): for the
+    /// end of a transaction that committed, never during one (its rollback may put
+    /// back a state file that refers to older lists). Returns how many it removed.
+    ///
+    /// Errors: the state file cannot be read or parsed, or the directory listed;
+    /// nothing is removed then.
+    pub fn collect_lists(&self) -> Result<usize> {
+        let keep = match self.lists.borrow().written.clone() {
+            Some(refs) => refs,
+            None => match self.read_raw()? {
+                None => Default::default(),
+                Some(bytes) => refs_in(&bytes)
+                    .with_context(|| format!("state file {} is corrupt", self.path().display()))?,
+            },
+        };
+        lists::collect(&self.dir, &keep, &mut self.lists.borrow_mut())
+    }
+
     /// Atomically replaces the state file with `bytes`, or removes it for `None`.
+    /// The list files those bytes refer to must be there: they are when the bytes were
+    /// read from the file earlier under the same lock (a transaction's rollback).
     pub fn write_raw(&self, bytes: Option<&[u8]>) -> Result<()> {
+        self.lists.borrow_mut().written = None;
+        self.write_state(bytes)
+    }
+
+    fn write_state(&self, bytes: Option<&[u8]>) -> Result<()> {
         let Some(bytes) = bytes else {
             return match self.dir.remove(STATE_FILE) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -586,6 +613,72 @@ fn read_in(dir: &crate::files::PrivateDir, file: &str) -> Result<Option<Vec<u8>>
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(link_refused(&path, e)),
+    }
+}
+
+/// Parses a state file's `bytes` read from `dir`, the lists it refers to through `memo`
+/// (see [`Store::load`]).
+fn parse_in(
+    dir: &crate::files::PrivateDir,
+    bytes: &[u8],
+    memo: &mut lists::Memo,
+) -> std::result::Result<State, lists::ReadError> {
+    let path = dir.path().join(STATE_FILE);
+    let corrupt = |e: serde_json::Error| {
+        lists::ReadError::Other(anyhow::Error::new(e).context(format!(
+            "state file {} is corrupt; inspect or remove it",
+            path.display()
+        )))
+    };
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let Version { version } = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let mut state = match version {
+        2 | STATE_VERSION => {
+            let on_disk: disk::StateIn = serde_json::from_slice(bytes).map_err(corrupt)?;
+            let mut reader = lists::Reader::new(dir, memo);
+            let state = on_disk.into_state(|id| reader.get(id))?;
+            reader.finish();
+            state
+        }
+        1 => {
+            let v1: StateV1 = serde_json::from_slice(bytes).map_err(corrupt)?;
+            v1.upgrade(crate::kernel::sysctl::ifindex_of)
+        }
+        other => {
+            return Err(lists::ReadError::Other(anyhow::anyhow!(
+                "state file {} has version {other}, expected {STATE_VERSION}",
+                path.display()
+            )))
+        }
+    };
+    state.derive_specs();
+    Ok(state)
+}
+
+/// The list files a state file's `bytes` refer to.
+fn refs_in(bytes: &[u8]) -> Result<std::collections::BTreeSet<lists::ListId>> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+    }
+    let Version { version } = serde_json::from_slice(bytes)?;
+    Ok(match version {
+        1 => Default::default(),
+        _ => serde_json::from_slice::<disk::StateIn>(bytes)?.refs(),
+    })
+}
+
+/// The one-line error of a state that cannot be read (see [`parse_in`]).
+fn unreadable(dir: &crate::files::PrivateDir, e: lists::ReadError) -> anyhow::Error {
+    match e {
+        lists::ReadError::Missing(list) => anyhow::anyhow!(
+            "state file {} refers to allow list {list}, which is missing; inspect or remove the state file",
+            dir.path().join(STATE_FILE).display()
+        ),
+        lists::ReadError::Other(e) => e,
     }
 }
 

@@ -60,7 +60,13 @@ pub fn execute<K: Kernel>(
     }
     let mut undo: Vec<Undo> = Vec::new();
     match run_steps(kernel, store, change, snapshot.generation(), &mut undo) {
-        Ok(outcome) => Ok(outcome),
+        Ok(outcome) => {
+            // Committed, nothing left to roll back: the list files only the old state
+            // referred to can go (during the change its rollback might have needed
+            // them). Housekeeping: a failure leaves them for the next commit.
+            let _ = store.collect_lists();
+            Ok(outcome)
+        }
         Err(err) => {
             let rollback = roll_back(kernel, store, undo, snapshot, change);
             match rollback {
