@@ -167,6 +167,11 @@ fi
 cargo build --locked --release --quiet --example policy_parse
 record "$(target/release/examples/policy_parse "$([ $QUICK = 1 ] && echo 1 || echo 10)")"
 echo "policy parse: done"
+# The state file's save and load, version 2 (lists inline) against 3 (long lists in
+# files of their own), at issue 21's size: 1,000 grants and one of 100,000 networks.
+cargo build --locked --release --quiet --example state_io
+record "$(target/release/examples/state_io $([ $QUICK = 1 ] && echo "100 10000" || echo "1000 100000"))"
+echo "state file: done"
 
 /usr/bin/python3 scripts/bench_report.py "$RES" "$OUT"
 echo "results: $RES, $OUT/tables.md"

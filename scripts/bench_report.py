@@ -84,6 +84,16 @@ if parse:
     p = parse[-1]
     target(f"policy parse, {p['yaml_bytes'] / 1e6:.1f} MB / serde_json of the same data", p["yaml_over_json"], 10, False)
     target("policy parse at 10x the size / at 1x (10 = linear)", p["yaml_growth"], 12, False)
+state = [r for r in rows if r["kind"] == "state_io"]
+if state:
+    s = state[-1]
+    out += ["", "## State file", "",
+            f"Save and load of the state `watch` records for {s['grants']:,} grants (2 networks each) and one of {s['big']:,} networks, with their specs; median ms. "
+            f"Version 2: {s['v2_bytes'] / 1e6:.2f} MB, every list inline. Version 3: {s['v3_bytes'] / 1e6:.2f} MB, and {s['v3_list_bytes'] / 1e6:.2f} MB of list files written once.", "",
+            "| | save | load |", "|---|---|---|",
+            f"| version 2 | {s['v2_save_ms']:.1f} | {s['v2_load_ms']:.1f} |",
+            f"| version 3, a process new to the lists | {s['v3_save_fresh_ms']:.1f} ({s['v3_save_fresh_ms'] / s['v2_save_ms']:.2f}×) | {s['v3_load_fresh_ms']:.1f} ({s['v3_load_fresh_ms'] / s['v2_load_ms']:.2f}×) |",
+            f"| version 3, lists known (watch; a transaction's second save) | {s['v3_save_known_ms']:.1f} ({s['v3_save_known_ms'] / s['v2_save_ms']:.2f}×) | {s['v3_load_known_ms']:.1f} ({s['v3_load_known_ms'] / s['v2_load_ms']:.2f}×) |"]
 out += ["", "## Targets", "", "| target | this run | goal | |", "|---|---|---|---|"] + targets
 open(f"{out_dir}/tables.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))

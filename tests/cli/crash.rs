@@ -71,3 +71,43 @@ fn after_a_crash_at_any_step_audit_reports_it_and_the_repeat_converges() {
     println!("crash points exercised: {crashes}");
     assert_eq!(crashes, 4 * (STEPS.len() - 1));
 }
+
+/// A crash in a change of a long allow list (kept in a file of its own, state format
+/// 3) at any step leaves a state that reads: audit reports the interrupted change, the
+/// repeat converges, and the lists nothing refers to any more are gone after it.
+#[test]
+fn a_crash_changing_a_long_allow_list_leaves_a_state_that_reads() {
+    let (lab, _services) = lab_with_services();
+    let policies = [
+        lab.long_list_policy("a.yaml", 0),
+        lab.long_list_policy("b.yaml", 1),
+    ];
+    lab.ok(&["apply", &policies[0]]);
+    for (i, step) in STEPS[..STEPS.len() - 1].iter().enumerate() {
+        let point = format!("after-{step}");
+        let args = ["apply", policies[(i + 1) % 2].as_str()];
+        let out = lab.loopgate_env(&args, &[("LOOPGATE_CRASH", point.as_str())]);
+        assert_eq!(out.status.code(), None, "{point}: {}", stderr(&out));
+        assert_never_open_without_guard(&lab, &point);
+        let audit = lab.loopgate(&["audit"]);
+        assert_eq!(audit.status.code(), Some(1), "{point}: {}", stdout(&audit));
+        assert!(
+            stdout(&audit).contains("[interrupted]"),
+            "{}",
+            stdout(&audit)
+        );
+        lab.ok(&args);
+        assert_eq!(
+            lab.allow_list_files().len(),
+            1,
+            "{point}: {:?}",
+            lab.allow_list_files()
+        );
+        lab.assert_audit(0, &[]);
+        assert_eq!(
+            tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+            Some("tcp:3306"),
+            "{point}"
+        );
+    }
+}

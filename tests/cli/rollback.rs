@@ -122,6 +122,43 @@ fn every_failpoint_of_expose_revoke_and_apply_rolls_back() {
     );
 }
 
+/// A long allow list lives in a file of its own (state format 3). A change of it that
+/// fails at any step, after its commit too, puts the state file back byte for byte,
+/// and the list that file refers to is still there (audit reads it); the old list's
+/// file goes with the change that commits.
+#[test]
+fn a_failed_change_of_a_long_allow_list_leaves_a_state_that_reads() {
+    let (lab, _services) = lab_with_services();
+    let old = lab.long_list_policy("a.yaml", 0);
+    let new = lab.long_list_policy("b.yaml", 1);
+    lab.ok(&["apply", &old]);
+    let committed = lab.allow_list_files();
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    for step in STEPS {
+        for fp in [step.to_string(), format!("after-{step}")] {
+            assert_rolls_back(&lab, &["apply", &new], &fp, &format!("step {step}"));
+            assert!(
+                lab.allow_list_files().contains(&committed[0]),
+                "{fp}: {:?}",
+                lab.allow_list_files()
+            );
+            lab.assert_audit(0, &[]);
+        }
+    }
+    lab.ok(&["apply", &new]);
+    let now = lab.allow_list_files();
+    assert_eq!(
+        now.len(),
+        1,
+        "the old list and the rollbacks' leftovers go: {now:?}"
+    );
+    assert_ne!(now, committed);
+    assert_eq!(
+        tcp_request(&lab.container, sa(HOST_ADDR, 3306)).as_deref(),
+        Some("tcp:3306")
+    );
+}
+
 #[test]
 fn a_failed_revoke_keeps_open_connections_alive() {
     let (lab, _services) = lab_with_services();

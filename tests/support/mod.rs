@@ -553,6 +553,38 @@ impl Lab {
         path.to_str().unwrap().to_string()
     }
 
+    /// Writes a policy publishing br0:3306 to 64 networks (/30s: long enough for the
+    /// state to keep the list in a file of its own), all of 192.0.2.0/24 for `variant`
+    /// 0, 198.51.100.0/30 instead of 192.0.2.0/30 for 1: both allow CONTAINER_ADDR.
+    pub fn long_list_policy(&self, name: &str, variant: usize) -> String {
+        let mut allow: Vec<String> = (0..64).map(|i| format!("192.0.2.{}/30", i * 4)).collect();
+        if variant == 1 {
+            allow[0] = "198.51.100.0/30".into();
+        }
+        self.policy(
+            name,
+            &format!(
+                "grants:\n  - interface: br0\n    port: 3306\n    allow: [{}]\n",
+                allow.join(", ")
+            ),
+        )
+    }
+
+    /// The allow list files of the lab's state directories (`allow-<sha256>.json`),
+    /// sorted.
+    pub fn allow_list_files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.state_dir)
+            .unwrap()
+            .flatten()
+            .filter(|d| d.file_name().to_string_lossy().starts_with("netns-"))
+            .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("allow-"))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// The running watch's socket (`<state dir>/netns-<cookie>/watch.sock`).
     pub fn watch_socket(&self) -> PathBuf {
         std::fs::read_dir(&self.state_dir)

@@ -6,7 +6,7 @@ use super::*;
 use crate::grant::{Grant, Proto};
 use crate::kernel::fake::{Fake, TempStore};
 use crate::spec::{Source, Spec};
-use crate::state::{State, Store, STATE_VERSION};
+use crate::state::{State, STATE_VERSION};
 use crate::txn::{execute, observe_and_compute, Target};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -347,4 +347,37 @@ fn references_and_file_names_are_exact() {
         assert_eq!(ListId::from_reference(bad), None, "{bad}");
     }
     assert_eq!(ListId::from_file_name("allow-x.json.1.2.tmp"), None);
+}
+
+#[test]
+fn a_list_file_is_the_json_array_of_its_texts_and_reads_back_in_one_pass() {
+    let mut list = nets(0, 130);
+    list.push("0.0.0.0/1".parse().unwrap());
+    list.push("255.255.255.255/32".parse().unwrap());
+    list.push("10.100.9.0/24".parse().unwrap());
+    let bytes = encode(&list);
+    let mut json = Vec::new();
+    crate::grant::serialize_networks(&list, &mut serde_json::Serializer::new(&mut json)).unwrap();
+    assert_eq!(
+        String::from_utf8(bytes.clone()).unwrap(),
+        String::from_utf8(json).unwrap()
+    );
+    assert_eq!(decode(&bytes), Some(list.clone()));
+    assert_eq!(decode(b"[]"), Some(vec![]));
+    // Anything else is left to the JSON reader, which reads what is JSON.
+    for other in [
+        &b"[ \"192.0.2.0/24\"]"[..],
+        b"[\"192.0.2.00/24\"]",
+        b"[\"192.0.2.0/33\"]",
+        b"[\"192.0.2.256/24\"]",
+        b"[\"192.0.2.0/24\",]",
+        b"[\"192.0.2.0/24\"] ",
+        b"[\"192.0.2.0/24\"",
+        b"[\"192.0.2.0\"]",
+    ] {
+        assert_eq!(decode(other), None, "{}", String::from_utf8_lossy(other));
+    }
+    let spaced = b"[ \"192.0.2.0/24\" , \"198.51.100.0/25\" ]";
+    let read: Vec<Ipv4Network> = serde_json::from_slice(spaced).unwrap();
+    assert_eq!(read.len(), 2);
 }
