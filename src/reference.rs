@@ -371,6 +371,10 @@ pub const FILES: &[FileDoc] = &[
         meaning: "what loopgate did in one network namespace: specs, grants, originals per device, the journal of a running transaction",
     },
     FileDoc {
+        path: "/run/loopgate/netns-<cookie>/allow-<sha256>.json",
+        meaning: "an allow list of 64 networks or more that state.json refers to (`\"allow\": \"sha256:<hex>\"`), written once, named by the SHA-256 of its content and checked against it when read; removed once no committed state refers to it",
+    },
+    FileDoc {
         path: "/run/loopgate/netns-<cookie>/blocked-totals.json",
         meaning: "running totals of what the guards dropped, kept across table rewrites (folded in by every transaction that writes the table and by `audit`): `blocked_total` and `loopgate_blocked_packets_total`",
     },

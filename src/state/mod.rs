@@ -658,7 +658,9 @@ fn parse_in(
     Ok(state)
 }
 
-/// The list files a state file's `bytes` refer to.
+/// The list files a state file's `bytes` refer to. Errors: not a state file of a
+/// version this build knows (one of a newer build may refer to files this one
+/// cannot tell).
 fn refs_in(bytes: &[u8]) -> Result<std::collections::BTreeSet<lists::ListId>> {
     #[derive(Deserialize)]
     struct Version {
@@ -667,7 +669,8 @@ fn refs_in(bytes: &[u8]) -> Result<std::collections::BTreeSet<lists::ListId>> {
     let Version { version } = serde_json::from_slice(bytes)?;
     Ok(match version {
         1 => Default::default(),
-        _ => serde_json::from_slice::<disk::StateIn>(bytes)?.refs(),
+        2 | STATE_VERSION => serde_json::from_slice::<disk::StateIn>(bytes)?.refs(),
+        other => anyhow::bail!("version {other}, expected {STATE_VERSION}"),
     })
 }
 
