@@ -128,7 +128,7 @@ fn decode(bytes: &[u8]) -> Option<Vec<Ipv4Network>> {
             *at += 1;
         }
         let len = *at - start;
-        let canonical = len >= 1 && len <= 3 && (len == 1 || bytes[start] != b'0');
+        let canonical = (1..=3).contains(&len) && (len == 1 || bytes[start] != b'0');
         (canonical && v <= max).then_some(v)
     }
     fn expect(bytes: &[u8], at: &mut usize, c: u8) -> Option<()> {
