@@ -193,12 +193,21 @@ fn observe_and_compute_in<K: Kernel>(
     old: State,
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
-    let recorded = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted).map(|r| {
+    let plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
+    let recorded = plan.as_ref().map(|r| {
         store
-            .and_then(|s| s.planned_image(&r))
-            .unwrap_or_else(|| nft::planned_image(&r))
+            .and_then(|s| s.planned_image(r))
+            .unwrap_or_else(|| nft::planned_image(r))
     });
-    let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
+    // Committed and nothing committed since: the table is taken as that plan, unread
+    // (see `Kernel::read_committed`). Not while a transaction was interrupted: its
+    // batch may have been the last commit.
+    let snapshot = match (&old.vouch, &plan, &recorded, &old.pending) {
+        (Some(vouch), Some(plan), Some(image), None) => {
+            kernel.read_committed(vouch, plan, image)?
+        }
+        _ => kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?,
+    };
     let devices = observe_devices(kernel, &old, &target.grants)?;
     // conf.all ORs into every interface: open, every interface was open before loopgate.
     // Unreadable: not open (admitting is what widens; failing closed drops the forwards).

@@ -24,6 +24,7 @@
 
 mod abi;
 mod batch;
+mod committed;
 mod counters;
 mod diff;
 mod dnat;
@@ -40,8 +41,9 @@ mod readback;
 pub mod trace;
 
 pub use batch::{features, probe};
+pub use committed::{expected_chains, read_chains, snapshot_committed, ChainsRead};
 pub use counters::RuleCounter;
-pub use diff::{diff, Diff};
+pub use diff::{diff, touched, Diff, Touched};
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use foreign::foreign_chains;
