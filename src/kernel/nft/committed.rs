@@ -37,7 +37,7 @@ const TRIES: usize = 5;
 /// and the plan's elements have the vouched digest; only the table object is read
 /// (one request). Otherwise a full [`snapshot`] with `vouch` trusted for elements.
 ///
-/// The snapshot restores from `plan` ([`Snapshot::table_objects`]) and has no counters
+/// The snapshot restores from `plan` (encoded when a restore needs it) and has no counters
 /// ([`Snapshot::counted`] is false).
 ///
 /// Errors: the netlink requests failed, or the ruleset kept changing under the read.
