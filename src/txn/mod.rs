@@ -194,10 +194,9 @@ fn observe_and_compute_in<K: Kernel>(
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
     let plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
-    let recorded = plan.as_ref().map(|r| {
-        store
-            .and_then(|s| s.planned_image(r))
-            .unwrap_or_else(|| nft::planned_image(r))
+    let recorded = plan.as_ref().map(|r| match store {
+        Some(s) => s.planned_image(r).unwrap_or_else(|| s.image_of(r)),
+        None => nft::planned_image(r),
     });
     // Committed and nothing committed since: the table is taken as that plan, unread
     // (see `Kernel::read_committed`). Not while a transaction was interrupted: its
@@ -214,14 +213,25 @@ fn observe_and_compute_in<K: Kernel>(
     let all_open = kernel
         .route_localnet("all")
         .is_ok_and(crate::kernel::sysctl::is_open);
-    let change = Change::compute_with_all(
-        old,
-        target,
-        &devices,
-        snapshot.image().as_ref(),
-        Some(recorded.as_ref()),
-        all_open,
-    );
+    let change = match store {
+        Some(store) => Change::compute_imaging(
+            old,
+            target,
+            &devices,
+            snapshot.image().as_ref(),
+            Some(recorded.as_ref()),
+            all_open,
+            &mut |r| store.image_of(r),
+        ),
+        None => Change::compute_with_all(
+            old,
+            target,
+            &devices,
+            snapshot.image().as_ref(),
+            Some(recorded.as_ref()),
+            all_open,
+        ),
+    };
     Ok((change, snapshot))
 }
 

@@ -262,7 +262,7 @@ pub(super) fn table_text(t: NonNull<sys::nftnl_table>) -> String {
     table_description(flags, owner, udata.as_deref())
 }
 
-fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> String {
+pub(super) fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> String {
     let mut text = format!(
         "table ip {TABLE} flags {}",
         flag_names(
@@ -323,7 +323,7 @@ pub(super) fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
 
 /// A set or map as compared: how it matches (flags, key and data types and lengths),
 /// and what makes its elements change on their own (timeouts, size, expressions).
-fn set_text(s: NonNull<sys::nftnl_set>) -> String {
+pub(super) fn set_text(s: NonNull<sys::nftnl_set>) -> String {
     // SAFETY: live set; strings and data are owned by it.
     unsafe {
         let s = s.as_ptr();
