@@ -62,6 +62,25 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
     v
 }
 
+/// The chains of `ruleset` whose rules count what the guards drop (the comments
+/// [`GUARD_DROPS`] names, which audit's blocked totals are made of): what a change that
+/// starts their counters again reads first.
+pub fn counting_chains<'a>(ruleset: &'a Ruleset, among: Option<&'a [String]>) -> Vec<String> {
+    ruleset
+        .chains
+        .iter()
+        .filter(|c| among.is_none_or(|names| names.contains(&c.name)))
+        .filter(|c| {
+            c.rules.iter().any(|r| {
+                r.comment
+                    .split_once(" guard: ")
+                    .is_some_and(|(_, what)| GUARD_DROPS.iter().any(|(w, _)| *w == what))
+            })
+        })
+        .map(|c| c.name.clone())
+        .collect()
+}
+
 /// Builds loopgate's whole table for `grants`; `None` when there is nothing to guard
 /// (the table is then removed). The result does not depend on the order of `grants`.
 /// See the module documentation for the shape.
@@ -183,6 +202,29 @@ mod tests {
             .find(|m| m.name == map)
             .map(|m| m.elements.iter().map(|e| e.jump.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// The chains whose counters make audit's blocked totals are the guard chains
+    /// that drop (not the DNAT chains, which count grants): each interface's drop
+    /// rules, and only those chains, are what a change must read before resetting.
+    #[test]
+    fn the_counting_chains_are_those_with_the_guards_drops() {
+        let r = ruleset(&[grant("br0", 3306), grant("br1", 3307)]).unwrap();
+        let counting = counting_chains(&r, None);
+        let drops: Vec<String> = r
+            .chains
+            .iter()
+            .filter(|c| {
+                c.rules.iter().any(|rule| {
+                    rule.verdict == Verdict::Drop && rule.comment.contains(" guard: ")
+                })
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(counting, drops);
+        assert!(counting.len() >= 6, "{counting:?}");
+        let one = vec![counting[0].clone(), "nat_g0".to_string()];
+        assert_eq!(counting_chains(&r, Some(&one)), [counting[0].clone()]);
     }
 
     #[test]

@@ -256,8 +256,12 @@ fn write_table<K: Kernel>(
     let digest = change.want.as_ref().and_then(|w| w.elements.digest());
     if let (Some(from), Some(to), Some(digest)) = (&change.base, &change.ruleset, digest) {
         let touched = nft::touched(from, to);
-        if !snapshot.counted() && !touched.reset.is_empty() {
-            keep_counts(kernel, store, &touched.reset);
+        if !snapshot.counted() {
+            keep_counts(
+                kernel,
+                store,
+                &crate::plan::counting_chains(from, Some(&touched.reset)),
+            );
         }
         if let Ok(vouch) = kernel.change_table(from, generation, to, digest) {
             let read_back = verify_in_place(kernel, change, &vouch, &touched.written)?;
@@ -267,9 +271,15 @@ fn write_table<K: Kernel>(
     }
     if !snapshot.counted() {
         // Every rule starts again: what the table taken as committed counted is read
-        // now (the table is loopgate's own plan, or the batch above partly wrote it).
-        if let Ok(whole) = kernel.read_table(None) {
-            crate::audit::totals::fold_counters(store, &whole.counters());
+        // now, from the chains of the plan it holds that count (the batch above, when
+        // its reply was lost, changed none of those it did not flush).
+        match &change.base {
+            Some(from) => keep_counts(kernel, store, &crate::plan::counting_chains(from, None)),
+            None => {
+                if let Ok(whole) = kernel.read_table(None) {
+                    crate::audit::totals::fold_counters(store, &whole.counters());
+                }
+            }
         }
     }
     let vouch = kernel.apply_table(change.ruleset.as_ref())?;
@@ -280,6 +290,9 @@ fn write_table<K: Kernel>(
 /// Folds what the chains `names` counted into the totals before a batch flushes them.
 /// A failed read loses those counts, not the change (see [`crate::audit::totals`]).
 fn keep_counts<K: Kernel>(kernel: &K, store: &Store, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
     if let Ok(read) = kernel.read_chains(names) {
         crate::audit::totals::fold_counters_seen(store, &read.counters);
     }
