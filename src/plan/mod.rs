@@ -63,7 +63,7 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
 }
 
 /// The chains of `ruleset` whose rules count what the guards drop (the comments
-/// [`GUARD_DROPS`] names, which audit's blocked totals are made of): what a change that
+/// `GUARD_DROPS` names, which audit's blocked totals are made of): what a change that
 /// starts their counters again reads first.
 pub fn counting_chains<'a>(ruleset: &'a Ruleset, among: Option<&'a [String]>) -> Vec<String> {
     ruleset
@@ -215,9 +215,9 @@ mod tests {
             .chains
             .iter()
             .filter(|c| {
-                c.rules.iter().any(|rule| {
-                    rule.verdict == Verdict::Drop && rule.comment.contains(" guard: ")
-                })
+                c.rules
+                    .iter()
+                    .any(|rule| rule.verdict == Verdict::Drop && rule.comment.contains(" guard: "))
             })
             .map(|c| c.name.clone())
             .collect();

@@ -10,6 +10,20 @@ use crate::plan;
 use crate::state::{Original, State};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A planner: grants, guarded and admitted interfaces in, the table out (as
+/// [`plan::ruleset_admitting`]).
+pub type Planner<'a> =
+    &'a mut dyn FnMut(&[Grant], &[String], &[String]) -> Option<crate::ruleset::Ruleset>;
+
+/// How [`Change::compute_planning`] plans a table and images it: pure functions, or
+/// ones that reuse what an earlier plan computed (they must give the same results).
+pub struct Planning<'a> {
+    /// As [`plan::ruleset_admitting`]: grants, guarded and admitted interfaces in.
+    pub plan: Planner<'a>,
+    /// As [`nft::planned_image`].
+    pub image: &'a mut dyn FnMut(&crate::ruleset::Ruleset) -> nft::TableImage,
+}
+
 impl Change {
     /// Computes the change from the recorded state `old` to `target`, given what the
     /// kernel holds now: the `devices` involved (see
@@ -40,29 +54,37 @@ impl Change {
         recorded: Option<Option<&nft::TableImage>>,
         all_open: bool,
     ) -> Change {
-        Change::compute_imaging(
+        Change::compute_planning(
             old,
             target,
             devices,
             kernel_table,
             recorded,
             all_open,
-            &mut nft::planned_image,
+            Planning {
+                plan: &mut |g, gu, ad| plan::ruleset_admitting(g, gu, ad),
+                image: &mut nft::planned_image,
+            },
         )
     }
 
-    /// [`Change::compute_with_all`], imaging the planned table with `image` (which
-    /// must give what [`nft::planned_image`] gives: `watch` passes one that reprints
-    /// only what changed since its last plan, see [`crate::state::Store::image_of`]).
-    pub fn compute_imaging(
+    /// [`Change::compute_with_all`], planning and imaging with `planning` (which must
+    /// give what [`plan::ruleset_admitting`] and [`nft::planned_image`] give: `watch`
+    /// passes ones that reuse its last plan, see [`crate::state::Store::plan_of`] and
+    /// [`crate::state::Store::image_of`]).
+    pub fn compute_planning(
         old: State,
         target: Target,
         devices: &BTreeMap<u32, Device>,
         kernel_table: Option<&nft::TableImage>,
         recorded: Option<Option<&nft::TableImage>>,
         all_open: bool,
-        image: &mut dyn FnMut(&crate::ruleset::Ruleset) -> nft::TableImage,
+        planning: Planning<'_>,
     ) -> Change {
+        let Planning {
+            plan: planner,
+            image,
+        } = planning;
         let Target {
             grants,
             guarded,
@@ -78,7 +100,7 @@ impl Change {
         }
         let grants = crate::grant::normalize(grants);
         let admitted = admitting(&grants, &old, &devices, all_open);
-        let ruleset = plan::ruleset_admitting(&grants, &guarded, &admitted);
+        let ruleset = planner(&grants, &guarded, &admitted);
         let want = ruleset.as_ref().map(&mut *image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
@@ -88,7 +110,7 @@ impl Change {
         let guard_lost = !table_matches && {
             // The tables the host may rightly hold: the committed plan, or the plan of
             // an interrupted transaction (it may have got as far as the table).
-            let plan_of = |gs: &[Grant]| {
+            let mut plan_of = |gs: &[Grant]| {
                 if crate::grant::normalize(gs.to_vec()) == grants
                     && old.guarded == guarded
                     && old.admitted == admitted
@@ -97,7 +119,7 @@ impl Change {
                 } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
                     r.cloned()
                 } else {
-                    plan::ruleset_admitting(gs, &old.guarded, &old.admitted)
+                    planner(gs, &old.guarded, &old.admitted)
                         .as_ref()
                         .map(nft::planned_image)
                 }
@@ -116,7 +138,7 @@ impl Change {
         {
             None
         } else {
-            let old_plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
+            let old_plan = planner(&old.grants, &old.guarded, &old.admitted);
             let holds_it = match recorded {
                 Some(r) => r == kernel_table,
                 None => old_plan.as_ref().map(nft::planned_image).as_ref() == kernel_table,

@@ -226,7 +226,12 @@ pub(super) fn run_steps<K: Kernel>(
         })
     })?;
     if let (Some(ruleset), Some(want)) = (&change.ruleset, &change.want) {
-        store.remember_plan(ruleset.clone(), want.clone());
+        let from = (
+            change.grants.clone(),
+            change.guarded.clone(),
+            change.admitted.clone(),
+        );
+        store.remember_plan(from, ruleset.clone(), want.clone());
     }
     Ok(Outcome {
         connections_cut: cut,

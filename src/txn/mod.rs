@@ -13,6 +13,7 @@
 //! must delete.
 
 mod compute;
+pub use compute::Planning;
 mod cut_flows;
 mod execute;
 
@@ -193,7 +194,10 @@ fn observe_and_compute_in<K: Kernel>(
     old: State,
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
-    let plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
+    let plan = match store {
+        Some(s) => s.plan_of(&old.grants, &old.guarded, &old.admitted),
+        None => plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted),
+    };
     let recorded = plan.as_ref().map(|r| match store {
         Some(s) => s.planned_image(r).unwrap_or_else(|| s.image_of(r)),
         None => nft::planned_image(r),
@@ -214,14 +218,17 @@ fn observe_and_compute_in<K: Kernel>(
         .route_localnet("all")
         .is_ok_and(crate::kernel::sysctl::is_open);
     let change = match store {
-        Some(store) => Change::compute_imaging(
+        Some(store) => Change::compute_planning(
             old,
             target,
             &devices,
             snapshot.image().as_ref(),
             Some(recorded.as_ref()),
             all_open,
-            &mut |r| store.image_of(r),
+            compute::Planning {
+                plan: &mut |g, gu, ad| store.plan_of(g, gu, ad),
+                image: &mut |r| store.image_of(r),
+            },
         ),
         None => Change::compute_with_all(
             old,
