@@ -36,7 +36,7 @@ use crate::cidr;
 use crate::grant::Proto;
 use std::net::Ipv4Addr;
 
-/// The longest name [`Naming::Stable`] can give: `input_to_` (9), an interface token
+/// The longest name a planned table can hold: `input_to_` (9), an interface token
 /// of 15 escaped bytes (45), `_255.255.255.255` (16), `_tcp` (4) and `_65535` (6).
 pub const MAX_NAME_LEN: usize = 80;
 

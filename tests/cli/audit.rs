@@ -94,7 +94,7 @@ fn audit_for_monitoring_parses_as_prometheus_and_counts_traffic() {
         .lines()
         .find(|l| {
             l.starts_with("loopgate_rule_packets_total")
-                && l.contains("'nat_g")
+                && l.contains("'nat_br0_192.0.2.1_tcp_3306'")
                 && l.contains("grant mysql")
         })
         .expect("a counter for the grant's DNAT rule");
