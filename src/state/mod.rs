@@ -261,6 +261,9 @@ pub struct Store {
 pub struct Memo {
     parsed: Option<(Vec<u8>, State)>,
     planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
+    /// What the last planned image printed, chain by chain (see
+    /// [`crate::kernel::nft::ImageCache`]).
+    images: crate::kernel::nft::ImageCache,
 }
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
@@ -509,6 +512,12 @@ impl Store {
             Some((r, image)) if r == ruleset => Some(image.clone()),
             _ => None,
         }
+    }
+
+    /// The image of `ruleset`, printing only the chains and sets that differ from
+    /// the last plan this store (or an earlier one it adopted the memo of) imaged.
+    pub fn image_of(&self, ruleset: &crate::ruleset::Ruleset) -> crate::kernel::nft::TableImage {
+        crate::kernel::nft::planned_image_cached(ruleset, &mut self.memo.borrow_mut().images)
     }
 
     /// Remembers the plan just committed and its image, for the next change's

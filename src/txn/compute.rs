@@ -40,6 +40,29 @@ impl Change {
         recorded: Option<Option<&nft::TableImage>>,
         all_open: bool,
     ) -> Change {
+        Change::compute_imaging(
+            old,
+            target,
+            devices,
+            kernel_table,
+            recorded,
+            all_open,
+            &mut nft::planned_image,
+        )
+    }
+
+    /// [`Change::compute_with_all`], imaging the planned table with `image` (which
+    /// must give what [`nft::planned_image`] gives: `watch` passes one that reprints
+    /// only what changed since its last plan, see [`crate::state::Store::image_of`]).
+    pub fn compute_imaging(
+        old: State,
+        target: Target,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+        recorded: Option<Option<&nft::TableImage>>,
+        all_open: bool,
+        image: &mut dyn FnMut(&crate::ruleset::Ruleset) -> nft::TableImage,
+    ) -> Change {
         let Target {
             grants,
             guarded,
@@ -56,7 +79,7 @@ impl Change {
         let grants = crate::grant::normalize(grants);
         let admitted = admitting(&grants, &old, &devices, all_open);
         let ruleset = plan::ruleset_admitting(&grants, &guarded, &admitted);
-        let want = ruleset.as_ref().map(nft::planned_image);
+        let want = ruleset.as_ref().map(&mut *image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
             (Some(have), Some(want)) if have == want => (true, want.elements.digest()),

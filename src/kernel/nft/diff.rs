@@ -81,6 +81,46 @@ fn named_set(name: &str) -> Obj {
     set.into_obj()
 }
 
+/// The regular chains an in-place change from `from` to `to` touches, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// New chains and chains whose rules change: what the batch writes, and all a
+    /// read back after it needs to read (the rest is vouched for by the generation).
+    pub written: Vec<String>,
+    /// Chains whose rules are flushed or that are deleted: their counters start again,
+    /// so what they counted is read before the batch.
+    pub reset: Vec<String>,
+}
+
+/// The chains [`diff`] writes and resets (base chains are never changed in place).
+pub fn touched(from: &Ruleset, to: &Ruleset) -> Touched {
+    let old: BTreeMap<&str, &Chain> = from
+        .chains
+        .iter()
+        .filter(|c| c.attach.is_none())
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let new: BTreeMap<&str, &Chain> = to
+        .chains
+        .iter()
+        .filter(|c| c.attach.is_none())
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let mut out = Touched::default();
+    for (name, chain) in &new {
+        if old.get(name) != Some(chain) {
+            out.written.push(name.to_string());
+        }
+    }
+    for (name, chain) in &old {
+        match new.get(name) {
+            Some(c) if c == chain => {}
+            _ => out.reset.push(name.to_string()),
+        }
+    }
+    out
+}
+
 /// The batch that turns table `from` into table `to`; `None` when the change cannot
 /// be made in place (see the module documentation).
 pub fn diff(from: &Ruleset, to: &Ruleset) -> Option<Diff> {
