@@ -130,6 +130,9 @@ impl Change {
             }
             rightful.iter().any(Option::is_some)
                 && !rightful.iter().any(|r| r.as_ref() == kernel_table)
+                && !std::iter::once(&old.grants)
+                    .chain(&old.pending)
+                    .any(|gs| written_before_stable_names(kernel_table, gs, &old))
         };
 
         // The kernel holds exactly the committed plan (not the interrupted one's, not
@@ -412,6 +415,26 @@ impl Change {
         }
         out
     }
+}
+
+/// Whether `kernel_table` is the table a loopgate from before names followed their
+/// objects wrote for `grants` (guarded and admitted as `old` records): the same rules
+/// under positional names (`raw_if0`, `nat_g3`, `allow_2`; see
+/// [`plan::legacy_ruleset_admitting`]). It guards exactly as the new plan does, so after
+/// an upgrade it is rightful, not a lost guard: the first change rewrites it whole
+/// (never in place: `base` needs the committed plan itself) without closing any
+/// interface. Planned only when the table matches nothing else (rare: an upgrade or
+/// a tampered table).
+fn written_before_stable_names(
+    kernel_table: Option<&nft::TableImage>,
+    grants: &[Grant],
+    old: &State,
+) -> bool {
+    let Some(kernel_table) = kernel_table else {
+        return false;
+    };
+    plan::legacy_ruleset_admitting(grants, &old.guarded, &old.admitted)
+        .is_some_and(|r| &nft::planned_image(&r) == kernel_table)
 }
 
 /// `grants` by their key (interface, listen address, protocol, port; see

@@ -108,8 +108,8 @@ fn every_edit_of_the_table_that_changes_what_packets_meet_is_tampering_and_watch
     let cases: &[(&str, &str, bool)] = &[
         (
             "an accept rule ahead of each guard",
-            "insert rule ip loopgate raw_if0 accept\ninsert rule ip loopgate input_if0 accept\n\
-             insert rule ip loopgate post_if0 accept\n",
+            "insert rule ip loopgate raw_if_br0 accept\ninsert rule ip loopgate input_if_br0 accept\n\
+             insert rule ip loopgate post_if_br0 accept\n",
             true,
         ),
         (
@@ -284,7 +284,7 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
     let mut script = String::from(
         "table ip foreign {\n chain input { type filter hook input priority 0; policy accept; }\n",
     );
-    script += " chain raw_if0 {\n";
+    script += " chain raw_if_br0 {\n";
     for i in 0..20_000u32 {
         script += &format!(
             "  ip saddr 10.{}.{}.{} tcp dport {} accept\n",
@@ -295,8 +295,8 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
         );
     }
     script += " }\n}\n";
-    script += "table inet loopgate {\n chain raw_if0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
-    script += "table ip loopgate2 {\n chain raw_if0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
+    script += "table inet loopgate {\n chain raw_if_br0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
+    script += "table ip loopgate2 {\n chain raw_if_br0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
     let path = std::env::temp_dir().join(format!("{}.nft", ns.name));
     std::fs::write(&path, script).unwrap();
     ns.exec(&["nft", "-f", path.to_str().unwrap()]);
@@ -334,7 +334,7 @@ fn rules_read_one_chain_per_dump_read_back_the_same_table_edits_included() {
     let path = lab.state_dir.join("tamper.nft");
     std::fs::write(
         &path,
-        "insert rule ip loopgate raw_if0 accept\nadd rule ip loopgate input_if0 counter\n",
+        "insert rule ip loopgate raw_if_br0 accept\nadd rule ip loopgate input_if_br0 counter\n",
     )
     .unwrap();
     lab.host.exec(&["nft", "-f", path.to_str().unwrap()]);

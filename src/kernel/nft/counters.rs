@@ -25,7 +25,8 @@ unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) ->
 /// What one rule of loopgate's table has matched so far.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleCounter {
-    /// The chain the rule is in, e.g. `raw_if0` or `nat_g2`.
+    /// The chain the rule is in, e.g. `raw_if_br0` or
+    /// `nat_br0_192.0.2.1_tcp_3306`.
     pub chain: String,
     /// The rule's comment ([`crate::ruleset::Rule::comment`]), which names the grant
     /// or the guard it belongs to.
