@@ -13,10 +13,12 @@
 //! page and docs; [`output`] prints without panicking; [`files`] opens files as root
 //! safely.
 //!
-//! Why each rule of the table exists is said where it is built: `raw_ifN`,
-//! `input_ifN`, `post_ifN` (an interface's guard) in `plan/guards.rs`; `nat_gN` (a
-//! grant's DNAT) in `plan/nat.rs`; `input_tN` (the accept of a DNATed flow) in
-//! `plan/targets.rs`; `allow_K`/`allow_K_hosts` (source sets) in `plan/allow.rs`; the base
+//! Why each rule of the table exists is said where it is built: `raw_if_IF`,
+//! `input_if_IF`, `post_if_IF` (an interface's guard) in `plan/guards.rs`;
+//! `nat_IF_LISTEN_PROTO_PORT` (a grant's DNAT) in `plan/nat.rs`;
+//! `input_to_IF_ADDR_PROTO_PORT` (the accept of a DNATed flow) in `plan/targets.rs`;
+//! `allow_HASH`/`allow_HASH_hosts` (source sets) in `plan/allow.rs`; how each name
+//! follows its object, in `plan/names.rs`; the base
 //! chains, their hooks and priorities (why the DNAT runs at `dstnat`) in `plan/hooks.rs`;
 //! `trace`'s own rule, in `table ip loopgate_trace`, in `kernel/nft/trace.rs`.
 //!

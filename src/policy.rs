@@ -705,6 +705,16 @@ mod tests {
             std::fs::read_to_string(&golden).unwrap(),
             "set UPDATE_GOLDEN=1 to accept a deliberate change"
         );
+        // The previous versions' table of the same grants, as they printed it (never
+        // updated): what `plan::legacy_ruleset_admitting` must reproduce to recognise
+        // such a table after an upgrade.
+        let legacy = crate::plan::legacy_ruleset_admitting(&resolved.grants, &[], &[]);
+        let positional = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/two-interfaces-positional.nft");
+        assert_eq!(
+            crate::plan::render(legacy.as_ref()),
+            std::fs::read_to_string(&positional).unwrap()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Property tests of the pure core: CIDR merging, the guard's completeness, determinism
-//! and idempotence of the plan. Generated inputs, checked against simple models.
+//! and idempotence of the plan, names that change only with their own object.
+//! Generated inputs, checked against simple models.
 
 use crate::cidr;
 use crate::grant::{Grant, GrantKey, Proto};
@@ -24,7 +25,7 @@ fn net_in_small_space() -> impl Strategy<Value = Ipv4Network> {
 
 fn grant() -> impl Strategy<Value = Grant> {
     (
-        0usize..3,
+        0usize..5,
         prop_oneof![Just(Proto::Tcp), Just(Proto::Udp)],
         1u16..6,
         1u8..4,
@@ -42,7 +43,8 @@ fn grant() -> impl Strategy<Value = Grant> {
         ],
     )
         .prop_map(|(iface, proto, port, target, target_port, allow)| {
-            let ifaces = ["br0", "cni0", "docker0"];
+            // Two names a sanitiser that drops odd characters would make one.
+            let ifaces = ["br0", "cni0", "docker0", "a@b.c+d", "a#b.c+d"];
             Grant {
                 name: format!("g{iface}{port}"),
                 iface: ifaces[iface].to_string(),
@@ -88,11 +90,14 @@ fn many_single_addresses_get_a_hash_set_and_the_rest_an_interval_set() {
         .iter()
         .map(|s| (s.name.as_str(), s.hosts, s.ranges.len()))
         .collect();
+    let hash = r.sets[1].name.strip_prefix("allow_").unwrap();
+    assert_eq!(hash.len(), 16, "{kinds:?}");
+    let hosts = format!("allow_{hash}_hosts");
     assert_eq!(
         kinds,
         vec![
-            ("allow_0_hosts", true, plan::HOSTS_SET_FROM),
-            ("allow_0", false, 1)
+            (hosts.as_str(), true, plan::HOSTS_SET_FROM),
+            (r.sets[1].name.as_str(), false, 1)
         ]
     );
     assert_eq!(plan::verify(&r, std::slice::from_ref(&g)), Ok(()));
@@ -136,9 +141,9 @@ proptest! {
         let mut r = plan::ruleset(&gs).unwrap();
         match which {
             // A guard chain loses its drop.
-            0 => { r.chains.iter_mut().find(|c| c.name.starts_with("raw_if")).unwrap().rules.remove(0); }
+            0 => { r.chains.iter_mut().find(|c| c.name.starts_with("raw_if_")).unwrap().rules.remove(0); }
             // An interface chain accepts what it should drop.
-            1 => { r.chains.iter_mut().find(|c| c.name.starts_with("input_if")).unwrap().rules.last_mut().unwrap().verdict = Verdict::Accept; }
+            1 => { r.chains.iter_mut().find(|c| c.name.starts_with("input_if_")).unwrap().rules.last_mut().unwrap().verdict = Verdict::Accept; }
             // A grant admits the whole loopback set's neighbours: its allow set is widened.
             _ => { r.sets[0].ranges = vec![(0, u32::MAX)]; }
         }
@@ -194,5 +199,59 @@ proptest! {
         let target = Target { grants: gs, ..Target::recorded(&state) };
         let again = Change::compute(state, target, &sysctls, kernel.as_ref(), None);
         prop_assert!(again.is_noop(), "{:?}", again.describe());
+    }
+
+    #[test]
+    fn names_are_unique_short_and_plain_nft_identifiers(gs in grants()) {
+        let r = plan::ruleset_with(&gs, &["a@b".to_string(), "a#b".to_string()]).unwrap();
+        let names: Vec<&str> = r.chains.iter().map(|c| c.name.as_str())
+            .chain(r.sets.iter().map(|s| s.name.as_str()))
+            .chain(r.maps.iter().map(|m| m.name.as_str()))
+            .collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        prop_assert_eq!(unique.len(), names.len(), "{:?}", names);
+        for n in names {
+            prop_assert!(n.len() <= plan::MAX_NAME_LEN, "{}", n);
+            prop_assert!(n.starts_with(|c: char| c.is_ascii_alphabetic()), "{}", n);
+            prop_assert!(n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b)), "{}", n);
+        }
+    }
+
+    /// Adding a grant (and removing it again) changes only its own objects: its DNAT
+    /// chain, its target's chain, its allow list's sets, its interface's guard, and
+    /// map elements; every other chain and set keeps its name and its content.
+    #[test]
+    fn one_grant_more_or_less_touches_only_its_own_objects(gs in grants(), g in grant()) {
+        prop_assume!(!gs.iter().any(|x| x.key() == g.key()));
+        let without = plan::ruleset(&gs).unwrap();
+        let mut more = gs.clone();
+        more.push(g.clone());
+        let with = plan::ruleset(&more).unwrap();
+        let jump = |map: &str, key: Vec<crate::ruleset::KeyValue>| {
+            with.map(map).unwrap().jump_for(&key).unwrap().to_string()
+        };
+        let nat = jump(plan::MAP_NAT_GRANTS, plan::target_key_of(&g.iface, g.listen, g.proto, g.port));
+        let mut own: BTreeSet<String> = [plan::MAP_RAW_IFACES, plan::MAP_INPUT_IFACES, plan::MAP_POST_IFACES]
+            .into_iter()
+            .map(|m| jump(m, vec![crate::ruleset::KeyValue::Name(g.iface.clone())]))
+            .collect();
+        own.insert(jump(plan::MAP_INPUT_TARGETS, plan::target_key_of(&g.iface, *g.to.ip(), g.proto, g.to.port())));
+        for rule in &with.chain(&nat).unwrap().rules {
+            for m in &rule.matches {
+                if let crate::ruleset::Match::SaddrInSet(s) = m {
+                    own.insert(s.clone());
+                }
+            }
+        }
+        own.insert(nat);
+        own.extend(with.maps.iter().map(|m| m.name.clone()));
+        for (from, to) in [(&without, &with), (&with, &without)] {
+            let d = nft::diff(from, to).unwrap();
+            for label in d.labels() {
+                let name = label.trim_end_matches(" (flush)").trim_end_matches(" (delete)");
+                let name = name.rsplit(' ').next().unwrap();
+                prop_assert!(own.contains(name), "{} is not {}'s: {:?}", label, g.name, own);
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ pub const TABLE: &str = "loopgate";
 /// loopgate's whole table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
-    /// The allowed-source sets (`allow_K`, `allow_K_hosts`), one per distinct allow list.
+    /// The allowed-source sets (`allow_HASH`, `allow_HASH_hosts`), one per distinct allow list.
     pub sets: Vec<AddrSet>,
     /// The dispatch maps (`raw_ifaces`, `nat_grants`, ...) the base chains look up.
     pub maps: Vec<VerdictMap>,
@@ -127,7 +127,8 @@ pub struct Attachment {
 /// A chain: a base chain when `attach` is set, else a regular chain reached by `jump`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
-    /// The chain's name in the table, e.g. `raw_prerouting`, `input_if0`, `nat_g3`.
+    /// The chain's name in the table, e.g. `raw_prerouting`, `input_if_br0`,
+    /// `nat_br0_192.0.2.1_tcp_3306`.
     pub name: String,
     /// The hook for a base chain; `None` for a chain only reached by a map's jump.
     pub attach: Option<Attachment>,

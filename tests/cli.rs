@@ -98,6 +98,8 @@ mod runtimes;
 mod stall;
 #[path = "cli/sysctl_values.rs"]
 mod sysctl_values;
+#[path = "cli/table_names.rs"]
+mod table_names;
 #[path = "cli/table_tamper.rs"]
 mod table_tamper;
 #[path = "cli/trace.rs"]

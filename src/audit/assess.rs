@@ -846,7 +846,7 @@ mod every_code {
                 network: None,
             }),
             Code::Blocked => o.counters.push(RuleCounter {
-                chain: "raw_if0".into(),
+                chain: "raw_if_br0".into(),
                 rule: format!("br0 guard: {}", crate::plan::GUARD_DROPS[0].0),
                 packets: 3,
                 bytes: 180,

@@ -19,7 +19,7 @@ pub mod render;
 pub mod totals;
 
 pub use assess::assess;
-pub use observe::{observe, Observed};
+pub use observe::{observe, rightful_table, Observed};
 
 use crate::grant::Grant;
 use crate::kernel::host::Listener;

@@ -179,12 +179,37 @@ pub fn observe<K: Kernel>(
     })
 }
 
+/// The table audit judges the kernel's against: `planned` (the plan of `state`'s
+/// grants), or, when `kernel` holds instead the table a loopgate from before stable
+/// names wrote for those same grants (positional names, see
+/// [`crate::plan::legacy_ruleset_admitting`]), that table. It guards exactly as the
+/// plan does, and the next change rewrites it under the new names, so after an
+/// upgrade it is neither tampered nor a reason to exit 1. Any other table is judged
+/// against `planned`. Plans the old names only when `kernel` differs from `planned`.
+pub fn rightful_table(
+    planned: Option<TableImage>,
+    kernel: Option<&TableImage>,
+    state: &State,
+) -> Option<TableImage> {
+    let (Some(have), Some(_)) = (kernel, &planned) else {
+        return planned;
+    };
+    if planned.as_ref() == Some(have) {
+        return planned;
+    }
+    crate::plan::legacy_ruleset_admitting(&state.grants, &state.guarded, &state.admitted)
+        .map(|r| crate::kernel::nft::planned_image(&r))
+        .filter(|legacy| legacy == have)
+        .or(planned)
+}
+
 /// Audit over the fake kernel: observation and judgement together, without root.
 #[cfg(test)]
 mod over_the_fake {
     use super::*;
     use crate::audit::{assess, Severity};
     use crate::kernel::fake::Fake;
+    use crate::kernel::nft::planned_image as nft_image;
     use crate::state::STATE_VERSION;
 
     #[test]
@@ -237,5 +262,62 @@ mod over_the_fake {
         );
         assert!(report.findings.iter().any(|f| f.code == "table-unexpected"));
         assert_eq!(report.worst(), Some(Severity::Warning));
+    }
+
+    /// After an upgrade the kernel holds the table an earlier loopgate wrote for the
+    /// recorded grants, under positional names: audit judges it against that table
+    /// (guarded, no finding above info); a positional table of other grants is still
+    /// tampered.
+    #[test]
+    fn a_table_an_earlier_version_wrote_for_the_recorded_grants_is_not_tampered() {
+        let kernel = Fake::with_devices(&[(5, "br0", 1), (1, "lo", 0)]);
+        kernel.state.borrow_mut().listeners = vec![Listener {
+            proto: crate::grant::Proto::Tcp,
+            addr: std::net::Ipv4Addr::LOCALHOST,
+            port: 3306,
+            device: None,
+        }];
+        let grant = |port| crate::grant::Grant {
+            name: format!("g{port}"),
+            iface: "br0".into(),
+            proto: crate::grant::Proto::Tcp,
+            listen: "192.0.2.1".parse().unwrap(),
+            port,
+            to: format!("127.0.0.1:{port}").parse().unwrap(),
+            allow: vec!["192.0.2.0/25".parse().unwrap()],
+            network: None,
+        };
+        let state = State {
+            version: STATE_VERSION,
+            grants: vec![grant(3306)],
+            originals: vec![crate::state::Original {
+                iface: "br0".into(),
+                ifindex: 5,
+                value: 0,
+            }],
+            ..Default::default()
+        };
+        let planned = crate::plan::ruleset(&state.grants).map(|r| nft_image(&r));
+        let judged = |legacy_of: &[crate::grant::Grant], upgrade_aware: bool| {
+            let legacy = crate::plan::legacy_ruleset_admitting(legacy_of, &[], &[]).unwrap();
+            kernel.state.borrow_mut().table = Some(crate::kernel::fake::FakeTable::of(&legacy));
+            let observed = observe(&kernel, &kernel, &state, planned.as_ref(), false).unwrap();
+            let expected = match upgrade_aware {
+                true => rightful_table(planned.clone(), observed.table.as_ref(), &state),
+                false => planned.clone(),
+            };
+            assess(&observed, &state, expected.as_ref())
+        };
+        let tampered =
+            |r: &crate::audit::Report| r.findings.iter().any(|f| f.code == "table-tampered");
+        let report = judged(&state.grants, true);
+        assert!(
+            report.worst() <= Some(Severity::Info),
+            "{:?}",
+            report.findings
+        );
+        // The control: judged against the new names alone, the same table is tampered.
+        assert!(tampered(&judged(&state.grants, false)));
+        assert!(tampered(&judged(&[grant(3307)], true)));
     }
 }

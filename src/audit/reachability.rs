@@ -656,28 +656,28 @@ mod tests {
             (vec![], vec![], vec![]),
             (
                 vec![
-                    counter("raw_if0", "br0 guard: no direct route to loopback", 0),
-                    counter("nat_g0", "grant g", 9),
+                    counter("raw_if_br0", "br0 guard: no direct route to loopback", 0),
+                    counter("nat_br0_192.0.2.1_tcp_53", "grant g", 9),
                 ],
                 vec![],
                 vec![("br0", "direct-to-loopback", 0)],
             ),
             (
                 vec![
-                    counter("raw_if0", "br0 guard: no direct route to loopback", 100),
-                    counter("raw_if0", "br0 guard: no spoofed loopback source", 3),
-                    counter("post_if0", "br0 guard: no loopback source leaves", 1),
+                    counter("raw_if_br0", "br0 guard: no direct route to loopback", 100),
+                    counter("raw_if_br0", "br0 guard: no spoofed loopback source", 3),
+                    counter("post_if_br0", "br0 guard: no loopback source leaves", 1),
                     counter(
-                        "input_if0",
+                        "input_if_br0",
                         "br0 guard: loopback only through published ports",
                         2,
                     ),
                     counter(
-                        "input_if0",
+                        "input_if_br0",
                         "br0 guard: replies of flows the host opened",
                         50,
                     ),
-                    counter("raw_if1", "br1 guard: no direct route to loopback", 0),
+                    counter("raw_if_br1", "br1 guard: no direct route to loopback", 0),
                 ],
                 vec![("blocked", i)],
                 vec![

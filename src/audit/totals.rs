@@ -49,15 +49,7 @@ impl Totals {
     /// its last value is folded in, and the series is kept only while `keep` says its
     /// interface is still guarded (so that a pattern's thousand veths do not pile up).
     pub fn fold(&mut self, now: &[Blocked], keep: &dyn Fn(&str) -> bool) {
-        for b in now {
-            let s = self.series.entry(key(b)).or_default();
-            if b.packets < s.last_packets || b.bytes < s.last_bytes {
-                s.folded_packets = s.folded_packets.saturating_add(s.last_packets);
-                s.folded_bytes = s.folded_bytes.saturating_add(s.last_bytes);
-            }
-            s.last_packets = b.packets;
-            s.last_bytes = b.bytes;
-        }
+        self.fold_seen(now);
         let present: std::collections::BTreeSet<String> = now.iter().map(key).collect();
         self.series.retain(|k, s| {
             if present.contains(k) {
@@ -70,6 +62,22 @@ impl Totals {
             let iface = k.rsplit_once(' ').map_or(k.as_str(), |(i, _)| i);
             keep(iface)
         });
+    }
+
+    /// Folds in the counters of some rules only (`seen`: the chains an in-place change
+    /// flushes, read before it, or writes, read after it): each series in `seen` is
+    /// folded as by [`Totals::fold`]; a series not in `seen` is left as it was, not
+    /// taken as reset.
+    pub fn fold_seen(&mut self, seen: &[Blocked]) {
+        for b in seen {
+            let s = self.series.entry(key(b)).or_default();
+            if b.packets < s.last_packets || b.bytes < s.last_bytes {
+                s.folded_packets = s.folded_packets.saturating_add(s.last_packets);
+                s.folded_bytes = s.folded_bytes.saturating_add(s.last_bytes);
+            }
+            s.last_packets = b.packets;
+            s.last_bytes = b.bytes;
+        }
     }
 
     /// The running totals of `now`'s series (and of those kept without a counter now,
@@ -138,6 +146,23 @@ pub fn fold_counters(store: &Store, counters: &[RuleCounter]) {
     }
 }
 
+/// Folds the counters of some chains only into the totals kept in `store`'s
+/// directory (see [`Totals::fold_seen`]): a series counted by a rule outside them is
+/// not taken as reset. Every rule of one series is in one chain (an interface's guard
+/// chain of that hook), so a chain read gives a series whole.
+pub fn fold_counters_seen(store: &Store, counters: &[RuleCounter]) {
+    let seen = super::reachability::blocked_of(counters);
+    if seen.is_empty() {
+        return;
+    }
+    let mut totals = Totals::load(store);
+    let before = totals.clone();
+    totals.fold_seen(&seen);
+    if totals != before {
+        let _ = totals.save(store);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +180,30 @@ mod tests {
 
     fn packets(t: &Totals, now: &[Blocked]) -> Vec<u64> {
         t.totals(now).iter().map(|b| b.packets).collect()
+    }
+
+    #[test]
+    fn a_partial_fold_leaves_the_series_it_did_not_see_alone() {
+        let mut t = Totals::default();
+        t.fold(&[b("br0", D, 10), b("br1", D, 7)], &|_| true);
+        // br0's chain is read before an in-place batch flushes it (12), then after (0):
+        // br1's chain was not read either time and keeps counting (9 later).
+        t.fold_seen(&[b("br0", D, 12)]);
+        t.fold_seen(&[b("br0", D, 0)]);
+        assert_eq!(packets(&t, &[b("br0", D, 0), b("br1", D, 9)]), [12, 9]);
+        // A whole fold later: br1 was never taken as reset (no double count).
+        t.fold(&[b("br0", D, 3), b("br1", D, 9)], &|_| true);
+        assert_eq!(packets(&t, &[b("br0", D, 3), b("br1", D, 9)]), [15, 9]);
+        // Control: the whole fold of the partial read would have taken br1 as reset.
+        let mut whole = Totals::default();
+        whole.fold(&[b("br0", D, 10), b("br1", D, 7)], &|_| true);
+        whole.fold(&[b("br0", D, 12)], &|_| true);
+        whole.fold(&[b("br0", D, 12), b("br1", D, 9)], &|_| true);
+        assert_eq!(
+            packets(&whole, &[b("br1", D, 9)])[0],
+            16,
+            "9 counted, 16 claimed"
+        );
     }
 
     #[test]

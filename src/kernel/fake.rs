@@ -6,7 +6,8 @@
 //! (`apply`, `restore`, `read`, `devices`, `flows`, `delete`, `probe`, `generation`,
 //! `sysctl:<conf>`, `write:<iface>:<value>`, `apply-reply`: the batch commits but its
 //! reply is lost; `change` and `change-reply`: the same for an in-place change, which
-//! then falls back to a whole rewrite as the real kernel's does),
+//! then falls back to a whole rewrite as the engine does; `read-chains`: reading some
+//! chains back, [`Kernel::read_chains`]),
 //! and each one that fires is recorded in [`FakeState::fired`], so a test can tell an
 //! injected failure from one that was never reached. Every mutation is recorded in
 //! [`Fake::history`] with the facts after it, so a test can check an invariant at every
@@ -14,7 +15,11 @@
 //!
 //! Reading the table with a [`Vouch`] whose generation is still the current one takes
 //! the vouched path, as the real kernel does: the elements are not read but taken to
-//! be the planned ones (see [`FakeState::reads`]).
+//! be the planned ones (see [`FakeState::reads`]); through [`Kernel::read_committed`]
+//! the whole table is taken as the committed plan, and the fake checks that it holds
+//! exactly that plan (no table changes without a commit, which bumps the generation:
+//! a test that edits [`FakeState::table`] directly models no real kernel; use
+//! [`Fake::tamper`]).
 //!
 //! An in-place change ([`Kernel::change_table`]) is applied as the real kernel applies
 //! its batch: only when the generation is still the one the caller read `from` at
@@ -145,6 +150,8 @@ pub struct FakeSnapshot {
     pub generation: u32,
     /// The digest its elements were vouched for with, when they were not read.
     pub vouched: Option<u64>,
+    /// False when it was taken as committed ([`Kernel::read_committed`]).
+    pub counted: bool,
 }
 
 impl TableSnapshot for FakeSnapshot {
@@ -162,6 +169,9 @@ impl TableSnapshot for FakeSnapshot {
     }
     fn vouched(&self) -> bool {
         self.vouched.is_some()
+    }
+    fn counted(&self) -> bool {
+        self.counted
     }
 }
 
@@ -304,6 +314,62 @@ impl Kernel for Fake {
             table: s.table.clone(),
             generation: s.generation,
             vouched,
+            counted: true,
+        })
+    }
+
+    fn read_committed(
+        &self,
+        vouch: &Vouch,
+        plan: &Ruleset,
+        image: &TableImage,
+    ) -> Result<FakeSnapshot> {
+        let committed = {
+            let s = self.state.borrow();
+            s.table.is_some()
+                && vouch.generation == s.generation
+                && image.elements.digest() == Some(vouch.elements)
+        };
+        if !committed {
+            return self.read_table(Some((vouch, image)));
+        }
+        self.check("read")?;
+        let mut s = self.state.borrow_mut();
+        // As the real kernel guarantees: nothing committed since the vouch, so the
+        // table is what that commit wrote. An engine whose vouch and plan disagree with
+        // the table would restore the wrong table: caught here.
+        let taken = FakeTable::of(plan);
+        assert_eq!(
+            s.table.as_ref(),
+            Some(&taken),
+            "fake kernel: a table taken as committed that the kernel does not hold"
+        );
+        s.reads.push(true);
+        let at = s.history.len();
+        s.read_at.push(at);
+        Ok(FakeSnapshot {
+            table: Some(taken),
+            generation: s.generation,
+            vouched: Some(vouch.elements),
+            counted: false,
+        })
+    }
+
+    fn read_chains(&self, names: &[String]) -> Result<crate::kernel::nft::ChainsRead> {
+        self.check("read-chains")?;
+        let mut s = self.state.borrow_mut();
+        let at = s.history.len();
+        s.read_at.push(at);
+        let (chains, rules) = match &s.table {
+            Some(t) => crate::kernel::nft::expected_chains(&t.image, names),
+            None => (vec![], vec![]),
+        };
+        Ok(crate::kernel::nft::ChainsRead {
+            generation: s.generation,
+            table: s.table.as_ref().map(|t| t.image.table.clone()),
+            chains,
+            rules,
+            counters: vec![],
         })
     }
 
@@ -327,39 +393,32 @@ impl Kernel for Fake {
         generation: u32,
         to: &Ruleset,
         digest: u64,
-    ) -> Result<Option<Vouch>> {
+    ) -> Result<Vouch> {
         // As the real kernel's: an in-place batch when the change can be one, refused
-        // as a whole when anything committed since `generation`; any failure of it
-        // falls back to rewriting the table whole.
-        let in_place = || -> Result<Option<Vouch>> {
-            crate::kernel::nft::diff(from, to)
-                .ok_or_else(|| anyhow::anyhow!("fake kernel: not a change in place"))?;
-            self.check("change")?;
-            {
-                let s = self.state.borrow();
-                if s.generation != generation {
-                    anyhow::bail!("fake kernel: generation moved (ERESTART)");
-                }
-                // Bound to the generation `from` was read at, the table is `from`: an
-                // engine that says otherwise sent a batch against a table it never saw.
-                assert_eq!(
-                    s.table.as_ref().map(|t| &t.image),
-                    Some(&planned_image(from)),
-                    "fake kernel: an in-place change from a table the kernel does not hold"
-                );
+        // as a whole when anything committed since `generation`.
+        crate::kernel::nft::diff(from, to)
+            .ok_or_else(|| anyhow::anyhow!("fake kernel: not a change in place"))?;
+        self.check("change")?;
+        {
+            let s = self.state.borrow();
+            if s.generation != generation {
+                anyhow::bail!("fake kernel: generation moved (ERESTART)");
             }
-            self.commit(Some(FakeTable::of(to)), "change");
-            self.check("change-reply")?;
-            let generation = self.state.borrow().generation;
-            Ok(Some(Vouch {
-                generation,
-                elements: digest,
-            }))
-        };
-        match in_place() {
-            Ok(vouch) => Ok(vouch),
-            Err(_) => self.apply_table(Some(to)),
+            // Bound to the generation `from` was read at, the table is `from`: an
+            // engine that says otherwise sent a batch against a table it never saw.
+            assert_eq!(
+                s.table.as_ref().map(|t| &t.image),
+                Some(&planned_image(from)),
+                "fake kernel: an in-place change from a table the kernel does not hold"
+            );
         }
+        self.commit(Some(FakeTable::of(to)), "change");
+        self.check("change-reply")?;
+        let generation = self.state.borrow().generation;
+        Ok(Vouch {
+            generation,
+            elements: digest,
+        })
     }
 
     fn restore(&self, snapshot: &FakeSnapshot) -> Result<()> {

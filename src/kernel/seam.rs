@@ -35,9 +35,15 @@ pub trait TableSnapshot {
     /// True when the set elements were vouched for (unchanged generation) instead of
     /// read back.
     fn vouched(&self) -> bool;
-    /// Packets and bytes of every rule that counts (none for an absent table).
+    /// Packets and bytes of every rule that counts (none for an absent table, nor for
+    /// one taken as committed: see [`TableSnapshot::counted`]).
     fn counters(&self) -> Vec<nft::RuleCounter> {
         Vec::new()
+    }
+    /// False when the table was taken as committed without reading its rules
+    /// ([`Kernel::read_committed`]): [`TableSnapshot::counters`] then knows nothing.
+    fn counted(&self) -> bool {
+        true
     }
     /// Who holds the table, as the kernel reported it; `None` when absent or unknown.
     fn holder(&self) -> Option<nft::Holder> {
@@ -57,6 +63,9 @@ impl TableSnapshot for nft::Snapshot {
     }
     fn counters(&self) -> Vec<nft::RuleCounter> {
         nft::Snapshot::counters(self)
+    }
+    fn counted(&self) -> bool {
+        nft::Snapshot::counted(self)
     }
     fn holder(&self) -> Option<nft::Holder> {
         nft::Snapshot::holder(self)
@@ -86,25 +95,45 @@ pub trait Kernel: HostFacts {
     /// generation has not moved (see [`nft::snapshot`]).
     fn read_table(&self, trust: Option<(&Vouch, &TableImage)>) -> Result<Self::Snapshot>;
 
+    /// Reads loopgate's table taking it to be `plan` (imaged as `image`) without
+    /// dumping it when nothing has committed since `vouch`, recorded right after
+    /// loopgate committed that plan; else as [`Kernel::read_table`] with `vouch`
+    /// trusted for elements (see [`nft::snapshot_committed`]). A snapshot so taken
+    /// restores from `plan` and has no counters ([`TableSnapshot::counted`]).
+    fn read_committed(
+        &self,
+        vouch: &Vouch,
+        plan: &Ruleset,
+        image: &TableImage,
+    ) -> Result<Self::Snapshot>;
+
+    /// Reads the chains `names` of loopgate's table and their rules at one generation,
+    /// with the rules' counters (see [`nft::read_chains`]): how an in-place change is
+    /// read back, and how the counters of chains it will flush are kept.
+    fn read_chains(&self, names: &[String]) -> Result<nft::ChainsRead>;
+
     /// Replaces loopgate's table with `ruleset` (removes it for `None`) in one atomic
     /// batch; returns what vouches for the new table.
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>>;
 
     /// Changes loopgate's table from `from`, the plan it was found to hold exactly when
-    /// read at `generation`, to `to`, in one atomic batch: in place (only what differs,
-    /// see [`nft::diff`]) when the change allows it and nothing committed since
-    /// `generation`, else as [`Kernel::apply_table`]. `digest` is the digest of `to`'s
-    /// planned elements ([`nft::Elements::digest`]), which vouches for the table after an
-    /// in-place change. The default rewrites the table whole.
+    /// read at `generation`, to `to`, in one atomic batch of only what differs (see
+    /// [`nft::diff`]). `digest` is the digest of `to`'s planned elements
+    /// ([`nft::Elements::digest`]); returns the vouch for the table after the change.
+    ///
+    /// Errors, the table unchanged unless the reply alone was lost: the change cannot
+    /// be made in place, something committed since `generation` (ERESTART), or the
+    /// kernel refused the batch. The caller then rewrites the table whole
+    /// ([`Kernel::apply_table`]). The default refuses every change.
     fn change_table(
         &self,
         from: &Ruleset,
         generation: u32,
         to: &Ruleset,
         digest: u64,
-    ) -> Result<Option<Vouch>> {
-        let _ = (from, generation, digest);
-        self.apply_table(Some(to))
+    ) -> Result<Vouch> {
+        let _ = (from, generation, to, digest);
+        anyhow::bail!("this kernel changes no table in place")
     }
 
     /// Puts the table back as `snapshot` saw it, in one atomic batch.
@@ -356,6 +385,19 @@ impl Kernel for System {
         nft::snapshot(trust).map(|s| s.sanctioning(self.sanctioned_port()))
     }
 
+    fn read_committed(
+        &self,
+        vouch: &Vouch,
+        plan: &Ruleset,
+        image: &TableImage,
+    ) -> Result<nft::Snapshot> {
+        nft::snapshot_committed(vouch, plan, image).map(|s| s.sanctioning(self.sanctioned_port()))
+    }
+
+    fn read_chains(&self, names: &[String]) -> Result<nft::ChainsRead> {
+        nft::read_chains(names, self.sanctioned_port())
+    }
+
     fn apply_table(&self, ruleset: Option<&Ruleset>) -> Result<Option<Vouch>> {
         self.through_owner(
             |owner| owner.apply(ruleset),
@@ -369,19 +411,15 @@ impl Kernel for System {
         generation: u32,
         to: &Ruleset,
         digest: u64,
-    ) -> Result<Option<Vouch>> {
-        if let Some(diff) = nft::diff(from, to) {
-            let in_place = self.through_owner(
-                |owner| owner.apply_diff(&diff, generation, digest),
-                || nft::apply_diff(&diff, generation, digest, &self.own),
-            );
-            // Refused (something committed since the read: ERESTART; a map an earlier
-            // version sized is full: ENFILE), the batch changed nothing: rewrite whole.
-            if let Ok(vouch) = in_place {
-                return Ok(Some(vouch));
-            }
-        }
-        self.apply_table(Some(to))
+    ) -> Result<Vouch> {
+        let diff = nft::diff(from, to)
+            .ok_or_else(|| anyhow::anyhow!("the change cannot be made in place"))?;
+        // Refused (something committed since the read: ERESTART; a map an earlier
+        // version sized is full: ENFILE), the batch changed nothing.
+        self.through_owner(
+            |owner| owner.apply_diff(&diff, generation, digest),
+            || nft::apply_diff(&diff, generation, digest, &self.own),
+        )
     }
 
     fn restore(&self, snapshot: &nft::Snapshot) -> Result<()> {

@@ -371,7 +371,7 @@ pub(crate) mod tests {
         let ip = vec![0x45u8; 20];
         let msg = message(&Step {
             handle: Some(7),
-            verdict: Some((-3, Some("nat_g0"))),
+            verdict: Some((-3, Some("nat_br0_192.0.2.1_tcp_3306"))),
             iif: Some(4),
             network: Some(ip.clone()),
             ..Step::default()
@@ -389,7 +389,7 @@ pub(crate) mod tests {
             ev.verdict,
             Some(TraceVerdict {
                 code: -3,
-                chain: Some("nat_g0".into())
+                chain: Some("nat_br0_192.0.2.1_tcp_3306".into())
             })
         );
         assert_eq!(ev.iif, Some(4));

@@ -8,6 +8,7 @@
 //! every managed interface whatever its grants are: the guard is what `audit` and the
 //! transaction's "never open without guard" rule check for.
 
+use super::names::{GuardHook, Naming};
 use super::{
     rule, target_key, MAP_INPUT_IFACES, MAP_INPUT_TARGETS, MAP_POST_IFACES, MAP_RAW_IFACES,
 };
@@ -32,27 +33,32 @@ const FOREIGN_FORWARDS: &str = "flows another table DNATed to loopback";
 
 /// The three per-interface dispatch maps and the guard chains they jump to.
 pub(super) struct Guards {
-    /// `iifname vmap @raw_ifaces`: interface -> `raw_ifN`.
+    /// `iifname vmap @raw_ifaces`: interface -> `raw_if_IF`.
     pub raw: VerdictMap,
-    /// `iifname vmap @input_ifaces`: interface -> `input_ifN`.
+    /// `iifname vmap @input_ifaces`: interface -> `input_if_IF`.
     pub input: VerdictMap,
-    /// `oifname vmap @post_ifaces`: interface -> `post_ifN`.
+    /// `oifname vmap @post_ifaces`: interface -> `post_if_IF`.
     pub post: VerdictMap,
-    /// `raw_ifN`, `input_ifN`, `post_ifN` for each interface in turn.
+    /// `raw_if_IF`, `input_if_IF`, `post_if_IF` for each interface in name order.
     pub chains: Vec<Chain>,
 }
 
 impl Guards {
     /// Plans the guard of every interface `grants` publish on and of every interface
-    /// in `guarded` (guard only, no grant); interface N is the N-th distinct one in
-    /// name order.
-    pub fn plan(grants: &[&Grant], guarded: &[String], admitted: &[String]) -> Guards {
+    /// in `guarded` (guard only, no grant), in name order, their chains named by
+    /// `naming`.
+    pub fn plan(
+        grants: &[&Grant],
+        guarded: &[String],
+        admitted: &[String],
+        naming: Naming,
+    ) -> Guards {
         let mut guards = Guards {
-            // map raw_ifaces { type ifname : verdict; elements = { "br0" : jump raw_if0 } }
+            // map raw_ifaces { type ifname : verdict; elements = { "br0" : jump raw_if_br0 } }
             raw: iface_map(MAP_RAW_IFACES, KeyField::IifName),
-            // map input_ifaces { type ifname : verdict; elements = { "br0" : jump input_if0 } }
+            // map input_ifaces { type ifname : verdict; elements = { "br0" : jump input_if_br0 } }
             input: iface_map(MAP_INPUT_IFACES, KeyField::IifName),
-            // map post_ifaces { type ifname : verdict; elements = { "br0" : jump post_if0 } }
+            // map post_ifaces { type ifname : verdict; elements = { "br0" : jump post_if_br0 } }
             post: iface_map(MAP_POST_IFACES, KeyField::OifName),
             chains: Vec::new(),
         };
@@ -66,7 +72,12 @@ impl Guards {
         for (i, iface) in ifaces.into_iter().enumerate() {
             // Only where loopgate did not open the interface itself (see `input`).
             let admit = guarded.iter().chain(admitted).any(|g| g == iface);
-            let (raw, input, post) = (raw(i, iface), input(i, iface, admit), post(i, iface));
+            let name = |hook| naming.guard(hook, i, iface);
+            let (raw, input, post) = (
+                raw(name(GuardHook::Raw), iface),
+                input(name(GuardHook::Input), iface, admit),
+                post(name(GuardHook::Post), iface),
+            );
             jump(&mut guards.raw, iface, &raw);
             jump(&mut guards.input, iface, &input);
             jump(&mut guards.post, iface, &post);
@@ -76,7 +87,7 @@ impl Guards {
     }
 }
 
-/// `chain raw_ifN`, reached at prerouting before conntrack and routing: a packet that
+/// `chain raw_if_IF`, reached at prerouting before conntrack and routing: a packet that
 /// names loopback on this interface is dropped before the kernel can route it.
 ///
 /// Why here and why both addresses: with `route_localnet=1` the kernel no longer
@@ -87,9 +98,9 @@ impl Guards {
 /// conntrack entries) and before `dstnat` (-100): a granted packet still carries the
 /// published address here, not 127.0.0.1, so only the DNAT of a grant, later, ever
 /// turns a packet from this interface into one for loopback.
-fn raw(i: usize, iface: &str) -> Chain {
+fn raw(name: String, iface: &str) -> Chain {
     Chain {
-        name: format!("raw_if{i}"),
+        name,
         attach: None,
         rules: vec![
             // ip daddr 127.0.0.0/8 counter drop
@@ -108,7 +119,7 @@ fn raw(i: usize, iface: &str) -> Chain {
     }
 }
 
-/// `chain input_ifN`, reached at input for packets to 127/8 from this interface: only
+/// `chain input_if_IF`, reached at input for packets to 127/8 from this interface: only
 /// replies, flows a grant DNATed and flows another table's DNAT rule sent to loopback
 /// get through.
 ///
@@ -146,7 +157,7 @@ fn raw(i: usize, iface: &str) -> Chain {
 /// opened for its grants, such a forward never worked (the kernel dropped it as a
 /// martian while route_localnet was 0), so letting it through would widen access
 /// beyond what was asked: there it is dropped, and `audit` reports it.
-fn input(i: usize, iface: &str, admit_forwards: bool) -> Chain {
+fn input(name: String, iface: &str, admit_forwards: bool) -> Chain {
     let mut rules = vec![
         // ct direction reply counter accept
         rule(
@@ -180,18 +191,18 @@ fn input(i: usize, iface: &str, admit_forwards: bool) -> Chain {
         format!("{iface} guard: {INPUT_DROP}"),
     ));
     Chain {
-        name: format!("input_if{i}"),
+        name,
         attach: None,
         rules,
     }
 }
 
-/// `chain post_ifN`, reached at postrouting after source NAT, where the replies of a
+/// `chain post_if_IF`, reached at postrouting after source NAT, where the replies of a
 /// DNATed flow already carry the published address again: a packet still leaving with
 /// a loopback source is a leak that `route_localnet` would otherwise let out.
-fn post(i: usize, iface: &str) -> Chain {
+fn post(name: String, iface: &str) -> Chain {
     Chain {
-        name: format!("post_if{i}"),
+        name,
         attach: None,
         // ip saddr 127.0.0.0/8 counter drop
         rules: vec![rule(

@@ -5,6 +5,8 @@
 //! parts, one private module per concern: `allow` (the source sets), `guards` (each
 //! interface's guard), `nat` (one DNAT chain per grant), `targets` (the input accepts of
 //! DNATed flows) and `hooks` (the base chains); [`ruleset()`] only composes them.
+//! `names` names every object after its own key, so that one interface or grant more
+//! or less changes only its own objects (see there).
 //! `render` prints a plan, and `verify` (tests and the fuzzer only) re-checks one
 //! independently.
 //! Why each rule sits on the hook it does is said where it is built: `hooks` (the raw
@@ -15,16 +17,19 @@
 //! number of interfaces, grants or allowed networks):
 //! - every hook's base chain dispatches on the interface (`iifname vmap`) or, for
 //!   DNAT, on `iifname . ip daddr . meta l4proto . th dport`;
-//! - per interface: `raw_ifN`, `input_ifN`, `post_ifN` hold that interface's guard;
-//! - per grant: `nat_gN` checks the source set and DNATs;
-//! - per (interface, loopback target): `input_tN` accepts the flows a grant DNATed,
-//!   identified by their conntrack original tuple. Grants sharing one target on one
-//!   interface share this chain, one rule each.
+//! - per interface: `raw_if_IF`, `input_if_IF`, `post_if_IF` hold that interface's
+//!   guard;
+//! - per grant: `nat_IF_LISTEN_PROTO_PORT` checks the source set and DNATs;
+//! - per (interface, loopback target): `input_to_IF_ADDR_PROTO_PORT` accepts the flows
+//!   a grant DNATed, identified by their conntrack original tuple. Grants sharing one
+//!   target on one interface share this chain, one rule each;
+//! - per distinct allow list: `allow_HASH` (and `allow_HASH_hosts`).
 
 mod allow;
 mod guards;
 pub(crate) use guards::GUARD_DROPS;
 mod hooks;
+mod names;
 mod nat;
 mod render;
 mod targets;
@@ -33,6 +38,8 @@ mod verify;
 
 pub use allow::HOSTS_SET_FROM;
 pub use hooks::{PRIORITY_AFTER_SRCNAT, PRIORITY_DSTNAT, PRIORITY_FILTER, PRIORITY_RAW};
+use names::Naming;
+pub use names::{iface_token, MAX_NAME_LEN};
 pub use render::render;
 #[cfg(any(test, feature = "verify"))]
 pub use verify::verify;
@@ -41,17 +48,17 @@ use crate::grant::{Grant, Proto};
 use crate::ruleset::{Chain, KeyField, KeyValue, Match, Rule, Ruleset, Verdict, VerdictMap};
 use std::net::Ipv4Addr;
 
-/// `iifname vmap @raw_ifaces`: interface -> `raw_ifN` (prerouting, raw priority).
+/// `iifname vmap @raw_ifaces`: interface -> `raw_if_IF` (prerouting, raw priority).
 pub const MAP_RAW_IFACES: &str = "raw_ifaces";
 /// `iifname . ip daddr . meta l4proto . th dport vmap @nat_grants`: published address
-/// and port -> `nat_gN`.
+/// and port -> the grant's `nat_IF_LISTEN_PROTO_PORT`.
 pub const MAP_NAT_GRANTS: &str = "nat_grants";
-/// `iifname vmap @input_ifaces`: interface -> `input_ifN` (input, for 127/8 only).
+/// `iifname vmap @input_ifaces`: interface -> `input_if_IF` (input, for 127/8 only).
 pub const MAP_INPUT_IFACES: &str = "input_ifaces";
 /// `iifname . ip daddr . meta l4proto . th dport vmap @input_targets`: DNATed loopback
-/// target -> `input_tN`.
+/// target -> `input_to_IF_ADDR_PROTO_PORT`.
 pub const MAP_INPUT_TARGETS: &str = "input_targets";
-/// `oifname vmap @post_ifaces`: interface -> `post_ifN` (postrouting, after srcnat).
+/// `oifname vmap @post_ifaces`: interface -> `post_if_IF` (postrouting, after srcnat).
 pub const MAP_POST_IFACES: &str = "post_ifaces";
 
 /// The interfaces the grants expose, sorted and without duplicates.
@@ -60,6 +67,25 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
     v.sort();
     v.dedup();
     v
+}
+
+/// The chains of `ruleset` whose rules count what the guards drop (the comments
+/// `GUARD_DROPS` names, which audit's blocked totals are made of): what a change that
+/// starts their counters again reads first.
+pub fn counting_chains<'a>(ruleset: &'a Ruleset, among: Option<&'a [String]>) -> Vec<String> {
+    ruleset
+        .chains
+        .iter()
+        .filter(|c| among.is_none_or(|names| names.contains(&c.name)))
+        .filter(|c| {
+            c.rules.iter().any(|r| {
+                r.comment
+                    .split_once(" guard: ")
+                    .is_some_and(|(_, what)| GUARD_DROPS.iter().any(|(w, _)| *w == what))
+            })
+        })
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// Builds loopgate's whole table for `grants`; `None` when there is nothing to guard
@@ -85,18 +111,40 @@ pub fn ruleset_admitting(
     guarded: &[String],
     admitted: &[String],
 ) -> Option<Ruleset> {
+    ruleset_named(grants, guarded, admitted, Naming::Stable)
+}
+
+/// [`ruleset_admitting`] under the positional names earlier versions of loopgate gave
+/// (`raw_if0`, `nat_g3`, `input_t1`, `allow_2`): the table such a version wrote for the
+/// same grants. Only to recognise that table as rightful after an upgrade (it guards
+/// exactly as the new one does), so that the first change rewrites it whole instead of
+/// taking it for a lost guard and closing every interface; never installed.
+pub fn legacy_ruleset_admitting(
+    grants: &[Grant],
+    guarded: &[String],
+    admitted: &[String],
+) -> Option<Ruleset> {
+    ruleset_named(grants, guarded, admitted, Naming::Positional)
+}
+
+fn ruleset_named(
+    grants: &[Grant],
+    guarded: &[String],
+    admitted: &[String],
+    naming: Naming,
+) -> Option<Ruleset> {
     if grants.is_empty() && guarded.is_empty() {
         return None;
     }
-    // Canonical order first: set, chain and map element numbers follow it, so the same
-    // grants always give the same table (and `audit` can compare images).
+    // Canonical order first: the order of sets, chains and map elements follows it, so
+    // the same grants always give the same table (and `audit` can compare images).
     let mut grants: Vec<&Grant> = grants.iter().collect();
     grants.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
 
-    let allow = allow::AllowSets::plan(&grants);
-    let guards = guards::Guards::plan(&grants, guarded, admitted);
-    let nat = nat::plan(&grants, &allow.names_of);
-    let targets = targets::plan(&grants, &allow.names_of);
+    let allow = allow::AllowSets::plan(&grants, naming);
+    let guards = guards::Guards::plan(&grants, guarded, admitted, naming);
+    let nat = nat::plan(&grants, &allow.names_of, naming);
+    let targets = targets::plan(&grants, &allow.names_of, naming);
 
     // Base chains first, then the chains the maps jump to; maps in hook order.
     let mut chains = hooks::base_chains();
@@ -185,6 +233,29 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// The chains whose counters make audit's blocked totals are the guard chains
+    /// that drop (not the DNAT chains, which count grants): each interface's drop
+    /// rules, and only those chains, are what a change must read before resetting.
+    #[test]
+    fn the_counting_chains_are_those_with_the_guards_drops() {
+        let r = ruleset(&[grant("br0", 3306), grant("br1", 3307)]).unwrap();
+        let counting = counting_chains(&r, None);
+        let drops: Vec<String> = r
+            .chains
+            .iter()
+            .filter(|c| {
+                c.rules
+                    .iter()
+                    .any(|rule| rule.verdict == Verdict::Drop && rule.comment.contains(" guard: "))
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(counting, drops);
+        assert!(counting.len() >= 6, "{counting:?}");
+        let one = vec![counting[0].clone(), "nat_g0".to_string()];
+        assert_eq!(counting_chains(&r, Some(&one)), [counting[0].clone()]);
+    }
+
     #[test]
     fn nothing_to_guard_is_no_table() {
         assert!(ruleset_with(&[], &[]).is_none());
@@ -198,7 +269,10 @@ mod tests {
             assert_eq!(jumps(&r, map).len(), 1, "{map}");
         }
         assert!(jumps(&r, MAP_NAT_GRANTS).is_empty());
-        assert!(!r.chains.iter().any(|c| c.name.starts_with("nat_g")));
+        assert!(!r
+            .chains
+            .iter()
+            .any(|c| c.name.starts_with("nat_") && c.attach.is_none()));
     }
 
     /// The guard's three chains end as the threat model says: raw drops both loopback

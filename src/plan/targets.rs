@@ -15,16 +15,17 @@
 //! publishes.
 
 use super::guards::INPUT_DROP;
+use super::names::Naming;
 use super::{rule, target_key, target_key_of, Dispatch, MAP_INPUT_TARGETS};
 use crate::grant::{Grant, Proto};
 use crate::ruleset::{Chain, MapElement, Match, Rule, Verdict, VerdictMap};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-/// Plans `input_targets` and its `input_tN` chains. `grants` are in canonical order
-/// and `sets_of[i]` names the allow sets of `grants[i]` (see [`super::allow`]); the
-/// chains are numbered in the order of their (interface, address, protocol, port).
-pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
+/// Plans `input_targets` and its chains, named by `naming`, in the order of their
+/// (interface, address, protocol, port). `grants` are in canonical order and
+/// `sets_of[i]` names the allow sets of `grants[i]` (see [`super::allow`]).
+pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>], naming: Naming) -> Dispatch {
     let mut by_target: BTreeMap<(&str, Ipv4Addr, Proto, u16), Vec<Rule>> = BTreeMap::new();
     for (g, sets) in grants.iter().zip(sets_of) {
         let rules = by_target
@@ -32,7 +33,7 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
             .or_default();
         for set in sets {
             // ct status dnat ct original ip daddr 192.0.2.1 ct original protocol tcp
-            //   ct original proto-dst 3306 ip saddr @allow_K counter accept
+            //   ct original proto-dst 3306 ip saddr @allow_H counter accept
             rules.push(rule(
                 vec![
                     Match::CtStatusDnat,
@@ -46,7 +47,7 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
         }
     }
     // map input_targets { type ifname . ipv4_addr . inet_proto . inet_service : verdict;
-    //   elements = { "br0" . 127.0.0.1 . tcp . 3306 : jump input_t0 } }
+    //   elements = { "br0" . 127.0.0.1 . tcp . 3306 : jump input_to_br0_127.0.0.1_tcp_3306 } }
     let mut map = VerdictMap {
         name: MAP_INPUT_TARGETS.to_string(),
         key: target_key(),
@@ -54,8 +55,8 @@ pub(super) fn plan(grants: &[&Grant], sets_of: &[Vec<String>]) -> Dispatch {
     };
     let mut chains = Vec::with_capacity(by_target.len());
     for (i, ((iface, addr, proto, port), rules)) in by_target.into_iter().enumerate() {
-        // chain input_tN { <the accepts above> }
-        let name = format!("input_t{i}");
+        // chain input_to_br0_127.0.0.1_tcp_3306 { <the accepts above> }
+        let name = naming.target(i, iface, addr, proto, port);
         map.elements.push(MapElement {
             key: target_key_of(iface, addr, proto, port),
             jump: name.clone(),

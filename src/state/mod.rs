@@ -271,9 +271,19 @@ pub struct Store {
 pub struct Memo {
     parsed: Option<(Vec<u8>, State)>,
     planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
+    /// What the committed plan was planned from: its grants, guarded and admitted
+    /// interfaces (see [`Store::plan_for`]).
+    planned_from: Option<PlanInputs>,
+    /// What the last planned image printed, chain by chain (see
+    /// [`crate::kernel::nft::ImageCache`]).
+    images: crate::kernel::nft::ImageCache,
     /// The allow lists the state last read or written refers to (see `lists`).
     lists: lists::Memo,
 }
+
+/// What a plan is made from: grants, guarded and admitted interfaces (the arguments of
+/// [`crate::plan::ruleset_admitting`]).
+pub type PlanInputs = (Vec<Grant>, Vec<String>, Vec<String>);
 
 /// The state directory of the current network namespace (`<base>/netns-<cookie>`),
 /// where the state file, its lock and a running watch's socket live.
@@ -502,14 +512,44 @@ impl Store {
         }
     }
 
-    /// Remembers the plan just committed and its image, for the next change's
-    /// comparison (see [`Memo`]).
+    /// The image of `ruleset`, printing only the chains and sets that differ from
+    /// the last plan this store (or an earlier one it adopted the memo of) imaged.
+    pub fn image_of(&self, ruleset: &crate::ruleset::Ruleset) -> crate::kernel::nft::TableImage {
+        crate::kernel::nft::planned_image_cached(ruleset, &mut self.memo.borrow_mut().images)
+    }
+
+    /// Remembers the plan just committed, what it was planned from and its image, for
+    /// the next change's comparison (see [`Memo`]).
     pub fn remember_plan(
         &self,
+        from: PlanInputs,
         ruleset: crate::ruleset::Ruleset,
         image: crate::kernel::nft::TableImage,
     ) {
-        self.memo.borrow_mut().planned = Some((ruleset, image));
+        let mut memo = self.memo.borrow_mut();
+        memo.planned = Some((ruleset, image));
+        memo.planned_from = Some(from);
+    }
+
+    /// [`crate::plan::ruleset_admitting`] of these grants, guarded and admitted
+    /// interfaces: the committed plan when it was planned from exactly them
+    /// ([`Store::remember_plan`]), without planning it again (100,000 allowed networks
+    /// merged into sets).
+    pub fn plan_of(
+        &self,
+        grants: &[Grant],
+        guarded: &[String],
+        admitted: &[String],
+    ) -> Option<crate::ruleset::Ruleset> {
+        let memo = self.memo.borrow();
+        match (&memo.planned_from, &memo.planned) {
+            (Some((g, gu, ad)), Some((ruleset, _)))
+                if g == grants && gu == guarded && ad == admitted =>
+            {
+                Some(ruleset.clone())
+            }
+            _ => crate::plan::ruleset_admitting(grants, guarded, admitted),
+        }
     }
 
     /// A side file of this state directory (`name`, e.g. the audit's running totals),

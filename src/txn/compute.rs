@@ -10,6 +10,20 @@ use crate::plan;
 use crate::state::{Original, State};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A planner: grants, guarded and admitted interfaces in, the table out (as
+/// [`plan::ruleset_admitting`]).
+pub type Planner<'a> =
+    &'a mut dyn FnMut(&[Grant], &[String], &[String]) -> Option<crate::ruleset::Ruleset>;
+
+/// How [`Change::compute_planning`] plans a table and images it: pure functions, or
+/// ones that reuse what an earlier plan computed (they must give the same results).
+pub struct Planning<'a> {
+    /// As [`plan::ruleset_admitting`]: grants, guarded and admitted interfaces in.
+    pub plan: Planner<'a>,
+    /// As [`nft::planned_image`].
+    pub image: &'a mut dyn FnMut(&crate::ruleset::Ruleset) -> nft::TableImage,
+}
+
 impl Change {
     /// Computes the change from the recorded state `old` to `target`, given what the
     /// kernel holds now: the `devices` involved (see
@@ -40,6 +54,37 @@ impl Change {
         recorded: Option<Option<&nft::TableImage>>,
         all_open: bool,
     ) -> Change {
+        Change::compute_planning(
+            old,
+            target,
+            devices,
+            kernel_table,
+            recorded,
+            all_open,
+            Planning {
+                plan: &mut |g, gu, ad| plan::ruleset_admitting(g, gu, ad),
+                image: &mut nft::planned_image,
+            },
+        )
+    }
+
+    /// [`Change::compute_with_all`], planning and imaging with `planning` (which must
+    /// give what [`plan::ruleset_admitting`] and [`nft::planned_image`] give: `watch`
+    /// passes ones that reuse its last plan, see [`crate::state::Store::plan_of`] and
+    /// [`crate::state::Store::image_of`]).
+    pub fn compute_planning(
+        old: State,
+        target: Target,
+        devices: &BTreeMap<u32, Device>,
+        kernel_table: Option<&nft::TableImage>,
+        recorded: Option<Option<&nft::TableImage>>,
+        all_open: bool,
+        planning: Planning<'_>,
+    ) -> Change {
+        let Planning {
+            plan: planner,
+            image,
+        } = planning;
         let Target {
             grants,
             guarded,
@@ -55,8 +100,8 @@ impl Change {
         }
         let grants = crate::grant::normalize(grants);
         let admitted = admitting(&grants, &old, &devices, all_open);
-        let ruleset = plan::ruleset_admitting(&grants, &guarded, &admitted);
-        let want = ruleset.as_ref().map(nft::planned_image);
+        let ruleset = planner(&grants, &guarded, &admitted);
+        let want = ruleset.as_ref().map(&mut *image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
             (Some(have), Some(want)) if have == want => (true, want.elements.digest()),
@@ -65,7 +110,7 @@ impl Change {
         let guard_lost = !table_matches && {
             // The tables the host may rightly hold: the committed plan, or the plan of
             // an interrupted transaction (it may have got as far as the table).
-            let plan_of = |gs: &[Grant]| {
+            let mut plan_of = |gs: &[Grant]| {
                 if crate::grant::normalize(gs.to_vec()) == grants
                     && old.guarded == guarded
                     && old.admitted == admitted
@@ -74,7 +119,7 @@ impl Change {
                 } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
                     r.cloned()
                 } else {
-                    plan::ruleset_admitting(gs, &old.guarded, &old.admitted)
+                    planner(gs, &old.guarded, &old.admitted)
                         .as_ref()
                         .map(nft::planned_image)
                 }
@@ -85,6 +130,9 @@ impl Change {
             }
             rightful.iter().any(Option::is_some)
                 && !rightful.iter().any(|r| r.as_ref() == kernel_table)
+                && !std::iter::once(&old.grants)
+                    .chain(&old.pending)
+                    .any(|gs| written_before_stable_names(kernel_table, gs, &old))
         };
 
         // The kernel holds exactly the committed plan (not the interrupted one's, not
@@ -93,7 +141,7 @@ impl Change {
         {
             None
         } else {
-            let old_plan = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted);
+            let old_plan = planner(&old.grants, &old.guarded, &old.admitted);
             let holds_it = match recorded {
                 Some(r) => r == kernel_table,
                 None => old_plan.as_ref().map(nft::planned_image).as_ref() == kernel_table,
@@ -367,6 +415,26 @@ impl Change {
         }
         out
     }
+}
+
+/// Whether `kernel_table` is the table a loopgate from before names followed their
+/// objects wrote for `grants` (guarded and admitted as `old` records): the same rules
+/// under positional names (`raw_if0`, `nat_g3`, `allow_2`; see
+/// [`plan::legacy_ruleset_admitting`]). It guards exactly as the new plan does, so after
+/// an upgrade it is rightful, not a lost guard: the first change rewrites it whole
+/// (never in place: `base` needs the committed plan itself) without closing any
+/// interface. Planned only when the table matches nothing else (rare: an upgrade or
+/// a tampered table).
+fn written_before_stable_names(
+    kernel_table: Option<&nft::TableImage>,
+    grants: &[Grant],
+    old: &State,
+) -> bool {
+    let Some(kernel_table) = kernel_table else {
+        return false;
+    };
+    plan::legacy_ruleset_admitting(grants, &old.guarded, &old.admitted)
+        .is_some_and(|r| &nft::planned_image(&r) == kernel_table)
 }
 
 /// `grants` by their key (interface, listen address, protocol, port; see

@@ -67,7 +67,8 @@ const COMMON: &[&[&str]] = &[
 /// What replaces [`COMMON`]'s table failures when a scenario changes the table in
 /// place (the kernel held the committed plan): the in-place batch refused (`change`)
 /// or committed with its reply lost (`change-reply`) falls back to a whole rewrite,
-/// which then fails as in [`COMMON`]. Every cell ends as the facts were before:
+/// which then fails as in [`COMMON`]; or the read back of what the in-place batch
+/// wrote fails (`read-chains`). Every cell ends as the facts were before:
 /// rollback restores the table byte for byte even over an in-place batch that
 /// committed.
 const IN_PLACE: &[&[&str]] = &[
@@ -77,6 +78,7 @@ const IN_PLACE: &[&[&str]] = &[
     &["change-reply", "apply-reply"],
     &["change", "apply-reply", "restore"],
     &["change-reply", "apply", "restore"],
+    &["read-chains"],
 ];
 
 /// A scenario: its name, the devices as (ifindex, name, route_localnet), the grants
@@ -298,6 +300,11 @@ fn every_failure_fires_rolls_back_and_no_step_leaves_an_interface_open_without_i
                 (true, _) => &["change", "apply"],
             };
             assert_eq!(table_steps, expected, "{context}: {steps:?}");
+            // In place, the table was taken as committed before and read back only as
+            // far as the batch wrote: one read of the table in all, no dump of it.
+            if (sc.in_place, failure) == (true, "") {
+                assert_eq!(s.reads, [true], "{context}: reads of the whole table");
+            }
             // Guard read back before route_localnet is raised: a read of the table
             // comes after its last change and before any write that opens.
             let last_table = steps

@@ -54,12 +54,13 @@ pub fn execute<K: Kernel>(
             }));
         }
     }
-    if !change.table_matches {
-        // What the guards counted up to now, before the write starts them again.
+    if !change.table_matches && snapshot.counted() {
+        // What the guards counted up to now, before the write starts them again (a
+        // table taken as committed was not read: `write_table` reads what it resets).
         crate::audit::totals::fold_counters(store, &snapshot.counters());
     }
     let mut undo: Vec<Undo> = Vec::new();
-    match run_steps(kernel, store, change, snapshot.generation(), &mut undo) {
+    match run_steps(kernel, store, change, snapshot, &mut undo) {
         Ok(outcome) => {
             // Committed, nothing left to roll back: the list files only the old state
             // referred to can go (during the change its rollback might have needed
@@ -133,9 +134,10 @@ pub(super) fn run_steps<K: Kernel>(
     kernel: &K,
     store: &Store,
     change: &Change,
-    generation: u32,
+    snapshot: &K::Snapshot,
     undo: &mut Vec<Undo>,
 ) -> Result<Outcome> {
+    let generation = snapshot.generation();
     // 0. The guard is gone: every second counts, and closing needs no new record (each
     //    device closed here has its original in the committed state already).
     //    A device that cannot be closed is no reason to stop: putting the guard back
@@ -193,22 +195,16 @@ pub(super) fn run_steps<K: Kernel>(
         // the rollback must still put the old table back. Restoring an unchanged table
         // is harmless.
         undo.push(Undo::Table);
-        let vouch = step("ruleset", || {
-            let digest = change.want.as_ref().and_then(|w| w.elements.digest());
-            let vouch = match (&change.base, &change.ruleset, digest) {
-                // Only what differs, bound to the generation the table was read at.
-                (Some(from), Some(to), Some(digest)) => {
-                    kernel.change_table(from, generation, to, digest)?
-                }
-                _ => kernel.apply_table(change.ruleset.as_ref())?,
-            };
-            let counters = verify_table(kernel, change, vouch.as_ref())?;
-            Ok((vouch, counters))
+        let (vouch, read_back) = step("ruleset", || {
+            write_table(kernel, store, change, snapshot, generation)
         })?;
         // The guards' counters of the table as written (0 where a rule is new): a
         // counter lower than the one read before is folded into the running totals.
-        crate::audit::totals::fold_counters(store, &vouch.1);
-        vouch.0
+        match read_back {
+            ReadBack::Whole(c) => crate::audit::totals::fold_counters(store, &c),
+            ReadBack::Chains(c) => crate::audit::totals::fold_counters_seen(store, &c),
+        }
+        vouch
     };
 
     // 4. Open last: only now that the guards are in place and read back.
@@ -236,12 +232,113 @@ pub(super) fn run_steps<K: Kernel>(
         })
     })?;
     if let (Some(ruleset), Some(want)) = (&change.ruleset, &change.want) {
-        store.remember_plan(ruleset.clone(), want.clone());
+        let from = (
+            change.grants.clone(),
+            change.guarded.clone(),
+            change.admitted.clone(),
+        );
+        store.remember_plan(from, ruleset.clone(), want.clone());
     }
     Ok(Outcome {
         connections_cut: cut,
         warnings,
     })
+}
+
+/// The counters a read back after a batch found: of every rule, or (in place) of the
+/// chains the batch wrote.
+enum ReadBack {
+    Whole(Vec<nft::RuleCounter>),
+    Chains(Vec<nft::RuleCounter>),
+}
+
+/// Writes the planned table and reads it back: in place from `change.base` when the
+/// kernel held exactly that plan (only what differs, bound to the generation the table
+/// was read at), read back as far as the batch wrote; else, or when the in-place batch
+/// is refused, rewritten whole and read back whole. Counters a write starts again are
+/// folded into the totals first when `snapshot` did not read them.
+fn write_table<K: Kernel>(
+    kernel: &K,
+    store: &Store,
+    change: &Change,
+    snapshot: &K::Snapshot,
+    generation: u32,
+) -> Result<(Option<nft::Vouch>, ReadBack)> {
+    let digest = change.want.as_ref().and_then(|w| w.elements.digest());
+    if let (Some(from), Some(to), Some(digest)) = (&change.base, &change.ruleset, digest) {
+        let touched = nft::touched(from, to);
+        if !snapshot.counted() {
+            keep_counts(
+                kernel,
+                store,
+                &crate::plan::counting_chains(from, Some(&touched.reset)),
+            );
+        }
+        if let Ok(vouch) = kernel.change_table(from, generation, to, digest) {
+            let read_back = verify_in_place(kernel, change, &vouch, &touched.written)?;
+            return Ok((Some(vouch), read_back));
+        }
+        // Refused, or its reply lost: rewritten whole below, to the same plan.
+    }
+    if !snapshot.counted() {
+        // Every rule starts again: what the table taken as committed counted is read
+        // now, from the chains of the plan it holds that count (the batch above, when
+        // its reply was lost, changed none of those it did not flush).
+        match &change.base {
+            Some(from) => keep_counts(kernel, store, &crate::plan::counting_chains(from, None)),
+            None => {
+                if let Ok(whole) = kernel.read_table(None) {
+                    crate::audit::totals::fold_counters(store, &whole.counters());
+                }
+            }
+        }
+    }
+    let vouch = kernel.apply_table(change.ruleset.as_ref())?;
+    let counters = verify_table(kernel, change, vouch.as_ref())?;
+    Ok((vouch, ReadBack::Whole(counters)))
+}
+
+/// Folds what the chains `names` counted into the totals before a batch flushes them.
+/// A failed read loses those counts, not the change (see [`crate::audit::totals`]).
+fn keep_counts<K: Kernel>(kernel: &K, store: &Store, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    if let Ok(read) = kernel.read_chains(names) {
+        crate::audit::totals::fold_counters_seen(store, &read.counters);
+    }
+}
+
+/// Reads back what an in-place batch wrote (the chains `written`, their rules and the
+/// table object) and insists it is as planned; the rest of the table is vouched for
+/// by the generation the batch created (`vouch`): nothing else has committed since, so
+/// it is what the kernel held when the batch was bound to it. When something did
+/// commit since, the table is read back whole.
+fn verify_in_place<K: Kernel>(
+    kernel: &K,
+    change: &Change,
+    vouch: &nft::Vouch,
+    written: &[String],
+) -> Result<ReadBack> {
+    let want = change
+        .want
+        .as_ref()
+        .context("an in-place change without a planned table")?;
+    let read = kernel.read_chains(written)?;
+    if read.generation != vouch.generation {
+        return verify_table(kernel, change, Some(vouch)).map(ReadBack::Whole);
+    }
+    let (chains, rules) = nft::expected_chains(want, written);
+    if read.table.as_deref() != Some(want.table.as_str())
+        || read.chains != chains
+        || read.rules != rules
+    {
+        anyhow::bail!(
+            "table ip {} does not read back as planned right after it was written",
+            crate::ruleset::TABLE
+        );
+    }
+    Ok(ReadBack::Chains(read.counters))
 }
 
 /// Reads the table back after a batch and insists that it is the planned one: an ACK

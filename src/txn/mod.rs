@@ -13,6 +13,7 @@
 //! must delete.
 
 mod compute;
+pub use compute::Planning;
 mod cut_flows;
 mod execute;
 
@@ -193,26 +194,51 @@ fn observe_and_compute_in<K: Kernel>(
     old: State,
     target: Target,
 ) -> Result<(Change, K::Snapshot)> {
-    let recorded = plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted).map(|r| {
-        store
-            .and_then(|s| s.planned_image(&r))
-            .unwrap_or_else(|| nft::planned_image(&r))
+    let plan = match store {
+        Some(s) => s.plan_of(&old.grants, &old.guarded, &old.admitted),
+        None => plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted),
+    };
+    let recorded = plan.as_ref().map(|r| match store {
+        Some(s) => s.planned_image(r).unwrap_or_else(|| s.image_of(r)),
+        None => nft::planned_image(r),
     });
-    let snapshot = kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?;
+    // Committed and nothing committed since: the table is taken as that plan, unread
+    // (see `Kernel::read_committed`). Not while a transaction was interrupted: its
+    // batch may have been the last commit.
+    let snapshot = match (&old.vouch, &plan, &recorded, &old.pending) {
+        (Some(vouch), Some(plan), Some(image), None) => {
+            kernel.read_committed(vouch, plan, image)?
+        }
+        _ => kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?,
+    };
     let devices = observe_devices(kernel, &old, &target.grants)?;
     // conf.all ORs into every interface: open, every interface was open before loopgate.
     // Unreadable: not open (admitting is what widens; failing closed drops the forwards).
     let all_open = kernel
         .route_localnet("all")
         .is_ok_and(crate::kernel::sysctl::is_open);
-    let change = Change::compute_with_all(
-        old,
-        target,
-        &devices,
-        snapshot.image().as_ref(),
-        Some(recorded.as_ref()),
-        all_open,
-    );
+    let change = match store {
+        Some(store) => Change::compute_planning(
+            old,
+            target,
+            &devices,
+            snapshot.image().as_ref(),
+            Some(recorded.as_ref()),
+            all_open,
+            compute::Planning {
+                plan: &mut |g, gu, ad| store.plan_of(g, gu, ad),
+                image: &mut |r| store.image_of(r),
+            },
+        ),
+        None => Change::compute_with_all(
+            old,
+            target,
+            &devices,
+            snapshot.image().as_ref(),
+            Some(recorded.as_ref()),
+            all_open,
+        ),
+    };
     Ok((change, snapshot))
 }
 

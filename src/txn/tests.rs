@@ -238,6 +238,46 @@ fn a_lost_guard_closes_every_open_managed_interface_before_the_table() {
     );
 }
 
+/// After an upgrade the kernel holds the table an earlier loopgate wrote for the
+/// committed grants, under positional names: rightful, so nothing is closed; it is
+/// rewritten whole (not in place) under the new names. A positional table of other
+/// grants is still a lost guard.
+#[test]
+fn a_table_an_earlier_version_wrote_is_rewritten_without_closing_anything() {
+    let g = vec![grant("br0", 8080), grant("br1", 8081)];
+    let mut old = state(g.clone(), vec![rec("br0", 5, 0), rec("br1", 6, 3)]);
+    old.admitted = vec!["br1".into()];
+    old.guarded = vec!["br2".into()];
+    let devices = BTreeMap::from([dev(5, "br0", 1), dev(6, "br1", 3)]);
+    let (guarded, admitted) = (old.guarded.clone(), old.admitted.clone());
+    let legacy = |gs: &[Grant]| {
+        plan::legacy_ruleset_admitting(gs, &guarded, &admitted).map(|r| nft::planned_image(&r))
+    };
+    let upgrade = compute(old.clone(), g.clone(), &devices, legacy(&g).as_ref());
+    assert!(!upgrade.guard_lost && !upgrade.table_matches);
+    assert!(upgrade.base.is_none(), "rewritten whole");
+    assert!(upgrade.lower.is_empty() && upgrade.raise.is_empty());
+    assert_ne!(upgrade.want, legacy(&g), "under the new names");
+    // A vouch an earlier version recorded never vouches for the new plan: the element
+    // digest covers set names and the maps' jumps, so the table is read, not assumed.
+    assert_ne!(
+        upgrade.want.as_ref().and_then(|i| i.elements.digest()),
+        legacy(&g).and_then(|i| i.elements.digest())
+    );
+    // Also with a grant added in the same change.
+    let more = vec![grant("br0", 8080), grant("br0", 9090), grant("br1", 8081)];
+    let add = compute(old.clone(), more, &devices, legacy(&g).as_ref());
+    assert!(
+        !add.guard_lost && add.lower.is_empty(),
+        "{:?}",
+        add.describe()
+    );
+    // The control: another grant list's positional table is not this one's.
+    let lost = compute(old, g.clone(), &devices, legacy(&g[..1]).as_ref());
+    assert!(lost.guard_lost);
+    assert_eq!(lost.lower.len(), 2);
+}
+
 #[test]
 fn an_interrupted_change_is_rolled_back_and_its_interface_closed_first() {
     let committed = vec![grant("br0", 8080)];

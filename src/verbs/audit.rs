@@ -73,6 +73,7 @@ fn report(args: &AuditArgs) -> Result<Report> {
     let port = crate::state::running_watch().map_or(0, |(_, port)| port);
     let kernel = system().sanctioning(port);
     let mut observed = audit::observe(&kernel, &host, &state, expected.as_ref(), args.deep)?;
+    let expected = audit::rightful_table(expected, observed.table.as_ref(), &state);
     // Since when each spec is pending: a typo must not stay green for ever.
     observed.pending_grace = audit::pending_since::grace()?;
     let mut record = audit::pending_since::Record::load(&store);

@@ -595,7 +595,7 @@ mod tests {
                 table: "loopgate",
                 chain: "nat_prerouting",
                 handle: Some(9),
-                verdict: Some((-3, Some("nat_g0"))),
+                verdict: Some((-3, Some("nat_br0_192.0.2.1_tcp_3306"))),
                 iif: Some(4),
                 network: before(),
                 transport: syn(),
@@ -603,7 +603,7 @@ mod tests {
             }),
             ev(Step {
                 table: "loopgate",
-                chain: "nat_g0",
+                chain: "nat_br0_192.0.2.1_tcp_3306",
                 handle: Some(11),
                 verdict: Some((1, None)),
                 ..Step::default()
@@ -622,7 +622,12 @@ mod tests {
         let mut names = Names::default();
         names.ifaces.insert(4, "br0".into());
         names.rules.insert(
-            (2, "loopgate".into(), "nat_g0".into(), 11),
+            (
+                2,
+                "loopgate".into(),
+                "nat_br0_192.0.2.1_tcp_3306".into(),
+                11,
+            ),
             RuleInfo {
                 comment: "grant br0-tcp-3306".into(),
                 action: Some("DNAT"),
@@ -641,8 +646,8 @@ mod tests {
                 "  table ip loopgate_trace chain prerouting: rule 2: continue",
                 "  table ip loopgate_trace chain prerouting: policy accept",
                 "  table ip loopgate chain raw_prerouting: policy accept",
-                "  table ip loopgate chain nat_prerouting: rule 9: jump nat_g0",
-                "  table ip loopgate chain nat_g0: rule 11 \"grant br0-tcp-3306\": accept (DNAT)",
+                "  table ip loopgate chain nat_prerouting: rule 9: jump nat_br0_192.0.2.1_tcp_3306",
+                "  table ip loopgate chain nat_br0_192.0.2.1_tcp_3306: rule 11 \"grant br0-tcp-3306\": accept (DNAT)",
                 "  now 192.0.2.10:40000 -> 127.0.0.1:3306",
                 "  table inet filter chain input: policy drop",
                 "dropped by table inet filter, chain input: policy drop",
@@ -657,7 +662,7 @@ mod tests {
         let lines = format_packet(&p, &names());
         assert_eq!(
             lines.last().unwrap(),
-            "accepted: DNATed by table ip loopgate, chain nat_g0 to 127.0.0.1:3306; last verdict: table inet filter, chain input: policy accept"
+            "accepted: DNATed by table ip loopgate, chain nat_br0_192.0.2.1_tcp_3306 to 127.0.0.1:3306; last verdict: table inet filter, chain input: policy accept"
         );
     }
 
@@ -735,10 +740,10 @@ mod tests {
     #[test]
     fn a_regular_chain_that_ends_returns_to_its_caller() {
         let mut p = dropped_syn();
-        p.events.truncate(6); // up to the jump to nat_g0
+        p.events.truncate(6); // up to the jump to nat_br0_192.0.2.1_tcp_3306
         p.events.push(ev(Step {
             table: "loopgate",
-            chain: "nat_g0",
+            chain: "nat_br0_192.0.2.1_tcp_3306",
             kind: RETURN,
             verdict: Some((-1, None)),
             ..Step::default()
@@ -746,7 +751,7 @@ mod tests {
         let lines = format_packet(&p, &names());
         assert_eq!(
             lines[lines.len() - 2],
-            "  table ip loopgate chain nat_g0: end of chain, back to the calling chain"
+            "  table ip loopgate chain nat_br0_192.0.2.1_tcp_3306: end of chain, back to the calling chain"
         );
         assert_eq!(
             lines.last().unwrap(),

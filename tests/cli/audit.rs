@@ -94,7 +94,7 @@ fn audit_for_monitoring_parses_as_prometheus_and_counts_traffic() {
         .lines()
         .find(|l| {
             l.starts_with("loopgate_rule_packets_total")
-                && l.contains("'nat_g")
+                && l.contains("'nat_br0_192.0.2.1_tcp_3306'")
                 && l.contains("grant mysql")
         })
         .expect("a counter for the grant's DNAT rule");
@@ -141,19 +141,22 @@ fn audit_trusts_unread_elements_only_while_the_nftables_generation_stands_still(
         .contains("nothing to do"));
     assert_eq!(audit(&[]), (Some(0), false, "[]".into()), "vouched again");
 
+    let sets = NftTable::read(&lab.host).sets;
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    let set = &sets[0];
     lab.host.exec(&[
         "nft",
         "add",
         "element",
         "ip",
         "loopgate",
-        "allow_0",
+        set,
         "{ 203.0.113.99 }",
     ]);
     let (code, read_back, differences) = audit(&[]);
     assert_eq!((code, read_back), (Some(1), true));
     assert!(
-        differences.contains("unexpected element in allow_0: cb007163"),
+        differences.contains(&format!("unexpected element in {set}: cb007163")),
         "{differences}"
     );
     // Repaired by the next expose, which writes (and vouches for) the table anew.

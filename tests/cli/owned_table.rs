@@ -223,11 +223,11 @@ fn an_owned_table_withstands_flush_delete_and_dormant_from_others_and_outlives_i
         ("flush table", &["flush", "table", "ip", "loopgate"]),
         (
             "an accept rule ahead of the guard",
-            &["insert", "rule", "ip", "loopgate", "input_if0", "accept"],
+            &["insert", "rule", "ip", "loopgate", "input_if_br0", "accept"],
         ),
         (
             "delete a chain",
-            &["delete", "chain", "ip", "loopgate", "input_if0"],
+            &["delete", "chain", "ip", "loopgate", "input_if_br0"],
         ),
     ];
     for (what, args) in attempts {

@@ -204,7 +204,7 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
         "rule",
         "ip",
         "loopgate",
-        "post_if0",
+        "post_if_br0",
         "handle",
         &postrouting_handle(&lab),
     ]);
@@ -239,10 +239,15 @@ fn a_failure_on_the_second_interface_undoes_the_first_and_restores_a_tampered_ta
 }
 
 fn postrouting_handle(lab: &Lab) -> String {
-    let out = stdout(
-        &lab.host
-            .exec(&["nft", "-a", "list", "chain", "ip", "loopgate", "post_if0"]),
-    );
+    let out = stdout(&lab.host.exec(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "ip",
+        "loopgate",
+        "post_if_br0",
+    ]));
     out.lines()
         .find_map(|l| l.split("# handle ").nth(1).filter(|_| l.contains("drop")))
         .expect("a rule handle")

@@ -108,8 +108,8 @@ fn every_edit_of_the_table_that_changes_what_packets_meet_is_tampering_and_watch
     let cases: &[(&str, &str, bool)] = &[
         (
             "an accept rule ahead of each guard",
-            "insert rule ip loopgate raw_if0 accept\ninsert rule ip loopgate input_if0 accept\n\
-             insert rule ip loopgate post_if0 accept\n",
+            "insert rule ip loopgate raw_if_br0 accept\ninsert rule ip loopgate input_if_br0 accept\n\
+             insert rule ip loopgate post_if_br0 accept\n",
             true,
         ),
         (
@@ -284,7 +284,7 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
     let mut script = String::from(
         "table ip foreign {\n chain input { type filter hook input priority 0; policy accept; }\n",
     );
-    script += " chain raw_if0 {\n";
+    script += " chain raw_if_br0 {\n";
     for i in 0..20_000u32 {
         script += &format!(
             "  ip saddr 10.{}.{}.{} tcp dport {} accept\n",
@@ -295,8 +295,8 @@ fn a_large_foreign_ruleset_is_not_read_and_never_shows_in_the_image() {
         );
     }
     script += " }\n}\n";
-    script += "table inet loopgate {\n chain raw_if0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
-    script += "table ip loopgate2 {\n chain raw_if0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
+    script += "table inet loopgate {\n chain raw_if_br0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
+    script += "table ip loopgate2 {\n chain raw_if_br0 { ip daddr 127.0.0.0/8 accept; }\n}\n";
     let path = std::env::temp_dir().join(format!("{}.nft", ns.name));
     std::fs::write(&path, script).unwrap();
     ns.exec(&["nft", "-f", path.to_str().unwrap()]);
@@ -334,11 +334,116 @@ fn rules_read_one_chain_per_dump_read_back_the_same_table_edits_included() {
     let path = lab.state_dir.join("tamper.nft");
     std::fs::write(
         &path,
-        "insert rule ip loopgate raw_if0 accept\nadd rule ip loopgate input_if0 counter\n",
+        "insert rule ip loopgate raw_if_br0 accept\nadd rule ip loopgate input_if_br0 counter\n",
     )
     .unwrap();
     lab.host.exec(&["nft", "-f", path.to_str().unwrap()]);
     let tampered = table_image(&lab.host).expect("table");
     assert_ne!(tampered, want, "control: the edit shows in one dump");
     assert_eq!(by_chain(&lab.host), Some(tampered));
+}
+
+#[test]
+fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_commit_ends_it() {
+    // After loopgate's own commit and nothing since, a read takes the table as that
+    // plan: one message (the table object) instead of every dump, the same image a
+    // full read gives, and a rollback from it puts the whole table back.
+    let ns = Netns::new("committed");
+    let (one, two) = (ruleset_for(3306, 50), ruleset_for(3307, 50));
+    let want = nft::planned_image(&one);
+    let (taken, full, restored) = ns.enter({
+        let want = want.clone();
+        move || {
+            let k = System::default();
+            let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            let taken = k.read_committed(&vouch, &one, &want).unwrap();
+            let full = nft::snapshot(None).unwrap();
+            let facts = (taken.messages_read(), taken.counted(), taken.image());
+            k.apply_table(Some(&two)).unwrap();
+            k.restore(&taken).unwrap();
+            let restored = nft::snapshot(None).unwrap().image();
+            (facts, (full.messages_read(), full.image()), restored)
+        }
+    });
+    assert_eq!(taken.0, 1, "taken as committed: the table object alone");
+    assert!(!taken.1, "its counters were not read");
+    assert!(full.0 > 5, "control: a full read takes {} messages", full.0);
+    assert_eq!(taken.2.as_ref(), Some(&want), "taken as the plan");
+    assert_eq!(
+        full.1.as_ref(),
+        Some(&want),
+        "control: a full read gives the plan"
+    );
+    assert_eq!(
+        restored.as_ref(),
+        Some(&want),
+        "restored from the plan, whole"
+    );
+
+    // Any commit, to any table, ends the trust: the next read dumps the table.
+    let (vouch, before) = ns.enter({
+        let want = want.clone();
+        move || {
+            let k = System::default();
+            let one = ruleset_for(3306, 50);
+            let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            let s = k.read_committed(&vouch, &one, &want).unwrap();
+            (vouch, s.counted())
+        }
+    });
+    assert!(
+        !before,
+        "control: taken as committed before the other commit"
+    );
+    ns.exec(&["nft", "add", "table", "ip", "someone_else"]);
+    let (counted, image) = ns.enter(move || {
+        let s = System::default()
+            .read_committed(&vouch, &ruleset_for(3306, 50), &want)
+            .unwrap();
+        (s.counted(), s.image() == Some(want))
+    });
+    assert!(
+        counted,
+        "another table's commit: the table is read, not taken"
+    );
+    assert!(image, "and read as the plan");
+}
+
+#[test]
+fn chains_read_back_alone_equal_the_plan_and_show_an_edit() {
+    // What an in-place change reads back: the chains it wrote and their rules, as the
+    // planned image shows them; an edit by someone else shows, and moves the generation.
+    let ns = Netns::new("chains");
+    let one = ruleset_for(3306, 5);
+    let want = nft::planned_image(&one);
+    let names: Vec<String> = one
+        .chains
+        .iter()
+        .filter(|c| c.attach.is_none())
+        .map(|c| c.name.clone())
+        .collect();
+    assert!(names.len() >= 3, "{names:?}");
+    let (read, vouch) = ns.enter({
+        let names = names.clone();
+        move || {
+            let k = System::default();
+            let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            (k.read_chains(&names).unwrap(), vouch)
+        }
+    });
+    let (chains, rules) = nft::expected_chains(&want, &names);
+    assert_eq!(read.generation, vouch.generation);
+    assert_eq!(read.table.as_deref(), Some(want.table.as_str()));
+    assert_eq!((&read.chains, &read.rules), (&chains, &rules));
+    assert!(
+        !read.counters.is_empty(),
+        "the guards' counters come with them"
+    );
+
+    let first = names[0].clone();
+    ns.exec(&["nft", "insert", "rule", "ip", "loopgate", &first, "accept"]);
+    let edited = ns.enter(move || System::default().read_chains(&names).unwrap());
+    assert_ne!(edited.generation, vouch.generation);
+    assert_ne!(edited.rules, rules, "control: the edit shows");
+    assert_eq!(edited.chains, chains);
 }

@@ -259,11 +259,15 @@ fn large_allow_lists_span_several_netlink_pages_in_one_batch() {
         );
         let policy = policy.as_str();
         lab.ok(&["apply", policy]);
-        let table =
-            stdout(
-                &lab.host
-                    .exec(&["nft", "list", "set", "ip", "loopgate", "allow_0_hosts"]),
-            );
+        let sets = NftTable::read(&lab.host).sets;
+        let hosts = sets
+            .iter()
+            .find(|s| s.starts_with("allow_") && s.ends_with("_hosts"))
+            .unwrap_or_else(|| panic!("no hash set: {sets:?}"));
+        let table = stdout(
+            &lab.host
+                .exec(&["nft", "list", "set", "ip", "loopgate", hosts]),
+        );
         assert!(
             table.contains("10.0.156.62") && !table.contains("flags interval"),
             "a hash set of the single addresses"

@@ -752,6 +752,8 @@ pub fn sa(addr: Ipv4Addr, port: u16) -> SocketAddrV4 {
 /// in what the kernel actually holds.
 pub struct NftTable {
     pub chains: std::collections::BTreeMap<String, Vec<String>>,
+    /// The names of the sets (not maps), in the order listed.
+    pub sets: Vec<String>,
     /// Map name -> (element key as printed, chain it jumps to).
     pub maps: std::collections::BTreeMap<String, Vec<(String, String)>>,
 }
@@ -766,6 +768,7 @@ impl NftTable {
     pub fn parse(text: &str) -> NftTable {
         let mut chains = std::collections::BTreeMap::new();
         let mut maps = std::collections::BTreeMap::new();
+        let mut sets = Vec::new();
         let mut current: Option<(bool, String)> = None;
         let mut elements = String::new();
         let mut in_elements = false;
@@ -776,6 +779,9 @@ impl NftTable {
             {
                 current = Some((true, name.to_string()));
                 chains.insert(name.to_string(), Vec::new());
+            } else if let Some(name) = line.strip_prefix("set ").and_then(|l| l.strip_suffix(" {"))
+            {
+                sets.push(name.to_string());
             } else if let Some(name) = line.strip_prefix("map ").and_then(|l| l.strip_suffix(" {"))
             {
                 current = Some((false, name.to_string()));
@@ -808,7 +814,7 @@ impl NftTable {
                 }
             }
         }
-        NftTable { chains, maps }
+        NftTable { chains, sets, maps }
     }
 
     /// The rules of the chain that `key` (as nft prints it) jumps to in `map`.
@@ -1190,9 +1196,9 @@ mod guard_sampler_tests {
             NftTable::parse(&GOLDEN.replacen(from, to, 1)).guard_of("br0")
         };
         // br0 in the raw map only: not guarded.
-        let err = broken("\"br0\" : jump post_if0,", "").unwrap_err();
+        let err = broken("\"br0\" : jump post_if_br0,", "").unwrap_err();
         assert!(err.contains("post_ifaces"), "{err}");
-        let err = broken("\"br0\" : jump input_if0,", "").unwrap_err();
+        let err = broken("\"br0\" : jump input_if_br0,", "").unwrap_err();
         assert!(err.contains("input_ifaces"), "{err}");
         // The element is there but its chain lost a drop rule.
         let err = broken(

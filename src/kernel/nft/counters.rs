@@ -7,6 +7,7 @@ use super::objects::{get_str, rule_chain, rule_comment, Obj};
 use super::readback::Snapshot;
 use nftnl::nftnl_sys as sys;
 use std::os::raw::{c_int, c_void};
+use std::ptr::NonNull;
 
 unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) -> c_int {
     // SAFETY: `data` is the &mut Option<(u64, u64)> passed by `Snapshot::counters`;
@@ -24,7 +25,8 @@ unsafe extern "C" fn read_counter(e: *mut sys::nftnl_expr, data: *mut c_void) ->
 /// What one rule of loopgate's table has matched so far.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RuleCounter {
-    /// The chain the rule is in, e.g. `raw_if0` or `nat_g2`.
+    /// The chain the rule is in, e.g. `raw_if_br0` or
+    /// `nat_br0_192.0.2.1_tcp_3306`.
     pub chain: String,
     /// The rule's comment ([`crate::ruleset::Rule::comment`]), which names the grant
     /// or the guard it belongs to.
@@ -45,27 +47,30 @@ impl Snapshot {
         objs.objs
             .iter()
             .filter_map(|(o, _)| match o {
-                Obj::Rule(r) => {
-                    let mut c: Option<(u64, u64)> = None;
-                    // SAFETY: live rule; the callback reads its expressions and writes
-                    // only `c`, which outlives the call.
-                    unsafe {
-                        sys::nftnl_expr_foreach(
-                            r.as_ptr(),
-                            Some(read_counter),
-                            (&mut c as *mut Option<(u64, u64)>).cast(),
-                        );
-                    }
-                    let c = c?;
-                    Some(RuleCounter {
-                        chain: rule_chain(*r),
-                        rule: rule_comment(*r),
-                        packets: c.0,
-                        bytes: c.1,
-                    })
-                }
+                Obj::Rule(r) => rule_counter(*r),
                 _ => None,
             })
             .collect()
     }
+}
+
+/// What rule `r` has counted, `None` when it has no counter.
+pub(super) fn rule_counter(r: NonNull<sys::nftnl_rule>) -> Option<RuleCounter> {
+    let mut c: Option<(u64, u64)> = None;
+    // SAFETY: live rule; the callback reads its expressions and writes only `c`, which
+    // outlives the call.
+    unsafe {
+        sys::nftnl_expr_foreach(
+            r.as_ptr(),
+            Some(read_counter),
+            (&mut c as *mut Option<(u64, u64)>).cast(),
+        );
+    }
+    let c = c?;
+    Some(RuleCounter {
+        chain: rule_chain(r),
+        rule: rule_comment(r),
+        packets: c.0,
+        bytes: c.1,
+    })
 }

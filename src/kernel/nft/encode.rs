@@ -88,7 +88,7 @@ fn key_type(field: KeyField) -> u32 {
 }
 
 /// A verdict map; nft derives how to print its keys from the composed datatype.
-fn new_map(map: &VerdictMap, id: u32) -> Obj {
+pub(super) fn new_map(map: &VerdictMap, id: u32) -> Obj {
     let s = set_header(&map.name, id);
     let key_type = map
         .key

@@ -262,7 +262,7 @@ pub(super) fn table_text(t: NonNull<sys::nftnl_table>) -> String {
     table_description(flags, owner, udata.as_deref())
 }
 
-fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> String {
+pub(super) fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> String {
     let mut text = format!(
         "table ip {TABLE} flags {}",
         flag_names(
@@ -285,7 +285,7 @@ fn table_description(flags: u32, owner: Option<u32>, udata: Option<&[u8]>) -> St
 
 /// A chain as compared: name, and for a base chain its type, hook, priority and
 /// policy; any other flag, device or userdata.
-fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
+pub(super) fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
     // SAFETY: live chain; strings and data are owned by it.
     unsafe {
         let c = c.as_ptr();
@@ -323,7 +323,7 @@ fn chain_text(c: NonNull<sys::nftnl_chain>) -> String {
 
 /// A set or map as compared: how it matches (flags, key and data types and lengths),
 /// and what makes its elements change on their own (timeouts, size, expressions).
-fn set_text(s: NonNull<sys::nftnl_set>) -> String {
+pub(super) fn set_text(s: NonNull<sys::nftnl_set>) -> String {
     // SAFETY: live set; strings and data are owned by it.
     unsafe {
         let s = s.as_ptr();
@@ -413,7 +413,7 @@ unsafe extern "C" fn print_expr(e: *mut sys::nftnl_expr, data: *mut c_void) -> c
     0
 }
 
-fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
+pub(super) fn rule_text(r: NonNull<sys::nftnl_rule>) -> String {
     let mut exprs: Vec<String> = Vec::new();
     // SAFETY: live rule; the callback only reads expressions and pushes to `exprs`.
     unsafe {
@@ -453,21 +453,30 @@ impl Snapshot {
     /// plan. An orphaned table (persist, no owner: left by a watch that stopped) always
     /// does. Any other owner, or any other flag (dormant), stays a difference.
     pub fn image_sanctioning(&self, sanctioned: Option<u32>) -> Option<TableImage> {
-        let image = self.objects.as_ref().map(|o| {
-            let mut image = match self.vouched {
+        let contents = match (&self.objects, &self.committed) {
+            (Some(o), _) => Some(match self.vouched {
                 Some(d) => o.image_with(Elements::Vouched(d)),
                 None => o.image(),
-            };
+            }),
+            // Taken as committed: the plan's image, its elements by their digest.
+            (None, Some((_, planned))) => Some(TableImage {
+                table: planned.table.clone(),
+                chains: planned.chains.clone(),
+                sets: planned.sets.clone(),
+                rules: planned.rules.clone(),
+                elements: match self.vouched {
+                    Some(d) => Elements::Vouched(d),
+                    None => planned.elements.clone(),
+                },
+            }),
+            (None, None) => None,
+        };
+        let image = contents.map(|mut image| {
             // As read, not as a restore would write it (which drops owner flags),
             // except loopgate's own protection (`sanctioned`), which is no difference
             // from the plan.
             if let Some(table) = &self.table {
-                image.table = table.clone();
-                if let Some(holder) = self.holder {
-                    if is_sanctioned(holder, sanctioned) && *table == holder_description(holder) {
-                        image.table = table_description(0, None, None);
-                    }
-                }
+                image.table = table_line(table, self.holder, sanctioned);
             }
             image
         });
@@ -485,6 +494,18 @@ impl Snapshot {
             }
             other => other,
         }
+    }
+}
+
+/// The table line of an image, from the table as read (`table`, see [`table_text`]) and
+/// its holder: loopgate's own protection (`sanctioned`, see
+/// [`Snapshot::image_sanctioning`]) is no difference from the plan.
+pub(super) fn table_line(table: &str, holder: Option<Holder>, sanctioned: Option<u32>) -> String {
+    match holder {
+        Some(h) if is_sanctioned(h, sanctioned) && table == holder_description(h) => {
+            table_description(0, None, None)
+        }
+        _ => table.to_string(),
     }
 }
 

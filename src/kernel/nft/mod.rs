@@ -24,6 +24,7 @@
 
 mod abi;
 mod batch;
+mod committed;
 mod counters;
 mod diff;
 mod dnat;
@@ -34,19 +35,22 @@ mod foreign;
 mod foreign_sets;
 mod generation;
 mod image;
+mod image_cache;
 mod objects;
 mod owner;
 mod readback;
 pub mod trace;
 
 pub use batch::{features, probe};
+pub use committed::{expected_chains, read_chains, snapshot_committed, ChainsRead};
 pub use counters::RuleCounter;
-pub use diff::{diff, Diff};
+pub use diff::{diff, touched, Diff, Touched};
 pub use elements::Elem;
 pub use encode::{encode, TableObjects};
 pub use foreign::foreign_chains;
 pub(in crate::kernel) use generation::{apply, apply_diff};
 pub use generation::{current_generation, OwnCommits, Vouch};
 pub use image::{planned_image, planned_image_held, Elements, Holder, TableImage};
+pub use image_cache::{planned_image_cached, ImageCache};
 pub use owner::{probe_owner_support, Owner};
 pub use readback::{snapshot, snapshot_rules_by_chain, table_holder, Snapshot};

@@ -127,7 +127,7 @@ pub(super) fn rule_chain(r: NonNull<sys::nftnl_rule>) -> String {
 pub(super) unsafe trait Kind: Sized {
     /// The request that reads objects of this type (`NFT_MSG_GET*`).
     const GET: i32;
-    /// How a label names an object: `"set"` for `set allow_0`.
+    /// How a label names an object: `"set"` for `set allow_HASH`.
     const NOUN: &'static str;
     /// The attribute naming the table an object is in (a table's own name).
     const TABLE: u32;

@@ -173,7 +173,7 @@ impl Owner {
             Some((_, Holder::Nobody)) => {
                 // Read again as one consistent state, and bind the batch to that state.
                 let snap = snapshot(None)?;
-                let Some(objects) = snap.objects.as_ref() else {
+                let Some(objects) = snap.table_objects() else {
                     // Deleted since: start over.
                     return Err(anyhow!(io::Error::from_raw_os_error(libc::ERESTART)));
                 };
@@ -250,7 +250,7 @@ impl Owner {
     /// the module documentation), and a refused restore would leave the rollback
     /// half done; a snapshot of no table leaves the table empty.
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
-        self.replace_contents(snapshot.objects.as_ref(), false)
+        self.replace_contents(snapshot.table_objects(), false)
             .map(|_| ())
     }
 

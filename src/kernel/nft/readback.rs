@@ -20,7 +20,15 @@ use std::io;
 
 /// What the kernel holds of loopgate's table, kept both to compare and to restore.
 pub struct Snapshot {
+    /// The objects as read; `None` when the table was absent, or when it was taken as
+    /// committed (`committed`).
     pub(super) objects: Option<TableObjects>,
+    /// Set when nothing was dumped because the generation vouched for the whole table
+    /// (see [`snapshot_committed`](super::committed::snapshot_committed)): the plan the
+    /// table holds and its image.
+    pub(super) committed: Option<(crate::ruleset::Ruleset, TableImage)>,
+    /// `committed`'s plan encoded, made only when a restore needs it.
+    pub(super) encoded: std::cell::OnceCell<TableObjects>,
     /// The table object as the kernel described it (flags and all), for the image.
     pub(super) table: Option<String>,
     /// Who held the table when it was read.
@@ -34,16 +42,48 @@ pub struct Snapshot {
     pub(super) sanctioned: Option<u32>,
     /// Netlink messages the final read took: a measure of how well the dumps are
     /// filtered to loopgate's table.
-    messages: usize,
+    pub(super) messages: usize,
     /// Reads it took to see the table unchanged from start to end (1 when nothing
     /// committed meanwhile).
-    attempts: usize,
+    pub(super) attempts: usize,
 }
 
 impl Snapshot {
+    /// The snapshot of no table, read at `generation`.
+    pub(super) fn absent(generation: u32) -> Snapshot {
+        Snapshot {
+            objects: None,
+            committed: None,
+            encoded: Default::default(),
+            table: None,
+            holder: None,
+            generation,
+            vouched: None,
+            sanctioned: None,
+            messages: 0,
+            attempts: 0,
+        }
+    }
+
     /// True when loopgate's table existed when the snapshot was read.
     pub fn present(&self) -> bool {
-        self.objects.is_some()
+        self.objects.is_some() || self.committed.is_some()
+    }
+
+    /// The table's objects, as read or (taken as committed) as planned; `None` when
+    /// the table was absent. What a restore writes.
+    pub(super) fn table_objects(&self) -> Option<&TableObjects> {
+        match (&self.objects, &self.committed) {
+            (Some(o), _) => Some(o),
+            (None, Some((plan, _))) => Some(self.encoded.get_or_init(|| super::encode(plan))),
+            (None, None) => None,
+        }
+    }
+
+    /// True when the rules were read (their counters are known): false when the table
+    /// was taken as committed without reading it.
+    pub fn counted(&self) -> bool {
+        self.committed.is_none()
     }
 
     /// Who held the table when it was read ([`Holder`]); `None` when it was absent.
@@ -63,7 +103,7 @@ impl Snapshot {
         let mut sock = NlSocket::netfilter()?;
         replace_table(
             &mut sock,
-            self.objects.as_ref(),
+            self.table_objects(),
             false,
             Send::Commit,
             FlushFirst::Yes,
@@ -130,7 +170,7 @@ pub(super) fn request_in(
 }
 
 /// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
-fn aligned(bytes: &[u8]) -> Vec<u64> {
+pub(super) fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
     crate::kernel::netlink::as_bytes_mut(&mut v)[..bytes.len()].copy_from_slice(bytes);
     v
@@ -335,6 +375,15 @@ fn dump_filtered<K: Kind>(
     Ok(sock.dump(&req)?.iter().map(|m| aligned(m)).collect())
 }
 
+/// The raw rows of one dump of loopgate's objects of kind `K`, filtered by `filter`
+/// (see [`dump_filtered`]).
+pub(super) fn dump_objects_filtered<K: Kind>(
+    sock: &mut NlSocket,
+    filter: &[(u32, &str)],
+) -> Result<Vec<Vec<u64>>> {
+    dump_filtered::<K>(sock, NFPROTO_IPV4, filter)
+}
+
 /// The dump request of [`dump_filtered`].
 fn filtered_request<K: Kind>(family: u16, filter: &[(u32, &str)]) -> Vec<u8> {
     let filter = (!filter.is_empty()).then(|| {
@@ -386,7 +435,7 @@ fn read_rules_by_chain(
 
 /// One dumped object of kind `K`, with its label, if it is in loopgate's table; the
 /// attributes the kernel assigns are dropped.
-fn ours<K: Kind>(row: &[u64]) -> Option<(Owned<K>, String)> {
+pub(super) fn ours<K: Kind>(row: &[u64]) -> Option<(Owned<K>, String)> {
     let obj = Owned::<K>::new();
     // Kept or not by the table and family it reports, whatever the parse returned.
     obj.parse(row);
@@ -409,16 +458,7 @@ fn read_table(
 ) -> Result<Snapshot> {
     let mut messages = 0;
     let Some(read) = get_table(sock)? else {
-        return Ok(Snapshot {
-            objects: None,
-            table: None,
-            holder: None,
-            generation,
-            vouched: None,
-            sanctioned: None,
-            messages,
-            attempts: 0,
-        });
+        return Ok(Snapshot::absent(generation));
     };
     messages += 1;
     let table_text = table_text(read.ptr());
@@ -506,6 +546,8 @@ fn read_table(
     objs.extend(rules.into_iter().map(|(r, label)| (r.into_obj(), label)));
     Ok(Snapshot {
         objects: Some(TableObjects { objs }),
+        committed: None,
+        encoded: Default::default(),
         table: Some(table_text),
         holder: Some(Holder::of(flags, owner)),
         generation,

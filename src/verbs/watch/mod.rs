@@ -41,7 +41,7 @@ use repair::Failing;
 
 use super::system;
 use crate::kernel::monitor::Monitor;
-use crate::kernel::seam::HostFacts;
+use crate::kernel::seam::{HostFacts, Kernel};
 use crate::kernel::sysctl;
 use crate::state::{State, Store};
 use anyhow::Result;
@@ -174,7 +174,14 @@ pub fn run(args: &crate::cli::WatchArgs) -> Result<()> {
             quiet = None;
         }
         if !wake.table_batches.is_empty() {
-            let peeked = Store::peek().ok().flatten();
+            // Watch's own batches need no state to be told apart: the file (megabytes
+            // at 100,000 allowed networks) is parsed only when a batch may be foreign.
+            let own_only =
+                !repair::foreign(&wake.table_batches, None, |g| kernel.committed_here(g));
+            let peeked = match own_only {
+                true => None,
+                false => Store::peek().ok().flatten(),
+            };
             match close_if_foreign(&kernel, &wake.table_batches, peeked, &mut known) {
                 Ok(lines) => {
                     for line in lines {

@@ -71,7 +71,8 @@ fn a_dormant_or_flushed_table_is_closed_first_then_restored_then_reopened() {
         ))),
     ] {
         let (kernel, store) = converged(&[(5, "br0", 0)], g.clone());
-        kernel.state.borrow_mut().table = broken.clone();
+        // Another process's commit (the real kernel changes no table without one).
+        kernel.tamper(broken.clone());
         let (lines, result) = repair_with(&kernel, &store.store, &kernel, None, None);
         result.unwrap();
         assert_eq!(
