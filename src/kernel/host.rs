@@ -93,7 +93,7 @@ fn ipv4_addresses() -> Result<Vec<(u32, bool, Ipv4Addr, u8)>> {
     const IFA_LOCAL: u16 = 2;
     const IFA_F_SECONDARY: u8 = 0x01;
     const IFADDRMSG_LEN: usize = 8;
-    let mut sock = super::netlink::NlSocket::open(mnl::Bus::Route)?;
+    let mut sock = super::netlink::NlSocket::open_small(mnl::Bus::Route)?;
     // nlmsghdr, then struct ifaddrmsg { family, prefixlen, flags, scope, index }.
     let mut req = vec![0u8; 16 + IFADDRMSG_LEN];
     let len = req.len() as u32;

@@ -34,7 +34,7 @@ pub struct Vouch {
 ///
 /// Errors: the netlink request failed.
 pub fn current_generation() -> Result<u32> {
-    generation(&mut NlSocket::netfilter()?)
+    generation(&mut NlSocket::open_small(mnl::Bus::Netfilter)?)
 }
 
 /// How many of its own commits' generations a [`OwnCommits`] keeps.

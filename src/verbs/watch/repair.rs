@@ -229,7 +229,7 @@ pub fn repair<K: Kernel>(
     // that the original recorded is their owner's (see `newcomers`).
     let specs: Vec<&Spec> = policy_specs
         .iter()
-        .flatten()
+        .flat_map(|p| p.iter())
         .chain(known.iter().flat_map(|s| s.specs.iter()))
         .collect();
     let settling = clocks.newcomers.settling(
@@ -269,7 +269,7 @@ pub fn repair<K: Kernel>(
         kernel,
         &store,
         &host_now,
-        policy_specs.as_deref(),
+        policy_specs.as_ref().map(|p| p.as_slice()),
         policy_guards.as_deref(),
     );
     if let Some((specs, pending)) = resolved {
