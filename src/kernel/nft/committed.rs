@@ -22,12 +22,13 @@ use super::image::{
     chain_text, rule_text, table_flags, table_line, table_text, Holder, TableImage,
 };
 use super::objects::Owned;
-use super::readback::{dump_objects_filtered, get_table, ours, request, snapshot, Snapshot};
+use super::readback::{
+    dump_objects_filtered, get_one, get_table, ours, request, snapshot, Snapshot,
+};
 use crate::kernel::netlink::NlSocket;
 use crate::ruleset::{Ruleset, TABLE};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nftnl::nftnl_sys as sys;
-use std::io;
 
 /// How often a read is repeated because something committed while it ran.
 const TRIES: usize = 5;
@@ -170,19 +171,10 @@ fn get_chain(sock: &mut NlSocket, name: &str) -> Result<Option<Owned<sys::nftnl_
         // SAFETY: the payload is two names, far below the 4 KiB request buffer.
         |nlh| unsafe { key.build_payload(nlh) },
     );
-    let rows = match sock.dump(&req) {
-        Ok(rows) => rows,
-        Err(e)
-            if e.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).with_context(|| format!("looking up chain {name}")),
+    let Some(row) = get_one(sock, &req, &format!("chain {name}"))? else {
+        return Ok(None);
     };
-    Ok(rows
-        .first()
-        .and_then(|m| ours::<sys::nftnl_chain>(&super::readback::aligned(m)))
+    Ok(ours::<sys::nftnl_chain>(&row)
         .map(|(chain, _)| chain)
         .filter(|c| c.get_u32(sys::NFTNL_CHAIN_FAMILY) == NFPROTO_IPV4 as u32))
 }

@@ -170,7 +170,7 @@ pub(super) fn request_in(
 }
 
 /// Copies a reply into u64-aligned storage, as libnftnl's parsers require.
-pub(super) fn aligned(bytes: &[u8]) -> Vec<u64> {
+fn aligned(bytes: &[u8]) -> Vec<u64> {
     let mut v = vec![0u64; bytes.len().div_ceil(8)];
     crate::kernel::netlink::as_bytes_mut(&mut v)[..bytes.len()].copy_from_slice(bytes);
     v
@@ -287,7 +287,20 @@ pub(super) fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_t
         // SAFETY: the payload is a name, far below the 4 KiB request buffer.
         |nlh| unsafe { key.build_payload(nlh) },
     );
-    let rows = match sock.dump(&req) {
+    let Some(row) = get_one(sock, &req, "table ip loopgate")? else {
+        return Ok(None);
+    };
+    let table = Owned::new();
+    if !table.parse(&row) {
+        anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
+    }
+    Ok(Some(table))
+}
+
+/// The answer to one get request (`req`, about `what`), in u64-aligned storage;
+/// `None` when the kernel answers that there is no such object (ENOENT).
+pub(super) fn get_one(sock: &mut NlSocket, req: &[u8], what: &str) -> Result<Option<Vec<u64>>> {
+    let rows = match sock.dump(req) {
         Ok(rows) => rows,
         Err(e)
             if e.downcast_ref::<io::Error>()
@@ -295,17 +308,11 @@ pub(super) fn get_table(sock: &mut NlSocket) -> Result<Option<Owned<sys::nftnl_t
         {
             return Ok(None)
         }
-        Err(e) => return Err(e).context("looking up table ip loopgate"),
+        Err(e) => return Err(e).with_context(|| format!("looking up {what}")),
     };
-    let row = rows
-        .first()
-        .map(|m| aligned(m))
-        .context("the kernel answered the table lookup without the table")?;
-    let table = Owned::new();
-    if !table.parse(&row) {
-        anyhow::bail!("cannot parse the kernel's description of table ip loopgate");
-    }
-    Ok(Some(table))
+    rows.first()
+        .map(|m| Some(aligned(m)))
+        .with_context(|| format!("the kernel answered the lookup of {what} without it"))
 }
 
 /// The table object a restore writes: as read, less the flags that would hand the
