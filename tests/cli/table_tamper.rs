@@ -447,3 +447,54 @@ fn chains_read_back_alone_equal_the_plan_and_show_an_edit() {
     assert_ne!(edited.rules, rules, "control: the edit shows");
     assert_eq!(edited.chains, chains);
 }
+
+#[test]
+fn many_chains_read_back_in_one_dump_equal_the_plan_with_their_counters() {
+    // From 33 chains on, read_chains reads one dump of chains and one of rules instead
+    // of two requests per chain: the same lines, in the order asked, and only the
+    // counters of the chains asked for.
+    let ns = Netns::new("manychains");
+    let grants: String = (0..40)
+        .map(|i| {
+            format!(
+                "  - interface: br{}\n    allow: [{ALLOWED}]\n    port: {}\n",
+                i % 4,
+                4000 + i
+            )
+        })
+        .collect();
+    let policy = loopgate::policy::parse(&format!("grants:\n{grants}"), "many").unwrap();
+    let specs = loopgate::policy::specs_of(&[("many".into(), policy)]).unwrap();
+    let resolved = loopgate::spec::resolve(&specs, &ExampleHost).grants;
+    let ruleset = loopgate::plan::ruleset(&resolved).expect("a table");
+    let want = nft::planned_image(&ruleset);
+    let names: Vec<String> = ruleset
+        .chains
+        .iter()
+        .filter(|c| c.attach.is_none())
+        .map(|c| c.name.clone())
+        .rev()
+        .collect();
+    assert!(names.len() > 40, "{}", names.len());
+    let counting = loopgate::plan::counting_chains(&ruleset, None);
+    let (all, some) = ns.enter({
+        let (names, counting) = (names.clone(), counting.clone());
+        move || {
+            let k = System::default();
+            k.apply_table(Some(&ruleset)).unwrap();
+            (
+                k.read_chains(&names).unwrap(),
+                k.read_chains(&counting).unwrap(),
+            )
+        }
+    });
+    let (chains, rules) = nft::expected_chains(&want, &names);
+    assert_eq!((all.chains, all.rules), (chains, rules), "order as asked");
+    let (chains, rules) = nft::expected_chains(&want, &counting);
+    assert_eq!((some.chains, some.rules), (chains, rules));
+    assert!(
+        some.counters.iter().all(|c| counting.contains(&c.chain)) && !some.counters.is_empty(),
+        "{:?}",
+        some.counters
+    );
+}

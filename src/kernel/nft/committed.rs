@@ -23,7 +23,8 @@ use super::image::{
 };
 use super::objects::Owned;
 use super::readback::{
-    dump_objects_filtered, get_one, get_table, ours, request, snapshot, Snapshot,
+    dump_objects_filtered, get_one, get_table, ours, read_objects, read_rules_by_chain, request,
+    snapshot, Snapshot, RULES_BY_CHAIN_FROM,
 };
 use crate::kernel::netlink::NlSocket;
 use crate::ruleset::{Ruleset, TABLE};
@@ -143,6 +144,10 @@ fn read_chains_once(
     if out.table.is_none() {
         return Ok(out);
     }
+    if names.len() > ONE_DUMP_FROM {
+        read_in_one_dump(sock, names, &mut out)?;
+        return Ok(out);
+    }
     for name in names {
         let Some(chain) = get_chain(sock, name)? else {
             continue;
@@ -159,6 +164,53 @@ fn read_chains_once(
         }
     }
     Ok(out)
+}
+
+/// From how many chains [`read_chains`] reads them with one dump of the table's chains
+/// and one of its rules instead of two requests per chain (a revoke of 1,000 grants
+/// reads the counters of about 1,000 guard chains: 2,000 requests were four tenths of
+/// its time).
+const ONE_DUMP_FROM: usize = 32;
+
+/// The chains `names` and their rules out of one dump of the table's chains and one of
+/// its rules (see [`ONE_DUMP_FROM`]), in the order asked.
+fn read_in_one_dump(sock: &mut NlSocket, names: &[String], out: &mut ChainsRead) -> Result<()> {
+    use std::collections::HashMap;
+    let mut lines: HashMap<&str, (Option<String>, Vec<String>)> = names
+        .iter()
+        .map(|n| (n.as_str(), (None, Vec::new())))
+        .collect();
+    let mut messages = 0;
+    let chains = read_objects::<sys::nftnl_chain>(sock, &mut messages)?;
+    let table_chains = chains.len();
+    let mut found = Vec::new();
+    for (chain, _) in chains {
+        let name = chain.get_str(sys::NFTNL_CHAIN_NAME);
+        if let Some(entry) = lines.get_mut(name.as_str()) {
+            entry.0 = Some(chain_text(chain.ptr()));
+            found.push(name);
+        }
+    }
+    // As a whole read does: one dump of every rule costs the kernel O(rules²) on a
+    // large table, one dump per chain does not.
+    let rules = match table_chains > RULES_BY_CHAIN_FROM {
+        true => read_rules_by_chain(sock, &found, &mut messages)?,
+        false => read_objects::<sys::nftnl_rule>(sock, &mut messages)?,
+    };
+    for (rule, _) in rules {
+        let chain = rule.get_str(sys::NFTNL_RULE_CHAIN);
+        if let Some(entry) = lines.get_mut(chain.as_str()) {
+            entry.1.push(rule_text(rule.ptr()));
+            out.counters.extend(rule_counter(rule.ptr()));
+        }
+    }
+    for name in names {
+        if let Some((Some(chain), rules)) = lines.remove(name.as_str()) {
+            out.chains.push(chain);
+            out.rules.extend(rules);
+        }
+    }
+    Ok(())
 }
 
 /// Looks up one chain of loopgate's table by name (a get, not a dump).

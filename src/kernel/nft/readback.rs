@@ -418,11 +418,11 @@ fn filtered_request<K: Kind>(family: u16, filter: &[(u32, &str)]) -> Vec<u8> {
 /// time per read, and the largest single cost of a one-grant policy edit. A dump
 /// filtered to one chain finds the chain by its hash and walks only its rules: linear
 /// in all, at one request per chain. Below this many chains one dump is cheaper.
-const RULES_BY_CHAIN_FROM: usize = 2000;
+pub(super) const RULES_BY_CHAIN_FROM: usize = 2000;
 
 /// Every rule of loopgate's table, one dump per chain in `chains` (the kernel's chain
 /// order: the rules come out in the order one dump of the table gives them).
-fn read_rules_by_chain(
+pub(super) fn read_rules_by_chain(
     sock: &mut NlSocket,
     chains: &[String],
     messages: &mut usize,
