@@ -329,6 +329,7 @@ impl Kernel for Fake {
             s.table.is_some()
                 && vouch.generation == s.generation
                 && image.elements.digest() == Some(vouch.elements)
+                && vouch.plan == Some(image.digest())
         };
         if !committed {
             return self.read_table(Some((vouch, image)));
@@ -384,6 +385,7 @@ impl Kernel for Fake {
         Ok(elements.map(|elements| Vouch {
             generation,
             elements,
+            plan: None,
         }))
     }
 
@@ -418,6 +420,7 @@ impl Kernel for Fake {
         Ok(Vouch {
             generation,
             elements: digest,
+            plan: None,
         })
     }
 

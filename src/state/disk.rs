@@ -472,6 +472,7 @@ mod tests {
                 vouch: Some(Vouch {
                     generation: 9,
                     elements: 3,
+                    plan: Some(4),
                 }),
                 writers: vec![1, 2],
                 specs: vec![full, sparse],

@@ -496,3 +496,42 @@ fn a_commit_leaves_its_plan_image_for_the_next_store_and_a_changed_file_is_read_
         .unwrap();
     assert!(next.load().unwrap().grants.is_empty());
 }
+
+/// An upgrade that plans the same grants with a rule changed and no element changed:
+/// the vouch names the plan the older version wrote, so this one reads the table, finds
+/// the rule missing and puts it back. (Found by review: the vouch named only the
+/// elements, the table was taken as this version's plan, and neither `watch --once`
+/// nor a change ever restored the rule.) The fake refuses to take a table as committed
+/// that it does not hold: before the fix this test panicked there.
+#[test]
+fn a_vouch_for_another_plan_of_the_same_grants_is_not_taken_as_committed() {
+    let g = vec![grant("br0", 3306)];
+    let (kernel, store) = arranged(&[(5, "br0", 0)], &g);
+    let planned = plan::ruleset(&g).unwrap();
+    let mut older = planned.clone();
+    let guard = older
+        .chains
+        .iter_mut()
+        .find(|c| c.rules.len() > 1 && c.rules.iter().all(|r| r.comment.contains(" guard: ")))
+        .expect("a guard chain of two rules");
+    guard.rules.pop();
+    let old_image = nft::planned_image(&older);
+    assert_eq!(
+        old_image.elements.digest(),
+        nft::planned_image(&planned).elements.digest(),
+        "control: the two plans have the same elements"
+    );
+    // At the vouched generation the kernel holds what the older version committed.
+    kernel.state.borrow_mut().table = Some(FakeTable::of(&older));
+    let mut state = store.store.load().unwrap();
+    let vouch = state.vouch.expect("a vouch");
+    assert_eq!(vouch.plan, Some(nft::planned_image(&planned).digest()));
+    state.vouch = Some(nft::Vouch {
+        plan: Some(old_image.digest()),
+        ..vouch
+    });
+    store.store.save(&state).unwrap();
+    converge(&kernel, &store.store, g.clone()).unwrap();
+    assert_eq!(kernel.state.borrow().table, Some(FakeTable::of(&planned)));
+    assert_never_open_without_guard(&kernel, "after the upgrade");
+}

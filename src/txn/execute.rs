@@ -189,6 +189,7 @@ pub(super) fn run_steps<K: Kernel>(
         change.matched_elements.map(|elements| nft::Vouch {
             generation,
             elements,
+            plan: change.want.as_ref().map(nft::TableImage::digest),
         })
     } else {
         // Registered before the attempt: should the batch commit and its reply be lost,
@@ -204,7 +205,8 @@ pub(super) fn run_steps<K: Kernel>(
             ReadBack::Whole(c) => crate::audit::totals::fold_counters(store, &c),
             ReadBack::Chains(c) => crate::audit::totals::fold_counters_seen(store, &c),
         }
-        vouch
+        // The vouch names the plan written, rules and all (see `Vouch::plan`).
+        vouch.map(|v| v.for_plan(change.want.as_ref()))
     };
 
     // 4. Open last: only now that the guards are in place and read back.

@@ -46,6 +46,7 @@ pub fn remember_intact(
         let vouch = Some(nft::Vouch {
             generation: snapshot.generation(),
             elements,
+            plan: change.want.as_ref().map(nft::TableImage::digest),
         });
         if change.old.vouch != vouch {
             store.save(&State {

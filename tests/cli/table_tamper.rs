@@ -355,16 +355,21 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
         let want = want.clone();
         move || {
             let k = System::default();
-            let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            let unnamed = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            // A vouch that does not name the plan (a state written before vouches did)
+            // vouches for elements only: the table is read.
+            let read = k.read_committed(&unnamed, &one, &want).unwrap().counted();
+            let vouch = unnamed.for_plan(Some(&want));
             let taken = k.read_committed(&vouch, &one, &want).unwrap();
             let full = nft::snapshot(None).unwrap();
-            let facts = (taken.messages_read(), taken.counted(), taken.image());
+            let facts = (taken.messages_read(), taken.counted(), taken.image(), read);
             k.apply_table(Some(&two)).unwrap();
             k.restore(&taken).unwrap();
             let restored = nft::snapshot(None).unwrap().image();
             (facts, (full.messages_read(), full.image()), restored)
         }
     });
+    assert!(taken.3, "a vouch naming no plan: read");
     assert_eq!(taken.0, 1, "taken as committed: the table object alone");
     assert!(!taken.1, "its counters were not read");
     assert!(full.0 > 5, "control: a full read takes {} messages", full.0);
@@ -387,6 +392,7 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
             let k = System::default();
             let one = ruleset_for(3306, 50);
             let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
+            let vouch = vouch.for_plan(Some(&want));
             let s = k.read_committed(&vouch, &one, &want).unwrap();
             (vouch, s.counted())
         }

@@ -44,7 +44,9 @@ const TRIES: usize = 5;
 ///
 /// Errors: the netlink requests failed, or the ruleset kept changing under the read.
 pub fn snapshot_committed(vouch: &Vouch, plan: &Ruleset, image: &TableImage) -> Result<Snapshot> {
-    if image.elements.digest() != Some(vouch.elements) {
+    // The plan taken must be the one that commit wrote, rules and all: a loopgate
+    // that plans the same grants otherwise (an upgrade) reads the table.
+    if image.elements.digest() != Some(vouch.elements) || vouch.plan != Some(image.digest()) {
         return snapshot(Some((vouch, image)));
     }
     let mut sock = NlSocket::netfilter()?;

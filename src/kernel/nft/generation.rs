@@ -26,6 +26,25 @@ pub struct Vouch {
     /// The FNV-1a digest of the elements that commit wrote
     /// ([`elements::digest_blocks`](super::elements::digest_blocks)).
     pub elements: u64,
+    /// The digest of the whole planned image that commit wrote
+    /// ([`TableImage::digest`](super::TableImage::digest)): table, chains, sets, rules
+    /// and elements. A read takes the table as that plan
+    /// ([`snapshot_committed`](super::snapshot_committed)) only when the plan it would
+    /// take has this digest: a loopgate that plans the same grants differently (an
+    /// upgrade that changes a rule but no element) reads the table instead. Set by the
+    /// engine, which knows the plan; `None` in state files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<u64>,
+}
+
+impl Vouch {
+    /// This vouch for the table planned as `image`.
+    pub fn for_plan(self, image: Option<&super::TableImage>) -> Vouch {
+        Vouch {
+            plan: image.map(super::TableImage::digest),
+            ..self
+        }
+    }
 }
 
 /// The nftables generation of the current namespace: a counter the kernel bumps on
@@ -149,6 +168,7 @@ pub(in crate::kernel) fn apply(
                 return Ok(objects.as_ref().map(|o| Vouch {
                     generation: after,
                     elements: o.elements_digest(),
+                    plan: None,
                 }));
             }
             // Someone else committed in between: read the generation again.
@@ -176,6 +196,7 @@ pub(in crate::kernel) fn apply_diff(
     Ok(Vouch {
         generation: next_generation(generation),
         elements: digest,
+        plan: None,
     })
 }
 

@@ -103,6 +103,30 @@ impl PartialEq for Elements {
 impl Eq for Elements {}
 
 impl TableImage {
+    /// A digest of the whole image: the table line, every chain, set and rule line, and
+    /// the elements' digest (the elements listed, when they are). FNV-1a, as the
+    /// elements' digest: compared only with digests of loopgate's own images.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        };
+        eat(self.table.as_bytes());
+        for line in self.chains.iter().chain(&self.sets).chain(&self.rules) {
+            eat(line.as_bytes());
+        }
+        match self.elements.digest() {
+            Some(d) => eat(&d.to_le_bytes()),
+            None => eat(format!("{:?}", self.elements.listed()).as_bytes()),
+        }
+        h
+    }
+
     /// Human-readable differences from `other` (the expected image), at most `limit`.
     pub fn differences(&self, expected: &TableImage, limit: usize) -> Vec<String> {
         let mut out = Vec::new();

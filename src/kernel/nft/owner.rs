@@ -223,6 +223,7 @@ impl Owner {
         Ok(objects.as_ref().map(|o| Vouch {
             generation: after,
             elements: o.elements_digest(),
+            plan: None,
         }))
     }
 
@@ -239,6 +240,7 @@ impl Owner {
         Ok(Vouch {
             generation: super::generation::next_generation(generation),
             elements: digest,
+            plan: None,
         })
     }
 
