@@ -195,7 +195,7 @@ proptest! {
         // What the kernel and the state file hold after that change committed:
         let state = State { version: STATE_VERSION, grants: applied.grants.clone(), originals: applied.originals.clone(), pending: None, vouch: None, writers: vec![], specs: vec![], guards: vec![], guarded: vec![], admitted: applied.admitted.clone() };
         let sysctls = devices(1);
-        let kernel = applied.ruleset.as_ref().map(nft::planned_image);
+        let kernel = applied.ruleset.as_deref().map(nft::planned_image);
         let target = Target { grants: gs, ..Target::recorded(&state) };
         let again = Change::compute(state, target, &sysctls, kernel.as_ref(), None);
         prop_assert!(again.is_noop(), "{:?}", again.describe());

@@ -321,8 +321,8 @@ impl Kernel for Fake {
     fn read_committed(
         &self,
         vouch: &Vouch,
-        plan: &Ruleset,
-        image: &TableImage,
+        plan: &std::rc::Rc<Ruleset>,
+        image: &std::rc::Rc<TableImage>,
     ) -> Result<FakeSnapshot> {
         let committed = {
             let s = self.state.borrow();

@@ -23,6 +23,7 @@ use super::sysctl::{self, Device, Reading};
 use crate::ruleset::Ruleset;
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 /// What the kernel held of loopgate's table at one moment: enough to compare it with a
 /// plan and to put it back.
@@ -103,8 +104,8 @@ pub trait Kernel: HostFacts {
     fn read_committed(
         &self,
         vouch: &Vouch,
-        plan: &Ruleset,
-        image: &TableImage,
+        plan: &Rc<Ruleset>,
+        image: &Rc<TableImage>,
     ) -> Result<Self::Snapshot>;
 
     /// Reads the chains `names` of loopgate's table and their rules at one generation,
@@ -388,8 +389,8 @@ impl Kernel for System {
     fn read_committed(
         &self,
         vouch: &Vouch,
-        plan: &Ruleset,
-        image: &TableImage,
+        plan: &Rc<Ruleset>,
+        image: &Rc<TableImage>,
     ) -> Result<nft::Snapshot> {
         nft::snapshot_committed(vouch, plan, image).map(|s| s.sanctioning(self.sanctioned_port()))
     }

@@ -270,7 +270,10 @@ pub struct Store {
 #[derive(Debug, Default)]
 pub struct Memo {
     parsed: Option<(Vec<u8>, State)>,
-    planned: Option<(crate::ruleset::Ruleset, crate::kernel::nft::TableImage)>,
+    planned: Option<(
+        std::rc::Rc<crate::ruleset::Ruleset>,
+        std::rc::Rc<crate::kernel::nft::TableImage>,
+    )>,
     /// What the committed plan was planned from: its grants, guarded and admitted
     /// interfaces (see [`Store::plan_for`]).
     planned_from: Option<PlanInputs>,
@@ -501,13 +504,15 @@ impl Store {
     }
 
     /// The image of `ruleset` when it is the plan this store last recorded as
-    /// committed ([`Store::remember_plan`]).
+    /// committed ([`Store::remember_plan`]), shared.
     pub fn planned_image(
         &self,
-        ruleset: &crate::ruleset::Ruleset,
-    ) -> Option<crate::kernel::nft::TableImage> {
+        ruleset: &std::rc::Rc<crate::ruleset::Ruleset>,
+    ) -> Option<std::rc::Rc<crate::kernel::nft::TableImage>> {
         match &self.memo.borrow().planned {
-            Some((r, image)) if r == ruleset => Some(image.clone()),
+            Some((r, image)) if std::rc::Rc::ptr_eq(r, ruleset) || r == ruleset => {
+                Some(image.clone())
+            }
             _ => None,
         }
     }
@@ -523,8 +528,8 @@ impl Store {
     pub fn remember_plan(
         &self,
         from: PlanInputs,
-        ruleset: crate::ruleset::Ruleset,
-        image: crate::kernel::nft::TableImage,
+        ruleset: std::rc::Rc<crate::ruleset::Ruleset>,
+        image: std::rc::Rc<crate::kernel::nft::TableImage>,
     ) {
         let mut memo = self.memo.borrow_mut();
         memo.planned = Some((ruleset, image));
@@ -540,7 +545,7 @@ impl Store {
         grants: &[Grant],
         guarded: &[String],
         admitted: &[String],
-    ) -> Option<crate::ruleset::Ruleset> {
+    ) -> Option<std::rc::Rc<crate::ruleset::Ruleset>> {
         let memo = self.memo.borrow();
         match (&memo.planned_from, &memo.planned) {
             (Some((g, gu, ad)), Some((ruleset, _)))
@@ -548,7 +553,7 @@ impl Store {
             {
                 Some(ruleset.clone())
             }
-            _ => crate::plan::ruleset_admitting(grants, guarded, admitted),
+            _ => crate::plan::ruleset_admitting(grants, guarded, admitted).map(std::rc::Rc::new),
         }
     }
 

@@ -12,8 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A planner: grants, guarded and admitted interfaces in, the table out (as
 /// [`plan::ruleset_admitting`]).
-pub type Planner<'a> =
-    &'a mut dyn FnMut(&[Grant], &[String], &[String]) -> Option<crate::ruleset::Ruleset>;
+pub type Planner<'a> = &'a mut dyn FnMut(
+    &[Grant],
+    &[String],
+    &[String],
+) -> Option<std::rc::Rc<crate::ruleset::Ruleset>>;
 
 /// How [`Change::compute_planning`] plans a table and images it: pure functions, or
 /// ones that reuse what an earlier plan computed (they must give the same results).
@@ -62,7 +65,7 @@ impl Change {
             recorded,
             all_open,
             Planning {
-                plan: &mut |g, gu, ad| plan::ruleset_admitting(g, gu, ad),
+                plan: &mut |g, gu, ad| plan::ruleset_admitting(g, gu, ad).map(std::rc::Rc::new),
                 image: &mut nft::planned_image,
             },
         )
@@ -101,7 +104,7 @@ impl Change {
         let grants = crate::grant::normalize(grants);
         let admitted = admitting(&grants, &old, &devices, all_open);
         let ruleset = planner(&grants, &guarded, &admitted);
-        let want = ruleset.as_ref().map(&mut *image);
+        let want = ruleset.as_deref().map(&mut *image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
             (Some(have), Some(want)) if have == want => (true, want.elements.digest()),
@@ -121,7 +124,7 @@ impl Change {
                 } else {
                     planner(gs, &old.guarded, &old.admitted)
                         .as_ref()
-                        .map(nft::planned_image)
+                        .map(|r| nft::planned_image(r))
                 }
             };
             let mut rightful = vec![plan_of(&old.grants)];
@@ -144,7 +147,7 @@ impl Change {
             let old_plan = planner(&old.grants, &old.guarded, &old.admitted);
             let holds_it = match recorded {
                 Some(r) => r == kernel_table,
-                None => old_plan.as_ref().map(nft::planned_image).as_ref() == kernel_table,
+                None => old_plan.as_deref().map(nft::planned_image).as_ref() == kernel_table,
             };
             old_plan.filter(|_| holds_it)
         };

@@ -486,9 +486,13 @@ fn a_commit_leaves_its_plan_image_for_the_next_store_and_a_changed_file_is_read_
     drop(first);
     let next = dir.open();
     next.adopt(memo);
-    let plan = plan::ruleset(&g).unwrap();
-    assert_eq!(next.planned_image(&plan), Some(nft::planned_image(&plan)));
-    let other = plan::ruleset(&[grant("br0", 3307)]).unwrap();
+    // The same plan, planned again (not the memo's own copy): compared by value.
+    let plan = std::rc::Rc::new(plan::ruleset(&g).unwrap());
+    assert_eq!(
+        next.planned_image(&plan).as_deref(),
+        Some(&nft::planned_image(&plan))
+    );
+    let other = std::rc::Rc::new(plan::ruleset(&[grant("br0", 3307)]).unwrap());
     assert_eq!(next.planned_image(&other), None);
     let mut changed = next.load().unwrap();
     changed.grants.clear();

@@ -239,7 +239,7 @@ pub(super) fn run_steps<K: Kernel>(
             change.guarded.clone(),
             change.admitted.clone(),
         );
-        store.remember_plan(from, ruleset.clone(), want.clone());
+        store.remember_plan(from, ruleset.clone(), std::rc::Rc::new(want.clone()));
     }
     Ok(Outcome {
         connections_cut: cut,
@@ -295,7 +295,7 @@ fn write_table<K: Kernel>(
             }
         }
     }
-    let vouch = kernel.apply_table(change.ruleset.as_ref())?;
+    let vouch = kernel.apply_table(change.ruleset.as_deref())?;
     let counters = verify_table(kernel, change, vouch.as_ref())?;
     Ok((vouch, ReadBack::Whole(counters)))
 }

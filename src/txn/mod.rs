@@ -29,6 +29,7 @@ use crate::state::{Original, State, Store};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::rc::Rc;
 
 /// One route_localnet write the transaction will make, on one device instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +74,15 @@ pub struct Change {
     /// The target grants, in canonical order ([`crate::grant::normalize`]).
     pub grants: Vec<Grant>,
     /// The planned table for `grants`; `None` when there are none (the table goes).
-    pub ruleset: Option<Ruleset>,
+    /// Shared (`Rc`) with what `watch` keeps of its last plan: at 100,000 allowed
+    /// networks a copy of a plan is thousands of allocations.
+    pub ruleset: Option<Rc<Ruleset>>,
     /// The planned table's image (encoded once per command).
     pub want: Option<nft::TableImage>,
     /// The plan the kernel table was found to be exactly (the recorded grants' plan),
     /// when the change may be made in place from it (see [`Kernel::change_table`]);
     /// `None`: the table is rewritten whole.
-    pub base: Option<Ruleset>,
+    pub base: Option<Rc<Ruleset>>,
     /// True when the kernel table already equals the planned one.
     pub table_matches: bool,
     /// When it does: the digest of its elements, to vouch for it at commit.
@@ -203,11 +206,11 @@ fn observe_and_compute_in<K: Kernel>(
 ) -> Result<(Change, K::Snapshot)> {
     let plan = match store {
         Some(s) => s.plan_of(&old.grants, &old.guarded, &old.admitted),
-        None => plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted),
+        None => plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted).map(Rc::new),
     };
     let recorded = plan.as_ref().map(|r| match store {
-        Some(s) => s.planned_image(r).unwrap_or_else(|| s.image_of(r)),
-        None => nft::planned_image(r),
+        Some(s) => s.planned_image(r).unwrap_or_else(|| Rc::new(s.image_of(r))),
+        None => Rc::new(nft::planned_image(r)),
     });
     // Committed and nothing committed since: the table is taken as that plan, unread
     // (see `Kernel::read_committed`). Not while a transaction was interrupted: its
@@ -216,7 +219,7 @@ fn observe_and_compute_in<K: Kernel>(
         (Some(vouch), Some(plan), Some(image), None) => {
             kernel.read_committed(vouch, plan, image)?
         }
-        _ => kernel.read_table(old.vouch.as_ref().zip(recorded.as_ref()))?,
+        _ => kernel.read_table(old.vouch.as_ref().zip(recorded.as_deref()))?,
     };
     let devices = observe_devices(kernel, &old, &target.grants)?;
     // conf.all ORs into every interface: open, every interface was open before loopgate.
@@ -230,7 +233,7 @@ fn observe_and_compute_in<K: Kernel>(
             target,
             &devices,
             snapshot.image().as_ref(),
-            Some(recorded.as_ref()),
+            Some(recorded.as_deref()),
             all_open,
             compute::Planning {
                 plan: &mut |g, gu, ad| store.plan_of(g, gu, ad),
@@ -242,7 +245,7 @@ fn observe_and_compute_in<K: Kernel>(
             target,
             &devices,
             snapshot.image().as_ref(),
-            Some(recorded.as_ref()),
+            Some(recorded.as_deref()),
             all_open,
         ),
     };

@@ -300,7 +300,9 @@ fn converge_over_recording<K: Kernel>(
                 out.push(Printed::Line(
                     "# resulting table (other tables are never touched):".into(),
                 ));
-                out.push(Printed::Text(crate::plan::render(change.ruleset.as_ref())));
+                out.push(Printed::Text(crate::plan::render(
+                    change.ruleset.as_deref(),
+                )));
             }
             Ok(out)
         }

@@ -3,6 +3,7 @@
 use super::*;
 use loopgate::kernel::nft;
 use loopgate::kernel::seam::{Kernel, System};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -354,6 +355,7 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
     let (taken, full, restored) = ns.enter({
         let want = want.clone();
         move || {
+            let (one, want) = (Rc::new(one), Rc::new(want));
             let k = System::default();
             let unnamed = k.apply_table(Some(&one)).unwrap().expect("a vouch");
             // A vouch that does not name the plan (a state written before vouches did)
@@ -389,8 +391,9 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
     let (vouch, before) = ns.enter({
         let want = want.clone();
         move || {
+            let want = Rc::new(want);
             let k = System::default();
-            let one = ruleset_for(3306, 50);
+            let one = Rc::new(ruleset_for(3306, 50));
             let vouch = k.apply_table(Some(&one)).unwrap().expect("a vouch");
             let vouch = vouch.for_plan(Some(&want));
             let s = k.read_committed(&vouch, &one, &want).unwrap();
@@ -404,7 +407,11 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
     ns.exec(&["nft", "add", "table", "ip", "someone_else"]);
     let (counted, image) = ns.enter(move || {
         let s = System::default()
-            .read_committed(&vouch, &ruleset_for(3306, 50), &want)
+            .read_committed(
+                &vouch,
+                &Rc::new(ruleset_for(3306, 50)),
+                &Rc::new(want.clone()),
+            )
             .unwrap();
         (s.counted(), s.image() == Some(want))
     });

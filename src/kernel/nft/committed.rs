@@ -30,6 +30,7 @@ use crate::kernel::netlink::NlSocket;
 use crate::ruleset::{Ruleset, TABLE};
 use anyhow::Result;
 use nftnl::nftnl_sys as sys;
+use std::rc::Rc;
 
 /// How often a read is repeated because something committed while it ran.
 const TRIES: usize = 5;
@@ -43,7 +44,11 @@ const TRIES: usize = 5;
 /// ([`Snapshot::counted`] is false).
 ///
 /// Errors: the netlink requests failed, or the ruleset kept changing under the read.
-pub fn snapshot_committed(vouch: &Vouch, plan: &Ruleset, image: &TableImage) -> Result<Snapshot> {
+pub fn snapshot_committed(
+    vouch: &Vouch,
+    plan: &Rc<Ruleset>,
+    image: &Rc<TableImage>,
+) -> Result<Snapshot> {
     // The plan taken must be the one that commit wrote, rules and all: a loopgate
     // that plans the same grants otherwise (an upgrade) reads the table.
     if image.elements.digest() != Some(vouch.elements) || vouch.plan != Some(image.digest()) {
@@ -72,7 +77,7 @@ pub fn snapshot_committed(vouch: &Vouch, plan: &Ruleset, image: &TableImage) -> 
             snap.table = Some(table_text(read.ptr()));
             snap.holder = Some(Holder::of(flags, owner));
             snap.vouched = Some(vouch.elements);
-            snap.committed = Some((plan.clone(), image.clone()));
+            snap.committed = Some((Rc::clone(plan), Rc::clone(image)));
         }
         return Ok(snap);
     }

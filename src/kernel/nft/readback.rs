@@ -26,7 +26,10 @@ pub struct Snapshot {
     /// Set when nothing was dumped because the generation vouched for the whole table
     /// (see [`snapshot_committed`](super::committed::snapshot_committed)): the plan the
     /// table holds and its image.
-    pub(super) committed: Option<(crate::ruleset::Ruleset, TableImage)>,
+    pub(super) committed: Option<(
+        std::rc::Rc<crate::ruleset::Ruleset>,
+        std::rc::Rc<TableImage>,
+    )>,
     /// `committed`'s plan encoded, made only when a restore needs it.
     pub(super) encoded: std::cell::OnceCell<TableObjects>,
     /// The table object as the kernel described it (flags and all), for the image.
