@@ -80,7 +80,11 @@ pub fn planned_image_cached(ruleset: &Ruleset, cache: &mut ImageCache) -> TableI
     }
     let mut chains = Vec::with_capacity(ruleset.chains.len());
     let mut rules: Vec<String> = Vec::new();
-    for chain in &ruleset.chains {
+    // Chains by name: their rules then come out as `TableObjects::image_with` orders
+    // them (by chain, each chain's in its order) without sorting every rule line.
+    let mut by_name: Vec<&Chain> = ruleset.chains.iter().collect();
+    by_name.sort_by(|a, b| a.name.cmp(&b.name));
+    for chain in by_name {
         let hit = cache
             .chains
             .get(&chain.name)
@@ -115,8 +119,6 @@ pub fn planned_image_cached(ruleset: &Ruleset, cache: &mut ImageCache) -> TableI
 
     chains.sort();
     sets.sort();
-    // As `TableObjects::image_with` orders them: by chain, each chain's in its order.
-    rules.sort_by(|a, b| a.split(':').next().cmp(&b.split(':').next()));
     TableImage {
         table: table_description(0, None, None),
         chains,
