@@ -397,7 +397,12 @@ impl Change {
         if !self.table_matches {
             match &self.ruleset {
                 Some(r) => out.push(format!(
-                    "replace table ip {} ({} sets, {} maps, {} chains, {} rules)",
+                    "{} table ip {} ({} sets, {} maps, {} chains, {} rules)",
+                    match self.base {
+                        // In one batch of what differs, when the kernel takes it as such.
+                        Some(_) => "change",
+                        None => "replace",
+                    },
                     crate::ruleset::TABLE,
                     r.sets.len(),
                     r.maps.len(),
