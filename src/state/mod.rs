@@ -519,8 +519,19 @@ impl Store {
 
     /// The image of `ruleset`, printing only the chains and sets that differ from
     /// the last plan this store (or an earlier one it adopted the memo of) imaged.
-    pub fn image_of(&self, ruleset: &crate::ruleset::Ruleset) -> crate::kernel::nft::TableImage {
-        crate::kernel::nft::planned_image_cached(ruleset, &mut self.memo.borrow_mut().images)
+    /// The committed plan's own image when `ruleset` is that plan (a pass that changes
+    /// nothing images nothing).
+    pub fn image_of(
+        &self,
+        ruleset: &std::rc::Rc<crate::ruleset::Ruleset>,
+    ) -> std::rc::Rc<crate::kernel::nft::TableImage> {
+        if let Some(image) = self.planned_image(ruleset) {
+            return image;
+        }
+        std::rc::Rc::new(crate::kernel::nft::planned_image_cached(
+            ruleset,
+            &mut self.memo.borrow_mut().images,
+        ))
     }
 
     /// Remembers the plan just committed, what it was planned from and its image, for

@@ -23,8 +23,9 @@ pub type Planner<'a> = &'a mut dyn FnMut(
 pub struct Planning<'a> {
     /// As [`plan::ruleset_admitting`]: grants, guarded and admitted interfaces in.
     pub plan: Planner<'a>,
-    /// As [`nft::planned_image`].
-    pub image: &'a mut dyn FnMut(&crate::ruleset::Ruleset) -> nft::TableImage,
+    /// As [`nft::planned_image`], shared.
+    pub image:
+        &'a mut dyn FnMut(&std::rc::Rc<crate::ruleset::Ruleset>) -> std::rc::Rc<nft::TableImage>,
 }
 
 impl Change {
@@ -66,7 +67,7 @@ impl Change {
             all_open,
             Planning {
                 plan: &mut |g, gu, ad| plan::ruleset_admitting(g, gu, ad).map(std::rc::Rc::new),
-                image: &mut nft::planned_image,
+                image: &mut |r| std::rc::Rc::new(nft::planned_image(r)),
             },
         )
     }
@@ -104,27 +105,28 @@ impl Change {
         let grants = crate::grant::normalize(grants);
         let admitted = admitting(&grants, &old, &devices, all_open);
         let ruleset = planner(&grants, &guarded, &admitted);
-        let want = ruleset.as_deref().map(&mut *image);
+        let want = ruleset.as_ref().map(&mut *image);
         let (table_matches, matched_elements) = match (kernel_table, &want) {
             (None, None) => (true, None),
-            (Some(have), Some(want)) if have == want => (true, want.elements.digest()),
+            (Some(have), Some(want)) if have == &**want => (true, want.elements.digest()),
             _ => (false, None),
         };
         let guard_lost = !table_matches && {
             // The tables the host may rightly hold: the committed plan, or the plan of
             // an interrupted transaction (it may have got as far as the table).
-            let mut plan_of = |gs: &[Grant]| {
+            // Borrowed where they are at hand: at 100,000 networks an image is megabytes.
+            let mut plan_of = |gs: &[Grant]| -> Option<std::borrow::Cow<'_, nft::TableImage>> {
                 if crate::grant::normalize(gs.to_vec()) == grants
                     && old.guarded == guarded
                     && old.admitted == admitted
                 {
-                    want.clone()
+                    want.as_deref().map(std::borrow::Cow::Borrowed)
                 } else if let (true, Some(r)) = (gs == old.grants.as_slice(), recorded) {
-                    r.cloned()
+                    r.map(std::borrow::Cow::Borrowed)
                 } else {
                     planner(gs, &old.guarded, &old.admitted)
                         .as_ref()
-                        .map(|r| nft::planned_image(r))
+                        .map(|r| std::borrow::Cow::Owned(nft::planned_image(r)))
                 }
             };
             let mut rightful = vec![plan_of(&old.grants)];
@@ -132,7 +134,7 @@ impl Change {
                 rightful.push(plan_of(pending));
             }
             rightful.iter().any(Option::is_some)
-                && !rightful.iter().any(|r| r.as_ref() == kernel_table)
+                && !rightful.iter().any(|r| r.as_deref() == kernel_table)
                 && !std::iter::once(&old.grants)
                     .chain(&old.pending)
                     .any(|gs| written_before_stable_names(kernel_table, gs, &old))

@@ -189,7 +189,7 @@ pub(super) fn run_steps<K: Kernel>(
         change.matched_elements.map(|elements| nft::Vouch {
             generation,
             elements,
-            plan: change.want.as_ref().map(nft::TableImage::digest),
+            plan: change.want.as_deref().map(nft::TableImage::digest),
         })
     } else {
         // Registered before the attempt: should the batch commit and its reply be lost,
@@ -206,7 +206,7 @@ pub(super) fn run_steps<K: Kernel>(
             ReadBack::Chains(c) => crate::audit::totals::fold_counters_seen(store, &c),
         }
         // The vouch names the plan written, rules and all (see `Vouch::plan`).
-        vouch.map(|v| v.for_plan(change.want.as_ref()))
+        vouch.map(|v| v.for_plan(change.want.as_deref()))
     };
 
     // 4. Open last: only now that the guards are in place and read back.
@@ -239,7 +239,7 @@ pub(super) fn run_steps<K: Kernel>(
             change.guarded.clone(),
             change.admitted.clone(),
         );
-        store.remember_plan(from, ruleset.clone(), std::rc::Rc::new(want.clone()));
+        store.remember_plan(from, ruleset.clone(), want.clone());
     }
     Ok(Outcome {
         connections_cut: cut,
@@ -352,10 +352,10 @@ pub(super) fn verify_table<K: Kernel>(
     change: &Change,
     vouch: Option<&nft::Vouch>,
 ) -> Result<Vec<nft::RuleCounter>> {
-    let trust = vouch.zip(change.want.as_ref());
+    let trust = vouch.zip(change.want.as_deref());
     let snapshot = kernel.read_table(trust)?;
     let have = snapshot.image();
-    if have != change.want {
+    if have.as_ref() != change.want.as_deref() {
         anyhow::bail!(
             "table ip {} does not read back as planned right after it was written",
             crate::ruleset::TABLE

@@ -77,8 +77,9 @@ pub struct Change {
     /// Shared (`Rc`) with what `watch` keeps of its last plan: at 100,000 allowed
     /// networks a copy of a plan is thousands of allocations.
     pub ruleset: Option<Rc<Ruleset>>,
-    /// The planned table's image (encoded once per command).
-    pub want: Option<nft::TableImage>,
+    /// The planned table's image (encoded once per command; shared with `watch`'s memo
+    /// when it is the committed plan's).
+    pub want: Option<Rc<nft::TableImage>>,
     /// The plan the kernel table was found to be exactly (the recorded grants' plan),
     /// when the change may be made in place from it (see [`Kernel::change_table`]);
     /// `None`: the table is rewritten whole.
@@ -209,7 +210,7 @@ fn observe_and_compute_in<K: Kernel>(
         None => plan::ruleset_admitting(&old.grants, &old.guarded, &old.admitted).map(Rc::new),
     };
     let recorded = plan.as_ref().map(|r| match store {
-        Some(s) => s.planned_image(r).unwrap_or_else(|| Rc::new(s.image_of(r))),
+        Some(s) => s.image_of(r),
         None => Rc::new(nft::planned_image(r)),
     });
     // Committed and nothing committed since: the table is taken as that plan, unread

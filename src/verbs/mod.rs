@@ -46,7 +46,7 @@ pub fn remember_intact(
         let vouch = Some(nft::Vouch {
             generation: snapshot.generation(),
             elements,
-            plan: change.want.as_ref().map(nft::TableImage::digest),
+            plan: change.want.as_deref().map(nft::TableImage::digest),
         });
         if change.old.vouch != vouch {
             store.save(&State {
