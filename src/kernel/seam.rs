@@ -30,6 +30,12 @@ use std::rc::Rc;
 pub trait TableSnapshot {
     /// The table's canonical image, `None` when it does not exist.
     fn image(&self) -> Option<TableImage>;
+    /// [`TableSnapshot::image`], shared: a table taken as committed answers with the
+    /// committed plan's own image when nothing sets it apart (megabytes at 100,000
+    /// allowed networks, not copied).
+    fn image_shared(&self) -> Option<Rc<TableImage>> {
+        self.image().map(Rc::new)
+    }
     /// The nftables generation read before the table: a vouch made from this snapshot
     /// stays valid only while nothing commits after it.
     fn generation(&self) -> u32;
@@ -55,6 +61,9 @@ pub trait TableSnapshot {
 impl TableSnapshot for nft::Snapshot {
     fn image(&self) -> Option<TableImage> {
         nft::Snapshot::image(self)
+    }
+    fn image_shared(&self) -> Option<Rc<TableImage>> {
+        nft::Snapshot::image_shared(self)
     }
     fn generation(&self) -> u32 {
         nft::Snapshot::generation(self)

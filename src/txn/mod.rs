@@ -233,7 +233,7 @@ fn observe_and_compute_in<K: Kernel>(
             old,
             target,
             &devices,
-            snapshot.image().as_ref(),
+            snapshot.image_shared().as_deref(),
             Some(recorded.as_deref()),
             all_open,
             compute::Planning {
@@ -245,7 +245,7 @@ fn observe_and_compute_in<K: Kernel>(
             old,
             target,
             &devices,
-            snapshot.image().as_ref(),
+            snapshot.image_shared().as_deref(),
             Some(recorded.as_deref()),
             all_open,
         ),

@@ -364,6 +364,11 @@ fn a_table_taken_as_committed_is_read_in_one_message_restores_whole_and_any_comm
             let vouch = unnamed.for_plan(Some(&want));
             let taken = k.read_committed(&vouch, &one, &want).unwrap();
             let full = nft::snapshot(None).unwrap();
+            assert_eq!(
+                taken.image_shared().as_deref(),
+                taken.image().as_ref(),
+                "the shared image is the image"
+            );
             let facts = (taken.messages_read(), taken.counted(), taken.image(), read);
             k.apply_table(Some(&two)).unwrap();
             k.restore(&taken).unwrap();

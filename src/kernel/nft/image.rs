@@ -483,6 +483,18 @@ impl Snapshot {
         self.image_sanctioning(self.sanctioned)
     }
 
+    /// [`Snapshot::image`], shared: for a table taken as committed whose table line is
+    /// the plan's, the committed plan's own image (equal to what `image` gives: the
+    /// elements compare by the vouched digest either way).
+    pub fn image_shared(&self) -> Option<std::rc::Rc<TableImage>> {
+        if let (Some((_, planned)), Some(table)) = (&self.committed, &self.table) {
+            if table_line(table, self.holder, self.sanctioned) == planned.table {
+                return Some(std::rc::Rc::clone(planned));
+            }
+        }
+        self.image().map(std::rc::Rc::new)
+    }
+
     /// A canonical description for comparison with a planned table, in which a table
     /// owned by `sanctioned` (the netlink port id of a running `loopgate watch`'s
     /// [`Owner`](super::Owner)) with nothing else different compares equal to the
