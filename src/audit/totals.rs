@@ -80,6 +80,21 @@ impl Totals {
         }
     }
 
+    /// Moves what some chains of a series had counted into its totals as those chains
+    /// start again while the series' other chains go on (an in-place change flushing or
+    /// deleting them): `reset` holds, per series, what the reset chains counted just
+    /// before. The series' last value goes down by as much, so the next fold does not
+    /// take the smaller sum for a reset of the whole series.
+    pub fn fold_reset(&mut self, reset: &[Blocked]) {
+        for r in reset {
+            let s = self.series.entry(key(r)).or_default();
+            s.folded_packets = s.folded_packets.saturating_add(r.packets);
+            s.folded_bytes = s.folded_bytes.saturating_add(r.bytes);
+            s.last_packets = s.last_packets.saturating_sub(r.packets);
+            s.last_bytes = s.last_bytes.saturating_sub(r.bytes);
+        }
+    }
+
     /// The running totals of `now`'s series (and of those kept without a counter now,
     /// at what they had), in `now`'s order then by name.
     pub fn totals(&self, now: &[Blocked]) -> Vec<Blocked> {
@@ -148,8 +163,9 @@ pub fn fold_counters(store: &Store, counters: &[RuleCounter]) {
 
 /// Folds the counters of some chains only into the totals kept in `store`'s
 /// directory (see [`Totals::fold_seen`]): a series counted by a rule outside them is
-/// not taken as reset. Every rule of one series is in one chain (an interface's guard
-/// chain of that hook), so a chain read gives a series whole.
+/// not taken as reset. A series may span chains (an interface's input drops are in its
+/// guard chain and in each of its targets' chains): `counters` must hold every chain of
+/// each series it holds.
 pub fn fold_counters_seen(store: &Store, counters: &[RuleCounter]) {
     let seen = super::reachability::blocked_of(counters);
     if seen.is_empty() {
@@ -161,6 +177,19 @@ pub fn fold_counters_seen(store: &Store, counters: &[RuleCounter]) {
     if totals != before {
         let _ = totals.save(store);
     }
+}
+
+/// [`Totals::fold_reset`] of `reset` (the counters of the chains an in-place change
+/// flushed or deleted, read just before it) into the totals kept in `store`'s
+/// directory.
+pub fn fold_reset(store: &Store, reset: &[RuleCounter]) {
+    let reset = super::reachability::blocked_of(reset);
+    if reset.is_empty() {
+        return;
+    }
+    let mut totals = Totals::load(store);
+    totals.fold_reset(&reset);
+    let _ = totals.save(store);
 }
 
 #[cfg(test)]
@@ -180,6 +209,35 @@ mod tests {
 
     fn packets(t: &Totals, now: &[Blocked]) -> Vec<u64> {
         t.totals(now).iter().map(|b| b.packets).collect()
+    }
+
+    /// An interface's input drops count in its guard chain and in each target's chain;
+    /// an in-place change that flushes one of them must not take the smaller sum for a
+    /// reset of the whole series (that counted the other chains twice).
+    #[test]
+    fn a_chain_of_a_series_starting_again_keeps_the_total_continuous() {
+        let mut t = Totals::default();
+        // Guard chain 70 + target chain 30 = 100, as the last audit saw.
+        t.fold(&[b("br0", D, 100)], &|_| true);
+        // The target chain (30) is flushed in place; the guard chain goes on to 75.
+        t.fold_reset(&[b("br0", D, 30)]);
+        t.fold(&[b("br0", D, 75)], &|_| true);
+        assert_eq!(
+            packets(&t, &[b("br0", D, 75)]),
+            [105],
+            "100 before, 5 more since"
+        );
+        // Control: folding the smaller sum as a reset of the whole series.
+        let mut whole = Totals::default();
+        whole.fold(&[b("br0", D, 100)], &|_| true);
+        whole.fold(&[b("br0", D, 75)], &|_| true);
+        assert_eq!(packets(&whole, &[b("br0", D, 75)]), [175], "counted twice");
+        // Last seen before the reset lower than the sum then (counted since the audit).
+        let mut t = Totals::default();
+        t.fold(&[b("br0", D, 90)], &|_| true);
+        t.fold_reset(&[b("br0", D, 30)]);
+        t.fold(&[b("br0", D, 70)], &|_| true);
+        assert_eq!(packets(&t, &[b("br0", D, 70)]), [100]);
     }
 
     #[test]

@@ -201,9 +201,8 @@ pub(super) fn run_steps<K: Kernel>(
         })?;
         // The guards' counters of the table as written (0 where a rule is new): a
         // counter lower than the one read before is folded into the running totals.
-        match read_back {
-            ReadBack::Whole(c) => crate::audit::totals::fold_counters(store, &c),
-            ReadBack::Chains(c) => crate::audit::totals::fold_counters_seen(store, &c),
+        if let ReadBack::Whole(c) = read_back {
+            crate::audit::totals::fold_counters(store, &c);
         }
         // The vouch names the plan written, rules and all (see `Vouch::plan`).
         vouch.map(|v| v.for_plan(change.want.as_deref()))
@@ -247,11 +246,11 @@ pub(super) fn run_steps<K: Kernel>(
     })
 }
 
-/// The counters a read back after a batch found: of every rule, or (in place) of the
-/// chains the batch wrote.
+/// The counters a read back after a batch found: of every rule (a whole rewrite), or
+/// none to fold (in place: what the batch reset was folded as it committed).
 enum ReadBack {
     Whole(Vec<nft::RuleCounter>),
-    Chains(Vec<nft::RuleCounter>),
+    InPlace,
 }
 
 /// Writes the planned table and reads it back: in place from `change.base` when the
@@ -269,16 +268,27 @@ fn write_table<K: Kernel>(
     let digest = change.want.as_ref().and_then(|w| w.elements.digest());
     if let (Some(from), Some(to), Some(digest)) = (&change.base, &change.ruleset, digest) {
         let touched = nft::touched(from, to);
-        if !snapshot.counted() {
-            keep_counts(
-                kernel,
-                store,
-                &crate::plan::counting_chains(from, Some(&touched.reset)),
-            );
-        }
+        // What the counting chains the batch flushes or deletes have counted: once it
+        // commits, they start again while the other chains of the same series (an
+        // interface's drops span its guard chain and its targets' chains) go on, so
+        // this part is moved into the totals (`Totals::fold_reset`).
+        let reset = crate::plan::counting_chains(from, Some(&touched.reset));
+        let reset_counts: Vec<nft::RuleCounter> = match (reset.is_empty(), snapshot.counted()) {
+            (true, _) => Vec::new(),
+            (false, true) => snapshot
+                .counters()
+                .into_iter()
+                .filter(|c| reset.contains(&c.chain))
+                .collect(),
+            (false, false) => kernel
+                .read_chains(&reset)
+                .map(|r| r.counters)
+                .unwrap_or_default(),
+        };
         if let Ok(vouch) = kernel.change_table(from, generation, to, digest) {
-            let read_back = verify_in_place(kernel, change, &vouch, &touched.written)?;
-            return Ok((Some(vouch), read_back));
+            crate::audit::totals::fold_reset(store, &reset_counts);
+            verify_in_place(kernel, change, &vouch, &touched.written)?;
+            return Ok((Some(vouch), ReadBack::InPlace));
         }
         // Refused, or its reply lost: rewritten whole below, to the same plan.
     }
@@ -300,8 +310,10 @@ fn write_table<K: Kernel>(
     Ok((vouch, ReadBack::Whole(counters)))
 }
 
-/// Folds what the chains `names` counted into the totals before a batch flushes them.
-/// A failed read loses those counts, not the change (see [`crate::audit::totals`]).
+/// Folds what the chains `names` counted into the totals before a rewrite starts them
+/// again; `names` holds every chain of each series in them (all the counting chains of
+/// the plan). A failed read loses those counts, not the change (see
+/// [`crate::audit::totals`]).
 fn keep_counts<K: Kernel>(kernel: &K, store: &Store, names: &[String]) {
     if names.is_empty() {
         return;
@@ -321,14 +333,14 @@ fn verify_in_place<K: Kernel>(
     change: &Change,
     vouch: &nft::Vouch,
     written: &[String],
-) -> Result<ReadBack> {
+) -> Result<()> {
     let want = change
         .want
         .as_ref()
         .context("an in-place change without a planned table")?;
     let read = kernel.read_chains(written)?;
     if read.generation != vouch.generation {
-        return verify_table(kernel, change, Some(vouch)).map(ReadBack::Whole);
+        return verify_table(kernel, change, Some(vouch)).map(|_| ());
     }
     let (chains, rules) = nft::expected_chains(want, written);
     if read.table.as_deref() != Some(want.table.as_str())
@@ -340,7 +352,7 @@ fn verify_in_place<K: Kernel>(
             crate::ruleset::TABLE
         );
     }
-    Ok(ReadBack::Chains(read.counters))
+    Ok(())
 }
 
 /// Reads the table back after a batch and insists that it is the planned one: an ACK
