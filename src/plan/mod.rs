@@ -73,10 +73,16 @@ pub fn interfaces(grants: &[Grant]) -> Vec<String> {
 /// `GUARD_DROPS` names, which audit's blocked totals are made of): what a change that
 /// starts their counters again reads first.
 pub fn counting_chains<'a>(ruleset: &'a Ruleset, among: Option<&'a [String]>) -> Vec<String> {
+    let among: Option<std::collections::HashSet<&str>> =
+        among.map(|names| names.iter().map(String::as_str).collect());
     ruleset
         .chains
         .iter()
-        .filter(|c| among.is_none_or(|names| names.contains(&c.name)))
+        .filter(|c| {
+            among
+                .as_ref()
+                .is_none_or(|names| names.contains(c.name.as_str()))
+        })
         .filter(|c| {
             c.rules.iter().any(|r| {
                 r.comment

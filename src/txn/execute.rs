@@ -275,11 +275,15 @@ fn write_table<K: Kernel>(
         let reset = crate::plan::counting_chains(from, Some(&touched.reset));
         let reset_counts: Vec<nft::RuleCounter> = match (reset.is_empty(), snapshot.counted()) {
             (true, _) => Vec::new(),
-            (false, true) => snapshot
-                .counters()
-                .into_iter()
-                .filter(|c| reset.contains(&c.chain))
-                .collect(),
+            (false, true) => {
+                let reset: std::collections::HashSet<&str> =
+                    reset.iter().map(String::as_str).collect();
+                snapshot
+                    .counters()
+                    .into_iter()
+                    .filter(|c| reset.contains(c.chain.as_str()))
+                    .collect()
+            }
             (false, false) => kernel
                 .read_chains(&reset)
                 .map(|r| r.counters)
